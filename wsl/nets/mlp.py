@@ -1,0 +1,72 @@
+"""Multi-layer perceptron: the simplest zoo architecture."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from wsl.nets.common import activation as make_activation, as_shape, check_positive_int, init_weights
+from wsl.nets.spec import PermutationSpec
+
+
+class MLP(nn.Module):
+    """`depth` hidden layers of `width` units each, then a linear head.
+
+    Parameters: hidden.{i}.weight [width, fan_in], hidden.{i}.bias [width], head.weight
+    [num_classes, width], head.bias [num_classes]. Input [N, *in_shape] is flattened.
+    """
+
+    name = "mlp"
+
+    def __init__(self, in_shape, num_classes: int, width: int = 32, depth: int = 1,
+                 activation: str = "relu", init: str = "default"):
+        super().__init__()
+        self.in_shape = as_shape(in_shape)
+        self.num_classes = check_positive_int("dataset.num_classes", num_classes)
+        self.width = check_positive_int("net.width", width)
+        self.depth = check_positive_int("net.depth", depth)
+        self.activation_name = activation
+        self.init = init
+        self.act = make_activation(activation)
+        fan_in = math.prod(self.in_shape)
+        self.hidden = nn.ModuleList()
+        for _ in range(depth):
+            self.hidden.append(nn.Linear(fan_in, width))
+            fan_in = width
+        self.head = nn.Linear(fan_in, num_classes)
+        init_weights(self, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, *in_shape] -> [N, num_classes]
+        h = x.flatten(1)
+        for layer in self.hidden:
+            h = self.act(layer(h))
+        return self.head(h)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations [N, width] (for CKA and probing)."""
+        h = x.flatten(1)
+        for layer in self.hidden:
+            h = self.act(layer(h))
+        return h
+
+    @property
+    def arch(self) -> dict:
+        return {"name": self.name, "in_shape": list(self.in_shape), "num_classes": self.num_classes,
+                "width": self.width, "depth": self.depth, "activation": self.activation_name,
+                "init": self.init}
+
+    def permutation_spec(self) -> PermutationSpec:
+        axes, sizes = {}, {}
+        prev = None
+        for i in range(self.depth):
+            p = f"P{i}"
+            sizes[p] = self.width
+            axes[f"hidden.{i}.weight"] = (p, prev)
+            axes[f"hidden.{i}.bias"] = (p,)
+            prev = p
+        axes["head.weight"] = (None, prev)
+        axes["head.bias"] = (None,)
+        return PermutationSpec(axes, sizes)
+

@@ -1,0 +1,35 @@
+"""Permutation structure of a network: which tensor axes share a hidden-unit permutation.
+
+A `PermutationSpec` maps each parameter name to one entry per tensor axis: the name of the
+permutation acting on that axis, or None. Permuting every axis named "P0" by the same
+permutation (and likewise for every other name) leaves the function the network computes
+unchanged. This is the declaration that weight matching, augmentation and equivariant encoders
+read (the convention of Git Re-Basin, Ainsworth et al. 2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PermutationSpec:
+    axes: dict  # param name -> tuple[str | None, ...], one entry per tensor axis
+    sizes: dict  # permutation name -> number of units it permutes
+
+    @property
+    def perm_to_axes(self) -> dict:
+        """permutation name -> list of (param name, axis) it acts on."""
+        out: dict = {p: [] for p in self.sizes}
+        for name, ax in self.axes.items():
+            for i, p in enumerate(ax):
+                if p is not None:
+                    out[p].append((name, i))
+        return out
+
+    def to_json(self) -> dict:
+        return {"axes": {k: list(v) for k, v in self.axes.items()}, "sizes": dict(self.sizes)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PermutationSpec":
+        return cls({k: tuple(v) for k, v in d["axes"].items()}, {k: int(v) for k, v in d["sizes"].items()})
