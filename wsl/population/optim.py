@@ -1,0 +1,84 @@
+"""SGD and Adam over stacked parameters with one learning rate and weight decay per member.
+
+torch.optim gives every tensor one learning rate; here each tensor is [P, ...] and member k
+uses lr[k], weight_decay[k]. The update rules are PyTorch's own (SGD with momentum and coupled
+weight decay; Adam with coupled L2 like torch.optim.Adam; AdamW decoupled), so member k follows
+exactly the trajectory torch.optim would give it alone. The group's scalar `lr` (1.0 at start)
+is a multiplier that torch's LR schedulers drive. Members whose `active` flag is False are frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class PopulationOptimizer(torch.optim.Optimizer):
+    def __init__(self, params, member_lr: torch.Tensor, member_wd: torch.Tensor, kind: str = "sgd",
+                 momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999), eps: float = 1e-8,
+                 active=None):
+        if kind not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer={kind!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
+        defaults = dict(lr=1.0, kind=kind, momentum=momentum, nesterov=nesterov, betas=tuple(betas), eps=eps)
+        super().__init__(params, defaults)
+        self.member_lr = member_lr  # [P]
+        self.member_wd = member_wd  # [P]
+        self._active = active  # callable -> bool [P], or None (all active)
+
+    @staticmethod
+    def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return v.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        active = self._active() if self._active is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                lr = self._bcast(self.member_lr, p) * group["lr"]
+                wd = self._bcast(self.member_wd, p)
+                new = self._update(p, p.grad, lr, wd, group, self.state[p])
+                if active is None:
+                    p.copy_(new)
+                else:
+                    p.copy_(torch.where(self._bcast(active, p).bool(), new, p))
+        return loss
+
+    def _update(self, p, grad, lr, wd, group, state):
+        kind = group["kind"]
+        if kind == "sgd":
+            g = grad + wd * p
+            mom = group["momentum"]
+            if mom:
+                if "momentum_buffer" not in state:
+                    buf = state["momentum_buffer"] = g.clone()
+                else:
+                    buf = state["momentum_buffer"]
+                    buf.mul_(mom).add_(g)
+                g = g + mom * buf if group["nesterov"] else buf
+            return p - lr * g
+        beta1, beta2 = group["betas"]
+        if kind == "adamw":
+            p = p * (1 - lr * wd)
+            g = grad
+        else:
+            g = grad + wd * p
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bc1 = 1 - beta1**t
+        bc2_sqrt = (1 - beta2**t) ** 0.5
+        denom = v.sqrt() / bc2_sqrt + group["eps"]
+        return p - (lr / bc1) * m / denom

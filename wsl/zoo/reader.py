@@ -1,0 +1,260 @@
+"""Reading a zoo: the index as a table, checkpoints as verified state dicts, nets and weight matrices."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+
+from wsl.errors import ConfigError, ZooFormatError
+from wsl.zoo.format import INDEX_FILE, METRICS, check_id, resolve_inside, sha256_bytes
+from wsl.zoo.layout import Layout
+from wsl.zoo.table import read_table
+
+SEED_COLUMNS = ("seed_init", "seed_data")
+MAX_PARAMS = 2_000_000_000  # refuse absurd architectures from untrusted files
+
+
+class Zoo:
+    """A zoo directory opened for reading. Everything it loads is checked: format version, paths
+    inside the zoo, checksums, tensor names and shapes against the recorded architecture."""
+
+    def __init__(self, path):
+        self.path = Path(path).expanduser().resolve()
+        index = self.path / INDEX_FILE
+        if not self.path.is_dir():
+            raise ZooFormatError(f"{self.path}: not a directory, so not a zoo")
+        if not index.exists():
+            raise ZooFormatError(f"{self.path}: not a zoo ({INDEX_FILE} is missing)")
+        self._table = read_table(index)
+        self.attrs = self._table.attrs
+        self._rows = {}
+        for r in self._table.rows:
+            check_id("model id", r.model_id)
+            for e, p, _ in r.checkpoints:
+                resolve_inside(self.path, p)  # refuse escaping paths up front, before any read
+            self._rows[r.model_id] = r
+        self.ids = [r.model_id for r in self._table.rows]
+        self._layouts: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Zoo({str(self.path)!r}, models={len(self)})"
+
+    # ---- table -------------------------------------------------------------------------------
+    def row(self, model_id: str):
+        if model_id not in self._rows:
+            raise KeyError(f"model {model_id!r} is not in {self.path / INDEX_FILE}")
+        return self._rows[model_id]
+
+    def table(self):
+        """One row per model: ids, status, seeds and hyperparameters, final metrics, annotations."""
+        import pandas as pd
+
+        recs = []
+        for r in self._table.rows:
+            rec = {"model_id": r.model_id, "job_id": r.job_id, "status": r.status, "net": r.arch.get("name"),
+                   "diverged_epoch": r.diverged_epoch, "n_checkpoints": len(r.checkpoints)}
+            rec.update(r.hparams)
+            for m in METRICS:
+                h = r.history.get(m, [])
+                rec[m] = h[-1] if h and r.status != "diverged" else float("nan")
+            recs.append(rec)
+        df = pd.DataFrame.from_records(recs)
+        for name, ann in self._table.annotations.items():
+            for col, values in ann.columns.items():
+                arr = values if isinstance(values, list) else np.asarray(values)
+                if isinstance(arr, np.ndarray) and arr.ndim > 1:
+                    continue  # multi-dimensional annotations are read with .annotation()
+                df[f"{name}/{col}"] = list(arr)
+        return df.set_index("model_id", drop=False) if len(df) else df
+
+    def annotation(self, group: str) -> dict:
+        """Columns (aligned to self.ids) and attributes of one annotation group."""
+        if group not in self._table.annotations:
+            raise KeyError(f"{self.path}: no annotation group {group!r}; have {sorted(self._table.annotations)}")
+        a = self._table.annotations[group]
+        return {"columns": a.columns, "attrs": a.attrs}
+
+    def hparams(self, model_id: str) -> dict:
+        return dict(self.row(model_id).hparams)
+
+    def filter(self, **equals) -> list[str]:
+        """Model ids whose status/hyperparameters equal the given values (a callable tests a value)."""
+        out = []
+        for mid in self.ids:
+            r = self._rows[mid]
+            rec = {"status": r.status, "job_id": r.job_id, "net": r.arch.get("name"), **r.hparams}
+            ok = True
+            for k, v in equals.items():
+                if k not in rec:
+                    raise ConfigError(f"filter key {k!r} is not a column of {self.path}; have {sorted(rec)}")
+                ok &= bool(v(rec[k])) if callable(v) else rec[k] == v
+            if ok:
+                out.append(mid)
+        return out
+
+    def cell_key(self, model_id: str) -> str:
+        """Every hyperparameter except the seeds: seed replicas of one cell share it."""
+        r = self.row(model_id)
+        hp = {k: v for k, v in r.hparams.items() if k not in SEED_COLUMNS and k != "replica"}
+        return json.dumps({"arch": r.arch, **hp}, sort_keys=True, default=str)
+
+    def cells(self, ids=None) -> dict[str, list[str]]:
+        out: dict = {}
+        for mid in ids if ids is not None else self.ids:
+            out.setdefault(self.cell_key(mid), []).append(mid)
+        return out
+
+    def split(self, fractions=(0.7, 0.15, 0.15), seed: int = 0, ids=None) -> dict[str, list[str]]:
+        """Model-level train/val/test split that keeps all seed replicas of a cell in one split."""
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+            raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        cells = list(self.cells(ids).values())
+        order = np.random.default_rng(seed).permutation(len(cells))
+        total = sum(len(c) for c in cells)
+        out = {"train": [], "val": [], "test": []}
+        bounds = np.cumsum(fractions) * total
+        done = 0
+        for i in order:
+            name = "train" if done < bounds[0] else "val" if done < bounds[1] else "test"
+            out[name].extend(cells[i])
+            done += len(cells[i])
+        return out
+
+    def history(self, model_id: str) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.row(model_id).history.items()}
+
+    # ---- architecture and data ---------------------------------------------------------------
+    def arch(self, model_id: str) -> dict:
+        return dict(self.row(model_id).arch)
+
+    def skeleton(self, model_id: str):
+        """The model's architecture on the meta device (no memory, no init)."""
+        from wsl.nets import build_net
+
+        arch = self.arch(model_id)
+        try:
+            with torch.device("meta"):
+                net = build_net(arch)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ZooFormatError(f"{self.path / INDEX_FILE}: model {model_id} has an unusable architecture {arch} ({e})") from e
+        n = sum(p.numel() for p in net.parameters())
+        if n > MAX_PARAMS:
+            raise ZooFormatError(f"{self.path / INDEX_FILE}: model {model_id} claims {n} parameters; refused")
+        return net
+
+    def permutation_spec(self, model_id: str):
+        return self.skeleton(model_id).permutation_spec()
+
+    def job_config(self, model_id: str) -> dict:
+        return self._table.jobs.get(self.row(model_id).job_id, {}).get("config", {})
+
+    def task_data(self, model_id: str | None = None):
+        """The exact train/val/test data (splits, train fraction) `model_id` was trained on."""
+        from wsl.data import load_dataset
+
+        mid = model_id or self.ids[0]
+        cfg = self.job_config(mid).get("dataset")
+        if not cfg:
+            raise ZooFormatError(f"{self.path}: job of model {mid} records no dataset config")
+        kw = {k: cfg[k] for k in ("name", "root", "train_fraction", "subset_seed", "split_seed", "val_fraction",
+                                   "test_fraction") if k in cfg}
+        return load_dataset(**kw)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def checkpoint_epochs(self, model_id: str) -> list[int]:
+        return [e for e, _, _ in self.row(model_id).checkpoints]
+
+    def checkpoint_path(self, model_id: str, epoch: int = -1) -> Path:
+        return resolve_inside(self.path, self._checkpoint(model_id, epoch)[1])
+
+    def _checkpoint(self, model_id: str, epoch: int):
+        ck = self.row(model_id).checkpoints
+        if not ck:
+            raise ZooFormatError(f"{self.path / INDEX_FILE}: model {model_id} lists no checkpoints")
+        if epoch == -1:
+            return ck[-1]
+        for c in ck:
+            if c[0] == epoch:
+                return c
+        raise KeyError(f"model {model_id} has no checkpoint at epoch {epoch}; has {[c[0] for c in ck]}")
+
+    def state_dict(self, model_id: str, epoch: int = -1, verify: bool = True) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors, after checking checksum, metadata, names and shapes."""
+        e, rel, sha = self._checkpoint(model_id, epoch)
+        path = resolve_inside(self.path, rel)
+        if not path.exists():
+            raise ZooFormatError(f"{path}: listed in the index but missing")
+        data = path.read_bytes()
+        if verify and sha256_bytes(data) != sha:
+            raise ZooFormatError(f"{path}: sha256 does not match the index (corrupted or modified)")
+        try:
+            sd = st_load(data)
+        except (SafetensorError, Exception) as e2:  # safetensors raises several types on bad input
+            raise ZooFormatError(f"{path}: not a readable safetensors file ({e2})") from e2
+        meta = read_checkpoint_metadata(path, data)
+        if meta.get("model_id") != model_id:
+            raise ZooFormatError(f"{path}: metadata says model {meta.get('model_id')!r}, index says {model_id!r}")
+        expected = {k: tuple(v.shape) for k, v in self.skeleton(model_id).state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in sd.items()}
+        if got != expected:
+            raise ZooFormatError(f"{path}: tensors {got} do not match the architecture's {expected}")
+        return sd
+
+    def load_model(self, model_id: str, epoch: int = -1):
+        """The net with the checkpoint's weights, in eval mode."""
+        from wsl.nets import build_net
+
+        sd = self.state_dict(model_id, epoch)
+        net = build_net(self.arch(model_id))
+        net.load_state_dict(sd)
+        return net.eval()
+
+    def layout(self, model_id: str | None = None) -> Layout:
+        mid = model_id or self.ids[0]
+        key = json.dumps(self.arch(mid), sort_keys=True)
+        if key not in self._layouts:
+            self._layouts[key] = Layout.from_state_dict(self.skeleton(mid).state_dict())
+        return self._layouts[key]
+
+    def weights(self, ids=None, epoch: int = -1) -> tuple[torch.Tensor, Layout]:
+        """Flat weights [M, N] of the given models (one architecture) and their layout."""
+        ids = list(self.ids if ids is None else ids)
+        if not ids:
+            raise ValueError("no models selected")
+        archs = {json.dumps(self.arch(m), sort_keys=True) for m in ids}
+        if len(archs) > 1:
+            raise ZooFormatError(f"{self.path}: selected models have {len(archs)} different architectures; "
+                                 "select one (e.g. zoo.filter(width=...))")
+        layout = self.layout(ids[0])
+        return torch.stack([layout.flatten(self.state_dict(m, epoch)) for m in ids]), layout
+
+
+def read_checkpoint_metadata(path: Path, data: bytes | None = None) -> dict:
+    """The safetensors header's metadata (str->str; JSON values decoded), without loading tensors."""
+    data = path.read_bytes() if data is None else data
+    try:
+        n = int.from_bytes(data[:8], "little")
+        if n <= 0 or n > len(data) - 8 or n > 100_000_000:
+            raise ValueError(f"header length {n} is impossible for a {len(data)}-byte file")
+        header = json.loads(data[8 : 8 + n])
+        meta = header.get("__metadata__", {}) or {}
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise ValueError("metadata is not a str->str map")
+    except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZooFormatError(f"{path}: unreadable safetensors header ({e})") from e
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v) if k in ("arch",) else v
+        except json.JSONDecodeError as e:
+            raise ZooFormatError(f"{path}: metadata {k!r} is not valid JSON") from e
+    return out

@@ -1,0 +1,336 @@
+"""The model table: the in-memory form of a shard and of the merged index, and its HDF5 layout.
+
+HDF5 layout (the same for `shards/<job>.h5` and `index.h5`):
+  attrs: format, format_version, zoo_name, config (JSON), created_by
+  /models/{model_id, job_id, status, arch (JSON), diverged_epoch}       [M]
+  /models/hparams/<name>                                               [M]  int64 | float64 | str
+  /metrics/epochs [E];  /metrics/<train|val|test>_<loss|acc>           [M, E]  (NaN where absent)
+  /checkpoints/{epoch [M, K] int (-1 = none), path [M, K] str, sha256 [M, K] str}
+  /jobs/{job_id, config (JSON), overrides (JSON)}                      [J]
+  /annotations/<group>/<column> [M, ...] (+ attrs: estimator settings)  (index only)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from wsl import __version__
+from wsl.errors import ZooFormatError
+from wsl.zoo.format import FORMAT_NAME, FORMAT_VERSION, METRICS
+
+STR = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class ModelRow:
+    model_id: str
+    job_id: str
+    status: str
+    arch: dict
+    hparams: dict
+    history: dict  # metric -> list of floats, index = epoch
+    checkpoints: list  # [(epoch, relpath, sha256)]
+    diverged_epoch: int = -1
+
+
+@dataclass
+class Annotation:
+    """Extra per-model columns written after training (landscape metrics, alignment barriers...)."""
+
+    group: str
+    model_ids: list
+    columns: dict  # name -> np.ndarray [M, ...] (numeric) or list[str]
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelTable:
+    rows: list = field(default_factory=list)
+    jobs: dict = field(default_factory=dict)  # job_id -> {"config": dict, "overrides": list}
+    attrs: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)  # group -> Annotation
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.model_id for r in self.rows]
+
+
+# ---------------------------------------------------------------------------------------------
+def _column(values: list):
+    """A list of Python scalars -> (numpy array, dtype) for HDF5; mixed or text -> str."""
+    vals = [json.dumps(v) if isinstance(v, (list, dict, tuple)) else v for v in values]
+    vals = [int(v) if isinstance(v, (bool, np.bool_)) else v for v in vals]
+    numeric = all(v is None or (isinstance(v, (int, float, np.integer, np.floating))) for v in vals)
+    if numeric:
+        if all(isinstance(v, (int, np.integer)) for v in vals):
+            return np.asarray(vals, dtype=np.int64)
+        return np.asarray([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
+    return np.asarray(["" if v is None else str(v) for v in vals], dtype=object)
+
+
+def _write_strings(g, name, values):
+    g.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=STR)
+
+
+def write_table(path: Path, table: ModelTable) -> None:
+    """Write `table` to an HDF5 file at `path` (callers write to a temp path and rename)."""
+    rows = table.rows
+    m = len(rows)
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["created_by"] = f"wsl {__version__}"
+        for k, v in table.attrs.items():
+            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+        g = f.create_group("models")
+        _write_strings(g, "model_id", [r.model_id for r in rows])
+        _write_strings(g, "job_id", [r.job_id for r in rows])
+        _write_strings(g, "status", [r.status for r in rows])
+        _write_strings(g, "arch", [json.dumps(r.arch, sort_keys=True) for r in rows])
+        g.create_dataset("diverged_epoch", data=np.asarray([r.diverged_epoch for r in rows], dtype=np.int64))
+        hp = g.create_group("hparams")
+        names = sorted({k for r in rows for k in r.hparams})
+        for name in names:
+            col = _column([r.hparams.get(name) for r in rows])
+            if col.dtype == object:
+                _write_strings(hp, name, col)
+            else:
+                hp.create_dataset(name, data=col)
+        mg = f.create_group("metrics")
+        n_ep = max([len(v) for r in rows for v in r.history.values()] + [0])
+        mg.create_dataset("epochs", data=np.arange(n_ep, dtype=np.int64))
+        metric_names = sorted(set(METRICS) | {k for r in rows for k in r.history})
+        for name in metric_names:
+            a = np.full((m, n_ep), np.nan)
+            for i, r in enumerate(rows):
+                h = r.history.get(name, [])
+                a[i, : len(h)] = [np.nan if v is None else float(v) for v in h]
+            mg.create_dataset(name, data=a)
+        cg = f.create_group("checkpoints")
+        k = max([len(r.checkpoints) for r in rows] + [0])
+        ep = np.full((m, k), -1, dtype=np.int64)
+        paths = np.full((m, k), "", dtype=object)
+        shas = np.full((m, k), "", dtype=object)
+        for i, r in enumerate(rows):
+            for j, (e, p, s) in enumerate(sorted(r.checkpoints)):
+                ep[i, j], paths[i, j], shas[i, j] = e, p, s
+        cg.create_dataset("epoch", data=ep)
+        cg.create_dataset("path", data=paths, dtype=STR)
+        cg.create_dataset("sha256", data=shas, dtype=STR)
+        jg = f.create_group("jobs")
+        jobs = sorted(table.jobs)
+        _write_strings(jg, "job_id", jobs)
+        _write_strings(jg, "config", [json.dumps(table.jobs[j].get("config", {}), sort_keys=True) for j in jobs])
+        _write_strings(jg, "overrides", [json.dumps(table.jobs[j].get("overrides", [])) for j in jobs])
+        if table.annotations:
+            ag = f.create_group("annotations")
+            pos = {mid: i for i, mid in enumerate(r.model_id for r in rows)}
+            for name, ann in sorted(table.annotations.items()):
+                _write_annotation_aligned(ag.create_group(name), ann, pos, m)
+
+
+def _write_annotation_aligned(g, ann: Annotation, pos: dict, m: int) -> None:
+    """Columns of an annotation, re-ordered to the index's rows (NaN / "" where a model has none)."""
+    for k, v in ann.attrs.items():
+        g.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+    where = [(pos[mid], j) for j, mid in enumerate(ann.model_ids) if mid in pos]
+    for name, col in ann.columns.items():
+        if isinstance(col, np.ndarray) and col.dtype != object:
+            out = np.full((m, *col.shape[1:]), np.nan if col.dtype.kind == "f" else -1, dtype=col.dtype)
+            for i, j in where:
+                out[i] = col[j]
+            g.create_dataset(name, data=out)
+        else:
+            out = np.full(m, "", dtype=object)
+            for i, j in where:
+                out[i] = str(col[j])
+            g.create_dataset(name, data=out, dtype=STR)
+
+
+def write_annotation_file(path: Path, ann: Annotation) -> None:
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["group"] = ann.group
+        for k, v in ann.attrs.items():
+            f.attrs[f"attr:{k}"] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+        _write_strings(f, "model_id", ann.model_ids)
+        cg = f.create_group("columns")
+        for name, col in ann.columns.items():
+            if isinstance(col, np.ndarray) and col.dtype != object:
+                cg.create_dataset(name, data=col)
+            else:
+                _write_strings(cg, name, [str(c) for c in col])
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_header(f: h5py.File, path: Path) -> None:
+    if f.attrs.get("format") != FORMAT_NAME:
+        raise ZooFormatError(f"{path}: not a wsl zoo file (attribute format={f.attrs.get('format')!r})")
+    v = f.attrs.get("format_version")
+    if not isinstance(v, (int, np.integer)):
+        raise ZooFormatError(f"{path}: format_version {v!r} is not an integer")
+    if int(v) > FORMAT_VERSION:
+        raise ZooFormatError(f"{path}: format version {int(v)} is newer than this wsl reads ({FORMAT_VERSION}); "
+                             "upgrade wsl")
+
+
+def _strings(ds) -> list[str]:
+    if ds.dtype.kind not in ("O", "S", "U"):
+        raise ZooFormatError(f"{ds.file.filename}:{ds.name} should hold text, holds {ds.dtype}")
+    return [s for s in ds.asstr()[()]] if ds.ndim else [ds.asstr()[()]]
+
+
+def _json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ZooFormatError(f"{where}: not valid JSON ({e})") from e
+
+
+def _attr_value(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.generic):
+        v = v.item()
+    return v
+
+
+def read_table(path: Path) -> ModelTable:
+    """Read a shard or index file; every structural problem raises ZooFormatError naming the file."""
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise ZooFormatError(f"{path}: cannot be opened as HDF5 ({e})") from e
+    try:
+        with f:
+            _check_header(f, path)
+            return _read_table(f, path)
+    except ZooFormatError:
+        raise
+    except (KeyError, ValueError, TypeError, OSError, IndexError) as e:
+        raise ZooFormatError(f"{path}: malformed zoo table ({type(e).__name__}: {e})") from e
+
+
+def _read_table(f: h5py.File, path: Path) -> ModelTable:
+    g = f["models"]
+    ids = _strings(g["model_id"])
+    m = len(ids)
+    cols = {k: _strings(g[k]) for k in ("job_id", "status", "arch")}
+    div = np.asarray(g["diverged_epoch"][()])
+    for k, v in cols.items():
+        if len(v) != m:
+            raise ZooFormatError(f"{path}: /models/{k} has {len(v)} rows, /models/model_id has {m}")
+    if div.shape != (m,) or div.dtype.kind not in "iu":
+        raise ZooFormatError(f"{path}: /models/diverged_epoch must be {m} integers")
+    hp = {}
+    for name, ds in g["hparams"].items():
+        if ds.shape != (m,):
+            raise ZooFormatError(f"{path}: /models/hparams/{name} has shape {ds.shape}, expected ({m},)")
+        if ds.dtype.kind in ("O", "S", "U"):
+            hp[name] = _strings(ds)
+        elif ds.dtype.kind in "iuf":
+            hp[name] = [v.item() for v in ds[()]]
+        else:
+            raise ZooFormatError(f"{path}: /models/hparams/{name} has unsupported type {ds.dtype}")
+    mg = f["metrics"]
+    metrics = {}
+    for name, ds in mg.items():
+        if name == "epochs":
+            continue
+        a = np.asarray(ds[()], dtype=np.float64) if ds.dtype.kind in "iuf" else None
+        if a is None or a.ndim != 2 or a.shape[0] != m:
+            raise ZooFormatError(f"{path}: /metrics/{name} must be a numeric [models, epochs] array")
+        metrics[name] = a
+    cg = f["checkpoints"]
+    ep = np.asarray(cg["epoch"][()])
+    if ep.ndim != 2 or ep.shape[0] != m or ep.dtype.kind not in "iu":
+        raise ZooFormatError(f"{path}: /checkpoints/epoch must be an integer [models, K] array")
+    paths = np.asarray(cg["path"].asstr()[()], dtype=object).reshape(ep.shape)
+    shas = np.asarray(cg["sha256"].asstr()[()], dtype=object).reshape(ep.shape)
+    rows = []
+    for i, mid in enumerate(ids):
+        ckpts = [(int(ep[i, j]), paths[i, j], shas[i, j]) for j in range(ep.shape[1]) if ep[i, j] >= 0]
+        hist = {}
+        for name, a in metrics.items():
+            valid = np.where(~np.isnan(a[i]))[0]
+            last = valid[-1] + 1 if len(valid) else 0
+            hist[name] = [float(x) for x in a[i, :last]]
+        rows.append(ModelRow(mid, cols["job_id"][i], cols["status"][i], _json(cols["arch"][i], f"{path}: arch of {mid}"),
+                             {k: v[i] for k, v in hp.items()}, hist, ckpts, int(div[i])))
+    jobs = {}
+    if "jobs" in f:
+        jg = f["jobs"]
+        for j, c, o in zip(_strings(jg["job_id"]), _strings(jg["config"]), _strings(jg["overrides"])):
+            jobs[j] = {"config": _json(c, f"{path}: config of job {j}"), "overrides": _json(o, f"{path}: overrides")}
+    attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+    annotations = {}
+    if "annotations" in f:
+        for name, ag in f["annotations"].items():
+            columns = {}
+            for cname, ds in ag.items():
+                if ds.shape[:1] != (m,):
+                    raise ZooFormatError(f"{path}: /annotations/{name}/{cname} has {ds.shape[:1]} rows, expected {m}")
+                columns[cname] = _strings(ds) if ds.dtype.kind in ("O", "S", "U") else np.asarray(ds[()])
+            annotations[name] = Annotation(name, list(ids), columns, {k: _attr_value(v) for k, v in ag.attrs.items()})
+    return ModelTable(rows, jobs, attrs, annotations)
+
+
+def read_annotation_file(path: Path) -> Annotation:
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise ZooFormatError(f"{path}: cannot be opened as HDF5 ({e})") from e
+    try:
+        with f:
+            _check_header(f, path)
+            ids = _strings(f["model_id"])
+            columns = {}
+            for name, ds in f["columns"].items():
+                if ds.shape[:1] != (len(ids),):
+                    raise ZooFormatError(f"{path}: column {name} has {ds.shape[:1]} rows, expected {len(ids)}")
+                columns[name] = _strings(ds) if ds.dtype.kind in ("O", "S", "U") else np.asarray(ds[()])
+            attrs = {k[5:]: _attr_value(v) for k, v in f.attrs.items() if k.startswith("attr:")}
+            return Annotation(str(_attr_value(f.attrs.get("group", path.stem))), ids, columns, attrs)
+    except ZooFormatError:
+        raise
+    except (KeyError, ValueError, TypeError, OSError) as e:
+        raise ZooFormatError(f"{path}: malformed annotation file ({type(e).__name__}: {e})") from e
+
+
+def merge_annotations(old: Annotation | None, new: Annotation) -> Annotation:
+    """Rows of `new` replace rows of `old` with the same model id; columns are unioned."""
+    if old is None:
+        return new
+    ids = list(old.model_ids) + [m for m in new.model_ids if m not in set(old.model_ids)]
+    pos = {m: i for i, m in enumerate(ids)}
+    cols = {}
+    for name in list(old.columns) + [c for c in new.columns if c not in old.columns]:
+        src = [(old, name), (new, name)]
+        sample = new.columns.get(name, old.columns.get(name))
+        numeric = isinstance(sample, np.ndarray) and sample.dtype != object
+        if numeric:
+            out = np.full((len(ids), *sample.shape[1:]), np.nan if sample.dtype.kind == "f" else -1, dtype=sample.dtype)
+        else:
+            out = np.full(len(ids), "", dtype=object)
+        for ann, n in src:
+            if n not in ann.columns:
+                continue
+            col = ann.columns[n]
+            for j, mid in enumerate(ann.model_ids):
+                try:
+                    out[pos[mid]] = col[j]
+                except (ValueError, TypeError):
+                    out[pos[mid]] = np.nan if numeric else str(col[j])
+        cols[name] = out if numeric else list(out)
+    return Annotation(new.group, ids, cols, {**old.attrs, **new.attrs})
+
+
+def is_finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

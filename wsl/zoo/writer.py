@@ -1,0 +1,169 @@
+"""Writing a zoo: checkpoints as safetensors, one shard per job, the merged index.
+
+Order of writes, so that a kill at any moment loses nothing finished and shows nothing
+unfinished as complete: checkpoints (temp file + rename) -> shard (temp + rename, under the zoo
+lock) -> index (rebuilt from all shards under the same lock, temp + rename). A model exists for
+readers only once its shard row exists, i.e. after all its checkpoints are on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+
+from wsl.errors import ZooFormatError
+from wsl.zoo.atomic import atomic_path, write_bytes_atomic, zoo_lock
+from wsl.zoo.format import (ANNOTATION_DIR, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, SHARD_DIR, STATUSES,
+                            check_id, checkpoint_relpath, sha256_bytes)
+from wsl.zoo.table import (Annotation, ModelRow, ModelTable, merge_annotations, read_annotation_file, read_table,
+                           write_annotation_file, write_table)
+
+log = logging.getLogger(__name__)
+
+
+def encode_checkpoint(state_dict: dict, metadata: dict) -> bytes:
+    """safetensors bytes; metadata values are str (safetensors allows str->str only), dicts as JSON."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    return st_save(tensors, metadata=meta)
+
+
+class ShardWriter:
+    """Collects one job's models and commits them as `shards/<job_id>.h5`.
+
+    Rows already in that shard (a finished part of an earlier run of the same job) are kept;
+    rows with the same model id are replaced.
+    """
+
+    def __init__(self, zoo_path, job_id: str, config: dict | None = None, zoo_name: str | None = None,
+                 overrides: list | None = None):
+        self.root = Path(zoo_path).resolve()
+        self.job_id = check_id("job id", job_id)
+        self.config = config or {}
+        self.overrides = list(overrides or [])
+        self.zoo_name = zoo_name or self.root.name
+        self.rows: list[ModelRow] = []
+        self._ckpts: dict[str, list] = {}
+
+    @property
+    def shard_path(self) -> Path:
+        return self.root / SHARD_DIR / f"{self.job_id}.h5"
+
+    def finished_ids(self) -> set[str]:
+        """Model ids this job has already committed (resume skips them)."""
+        if not self.shard_path.exists():
+            return set()
+        return set(read_table(self.shard_path).ids)
+
+    def write_checkpoint(self, model_id: str, epoch: int, state_dict: dict, arch: dict,
+                         extra_meta: dict | None = None) -> tuple[str, str]:
+        check_id("model id", model_id)
+        rel = checkpoint_relpath(self.job_id, model_id, epoch)
+        meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "zoo": self.zoo_name,
+                "job_id": self.job_id, "model_id": model_id, "epoch": str(int(epoch)), "arch": arch}
+        meta.update(extra_meta or {})
+        data = encode_checkpoint(state_dict, meta)
+        write_bytes_atomic(self.root / rel, data)
+        sha = sha256_bytes(data)
+        self._ckpts.setdefault(model_id, []).append((int(epoch), rel, sha))
+        return rel, sha
+
+    def add_model(self, model_id: str, arch: dict, hparams: dict, status: str, history: dict | None = None,
+                  diverged_epoch: int = -1) -> None:
+        check_id("model id", model_id)
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is not one of {STATUSES}")
+        ckpts = self._ckpts.get(model_id, [])
+        if not ckpts:
+            raise ZooFormatError(f"model {model_id} has no checkpoint written; write one before add_model")
+        hist = {k: [None if v is None else float(v) for v in vals] for k, vals in (history or {}).items()}
+        self.rows.append(ModelRow(model_id, self.job_id, status, arch, dict(hparams), hist, sorted(ckpts),
+                                  int(diverged_epoch)))
+
+    def commit(self) -> None:
+        """Atomically add this writer's rows to the job's shard, then rebuild the index."""
+        with zoo_lock(self.root):
+            old = read_table(self.shard_path) if self.shard_path.exists() else ModelTable()
+            new_ids = {r.model_id for r in self.rows}
+            rows = [r for r in old.rows if r.model_id not in new_ids] + self.rows
+            jobs = {self.job_id: {"config": self.config, "overrides": self.overrides}}
+            table = ModelTable(rows, jobs, {"zoo_name": self.zoo_name, "config": json.dumps(self.config, sort_keys=True)})
+            with atomic_path(self.shard_path) as tmp:
+                write_table(tmp, table)
+            _merge_locked(self.root)
+        log.info("committed %d models to %s", len(self.rows), self.shard_path)
+        self.rows, self._ckpts = [], {}
+
+
+def merge_index(zoo_path) -> Path:
+    """Rebuild `index.h5` from every shard and annotation (safe while other jobs commit)."""
+    root = Path(zoo_path).resolve()
+    with zoo_lock(root):
+        return _merge_locked(root)
+
+
+def _merge_locked(root: Path) -> Path:
+    shards = sorted((root / SHARD_DIR).glob("*.h5"))
+    if not shards:
+        raise ZooFormatError(f"{root}: no shards under {SHARD_DIR}/; nothing to index")
+    rows, jobs, seen = [], {}, {}
+    first_attrs = None
+    for s in shards:
+        t = read_table(s)
+        first_attrs = first_attrs or t.attrs
+        jobs.update(t.jobs)
+        for r in t.rows:
+            if r.model_id in seen:
+                raise ZooFormatError(f"model {r.model_id} is in both {seen[r.model_id]} and {s}")
+            seen[r.model_id] = s
+            rows.append(r)
+    annotations = {}
+    for a in sorted((root / ANNOTATION_DIR).glob("*.h5")):
+        ann = read_annotation_file(a)
+        annotations[ann.group] = ann
+    attrs = {"zoo_name": first_attrs.get("zoo_name", root.name), "config": first_attrs.get("config", "{}"),
+             "n_jobs": len(jobs)}
+    index = root / INDEX_FILE
+    with atomic_path(index) as tmp:
+        write_table(tmp, ModelTable(rows, jobs, attrs, annotations))
+    return index
+
+
+def write_annotation(zoo_path, group: str, model_ids: list, columns: dict, attrs: dict | None = None) -> None:
+    """Add per-model columns (e.g. landscape metrics with their estimator settings) to a zoo.
+
+    Rows merge with what `annotations/<group>.h5` already holds (same model id: replaced), so
+    work done in chunks accumulates and a killed run keeps every committed chunk.
+    """
+    root = Path(zoo_path).resolve()
+    check_id("annotation group", group)
+    m = len(model_ids)
+    cols = {}
+    for name, col in columns.items():
+        if isinstance(col, torch.Tensor):
+            col = col.detach().cpu().numpy()
+        if isinstance(col, np.ndarray) and col.dtype != object:
+            if col.shape[:1] != (m,):
+                raise ValueError(f"annotation column {name} has {col.shape[:1]} rows for {m} models")
+            cols[name] = col
+        else:
+            col = list(col)
+            if len(col) != m:
+                raise ValueError(f"annotation column {name} has {len(col)} rows for {m} models")
+            if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in col):
+                cols[name] = np.asarray(col, dtype=np.float64)
+            else:
+                cols[name] = ["" if v is None else str(v) for v in col]
+    new = Annotation(group, [str(x) for x in model_ids], cols, dict(attrs or {}))
+    path = root / ANNOTATION_DIR / f"{group}.h5"
+    with zoo_lock(root):
+        old = read_annotation_file(path) if path.exists() else None
+        merged = merge_annotations(old, new)
+        with atomic_path(path) as tmp:
+            write_annotation_file(tmp, merged)
+        _merge_locked(root)
