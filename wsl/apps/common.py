@@ -32,3 +32,98 @@ def fail_cleanly(fn):
 def to_container(cfg: DictConfig) -> dict:
     """The resolved config as plain Python types (what is stored next to every output)."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def _variants(args: list[str], extra_sweeps: dict | None = None) -> list[list[str]]:
+    """Override lists to check: every sweep value once, the other sweeps at their first value.
+
+    Sweeps come from the command line (a,b,c / range(...)) and from `hydra.sweeper.params` of an
+    experiment; checking each value once catches any impossible one before the first job starts.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(args)
+    if extra_sweeps:
+        given = {o.get_key_element() for o in parsed}
+        parsed += parser.parse_overrides([f"{k}={v}" for k, v in extra_sweeps.items() if k not in given])
+    base, sweeps = [], []
+    for o in parsed:
+        if o.key_or_group.startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            vals = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+            if vals:
+                sweeps.append(vals)
+        else:
+            base.append(o.input_line)
+    first = [v[0] for v in sweeps]
+    out = [base + first]
+    for i, vals in enumerate(sweeps):
+        for v in vals[1:]:
+            out.append(base + first[:i] + [v] + first[i + 1 :])
+    return out
+
+
+def _one_line(e: Exception, cfg_keys: dict | None = None) -> str:
+    import re
+
+    text = " ".join(str(x) for x in (e, e.__cause__) if x)
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if "Could not find" in text and "Available options" in text:
+        head = lines[0].split(": ", 1)[-1]
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("Available options")) + 1
+        opts = [ln for ln in lines[start:] if not ln.startswith(("Config search path", "provider="))]
+        return f"{head}; valid: {', '.join(opts)}"
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
+    if m:
+        key = m.group(1)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        valid = (cfg_keys or {}).get(parent)
+        return f"unknown config key {key!r}" + (f"; valid keys under {parent or 'the root'}: {', '.join(valid)}"
+                                               if valid else "")
+    return " ".join(lines[:3])
+
+
+def preflight(config_name: str, validate=None, argv: list[str] | None = None) -> None:
+    """Compose the app's config from the command line before Hydra runs it, so that an unknown key,
+    an unknown option, a malformed override or (with `validate`) an impossible value, in any job
+    of a sweep, stops at once with one line and exit status 2, before any work."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from wsl.errors import WslError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return  # --help, --cfg, --info ...: Hydra's own business
+    args = [a for a in args if not a.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            variants = _variants(args)
+            full = compose(config_name=config_name, overrides=variants[0], return_hydra_config=True)
+            params = full.hydra.sweeper.get("params") if "sweeper" in full.hydra else None
+            extra = OmegaConf.to_container(params) if params else {}
+            if extra:
+                variants = _variants(args, extra)
+            for ov in variants:
+                cfg = compose(config_name=config_name, overrides=ov)
+                if validate is not None:
+                    validate(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError, WslError) as e:
+        if isinstance(e, WslError):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        keys = {}
+        try:
+            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                base = compose(config_name=config_name)
+            keys[""] = sorted(base.keys())
+            for k, v in base.items():
+                if isinstance(v, DictConfig):
+                    keys[k] = sorted(v.keys())
+        except Exception:  # the message stays useful without the list of valid keys
+            pass
+        print(f"error: {_one_line(e, keys)}", file=sys.stderr)
+        sys.exit(2)

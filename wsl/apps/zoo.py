@@ -13,17 +13,24 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from wsl.apps.common import CONF_DIR, fail_cleanly
+from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
 
 
 @hydra.main(config_path=CONF_DIR, config_name="zoo", version_base="1.3")
 @fail_cleanly
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from wsl.apps.zoo_job import run_zoo_job
 
     hc = HydraConfig.get()
     root = run_zoo_job(cfg, run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
     print(f"zoo: {root}")
+
+
+def main() -> None:
+    from wsl.apps.zoo_config import validate_zoo_config
+
+    preflight("zoo", validate_zoo_config)
+    _main()
 
 
 if __name__ == "__main__":

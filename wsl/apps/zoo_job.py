@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader
 
 from wsl.apps.zoo_config import validate_zoo_config
@@ -112,7 +113,12 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     recorder = EpochRecorder(sink)
     loader = DataLoader(IndexDataset(), batch_size=None,
                         sampler=PopulationBatchSampler(n_train, bs, [m.seed_data for m in todo]))
-    trainer = L.Trainer(max_epochs=int(t.epochs), logger=_make_logger(cfg, run_dir), callbacks=[recorder],
+    callbacks = [recorder]
+    refresh = int(cfg.get("progress_refresh_rate", 10))
+    if refresh > 0:
+        callbacks.append(TQDMProgressBar(refresh_rate=refresh))
+    trainer = L.Trainer(max_epochs=int(t.epochs), logger=_make_logger(cfg, run_dir), callbacks=callbacks,
+                        enable_progress_bar=refresh > 0,
                         enable_checkpointing=False, use_distributed_sampler=False, log_every_n_steps=max(1, steps),
                         **OmegaConf.to_container(cfg.trainer, resolve=True))
     trainer.fit(module, loader)

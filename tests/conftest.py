@@ -1,0 +1,50 @@
+"""Shared fixtures: real Hydra configs, shrunk, writing to tmp paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from wsl.apps.common import CONF_DIR
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose_cfg(config_name: str, overrides: list[str]):
+    """The app's real config, composed exactly as its console script would."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+TINY_ZOO = ["net.width=8", "population.size=4", "train.epochs=2", "train.batch_size=64",
+            "logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
+
+
+def make_zoo(path: Path, extra: list[str] = ()) -> Path:
+    from wsl.apps.zoo_job import run_zoo_job
+
+    cfg = compose_cfg("zoo", [f"zoo.path={path}", *TINY_ZOO, *extra])
+    return run_zoo_job(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> Path:
+    """A small trained digits-MLP zoo (4 members, 2 epochs), built once per test session.
+    Tests must not modify it: copy it first (shutil.copytree) if they corrupt or extend it."""
+    return make_zoo(tmp_path_factory.mktemp("zoo") / "tiny")
+
+
+def run_cli(module: str, *args: str, timeout: int = 300, cwd=None, check=False) -> subprocess.CompletedProcess:
+    """Run an app the way a user does (python -m wsl.apps.<module> ...)."""
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    p = subprocess.run([sys.executable, "-m", f"wsl.apps.{module}", *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=cwd or ROOT, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{module} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p

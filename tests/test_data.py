@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from wsl.data import load_dataset
+from wsl.errors import ConfigError, DatasetError
+
+
+@pytest.mark.parametrize("name,shape", [("digits", (1, 8, 8)), ("mnist1d", (1, 40))])
+def test_embedded_datasets_have_fixed_disjoint_splits(name, shape):
+    a = load_dataset(name)
+    b = load_dataset(name)
+    assert a.input_shape == shape and a.num_classes == 10
+    n = a.x_train.shape[0] + a.x_val.shape[0] + a.x_test.shape[0]
+    assert n == (1797 if name == "digits" else 5000)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)  # fixed split
+    assert a.fingerprint() == b.fingerprint()
+    # splits are disjoint: no test row appears in train
+    train_rows = {r.numpy().tobytes() for r in a.x_train}
+    assert not any(r.numpy().tobytes() in train_rows for r in a.x_test)
+    assert set(a.y_train.unique().tolist()) == set(range(10))
+    # standardized with train statistics only
+    assert abs(float(a.x_train.mean())) < 1e-3
+
+
+def test_split_seed_changes_split_and_train_fraction_subsamples():
+    a = load_dataset("digits")
+    b = load_dataset("digits", split_seed=1)
+    assert not torch.equal(a.y_test, b.y_test)
+    h = load_dataset("digits", train_fraction=0.25, subset_seed=3)
+    assert h.x_train.shape[0] == round(a.x_train.shape[0] * 0.25)
+    assert torch.equal(h.x_test, a.x_test)  # only train is subsampled
+    h2 = load_dataset("digits", train_fraction=0.25, subset_seed=4)
+    assert not torch.equal(h.y_train, h2.y_train)
+    assert h.info["train_fraction"] == 0.25 and h.info["subset_seed"] == 3
+
+
+def test_bad_dataset_inputs_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="valid: .*digits"):
+        load_dataset("nope")
+    with pytest.raises(ConfigError, match="train_fraction"):
+        load_dataset("digits", train_fraction=0.0)
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(DatasetError, match=str(missing)):
+        load_dataset("mnist", root=str(missing))
+    with pytest.raises(DatasetError, match="dataset.root"):
+        load_dataset("cifar10", root=None)
+
+
+def test_mnist1d_generation_does_not_touch_global_numpy_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSL_CACHE", str(tmp_path))
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    load_dataset("mnist1d")  # generated afresh into the empty cache
+    assert np.random.rand() == expected
+    assert list(tmp_path.glob("mnist1d_*.npz"))
