@@ -1,0 +1,56 @@
+"""The quickstart: the whole pipeline on embedded data (digits), each stage a real console script.
+
+    python scripts/quickstart.py            # (what `make quickstart` runs)
+
+Prints a summary at the end and the paths of the plots it wrote.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "zoos" / "quickstart"
+
+STAGES = [
+    ("train a zoo", "zoo", [f"zoo.path={ZOO}"]),
+]
+
+
+def run(title: str, module: str, args: list[str]) -> float:
+    print(f"\n=== {title}: wsl-{module.replace('_', '-')} {' '.join(args)}", flush=True)
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", f"wsl.apps.{module}", *args], cwd=ROOT)
+    if p.returncode != 0:
+        sys.exit(f"quickstart: stage '{title}' failed (exit {p.returncode})")
+    return time.perf_counter() - t
+
+
+def summary() -> None:
+    from wsl.zoo import Zoo
+
+    z = Zoo(ZOO)
+    t = z.table()
+    print("\n=== summary")
+    print(f"zoo {z.path}: {len(z)} models, {int((t.status == 'trained').sum())} trained, "
+          f"{int((t.status == 'diverged').sum())} diverged")
+    print(f"test accuracy: mean {t.test_acc.mean():.3f} ± {t.test_acc.std():.3f} "
+          f"(min {t.test_acc.min():.3f}, max {t.test_acc.max():.3f})")
+    plots = sorted(ZOO.rglob("*.png"))
+    for p in plots:
+        print(f"plot: {p}")
+
+
+def main() -> None:
+    times = {}
+    for title, module, args in STAGES:
+        times[title] = run(title, module, args)
+    summary()
+    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+
+
+if __name__ == "__main__":
+    main()
