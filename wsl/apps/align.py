@@ -16,9 +16,8 @@ from wsl.errors import ConfigError
 def settings_from(cfg: DictConfig):
     from wsl.symmetry.canonical import AlignSettings
 
-    for key, node, leaf in (("zoo.path", cfg.zoo, "path"), ("out", cfg, "out")):
-        if OmegaConf.is_missing(node, leaf) or not str(node[leaf]).strip():
-            raise ConfigError(f"{key} is required (wsl-align zoo.path=zoos/x out=zoos/x-aligned)")
+    if OmegaConf.is_missing(cfg.zoo, "path") or not str(cfg.zoo.path).strip():
+        raise ConfigError("zoo.path is required (wsl-align zoo.path=zoos/x out=zoos/x-aligned)")
     c = to_container(cfg)
     m, b = c["matching"], c["barrier"]
     return AlignSettings(reference=c["reference"], reference_id=c["reference_id"], epoch=c["epoch"],

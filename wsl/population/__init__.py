@@ -1,10 +1,20 @@
-"""Training many nets at once: stacked parameters, torch.func.vmap, per-member hyperparameters."""
+"""Training many nets at once: stacked parameters, torch.func.vmap, per-member hyperparameters.
 
-from wsl.population.functional import population_forward, stack_state_dicts, unstack
-from wsl.population.members import Member, make_members
-from wsl.population.module import PopulationModule
-from wsl.population.optim import PopulationOptimizer
-from wsl.population.sampler import PopulationBatchSampler, member_epoch_order
+Exports are lazy: `wsl.population.functional` (used by landscape, symmetry, evaluation) does not
+pay for importing Lightning.
+"""
 
-__all__ = ["population_forward", "stack_state_dicts", "unstack", "Member", "make_members",
-           "PopulationModule", "PopulationOptimizer", "PopulationBatchSampler", "member_epoch_order"]
+import importlib
+
+_EXPORTS = {
+    "population_forward": "functional", "stack_state_dicts": "functional", "unstack": "functional",
+    "Member": "members", "make_members": "members", "PopulationModule": "module",
+    "PopulationOptimizer": "optim", "PopulationBatchSampler": "sampler", "member_epoch_order": "sampler",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"wsl.population.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'wsl.population' has no attribute {name!r}")

@@ -1,0 +1,167 @@
+"""wsl-align on a real zoo (digits MLPs of two widths trained here by wsl-zoo, one cell diverged):
+the copy is in the same format, every net computes what it computed before at every checkpoint,
+replicas end up aligned to their cell's reference (a fixed point of weight matching), and the
+barriers recorded in the index are the real ones and drop after alignment."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_zoo, run_cli
+from wsl.errors import ConfigError
+from wsl.landscape.connectivity import linear_barrier
+from wsl.population.functional import stack_state_dicts
+from wsl.symmetry import identity_permutations, permute, weight_matching
+from wsl.symmetry.canonical import AlignSettings, align_zoo
+from wsl.zoo import Zoo, read_checkpoint_metadata, write_annotation
+
+
+def _norm(sd):
+    return float(sum(v.double().pow(2).sum() for v in sd.values()))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Two wsl-zoo jobs in one zoo: width-8 MLPs in cells lr=0.1 and lr=0.03 (3 seed replicas
+    each) that train and lr=1000 that diverges; width-4 MLPs (2 replicas). Plus an annotation
+    group the copy must carry over."""
+    path = tmp_path_factory.mktemp("align") / "src"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets: threads only add synchronization on a shared machine
+    try:
+        make_zoo(path, ["population.size=9", "train.lr=[0.1,0.03,1000.0]"])
+        make_zoo(path, ["population.size=2", "net.width=4"])
+    finally:
+        torch.set_num_threads(threads)
+    zoo = Zoo(path)
+    write_annotation(path, "weights", zoo.ids, {"sq_norm": [_norm(zoo.state_dict(m)) for m in zoo.ids]},
+                     {"what": "sum of squared weights of the last checkpoint"})
+    return Zoo(path)
+
+
+def test_wsl_align_writes_canonical_copy(source, tmp_path):
+    out = tmp_path / "aligned"
+    r = run_cli("align", f"zoo.path={source.path}", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}", check=True)
+    assert f"aligned zoo: {out}" in r.stdout
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+
+    new = Zoo(out)  # the same format: the reader opens it and verifies every checksum below
+    assert new.ids == source.ids
+    src_t, new_t = source.table(), new.table()
+    for col in ("status", "lr", "weight_decay", "seed_init", "test_acc", "diverged_epoch", "n_checkpoints"):
+        assert new_t[col].equals(src_t[col]), col
+    for m in source.ids:
+        assert source.hparams(m) == new.hparams(m)
+        for k, h in source.history(m).items():
+            np.testing.assert_array_equal(new.history(m)[k], h)
+    assert new.cells().keys() == source.cells().keys()
+    assert new.task_data(new.ids[0]).fingerprint() == source.task_data(source.ids[0]).fingerprint()
+
+    ann = new.annotation("alignment")
+    cols = {k: (np.asarray(v) if not isinstance(v, list) else v) for k, v in ann["columns"].items()}
+    row = {m: i for i, m in enumerate(new.ids)}
+    x = source.task_data().x_test
+    aligned = []
+    for cell in source.cells().values():
+        statuses = {source.row(m).status for m in cell}
+        if statuses == {"diverged"}:  # copied as they are, nothing recorded
+            for m in cell:
+                assert cols["reference"][row[m]] == "" and np.isnan(cols["barrier_before"][row[m]])
+                assert torch.equal(new.state_dict(m)["head.weight"], source.state_dict(m)["head.weight"])
+            continue
+        ref = cell[0]
+        assert cols["is_reference"][row[ref]] == 1 and cols["barrier_after"][row[ref]] == 0
+        for m in cell:
+            assert cols["reference"][row[m]] == ref
+            spec = source.permutation_spec(m)
+            for e in source.checkpoint_epochs(m):
+                a, b = source.load_model(m, e), new.load_model(m, e)
+                with torch.no_grad():  # every checkpoint computes what it computed
+                    assert torch.allclose(a(x), b(x), atol=1e-5, rtol=0), (m, e)
+                meta = read_checkpoint_metadata(new.checkpoint_path(m, e))["alignment"]
+                perms = {p: torch.tensor(v) for p, v in (json.loads(meta)["permutation"] or {}).items()}
+                moved = permute(source.state_dict(m, e), spec, perms)  # the recorded permutation is the one applied
+                assert all(torch.equal(moved[k], v) for k, v in new.state_dict(m, e).items())
+            if m == ref:
+                continue
+            aligned.append(m)
+            # canonical: weight matching finds nothing left to permute against the reference
+            found = weight_matching(new.state_dict(ref), new.state_dict(m), spec)
+            assert all(torch.equal(found[p], q) for p, q in identity_permutations(spec).items())
+            assert cols["l2_after"][row[m]] < cols["l2_before"][row[m]]
+            assert cols["barrier_after"][row[m]] < cols["barrier_before"][row[m]]
+    assert len(aligned) == 5  # 2 + 2 replicas of the width-8 cells, 1 of the width-4 cell
+    before = cols["barrier_before"][[row[m] for m in aligned]]
+    after = cols["barrier_after"][[row[m] for m in aligned]]
+    assert before.mean() > 0.1 and after.mean() < 0.5 * before.mean(), (before, after)
+
+    # the recorded barriers are the real ones: recompute one pair on the recorded data (first 2000 train)
+    m = aligned[0]
+    ref = cols["reference"][row[m]]
+    data = source.task_data(m)
+    xs, ys = data.x_train[:2000], data.y_train[:2000]
+    pair = lambda u, v: (stack_state_dicts([u]), stack_state_dicts([v]))  # noqa: E731
+    net = source.skeleton(m)
+    b0 = float(linear_barrier(net, *pair(source.state_dict(ref), source.state_dict(m)), xs, ys).barrier[0])
+    b1 = float(linear_barrier(net, *pair(source.state_dict(ref), new.state_dict(m)), xs, ys).barrier[0])
+    assert cols["barrier_before"][row[m]] == pytest.approx(b0, rel=1e-6, abs=1e-9)
+    assert cols["barrier_after"][row[m]] == pytest.approx(b1, rel=1e-6, abs=1e-9)
+    assert ann["attrs"]["barrier_split"] == "train" and ann["attrs"]["barrier_points"] == 11
+
+    # the source's annotations travel, marked; this one is permutation invariant, so still true
+    w = new.annotation("weights")
+    assert w["attrs"]["copied_from"] == str(source.path)
+    assert np.allclose(w["columns"]["sq_norm"], [_norm(new.state_dict(m)) for m in new.ids], rtol=1e-5)
+
+    # bad input: one line, exit status 2, nothing written
+    r = run_cli("align", f"zoo.path={source.path}", f"out={source.path}", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "out=" in r.stderr and "source zoo itself" in r.stderr
+
+
+def test_global_reference_and_matched_epoch(source, tmp_path):
+    # one reference per architecture (the first trained net of it); only the matched epoch is written
+    out = align_zoo(source.path, tmp_path / "global", AlignSettings(reference="global", epoch=1, epochs="matched",
+                                                                    annotations="drop"))
+    new = Zoo(out)
+    cols = new.annotation("alignment")["columns"]
+    trained = source.filter(status="trained")
+    first = {}
+    for m in trained:
+        first.setdefault(source.arch(m)["width"], m)
+    assert len(first) == 2
+    x = source.task_data().x_test
+    for i, m in enumerate(new.ids):
+        if m in trained:
+            assert cols["reference"][i] == first[source.arch(m)["width"]]
+            assert new.checkpoint_epochs(m) == [1] and cols["matched_epoch"][i] == 1
+            with torch.no_grad():
+                assert torch.allclose(source.load_model(m, 1)(x), new.load_model(m, 1)(x), atol=1e-5)
+        else:  # diverged: copied, its only checkpoint kept
+            assert cols["reference"][i] == "" and new.checkpoint_epochs(m) == source.checkpoint_epochs(m)
+    assert not any(c.startswith("weights/") for c in new.table().columns)  # annotations=drop
+
+
+def test_bad_settings_name_the_key(source, tmp_path):
+    with pytest.raises(ConfigError, match="reference_id is only used with reference=global"):
+        AlignSettings(reference_id="x")
+    with pytest.raises(ConfigError, match="matching.restarts"):
+        AlignSettings(restarts=0)
+    with pytest.raises(ConfigError, match="barrier.split"):
+        AlignSettings(split="holdout")
+    with pytest.raises(ConfigError, match="epoch=9: model .* has no checkpoint there"):
+        align_zoo(source.path, tmp_path / "a", AlignSettings(epoch=9))
+    with pytest.raises(ConfigError, match="reference_id='nope' is not a model"):
+        align_zoo(source.path, tmp_path / "b", AlignSettings(reference="global", reference_id="nope"))
+    with pytest.raises(ConfigError, match="has another architecture"):  # one reference for two widths
+        align_zoo(source.path, tmp_path / "d", AlignSettings(reference="global", reference_id=source.ids[0]))
+    diverged = source.filter(status="diverged")[0]
+    with pytest.raises(ConfigError, match="diverged"):
+        align_zoo(source.path, tmp_path / "c", AlignSettings(reference="global", reference_id=diverged))
+    with pytest.raises(ConfigError, match="inside the source zoo"):
+        align_zoo(source.path, source.path / "copy", AlignSettings())
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c", "d"))

@@ -1,0 +1,158 @@
+"""Weight-space augmentations over state dicts (one net, or a stacked population with `batched=True`).
+
+Each is an nn.Module without parameters whose forward takes a state dict (and the net's
+PermutationSpec where it needs one) and returns a new state dict; inputs are never modified.
+Randomness comes from the module's own generator when `seed` is given, else from torch's
+global generator (which a DataLoader reseeds in every worker).
+
+- PermutationAugment: a random function-preserving permutation of the hidden units (SANE).
+- GaussianNoiseAugment: w + sigma * scale * eps, eps ~ N(0, 1) drawn per coordinate (real noise:
+  a published "noise" augmentation added one constant shift instead).
+- WeightDropoutAugment: zero each weight with probability p (inverted scaling by default).
+- AlignedMixUp: align net b to net a by weight matching, then lam * a + (1 - lam) * b with
+  lam ~ Beta(alpha, alpha); interpolating unaligned nets mixes unrelated units.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsl.errors import ConfigError
+from wsl.nets.spec import PermutationSpec
+from wsl.symmetry.matching import weight_matching
+from wsl.symmetry.permute import permute, random_permutations
+
+
+class _Augment(nn.Module):
+    def __init__(self, spec: PermutationSpec | None = None, batched: bool = False, seed: int | None = None):
+        super().__init__()
+        self.spec, self.batched, self.seed = spec, bool(batched), seed
+        self._generator = None  # created lazily: nothing unpicklable until first use
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        if self.seed is not None and self._generator is None:
+            self._generator = torch.Generator().manual_seed(int(self.seed))
+        return self._generator
+
+    def _spec(self, spec: PermutationSpec | None) -> PermutationSpec:
+        spec = spec if spec is not None else self.spec
+        if spec is None:
+            raise ConfigError(f"{type(self).__name__} needs the net's permutation spec "
+                              "(pass spec= to the constructor or the call)")
+        return spec
+
+    def _randn(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=self.generator, dtype=t.dtype).to(t.device)
+
+    def _rand(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.rand(t.shape, generator=self.generator, dtype=t.dtype).to(t.device)
+
+
+def _check_prob(key: str, value: float, upper_open: bool = True) -> float:
+    value = float(value)
+    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
+        raise ConfigError(f"{key} must be in [0, 1{')' if upper_open else ']'}, got {value}")
+    return value
+
+
+class PermutationAugment(_Augment):
+    """Re-order the hidden units at random; batched: an independent permutation per member."""
+
+    def forward(self, state_dict: dict, spec: PermutationSpec | None = None) -> dict:
+        spec = self._spec(spec)
+        batch = next(iter(state_dict.values())).shape[0] if self.batched else None
+        perms = random_permutations(spec, self.generator, batch=batch)
+        return permute(state_dict, spec, perms, batched=self.batched)
+
+
+class GaussianNoiseAugment(_Augment):
+    """w + s * eps per coordinate, eps ~ N(0, 1). relative=True: s = sigma * RMS of that tensor
+    (per member when batched), so every layer gets the same signal-to-noise ratio whatever its
+    scale (an all-zero tensor stays zero); relative=False: s = sigma."""
+
+    def __init__(self, sigma: float, relative: bool = True, batched: bool = False, seed: int | None = None):
+        super().__init__(batched=batched, seed=seed)
+        if float(sigma) < 0:
+            raise ConfigError(f"augment.sigma must be >= 0, got {sigma}")
+        self.sigma, self.relative = float(sigma), bool(relative)
+
+    def scale(self, t: torch.Tensor) -> torch.Tensor:  # [] or [P, 1, ...] broadcastable to t
+        if not self.relative:
+            return torch.tensor(self.sigma, dtype=t.dtype, device=t.device)
+        if self.batched:
+            return self.sigma * t.pow(2).flatten(1).mean(1).sqrt().view(-1, *[1] * (t.dim() - 1))
+        return self.sigma * t.pow(2).mean().sqrt()
+
+    def forward(self, state_dict: dict, spec: PermutationSpec | None = None) -> dict:
+        return {k: t + self.scale(t) * self._randn(t) if t.is_floating_point() else t for k, t in state_dict.items()}
+
+
+class WeightDropoutAugment(_Augment):
+    """Zero each coordinate independently with probability p; rescale=True divides survivors by
+    1 - p so every coordinate keeps its expected value (as nn.Dropout does)."""
+
+    def __init__(self, p: float, rescale: bool = True, batched: bool = False, seed: int | None = None):
+        super().__init__(batched=batched, seed=seed)
+        self.p, self.rescale = _check_prob("augment.p", p), bool(rescale)
+
+    def forward(self, state_dict: dict, spec: PermutationSpec | None = None) -> dict:
+        keep = 1.0 - self.p
+        factor = 1.0 / keep if self.rescale else 1.0
+        return {k: t * (self._rand(t) < keep).to(t.dtype) * factor if t.is_floating_point() else t
+                for k, t in state_dict.items()}
+
+
+class AlignedMixUp(_Augment):
+    """MixUp of two nets after weight-matching the second onto the first.
+
+    forward(sd_a, sd_b) -> (mixed state dict, lam) with lam ~ Beta(alpha, alpha) (a float, or
+    Tensor[P] when batched); mix the targets with the same lam: y = lam * y_a + (1 - lam) * y_b.
+    """
+
+    def __init__(self, alpha: float = 0.2, spec: PermutationSpec | None = None, batched: bool = False,
+                 seed: int | None = None, max_iter: int = 100):
+        super().__init__(spec=spec, batched=batched, seed=seed)
+        if float(alpha) <= 0:
+            raise ConfigError(f"augment.alpha must be > 0, got {alpha}")
+        self.alpha, self.max_iter = float(alpha), int(max_iter)
+        self._rng = None
+
+    def _lam(self, n: int) -> torch.Tensor:  # [n] ~ Beta(alpha, alpha)
+        if self._rng is None:  # numpy's Beta takes a seed (torch.distributions cannot take a generator)
+            self._rng = np.random.default_rng(self.seed)
+        return torch.from_numpy(self._rng.beta(self.alpha, self.alpha, size=n))
+
+    def forward(self, sd_a: dict, sd_b: dict, spec: PermutationSpec | None = None):
+        spec = self._spec(spec)
+        if not self.batched:
+            b = permute(sd_b, spec, weight_matching(sd_a, sd_b, spec, max_iter=self.max_iter))
+            lam = float(self._lam(1)[0])
+            return {k: lam * sd_a[k] + (1 - lam) * b[k] for k in sd_a}, lam
+        members = next(iter(sd_a.values())).shape[0]
+        aligned = [permute({k: v[i] for k, v in sd_b.items()}, spec,
+                           weight_matching({k: v[i] for k, v in sd_a.items()}, {k: v[i] for k, v in sd_b.items()},
+                                           spec, max_iter=self.max_iter))
+                   for i in range(members)]
+        lam = self._lam(members)  # [P]
+        out = {}
+        for k, a in sd_a.items():
+            b = torch.stack([m[k] for m in aligned])
+            w = lam.to(a.dtype).view(-1, *[1] * (a.dim() - 1))
+            out[k] = w * a + (1 - w) * b
+        return out, lam
+
+
+class Compose(nn.Module):
+    """Apply single-net augmentations in order (each receives the spec)."""
+
+    def __init__(self, augments):
+        super().__init__()
+        self.augments = nn.ModuleList(list(augments))
+
+    def forward(self, state_dict: dict, spec: PermutationSpec | None = None) -> dict:
+        for aug in self.augments:
+            state_dict = aug(state_dict, spec)
+        return state_dict

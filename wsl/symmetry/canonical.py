@@ -1,0 +1,347 @@
+"""A canonicalized copy of a zoo: every net weight-matched to a reference, written in the same format.
+
+Reference choice ("reference" setting):
+- "cell": the first model (index order) of each hyperparameter cell; its seed replicas are
+  aligned to it. Replicas become directly comparable coordinate by coordinate.
+- "global": one reference per architecture (the first model of that architecture, or the model
+  named by `reference_id`, which then every model must share the architecture of).
+
+The permutations are found on one checkpoint (`epoch`) and applied to every checkpoint written
+(`epochs="all"`) so a training trajectory stays one consistent net; permutations preserve the
+function, so histories (loss, accuracy) and hyperparameters are copied unchanged, and so is
+each model's status. Diverged nets and nets with non-finite weights are copied as they are.
+
+Recorded per model in the annotation group "alignment" of the new zoo: the reference, the linear
+loss barrier to it before and after alignment (wsl.landscape.connectivity.linear_barrier on the
+chosen data split), the L2 distance before and after, and the coordinate-descent passes. The
+permutation applied is in each checkpoint's metadata ("alignment"), so the original can be
+recovered. Annotation groups of the source (e.g. landscape metrics) are copied with a note that
+they were computed on the source nets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsl.errors import ConfigError, WslError, ZooFormatError
+from wsl.symmetry.matching import match
+from wsl.symmetry.permute import permute
+
+log = logging.getLogger("wsl.symmetry")
+
+GROUP = "alignment"
+REFERENCES = ("cell", "global")
+EPOCHS = ("all", "matched")
+SPLITS = ("train", "val", "test")
+# checkpoint metadata keys the writer sets itself
+_OWN_META = {"format", "format_version", "zoo", "job_id", "model_id", "epoch", "arch"}
+
+
+@dataclass
+class AlignSettings:
+    reference: str = "cell"
+    reference_id: str | None = None
+    epoch: int = -1  # checkpoint whose weights are matched (-1: each model's last)
+    epochs: str = "all"  # "all": write every checkpoint (same permutation); "matched": only that one
+    annotations: str = "copy"  # "copy" | "drop" the source's annotation groups
+    max_iter: int = 100
+    seed: int = 0
+    restarts: int = 1
+    split: str = "train"  # data of the barrier
+    samples: int | None = 2000  # first N examples of the split (splits are already shuffled); None: all
+    points: int = 11  # interpolation points of the barrier, both ends included
+    chunk: int = 64  # model pairs per vmapped barrier evaluation
+    name: str | None = None  # zoo name of the copy (default: "<source name>-aligned")
+
+    def __post_init__(self):
+        def choice(key, value, allowed):
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not allowed; valid: {', '.join(allowed)}")
+
+        def integer(key, value, minimum, allow_none=False):
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{key} must be an integer >= {minimum}{' or null' if allow_none else ''}, "
+                                  f"got {value!r}")
+
+        choice("reference", self.reference, REFERENCES)
+        choice("epochs", self.epochs, EPOCHS)
+        choice("annotations", self.annotations, ("copy", "drop"))
+        choice("barrier.split", self.split, SPLITS)
+        integer("epoch", self.epoch, -1)
+        integer("matching.max_iter", self.max_iter, 1)
+        integer("matching.seed", self.seed, 0)
+        integer("matching.restarts", self.restarts, 1)
+        integer("barrier.samples", self.samples, 1, allow_none=True)
+        integer("barrier.points", self.points, 2)
+        integer("barrier.chunk", self.chunk, 1)
+        if self.reference_id is not None and self.reference != "global":
+            raise ConfigError("reference_id is only used with reference=global")
+
+
+def _finite(sd: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
+
+
+def _l2(a: dict, b: dict) -> float:
+    return math.sqrt(sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a))
+
+
+def _check_output(src_path: Path, out: Path) -> None:
+    if out == src_path:
+        raise ConfigError(f"out={out} is the source zoo itself; choose a new directory")
+    if src_path in out.parents:
+        raise ConfigError(f"out={out} lies inside the source zoo {src_path}; choose a directory outside it")
+    if (out / "index.h5").exists() or (out / "shards").exists():
+        raise ConfigError(f"out={out} already holds a zoo; remove it or choose another directory")
+
+
+class _DataCache:
+    """Barrier data per dataset config (models of one cell share it; a train-fraction sweep does not)."""
+
+    def __init__(self, zoo, split: str, samples: int | None):
+        self.zoo, self.split, self.samples = zoo, split, samples
+        self._cache: dict = {}
+
+    def get(self, model_id: str):
+        key = json.dumps(self.zoo.job_config(model_id).get("dataset"), sort_keys=True, default=str)
+        if key not in self._cache:
+            data = self.zoo.task_data(model_id)
+            x, y = data.split(self.split)
+            n = x.shape[0] if self.samples is None else min(self.samples, x.shape[0])
+            self._cache[key] = (x[:n], y[:n], data.x_train[: max(n, 1)])  # train inputs reset BatchNorm, if any
+        return key, self._cache[key]
+
+
+def _references(zoo, ids: list[str], settings: AlignSettings, alignable: dict) -> dict:
+    """model id -> its reference's id (a reference maps to itself); None for nets that cannot be aligned."""
+    ref_of = {m: None for m in ids}
+    if settings.reference == "cell":
+        groups = zoo.cells(ids).values()
+    else:
+        by_arch: dict = OrderedDict()
+        for m in ids:
+            by_arch.setdefault(json.dumps(zoo.arch(m), sort_keys=True), []).append(m)
+        groups = list(by_arch.values())
+        if settings.reference_id is not None:
+            rid = settings.reference_id
+            if rid not in ids:
+                raise ConfigError(f"reference_id={rid!r} is not a model of {zoo.path}")
+            if not alignable[rid]:
+                raise ConfigError(f"reference_id={rid!r} diverged or has non-finite weights at the matched epoch")
+            if len(groups) > 1:
+                other = next(g[0] for g in groups if rid not in g)
+                raise ConfigError(f"reference_id={rid!r}: model {other} has another architecture "
+                                  f"({zoo.arch(other)} vs {zoo.arch(rid)}); use reference=cell or "
+                                  "reference=global without reference_id (one reference per architecture)")
+            groups = [[rid] + [m for m in ids if m != rid]]
+    for group in groups:
+        candidates = [m for m in group if alignable[m]]
+        if not candidates:
+            continue
+        ref = candidates[0]
+        for m in candidates:
+            ref_of[m] = ref
+    return ref_of
+
+
+def _barriers(zoo, pairs: list[tuple[str, str]], matched: dict, aligned: dict, settings: AlignSettings,
+              data: _DataCache) -> dict:
+    """(barrier before, barrier after) per model of `pairs` [(model, reference)], in vmapped chunks."""
+    from wsl.landscape.connectivity import linear_barrier
+    from wsl.population.functional import stack_state_dicts
+
+    groups: dict = OrderedDict()  # pairs sharing architecture and data are evaluated together
+    for m, r in pairs:
+        key, _ = data.get(m)
+        groups.setdefault((json.dumps(zoo.arch(m), sort_keys=True), key), []).append((m, r))
+    out = {}
+    for members in groups.values():
+        net = zoo.skeleton(members[0][0])
+        _, (x, y, bn_x) = data.get(members[0][0])
+        for i in range(0, len(members), settings.chunk):
+            chunk = members[i:i + settings.chunk]
+            refs = stack_state_dicts([matched[r] for _, r in chunk])
+            before = stack_state_dicts([matched[m] for m, _ in chunk])
+            after = stack_state_dicts([aligned[m] for m, _ in chunk])
+            b0 = linear_barrier(net, refs, before, x, y, points=settings.points, bn_x=bn_x).barrier
+            b1 = linear_barrier(net, refs, after, x, y, points=settings.points, bn_x=bn_x).barrier
+            for j, (m, _) in enumerate(chunk):
+                out[m] = (float(b0[j]), float(b1[j]))
+    return out
+
+
+@dataclass
+class _Plan:
+    """What aligning one zoo decided, model by model (all dicts keyed by model id)."""
+
+    ids: list
+    specs: dict  # PermutationSpec
+    epoch_of: dict  # the matched checkpoint's epoch
+    matched: dict  # state dict at that epoch
+    ref_of: dict  # reference model id, or None (copied unaligned)
+    results: dict  # MatchResult, for aligned non-reference models only
+    aligned: dict  # matched state dict after the permutation
+
+
+def _load(src, settings: AlignSettings) -> _Plan:
+    """Matched checkpoint and spec of every model (nets that declare no symmetry fail here); diverged
+    nets and nets with non-finite weights are marked to be copied as they are."""
+    ids = list(src.ids)
+    if not ids:
+        raise ZooFormatError(f"{src.path}: the zoo holds no models; nothing to align")
+    specs, matched, alignable, epoch_of = {}, {}, {}, {}
+    for m in ids:
+        epochs = src.checkpoint_epochs(m)
+        diverged = src.row(m).status == "diverged"
+        e = epochs[-1] if settings.epoch == -1 else settings.epoch
+        if e not in epochs:
+            if not diverged:
+                raise ConfigError(f"epoch={settings.epoch}: model {m} has no checkpoint there; it has {epochs}")
+            e = epochs[-1]
+        net = src.skeleton(m)
+        if not hasattr(net, "permutation_spec"):
+            raise ConfigError(f"model {m}: architecture {src.arch(m).get('name')!r} declares no permutation spec")
+        specs[m], epoch_of[m] = net.permutation_spec(), e
+        matched[m] = src.state_dict(m, e)
+        alignable[m] = not diverged and _finite(matched[m])
+    ref_of = _references(src, ids, settings, alignable)
+    return _Plan(ids, specs, epoch_of, matched, ref_of, {}, {})
+
+
+def _match_all(plan: _Plan, settings: AlignSettings) -> None:
+    started = time.perf_counter()
+    for i, m in enumerate(plan.ids):
+        r = plan.ref_of[m]
+        if r is None or r == m:
+            plan.aligned[m] = plan.matched[m]
+            continue
+        try:
+            res = match(plan.matched[r], plan.matched[m], plan.specs[m], max_iter=settings.max_iter,
+                        seed=settings.seed, restarts=settings.restarts)
+        except ConfigError as e:
+            raise ConfigError(f"model {m} (reference {r}): {e}") from e
+        plan.results[m] = res
+        plan.aligned[m] = permute(plan.matched[m], plan.specs[m], res.perms)
+        if (i + 1) % 100 == 0:
+            log.info("aligned %d/%d models", i + 1, len(plan.ids))
+    log.info("weight matching: %d models in %.1fs", len(plan.results), time.perf_counter() - started)
+
+
+def _write_copy(src, out: Path, plan: _Plan, settings: AlignSettings, config: dict | None) -> None:
+    """One shard per source job, so each job's config (hence its dataset) travels with its models."""
+    from wsl.zoo import ShardWriter
+
+    name = settings.name or f"{src.attrs.get('zoo_name', src.path.name)}-aligned"
+    record = {"source": str(src.path), **asdict(settings)}
+    by_job: dict = OrderedDict()
+    for m in plan.ids:
+        by_job.setdefault(src.row(m).job_id, []).append(m)
+    for job_id, members in by_job.items():
+        job_config = {**src.job_config(members[0]), "align": {**(config or {}), "settings": record}}
+        writer = ShardWriter(out, job_id, config=job_config, zoo_name=name)
+        for m in members:
+            row, arch = src.row(m), src.arch(m)
+            perms = plan.results[m].perms if m in plan.results else None
+            wanted = src.checkpoint_epochs(m) if settings.epochs == "all" else [plan.epoch_of[m]]
+            for e in wanted:
+                sd = plan.matched[m] if e == plan.epoch_of[m] else src.state_dict(m, e)
+                if perms is not None:
+                    sd = permute(sd, plan.specs[m], perms)
+                meta = {k: v for k, v in _source_meta(src, m, e).items() if k not in _OWN_META}
+                meta[GROUP] = {"reference": plan.ref_of[m] or "", "matched_epoch": plan.epoch_of[m],
+                               "source_zoo": str(src.path),
+                               "permutation": {p: v.tolist() for p, v in perms.items()} if perms else None}
+                writer.write_checkpoint(m, e, sd, arch, extra_meta=meta)
+            writer.add_model(m, arch, dict(row.hparams), row.status, row.history, row.diverged_epoch)
+        writer.commit()
+
+
+def _copy_annotations(src, out: Path, ids: list) -> None:
+    from wsl.zoo import write_annotation
+
+    for path in sorted((src.path / "annotations").glob("*.h5")):
+        group = path.stem
+        if group == GROUP:
+            continue  # re-aligning an aligned zoo: the new record replaces the old one
+        ann = src.annotation(group)
+        attrs = {**ann["attrs"], "copied_from": str(src.path), "copied_note": "computed on the source nets before alignment"}
+        write_annotation(out, group, ids, ann["columns"], attrs)
+
+
+def _record(plan: _Plan, barriers: dict) -> dict:
+    """The "alignment" columns, one row per model."""
+    nan = float("nan")
+    ids, ref_of, res = plan.ids, plan.ref_of, plan.results
+
+    def barrier(m, k):  # a reference's barrier to itself is 0 by definition; unaligned nets: NaN
+        return barriers[m][k] if m in barriers else (0.0 if ref_of[m] == m else nan)
+
+    return {
+        "reference": [ref_of[m] or "" for m in ids],
+        "is_reference": np.asarray([float(ref_of[m] == m) for m in ids]),
+        "matched_epoch": np.asarray([float(plan.epoch_of[m]) for m in ids]),
+        "barrier_before": np.asarray([barrier(m, 0) for m in ids]),
+        "barrier_after": np.asarray([barrier(m, 1) for m in ids]),
+        "l2_before": np.asarray([_l2(plan.matched[ref_of[m]], plan.matched[m]) if ref_of[m] else nan for m in ids]),
+        "l2_after": np.asarray([_l2(plan.matched[ref_of[m]], plan.aligned[m]) if ref_of[m] else nan for m in ids]),
+        "passes": np.asarray([float(res[m].passes) if m in res else nan for m in ids]),
+        "objective": np.asarray([res[m].objective if m in res else nan for m in ids]),
+    }
+
+
+def align_zoo(zoo_path, out=None, settings: AlignSettings | None = None, config: dict | None = None) -> Path:
+    """Write a canonicalized copy of the zoo at `zoo_path` to `out` (None: "<zoo_path>-aligned"); returns `out`.
+
+    Everything is computed before the first write; the alignment record is written last.
+    """
+    from wsl.zoo import Zoo, write_annotation
+
+    settings = settings or AlignSettings()
+    started = time.perf_counter()
+    src = Zoo(zoo_path)
+    out = src.path.with_name(f"{src.path.name}-aligned") if out is None else Path(out).expanduser().resolve()
+    _check_output(src.path, out)
+    plan = _load(src, settings)
+    _match_all(plan, settings)
+    data = _DataCache(src, settings.split, settings.samples)
+    barriers = _barriers(src, [(m, plan.ref_of[m]) for m in plan.results], plan.matched, plan.aligned, settings, data)
+
+    _write_copy(src, out, plan, settings, config)
+    if settings.annotations == "copy":
+        _copy_annotations(src, out, plan.ids)
+    cols = _record(plan, barriers)
+    attrs = {"method": "weight matching (Git Re-Basin coordinate descent, scipy linear_sum_assignment)",
+             "barrier": "max_alpha L((1-a) ref + a net) - ((1-a) L(ref) + a L(net)), cross-entropy",
+             "barrier_points": settings.points, "barrier_split": settings.split,
+             "barrier_samples": -1 if settings.samples is None else settings.samples,
+             "reference_mode": settings.reference, "epochs_written": settings.epochs,
+             "max_iter": settings.max_iter, "seed": settings.seed, "restarts": settings.restarts,
+             "source_zoo": str(src.path), "seconds": round(time.perf_counter() - started, 3)}
+    write_annotation(out, GROUP, plan.ids, cols, attrs)
+    if barriers:
+        b = np.asarray([v[0] for v in barriers.values()])
+        a = np.asarray([v[1] for v in barriers.values()])
+        log.info("barrier to reference: before %.4f, after %.4f (mean over %d nets)", b.mean(), a.mean(), len(b))
+    return out
+
+
+def _source_meta(src, model_id: str, epoch: int) -> dict:
+    from wsl.zoo import read_checkpoint_metadata
+
+    try:
+        return read_checkpoint_metadata(src.checkpoint_path(model_id, epoch))
+    except WslError:
+        raise
+    except OSError as e:
+        raise ZooFormatError(f"{src.checkpoint_path(model_id, epoch)}: unreadable ({e})") from e

@@ -1,0 +1,171 @@
+"""Weight matching (Git Re-Basin, Ainsworth et al. 2023): permute a net's hidden units so that its
+weights are as close as possible (in L2) to a reference net's.
+
+Minimizing sum_l ||W_ref_l - P(W)_l||^2 over permutations equals maximizing the inner product
+    J(perms) = sum over tensors of <W_ref, permute(W, perms)>
+because permutations keep norms. Over all permutations jointly this is an NP-hard quadratic
+assignment problem; coordinate descent solves it one permutation at a time: with the others
+fixed, J is linear in the permutation `p`, so the best `p` is a linear assignment on the
+similarity matrix S_p[i, j] = sum over axes named p of <ref unit i, (other perms applied) unit j>,
+which scipy's `linear_sum_assignment` solves exactly. Permutations are visited in random order;
+the descent stops after a pass that improves nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from wsl.errors import ConfigError
+from wsl.nets.spec import PermutationSpec
+from wsl.symmetry.permute import Perms, check_state_dict, identity_permutations, permute, random_permutations
+
+# an update must raise J by more than this (relative) to count: ties never flip units back and forth
+_REL_TOL = 1e-12
+
+
+@dataclass
+class MatchResult:
+    perms: Perms  # name -> LongTensor[n]; permute(sd, spec, perms) is aligned to the reference
+    objective: float  # J at the returned permutations
+    passes: int  # coordinate-descent passes run (the last one improved nothing when converged)
+    converged: bool
+
+
+def _as_float64(sd: dict, spec: PermutationSpec) -> dict:
+    return {k: sd[k].detach().to("cpu", torch.float64) for k in spec.axes}
+
+
+def _units(t: torch.Tensor, axis: int) -> torch.Tensor:  # [*shape] -> [n units along axis, rest]
+    return t.movedim(axis, 0).reshape(t.shape[axis], -1)
+
+
+class _Similarity:
+    """S_p[i, j] = <ref unit i, unit j of sd with every other permutation applied>: [n, n].
+
+    Terms of tensors that no other permutation touches (the first layer, biases) are the same at
+    every step: they are summed once; only the terms that depend on another permutation are
+    recomputed (for a wide first layer this halves the cost of a step).
+    """
+
+    def __init__(self, ref: dict, w: dict, spec: PermutationSpec):
+        self.w, self.const, self.varying = w, {}, {}
+        for p, uses in spec.perm_to_axes.items():
+            n = spec.sizes[p]
+            self.const[p] = torch.zeros(n, n, dtype=torch.float64)
+            self.varying[p] = []
+            for name, axis in uses:
+                others = [(ax, q) for ax, q in enumerate(spec.axes[name]) if ax != axis and q is not None]
+                r = _units(ref[name], axis)  # [n, rest]
+                if others:
+                    self.varying[p].append((name, axis, others, r))
+                else:
+                    self.const[p] += r @ _units(w[name], axis).T
+
+    def __call__(self, p: str, perms: Perms) -> torch.Tensor:
+        s = self.const[p].clone()
+        for name, axis, others, r in self.varying[p]:
+            t = self.w[name]
+            for ax, q in others:
+                t = t.index_select(ax, perms[q])
+            s += r @ _units(t, axis).T
+        return s
+
+
+def objective(sd_ref: dict, sd: dict, spec: PermutationSpec, perms: Perms) -> float:
+    """J = sum over tensors of <W_ref, permute(W, perms)> (higher is closer)."""
+    moved = permute(_as_float64(sd, spec), spec, perms)
+    ref = _as_float64(sd_ref, spec)
+    return float(sum((ref[k] * moved[k]).sum() for k in spec.axes))
+
+
+def _descend(similarity: _Similarity, spec: PermutationSpec, perms: Perms, max_iter: int,
+             rng: np.random.Generator) -> tuple[Perms, int, bool]:
+    """Coordinate descent from `perms` (updated in place); returns (perms, passes, converged)."""
+    uses = spec.perm_to_axes
+    names = [p for p in spec.sizes if uses[p]]
+    passes, improved = 0, True
+    while improved and passes < max_iter:
+        passes += 1
+        improved = False
+        for i in rng.permutation(len(names)):
+            p = names[i]
+            s = similarity(p, perms).numpy()  # [n, n]
+            rows, cols = linear_sum_assignment(s, maximize=True)
+            old = float(s[np.arange(s.shape[0]), perms[p].numpy()].sum())
+            new = float(s[rows, cols].sum())
+            if new > old + _REL_TOL * max(1.0, abs(old)):
+                perms[p] = torch.as_tensor(cols, dtype=torch.long)
+                improved = True
+    return perms, passes, not improved
+
+
+def match(sd_ref: dict, sd: dict, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
+          init: Perms | None = None, restarts: int = 1) -> MatchResult:
+    """Coordinate descent on the permutations of `sd` towards `sd_ref` (see the module docstring).
+
+    The first descent starts from `init` (default: identity); each further restart starts from
+    random permutations, and the best objective wins. Coordinate descent finds a coordinate-wise
+    optimum (no single permutation can improve), not always the joint one: restarts buy the joint
+    optimum more often on deep nets.
+    """
+    for key, value in (("max_iter", max_iter), ("restarts", restarts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"weight matching: {key} must be a positive integer, got {value!r}")
+    check_state_dict(sd_ref, spec, what="reference state dict")
+    check_state_dict(sd, spec, what="state dict to align")
+    for k in spec.axes:
+        if sd_ref[k].shape != sd[k].shape:
+            raise ConfigError(f"weight matching: parameter {k!r} has shape {tuple(sd[k].shape)}, "
+                              f"the reference {tuple(sd_ref[k].shape)}")
+    similarity = _Similarity(_as_float64(sd_ref, spec), _as_float64(sd, spec), spec)
+    rng = np.random.default_rng(seed)
+    best = None
+    for r in range(restarts):
+        if r == 0:
+            start = identity_permutations(spec)
+            if init is not None:
+                start.update({p: torch.as_tensor(v, dtype=torch.long).clone() for p, v in init.items()})
+        else:
+            start = random_permutations(spec, torch.Generator().manual_seed(int(rng.integers(2**62))))
+        perms, passes, converged = _descend(similarity, spec, start, max_iter, rng)
+        result = MatchResult(perms, objective(sd_ref, sd, spec, perms), passes, converged)
+        if best is None or result.objective > best.objective:
+            best = result
+    return best
+
+
+def weight_matching(sd_ref: dict, sd: dict, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
+                    init: Perms | None = None, restarts: int = 1) -> Perms:
+    """Permutations that align `sd` to `sd_ref`: `permute(sd, spec, perms)` is the aligned net."""
+    return match(sd_ref, sd, spec, max_iter=max_iter, seed=seed, init=init, restarts=restarts).perms
+
+
+def align(sd_ref: dict, sd: dict, spec: PermutationSpec, **kw) -> dict:
+    """`sd` with its hidden units permuted to match `sd_ref` (computes the same function as `sd`)."""
+    return permute(sd, spec, weight_matching(sd_ref, sd, spec, **kw))
+
+
+def brute_force_matching(sd_ref: dict, sd: dict, spec: PermutationSpec, limit: int = 1_000_000) -> MatchResult:
+    """The exact maximizer of J over every joint permutation (prod_p n_p! candidates): a reference
+    for tiny nets (tests), refused above `limit` candidates. `passes` holds the candidates tried."""
+    names = list(spec.sizes)
+    count = math.prod(math.factorial(spec.sizes[p]) for p in names)
+    if count > limit:
+        raise ConfigError(f"brute-force matching would try {count} permutations (limit {limit})")
+    check_state_dict(sd_ref, spec, what="reference state dict")
+    check_state_dict(sd, spec, what="state dict to align")
+    ref, w = _as_float64(sd_ref, spec), _as_float64(sd, spec)
+    best, best_j = None, -math.inf
+    for combo in itertools.product(*(itertools.permutations(range(spec.sizes[p])) for p in names)):
+        perms = {p: torch.tensor(c, dtype=torch.long) for p, c in zip(names, combo)}
+        moved = permute(w, spec, perms)
+        j = float(sum((ref[k] * moved[k]).sum() for k in spec.axes))
+        if j > best_j:
+            best, best_j = perms, j
+    return MatchResult(best, best_j, passes=count, converged=True)
