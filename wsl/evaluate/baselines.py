@@ -1,0 +1,154 @@
+"""The plain baselines a weight generator has to beat (Zeng et al. 2025), built from the training zoo.
+
+- noise: a training checkpoint plus Gaussian noise, over a sweep of σ. σ is relative: each tensor
+  gets noise of standard deviation σ × its own root-mean-square value, so one σ perturbs every
+  layer by the same fraction whatever its scale.
+- average: the mean of k training checkpoints after aligning them to the first of them (weight
+  averaging without alignment mixes unrelated hidden units).
+- gaussian: a per-coordinate Gaussian fitted to the anchor-aligned training checkpoints.
+- the ensemble of all training checkpoints (upper reference; no weights of its own) is scored by
+  wsl.evaluate.accuracy.ensemble_scores.
+
+Every setting of every sweep is evaluated and reported; nothing is chosen on the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from wsl.errors import ConfigError
+from wsl.evaluate.novelty import AlignedReference
+
+
+@dataclass
+class BaselineSet:
+    """The nets of one baseline setting."""
+
+    method: str  # "noise", "average", "gaussian"
+    setting: str  # e.g. "sigma=0.1", "k=3"
+    value: float | None  # the swept value (σ, k) or None
+    state_dicts: list = field(repr=False)
+
+
+def _check_n(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"baselines.*.n must be a positive integer, got {n!r}")
+    return n
+
+
+def _draw(T: int, n: int, g: torch.Generator) -> list[int]:
+    """n indices into T checkpoints, each used as evenly as possible, in random order."""
+    reps = -(-n // T)
+    idx = torch.cat([torch.randperm(T, generator=g) for _ in range(reps)])[:n]
+    return idx.tolist()
+
+
+class NoiseBaseline:
+    """Training checkpoints + relative Gaussian noise, one set of n nets per σ."""
+
+    method = "noise"
+
+    def check(self, n_reference: int) -> None:
+        """Raise ConfigError if this baseline cannot be built from n_reference checkpoints."""
+
+    def __init__(self, sigmas, n: int = 100):
+        self.sigmas = [float(s) for s in sigmas]
+        if not self.sigmas or any(not (s >= 0.0) for s in self.sigmas):
+            raise ConfigError(f"baselines.noise.sigmas must be a non-empty list of values >= 0, got {list(sigmas)}")
+        self.n = _check_n(n)
+
+    def generate(self, ref: AlignedReference, align: Callable | None, g: torch.Generator) -> list[BaselineSet]:
+        out = []
+        for sigma in self.sigmas:
+            sds = []
+            for i in _draw(len(ref), self.n, g):
+                src = ref.state_dicts[i]
+                sds.append({k: v + sigma * _rms(v) * torch.randn(v.shape, generator=g, dtype=v.dtype)
+                            if v.is_floating_point() else v.clone() for k, v in src.items()})
+            out.append(BaselineSet(self.method, f"sigma={sigma:g}", sigma, sds))
+        return out
+
+
+def _rms(v: torch.Tensor) -> torch.Tensor:
+    return v.detach().pow(2).mean().sqrt()
+
+
+class AverageBaseline:
+    """Means of k aligned training checkpoints (k distinct ones drawn at random), one set per k."""
+
+    method = "average"
+
+    def __init__(self, ks, n: int = 100):
+        self.ks = [int(k) for k in ks]
+        if not self.ks or any(k < 2 for k in self.ks):
+            raise ConfigError(f"baselines.average.ks must be a non-empty list of integers >= 2, got {list(ks)}")
+        self.n = _check_n(n)
+
+    def check(self, n_reference: int) -> None:
+        too_big = [k for k in self.ks if k > n_reference]
+        if too_big:
+            raise ConfigError(f"baselines.average.ks has k={too_big[0]} but the training zoo holds only "
+                              f"{n_reference} checkpoints")
+
+    def generate(self, ref: AlignedReference, align: Callable | None, g: torch.Generator) -> list[BaselineSet]:
+        self.check(len(ref))
+        out = []
+        for k in self.ks:
+            sds = []
+            for _ in range(self.n):
+                members = [ref.state_dicts[i] for i in torch.randperm(len(ref), generator=g)[:k].tolist()]
+                first = members[0]
+                aligned = [first] + [align(first, m) if align is not None else m for m in members[1:]]
+                sds.append({name: torch.stack([m[name] for m in aligned]).mean(0) if first[name].is_floating_point()
+                            else first[name].clone() for name in first})
+            out.append(BaselineSet(self.method, f"k={k}", float(k), sds))
+        return out
+
+
+class GaussianFitBaseline:
+    """Samples of a per-coordinate Gaussian (mean and std of each weight over the aligned zoo)."""
+
+    method = "gaussian"
+
+    def __init__(self, n: int = 100):
+        self.n = _check_n(n)
+
+    def check(self, n_reference: int) -> None:
+        if n_reference < 2:
+            raise ConfigError("baselines.gaussian needs at least two training checkpoints to fit a std")
+
+    def generate(self, ref: AlignedReference, align: Callable | None, g: torch.Generator) -> list[BaselineSet]:
+        self.check(len(ref))
+        keys = list(ref.state_dicts[0])
+        sds = []
+        stacked = {k: torch.stack([sd[k] for sd in ref.state_dicts]) for k in keys}  # {name: [T, ...]}
+        mean = {k: v.mean(0) for k, v in stacked.items() if v.is_floating_point()}
+        std = {k: v.std(0) for k, v in stacked.items() if v.is_floating_point()}
+        for _ in range(self.n):
+            sds.append({k: mean[k] + std[k] * torch.randn(mean[k].shape, generator=g, dtype=mean[k].dtype)
+                        if k in mean else stacked[k][0].clone() for k in keys})
+        return [BaselineSet(self.method, "per-coordinate", None, sds)]
+
+
+def check_baselines(baselines: dict, n_reference: int) -> None:
+    """Refuse unusable baselines before any work (a dict name -> baseline object; None entries are off)."""
+    for name, b in baselines.items():
+        if b is None:
+            continue
+        if not (hasattr(b, "generate") and hasattr(b, "check")):
+            raise ConfigError(f"baselines.{name} is not a baseline (needs a _target_ with check and generate methods)")
+        b.check(n_reference)
+
+
+def generate_baselines(baselines: dict, ref: AlignedReference, align: Callable | None, seed: int) -> list[BaselineSet]:
+    """Every set of every configured baseline, in configuration order."""
+    check_baselines(baselines, len(ref))
+    g = torch.Generator().manual_seed(int(seed))
+    out = []
+    for b in baselines.values():
+        if b is not None:
+            out.extend(b.generate(ref, align, g))
+    return out

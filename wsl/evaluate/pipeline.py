@@ -1,0 +1,342 @@
+"""Evaluate a zoo of generated nets against the zoo they were learned from (what wsl-evaluate runs).
+
+Order: open both zoos and refuse a mismatch (architecture, dataset) before any work; load the
+checkpoints; score every net on the evaluation split; align and audit against the training
+checkpoints; build, score and audit every baseline setting; compare landscape phases when both
+zoos carry them; write the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from wsl.errors import ConfigError, ZooFormatError
+from wsl.evaluate.accuracy import ensemble_scores, has_batchnorm, score_nets
+from wsl.evaluate.baselines import check_baselines, generate_baselines
+from wsl.evaluate.novelty import AlignedReference, audit, prediction_overlap, training_yardstick
+from wsl.evaluate.phases import compare_phases
+from wsl.evaluate.report import write_report
+from wsl.evaluate.results import Evaluation, SetResult
+from wsl.nets import build_net
+from wsl.zoo import Zoo
+
+log = logging.getLogger("wsl.evaluate")
+
+
+@dataclass
+class Settings:
+    """Knobs of one evaluation (the `evaluate.yaml` config, minus the zoo paths and baselines)."""
+
+    epoch: int = -1  # checkpoint of each generated net
+    reference_epoch: int | None = None  # checkpoint of each training net (None: the generator's, else -1)
+    reference_ids: list | None = None  # training checkpoints to audit against (None: the generator's
+    #                                    training nets when its zoo records them, else every trained one)
+    split: str = "test"  # where accuracy, loss and prediction overlap are measured
+    max_nets: int | None = None  # evaluate the first max_nets generated nets in index order (None: all)
+    min_accuracy: float | None = None  # failure threshold (None: constant predictor + min_gain of the gap)
+    min_gain: float = 0.1
+    align: bool = True  # weight matching before distances
+    anchor: int = 0  # index (among the training checkpoints) of the common alignment anchor
+    top_k: int = 5  # candidates re-aligned pairwise per net (>= zoo size: every pair)
+    max_iter: int = 100  # weight-matching passes
+    memorized_below: float = 0.5  # novelty under which a net counts as memorized
+    phase_thresholds: dict | None = None  # wsl.landscape.phases.PhaseThresholds fields (None: its defaults)
+    seed: int = 0  # baselines' random draws
+    chunk: int = 256  # nets per vmapped forward
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError(f"split={self.split!r} is unknown; valid: train, val, test")
+        if self.max_nets is not None and (isinstance(self.max_nets, bool) or int(self.max_nets) < 1):
+            raise ConfigError(f"max_nets must be a positive integer or null, got {self.max_nets!r}")
+        if not self.memorized_below > 0:
+            raise ConfigError(f"novelty.memorized_below must be > 0, got {self.memorized_below}")
+        for key in ("top_k", "chunk", "max_iter"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "top_k" else 1):
+                raise ConfigError(f"{key} must be a {'non-negative' if key == 'top_k' else 'positive'} integer, got {v!r}")
+
+
+def _arch_key(arch: dict) -> str:
+    return json.dumps(arch, sort_keys=True)
+
+
+def _eval_fingerprint(task) -> str:
+    """sha256 of the val and test splits: what evaluation reads. (The train split may legitimately
+    differ between members of a zoo, e.g. a train-fraction sweep; the held-out splits may not.)"""
+    h = hashlib.sha256(task.name.encode())
+    for s in ("val", "test"):
+        x, y = task.split(s)
+        h.update(x.contiguous().numpy().tobytes())
+        h.update(y.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Plan:
+    """What the compatibility check found: everything needed to start, nothing computed yet."""
+
+    gen: Zoo
+    ref: Zoo
+    gen_ids: list
+    ref_ids: list
+    arch: dict
+    task: object
+    reference_epoch: int = -1
+    reference_source: str = ""  # how ref_ids were chosen (for the report)
+
+
+def _source(gen: Zoo, gen_ids: list, ref: Zoo) -> dict:
+    """What the generated nets record about the zoo they were learned from (wsl-sample writes
+    `source_zoo` into its job config), when it is this reference zoo; {} otherwise."""
+    src = gen.job_config(gen_ids[0]).get("source_zoo") or {}
+    path = src.get("path")
+    if not path:
+        return {}
+    try:
+        same = Path(path).expanduser().resolve() == ref.path
+    except (OSError, RuntimeError):
+        same = False
+    return src if same else {}
+
+
+def plan(zoo_path, reference_path, s: Settings) -> Plan:
+    """Open both zoos and check they can be compared; raises before any model is loaded."""
+    s.check()
+    if reference_path is None or str(reference_path) in ("", "???"):
+        raise ConfigError("reference=<training zoo> is required (the zoo the generator was trained on)")
+    gen, ref = Zoo(zoo_path), Zoo(reference_path)
+    if gen.path == ref.path:
+        raise ConfigError(f"zoo.path and reference are the same zoo ({gen.path}); evaluate a generated zoo "
+                          "against the zoo it was learned from")
+    gen_ids = [m for m in gen.ids if gen.row(m).status != "diverged"]
+    if not gen_ids:
+        raise ZooFormatError(f"{gen.path}: holds no usable nets (all {len(gen.ids)} are marked diverged)")
+    if s.max_nets is not None:
+        gen_ids = gen_ids[: int(s.max_nets)]
+    gen_archs = {_arch_key(gen.arch(m)) for m in gen_ids}
+    if len(gen_archs) > 1:
+        raise ZooFormatError(f"{gen.path}: holds {len(gen_archs)} architectures ({sorted(gen_archs)}); "
+                             "wsl-evaluate compares one architecture at a time")
+    arch_key = gen_archs.pop()
+    arch = json.loads(arch_key)
+    src = _source(gen, gen_ids, ref)
+    recorded = src.get("train_ids") if isinstance(src.get("train_ids"), list) else None
+    if s.reference_ids is not None:
+        unknown = [m for m in s.reference_ids if m not in ref.ids]
+        if unknown:
+            raise ConfigError(f"reference_ids: {unknown[:5]} are not models of {ref.path}")
+        candidates, how = list(s.reference_ids), "reference_ids as given"
+    elif recorded and all(m in ref.ids for m in recorded):
+        candidates, how = list(recorded), "the generator's training nets (recorded by wsl-sample)"
+    else:
+        candidates = [m for m in ref.ids if ref.row(m).status == "trained"]
+        how = "every trained net of the reference zoo with this architecture"
+    ref_epoch = s.reference_epoch
+    if ref_epoch is None:
+        ref_epoch = int(src["epoch"]) if isinstance(src.get("epoch"), int) else -1
+    ref_ids = [m for m in candidates if _arch_key(ref.arch(m)) == arch_key]
+    if not ref_ids:
+        have = sorted({_arch_key(ref.arch(m)) for m in candidates}) or ["(no trained models)"]
+        raise ConfigError(f"architecture mismatch: the generated zoo {gen.path} holds {arch_key}, the reference "
+                          f"zoo {ref.path} holds {'; '.join(have)}")
+    if len(ref_ids) < 2:
+        raise ConfigError(f"reference zoo {ref.path} has {len(ref_ids)} trained checkpoint(s) of architecture "
+                          f"{arch_key}; the audit needs at least 2")
+    gen_task, ref_task = gen.task_data(gen_ids[0]), ref.task_data(ref_ids[0])
+    if _eval_fingerprint(gen_task) != _eval_fingerprint(ref_task):
+        raise ConfigError(f"dataset mismatch: the generated zoo {gen.path} was made for dataset {gen_task.name!r} "
+                          f"({_ds(gen_task)}), the reference zoo {ref.path} for {ref_task.name!r} ({_ds(ref_task)}); "
+                          "their held-out splits differ")
+    if not 0 <= s.anchor < len(ref_ids):
+        raise ConfigError(f"novelty.anchor={s.anchor} is out of range for {len(ref_ids)} training checkpoints")
+    return Plan(gen, ref, gen_ids, ref_ids, arch, ref_task, ref_epoch, how)
+
+
+def _ds(task) -> str:
+    keys = ("split_seed", "val_fraction", "test_fraction", "n_val", "n_test", "generator_seed", "num_samples")
+    return ", ".join(f"{k}={task.info[k]}" for k in keys if k in task.info)
+
+
+def _load(zoo: Zoo, ids: list, epoch: int) -> list[dict]:
+    return [{k: v.float() if v.is_floating_point() else v for k, v in zoo.state_dict(m, epoch).items()} for m in ids]
+
+
+def _provenance(zoo: Zoo, ids: list, limit: int = 5) -> dict:
+    """Hyperparameters recorded with the generated nets, with their distinct values (a few)."""
+    values: dict = {}
+    for m in ids:
+        for k, v in zoo.hparams(m).items():
+            values.setdefault(k, {}).setdefault(json.dumps(v, default=str), v)
+    out = {}
+    for k, vs in sorted(values.items()):
+        vals = list(vs.values())
+        out[k] = vals if len(vals) <= limit else vals[:limit] + [f"... ({len(vals)} distinct)"]
+    return out
+
+
+def _annotation_columns(zoo: Zoo, ids: list) -> dict:
+    """Annotation columns ("<group>/<column>") of the given models, as arrays in `ids` order."""
+    table = zoo.table()
+    cols = [c for c in table.columns if "/" in str(c)]
+    if not cols:
+        return {}
+    sub = table.loc[ids]
+    return {c: np.asarray(sub[c].tolist()) for c in cols}
+
+
+def evaluate_zoo(zoo_path, reference_path, settings: Settings | None = None, baselines: dict | None = None,
+                 out: str | Path | None = None) -> tuple[Evaluation, Path]:
+    """Run the whole evaluation and write the report (default: <zoo>/report). Returns (evaluation, report.md)."""
+    s = settings or Settings()
+    p = plan(zoo_path, reference_path, s)
+    check_baselines(baselines or {}, len(p.ref_ids))
+    timings: dict = {}
+    t0 = time.perf_counter()
+    net = build_net(p.arch)
+    spec = net.permutation_spec()
+    gen_sds = _load(p.gen, p.gen_ids, s.epoch)
+    ref_sds = _load(p.ref, p.ref_ids, p.reference_epoch)
+    timings["load checkpoints"] = time.perf_counter() - t0
+
+    x, y = p.task.split(s.split)
+    x_train = p.task.x_train
+    C = p.task.num_classes
+    score = partial(score_nets, net, x=x, y=y, num_classes=C, x_train=x_train, min_accuracy=s.min_accuracy,
+                    min_gain=s.min_gain, chunk=s.chunk)
+    t = time.perf_counter()
+    gen_scores = score(state_dicts=gen_sds)
+    timings["score generated nets"] = time.perf_counter() - t
+    ref_scores = score(state_dicts=ref_sds)
+    ens = ensemble_scores(net, ref_sds, x, y, x_train=x_train, chunk=s.chunk)
+
+    t = time.perf_counter()
+    align = partial(_align, spec=spec, max_iter=s.max_iter) if s.align else None
+    ref = AlignedReference(ref_sds, p.ref.layout(p.ref_ids[0]).flatten, align, anchor=s.anchor, top_k=s.top_k)
+    yard = training_yardstick(ref, ref_scores.predictions, y.numpy(), C)
+    timings["align training zoo + yardstick"] = time.perf_counter() - t
+    t = time.perf_counter()
+    y_np = y.numpy()
+    run_audit = partial(audit, ref, yard, ref_pred=ref_scores.predictions, y=y_np, num_classes=C,
+                        memorized_below=s.memorized_below)
+    gen_audit = run_audit(gen_sds, pred=gen_scores.predictions)
+    timings["audit generated nets"] = time.perf_counter() - t
+
+    sets = [SetResult("generated", "", None, gen_scores, gen_audit, list(p.gen_ids)),
+            SetResult("training", "leave-one-out", None, ref_scores, yard.as_audit(s.memorized_below), list(p.ref_ids))]
+
+    t = time.perf_counter()
+    for b in generate_baselines(baselines or {}, ref, align, s.seed):
+        sc = score(state_dicts=b.state_dicts)
+        sets.append(SetResult(b.method, b.setting, b.value, sc, run_audit(b.state_dicts, pred=sc.predictions)))
+    timings["baselines"] = time.perf_counter() - t
+
+    if ens["predictions"] is not None:
+        ov = prediction_overlap(ens["predictions"][None], ref_scores.predictions, y_np, C)
+        ens.update(agreement=float(ov.agreement[0]), wrong_iou=float(ov.wrong_iou[0]))
+
+    phases = []
+    ref_cols = _annotation_columns(p.ref, p.ref_ids)
+    if ref_cols:  # the training zoo carries landscape metrics: place the generated nets in its phases
+        t = time.perf_counter()
+        ref_loss, gen_loss = _train_losses(net, p, ref_sds, gen_sds, gen_audit.nearest, s.chunk)
+        cells = np.array([p.ref.cell_key(m) for m in p.ref_ids], dtype=object)
+        phases = compare_phases(_annotation_columns(p.gen, p.gen_ids), ref_cols, gen_audit.nearest, cells,
+                                gen_loss, ref_loss, s.phase_thresholds)
+        timings["phases"] = time.perf_counter() - t
+
+    conditions = _conditions(p, gen_sds, gen_scores, net, s)
+    timings["total"] = time.perf_counter() - t0
+    info = {"zoo": str(p.gen.path), "reference": str(p.ref.path), "zoo_name": p.gen.attrs.get("zoo_name", p.gen.path.name),
+            "reference_name": p.ref.attrs.get("zoo_name", p.ref.path.name), "arch": p.arch,
+            "n_parameters": int(sum(v.numel() for v in ref_sds[0].values())),
+            "dataset": p.task.name, "split": s.split, "n_inputs": int(len(y)), "epoch": s.epoch,
+            "reference_epoch": p.reference_epoch, "reference_source": p.reference_source, "n_generated": len(gen_sds), "n_reference": len(ref_sds),
+            "batchnorm": has_batchnorm(net), "min_accuracy": gen_scores.min_accuracy, "min_gain": s.min_gain,
+            "memorized_below": s.memorized_below,
+            "alignment": (f"anchor = training checkpoint {p.ref_ids[s.anchor]}, top-{s.top_k} candidates re-aligned "
+                          f"pairwise, at most {s.max_iter} passes") if s.align else "off: raw weights",
+            "provenance": _provenance(p.gen, p.gen_ids), "conditions": conditions, "timings": timings,
+            "nets_scored_per_minute": 60.0 * len(gen_sds) / max(timings["score generated nets"], 1e-9),
+            "nets_audited_per_minute": 60.0 * len(gen_sds) / max(timings["audit generated nets"], 1e-9)}
+    yd = {"l2_median": yard.l2_median, "cosine_median": yard.cosine_median,
+          "agreement_mean": float(np.mean(yard.agreement)), "wrong_iou_mean": float(np.mean(yard.wrong_iou))}
+    ev = Evaluation(sets=sets, ensemble=ens, yardstick=yd, phases=phases, info=info)
+    out_dir = Path(out) if out is not None else p.gen.path / "report"
+    try:
+        path = write_report(ev, out_dir)
+    except OSError as e:
+        raise ConfigError(f"cannot write the report to {out_dir} ({e}); choose another directory with out=<dir>") from e
+    return ev, path
+
+
+_METRIC = re.compile(r"^(train|val|test)_(acc|loss)$")
+
+
+def _conditions(p: Plan, gen_sds: list, gen_scores, net, s: Settings) -> list[dict]:
+    """For conditionally sampled nets (wsl-sample records each condition as hparam "cond_<key>"):
+    per condition value, how many nets, and what they reach — the conditioned metric itself when it
+    is one of train/val/test acc/loss (measured here on that split), and the evaluation accuracy."""
+    values: dict = {}
+    for i, m in enumerate(p.gen_ids):
+        for k, v in p.gen.hparams(m).items():
+            if k.startswith("cond_") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                values.setdefault(k, {}).setdefault(float(v), []).append(i)
+    rows, measured = [], {}
+    for key, groups in sorted(values.items()):
+        metric = key[len("cond_"):]
+        mt = _METRIC.match(metric)
+        if mt and mt.group(1) not in measured:
+            xs, ys = p.task.split(mt.group(1))
+            measured[mt.group(1)] = score_nets(net, gen_sds, xs, ys, p.task.num_classes, x_train=p.task.x_train,
+                                               min_accuracy=s.min_accuracy, min_gain=s.min_gain, chunk=s.chunk)
+        for target, idx in sorted(groups.items()):
+            row = {"condition": key, "target": target, "n": len(idx),
+                   "eval_acc_mean": float(np.mean(gen_scores.accuracy[idx])),
+                   "eval_acc_std": float(np.std(gen_scores.accuracy[idx], ddof=1)) if len(idx) > 1 else float("nan")}
+            if mt:
+                sc = measured[mt.group(1)]
+                v = (sc.accuracy if mt.group(2) == "acc" else sc.loss)[idx]
+                v = v[np.isfinite(v)]
+                row.update(metric=metric, achieved_mean=float(v.mean()) if len(v) else float("nan"),
+                           achieved_std=float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
+            rows.append(row)
+    return rows
+
+
+def _train_losses(net, p: Plan, ref_sds: list, gen_sds: list, nearest: np.ndarray, chunk: int):
+    """Train loss of each training checkpoint on its own train split, and of each generated net on
+    the train split of its nearest training checkpoint (cells of a train-fraction sweep differ)."""
+    def key(mid):
+        cfg = dict(p.ref.job_config(mid).get("dataset") or {})
+        cfg.pop("root", None)  # where the files live does not change the data
+        return json.dumps(cfg, sort_keys=True, default=str)
+
+    keys = [key(m) for m in p.ref_ids]
+    tasks: dict = {}
+    ref_loss, gen_loss = np.full(len(ref_sds), np.nan), np.full(len(gen_sds), np.nan)
+    for k in dict.fromkeys(keys):
+        task = tasks.setdefault(k, p.ref.task_data(p.ref_ids[keys.index(k)]))
+        for sds, idx, out in ((ref_sds, [i for i, kk in enumerate(keys) if kk == k], ref_loss),
+                              (gen_sds, [i for i, n in enumerate(nearest) if n >= 0 and keys[n] == k], gen_loss)):
+            if idx:
+                out[idx] = score_nets(net, [sds[i] for i in idx], task.x_train, task.y_train, task.num_classes,
+                                      x_train=task.x_train, chunk=chunk).loss
+    return ref_loss, gen_loss
+
+
+def _align(sd_ref: dict, sd: dict, spec, max_iter: int) -> dict:
+    from wsl.symmetry import align
+
+    out = align(sd_ref, sd, spec, max_iter=max_iter)
+    return {k: v.to(sd[k].dtype) for k, v in out.items()}

@@ -1,0 +1,100 @@
+"""The accuracy-vs-novelty plane: the generated nets against every baseline and the training zoo.
+
+Two panels share the accuracy axis: weight novelty (aligned NN L2 distance over the median
+training-to-training one) and behavioural novelty (1 − highest IoU of wrong-prediction sets with
+any training checkpoint). Each set is drawn as its mean ± std (never its best net); the generated
+nets are also shown one by one. The ensemble of the training zoo is the dashed upper reference.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from wsl.evaluate.results import Evaluation  # noqa: E402
+
+STYLE = {  # method -> (colour, marker)
+    "generated": ("tab:red", "*"),
+    "training": ("black", "o"),
+    "noise": ("tab:blue", "s"),
+    "average": ("tab:green", "^"),
+    "gaussian": ("tab:purple", "D"),
+}
+
+
+def _mean_std(v: np.ndarray) -> tuple[float, float]:
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def accuracy_novelty_plot(ev: Evaluation, path: str | Path) -> Path:
+    """Draw the plane into `path` (PNG, written atomically) and return the path."""
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    panels = [("weight_novelty", "weight novelty: aligned NN L2 / training-to-training median"),
+              ("behaviour_novelty", "behavioural novelty: 1 − max IoU of wrong-prediction sets")]
+    for ax, (attr, xlabel) in zip(axes, panels):
+        seen = set()
+        for method in ("noise", "average"):  # the sweeps as lines, in sweep order
+            sets = ev.by_method(method)
+            if len(sets) > 1:
+                pts = np.array([[_mean_std(getattr(s, attr))[0], _mean_std(s.scores.accuracy)[0]] for s in sets])
+                pts = pts[np.argsort(pts[:, 0])] if method == "average" else pts
+                ax.plot(pts[:, 0], pts[:, 1], "-", color=STYLE[method][0], alpha=0.5, lw=1)
+        for s in ev.sets:
+            colour, marker = STYLE.get(s.method, ("grey", "x"))
+            x = getattr(s, attr)
+            if s.method == "generated":
+                ax.scatter(x, s.scores.accuracy, s=14, color=colour, alpha=0.35, lw=0)
+            mx, sx = _mean_std(x)
+            my, sy = _mean_std(s.scores.accuracy)  # accuracy over all nets, failures included
+            ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt=marker, color=colour, ms=9 if s.method == "generated" else 6,
+                        capsize=2, label=s.method if s.method not in seen else None)
+            seen.add(s.method)
+            if s.setting and s.method in ("noise", "average"):
+                ax.annotate(s.setting.split("=")[-1], (mx, my), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=colour)
+        ens = ev.ensemble.get("accuracy")
+        if ens is not None and np.isfinite(ens):
+            ax.axhline(ens, color="grey", ls="--", lw=1, label="ensemble of training zoo")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{ev.info.get('split', 'test')} accuracy (mean ± std over all nets)")
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"accuracy vs novelty: {ev.info.get('zoo_name', '')} against {ev.info.get('reference_name', '')}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def distance_histogram(ev: Evaluation, path: str | Path) -> Path:
+    """Nearest-neighbour L2 of the generated nets next to the training-to-training distances."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    gen = [s for s in ev.by_method("generated")]
+    train = [s for s in ev.by_method("training")]
+    for s, colour in [(t, "black") for t in train] + [(g, "tab:red") for g in gen]:
+        v = s.audit.l2[np.isfinite(s.audit.l2)]
+        if len(v):
+            ax.hist(v, bins=30, alpha=0.5, color=colour, label=f"{s.label} (n={len(v)})")
+    ax.set_xlabel("L2 distance to the nearest training checkpoint (after alignment)")
+    ax.set_ylabel("nets")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

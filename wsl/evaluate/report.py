@@ -1,0 +1,263 @@
+"""The evaluation report: markdown with the tables and plots, per-net and summary CSVs, JSON.
+
+The report directory is written as a whole into a temporary sibling and renamed into place, so a
+killed run never leaves a report that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from wsl.evaluate.plots import accuracy_novelty_plot, distance_histogram
+from wsl.evaluate.results import Evaluation
+
+REPORT_FILE = "report.md"
+
+
+def _f(v, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (float, np.floating)) and not math.isfinite(v):
+        return "–"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{float(v):.{digits}f}"
+
+
+def _pm(m, s, digits: int = 4) -> str:
+    if m is None or not math.isfinite(m):
+        return "–"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None and math.isfinite(s) else f"{m:.{digits}f}"
+
+
+def _counts(d: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(d.items())) or "–"
+
+
+def _table(header: list, rows: list) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def noise_at_equal_novelty(ev: Evaluation, novelty: float, attr: str = "weight_novelty") -> float | None:
+    """Mean accuracy of the noise baseline interpolated (linearly in its σ sweep) at a given mean
+    novelty; None outside the swept range. A comparison of curves, not a selection: every σ stays
+    in the tables."""
+    pts = []
+    for s in ev.by_method("noise"):
+        x = getattr(s, attr)
+        x = x[np.isfinite(x)]
+        if len(x):
+            pts.append((float(x.mean()), float(s.scores.accuracy.mean())))
+    if len(pts) < 2 or not math.isfinite(novelty):
+        return None
+    pts.sort()
+    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    if novelty < xs[0] or novelty > xs[-1]:
+        return None
+    return float(np.interp(novelty, xs, ys))
+
+
+def compare_with_noise(ev: Evaluation) -> list[dict]:
+    """Where the generated nets sit against the noise baseline, on both novelty axes."""
+    out = []
+    gen = ev.by_method("generated")
+    if not gen:
+        return out
+    g = gen[0]
+    acc = float(g.scores.accuracy.mean())
+    for axis, attr in (("weight", "weight_novelty"), ("behavioural", "behaviour_novelty")):
+        x = getattr(g, attr)
+        nov = float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+        ref = noise_at_equal_novelty(ev, nov, attr)
+        sweep = [float(np.nanmean(getattr(n, attr))) for n in ev.by_method("noise") if np.isfinite(getattr(n, attr)).any()]
+        out.append({"axis": axis, "novelty": nov, "accuracy": acc, "noise_accuracy": ref,
+                    "sweep_min": min(sweep) if sweep else None, "sweep_max": max(sweep) if sweep else None,
+                    "difference": None if ref is None else acc - ref, "better": None if ref is None else acc > ref})
+    return out
+
+
+def markdown(ev: Evaluation, plots: dict) -> str:
+    info = ev.info
+    lines = [f"# Evaluation of `{info['zoo']}`", "",
+             f"Reference (training) zoo: `{info['reference']}` — {info['n_reference']} checkpoints "
+             f"(epoch {info['reference_epoch']}; {info.get('reference_source', '')}) of architecture "
+             f"`{json.dumps(info['arch'], sort_keys=True)}` ({info.get('n_parameters')} parameters).",
+             f"Generated nets: {info['n_generated']} (epoch {info['epoch']}); data `{info['dataset']}`, "
+             f"scored on the **{info['split']}** split ({info['n_inputs']} inputs). "
+             f"BatchNorm statistics re-estimated on train data: {'yes' if info['batchnorm'] else 'no BatchNorm'}.",
+             "",
+             "Every number is a mean ± std over *all* nets of a set (never its best net); nothing is selected on "
+             "the test split: every σ and k of the baselines is listed. A net fails when its outputs are not "
+             f"finite or its accuracy is below {info['min_accuracy']:.4f} (a constant predictor's accuracy plus "
+             f"{info['min_gain']:g} of the gap to 1, unless set).", ""]
+    if info.get("provenance"):
+        lines += ["## Provenance of the generated nets", "",
+                  _table(["key", "values"], [[k, f"`{v}`"] for k, v in info["provenance"].items()]), ""]
+
+    if info.get("conditions"):
+        lines += ["## Conditions", "", "Nets sampled with a condition, grouped by its value (all of them, none picked).", "",
+                  _table(["condition", "target", "nets", "achieved (that metric, measured here)",
+                          f"{info['split']} accuracy"],
+                         [[r["condition"], _f(r["target"]), r["n"],
+                           (f"{r['metric']}: " + _pm(r["achieved_mean"], r["achieved_std"])) if "metric" in r else "–",
+                           _pm(r["eval_acc_mean"], r["eval_acc_std"])] for r in info["conditions"]]), ""]
+
+    lines += ["## Accuracy and loss", ""]
+    rows = []
+    for s in ev.sets:
+        m = s.scores.summary()
+        rows.append([s.label, m["n"], _f(m["failure_rate"], 3), _pm(m["acc_mean"], m["acc_std"]),
+                     _pm(m["acc_ok_mean"], m["acc_ok_std"]), _pm(m["loss_mean"], m["loss_std"])])
+    e = ev.ensemble
+    rows.append([f"ensemble of the training zoo ({e.get('n_members', 0)} members)", 1, "–", _f(e.get("accuracy")),
+                 "–", _f(e.get("loss"))])
+    lines += [_table(["set", "nets", "failure rate", "accuracy", "accuracy (not failed)", "loss"], rows), ""]
+
+    y = ev.yardstick
+    lines += ["## Memorization audit", "",
+              f"Distances are taken after weight matching ({info['alignment']}). Yardstick: each training "
+              f"checkpoint's nearest *other* training checkpoint — median L2 {_f(y['l2_median'])}, median cosine "
+              f"distance {_f(y['cosine_median'])}, mean max prediction agreement {_f(y['agreement_mean'])}, "
+              f"mean max wrong-set IoU {_f(y['wrong_iou_mean'])}. Novelty = NN distance / that median "
+              f"(0: a copy, ≈1: as new as an independently trained net); memorized: novelty < "
+              f"{info['memorized_below']:g}. Columns are over the nets that did not fail (a broken net is trivially "
+              "far from the zoo; its failure is counted above).", ""]
+    rows = []
+    for s in ev.sets:
+        a = s.audit.summary()
+        rows.append([s.label, a["n_audited"], _pm(a["l2_mean"], a["l2_std"]), _pm(a["l2_ratio_mean"], a["l2_ratio_std"], 3),
+                     _pm(a["cosine_mean"], a["cosine_std"]), _pm(a["cosine_ratio_mean"], a["cosine_ratio_std"], 3),
+                     _pm(a["agreement_mean"], a["agreement_std"], 3), _pm(a["wrong_iou_mean"], a["wrong_iou_std"], 3),
+                     _f(a["memorized_rate"], 3)])
+    if e.get("agreement") is not None:
+        rows.append(["ensemble of the training zoo", 1, "–", "–", "–", "–", _f(e["agreement"], 3),
+                     _f(e.get("wrong_iou"), 3), "–"])
+    lines += [_table(["set", "nets audited", "NN L2", "L2 novelty", "NN cosine dist.", "cosine novelty", "max agreement",
+                      "max wrong-set IoU", "memorized"], rows), ""]
+
+    gen = ev.by_method("generated")
+    if gen and ev.by_method("noise"):
+        lines += ["**Against the noise baseline at equal novelty** (its σ sweep interpolated; a comparison of "
+                  "curves, no σ is picked):", ""]
+        for c in compare_with_noise(ev):
+            if c["noise_accuracy"] is not None:
+                verdict = (f"noise baseline {c['noise_accuracy']:.4f} → the generator is "
+                           f"{'strictly better' if c['better'] else 'not better'} ({c['difference']:+.4f})")
+            else:
+                verdict = (f"outside the novelty range the noise sweep covers ({_f(c['sweep_min'], 3)} to "
+                           f"{_f(c['sweep_max'], 3)}); extend baselines.noise.sigmas to compare")
+            lines.append(f"- {c['axis']} novelty {_f(c['novelty'], 3)}, generated accuracy {_f(c['accuracy'])}: "
+                         f"{verdict}")
+        lines.append("")
+
+    if plots:
+        lines += ["## Accuracy vs novelty", ""]
+        lines += [f"![{name}]({p})" for name, p in plots.items()] + [""]
+
+    lines += ["## Phases (landscape annotations)", ""]
+    if not ev.phases:
+        lines += ["No landscape annotation is present in both zoos (compute them on both with `wsl-landscape` "
+                  "to see whether the generated nets land in the phase of their training cell).", ""]
+    else:
+        lines += ["A generated net's training cell is the hyperparameter cell of its nearest training checkpoint.", ""]
+        num = [r for r in ev.phases if r["kind"] == "numeric"]
+        lab = [r for r in ev.phases if r["kind"] == "label"]
+        if lab:
+            th = lab[0].get("thresholds", {})
+            lines += [f"Phase labels by the taxonomy rule of `wsl.landscape.phases` (train loss > {th.get('loss')} is "
+                      f"high, |mode connectivity| ≤ {th.get('mc_tolerance')} is ≈ 0, CKA ≥ {th.get('cka')} is large; "
+                      "train loss measured here on the train split). A net without connectivity metrics gets a "
+                      "coarse label; consistent = the phases both labels allow overlap.", "",
+                      _table(["nets", "consistent with its cell", "generated nets' labels", "training cells' labels"],
+                             [[r["n"], _f(r["same_as_cell"], 3), _counts(r["generated"]), _counts(r["training"])]
+                              for r in lab]), ""]
+        if num:
+            lines += [_table(["column", "nets", "generated", "training", "inside its cell's range", "median distance to cell mean (cell stds)"],
+                             [[r["column"], r["n"], _pm(r["generated_mean"], r["generated_std"]),
+                               _pm(r["training_mean"], r["training_std"]), _f(r["inside_cell_range"], 3),
+                               _f(r["median_cell_z"], 2)] for r in num]), ""]
+
+    t = info.get("timings", {})
+    if t:
+        lines += ["## Timings", "", _table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in t.items()]), ""]
+    lines += ["## Files", "", "- `sets.csv`: one row per set (the tables above)",
+              "- `nets.csv`: one row per net (accuracy, loss, failed, distances, agreement, nearest checkpoint)",
+              "- `summary.json`: everything above, machine-readable", ""]
+    return "\n".join(lines)
+
+
+def _nets_rows(ev: Evaluation) -> list[dict]:
+    rows = []
+    for s in ev.sets:
+        for i in range(len(s.scores)):
+            rows.append({"method": s.method, "setting": s.setting, "model_id": s.ids[i] if i < len(s.ids) else "",
+                         "accuracy": s.scores.accuracy[i], "loss": s.scores.loss[i], "failed": int(s.scores.failed[i]),
+                         "nn_l2": s.audit.l2[i], "l2_novelty": s.audit.l2_ratio[i], "nn_cosine": s.audit.cosine[i],
+                         "max_agreement": s.audit.agreement[i], "max_wrong_iou": s.audit.wrong_iou[i],
+                         "nearest": s.audit.nearest[i], "memorized": int(s.audit.memorized[i])})
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        if not rows:
+            return
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, (float, np.floating)) else v) for k, v in r.items()})
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _jsonable(o.tolist())
+    if isinstance(o, (np.floating, float)):
+        return float(o) if math.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
+
+
+def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
+    """Write the report into `out_dir` (replacing an older one as a whole); returns report.md's path."""
+    out_dir = Path(out_dir).resolve()
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        plots = {"accuracy vs novelty": "accuracy_novelty.png", "nearest-neighbour distances": "nn_distances.png"}
+        accuracy_novelty_plot(ev, tmp / plots["accuracy vs novelty"])
+        distance_histogram(ev, tmp / plots["nearest-neighbour distances"])
+        _write_csv(tmp / "sets.csv", [s.summary() for s in ev.sets])
+        _write_csv(tmp / "nets.csv", _nets_rows(ev))
+        summary = {"info": ev.info, "sets": [s.summary() for s in ev.sets],
+                   "ensemble": {k: v for k, v in ev.ensemble.items() if k != "predictions"},
+                   "yardstick": ev.yardstick, "phases": ev.phases, "against_noise": compare_with_noise(ev)}
+        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=True))
+        (tmp / REPORT_FILE).write_text(markdown(ev, plots))
+        old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir / REPORT_FILE
