@@ -13,6 +13,12 @@ from hydra import compose, initialize_config_dir
 from wsl.apps.common import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Tests run two at a time (pytest-xdist, -n 2): one thread each. Several threads per process
+# spin-wait against each other on 2 cores and make tiny tensor ops 10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -42,7 +48,7 @@ def tiny_zoo(tmp_path_factory) -> Path:
 
 def run_cli(module: str, *args: str, timeout: int = 300, cwd=None, check=False) -> subprocess.CompletedProcess:
     """Run an app the way a user does (python -m wsl.apps.<module> ...)."""
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", f"wsl.apps.{module}", *args], capture_output=True, text=True,
                        timeout=timeout, cwd=cwd or ROOT, env=env)
     if check and p.returncode != 0:
