@@ -78,6 +78,10 @@ def validate_zoo_config(cfg: DictConfig) -> None:
                                                                  and 0 <= e <= cfg.train.epochs for e in epochs):
             raise ConfigError(f"zoo.checkpoint_epochs must be null or a list of epochs in [0, train.epochs], "
                               f"got {epochs!r}")
+    if cfg.get("landscape") and cfg.landscape.get("metrics"):
+        from wsl.landscape.plan import make_plan
+
+        make_plan(cfg.landscape)  # unknown metric names fail here, before any training
     from wsl.population.members import make_members
 
     make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed)  # grid check

@@ -85,6 +85,7 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     if not todo:
         log.info("job %s: all %d members already in the zoo; nothing to train", job_id, len(members))
         merge_index(root)
+        _annotate(cfg, root, list(ids.values()))
         return root
     log.info("job %s: training %d members (%d already done) on %s", job_id, len(todo), len(members) - len(todo),
              data.name)
@@ -138,4 +139,13 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     writer.commit()
     n_div = int((div >= 0).sum())
     log.info("job %s: %d trained, %d diverged -> %s", job_id, len(todo) - n_div, n_div, root)
+    _annotate(cfg, root, list(ids.values()))
     return root
+
+
+def _annotate(cfg: DictConfig, root: Path, model_ids: list[str]) -> None:
+    """Landscape metrics of this job's models (landscape=basic|full); skips what is already there."""
+    if cfg.get("landscape") and cfg.landscape.get("metrics"):
+        from wsl.landscape import annotate_zoo
+
+        annotate_zoo(root, cfg.landscape, model_ids)

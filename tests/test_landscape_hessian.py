@@ -1,0 +1,153 @@
+"""Curvature estimators against the exact Hessian of a tiny MLP, and population == per-member."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsl.landscape.functional import member_loss, split_state, stack_states
+from wsl.landscape.hessian import hutchinson_trace, population_hvp, top_eigenvalue
+from wsl.nets import MLP
+
+
+def _trained_tiny_mlps(n=3, steps=100):
+    """A few 6-5-3 MLPs (53 parameters) fitted to random labels, so their Hessians are far from zero."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 1, 6, generator=g)
+    y = torch.randint(0, 3, (96,), generator=g)
+    nets = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        net = MLP([1, 6], 3, width=5, activation="tanh")
+        opt = torch.optim.Adam(net.parameters(), lr=0.05)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        nets.append(net.eval())
+    params = stack_states([{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets])
+    return nets[0], params, x, y
+
+
+def _exact_hessian(net, state, x, y):
+    names = list(state)
+    shapes = [state[k].shape for k in names]
+    flat = torch.cat([state[k].flatten() for k in names]).double()
+
+    def f(theta):
+        d, o = {}, 0
+        for k, s in zip(names, shapes):
+            d[k] = theta[o:o + s.numel()].view(s)
+            o += s.numel()
+        return member_loss(net.double(), d, x.double(), y)
+
+    h = torch.autograd.functional.hessian(f, flat)
+    net.float()
+    return h
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _trained_tiny_mlps()
+
+
+def test_hvp_equals_exact_hessian_times_vector(tiny):
+    net, params, x, y = tiny
+    g = torch.Generator().manual_seed(1)
+    v = {k: torch.randn(t.shape, generator=g) for k, t in params.items()}
+    hv = population_hvp(net, params, v, x, y, batch_size=40)  # 3 uneven batches: weighted mean must be exact
+    for i in range(params["head.bias"].shape[0]):
+        h = _exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
+        vi = torch.cat([v[k][i].flatten() for k in params]).double()
+        got = torch.cat([hv[k][i].flatten() for k in params]).double()
+        torch.testing.assert_close(got, h @ vi, rtol=1e-4, atol=1e-5)
+
+
+def test_top_eigenvalue_and_trace_match_exact_hessian(tiny):
+    net, params, x, y = tiny
+    eig = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-6, seed=0)
+    tr = hutchinson_trace(net, params, x, y, samples=500, seed=0)
+    for i in range(params["head.bias"].shape[0]):
+        h = _exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
+        ev = torch.linalg.eigvalsh(h)
+        dominant = ev[ev.abs().argmax()].item()
+        assert eig.converged[i]
+        assert abs(eig.eigenvalue[i].item() - dominant) <= 0.02 * abs(dominant), (eig.eigenvalue[i], dominant)
+        exact_trace = h.trace().item()
+        assert abs(tr.trace[i].item() - exact_trace) <= 0.10 * abs(exact_trace), (tr.trace[i], exact_trace)
+        # the reported standard error is an honest noise scale: the error is within a few of them
+        assert abs(tr.trace[i].item() - exact_trace) <= 5 * tr.stderr[i].item()
+
+
+def test_population_results_equal_per_member_results(tiny):
+    net, params, x, y = tiny
+    eig = top_eigenvalue(net, params, x, y, max_iters=60, tol=1e-3, seed=3)
+    tr = hutchinson_trace(net, params, x, y, samples=40, seed=3)
+    for i in range(params["head.bias"].shape[0]):
+        one = {k: t[i:i + 1] for k, t in params.items()}
+        e1 = top_eigenvalue(net, one, x, y, max_iters=60, tol=1e-3, seed=3)
+        # other data batches (graph rebuilt per batch and product): the same probes, the same mean
+        t1 = hutchinson_trace(net, one, x, y, samples=40, seed=3, batch_size=40)
+        assert e1.iterations[0] == eig.iterations[i]
+        torch.testing.assert_close(e1.eigenvalue[0], eig.eigenvalue[i], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(t1.trace[0], tr.trace[i], rtol=1e-5, atol=1e-5)
+
+
+def test_results_do_not_depend_on_the_order_of_the_state_dict(tiny):
+    """Checkpoints read from files come in no fixed key order; the seeded vectors must not care."""
+    net, params, x, y = tiny
+    shuffled = {k: params[k] for k in reversed(list(params))}
+    for p in (params, shuffled):
+        e = top_eigenvalue(net, p, x, y, max_iters=40, tol=1e-3, seed=7)
+        t = hutchinson_trace(net, p, x, y, samples=10, seed=7)
+        if p is params:
+            ref = (e.eigenvalue, e.iterations, t.trace)
+    torch.testing.assert_close((e.eigenvalue, e.iterations, t.trace), ref)
+
+
+def test_hutchinson_stops_each_member_at_its_standard_error(tiny):
+    net, params, x, y = tiny
+    full = hutchinson_trace(net, params, x, y, samples=200, seed=1)
+    early = hutchinson_trace(net, params, x, y, samples=200, seed=1, rel_stderr=0.05, min_samples=10)
+    assert (full.samples == 200).all() and (early.samples >= 10).all() and (early.samples < 200).all()
+    assert (early.stderr <= 0.05 * early.trace.abs() + 1e-12).all()
+    for i in range(len(early.trace)):  # each member's estimate is the mean of its first n probes
+        n = int(early.samples[i])
+        alone = hutchinson_trace(net, {k: v[i:i + 1] for k, v in params.items()}, x, y, samples=n, seed=1)
+        torch.testing.assert_close(early.trace[i], alone.trace[0], rtol=1e-5, atol=1e-6)
+
+
+def test_power_iteration_stops_each_member_at_tolerance(tiny):
+    net, params, x, y = tiny
+    r = top_eigenvalue(net, params, x, y, max_iters=3, tol=1e-12)
+    assert not r.converged.any() and (r.iterations == 3).all()
+
+
+def test_curvature_of_batchnorm_net_differentiates_parameters_only():
+    """In eval mode BN running statistics are constants: the Hessian is over parameters alone."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    x, y = torch.randn(50, 4), torch.randint(0, 3, (50,))
+    net.train()
+    net(x)  # non-trivial running statistics
+    net.eval()
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    params, buffers = split_state(net, stack_states([state]))
+    assert set(buffers) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    eig = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-7, buffers=buffers)
+    p_state = {k: v[0] for k, v in params.items()}
+    b_state = {k: v[0] for k, v in buffers.items()}
+    names = list(p_state)
+    flat = torch.cat([p_state[k].flatten() for k in names])
+
+    def f(theta):
+        d, o = {}, 0
+        for k in names:
+            d[k] = theta[o:o + p_state[k].numel()].view(p_state[k].shape)
+            o += p_state[k].numel()
+        return member_loss(net, d, x, y, b_state)
+
+    ev = torch.linalg.eigvalsh(torch.autograd.functional.hessian(f, flat).double())
+    dominant = ev[ev.abs().argmax()].item()
+    assert abs(eig.eigenvalue[0].item() - dominant) <= 0.02 * abs(dominant)

@@ -1,0 +1,185 @@
+"""Hessian of the training loss for a whole population at once.
+
+Both estimators only need Hessian-vector products Hv; no Hessian is ever formed. The members'
+losses are independent, so the gradient of their sum with respect to the stacked parameters
+[P, ...] is every member's own gradient, and one double-backward through that gradient with a
+stacked vector v [P, ...] gives every member's own H_p v_p. The forward pass is vmapped over
+members (torch.func.vmap + functional_call); its graph, with the gradient's, is built once per
+set of members and data batch and reused by every product (the way PyHessian reuses one
+model's graph).
+
+Random vectors depend only on the seed and the parameter names and shapes (drawn in sorted-name
+order), never on the population size or the order of a state dict: every member sees the same
+start vector / probes, so a member's result is the same whether it is computed alone or inside
+a population (the property the tests check).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from wsl.landscape.functional import batches, num_members
+
+
+class PopulationHVP:
+    """v {name: [P, ...]} -> H v {name: [P, ...]} for the mean cross-entropy of every member on (x, y).
+
+    The samples are split into batches of `batch_size`; each batch's gradient graph is built once
+    and kept (retain=True), so a product costs only double-backward passes. Batches of a few
+    hundred samples keep each pass's working set in cache: on CPU that measured ~1.7x faster
+    per product than one graph over all samples. retain=False rebuilds one batch's graph at a
+    time (memory of one batch, a forward and backward more per product).
+    buffers {name: [P, ...]} (e.g. BatchNorm running statistics, used in eval mode) are constants.
+    """
+
+    def __init__(self, net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int | None = None, buffers: dict | None = None, retain: bool = True):
+        self.net, self.x, self.y = net, x, y
+        self.names = list(params)
+        self.params = [params[k].detach().requires_grad_(True) for k in self.names]
+        self.buffers = {k: v.detach() for k, v in (buffers or {}).items()}
+        self.slices = list(batches(x.shape[0], batch_size))
+        self._graphs = [self._grad_graph(sl) for sl in self.slices] if retain else None
+
+    def _grad_graph(self, sl: slice) -> tuple:
+        """Gradient (with its graph) of Σ_p (n_batch / N) · mean CE of member p on the batch."""
+        xb, yb = self.x[sl], self.y[sl]
+        prm = dict(zip(self.names, self.params))
+        logits = vmap(lambda p, b: functional_call(self.net, {**p, **b}, (xb,)))(prm, self.buffers)  # [P, n, C]
+        loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(logits.shape[0]), reduction="sum") / self.x.shape[0]
+        return torch.autograd.grad(loss, self.params, create_graph=True)
+
+    def __call__(self, v: dict) -> dict:
+        vs = [v[k] for k in self.names]
+        out = None
+        for i, sl in enumerate(self.slices):
+            graph = self._graphs[i] if self._graphs is not None else self._grad_graph(sl)
+            hv = torch.autograd.grad(graph, self.params, grad_outputs=vs, retain_graph=self._graphs is not None)
+            out = list(hv) if out is None else [a + b for a, b in zip(out, hv)]
+        return {k: t.detach() for k, t in zip(self.names, out)}
+
+
+def population_hvp(net: nn.Module, params: dict, v: dict, x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int | None = None, buffers: dict | None = None) -> dict:
+    """One product H v for every member (builds the graphs; use PopulationHVP to reuse them)."""
+    return PopulationHVP(net, params, x, y, batch_size, buffers, retain=False)(v)
+
+
+def _dot(a: dict, b: dict) -> torch.Tensor:
+    """Per-member inner product over all parameters: {name: [P, ...]} x2 -> [P]."""
+    return sum((a[k] * b[k]).flatten(1).sum(1) for k in sorted(a))  # fixed order: reproducible bits
+
+
+def _normalize(v: dict) -> dict:
+    norm = _dot(v, v).sqrt().clamp_min(1e-30)  # [P]
+    return {k: t / norm.view(-1, *[1] * (t.dim() - 1)) for k, t in v.items()}
+
+
+def _rows(d: dict | None, idx: torch.Tensor) -> dict | None:
+    return None if d is None else {k: t[idx] for k, t in d.items()}
+
+
+@dataclass
+class EigResult:
+    eigenvalue: torch.Tensor  # [P] dominant eigenvalue (largest |λ|) of each member's Hessian
+    iterations: torch.Tensor  # [P] power iterations used
+    converged: torch.Tensor  # [P] bool: relative change fell below tol before max_iters
+
+
+def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, max_iters: int = 100,
+                   tol: float = 1e-3, seed: int = 0, batch_size: int | None = None,
+                   buffers: dict | None = None, shrink: float = 0.75, retain: bool = True) -> EigResult:
+    """Power iteration on Hessian-vector products, for every member at once.
+
+    A member stops when |λ_i - λ_{i-1}| / (|λ_{i-1}| + 1e-6) < tol (the rule of PyHessian and Yang
+    et al. 2021) and is frozen, so its value is the one a lone run would report. Once the members
+    still iterating are at most `shrink` of those in the current graph, the graph is rebuilt for
+    them alone: converged members cost nothing more.
+    """
+    p = num_members(params)
+    g = torch.Generator().manual_seed(int(seed))
+    # drawn in sorted-name order: state dicts from files come in no fixed order (safetensors)
+    start = {k: torch.randn(params[k].shape[1:], generator=g, dtype=params[k].dtype) for k in sorted(params)}
+    v = _normalize({k: start[k].expand(p, *start[k].shape).clone() for k in params})
+    eig = torch.full((p,), float("nan"), dtype=torch.float64)
+    iters = torch.zeros(p, dtype=torch.int64)
+    done = torch.zeros(p, dtype=torch.bool)
+    members = torch.arange(p)  # those in the current graph
+    op = PopulationHVP(net, params, x, y, batch_size, buffers, retain)
+    for i in range(int(max_iters)):
+        vm = _rows(v, members)
+        hv = op(vm)
+        lam = _dot(hv, vm).double()  # Rayleigh quotient (v has unit norm)  [m]
+        live = ~done[members]
+        prev = eig[members]
+        conv = live & ((lam - prev).abs() / (prev.abs() + 1e-6) < tol) if i > 0 else torch.zeros_like(live)
+        upd = members[live]
+        eig[upd] = lam[live]
+        iters[upd] = i + 1
+        nv = _normalize(hv)
+        for k in v:
+            v[k][members[live]] = nv[k][live]
+        done[members[conv]] = True
+        if bool(done.all()):
+            break
+        left = members[~done[members]]
+        if len(left) <= shrink * len(members):
+            members = left
+            op = PopulationHVP(net, _rows(params, members), x, y, batch_size, _rows(buffers, members), retain)
+    return EigResult(eig, iters, done)
+
+
+@dataclass
+class TraceResult:
+    trace: torch.Tensor  # [P] Hutchinson estimate of tr(H)
+    stderr: torch.Tensor  # [P] standard error of that mean over the member's probes
+    samples: torch.Tensor  # [P] probe vectors used
+
+
+def hutchinson_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, samples: int = 100,
+                     seed: int = 0, batch_size: int | None = None, buffers: dict | None = None,
+                     rel_stderr: float = 0.0, min_samples: int = 10, shrink: float = 0.75,
+                     retain: bool = True) -> TraceResult:
+    """tr(H) ≈ mean_k v_kᵀ H v_k with Rademacher v_k (E[v vᵀ] = I), for every member at once.
+
+    Probe j is the same for every member and for any K; probes go through the reused graph one at
+    a time (a backward batched over probes measured slower on CPU). With
+    rel_stderr > 0 a member stops once it has >= min_samples probes and its standard error is at
+    most rel_stderr·|mean| (and the graph shrinks to the members still sampling); with 0, every
+    member uses all `samples` probes.
+    """
+    p, k_max = num_members(params), int(samples)
+    g = torch.Generator().manual_seed(int(seed))
+    vhv = torch.full((p, k_max), float("nan"), dtype=torch.float64)
+    used = torch.zeros(p, dtype=torch.int64)
+    done = torch.zeros(p, dtype=torch.bool)
+    members = torch.arange(p)
+    op = PopulationHVP(net, params, x, y, batch_size, buffers, retain)
+    for j in range(k_max):
+        # probe j in {-1, +1}, drawn in sorted-name order: the same whatever K, P or the dict order
+        probe = {k: torch.randint(0, 2, params[k].shape[1:], generator=g).to(params[k].dtype) * 2 - 1
+                 for k in sorted(params)}
+        v = {k: probe[k].expand(len(members), *probe[k].shape) for k in params}  # [m, ...]
+        vals = _dot(op(v), v).double()  # [m]
+        live = members[~done[members]]
+        vhv[live, j] = vals[~done[members]]
+        used[live] = j + 1
+        if rel_stderr > 0 and j + 1 >= max(2, int(min_samples)):
+            part = vhv[live, : j + 1]
+            se = part.std(dim=1) / (j + 1) ** 0.5
+            done[live[se <= rel_stderr * part.mean(dim=1).abs()]] = True
+        if bool(done.all()):
+            break
+        left = members[~done[members]]
+        if len(left) <= shrink * len(members):
+            members = left
+            op = PopulationHVP(net, _rows(params, members), x, y, batch_size, _rows(buffers, members), retain)
+    mean = vhv.nanmean(dim=1)
+    var = ((vhv - mean[:, None]) ** 2).nansum(dim=1) / (used - 1).clamp_min(1)
+    se = torch.where(used > 1, (var / used).sqrt(), torch.full_like(mean, float("nan")))
+    return TraceResult(mean, se, used)

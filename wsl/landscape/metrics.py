@@ -1,0 +1,223 @@
+"""The metrics `landscape.metrics` may list, by name. Each adapts one estimator to stacked members.
+
+model scope: compute(net, params, buffers, data, s) -> ({column: array [P]}, notes [P])
+cell scope:  compute_pairs(net, a, b, data, s) -> {column: array [Q]} for Q stacked replica pairs
+(data: {split: (x, y)} of the metric's sample sets; a, b: full stacked states incl. buffers).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from wsl.landscape.base import SPLITS, Metric
+from wsl.landscape.batchnorm import has_batchnorm
+from wsl.landscape.cka import linear_cka
+from wsl.landscape.connectivity import linear_barrier, mode_connectivity
+from wsl.landscape.functional import population_outputs
+from wsl.landscape.hessian import hutchinson_trace, top_eigenvalue
+from wsl.landscape.spectra import layer_spectrum, weight_layers
+
+SAMPLING = {"num_samples": 2048, "sample_seed": 0}
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().cpu().numpy()
+
+
+class HessianEig(Metric):
+    """Dominant Hessian eigenvalue by power iteration (model in eval mode)."""
+
+    name = "hessian_eig"
+    defaults = {"splits": ["train", "test"], **SAMPLING, "max_iters": 100, "tol": 1e-3, "seed": 0,
+                "batch_size": 256, "retain_graphs": True}
+    identity = ("splits", "num_samples", "sample_seed", "max_iters", "tol", "seed")
+
+    def check(self, s):
+        self._splits(s)
+        self._int(s, "num_samples", 1, allow_none=True)
+        self._int(s, "sample_seed", 0)
+        self._int(s, "max_iters", 1)
+        self._float(s, "tol", 0.0, lo_open=False)
+        self._int(s, "seed", 0)
+        self._int(s, "batch_size", 1)
+        self._bool(s, "retain_graphs")
+
+    def samples(self, s):
+        return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
+
+    def compute(self, net, params, buffers, data, s):
+        cols = {}
+        for sp in s["splits"]:
+            x, y = data[sp]
+            r = top_eigenvalue(net, params, x, y, s["max_iters"], s["tol"], s["seed"], s["batch_size"], buffers,
+                               retain=s["retain_graphs"])
+            cols[sp], cols[f"{sp}_iters"], cols[f"{sp}_converged"] = _np(r.eigenvalue), _np(r.iterations), _np(r.converged)
+        p = len(cols[s["splits"][0]])
+        notes = ["" if all(cols[f"{sp}_converged"][i] for sp in s["splits"]) else
+                 f"power iteration did not reach tol={s['tol']} in {s['max_iters']} iterations" for i in range(p)]
+        return cols, notes
+
+
+class HessianTrace(Metric):
+    """Hessian trace by Hutchinson's estimator with Rademacher probes."""
+
+    name = "hessian_trace"
+    defaults = {"splits": ["train", "test"], **SAMPLING, "samples": 100, "min_samples": 10, "rel_stderr": 0.0,
+                "seed": 0, "batch_size": 256, "retain_graphs": True}
+    identity = ("splits", "num_samples", "sample_seed", "samples", "min_samples", "rel_stderr", "seed")
+
+    def check(self, s):
+        self._splits(s)
+        self._int(s, "num_samples", 1, allow_none=True)
+        self._int(s, "sample_seed", 0)
+        self._int(s, "samples", 1)
+        self._int(s, "min_samples", 2)
+        self._float(s, "rel_stderr", 0.0, lo_open=False)
+        self._int(s, "seed", 0)
+        self._int(s, "batch_size", 1)
+        self._bool(s, "retain_graphs")
+
+    def samples(self, s):
+        return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
+
+    def compute(self, net, params, buffers, data, s):
+        cols = {}
+        for sp in s["splits"]:
+            x, y = data[sp]
+            r = hutchinson_trace(net, params, x, y, s["samples"], s["seed"], s["batch_size"], buffers,
+                                 s["rel_stderr"], s["min_samples"], retain=s["retain_graphs"])
+            cols[sp], cols[f"{sp}_stderr"], cols[f"{sp}_samples"] = _np(r.trace), _np(r.stderr), _np(r.samples)
+        return cols, [""] * len(cols[s["splits"][0]])
+
+
+class Spectra(Metric):
+    """Per-layer heavy-tailed spectral metrics of WᵀW, and their mean over the layers that fit."""
+
+    name = "spectra"
+    defaults = {"min_evals": 10, "min_tail": 5, "farms": False, "aspect_ratio": 1.0, "max_blocks": 64,
+                "max_candidates": 1000}
+    identity = tuple(defaults)
+    per_layer = ("alpha", "alpha_hat", "log_spectral_norm", "stable_rank", "num_evals")
+    summarized = ("alpha", "alpha_hat", "log_spectral_norm", "stable_rank")
+
+    def check(self, s):
+        self._int(s, "min_evals", 2)
+        self._int(s, "min_tail", 2)
+        self._bool(s, "farms")
+        self._float(s, "aspect_ratio", 0.0)
+        self._int(s, "max_blocks", 1)
+        self._int(s, "max_candidates", 2)
+
+    def compute(self, net, params, buffers, data, s):
+        first = {k: v[0] for k, v in params.items()}
+        layers = weight_layers({k: first[k] for k, _ in net.named_parameters() if k in first})  # the net's order
+        p = next(iter(params.values())).shape[0]
+        cols = {f"{m}[{_short(l)}]": np.full(p, np.nan) for l in layers for m in self.per_layer}
+        cols.update({f"{m}_mean": np.full(p, np.nan) for m in self.summarized})
+        cols["layers_fit"] = np.zeros(p)
+        notes = []
+        for i in range(p):
+            fits = [layer_spectrum(l, params[l][i], s["min_evals"], s["min_tail"], s["farms"], s["aspect_ratio"],
+                                   s["max_blocks"], s["max_candidates"]) for l in layers]
+            for l, r in zip(layers, fits):
+                for m in self.per_layer:
+                    cols[f"{m}[{_short(l)}]"][i] = getattr(r, m)
+            for m in self.summarized:  # mean over the layers where the value exists
+                vals = [getattr(r, m) for r in fits if math.isfinite(getattr(r, m))]
+                cols[f"{m}_mean"][i] = np.mean(vals) if vals else np.nan
+            cols["layers_fit"][i] = sum(math.isfinite(r.alpha) for r in fits)
+            notes.append("; ".join(f"{_short(r.name)}: {r.note}" for r in fits if r.note))
+        return cols, notes
+
+
+def _short(layer: str) -> str:
+    return layer[: -len(".weight")] if layer.endswith(".weight") else layer
+
+
+class _PairMetric(Metric):
+    scope = "cell"
+
+    def _check_common(self, s):
+        self._choice(s, "split", SPLITS)
+        self._int(s, "num_samples", 1, allow_none=True)
+        self._int(s, "sample_seed", 0)
+        self._int(s, "max_pairs", 0)
+
+    def samples(self, s):
+        out = [(s["split"], s["num_samples"], s["sample_seed"])]
+        if s["split"] != "train":  # BatchNorm statistics are always reset on train data
+            out.append(("train", s["num_samples"], s["sample_seed"]))
+        return out
+
+
+class Barrier(_PairMetric):
+    """Loss barrier on the straight line between two seed replicas."""
+
+    name = "barrier"
+    defaults = {"split": "train", **SAMPLING, "points": 11, "max_pairs": 3, "batch_size": 4096}
+    identity = ("split", "num_samples", "sample_seed", "points", "max_pairs")
+
+    def check(self, s):
+        self._check_common(s)
+        self._int(s, "points", 2)
+        self._int(s, "batch_size", 1)
+
+    def compute_pairs(self, net, a, b, data, s):
+        x, y = data[s["split"]]
+        bn_x = data["train"][0] if has_batchnorm(net) else None
+        r = linear_barrier(net, a, b, x, y, s["points"], bn_x, s["batch_size"])
+        return {"value": _np(r.barrier)}
+
+
+class ModeConnectivity(_PairMetric):
+    """Mode connectivity along a trained quadratic Bézier curve between two seed replicas."""
+
+    name = "mode_connectivity"
+    defaults = {"split": "train", **SAMPLING, "steps": 200, "lr": 0.01, "batch_size": 128, "points": 21,
+                "max_pairs": 3, "seed": 0, "eval_batch_size": 4096}
+    identity = ("split", "num_samples", "sample_seed", "steps", "lr", "batch_size", "points", "max_pairs", "seed")
+
+    def check(self, s):
+        self._check_common(s)
+        self._int(s, "steps", 0)
+        self._float(s, "lr", 0.0)
+        self._int(s, "batch_size", 1)
+        self._int(s, "points", 3)
+        self._int(s, "seed", 0)
+        self._int(s, "eval_batch_size", 1)
+
+    def compute_pairs(self, net, a, b, data, s):
+        x, y = data[s["split"]]
+        bn_x = data["train"][0] if has_batchnorm(net) else None
+        r = mode_connectivity(net, a, b, x, y, s["steps"], s["lr"], s["batch_size"], s["points"], s["seed"], bn_x,
+                              s["eval_batch_size"])
+        return {"value": _np(r.mc), "t_star": _np(r.t_star)}
+
+
+class CKA(_PairMetric):
+    """Linear CKA between two seed replicas' outputs (logits or penultimate features) on held-out inputs."""
+
+    name = "cka"
+    defaults = {"split": "test", **SAMPLING, "representation": "logits", "max_pairs": 10, "batch_size": 4096}
+    identity = ("split", "num_samples", "sample_seed", "representation", "max_pairs")
+
+    def check(self, s):
+        self._check_common(s)
+        self._choice(s, "representation", ("logits", "features"))
+        self._int(s, "batch_size", 1)
+
+    def samples(self, s):
+        return [(s["split"], s["num_samples"], s["sample_seed"])]
+
+    def compute_pairs(self, net, a, b, data, s):
+        x, _ = data[s["split"]]
+        oa = population_outputs(net, a, x, s["representation"], s["batch_size"])  # [Q, N, d]
+        ob = population_outputs(net, b, x, s["representation"], s["batch_size"])
+        return {"value": _np(linear_cka(oa, ob))}
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (HessianEig(), HessianTrace(), Barrier(), ModeConnectivity(),
+                                                  CKA(), Spectra())}

@@ -1,0 +1,230 @@
+"""Phase diagrams: for two swept hyperparameters, a heatmap per metric, seeds averaged.
+
+Each cell shows the mean over its non-diverged seed replicas and its phase label (phases.py);
+a cell with diverged members is hatched and says how many. Other swept hyperparameters get one
+figure per value combination. Uses matplotlib's object API with the Agg canvas (no display, no
+global pyplot state); files are written to a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wsl.errors import ConfigError
+from wsl.landscape.phases import PHASES, PhaseThresholds, phase_label
+
+# hyperparameters that are never axes: seeds (averaged over) and quantities derived from others
+NON_AXES = {"seed_init", "seed_data", "replica", "population_seed", "subset_seed", "split_seed", "n_params"}
+LOAD_AXES = ("width", "train_fraction", "depth", "kernel")  # preferred on x
+TEMPERATURE_AXES = ("batch_size", "lr", "weight_decay", "momentum")  # preferred on y
+DEFAULT_METRICS = ("train_loss", "test_acc", "hessian_eig/train", "hessian_eig/test", "hessian_trace/train",
+                   "hessian_trace/test", "barrier/value", "mode_connectivity/value", "cka/value", "spectra/alpha_mean",
+                   "spectra/alpha_hat_mean", "spectra/log_spectral_norm_mean", "spectra/stable_rank_mean")
+PHASE_INPUTS = {"loss": "train_loss", "mc": "mode_connectivity/value", "cka": "cka/value"}
+
+
+def hyperparameters(zoo) -> list[str]:
+    names: list[str] = []
+    for mid in zoo.ids:
+        names += [k for k in zoo.hparams(mid) if k not in names]
+    return names
+
+
+def swept_axes(table: pd.DataFrame, hparams: list[str]) -> list[str]:
+    """Hyperparameters (not seeds) that take more than one value in the zoo."""
+    return [h for h in hparams if h not in NON_AXES and h in table and table[h].astype(str).nunique() > 1]
+
+
+def choose_axes(swept: list[str], x: str | None, y: str | None, hparams: list[str]) -> tuple[str | None, str | None]:
+    for key, v in (("plot.x", x), ("plot.y", y)):
+        if v is not None and v not in hparams:
+            raise ConfigError(f"{key}={v!r} is not a hyperparameter of this zoo; swept: {swept or 'none'}; "
+                              f"all: {hparams}")
+    if x is not None and x == y:
+        raise ConfigError(f"plot.x and plot.y are both {x!r}; choose two different hyperparameters")
+    rest = [h for h in swept if h not in (x, y)]
+    if x is None:
+        x = next((h for h in LOAD_AXES if h in rest), rest[0] if rest else None)
+        rest = [h for h in rest if h != x]
+    if y is None:
+        y = next((h for h in TEMPERATURE_AXES if h in rest), rest[0] if rest else None)
+    return x, y
+
+
+def cell_table(table: pd.DataFrame, x: str | None, y: str | None, others: list[str], metrics: list[str],
+               thresholds: PhaseThresholds) -> pd.DataFrame:
+    """One row per (others, y, x) cell: seed-averaged metrics of trained members, divergence counts, phase."""
+    keys = [k for k in (*others, y, x) if k is not None]
+    df = table.copy()
+    df["_diverged"] = df["status"].astype(str) == "diverged"
+    recs = []
+    groups = df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        ok = g[~g["_diverged"]]
+        rec = dict(zip(keys, key))
+        rec.update(n_members=len(g), n_diverged=int(g["_diverged"].sum()))
+        for m in metrics:
+            vals = pd.to_numeric(ok[m], errors="coerce") if m in ok else pd.Series(dtype=float)
+            rec[m] = float(vals.mean()) if vals.notna().any() else math.nan
+        rec["phase"] = phase_label(*(rec.get(PHASE_INPUTS[k], _mean(ok, PHASE_INPUTS[k])) for k in ("loss", "mc", "cka")),
+                                   t=thresholds)
+        recs.append(rec)
+    return pd.DataFrame.from_records(recs)
+
+
+def _mean(df: pd.DataFrame, col: str) -> float:
+    if col not in df:
+        return math.nan
+    v = pd.to_numeric(df[col], errors="coerce")
+    return float(v.mean()) if v.notna().any() else math.nan
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float) and not math.isnan(v):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", str(name)).strip("-") or "x"
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."), bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _grid(cells: pd.DataFrame, x, y, column):
+    xs = sorted(cells[x].unique(), key=_sort_key) if x else [""]
+    ys = sorted(cells[y].unique(), key=_sort_key) if y else [""]
+    grid = np.full((len(ys), len(xs)), np.nan)
+    text = [["" for _ in xs] for _ in ys]
+    div = np.zeros((len(ys), len(xs)), dtype=int)
+    tot = np.zeros((len(ys), len(xs)), dtype=int)  # 0: no model has these hyperparameters
+    for _, r in cells.iterrows():
+        i = ys.index(r[y]) if y else 0
+        j = xs.index(r[x]) if x else 0
+        if column is not None:
+            grid[i, j] = r[column]
+        text[i][j] = r["phase"]
+        div[i, j], tot[i, j] = r["n_diverged"], r["n_members"]
+    return xs, ys, grid, text, div, tot
+
+
+def _sort_key(v):
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
+
+
+def _ink(im, value) -> str:
+    """Black text on light cells, white on dark ones (by the cell colour's luminance)."""
+    r, g, b, _ = im.cmap(im.norm(value))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def _heatmap(cells, x, y, column, title, categorical=False):
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    xs, ys, grid, phase, div, tot = _grid(cells, x, y, None if categorical else column)
+    fig = Figure(figsize=(1.2 + 1.1 * len(xs), 1.2 + 0.8 * len(ys)))
+    ax = fig.add_subplot(1, 1, 1)
+    if categorical:
+        names = list(PHASES) + ["I/II", "III/IV", "IV", "?"]
+        grid = np.array([[names.index(p) if p in names else len(names) - 1 for p in row] for row in phase], float)
+        grid[tot == 0] = np.nan  # no such cell: left blank
+        cmap = ListedColormap(["#d7301f", "#fc8d59", "#fdcc8a", "#9ecae1", "#3182bd", "#fdae6b", "#c6dbef",
+                               "#6baed6", "#dddddd"]).with_extremes(bad="white")
+        ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, vmin=-0.5,
+                  vmax=len(names) - 0.5)
+    else:
+        import matplotlib
+
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+        im = ax.imshow(np.ma.masked_invalid(np.where(tot == 0, np.nan, grid)), origin="lower", aspect="auto",
+                       cmap=cmap)
+        fig.colorbar(im, ax=ax, label=column)
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if tot[i, j] == 0:
+                continue
+            value = "n/a" if math.isnan(grid[i, j]) else _fmt(grid[i, j])
+            label = phase[i][j] if categorical else f"{value}\n{phase[i][j]}"
+            if div[i, j]:
+                label += f"\n{div[i, j]}/{tot[i, j]} div"
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="red", lw=1.5))
+            ax.text(j, i, label, ha="center", va="center", fontsize=8,
+                    color="black" if categorical or math.isnan(grid[i, j]) else _ink(im, grid[i, j]))
+    ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
+    ax.set_xlabel(x or "")
+    ax.set_ylabel(y or "")
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None, out_dir=None,
+             thresholds: PhaseThresholds = PhaseThresholds(), dpi: int = 120, fmt: str = "png") -> list[Path]:
+    """Draw the phase diagrams of a zoo; returns the written files (PNGs and a CSV of cell values)."""
+    from wsl.zoo import Zoo
+
+    if fmt not in ("png", "pdf", "svg"):
+        raise ConfigError(f"plot.format={fmt!r} is not allowed; valid: png, pdf, svg")
+    zoo = Zoo(zoo_path)
+    table = zoo.table()
+    if not len(table):
+        raise ConfigError(f"{zoo.path} has no models to plot")
+    hp = hyperparameters(zoo)
+    swept = swept_axes(table, hp)
+    x, y = choose_axes(swept, x, y, hp)
+    others = [h for h in swept if h not in (x, y)]
+    if metrics is None:
+        metrics = [m for m in DEFAULT_METRICS if m in table]
+    else:
+        metrics = list(metrics)
+        unknown = [m for m in metrics if m not in table]
+        if unknown:
+            numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+            raise ConfigError(f"plot.metrics: {unknown} not in {zoo.path}'s table; available: {numeric}")
+    out = Path(out_dir) if out_dir else zoo.path / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    cells = cell_table(table, x, y, others, metrics, thresholds)
+    axes_name = f"{_safe(x or 'none')}_vs_{_safe(y or 'none')}"
+    written = []
+    csv = out / f"cells__{axes_name}.csv"
+    tmp = csv.with_name(f".{csv.name}.{os.getpid()}.tmp")
+    cells.to_csv(tmp, index=False)
+    os.replace(tmp, csv)
+    written.append(csv)
+    slices = [()] if not others else list(itertools.product(*[sorted(cells[o].unique(), key=_sort_key)
+                                                                 for o in others]))
+    for sl in slices:
+        part = cells
+        for o, v in zip(others, sl):
+            part = part[part[o] == v]
+        if not len(part):
+            continue
+        suffix = "".join(f"__{_safe(o)}={_safe(v)}" for o, v in zip(others, sl))
+        where = ", ".join(f"{o}={_fmt(v)}" for o, v in zip(others, sl))
+        for m in metrics:
+            fig = _heatmap(part, x, y, m, f"{m} (seeds averaged){' — ' + where if where else ''}")
+            written.append(_save(fig, out / f"{_safe(m)}__{axes_name}{suffix}.{fmt}", dpi))
+        fig = _heatmap(part, x, y, None, f"phase (Yang et al. 2021){' — ' + where if where else ''}", categorical=True)
+        written.append(_save(fig, out / f"phase__{axes_name}{suffix}.{fmt}", dpi))
+    return written
