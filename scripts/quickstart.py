@@ -15,8 +15,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "zoos" / "quickstart"
 
+GEN_RUN = ROOT / "runs" / "quickstart" / "generator"
+GEN_ZOO = ROOT / "zoos" / "quickstart-gen"
+
 STAGES = [
-    ("train a zoo", "zoo", [f"zoo.path={ZOO}"]),
+    # 32 MLPs on digits: 4 learning rates x 8 seeds, every epoch checkpointed
+    ("train a zoo", "zoo", [f"zoo.path={ZOO}", "population.size=32", "train.lr=[0.2,0.05,0.01,0.002]",
+                            "progress_refresh_rate=0"]),
+    ("loss-landscape metrics", "landscape", [f"zoo.path={ZOO}", "landscape=basic"]),
+    ("phase diagrams", "plot", [f"zoo.path={ZOO}"]),
+    ("encoder: predict test accuracy from weights", "train_encoder",
+     [f"zoo.path={ZOO}", "encoder=nfn", "task=test_acc", "seeds=[0]", "trainer.max_epochs=30"]),
+    ("generator: flow matching on aligned weights", "train_generator",
+     [f"zoo.path={ZOO}", "generator=flow", "trainer.max_steps=1500", "progress_refresh_rate=0",
+      f"hydra.run.dir={GEN_RUN}"]),
+    ("sample 200 nets into a zoo", "sample", [f"run={GEN_RUN}", "n=200", f"zoo.path={GEN_ZOO}"]),
+    ("evaluate the samples", "evaluate", [f"zoo.path={GEN_ZOO}", f"reference={ZOO}"]),
 ]
 
 
@@ -39,7 +53,10 @@ def summary() -> None:
           f"{int((t.status == 'diverged').sum())} diverged")
     print(f"test accuracy: mean {t.test_acc.mean():.3f} ± {t.test_acc.std():.3f} "
           f"(min {t.test_acc.min():.3f}, max {t.test_acc.max():.3f})")
-    plots = sorted(ZOO.rglob("*.png"))
+    report = GEN_ZOO / "report" / "report.md"
+    if report.exists():
+        print(f"generated-net report: {report}")
+    plots = sorted(ZOO.rglob("*.png")) + sorted(GEN_ZOO.rglob("*.png"))
     for p in plots:
         print(f"plot: {p}")
 

@@ -85,6 +85,58 @@ def _one_line(e: Exception, cfg_keys: dict | None = None) -> str:
     return " ".join(lines[:3])
 
 
+# Hydra's launcher plugins, by the option names they register (hydra/launcher=<name>)
+LAUNCHER_PACKAGES = {"submitit_local": "hydra-submitit-launcher", "submitit_slurm": "hydra-submitit-launcher",
+                     "ray": "hydra-ray-launcher", "ray_aws": "hydra-ray-launcher",
+                     "joblib": "hydra-joblib-launcher", "rq": "hydra-rq-launcher"}
+
+
+def check_launcher(config_name: str, args: list[str], overrides: list[str], multirun: bool = True) -> None:
+    """The launcher a sweep would use must be installed: a missing plugin raises a ConfigError
+    naming the pip package, before any job starts (Hydra's own message names neither).
+    Call inside `initialize_config_dir`; `args` are the command-line overrides, `overrides` one
+    job's non-hydra overrides. A single run (no -m) uses no launcher: only its config must load."""
+    import importlib
+    import re
+    import shutil
+
+    from hydra import compose
+    from hydra.errors import MissingConfigException
+
+    from wsl.errors import ConfigError
+
+    hydra_args = [a for a in args if a.lstrip("+~").startswith("hydra")]
+    chosen = next((a.split("=", 1)[1] for a in hydra_args if a.lstrip("+~").startswith("hydra/launcher=")), None)
+    try:
+        full = compose(config_name=config_name, overrides=hydra_args + list(overrides), return_hydra_config=True)
+    except MissingConfigException as e:
+        for name in re.findall(r"hydra/launcher/(\w+)", str(e)):
+            if name in LAUNCHER_PACKAGES:
+                pkg = LAUNCHER_PACKAGES[name]
+                raise ConfigError(f"hydra/launcher={chosen or name} needs the {pkg} plugin, which is not installed: "
+                                  f"pip install {pkg}") from e
+        raise
+    if not (multirun or str(OmegaConf.select(full, "hydra.mode")) == "RunMode.MULTIRUN"):
+        return
+    target = OmegaConf.select(full, "hydra.launcher._target_") or ""
+    module = target.rpartition(".")[0]
+    if not module:
+        return
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        missing = e.name or module
+        parts = missing.split(".")
+        # hydra_plugins.hydra_ray_launcher -> hydra-ray-launcher; a library the plugin imports -> its name
+        pkg = parts[1] if parts[0] == "hydra_plugins" and len(parts) > 1 else parts[0]
+        pkg = pkg.replace("_", "-")
+        raise ConfigError(f"hydra/launcher={chosen or target} needs the {pkg} package, which is not installed: "
+                          f"pip install {pkg}") from e
+    if target.endswith(".SlurmLauncher") and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise ConfigError(f"hydra/launcher={chosen or target} submits to SLURM, but sbatch/srun are not on PATH: "
+                          "run it on a cluster login node, or try the sweep here with hydra/launcher=submitit_local")
+
+
 def preflight(config_name: str, validate=None, argv: list[str] | None = None) -> None:
     """Compose the app's config from the command line before Hydra runs it, so that an unknown key,
     an unknown option, a malformed override or (with `validate`) an impossible value, in any job
@@ -98,10 +150,12 @@ def preflight(config_name: str, validate=None, argv: list[str] | None = None) ->
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return  # --help, --cfg, --info ...: Hydra's own business
+    multirun = any(a in ("-m", "--multirun") for a in args)
     args = [a for a in args if not a.startswith("-")]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             variants = _variants(args)
+            check_launcher(config_name, args, variants[0], multirun)
             full = compose(config_name=config_name, overrides=variants[0], return_hydra_config=True)
             params = full.hydra.sweeper.get("params") if "sweeper" in full.hydra else None
             extra = OmegaConf.to_container(params) if params else {}

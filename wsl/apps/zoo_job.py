@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -60,11 +61,11 @@ def _stored_config(cfg: DictConfig) -> dict:
 
 
 def _make_logger(cfg: DictConfig, run_dir: Path | None):
+    from wsl.tracking import make_logger
+
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return False
-    lcfg = OmegaConf.to_container(cfg.logger, resolve=False)
-    lcfg["save_dir"] = str(run_dir or Path.cwd())
-    return instantiate(lcfg)
+    return make_logger(cfg.logger, str(run_dir or Path.cwd()))
 
 
 def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> Path:
@@ -139,6 +140,12 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     writer.commit()
     n_div = int((div >= 0).sum())
     log.info("job %s: %d trained, %d diverged -> %s", job_id, len(todo) - n_div, n_div, root)
+    if trainer.logger is not None:
+        from wsl.tracking import log_run
+
+        final = {k: float(np.nanmean(v[-1])) if np.isfinite(v[-1]).any() else float("nan")
+                 for k, v in recorder.history.items()}
+        log_run(trainer.logger, config, {"trained": len(todo) - n_div, "diverged": n_div, "mean": final})
     _annotate(cfg, root, list(ids.values()))
     return root
 
