@@ -14,20 +14,25 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from wsl.apps.common import CONF_DIR, fail_cleanly
+from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train_encoder", version_base="1.3")
 @fail_cleanly
-def main(cfg: DictConfig) -> None:
-    from wsl.encoders.experiment import markdown_table, run_experiment
+def _main(cfg: DictConfig) -> None:
+    from wsl.encoders.experiment import run_experiment
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    table = run_experiment(cfg, out_dir)
-    from hydra.utils import instantiate
-
-    print(markdown_table(table, instantiate(cfg.task, _convert_="all")), end="")
+    run_experiment(cfg, out_dir)
+    print((out_dir / "results.md").read_text(), end="")
     print(f"results: {out_dir / 'results.csv'}")
+
+
+def main() -> None:
+    from wsl.encoders.experiment import check_config
+
+    preflight("train_encoder", check_config)
+    _main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,230 @@
+"""Benchmark: every encoder on the same zoo and the same split, task test_acc, 3 seeds each, plus the
+`nfn` PyPI package's NP layers (Zhou et al.'s own implementation) on the same data as an outside
+reference. Prints Kendall tau ± std (test split), R², parameters, seconds per epoch, peak memory.
+
+    python scripts/bench_encoders.py                       # builds zoos/bench_encoders_mlp with wsl-zoo
+    python scripts/bench_encoders.py --epochs 40 --encoders stats nfn nfn_reference
+
+The zoo: digits MLPs (one hidden layer of 16 units), 6 learning rates x 3 weight decays x 3 seed
+replicas, trained 5 epochs, on 3 training-set fractions (one wsl-zoo job each): 162 nets. Each
+encoder runs in its own process (so the peak memory is its own) with one intra-op thread (the nets
+are tiny; on a shared machine extra threads only spin), all under identical settings.
+Per-epoch seconds come from separate processes run one after another, so on a shared machine they
+move with other jobs' load; the closing section measures every encoder's training step side by
+side in one process (CPU time, interleaved rounds), which gives the cost ratios.
+The reference needs `pip install --no-deps nfn einops`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference"]
+OVERRIDES = {  # encoder name -> config overrides
+    "nfn_np": ["encoder=nfn", "encoder.mode=np", "encoder.name=nfn_np"],
+    "nfn_reference": ["encoder=nfn", "encoder.name=nfn_reference"],
+}
+
+
+def build_zoo(path: Path, epochs: int) -> None:
+    if (path / "index.h5").exists():
+        print(f"zoo: reusing {path}")
+        return
+    cmd = [sys.executable, "-m", "wsl.apps.zoo", "-m", "dataset=digits", "net=mlp", "net.width=16",
+           "population.size=54", "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.0003,0.003]",
+           f"train.epochs={epochs}", "dataset.train_fraction=0.25,0.5,1.0", f"zoo.path={path}", "zoo.name=bench_encoders",
+           "progress_refresh_rate=0", "logger=none", f"hydra.sweep.dir={path.parent / (path.name + '-runs')}"]
+    print("zoo: building with", " ".join(cmd[2:]))
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    print(f"zoo: built in {time.perf_counter() - t0:.0f}s")
+
+
+class NFNReference:
+    """Factory of the outside reference: nfn.layers.NPLinear x 3 (with io_embed), ReLU, NPPool, and
+    the same MLP head as our encoders, reading the same per-layer-scaled WSBatch."""
+
+    def __call__(self, space, out_dim):
+        import torch
+        from nfn.common import WeightSpaceFeatures, network_spec_from_wsfeat
+        from nfn.layers import NPLinear, NPPool, TupleOp
+        from torch import nn
+
+        from wsl.encoders.common import mlp
+
+        def to_wsfeat(batch):
+            ws = []
+            for w, s in zip(batch.weights, space.layers):
+                w = w.reshape(*w.shape[:3], *s.kernel) if s.kernel else w[..., 0]  # [B, out, in(, h, w)]
+                ws.append(w[:, None])  # one channel
+            return WeightSpaceFeatures(ws, [b[:, None] for b in batch.biases])
+
+        class Reference(nn.Module):
+            invariant = True
+
+            def __init__(self, channels=32, num_layers=3, head_hidden=128):
+                super().__init__()
+                probe = space.to_batch({k: torch.zeros(1, *v) for k, v in space.shapes.items()})
+                spec = network_spec_from_wsfeat(to_wsfeat(probe))
+                layers, c = [], 1
+                for _ in range(num_layers):
+                    layers += [NPLinear(spec, c, channels, io_embed=True), TupleOp(nn.ReLU())]
+                    c = channels
+                self.layers = nn.Sequential(*layers)
+                self.pool = NPPool(spec)
+                self.head = mlp(NPPool.get_num_outs(spec) * channels, head_hidden, out_dim, 3)
+
+            def forward(self, batch):
+                return self.head(self.pool(self.layers(to_wsfeat(batch))).flatten(1))
+
+        return Reference()
+
+
+def run_one(name: str, zoo: Path, out: Path, epochs: int, seeds: list, extra: list) -> None:
+    """One encoder, all seeds, in this process; writes <out>/results.csv."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from wsl.apps.common import CONF_DIR
+    from wsl.encoders.experiment import run_experiment
+
+    torch.set_num_threads(1)
+    overrides = OVERRIDES.get(name, [f"encoder={name}"]) + [
+        f"zoo.path={zoo}", "task=test_acc", f"seeds=[{','.join(map(str, seeds))}]", f"trainer.max_epochs={epochs}",
+        "logger=none", *extra]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train_encoder", overrides=overrides)
+    factory = NFNReference() if name == "nfn_reference" else None
+    run_experiment(cfg, out, encoder_factory=factory)
+
+
+def step_costs(zoo: Path, names: list, batch_size: int = 32, rounds: int = 5) -> dict:
+    """CPU milliseconds per training step (forward + backward + Adam) of every encoder on the same
+    batch of the zoo's nets, measured side by side in this one process, interleaved over `rounds`
+    (median). Process CPU time, unlike wall time, is not inflated by other jobs on a shared machine."""
+    import statistics
+
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from wsl.apps.common import CONF_DIR
+    from wsl.encoders.common import LayerScale
+    from wsl.encoders.experiment import load_weights, read_space
+    from wsl.zoo import Zoo
+
+    torch.set_num_threads(1)
+    z = Zoo(zoo)
+    ids = z.ids[:batch_size]
+    space = read_space(z, ids)
+    params, masks = load_weights(z, ids, space)
+    batch = LayerScale(space).fit(space.to_batch(params, masks))(space.to_batch(params, masks))
+    encoders = {}
+    for name in names:
+        torch.manual_seed(0)
+        if name == "nfn_reference":
+            encoders[name] = NFNReference()(space, 1)
+            continue
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="train_encoder", overrides=OVERRIDES.get(name, [f"encoder={name}"]) + ["zoo.path=x"])
+        enc = OmegaConf.to_container(cfg.encoder, resolve=True)
+        enc.pop("name", None)
+        encoders[name] = instantiate(enc, _partial_=True)(space=space, out_dim=1)  # space: a live object
+    opts = {n: torch.optim.Adam(e.parameters(), lr=1e-4) for n, e in encoders.items()}
+    times = {n: [] for n in encoders}
+    for r in range(rounds + 1):
+        for n, e in encoders.items():
+            t0 = time.process_time()
+            opts[n].zero_grad()
+            e(batch).pow(2).mean().backward()
+            opts[n].step()
+            if r > 0:  # round 0 warms up
+                times[n].append((time.process_time() - t0) * 1000)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def print_table(args, rows: list) -> None:
+    print(f"\nzoo {args.zoo} | task test_acc | split 0.7/0.15/0.15 by cell (seed 0) | {args.epochs} epochs | "
+          f"seeds {args.seeds} | 1 thread")
+    print(f"| {'encoder':<14} | {'test tau':>15} | {'test R²':>15} | {'val tau':>7} | {'params':>9} | "
+          f"{'s/epoch':>7} | {'peak MB':>7} |")
+    print("|" + "---|" * 7)
+    for r in rows:
+        print(f"| {r['encoder']:<14} | {r['tau']:.3f} ± {r['tau_std']:.3f}   | {r['r2']:.3f} ± {r['r2_std']:.3f}   | "
+              f"{r['val_tau']:7.3f} | {r['params']:9,} | {r['s_per_epoch']:7.3f} | {r['peak_mb']:7.0f} |")
+    by = {r["encoder"]: r for r in rows}
+    ours = [r for r in rows if r["encoder"] not in ("nfn_reference",)]
+    if ours and "nfn_reference" in by and "stats" in by:
+        best = max(ours, key=lambda r: r["tau"])
+        print(f"\nbest of ours: {best['encoder']} tau {best['tau']:.3f}; reference (nfn NPLinear) "
+              f"{by['nfn_reference']['tau']:.3f}; stats baseline {by['stats']['tau']:.3f}")
+        print(f"target (best >= reference and > stats): "
+              f"{'met' if best['tau'] >= by['nfn_reference']['tau'] and best['tau'] > by['stats']['tau'] else 'NOT met'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--zoo", type=Path, default=ROOT / "zoos" / "bench_encoders_mlp")
+    ap.add_argument("--zoo-epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=60, help="encoder training epochs")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--encoders", nargs="+", default=ENCODERS, choices=ENCODERS)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_encoders")
+    ap.add_argument("--override", nargs="*", default=[], help="extra config overrides for every encoder")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--speed-only", action="store_true", help="only the side-by-side step costs")
+    args = ap.parse_args()
+    if args.one:
+        run_one(args.one, args.zoo, args.out, args.epochs, args.seeds, args.override)
+        return
+
+    build_zoo(args.zoo.resolve(), args.zoo_epochs)
+    rows = []
+    for name in ([] if args.speed_only else args.encoders):
+        out = args.out / name
+        cmd = [sys.executable, __file__, "--one", name, "--zoo", str(args.zoo.resolve()), "--epochs",
+               str(args.epochs), "--out", str(out), "--seeds", *map(str, args.seeds)]
+        if args.override:
+            cmd += ["--override", *args.override]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"{name}: FAILED\n{r.stderr[-3000:]}")
+            continue
+        import pandas as pd
+
+        df = pd.read_csv(out / "results.csv")
+        seeds = df[~df["seed"].isin(["mean", "std"])]
+        row = {"encoder": name, "tau": seeds["test/tau"].mean(), "tau_std": seeds["test/tau"].std(ddof=1),
+               "r2": seeds["test/r2"].mean(), "r2_std": seeds["test/r2"].std(ddof=1),
+               "val_tau": seeds["val/tau"].mean(), "params": int(seeds["params"].iloc[0]),
+               "s_per_epoch": seeds["s_per_epoch"].mean(), "peak_mb": seeds["peak_mem_mb"].max(),
+               "wall_s": time.perf_counter() - t0}
+        rows.append(row)
+        print(f"{name:>14}: tau {row['tau']:.3f} ± {row['tau_std']:.3f}  R² {row['r2']:.3f}  "
+              f"params {row['params']:,}  {row['s_per_epoch']:.3f} s/epoch", flush=True)
+
+    if rows:
+        print_table(args, rows)
+    costs = step_costs(args.zoo.resolve(), args.encoders)
+    base = costs.get("nfn_reference") or costs.get("stats") or next(iter(costs.values()))
+    print("\nside by side in one process (batch of 32 nets, 1 thread, median of 5 interleaved rounds, CPU time):")
+    for n, ms in costs.items():
+        print(f"  {n:>14}: {ms:8.1f} ms/step  ({ms / base:5.2f}x {'nfn_reference' if 'nfn_reference' in costs else ''})")
+    for r in rows:
+        r["cpu_ms_per_step"] = costs.get(r["encoder"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""wsl-train-encoder end to end, on a real zoo trained in the test by wsl-zoo, and on an INR zoo of
+SIRENs fitted in the test. Bad input (missing target column, unreadable nets, mixed widths) must
+fail before training with a message naming the column or the model and layer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from wsl.apps.common import CONF_DIR
+from wsl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # tiny nets: threads only spin
+
+
+def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def mlp_zoo(tmp_path_factory) -> Path:
+    """48 digits MLPs: 6 learning rates x 2 weight decays x 4 seed replicas, 2 epochs (accuracies 0.1-0.9),
+    trained by wsl-zoo's job function on its real config."""
+    from wsl.apps.zoo_job import run_zoo_job
+
+    d = tmp_path_factory.mktemp("zoo")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="zoo", overrides=[
+            "dataset=digits", "net=mlp", "net.width=8", "population.size=48", "train.epochs=2",
+            "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.001]", f"zoo.path={d / 'mlp'}",
+            "progress_refresh_rate=0", "logger=none", "trainer.accelerator=cpu"])
+    return run_zoo_job(cfg)
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train_encoder", overrides=["logger=none", *overrides])
+
+
+def test_console_script_writes_the_results_table(mlp_zoo, tmp_path):
+    r = run("wsl.apps.train_encoder", f"zoo.path={mlp_zoo}", "encoder=deepsets", "task=test_acc", "seeds=[0,1]",
+            "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert df["seed"].tolist() == ["0", "1", "mean", "std"]
+    for col in ("test/tau", "test/r2", "val/tau", "params", "s_per_epoch", "fit_s", "peak_mem_mb"):
+        assert col in df and df[col].notna().all(), col
+    assert (df["encoder"] == "deepsets").all() and (df["task"] == "test_acc").all()
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| deepsets | test_acc |" in md and "±" in md
+    assert "| deepsets | test_acc |" in r.stdout
+
+
+def test_encoder_learns_test_accuracy_on_held_out_cells(mlp_zoo, tmp_path):
+    """Real learning: NFN ranks the test accuracy of nets from cells it never saw."""
+    from wsl.encoders.experiment import run_experiment
+    from wsl.zoo import Zoo
+
+    cfg = config(f"zoo.path={mlp_zoo}", "encoder=nfn", "encoder.channels=16", "encoder.num_layers=2",
+                 "seeds=[0]", "trainer.max_epochs=25", "split.fractions=[0.5,0.25,0.25]")
+    df = run_experiment(cfg, tmp_path)
+    zoo = Zoo(mlp_zoo)
+    split = zoo.split((0.5, 0.25, 0.25), seed=0)
+    cells = {s: {zoo.cell_key(m) for m in ids} for s, ids in split.items()}
+    assert not cells["train"] & cells["test"], "seed replicas of a cell must not straddle splits"
+    assert df.loc[0, "test/tau"] > 0.5, df.to_string()
+
+
+def test_hparams_task_predicts_the_varied_hyperparameters(mlp_zoo, tmp_path):
+    from wsl.encoders.experiment import run_experiment
+
+    df = run_experiment(config(f"zoo.path={mlp_zoo}", "encoder=stats", "task=hparams", "seeds=[0]",
+                               "trainer.max_epochs=2"), tmp_path)
+    # lr and weight decay vary in this zoo; width and train fraction do not, so they are not predicted
+    assert {"test/tau/lr", "test/r2/lr", "test/tau/weight_decay"} <= set(df.columns)
+    assert not any("width" in c or "train_fraction" in c for c in df.columns)
+
+
+def test_missing_target_column_fails_before_training(mlp_zoo, tmp_path):
+    from wsl.encoders.experiment import run_experiment
+
+    with pytest.raises(ConfigError, match=r"task=phase: column 'phase/label' is missing from the index of"):
+        run_experiment(config(f"zoo.path={mlp_zoo}", "task=phase"), tmp_path)
+    assert not (tmp_path / "results.csv").exists()
+
+
+def _write_zoo(path: Path, nets: dict):
+    """A zoo written through the zoo format's own writer: {model id: net}."""
+    from wsl.zoo import ShardWriter
+
+    w = ShardWriter(path, "job0", config={"test": True})
+    for i, (mid, net) in enumerate(nets.items()):
+        w.write_checkpoint(mid, 1, net.state_dict(), net.arch)
+        w.add_model(mid, net.arch, {"lr": 0.1 * (i + 1), "seed_init": i}, "trained",
+                    {"train_acc": [0.1, 0.5 + i / 20], "test_acc": [0.1, 0.4 + i / 20]})
+    w.commit()
+
+
+def test_unreadable_nets_are_named_before_training(tmp_path):
+    from test_encoders import BNNet  # registered net with a BatchNorm layer
+
+    from wsl.encoders.experiment import run_experiment
+    from wsl.nets import MLP
+
+    torch.manual_seed(0)
+    _write_zoo(tmp_path / "bn", {f"bn{i}": BNNet() for i in range(6)})
+    with pytest.raises(ConfigError, match=r"model bn0: layer 'bn\.(weight|bias)'.*unsupported layer type"):
+        run_experiment(config(f"zoo.path={tmp_path / 'bn'}", "encoder=stats"), tmp_path / "out1")
+    nets = {f"w{i}": MLP([4], 3, width=4 if i < 3 else 6) for i in range(8)}
+    _write_zoo(tmp_path / "mixed", nets)
+    with pytest.raises(ConfigError, match=r"model w3: layer 'hidden\.0\.weight' has 6 units.*zoo\.pad=true"):
+        run_experiment(config(f"zoo.path={tmp_path / 'mixed'}", "encoder=nfn"), tmp_path / "out2")
+    # with the padding option the same zoo trains (predicting width from padded nets)
+    df = run_experiment(config(f"zoo.path={tmp_path / 'mixed'}", "encoder=graph", "zoo.pad=true", "seeds=[0]",
+                               "trainer.max_epochs=2", "split.fractions=[0.5,0.25,0.25]"), tmp_path / "out3")
+    assert df.loc[0, "params"] > 0 and (tmp_path / "out3" / "results.csv").exists()
+
+
+def test_inr_zoo_records_its_recipe_and_classifies(tmp_path):
+    from wsl.data.digits_inr import digits_inr
+    from wsl.encoders.experiment import run_experiment
+    from wsl.encoders.inr_zoo import build_inr_zoo, psnr
+    from wsl.zoo import Zoo
+
+    data = digits_inr(per_class=2, seed=0)
+    build_inr_zoo(tmp_path / "inr", data, width=8, depth=2, w0=30.0, steps=200, lr=1e-3)
+    zoo = Zoo(tmp_path / "inr")
+    t = zoo.table()
+    assert len(t) == 20 and sorted(t["label"].tolist()) == sorted(data.labels.tolist())
+    row = t.iloc[3]
+    assert (row["w0"], row["width"], row["depth"], row["steps"], row["lr"]) == (30.0, 8, 2, 200, 1e-3)
+    assert zoo.job_config(row["model_id"])["inr"]["w0"] == 30.0
+    # the stored checkpoint is the fitted SIREN: it redraws its own image better than its init did
+    k = int((data.image_index == int(row["image_index"])).nonzero())
+    fitted, init = zoo.load_model(row["model_id"]), zoo.load_model(row["model_id"], epoch=0)
+    with torch.no_grad():
+        mse1 = (fitted(data.coords) - data.values[k]).pow(2).mean()
+        mse0 = (init(data.coords) - data.values[k]).pow(2).mean()
+    assert mse1 < mse0 / 5
+    assert psnr(mse1) == pytest.approx(zoo.history(row["model_id"])["train_psnr"][-1], rel=1e-3)
+    df = run_experiment(config(f"zoo.path={tmp_path / 'inr'}", "task=inr_class", "encoder=transformer",
+                               "encoder.dim=16", "encoder.num_layers=1", "seeds=[0]", "trainer.max_epochs=2",
+                               "split.fractions=[0.5,0.25,0.25]"), tmp_path / "out")
+    assert 0.0 <= df.loc[0, "test/acc"] <= 1.0 and "test/tau" not in df
+
+
+@pytest.mark.parametrize("encoder", ["nfn", "transformer"])
+def test_cnn_zoo_is_read_with_kernels_as_edge_features(tmp_path, encoder):
+    from wsl.encoders.experiment import read_space, run_experiment
+    from wsl.nets import CNN
+    from wsl.zoo import Zoo
+
+    torch.manual_seed(0)
+    _write_zoo(tmp_path / "cnn", {f"c{i}": CNN([1, 8, 8], 10, width=4, depth=2) for i in range(8)})
+    space = read_space(Zoo(tmp_path / "cnn"), [f"c{i}" for i in range(8)])
+    assert space.kernel_numels == [9, 9, 1] and space.sizes == [1, 4, 4, 10]
+    df = run_experiment(config(f"zoo.path={tmp_path / 'cnn'}", f"encoder={encoder}", "seeds=[0]",
+                               "trainer.max_epochs=1", "split.fractions=[0.5,0.25,0.25]"), tmp_path / "out")
+    assert df.loc[0, "params"] > 0 and pd.notna(df.loc[0, "test/r2"])
+
+
+@pytest.mark.slow
+def test_inr_classification_beats_chance_with_a_shared_init(tmp_path):
+    """300 SIRENs fitted from one shared initialization: their weights differ only by the image they
+    learned, and an encoder reads the digit from them far above chance (10%)."""
+    from wsl.data.digits_inr import digits_inr
+    from wsl.encoders.experiment import run_experiment
+    from wsl.encoders.inr_zoo import build_inr_zoo
+
+    build_inr_zoo(tmp_path / "inr", digits_inr(per_class=30, seed=0), width=16, depth=2, steps=200, shared_init=True)
+    df = run_experiment(config(f"zoo.path={tmp_path / 'inr'}", "task=inr_class", "encoder=stats", "seeds=[0]",
+                               "trainer.max_epochs=30"), tmp_path / "out")
+    assert df.loc[0, "test/acc"] > 0.3, df.to_string()

@@ -1,0 +1,267 @@
+"""One property-prediction experiment: a zoo, a task, an encoder, several seeds, a results table.
+
+    run_experiment(cfg, out_dir)   # what wsl-train-encoder calls
+
+Order of work, so that bad input fails before any training: read the table and check the task's
+columns; check that the encoder can read every selected net (structure and widths, from the
+architectures alone); then load the weights, split by cells (seed replicas of one hyperparameter
+cell never straddle splits), and train one encoder per seed. The model of each seed is its best
+validation epoch (lowest loss, or highest accuracy for classification; never selected on test); its test metrics, parameter count, wall
+time and peak memory go into results.csv / results.md in the run directory, with mean ± std.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+import wsl.nets.siren  # noqa: F401  (registers net=siren so INR zoos can be read)
+from wsl.encoders.module import PropertyPredictor, WeightSet
+from wsl.encoders.tasks import Task, score
+from wsl.encoders.weightspace import WeightSpace
+from wsl.errors import ConfigError
+
+log = logging.getLogger("wsl.encoders")
+
+
+# ------------------------------------------------------------------------------------------ loading
+def read_space(zoo, ids: list, pad: bool = False) -> WeightSpace:
+    """The weight space of the selected nets, from their architectures alone (no checkpoint read).
+    Raises ConfigError naming the model and layer an encoder cannot read."""
+    cache: dict = {}
+    models = []
+    for mid in ids:
+        key = json.dumps(zoo.arch(mid), sort_keys=True)
+        if key not in cache:
+            net = zoo.skeleton(mid)
+            cache[key] = (net.permutation_spec(), {k: tuple(v.shape) for k, v in net.state_dict().items()})
+        spec, shapes = cache[key]
+        models.append((mid, spec, shapes))
+    # one representative per architecture is enough to find the first model that does not fit
+    firsts: dict = {}
+    for mid, spec, shapes in models:
+        firsts.setdefault(json.dumps({k: list(v) for k, v in shapes.items()}, sort_keys=True), (mid, spec, shapes))
+    return WeightSpace.from_models(list(firsts.values()), pad=pad)
+
+
+def load_weights(zoo, ids: list, space: WeightSpace, epoch: int = -1) -> tuple[dict, dict]:
+    """Stacked, zero-padded parameters {name: [M, ...]} and neuron masks {mask name: [M, n]}."""
+    params = {k: [] for k in space.shapes}
+    masks: dict = {}
+    for mid in ids:
+        p, m = space.pad_state_dict(zoo.state_dict(mid, epoch))
+        for k, v in p.items():
+            params[k].append(v)
+        for k, v in m.items():
+            masks.setdefault(k, []).append(v)
+    return {k: torch.stack(v) for k, v in params.items()}, {k: torch.stack(v) for k, v in masks.items()}
+
+
+def select_models(zoo, table: pd.DataFrame, statuses=("trained",)) -> list:
+    """Ids of the models with a usable status (diverged nets have no meaningful targets)."""
+    ids = [mid for mid in zoo.ids if table.loc[mid, "status"] in statuses]
+    if not ids:
+        raise ConfigError(f"{zoo.path}: no model has status {list(statuses)}")
+    return ids
+
+
+# ------------------------------------------------------------------------------------------ training
+class BestState(L.Callback):
+    """Keep (in memory) the encoder weights of the best validation epoch: lowest validation loss for
+    regression, highest validation accuracy for classification (cross-entropy keeps rising on
+    overconfident predictions long after the accuracy stops improving)."""
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min"):
+        self.monitor, self.sign = monitor, (1.0 if mode == "min" else -1.0)
+        self.best, self.state, self.epoch = math.inf, None, -1
+
+    def on_validation_end(self, trainer, module):  # after the module's epoch-end metrics are logged
+        if trainer.sanity_checking:
+            return
+        v = trainer.callback_metrics.get(self.monitor)
+        if v is not None and math.isfinite(float(v)) and self.sign * float(v) < self.best:
+            self.best, self.epoch = self.sign * float(v), trainer.current_epoch
+            self.state = {k: t.detach().clone() for k, t in module.state_dict().items()}
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """CUDA: peak allocated by torch; CPU: the process's peak resident set size (a high-water mark)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+def train_one(cfg: DictConfig, seed: int, space: WeightSpace, task: Task, targets, sets: dict, encoder_factory,
+              out_dir: Path) -> dict:
+    """Train one encoder with `seed`; return its metrics on val and test and its costs."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    out_dim = task.output_dim(targets)
+    encoder = encoder_factory(space=space, out_dim=out_dim)
+    augments = [instantiate(a) for a in (cfg.augment or {}).values() if a is not None]
+    augments = [a for a in augments if not _is_noop(a)]
+    if space.padded and any(type(a).__name__ == "AlignedMixUp" for a in augments):
+        raise ConfigError("augment.mixup aligns nets of one width; it cannot mix padded nets (zoo.pad=true)")
+    o = cfg.optim
+    module = PropertyPredictor(encoder, space, task, targets.names, sets["train"], augments, lr=float(o.lr),
+                               weight_decay=float(o.weight_decay), epochs=int(cfg.trainer.max_epochs),
+                               warmup_epochs=int(o.warmup_epochs), num_classes=len(targets.classes))
+    bs = int(cfg.batch_size)
+    train_loader = DataLoader(sets["train"], batch_size=bs, shuffle=True, drop_last=len(sets["train"]) > bs)
+    val_loader = DataLoader(sets["val"], batch_size=int(cfg.eval_batch_size))
+    best = BestState("val/loss", "min") if task.is_regression else BestState("val/acc", "max")
+    logger = False
+    if cfg.get("logger"):
+        logger = instantiate(cfg.logger, save_dir=str(out_dir), name="encoder", version=f"seed{seed}")
+    trainer = L.Trainer(callbacks=[best], logger=logger, enable_checkpointing=False, num_sanity_val_steps=0,
+                        **OmegaConf.to_container(cfg.trainer, resolve=True))
+    if trainer.strategy.root_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+    t0 = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    fit_s = time.perf_counter() - t0
+    epochs_run = max(1, trainer.current_epoch)
+    if best.state is not None:
+        module.load_state_dict(best.state)
+    mem, mem_kind = peak_memory_mb(trainer.strategy.root_device)
+    row = {"seed": seed, "params": sum(p.numel() for p in encoder.parameters()), "best_epoch": best.epoch,
+           "epochs": epochs_run, "fit_s": fit_s, "s_per_epoch": fit_s / epochs_run, "peak_mem_mb": mem,
+           "mem_kind": mem_kind}
+    for split in ("val", "test"):
+        pred = module.predict_set(sets[split])
+        for k, v in score(task, targets.names, pred, sets[split].y).items():
+            row[f"{split}/{k}"] = v
+    return row
+
+
+def _is_noop(aug) -> bool:
+    """Augmentations configured to do nothing (noise sigma 0, dropout p 0) are skipped."""
+    return (type(aug).__name__ == "GaussianNoiseAugment" and aug.sigma == 0.0) or \
+        (type(aug).__name__ == "WeightDropoutAugment" and aug.p == 0.0)
+
+
+# ------------------------------------------------------------------------------------------ results
+def summarize(rows: list, task: Task) -> pd.DataFrame:
+    """Per-seed rows + a 'mean' and a 'std' row."""
+    df = pd.DataFrame(rows)
+    num = df.select_dtypes("number")
+    mean, std = num.mean(), num.std(ddof=1) if len(df) > 1 else num.std(ddof=0)
+    out = pd.concat([df, pd.DataFrame([{**mean.to_dict(), "seed": "mean"}, {**std.to_dict(), "seed": "std"}])],
+                    ignore_index=True)
+    for c in ("encoder", "task", "mem_kind"):
+        if c in df:
+            out[c] = df[c].iloc[0]
+    return out
+
+
+def _pm(values: pd.Series, fmt: str = "{:.3f}") -> str:
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{fmt.format(values.mean())} ± {fmt.format(std)}"
+
+
+def markdown_table(df: pd.DataFrame, task: Task) -> str:
+    """One line per results table: mean ± std over seeds of the headline metrics and of the costs."""
+    per_seed = df[~df["seed"].isin(["mean", "std"])]
+    keys = ["test/tau", "test/r2"] if task.is_regression else ["test/acc"]
+    cols = ["encoder", "task", *(k.replace("/", " ") for k in keys), "params", "s/epoch", "wall s", "peak MB",
+            "seeds"]
+    line = [str(per_seed["encoder"].iloc[0]), str(per_seed["task"].iloc[0]), *(_pm(per_seed[k]) for k in keys),
+            f"{int(per_seed['params'].iloc[0]):,}", _pm(per_seed["s_per_epoch"], "{:.2f}"),
+            _pm(per_seed["fit_s"], "{:.1f}"), f"{per_seed['peak_mem_mb'].max():.0f}", str(len(per_seed))]
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    note = (f"\npeak MB: {per_seed['mem_kind'].iloc[0]}; wall s: fit time per seed (training + validation); "
+            "each seed's model is its best validation epoch "
+            f"({'lowest loss' if task.is_regression else 'highest accuracy'})\n")
+    return head + "| " + " | ".join(line) + " |\n" + note
+
+
+def write_results(df: pd.DataFrame, task: Task, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("results.csv", df.to_csv(index=False)), ("results.md", markdown_table(df, task))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)
+
+
+# ------------------------------------------------------------------------------------------ entry
+def check_config(cfg: DictConfig) -> None:
+    """Checks that need no zoo: run by the app's preflight on every job of a sweep, before any work."""
+    if "zoo" not in cfg or OmegaConf.is_missing(cfg.zoo, "path") or not cfg.zoo.get("path"):
+        raise ConfigError("zoo.path is required: the zoo whose nets the encoder reads (zoo.path=zoos/<name>)")
+    seeds = list(cfg.seeds) if OmegaConf.is_list(cfg.get("seeds")) else None
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers, got {cfg.get('seeds')}")
+    for key, lo in (("batch_size", 1), ("eval_batch_size", 1), ("trainer.max_epochs", 1), ("zoo.epoch", -1)):
+        v = OmegaConf.select(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{key} must be an integer >= {lo}, got {v!r}")
+    instantiate(cfg.task, _convert_="all")  # Task checks its own fields
+    enc = OmegaConf.to_container(cfg.encoder, resolve=True)
+    enc.pop("name", None)
+    target = enc.pop("_target_", None)
+    if not target:
+        raise ConfigError("encoder._target_ is missing; choose an encoder with encoder=<name>")
+    try:
+        cls = hydra.utils.get_class(target)
+    except Exception as e:  # hydra wraps import errors in several types
+        raise ConfigError(f"encoder._target_={target!r} cannot be imported ({e})") from e
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "space", "out_dim"}
+    unknown = sorted(set(enc) - allowed)
+    if unknown:
+        raise ConfigError(f"encoder {target}: unknown option(s) {unknown}; valid: {sorted(allowed)}")
+
+
+def run_experiment(cfg: DictConfig, out_dir, encoder_factory=None) -> pd.DataFrame:
+    """Train `cfg.encoder` on `cfg.task` for every seed in `cfg.seeds`; write and return the table.
+
+    encoder_factory(space=, out_dim=) -> nn.Module overrides cfg.encoder (the benchmark uses it for an
+    outside reference implementation).
+    """
+    from wsl.zoo import Zoo
+
+    check_config(cfg)
+    out_dir = Path(out_dir)
+    task: Task = instantiate(cfg.task, _convert_="all")
+    zoo = Zoo(cfg.zoo.path)
+    table = zoo.table()
+    task.check_columns(table, where=f"the index of {zoo.path}")
+    ids = select_models(zoo, table)
+    space = read_space(zoo, ids, pad=bool(cfg.zoo.pad))
+    enc_cfg = OmegaConf.to_container(cfg.encoder, resolve=True)
+    name = str(enc_cfg.pop("name", None) or enc_cfg.get("_target_", "encoder").rsplit(".", 1)[-1])
+    if encoder_factory is None:
+        encoder_factory = instantiate(enc_cfg, _partial_=True, _convert_="all")
+    split = zoo.split(tuple(cfg.split.fractions), seed=int(cfg.split.seed), ids=ids)
+    for s in ("train", "val", "test"):
+        if len(split[s]) < 2:
+            raise ConfigError(f"the {s} split has {len(split[s])} models ({len(ids)} usable, "
+                              f"{len(zoo.cells(ids))} cells); use a larger zoo or other split.fractions")
+    targets = task.targets(table, ids)
+    params, masks = load_weights(zoo, ids, space, int(cfg.zoo.epoch))
+    full = WeightSet(params, masks, targets.y)
+    pos = {mid: i for i, mid in enumerate(ids)}
+    sets = {s: full.subset([pos[m] for m in split[s]]) for s in ("train", "val", "test")}
+    log.info("%s on %s: %d nets (%d/%d/%d), space %s", name, task.name, len(ids), len(sets["train"]),
+             len(sets["val"]), len(sets["test"]), space.describe())
+    rows = []
+    for seed in cfg.seeds:
+        row = train_one(cfg, int(seed), space, task, targets, sets, encoder_factory, out_dir)
+        rows.append({"encoder": name, "task": task.name, **row})
+        key = "test/tau" if task.is_regression else "test/acc"
+        log.info("%s seed %d: %s=%.4f (%.2fs/epoch)", name, seed, key, row[key], row["s_per_epoch"])
+    df = summarize(rows, task)
+    write_results(df, task, out_dir)
+    return df

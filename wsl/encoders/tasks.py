@@ -1,0 +1,143 @@
+"""Property-prediction tasks: which columns of a zoo's table to predict, and how to score them.
+
+A task reads its targets from `Zoo.table()` columns (final metrics, hyperparameters, annotation
+columns "<group>/<column>"); a column the index lacks is a ConfigError naming it, raised before
+any training. Regression targets are standardized with training-split statistics inside the
+LightningModule; classification labels are mapped to 0..C-1 in sorted order of their values.
+
+Metrics (per target): Kendall tau and R^2 for regression, accuracy for classification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from wsl.errors import ConfigError
+
+KINDS = ("regression", "classification")
+
+# columns computed from other columns: name -> (needed columns, function of the table)
+DERIVED = {
+    "generalization_gap": (("train_acc", "test_acc"), lambda t: t["train_acc"] - t["test_acc"]),
+}
+
+
+@dataclass
+class Targets:
+    """Targets of the selected models: y [M, T] float (regression) or [M] long (classification)."""
+
+    y: torch.Tensor
+    names: list  # target names (regression) or [column] (classification)
+    classes: list = field(default_factory=list)  # classification: the value of each class index
+    offsets: dict = field(default_factory=dict)  # log targets: the offset added before log10
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str = "regression"
+    columns: list = field(default_factory=list)
+    log: list = field(default_factory=list)  # regression columns predicted as log10 (lr, weight decay)
+    drop_constant: bool = False  # regression: skip columns with one value in the zoo (with a warning)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"task.kind={self.kind!r} is unknown; valid: {', '.join(KINDS)}")
+        self.columns, self.log = list(self.columns), list(self.log)
+        if not self.columns:
+            raise ConfigError(f"task={self.name}: task.columns is empty; name the column(s) to predict")
+        if self.kind == "classification" and len(self.columns) != 1:
+            raise ConfigError(f"task={self.name}: classification predicts one column, got {self.columns}")
+        unknown = [c for c in self.log if c not in self.columns]
+        if unknown:
+            raise ConfigError(f"task={self.name}: task.log names {unknown}, which are not in task.columns")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == "regression"
+
+    def check_columns(self, table, where: str = "the zoo's index") -> None:
+        """Raise ConfigError naming the first target column `table` cannot provide."""
+        have = set(table.columns)
+        for c in self.columns:
+            needed = DERIVED[c][0] if c in DERIVED and c not in have else (c,)
+            for n in needed:
+                if n not in have:
+                    extra = f" (needed for {c!r})" if n != c else ""
+                    raise ConfigError(f"task={self.name}: column {n!r}{extra} is missing from {where}; "
+                                      f"available: {', '.join(sorted(map(str, have)))}")
+
+    def column_values(self, table, column: str) -> np.ndarray:
+        if column in table.columns:
+            return table[column].to_numpy()
+        return DERIVED[column][1](table).to_numpy()
+
+    def targets(self, table, ids: list) -> Targets:
+        """Targets of the models `ids` (rows of `table`, indexed by model id)."""
+        self.check_columns(table)
+        sub = table.loc[list(ids)]
+        if self.kind == "classification":
+            col = self.columns[0]
+            vals = self.column_values(sub, col)
+            classes = sorted({v for v in vals.tolist()}, key=lambda v: (str(type(v)), v))
+            if len(classes) < 2:
+                raise ConfigError(f"task={self.name}: column {col!r} has a single value {classes}; nothing to classify")
+            index = {v: i for i, v in enumerate(classes)}
+            return Targets(torch.tensor([index[v] for v in vals.tolist()], dtype=torch.long), [col], classes)
+        cols, ys, offsets = [], [], {}
+        for c in self.columns:
+            v = np.asarray(self.column_values(sub, c), dtype=np.float64)
+            if np.unique(v[np.isfinite(v)]).size < 2:
+                if self.drop_constant:
+                    continue
+                raise ConfigError(f"task={self.name}: column {c!r} is constant in this zoo; nothing to predict "
+                                  "(set task.drop_constant=true to skip such columns)")
+            if c in self.log:
+                pos = v[v > 0]
+                off = 0.0 if v.min() > 0 else (float(pos.min()) if pos.size else 1.0)
+                v = np.log10(v + off)
+                offsets[c] = off
+            cols.append(c)
+            ys.append(v)
+        if not cols:
+            raise ConfigError(f"task={self.name}: every column of {self.columns} is constant in this zoo")
+        return Targets(torch.tensor(np.stack(ys, 1), dtype=torch.float32), cols, [], offsets)
+
+    def output_dim(self, targets: Targets) -> int:
+        return len(targets.classes) if self.kind == "classification" else len(targets.names)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def kendall_tau(pred: np.ndarray, true: np.ndarray) -> float:
+    """Kendall's tau-b between predictions and targets (NaN when either is constant)."""
+    if np.unique(pred).size < 2 or np.unique(true).size < 2:
+        return float("nan")
+    return float(kendalltau(pred, true).statistic)
+
+
+def r2(pred: np.ndarray, true: np.ndarray) -> float:
+    """Coefficient of determination 1 - SS_res / SS_tot."""
+    ss_tot = float(((true - true.mean()) ** 2).sum())
+    if ss_tot == 0:
+        return float("nan")
+    return 1.0 - float(((true - pred) ** 2).sum()) / ss_tot
+
+
+def score(task: Task, targets_names: list, pred: torch.Tensor, true: torch.Tensor) -> dict:
+    """Metrics of predictions on one split. Regression: pred/true [M, T] in target units;
+    classification: pred logits [M, C], true [M]."""
+    if task.kind == "classification":
+        return {"acc": float((pred.argmax(-1) == true).float().mean())}
+    p, t = pred.double().numpy(), true.double().numpy()
+    out = {}
+    for j, name in enumerate(targets_names):
+        out[f"tau/{name}"] = kendall_tau(p[:, j], t[:, j])
+        out[f"r2/{name}"] = r2(p[:, j], t[:, j])
+    for key in ("tau", "r2"):  # averaged over targets (NaN where a target is constant on this split)
+        vals = [out[f"{key}/{n}"] for n in targets_names if np.isfinite(out[f"{key}/{n}"])]
+        out[key] = float(np.mean(vals)) if vals else float("nan")
+    return out
