@@ -59,7 +59,8 @@ def _rebuild(net, sd):
 
 
 def test_every_registered_net_is_covered():
-    assert set(NETS) <= set(NET_CASES), f"add cases for {set(NETS) - set(NET_CASES)}"
+    shipped = {n for n in NETS if not n.startswith("test_")}  # other test files register throwaway nets
+    assert shipped <= set(NET_CASES), f"add cases for {shipped - set(NET_CASES)}"
 
 
 @pytest.mark.parametrize("name,kw", CASES, ids=[f"{n}{i}" for n, kws in NET_CASES.items() for i in range(len(kws))])
