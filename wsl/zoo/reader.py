@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
 from wsl.errors import ConfigError, ZooFormatError
-from wsl.zoo.format import INDEX_FILE, METRICS, check_id, resolve_inside, sha256_bytes
+from wsl.zoo.format import FORMAT_VERSION, INDEX_FILE, METRICS, check_arch_limits, check_id, resolve_inside, sha256_bytes
 from wsl.zoo.layout import Layout
 from wsl.zoo.table import read_table
 
@@ -36,6 +37,8 @@ class Zoo:
         self._rows = {}
         for r in self._table.rows:
             check_id("model id", r.model_id)
+            if r.model_id in self._rows:
+                raise ZooFormatError(f"{index}: model {r.model_id!r} is listed twice")
             for e, p, _ in r.checkpoints:
                 resolve_inside(self.path, p)  # refuse escaping paths up front, before any read
             self._rows[r.model_id] = r
@@ -140,11 +143,11 @@ class Zoo:
         """The model's architecture on the meta device (no memory, no init)."""
         from wsl.nets import build_net
 
-        arch = self.arch(model_id)
+        arch = check_arch_limits(self.arch(model_id), f"{self.path / INDEX_FILE}: model {model_id}")
         try:
             with torch.device("meta"):
                 net = build_net(arch)
-        except (ConfigError, TypeError, ValueError) as e:
+        except (ConfigError, TypeError, ValueError, RuntimeError) as e:
             raise ZooFormatError(f"{self.path / INDEX_FILE}: model {model_id} has an unusable architecture {arch} ({e})") from e
         n = sum(p.numel() for p in net.parameters())
         if n > MAX_PARAMS:
@@ -193,6 +196,8 @@ class Zoo:
         path = resolve_inside(self.path, rel)
         if not path.exists():
             raise ZooFormatError(f"{path}: listed in the index but missing")
+        if not path.is_file():  # a FIFO or device would block the read
+            raise ZooFormatError(f"{path}: not a regular file; refused")
         data = path.read_bytes()
         if verify and sha256_bytes(data) != sha:
             raise ZooFormatError(f"{path}: sha256 does not match the index (corrupted or modified)")
@@ -201,6 +206,14 @@ class Zoo:
         except (SafetensorError, Exception) as e2:  # safetensors raises several types on bad input
             raise ZooFormatError(f"{path}: not a readable safetensors file ({e2})") from e2
         meta = read_checkpoint_metadata(path, data)
+        version, ep = str(meta.get("format_version", "")), str(meta.get("epoch", ""))
+        if not re.fullmatch(r"[0-9]{1,9}", version) or not re.fullmatch(r"[0-9]{1,9}", ep):
+            raise ZooFormatError(f"{path}: metadata format_version={version[:20]!r}, epoch={ep[:20]!r}: not integers")
+        if int(version) > FORMAT_VERSION:
+            raise ZooFormatError(f"{path}: format version {int(version)} is newer than this wsl reads "
+                                 f"({FORMAT_VERSION}); upgrade wsl")
+        if int(ep) != e:
+            raise ZooFormatError(f"{path}: metadata says epoch {int(ep)}, the index says {e}")
         if meta.get("model_id") != model_id:
             raise ZooFormatError(f"{path}: metadata says model {meta.get('model_id')!r}, index says {model_id!r}")
         expected = {k: tuple(v.shape) for k, v in self.skeleton(model_id).state_dict().items()}
@@ -246,15 +259,17 @@ def read_checkpoint_metadata(path: Path, data: bytes | None = None) -> dict:
         if n <= 0 or n > len(data) - 8 or n > 100_000_000:
             raise ValueError(f"header length {n} is impossible for a {len(data)}-byte file")
         header = json.loads(data[8 : 8 + n])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         meta = header.get("__metadata__", {}) or {}
         if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise ValueError("metadata is not a str->str map")
-    except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ZooFormatError(f"{path}: unreadable safetensors header ({e})") from e
     out = {}
     for k, v in meta.items():
         try:
             out[k] = json.loads(v) if k in ("arch",) else v
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise ZooFormatError(f"{path}: metadata {k!r} is not valid JSON") from e
     return out

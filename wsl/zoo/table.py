@@ -25,6 +25,7 @@ from wsl.errors import ZooFormatError
 from wsl.zoo.format import FORMAT_NAME, FORMAT_VERSION, METRICS
 
 STR = h5py.string_dtype("utf-8")
+MAX_ELEMENTS = 100_000_000  # per dataset: an untrusted file may declare huge, never-written datasets
 
 
 @dataclass
@@ -190,7 +191,7 @@ def _strings(ds) -> list[str]:
 def _json(text: str, where: str):
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
+    except (json.JSONDecodeError, TypeError, RecursionError) as e:
         raise ZooFormatError(f"{where}: not valid JSON ({e})") from e
 
 
@@ -202,19 +203,47 @@ def _attr_value(v):
     return v
 
 
-def read_table(path: Path) -> ModelTable:
-    """Read a shard or index file; every structural problem raises ZooFormatError naming the file."""
+def _open(path: Path) -> h5py.File:
+    if not Path(path).is_file():  # a FIFO or device would block the reader
+        raise ZooFormatError(f"{path}: missing or not a regular file")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except (OSError, ValueError) as e:
         raise ZooFormatError(f"{path}: cannot be opened as HDF5 ({e})") from e
+
+
+def _check_untrusted(f: h5py.File, path: Path) -> None:
+    """Refuse what a zoo file never holds but a crafted one could: links to other files (external
+    links, external or virtual storage would read arbitrary files) and absurdly large datasets."""
+    bad = []
+
+    def visit(name, link):
+        if not isinstance(link, h5py.HardLink):
+            bad.append(f"/{name} is a {type(link).__name__} (zoo files hold no links)")
+            return
+        obj = f.get(name)
+        if isinstance(obj, h5py.Dataset):
+            if obj.external or obj.is_virtual:
+                bad.append(f"/{name} stores its data in another file")
+            elif obj.size > MAX_ELEMENTS:
+                bad.append(f"/{name} declares {obj.size} elements (shape {obj.shape}); absurd")
+
+    f.visititems_links(visit)
+    if bad:
+        raise ZooFormatError(f"{path}: {bad[0]}; refused")
+
+
+def read_table(path: Path) -> ModelTable:
+    """Read a shard or index file; every structural problem raises ZooFormatError naming the file."""
+    f = _open(path)
     try:
         with f:
             _check_header(f, path)
+            _check_untrusted(f, path)
             return _read_table(f, path)
     except ZooFormatError:
         raise
-    except (KeyError, ValueError, TypeError, OSError, IndexError) as e:
+    except (KeyError, ValueError, TypeError, OSError, IndexError, AttributeError) as e:
         raise ZooFormatError(f"{path}: malformed zoo table ({type(e).__name__}: {e})") from e
 
 
@@ -262,8 +291,11 @@ def _read_table(f: h5py.File, path: Path) -> ModelTable:
             valid = np.where(~np.isnan(a[i]))[0]
             last = valid[-1] + 1 if len(valid) else 0
             hist[name] = [float(x) for x in a[i, :last]]
-        rows.append(ModelRow(mid, cols["job_id"][i], cols["status"][i], _json(cols["arch"][i], f"{path}: arch of {mid}"),
-                             {k: v[i] for k, v in hp.items()}, hist, ckpts, int(div[i])))
+        arch = _json(cols["arch"][i], f"{path}: arch of {mid}")
+        if not isinstance(arch, dict):
+            raise ZooFormatError(f"{path}: arch of {mid} is not a JSON object")
+        rows.append(ModelRow(mid, cols["job_id"][i], cols["status"][i], arch, {k: v[i] for k, v in hp.items()}, hist,
+                             ckpts, int(div[i])))
     jobs = {}
     if "jobs" in f:
         jg = f["jobs"]
@@ -283,13 +315,11 @@ def _read_table(f: h5py.File, path: Path) -> ModelTable:
 
 
 def read_annotation_file(path: Path) -> Annotation:
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise ZooFormatError(f"{path}: cannot be opened as HDF5 ({e})") from e
+    f = _open(path)
     try:
         with f:
             _check_header(f, path)
+            _check_untrusted(f, path)
             ids = _strings(f["model_id"])
             columns = {}
             for name, ds in f["columns"].items():
@@ -300,7 +330,7 @@ def read_annotation_file(path: Path) -> Annotation:
             return Annotation(str(_attr_value(f.attrs.get("group", path.stem))), ids, columns, attrs)
     except ZooFormatError:
         raise
-    except (KeyError, ValueError, TypeError, OSError) as e:
+    except (KeyError, ValueError, TypeError, OSError, IndexError, AttributeError) as e:
         raise ZooFormatError(f"{path}: malformed annotation file ({type(e).__name__}: {e})") from e
 
 

@@ -1,0 +1,194 @@
+"""Benchmark: weight generators on the digits MLP zoo (issue: weight generators).
+
+For each generator (flow matching, diffusion) trained with the project's default config on a
+zoo of digits MLPs, prints:
+  - training time (alignment + fit) and the final spread ratio (collapse monitor);
+  - networks sampled per minute (sampler + decoding to weights; target >= 10,000 on 2 CPU cores),
+    and networks written per minute as a zoo (safetensors + index);
+  - networks evaluated per minute (test-split accuracy of every sample, vmapped forward);
+  - mean ± std test accuracy of all samples (never the best) as a fraction of the training
+    zoo's mean (target >= 0.95, no fine-tuning), also for fewer / more sampler steps;
+  - where the samples sit against the noise baseline on the accuracy–novelty plane, from
+    wsl.evaluate (weight novelty: nearest-neighbour L2 after alignment over the training-to-
+    training median; the noise σ sweep interpolated at the same novelty).
+
+    python scripts/bench_generators.py                       # builds zoos/bench_generators_mlp_digits if absent
+    python scripts/bench_generators.py --steps 800 --generators flow --n-eval 128
+
+The zoo (256 seeds of the default digits MLP, 2,410 parameters) takes a few minutes to train once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from wsl.apps.common import CONF_DIR  # noqa: E402
+from wsl.generators.sample import sample_vectors, write_sample_zoo  # noqa: E402
+from wsl.generators.train import train_generator  # noqa: E402
+from wsl.nets import build_net  # noqa: E402
+from wsl.population.functional import population_forward  # noqa: E402
+from wsl.zoo import Zoo  # noqa: E402
+
+
+def build_zoo(path: Path, members: int, epochs: int) -> None:
+    cmd = [sys.executable, "-m", "wsl.apps.zoo", f"zoo.path={path}", f"zoo.name={path.name}",
+           f"population.size={members}", f"train.epochs={epochs}", "zoo.checkpoint_epochs=[]", "logger=none",
+           "progress_refresh_rate=0", "trainer.accelerator=cpu", f"hydra.run.dir={path}-run"]
+    print(f"building the zoo: {' '.join(cmd[2:])}", flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"))
+
+
+@torch.no_grad()
+def accuracies(arch: dict, flat: torch.Tensor, layout, x, y, chunk: int = 256) -> torch.Tensor:
+    """Test accuracy of every net in flat [M, N] (vmapped forward, chunks of nets)."""
+    net = build_net(arch)
+    out = []
+    for i in range(0, len(flat), chunk):
+        logits = population_forward(net, layout.unflatten(flat[i : i + chunk]), x)  # [P, n, C]
+        out.append((logits.argmax(-1) == y).float().mean(1))
+    return torch.cat(out)
+
+
+def rate(n: int, seconds: float) -> float:
+    return 60.0 * n / max(seconds, 1e-9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--zoo", default=str(ROOT / "zoos" / "bench_generators_mlp_digits"))
+    ap.add_argument("--members", type=int, default=256, help="zoo size when the zoo must be built")
+    ap.add_argument("--epochs", type=int, default=15, help="zoo training epochs when the zoo must be built")
+    ap.add_argument("--generators", default="flow,diffusion")
+    ap.add_argument("--steps", type=int, default=None, help="generator training steps (default: the config's)")
+    ap.add_argument("--override", action="append", default=[], help="extra train_generator override (repeatable)")
+    ap.add_argument("--n-throughput", type=int, default=10_000, help="nets sampled for the throughput figure")
+    ap.add_argument("--n-eval", type=int, default=256, help="nets written as a zoo, scored and audited")
+    ap.add_argument("--baseline-n", type=int, default=64, help="nets per baseline setting in the audit")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_generators"))
+    args = ap.parse_args()
+
+    zoo_path, out = Path(args.zoo), Path(args.out)
+    if not (zoo_path / "index.h5").exists():
+        build_zoo(zoo_path, args.members, args.epochs)
+    ref = Zoo(zoo_path)
+    ids = ref.filter(status="trained")
+    task = ref.task_data(ids[0])
+    x, y = task.split("test")
+    w_ref, layout = ref.weights(ids)
+    arch = ref.arch(ids[0])
+    t = time.perf_counter()
+    acc_ref = accuracies(arch, w_ref, layout, x, y)
+    eval_rate_ref = rate(len(w_ref), time.perf_counter() - t)
+    print(f"\nzoo {zoo_path}: {len(ids)} trained nets of {arch} ({layout.numel} parameters), dataset "
+          f"{task.name}; test accuracy {acc_ref.mean():.4f} ± {acc_ref.std():.4f}")
+    print(f"torch threads: {torch.get_num_threads()}, CPU cores visible: {os.cpu_count()}, "
+          f"load average at start: {os.getloadavg()[0]:.1f}")
+
+    from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
+    from wsl.evaluate.pipeline import Settings, evaluate_zoo
+    from wsl.evaluate.report import compare_with_noise
+
+    rows = []
+    for gen in [g.strip() for g in args.generators.split(",") if g.strip()]:
+        print(f"\n=== generator={gen} ===", flush=True)
+        overrides = [f"zoo.path={zoo_path}", f"generator={gen}", "logger=none", "progress_refresh_rate=0",
+                     "trainer.accelerator=cpu", *args.override]
+        if args.steps:
+            overrides.append(f"trainer.max_steps={args.steps}")
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="train_generator", overrides=overrides)
+        run_dir = out / f"{gen}-run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        t = time.perf_counter()
+        run = train_generator(cfg, run_dir)
+        t_train = time.perf_counter() - t
+        tr = run.training
+        print(f"training: {tr['steps']} steps on {tr['n_train']} nets in {t_train:.1f} s (alignment "
+              f"{tr['seconds_align']:.1f} s, fit {tr['seconds_fit']:.1f} s); final spread ratio {tr['spread_ratio']:.3f}; "
+              f"denoiser {run.denoiser.name} with {sum(p.numel() for p in run.denoiser.parameters()):,} parameters")
+
+        # throughput of sampling (noise -> ODE/DDIM -> decoded weights)
+        sample_weights_once = lambda n, **kw: run.representation.decode(sample_vectors(run, n, **kw))  # noqa: E731
+        sample_weights_once(100, seed=99)  # warm-up
+        t = time.perf_counter()
+        flat = sample_weights_once(args.n_throughput, seed=1, batch_size=1000)
+        t_sample = time.perf_counter() - t
+        sampled_per_min = rate(args.n_throughput, t_sample)
+        print(f"sampling: {args.n_throughput} nets in {t_sample:.2f} s = {sampled_per_min:,.0f} nets/minute "
+              f"({run.method.steps} sampler steps; target >= 10,000)")
+
+        # written as a zoo
+        gen_zoo = out / f"{gen}-samples"
+        shutil.rmtree(gen_zoo, ignore_errors=True)
+        sub = flat[: args.n_eval]
+        t = time.perf_counter()
+        write_sample_zoo(run, sub, gen_zoo, seed=1)
+        t_write = time.perf_counter() - t
+        print(f"writing: {len(sub)} nets as a zoo in {t_write:.2f} s = {rate(len(sub), t_write):,.0f} nets/minute")
+
+        # accuracy of every sample, on the test split
+        t = time.perf_counter()
+        acc = accuracies(arch, sub, layout, x, y)
+        t_eval = time.perf_counter() - t
+        ratio = float(acc.mean() / acc_ref.mean())
+        print(f"evaluation: {len(sub)} nets in {t_eval:.2f} s = {rate(len(sub), t_eval):,.0f} nets/minute "
+              f"(training zoo: {eval_rate_ref:,.0f}/minute)")
+        print(f"accuracy of all {len(sub)} samples: {acc.mean():.4f} ± {acc.std():.4f} "
+              f"= {ratio:.3f} × the training zoo's {acc_ref.mean():.4f} (target >= 0.95)")
+        by_steps = {}
+        for k in sorted({max(1, run.method.steps // 4), max(1, run.method.steps // 2), run.method.steps * 2}):
+            a = accuracies(arch, sample_weights_once(args.n_eval, seed=1, steps=k), layout, x, y)
+            by_steps[k] = float(a.mean() / acc_ref.mean())
+        print("accuracy ratio by sampler steps: " + ", ".join(f"{k}: {v:.3f}" for k, v in by_steps.items()))
+
+        # the memorization audit and the baselines (wsl.evaluate)
+        baselines = {"noise": NoiseBaseline(sigmas=[0.01, 0.03, 0.1, 0.3, 1.0], n=args.baseline_n),
+                     "average": AverageBaseline(ks=[2, 3, 5], n=args.baseline_n),
+                     "gaussian": GaussianFitBaseline(n=args.baseline_n)}
+        t = time.perf_counter()
+        ev, report = evaluate_zoo(gen_zoo, zoo_path, Settings(), baselines, out=out / f"{gen}-report")
+        t_audit = time.perf_counter() - t
+        print(f"wsl.evaluate: {t_audit:.1f} s for {len(sub)} samples + baselines; scored "
+              f"{ev.info['nets_scored_per_minute']:,.0f} nets/minute, audited {ev.info['nets_audited_per_minute']:,.0f}/minute; "
+              f"report {report}")
+        print(f"{'set':28s} {'accuracy':>17s} {'weight novelty':>15s} {'memorized':>9s}")
+        for s in ev.sets:
+            sm = s.summary()
+            nov = s.weight_novelty
+            nov_m = float(np.nanmean(nov)) if np.isfinite(nov).any() else float("nan")
+            print(f"{s.label:28s} {sm['acc_mean']:.4f} ± {sm['acc_std']:.4f} {nov_m:15.3f} {sm['memorized_rate']:9.2f}")
+        cmp = compare_with_noise(ev)
+        for c in cmp:
+            verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
+                       f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator "
+                       f"{'BETTER' if c['better'] else 'NOT better'} ({c['difference']:+.4f})")
+            print(f"{c['axis']} novelty {c['novelty']:.3f}, accuracy {c['accuracy']:.4f}: {verdict}")
+        rows.append({"generator": gen, "train_s": round(t_train, 1), "steps": tr["steps"],
+                     "spread_ratio": round(tr["spread_ratio"], 3), "sampled_per_min": round(sampled_per_min),
+                     "written_per_min": round(rate(len(sub), t_write)), "evaluated_per_min": round(rate(len(sub), t_eval)),
+                     "acc_mean": round(float(acc.mean()), 4), "acc_ratio": round(ratio, 4),
+                     "noise_comparison": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items()} for c in cmp]})
+
+    print("\nsummary:")
+    print(json.dumps(rows, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""Fault drill: SIGKILL wsl jobs at random moments, rerun them, and check that nothing was lost or redone.
+
+    python scripts/fault_drill.py                          # zoo drill, 3 rounds
+    python scripts/fault_drill.py --rounds 10 --seed 1 --apps zoo,landscape,sample
+    python scripts/fault_drill.py --launcher submitit_local   # parallel workers (hydra-submitit-launcher)
+
+A round builds something from scratch with a real app (wsl-zoo: a multirun `-m net.width=4,8,16`;
+wsl-landscape: metrics of a zoo; wsl-sample: nets drawn from a generator) and kills the whole
+process group with SIGKILL up to --kills times, each at a moment drawn at random:
+
+- training:   a random time after the k-th checkpoint of the run (work in progress, no write pending;
+              wsl-landscape: after its k-th annotation commit, reported as "computing"),
+- checkpoint, shard, index, annotation: inside that write's rename window, i.e. after the temp file
+  is complete and before it replaces the real one. The app passes a hook there
+  (wsl.zoo.atomic.fault_point): the drill sets WSL_FAULT_LOG to follow the run and WSL_FAULT_DELAY to
+  hold the chosen window open for a moment, and kills at the k-th passage of that kind.
+
+After every kill it checks that nothing half-written is visible (every model the index lists loads
+with its checksum) and records which models (or annotation rows) were committed and the inodes of their
+files. Then it reruns the same command, until a run finishes. At the end of the round it checks that
+the result is complete (every expected model, each once, every scheduled epoch), that wsl-verify finds
+no error, that no committed model is lost, and that none was redone (its files are the same inodes,
+untouched; annotation rows: the rerun's work list held only uncommitted rows). With a reference
+(default) it also builds the same zoo once without faults and compares the weights.
+
+Prints, per app: rounds, runs, kills by phase (and how many landed inside their write window), models
+expected / final, lost, redone needlessly, duplicated, missing, checksum failures, visible half-written
+models, verify errors / warnings, largest weight difference from the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOLD = 1.5  # seconds a targeted write window is held open (the drill polls every 20 ms)
+ZOO_SWEEP = ["net.width=4,8,16", "population.size=2", "train.epochs=3", "train.batch_size=64"]
+QUIET = ["logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
+
+
+# ---- one run of an app, killed at a chosen moment ------------------------------------------------
+@dataclass
+class Run:
+    rc: int | None  # exit status; None if killed
+    phase: str | None  # where it was killed
+    in_window: bool  # a kill aimed at a write window found that write's temp file on disk
+    seconds: float
+    output: str
+
+
+def _events(log: Path) -> list[str]:
+    try:
+        return [ln.split()[0] for ln in log.read_text().splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _temp_files(root: Path) -> set[Path]:
+    return set(root.rglob(".*.tmp")) if root.exists() else set()
+
+
+def run_app(cmd: list[str], workdir: Path, zoo: Path, target: tuple[str, int] | None, rng: random.Random,
+            timeout: float = 900, progress: str = "checkpoint") -> Run:
+    """Run `cmd` (in its own process group); kill it at `target` = (kind, k): the k-th event of that kind
+    ("training": a random moment after the k-th `progress` event). None: let it finish."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = Path(tempfile.mkstemp(prefix="faults-", suffix=".log", dir=workdir)[1])
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", WSL_FAULT_LOG=str(log))
+    env.pop("WSL_FAULT_DELAY", None)
+    if target and target[0] != "training":
+        env["WSL_FAULT_DELAY"] = f"{target[0]}={HOLD}"
+    before = _temp_files(zoo)
+    out_path = log.with_suffix(".out")
+    t0 = time.time()
+    with open(out_path, "w") as out:
+        p = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        phase, kill_at = None, None
+        while p.poll() is None:
+            if time.time() - t0 > timeout:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                raise RuntimeError(f"{' '.join(cmd)} ran past {timeout}s; output in {out_path}")
+            if target and kill_at is None:
+                kind, k = target
+                seen = Counter(_events(log))
+                if kind == "training" and seen[progress] >= k:
+                    kill_at = time.time() + rng.uniform(0.0, 1.0)
+                elif kind != "training" and seen[kind] >= k:
+                    kill_at = time.time()
+            if kill_at is not None and time.time() >= kill_at:
+                os.killpg(p.pid, signal.SIGKILL)  # the whole group: launcher workers die with it
+                p.wait()
+                phase = target[0]
+                break
+            time.sleep(0.02)
+    seconds = time.time() - t0
+    in_window = bool(phase and phase != "training" and _temp_files(zoo) - before)
+    output = out_path.read_text(errors="replace")
+    return Run(None if phase else p.returncode, phase, in_window, seconds, output)
+
+
+# ---- what a zoo holds ------------------------------------------------------------------------------
+def committed_models(zoo: Path) -> dict[str, dict[str, tuple]]:
+    """{model id: {checkpoint path: (inode, mtime_ns, sha256)}} of every model committed to a shard."""
+    from wsl.zoo.table import read_table
+
+    out = {}
+    for shard in sorted((zoo / "shards").glob("*.h5")) if (zoo / "shards").is_dir() else []:
+        for r in read_table(shard).rows:
+            files = {}
+            for _, rel, sha in r.checkpoints:
+                st = (zoo / rel).stat()
+                files[rel] = (st.st_ino, st.st_mtime_ns, sha)
+            out[r.model_id] = files
+    return out
+
+
+def visible_broken(zoo: Path) -> int:
+    """Models the index shows that do not load with a valid checksum (must be 0 at any moment)."""
+    from wsl.errors import ZooFormatError
+    from wsl.zoo import Zoo
+
+    if not (zoo / "index.h5").exists():
+        return 0
+    z = Zoo(zoo)  # the index itself is replaced atomically: it must always open
+    bad = 0
+    for mid in z.ids:
+        try:
+            for e in z.checkpoint_epochs(mid):
+                z.state_dict(mid, e)
+        except ZooFormatError:
+            bad += 1
+    return bad
+
+
+@dataclass
+class Stats:
+    app: str
+    rounds: int = 0
+    runs: int = 0
+    kills: Counter = field(default_factory=Counter)
+    in_window: int = 0
+    expected: int = 0
+    final: int = 0
+    lost: int = 0
+    redone: int = 0
+    duplicated: int = 0
+    missing: int = 0
+    checksum_failures: int = 0
+    visible_broken: int = 0
+    verify_errors: int = 0
+    verify_warnings: int = 0
+    protected: int = 0  # models (rows) committed before some kill: the ones a rerun must not redo
+    max_weight_diff: float | None = None
+    seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        kills = sum(self.kills.values())
+        by = ", ".join(f"{k} {v}" for k, v in sorted(self.kills.items())) or "none"
+        unit = "rows" if self.app == "landscape" else "models"
+        out = [f"[{self.app}] rounds {self.rounds}, runs {self.runs}, kills {kills} ({by}; "
+               f"{self.in_window} inside their write window)",
+               f"[{self.app}] {unit} expected {self.expected}, final {self.final}, lost {self.lost}, "
+               f"redone needlessly {self.redone} (of {self.protected} committed before a kill), "
+               f"duplicated {self.duplicated}, missing {self.missing}",
+               f"[{self.app}] checksum failures {self.checksum_failures}, half-written visible {self.visible_broken}, "
+               f"verify errors {self.verify_errors}, warnings {self.verify_warnings}"
+               + ("" if self.max_weight_diff is None else f", max |w - reference| {self.max_weight_diff:.3g}")
+               + f", {self.seconds:.0f} s"]
+        out += [f"[{self.app}] note: {n}" for n in self.notes]
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.redone or self.duplicated or self.missing or self.checksum_failures
+                    or self.visible_broken or self.verify_errors)
+
+
+def _choose(rng: random.Random, kinds: dict[str, int]) -> tuple[str, int]:
+    kind = rng.choice(sorted(kinds))
+    return kind, rng.randint(1, kinds[kind])
+
+
+def _verify(zoo: Path, stats: Stats) -> None:
+    from wsl.zoo.verify import verify_zoo
+
+    problems = verify_zoo(zoo)
+    errors = [p for p in problems if p.level == "error"]
+    stats.verify_errors += len(errors)
+    stats.verify_warnings += len(problems) - len(errors)
+    stats.notes += [f"verify: {p}" for p in errors[:5]]
+
+
+def _drill_models(stats: Stats, cmd, zoo: Path, workdir: Path, rng: random.Random, plan: list,
+                  expected: list[str], epochs: dict[str, list[int]] | None = None) -> None:
+    """Run `cmd`, killing it at each target of `plan` in turn, then once more to the end (each run
+    resumes the last); then check the zoo against `expected` model ids."""
+    first_seen: dict[str, dict] = {}
+    for target in [*plan, None]:
+        run = run_app(cmd, workdir, zoo, target, rng)
+        stats.runs += 1
+        if run.rc is not None:
+            if run.rc != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed ({run.rc}):\n{run.output[-3000:]}")
+            break
+        stats.kills[run.phase] += 1
+        stats.in_window += run.in_window
+        stats.visible_broken += visible_broken(zoo)
+        for mid, files in committed_models(zoo).items():
+            first_seen.setdefault(mid, files)
+    stats.protected += len(first_seen)
+    from wsl.errors import ZooFormatError
+    from wsl.zoo import Zoo
+
+    z = Zoo(zoo)
+    ids = list(z.ids)
+    stats.expected += len(expected)
+    stats.final += len(set(ids))
+    stats.duplicated += len(ids) - len(set(ids))
+    stats.missing += len(set(expected) - set(ids))
+    if set(ids) - set(expected):
+        stats.notes.append(f"unexpected models: {sorted(set(ids) - set(expected))[:3]}")
+    final = committed_models(zoo)
+    for mid, files in first_seen.items():
+        now = final.get(mid)
+        if now is None or mid not in ids:
+            stats.lost += 1
+        elif now != files:
+            stats.redone += 1  # its files were rewritten (new inode): a committed model was trained again
+    for mid in ids:
+        try:
+            for e in z.checkpoint_epochs(mid):
+                z.state_dict(mid, e)
+        except ZooFormatError as e:
+            stats.checksum_failures += 1
+            stats.notes.append(str(e))
+        if epochs is not None and z.checkpoint_epochs(mid) != epochs.get(mid):
+            stats.missing += 1
+            stats.notes.append(f"{mid}: epochs {z.checkpoint_epochs(mid)}, expected {epochs.get(mid)}")
+    _verify(zoo, stats)
+
+
+# ---- wsl-zoo -----------------------------------------------------------------------------------------
+def zoo_command(zoo: Path, sweep_dir: Path, sweep=ZOO_SWEEP, launcher: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "wsl.apps.zoo", "-m", f"zoo.path={zoo}", *sweep, *QUIET,
+           f"hydra.sweep.dir={sweep_dir}"]
+    if launcher:
+        cmd.append(f"hydra/launcher={launcher}")
+    return cmd
+
+
+def expected_zoo(sweep=ZOO_SWEEP) -> tuple[list[str], dict[str, list[int]]]:
+    """Model ids (and checkpoint epochs) a sweep must produce, from its composed configs."""
+    from hydra import compose, initialize_config_dir
+
+    from wsl.apps.common import CONF_DIR, _variants
+    from wsl.apps.zoo_job import checkpoint_schedule, job_identity
+    from wsl.population import make_members
+
+    ids, epochs = [], {}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        variants = _variants([*sweep, *QUIET])
+        for ov in variants:
+            cfg = compose(config_name="zoo", overrides=[*ov, "zoo.path=x"])
+            job = job_identity(cfg)
+            for m in make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed):
+                ids.append(f"{job}-{m.key()}")
+                epochs[ids[-1]] = sorted(checkpoint_schedule(cfg))
+    return ids, epochs
+
+
+def _weight_diff(zoo: Path, ref: Path) -> float:
+    from wsl.zoo import Zoo
+
+    a, b = Zoo(zoo), Zoo(ref)
+    worst = 0.0
+    for mid in b.ids:
+        if mid in a.ids:
+            for e in b.checkpoint_epochs(mid):
+                sa, sb = a.state_dict(mid, e), b.state_dict(mid, e)
+                worst = max(worst, max(float((sa[k] - sb[k]).abs().max()) for k in sb))
+    return worst
+
+
+def drill_zoo(workdir: Path, rounds: int = 3, max_kills: int = 4, seed: int = 0, sweep=ZOO_SWEEP,
+              launcher: str | None = None, reference: bool = True, kinds: dict | None = None,
+              plan_fn=None) -> Stats:
+    """Rounds of: a fresh multirun zoo generation, killed max_kills times at random moments (or at
+    plan_fn(round): a list of (kind, k) targets), then rerun to the end."""
+    rng = random.Random(seed)
+    stats = Stats("zoo")
+    t0 = time.time()
+    expected, epochs = expected_zoo(sweep)
+    # k ranges: how many events of a kind a run may pass before the kill (one checkpoint per member and epoch)
+    kinds = kinds or {"training": 6, "checkpoint": 10, "shard": 2, "index": 2}
+    ref = None
+    if reference:
+        ref = workdir / "reference"
+        r = run_app(zoo_command(ref, workdir / "runs" / "reference", sweep, launcher), workdir, ref, None, rng)
+        if r.rc != 0:
+            raise RuntimeError(f"reference run failed:\n{r.output[-3000:]}")
+        stats.max_weight_diff = 0.0
+    for rnd in range(rounds):
+        zoo = workdir / f"round{rnd}"
+        cmd = zoo_command(zoo, workdir / "runs" / f"round{rnd}", sweep, launcher)
+        plan = plan_fn(rnd) if plan_fn else [_choose(rng, kinds) for _ in range(max_kills)]
+        _drill_models(stats, cmd, zoo, workdir, rng, plan, expected, epochs)
+        if ref is not None:
+            stats.max_weight_diff = max(stats.max_weight_diff, _weight_diff(zoo, ref))
+        stats.rounds += 1
+    stats.seconds = time.time() - t0
+    return stats
+
+
+# ---- wsl-landscape -----------------------------------------------------------------------------------
+LANDSCAPE_ARGS = ["landscape.metrics=[hessian_trace,spectra]", "landscape.chunk_size=1", "landscape.num_samples=128",
+                  "landscape.hessian_trace.samples=4"]
+
+
+def committed_rows(zoo: Path) -> dict[str, set[str]]:
+    """{metric: model ids with a committed, successful row} from annotations/<metric>.h5."""
+    from wsl.zoo.table import read_annotation_file
+
+    out = {}
+    d = zoo / "annotations"
+    for p in sorted(d.glob("*.h5")) if d.is_dir() else []:
+        ann = read_annotation_file(p)
+        settings = ann.columns.get("settings", [""] * len(ann.model_ids))
+        out[ann.group] = {m for m, s in zip(ann.model_ids, settings) if s}
+    return out
+
+
+def drill_landscape(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: int = 4, seed: int = 0,
+                    args=LANDSCAPE_ARGS) -> Stats:
+    """wsl-landscape on a copy of `base_zoo`, killed in its computations and its annotation/index writes."""
+    from wsl.zoo import Zoo
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    stats = Stats("landscape")
+    t0 = time.time()
+    ids = list(Zoo(base_zoo).ids)
+    metrics = re.search(r"metrics=\[([^\]]*)\]", " ".join(args)).group(1).split(",")
+    n = len(ids) * len(metrics)  # one annotation commit (and index merge) per model and metric (chunk_size=1)
+    progress_re = re.compile(r"(\w+): \d+/(\d+) models")
+    for rnd in range(rounds):
+        zoo = workdir / f"landscape{rnd}"
+        shutil.copytree(base_zoo, zoo)
+        cmd = [sys.executable, "-m", "wsl.apps.landscape", f"zoo.path={zoo}", *args,
+               f"hydra.run.dir={workdir / 'runs' / f'landscape{rnd}'}"]
+        first_seen: dict[tuple, float] = {}
+        for attempt in range(max_kills + 1):
+            before = committed_rows(zoo)
+            left = n - sum(len(v) for v in before.values())  # commits this run will make: aim inside them
+            kinds = {"training": max(1, left - 1), "annotation": max(1, left), "index": left + 1}
+            target = _choose(rng, kinds) if attempt < max_kills else None
+            run = run_app(cmd, workdir, zoo, target, rng, progress="annotation")
+            stats.runs += 1
+            # a run's work list is printed with its first committed chunk: "<metric>: 1/<todo> models"
+            todo = {}
+            for m in progress_re.finditer(run.output):
+                todo.setdefault(m.group(1), int(m.group(2)))
+            for metric, n_todo in todo.items():
+                stats.redone += max(0, n_todo - (len(ids) - len(before.get(metric, ()))))
+            if run.rc is not None:
+                if run.rc != 0:
+                    raise RuntimeError(f"{' '.join(cmd)} failed ({run.rc}):\n{run.output[-3000:]}")
+                break
+            stats.kills["computing" if run.phase == "training" else run.phase] += 1
+            stats.in_window += run.in_window
+            for metric, rows in committed_rows(zoo).items():
+                for mid in rows:
+                    first_seen.setdefault((metric, mid), 1)
+        stats.protected += len(first_seen)
+        z = Zoo(zoo)
+        table = z.table()
+        final = committed_rows(zoo)
+        stats.expected += len(ids) * len(metrics)
+        for metric in metrics:
+            col = f"{metric}/settings"
+            done = {m for m in z.ids if col in table.columns and table.loc[m, col]}
+            stats.final += len(done)
+            stats.missing += len(set(ids) - done)
+            if done != final.get(metric, set()):
+                stats.notes.append(f"{metric}: index and annotations/{metric}.h5 disagree")
+        stats.lost += sum(1 for metric, mid in first_seen if mid not in final.get(metric, set()))
+        _verify(zoo, stats)
+        stats.rounds += 1
+    stats.seconds = time.time() - t0
+    return stats
+
+
+# ---- wsl-sample ----------------------------------------------------------------------------------------
+GENERATOR_ARGS = ["+zoo.filter.width=4", "generator/denoiser=mlp", "generator.denoiser.hidden=64", "generator.denoiser.depth=1",
+                  "generator.denoiser.emb_dim=16", "trainer.max_steps=50", "representation.align=false",
+                  "spread.every_n_steps=1000", "logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
+
+
+def drill_sample(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: int = 3, seed: int = 0, n: int = 6) -> Stats:
+    """wsl-sample from a small generator of `base_zoo`, killed in its checkpoint/shard/index writes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    stats = Stats("sample")
+    t0 = time.time()
+    run_dir = workdir / "generator"
+    gen = subprocess.run([sys.executable, "-m", "wsl.apps.train_generator", f"zoo.path={base_zoo}", *GENERATOR_ARGS,
+                          f"hydra.run.dir={run_dir}"], cwd=workdir, capture_output=True, text=True,
+                         env=dict(os.environ, WANDB_MODE="disabled"))
+    if gen.returncode != 0:
+        raise RuntimeError(f"wsl-train-generator failed:\n{gen.stdout[-2000:]}\n{gen.stderr[-2000:]}")
+    job = f"gen-{run_dir.name}-s0"
+    expected = [f"{job}-{i:06d}" for i in range(n)]
+    kinds = {"training": n, "checkpoint": n, "shard": 1, "index": 1}
+    for rnd in range(rounds):
+        zoo = workdir / f"sampled{rnd}"
+        cmd = [sys.executable, "-m", "wsl.apps.sample", f"run={run_dir}", f"n={n}", f"zoo.path={zoo}",
+               f"hydra.run.dir={workdir / 'runs' / f'sample{rnd}'}"]
+        _drill_models(stats, cmd, zoo, workdir, rng, [_choose(rng, kinds) for _ in range(max_kills)], expected,
+                      {m: [0] for m in expected})
+        stats.rounds += 1
+    stats.seconds = time.time() - t0
+    return stats
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--apps", default="zoo", help="comma-separated: zoo, landscape, sample (the zoo drill always "
+                                                  "runs: its first zoo is what landscape and sample work on)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kills", type=int, default=4, help="most kills per round (then one run may finish)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--launcher", default=None, help="hydra launcher of the zoo multirun, e.g. submitit_local")
+    ap.add_argument("--no-reference", action="store_true", help="skip the fault-free reference zoo")
+    ap.add_argument("--workdir", default=None, help="keep everything here (default: a temp dir, removed)")
+    a = ap.parse_args(argv)
+    apps = [x.strip() for x in a.apps.split(",") if x.strip()]
+    unknown = set(apps) - {"zoo", "landscape", "sample"}
+    if unknown:
+        ap.error(f"unknown app(s) {sorted(unknown)}; valid: zoo, landscape, sample")
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="wsl-fault-drill-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"fault drill in {work} (seed {a.seed}, up to {a.kills} kills per round, window held {HOLD}s)", flush=True)
+    results = []
+    try:
+        zoo_stats = drill_zoo(work / "zoo", a.rounds, a.kills, a.seed, launcher=a.launcher,
+                              reference=not a.no_reference)
+        results.append(zoo_stats)
+        print("\n".join(zoo_stats.lines()), flush=True)
+        base = work / "zoo" / "round0"
+        if "landscape" in apps:
+            results.append(drill_landscape(work / "landscape", base, a.rounds, a.kills, a.seed))
+            print("\n".join(results[-1].lines()), flush=True)
+        if "sample" in apps:
+            results.append(drill_sample(work / "sample", base, a.rounds, a.kills, a.seed))
+            print("\n".join(results[-1].lines()), flush=True)
+    finally:
+        if not a.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    ok = all(s.ok for s in results)
+    total = {k: sum(getattr(s, k) for s in results) for k in ("runs", "lost", "redone")}
+    kills = sum(sum(s.kills.values()) for s in results)
+    print(f"TOTAL apps {len(results)}, runs {total['runs']}, kills {kills}, lost {total['lost']}, "
+          f"redone needlessly {total['redone']} -> {'PASS' if ok else 'FAIL'}")
+    print(json.dumps({s.app: {**{k: v for k, v in vars(s).items() if k not in ('kills', 'notes')},
+                              "kills": dict(s.kills)} for s in results}))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Generators on plain vectors, checked against definitions before they are trusted with weights.
+
+- samplers driven by the exact (closed-form) denoiser of a Gaussian reproduce that Gaussian,
+  with the convergence order their solver claims;
+- minibatch OT pairing equals a brute-force search over all pairings;
+- flow matching and diffusion, trained for a few seconds, learn a known 2-D Gaussian mixture
+  (moments and mode weights), and classifier-free guidance steers a conditional one;
+- the weight representation round-trips and alignment keeps every net's function.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from wsl.errors import ConfigError
+from wsl.generators.denoisers import MLPDenoiser, TransformerDenoiser, guided, split_segments
+from wsl.generators.diffusion import Diffusion
+from wsl.generators.flow import FlowMatching, condition_groups, ot_pairing
+from wsl.generators.representation import WeightRepresentation, layer_segments
+from wsl.nets import MLP
+from wsl.zoo import Layout
+
+MU = torch.tensor([1.0, -2.0, 0.5])
+S = torch.tensor([0.3, 1.5, 0.8])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These nets are tiny: on a shared 2-core machine threads only add hand-off costs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- exact denoisers of x ~ N(MU, diag(S^2)) -------------------------------------------------------
+class ExactFlow(torch.nn.Module):
+    """E[x1 - x0 | x_t] (velocity) or E[x1 | x_t] (data) for x_t = (1 - t) x0 + t x1, x0 ~ N(0, I)."""
+
+    def __init__(self, prediction):
+        super().__init__()
+        self.prediction = prediction
+
+    def forward(self, x, t, cond=None, drop=None):
+        t = t[:, None]
+        var = (1 - t) ** 2 + t**2 * S**2  # Var(x_t)
+        if self.prediction == "velocity":
+            return MU + (t * S**2 - (1 - t)) / var * (x - t * MU)
+        return MU + t * S**2 / var * (x - t * MU)
+
+
+class ExactDiffusion(torch.nn.Module):
+    """E[ε | x_t], E[v | x_t] or E[x0 | x_t] for x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε."""
+
+    def __init__(self, method: Diffusion):
+        super().__init__()
+        self.m = method
+
+    def forward(self, x, t, cond=None, drop=None):
+        idx = (t * self.m.timesteps).round().long()
+        ab = self.m.abar[idx].float()[:, None]
+        var = ab * S**2 + 1 - ab
+        eps = (1 - ab).sqrt() * (x - ab.sqrt() * MU) / var
+        x0 = MU + ab.sqrt() * S**2 * (x - ab.sqrt() * MU) / var
+        return {"eps": eps, "x0": x0, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x0}[self.m.prediction]
+
+
+def _moment_error(x):
+    return max((x.mean(0) - MU).abs().max().item(), (x.std(0) - S).abs().max().item())
+
+
+def _map_error(noise, x):
+    """Deviation from the exact transport: in 1-D (independent coordinates) every ODE flow from
+    N(0, 1) to N(μ, s²) is the monotone map z -> μ + s z, so each sample has a known destination."""
+    return (x - (MU + S * noise)).abs().max().item()
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "data"])
+def test_flow_ode_sampler_transports_noise_to_the_target_gaussian(prediction):
+    noise = torch.randn(2000, 3, generator=torch.Generator().manual_seed(0))
+    fm = FlowMatching(prediction=prediction)
+    net = ExactFlow(prediction)
+    err = {(s, k): _map_error(noise, fm.sample(net, noise, steps=k, solver=s))
+           for s in ("euler", "heun") for k in (10, 20, 40)}
+    assert err[("heun", 40)] < 5e-3 and err[("euler", 40)] < 0.25  # worst of 2000 samples, tails included
+    # Euler is first order: halving the step halves the error; Heun is second order: it quarters it
+    assert 1.7 < err[("euler", 10)] / err[("euler", 20)] < 2.3 and 1.7 < err[("euler", 20)] / err[("euler", 40)] < 2.3
+    assert err[("heun", 10)] / err[("heun", 20)] > 3.5 and err[("heun", 20)] / err[("heun", 40)] > 3.5
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_ddim_with_the_exact_denoiser_reproduces_the_target_gaussian(prediction):
+    noise = torch.randn(2000, 3, generator=torch.Generator().manual_seed(1))
+    d = Diffusion(timesteps=1000, schedule="cosine", prediction=prediction)
+    net = ExactDiffusion(d)
+    errs = [_map_error(noise, d.sample(net, noise, steps=k)) for k in (10, 50, 200)]
+    assert errs[2] < 0.06
+    assert errs[0] > 3 * errs[1] > 9 * errs[2]  # more DDIM steps, closer to the probability-flow ODE
+    # stochastic DDIM (η = 1) reaches the same distribution (not the same map)
+    noise = torch.randn(20_000, 3, generator=torch.Generator().manual_seed(2))
+    x = d.sample(net, noise, steps=200, eta=1.0, generator=torch.Generator().manual_seed(3))
+    assert _moment_error(x) < 0.05  # Monte Carlo error of 2e4 draws: ~0.01
+
+
+def test_ot_pairing_is_the_exact_minimum_over_all_pairings():
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        x0, x1 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+        paired = ot_pairing(x0, x1)
+        assert sorted(map(tuple, paired.tolist())) == sorted(map(tuple, x0.tolist()))  # a permutation of the noise
+        best = min(sum(((x0[p[i]] - x1[i]) ** 2).sum().item() for i in range(6)) for p in itertools.permutations(range(6)))
+        assert ((paired - x1) ** 2).sum().item() == pytest.approx(best, rel=1e-6)
+
+
+def test_ot_pairing_never_exchanges_noise_across_conditions():
+    g = torch.Generator().manual_seed(4)
+    x0, x1 = torch.randn(12, 3, generator=g), torch.randn(12, 3, generator=g)
+    cond = torch.tensor([0.0, 1.0, 2.0] * 4)[:, None]
+    drop = torch.zeros(12, dtype=torch.bool)
+    drop[[0, 5]] = True
+    groups = condition_groups(cond, drop, 12)
+    paired = ot_pairing(x0, x1, groups)
+    for i in range(12):
+        j = next(k for k in range(12) if torch.equal(paired[i], x0[k]))
+        assert groups[i] == groups[j]
+    assert len(set(groups.tolist())) == 4  # three conditions + the dropped rows
+
+
+# ---- learning a 2-D Gaussian mixture ------------------------------------------------------------
+MEANS = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+WEIGHTS = torch.tensor([0.5, 0.3, 0.2])
+STD = 0.4
+
+
+def _mixture(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.multinomial(WEIGHTS, n, replacement=True, generator=g)
+    return MEANS[k] + STD * torch.randn(n, 2, generator=g), k
+
+
+def _train(method, net, x, cond=None, steps=800, batch=128, lr=3e-3, cond_dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,))
+        c = None if cond is None else cond[idx]
+        drop = None if cond is None else torch.rand(batch) < cond_dropout
+        loss = method.loss(net, x[idx], c, drop)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+def _check_mixture(samples, data):
+    labels = torch.cdist(samples, MEANS).argmin(1)
+    weights = torch.bincount(labels, minlength=3).float() / len(samples)
+    assert (weights - WEIGHTS).abs().max() < 0.05, weights  # binomial error of 4000 draws: ~0.008
+    assert (samples.mean(0) - data.mean(0)).abs().max() < 0.2
+    assert ((samples.std(0) / data.std(0)) - 1).abs().max() < 0.1
+    for k in range(3):  # each mode has the right width
+        within = samples[labels == k].std(0)
+        assert ((within / STD) - 1).abs().max() < 0.35, (k, within)  # collapse would be ~ -1
+
+
+@pytest.mark.parametrize("method", [FlowMatching(ot_pairing=True, prediction="data", steps=20),
+                                    Diffusion(timesteps=1000, prediction="v", steps=50)],
+                         ids=["flow-data", "diffusion-v"])  # (a velocity flow learns one in the guidance test)
+def test_generators_learn_a_gaussian_mixture(method):
+    x, _ = _mixture(8192, seed=0)
+    net = _train(method, MLPDenoiser(2, hidden=64, depth=2, emb_dim=32), x, steps=800)
+    samples = method.sample(net, torch.randn(4000, 2, generator=torch.Generator().manual_seed(5)))
+    _check_mixture(samples, x)
+
+
+@pytest.mark.slow
+def test_x0_predicting_diffusion_learns_a_gaussian_mixture():
+    """x0-prediction (the default for weights) needs longer on a 2-D mixture: at 800 steps its
+    modes are still too narrow (it learns the identity at low noise slowly)."""
+    method = Diffusion(timesteps=1000, prediction="x0", steps=50)
+    x, _ = _mixture(8192, seed=0)
+    net = _train(method, MLPDenoiser(2, hidden=128, depth=2, emb_dim=32), x, steps=3000, lr=2e-3)
+    samples = method.sample(net, torch.randn(4000, 2, generator=torch.Generator().manual_seed(5)))
+    _check_mixture(samples, x)
+
+
+def test_classifier_free_guidance_steers_a_conditional_flow():
+    x, k = _mixture(8192, seed=1)
+    cond = (k.float() - 1)[:, None]  # the mode index, centred
+    method = FlowMatching(ot_pairing=True, prediction="velocity", steps=10)
+    net = _train(method, MLPDenoiser(2, cond_dim=1, hidden=64, depth=2, emb_dim=32), x, cond, steps=800,
+                 cond_dropout=0.2)
+    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(6))
+    for mode in range(3):
+        c = torch.full((2000, 1), float(mode - 1))
+        hit = {w: (torch.cdist(method.sample(net, noise, cond=c, guidance=w), MEANS).argmin(1) == mode).float().mean()
+               for w in (0.0, 1.0)}
+        assert hit[1.0] > 0.95, (mode, hit)  # conditional: the asked-for mode
+        assert abs(hit[0.0] - WEIGHTS[mode]) < 0.1, (mode, hit)  # guidance 0 is the unconditional model
+
+
+def test_guidance_is_the_documented_mixture_of_both_predictions():
+    torch.manual_seed(0)
+    net = MLPDenoiser(5, cond_dim=2, hidden=16, depth=1).eval()
+    x, t, c = torch.randn(4, 5), torch.rand(4), torch.randn(4, 2)
+    u = net(x, t, c, torch.ones(4, dtype=torch.bool))
+    assert torch.allclose(u, net(x, t, None))  # dropped condition = no condition
+    cnd = net(x, t, c)
+    assert torch.allclose(guided(net, x, t, c, 2.5), u + 2.5 * (cnd - u), atol=1e-5)
+    assert torch.allclose(guided(net, x, t, c, 1.0), cnd)
+
+
+# ---- denoiser shapes and the representation ----------------------------------------------------------
+def test_transformer_tokens_tile_each_layer():
+    assert split_segments([(0, 10), (10, 13)], 13, 4) == [(0, 4), (4, 8), (8, 10), (10, 13)]
+    with pytest.raises(ConfigError, match="tile"):
+        split_segments([(0, 5), (6, 13)], 13, None)
+    net = TransformerDenoiser(13, cond_dim=1, segments=[(0, 10), (10, 13)], d_model=16, nhead=2, layers=1, max_token=4)
+    out = net(torch.randn(3, 13), torch.rand(3), torch.randn(3, 1))
+    assert out.shape == (3, 13) and torch.isfinite(out).all()
+
+
+def _nets(n, width=6, seed=0):
+    out = []
+    for i in range(n):
+        torch.manual_seed(seed + i)
+        out.append(MLP([1, 4, 4], 3, width=width, depth=2))
+    return out
+
+
+def test_representation_round_trips_and_alignment_keeps_every_function():
+    nets = _nets(5)
+    sds = [{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets]
+    layout = Layout.from_state_dict(sds[0])
+    assert layer_segments(layout) == [(0, 102), (102, 144), (144, 165)]  # (weight, bias) per layer
+    rep, flat = WeightRepresentation.fit(sds, layout, nets[0].permutation_spec(), align=True, reference=0)
+    x = rep.encode(flat)
+    for a, b, *_ in [(e[2], e[3]) for e in layout.entries]:
+        assert x[:, a:b].mean().abs() < 1e-5 and (x[:, a:b].std(unbiased=False) - 1).abs() < 1e-4  # per tensor
+    assert torch.allclose(rep.decode(x), flat.float(), atol=1e-5)
+    inputs = torch.randn(7, 1, 4, 4)
+    ref_dist_before = sum(((layout.flatten(sds[0]) - layout.flatten(sd)) ** 2).sum() for sd in sds[1:])
+    ref_dist_after = sum(((flat[0] - f) ** 2).sum() for f in flat[1:])
+    assert ref_dist_after < ref_dist_before  # aligned nets are closer to the reference
+    for net, sd in zip(nets, rep.state_dicts(flat)):
+        moved = MLP([1, 4, 4], 3, width=6, depth=2)
+        moved.load_state_dict(sd)
+        assert torch.allclose(moved(inputs), net(inputs), atol=1e-5)  # a permutation: same function
+
+
+def test_representation_rejects_an_impossible_reference():
+    sds = [n.state_dict() for n in _nets(2)]
+    with pytest.raises(ConfigError, match="representation.reference"):
+        WeightRepresentation.fit(sds, Layout.from_state_dict(sds[0]), _nets(1)[0].permutation_spec(), reference=5)
+
+
+def test_bad_generator_settings_name_their_key():
+    with pytest.raises(ConfigError, match="solver"):
+        FlowMatching(solver="rk45")
+    with pytest.raises(ConfigError, match="prediction"):
+        Diffusion(prediction="score")
+    with pytest.raises(ConfigError, match="steps"):
+        Diffusion(timesteps=10, steps=20)
+    assert math.isfinite(Diffusion(schedule="linear").abar[-1].item())

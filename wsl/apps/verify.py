@@ -1,0 +1,50 @@
+"""wsl-verify: check a zoo and report every problem at once; exit 1 if any is an error.
+
+    wsl-verify zoo.path=zoos/quickstart
+    wsl-verify zoo.path=zoos/quickstart strict=true        # warnings fail too
+    wsl-verify zoo.path=zoos/quickstart repair=true        # rebuild index.h5 from the shards first
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
+from wsl.errors import ConfigError
+
+
+def validate_verify_config(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg.zoo, "path") or not isinstance(cfg.zoo.path, str) or not cfg.zoo.path.strip():
+        raise ConfigError("zoo.path is required: wsl-verify zoo.path=zoos/<name>")
+    for key in ("checksums", "strict", "repair"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="verify", version_base="1.3")
+@fail_cleanly
+def _main(cfg: DictConfig) -> None:
+    from wsl.zoo.verify import check_zoo, repair_index
+
+    validate_verify_config(cfg)
+    if cfg.repair:
+        print(f"repaired: {repair_index(cfg.zoo.path)}")
+    result = check_zoo(cfg.zoo.path, checksums=cfg.checksums)
+    for p in result.problems:
+        print(p)
+    failed = result.errors or (cfg.strict and result.warnings)
+    print(("FAILED " if failed else "OK ") + result.summary())
+    if failed:
+        sys.exit(1)
+
+
+def main() -> None:
+    preflight("verify", validate_verify_config)
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""LightningModules of the generators room: they own the losses, the collapse monitor and the optimizers.
+
+The networks (denoisers, autoencoder) are plain nn.Modules; the generative methods (FlowMatching,
+Diffusion) are plain objects with `loss` and `sample`. The modules here only wire them to a
+Lightning Trainer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from wsl.errors import ConfigError
+
+
+def spread_ratio(samples: torch.Tensor, reference: torch.Tensor) -> float:
+    """RMS over coordinates of the per-coordinate std of `samples` [n, D], over the same for `reference`.
+
+    1 means the samples spread as widely as the training weights; near 0 is mode collapse
+    (every sample the same net); far above 1 is noise that the generator failed to remove.
+    """
+    ref = reference.float().var(dim=0).mean().sqrt()
+    return float(samples.float().var(dim=0).mean().sqrt() / ref.clamp_min(1e-12))
+
+
+class WarmupEMA:
+    """multi_avg_fn for torch's AveragedModel (and Lightning's WeightAveraging): an exponential
+    moving average whose decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates.
+
+    A fixed decay of 0.999 would keep ~86% of the first steps' weights after 150 steps, so a short
+    run would save a nearly untrained generator; the ramp makes the average track early training.
+    """
+
+    def __init__(self, decay: float = 0.999):
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(f"generator.ema must be in (0, 1) or null, got {decay}")
+        self.decay = float(decay)
+
+    def __call__(self, averaged: list, current: list, n_averaged) -> None:
+        n = float(n_averaged)
+        d = min(self.decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+
+def _optimizers(module: L.LightningModule, params, lr: float, weight_decay: float, schedule: str):
+    if not lr > 0:
+        raise ConfigError(f"generator.optimizer.lr must be positive, got {lr}")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if schedule == "constant":
+        return opt
+    if schedule != "cosine":
+        raise ConfigError(f"generator.optimizer.schedule={schedule!r} is unknown; valid: constant, cosine")
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    warmup = min(100, total // 10)
+
+    def factor(step):  # linear warm-up, then cosine decay to 1% of lr
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class GeneratorModule(L.LightningModule):
+    """Trains a denoiser with a generative method on batches (x [B, D], cond [B, C]) of encoded weights.
+
+    cond_dropout: probability that a row's condition is replaced by the null condition (what makes
+    classifier-free guidance possible). Every `spread_every` optimizer steps (and after the last
+    one), `spread_n` vectors are sampled and their spread ratio against `train_x` (the encoded
+    training set, [M, D]) is logged as `spread_ratio` (see `spread_ratio`): a ratio falling towards
+    0 is mode collapse, caught while training instead of after sampling.
+    """
+
+    def __init__(self, denoiser: nn.Module, method, train_x: torch.Tensor, train_cond: torch.Tensor | None = None,
+                 lr: float = 1e-3, weight_decay: float = 0.0, schedule: str = "cosine", cond_dropout: float = 0.1,
+                 spread_every: int = 500, spread_n: int = 256):
+        super().__init__()
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ConfigError(f"generator.cond_dropout must be in [0, 1), got {cond_dropout}")
+        self.denoiser, self.method = denoiser, method
+        self.register_buffer("train_x", train_x.detach().float(), persistent=False)  # [M, D]
+        cond = train_cond if train_cond is not None and train_cond.numel() else None
+        self.register_buffer("train_cond", None if cond is None else cond.detach().float(), persistent=False)
+        self.lr, self.weight_decay, self.schedule = lr, weight_decay, schedule
+        self.cond_dropout, self.spread_every, self.spread_n = cond_dropout, int(spread_every), int(spread_n)
+        self.spread_history: list[tuple[int, float]] = []  # (optimizer step, ratio)
+
+    def _split(self, batch):
+        x, cond = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if cond is not None and cond.numel() == 0:
+            cond = None
+        return x, cond
+
+    def training_step(self, batch, batch_idx):
+        x, cond = self._split(batch)
+        drop = None
+        if cond is not None and self.cond_dropout > 0:
+            drop = torch.rand(x.shape[0], device=x.device) < self.cond_dropout
+        loss = self.method.loss(self.denoiser, x, cond, drop)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, cond = self._split(batch)
+        loss = self.method.loss(self.denoiser, x, cond, None)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+
+    @torch.no_grad()
+    def measure_spread(self, n: int | None = None, seed: int = 0) -> float:
+        """Sample `n` vectors (conditions drawn from the training rows) and return their spread ratio."""
+        n = self.spread_n if n is None else n
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(n, self.train_x.shape[1], generator=g).to(self.train_x)
+        cond = None
+        if self.train_cond is not None:
+            rows = torch.randint(0, self.train_cond.shape[0], (n,), generator=g)
+            cond = self.train_cond[rows.to(self.train_cond.device)]
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            samples = self.method.sample(self.denoiser, noise, cond=cond)
+        finally:
+            self.denoiser.train(was_training)
+        return spread_ratio(samples, self.train_x)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        step = self.trainer.global_step
+        if self.spread_every > 0 and step % self.spread_every == 0:
+            self._log_spread(step, log=True)
+
+    def on_train_end(self):  # Lightning allows no self.log here: the value goes to spread_history only
+        step = self.trainer.global_step
+        if self.spread_every > 0 and (not self.spread_history or self.spread_history[-1][0] != step):
+            self._log_spread(step, log=False)
+
+    def _log_spread(self, step: int, log: bool) -> None:
+        ratio = self.measure_spread()
+        self.spread_history.append((step, ratio))
+        if log:
+            self.log("spread_ratio", ratio, prog_bar=True)
+
+    def configure_optimizers(self):
+        return _optimizers(self, self.denoiser.parameters(), self.lr, self.weight_decay, self.schedule)
+
+
+class AutoencoderModule(L.LightningModule):
+    """Trains a WeightAutoencoder (p-diff style): reconstruct x from a noised input through a noised latent.
+
+    The noise on inputs and latents makes the decoder robust to the imperfect latents that a
+    generator will later produce.
+    """
+
+    def __init__(self, autoencoder: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0,
+                 input_noise: float = 0.001, latent_noise: float = 0.1, schedule: str = "cosine"):
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.lr, self.weight_decay, self.schedule = lr, weight_decay, schedule
+        self.input_noise, self.latent_noise = float(input_noise), float(latent_noise)
+
+    def training_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        z = self.autoencoder.encode(x + self.input_noise * torch.randn_like(x))
+        recon = self.autoencoder.decode(z + self.latent_noise * torch.randn_like(z))
+        loss = nn.functional.mse_loss(recon, x)
+        self.log("ae_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        return _optimizers(self, self.autoencoder.parameters(), self.lr, self.weight_decay, self.schedule)

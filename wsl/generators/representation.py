@@ -1,0 +1,237 @@
+"""What a generator sees of a network: aligned, flattened, normalized weights (optionally a latent code).
+
+Pipeline (each step invertible except the alignment, which only picks one of the function-
+preserving permutations of every net):
+
+    state dict --weight matching to a reference--> aligned state dict     (optional: align=False)
+               --Layout.flatten-->                 flat [N]
+               --per-tensor standardization-->     normalized [N]        ((w - μ_t) / σ_t, one μ, σ per tensor)
+               --autoencoder (optional)-->         latent [L], then standardized per coordinate
+
+Alignment matters: hidden units of independently trained nets come in arbitrary order, so the
+training set is a union of n!-fold copies of each net; matching every net to one reference
+(Git Re-Basin) leaves one copy, which a generator can model (DeepWeightFlow's re-basin step).
+Per-tensor standardization puts layers of different scales on an equal footing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from wsl.errors import ConfigError, ZooFormatError
+from wsl.nets.spec import PermutationSpec
+from wsl.zoo.layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+def layer_segments(layout: Layout) -> list[tuple[int, int]]:
+    """(start, stop) of each layer in the flat vector: tensors sharing a module prefix
+    (e.g. hidden.0.weight and hidden.0.bias) form one layer, i.e. one group of tokens."""
+    out: list = []
+    prev = None
+    for name, _, a, b in layout.entries:
+        prefix = name.rsplit(".", 1)[0]
+        if out and prefix == prev and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+        prev = prefix
+    return out
+
+
+def align_to_reference(reference: dict, state_dicts: list[dict], spec: PermutationSpec, max_iter: int = 100,
+                       seed: int = 0) -> list[dict]:
+    """Every state dict permuted (function-preserving) to be closest in L2 to `reference`."""
+    from wsl.symmetry import align
+
+    return [align(reference, sd, spec, max_iter=max_iter, seed=seed) for sd in state_dicts]
+
+
+class WeightAutoencoder(nn.Module):
+    """MLP autoencoder of normalized weight vectors (p-diff's latent, for nets too large to model directly).
+
+    encode: [B, D] -> [B, latent]; decode: [B, latent] -> [B, D].
+    """
+
+    name = "mlp_autoencoder"
+
+    def __init__(self, dim: int, latent_dim: int = 64, hidden: int = 512, depth: int = 2):
+        super().__init__()
+        for key, v in (("dim", dim), ("latent_dim", latent_dim), ("hidden", hidden), ("depth", depth)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"representation.autoencoder.{key} must be a positive integer, got {v!r}")
+        self.kwargs = {"dim": dim, "latent_dim": latent_dim, "hidden": hidden, "depth": depth}
+
+        def mlp(i, o):
+            layers, d = [], i
+            for _ in range(depth):
+                layers += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.SiLU()]
+                d = hidden
+            return nn.Sequential(*layers, nn.Linear(d, o))
+
+        self.encoder, self.decoder = mlp(dim, latent_dim), mlp(latent_dim, dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+
+class WeightRepresentation:
+    """The fitted transform between nets and generator vectors, and its inverse.
+
+    layout: the zoo's layout table; mean/std: [E] per layout entry; reference: the state dict every
+    net is aligned to (None: no alignment); spec: the nets' permutation spec; autoencoder and
+    latent_mean/latent_std [L]: the optional latent stage.
+    """
+
+    def __init__(self, layout: Layout, mean: torch.Tensor, std: torch.Tensor, reference: dict | None = None,
+                 spec: PermutationSpec | None = None, autoencoder: WeightAutoencoder | None = None,
+                 latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None,
+                 max_iter: int = 100):
+        self.layout, self.mean, self.std = layout, mean.double(), std.double()
+        self.reference, self.spec, self.max_iter = reference, spec, int(max_iter)
+        self.autoencoder, self.latent_mean, self.latent_std = autoencoder, latent_mean, latent_std
+        sizes = torch.tensor([b - a for _, _, a, b in layout.entries])
+        self._index = torch.repeat_interleave(torch.arange(len(sizes)), sizes)  # [N] entry of each coordinate
+
+    # ---- fitting ---------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, state_dicts: list[dict], layout: Layout, spec: PermutationSpec | None = None, align: bool = True,
+            reference: int = 0, iterations: int = 1, max_iter: int = 100,
+            min_std: float = 1e-8) -> tuple["WeightRepresentation", torch.Tensor]:
+        """Align (optionally), flatten and fit per-tensor statistics. Returns (representation, flat [M, N]).
+
+        iterations > 1 re-aligns every net to the mean of the previous alignment (closer to a
+        barycenter than any single net, so later nets pay less for an atypical first reference).
+        """
+        if not state_dicts:
+            raise ConfigError("representation: no networks to fit on")
+        if isinstance(reference, bool) or not isinstance(reference, int) or not 0 <= reference < len(state_dicts):
+            raise ConfigError(f"representation.reference={reference!r} must index one of the "
+                              f"{len(state_dicts)} training nets")
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ConfigError(f"representation.iterations must be a positive integer, got {iterations!r}")
+        sds = [{k: v.detach().double() for k, v in sd.items()} for sd in state_dicts]
+        ref = None
+        if align:
+            if spec is None:
+                raise ConfigError("representation.align=true needs the nets' permutation spec")
+            ref = sds[reference]
+            for it in range(iterations):
+                sds = align_to_reference(ref, sds, spec, max_iter=max_iter)
+                if it + 1 < iterations:
+                    flat = torch.stack([layout.flatten(sd) for sd in sds])
+                    ref = layout.unflatten(flat.mean(0))
+        flat = torch.stack([layout.flatten(sd) for sd in sds])  # [M, N]
+        means, stds = [], []
+        for _, _, a, b in layout.entries:
+            block = flat[:, a:b]
+            means.append(block.mean())
+            stds.append(block.std(unbiased=False).clamp_min(min_std) if block.numel() > 1 else torch.tensor(1.0))
+        rep = cls(layout, torch.stack(means), torch.stack(stds), reference=None if ref is None else
+                  {k: v.clone() for k, v in ref.items()}, spec=spec if align else None, max_iter=max_iter)
+        return rep, flat
+
+    def fit_latent(self, autoencoder: WeightAutoencoder, normalized: torch.Tensor) -> None:
+        """Attach a trained autoencoder; its latents of the training set fix the latent standardization."""
+        autoencoder.eval()
+        with torch.no_grad():
+            z = autoencoder.encode(normalized.float()).double()  # [M, L]
+        self.autoencoder = autoencoder
+        self.latent_mean = z.mean(0)
+        self.latent_std = z.std(0, unbiased=False).clamp_min(1e-6)
+
+    # ---- transforms --------------------------------------------------------------------------------
+    @property
+    def aligned(self) -> bool:
+        return self.reference is not None
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the generator's vectors."""
+        return int(self.latent_mean.numel()) if self.autoencoder is not None else self.layout.numel
+
+    def segments(self) -> list[tuple[int, int]] | None:
+        """Per-layer slices of the generator's vectors (None in latent space: it has no layers)."""
+        return None if self.autoencoder is not None else layer_segments(self.layout)
+
+    def align(self, state_dicts: list[dict]) -> list[dict]:
+        if self.reference is None:
+            return state_dicts
+        return align_to_reference(self.reference, state_dicts, self.spec, max_iter=self.max_iter)
+
+    def normalize(self, flat: torch.Tensor) -> torch.Tensor:  # [..., N] -> [..., N]
+        mu, sd = self.mean[self._index], self.std[self._index]
+        return ((flat.double() - mu) / sd).to(torch.float32)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:  # [..., N] -> [..., N]
+        mu, sd = self.mean[self._index].to(z.device), self.std[self._index].to(z.device)
+        return (z.double() * sd + mu).to(torch.float32)
+
+    def encode(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat (already aligned) weights [M, N] -> generator vectors [M, D]."""
+        x = self.normalize(flat)
+        if self.autoencoder is None:
+            return x
+        with torch.no_grad():
+            z = self.autoencoder.encode(x).double()
+        return ((z - self.latent_mean) / self.latent_std).float()
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Generator vectors [M, D] -> flat weights [M, N]."""
+        if self.autoencoder is not None:
+            z = (x.double() * self.latent_std.to(x.device) + self.latent_mean.to(x.device)).float()
+            with torch.no_grad():
+                x = self.autoencoder.decode(z)
+        return self.denormalize(x)
+
+    def state_dicts(self, flat: torch.Tensor) -> list[dict]:
+        """[M, N] -> M state dicts (contiguous copies, ready for safetensors)."""
+        return [{k: v.contiguous().clone() for k, v in self.layout.unflatten(row).items()} for row in flat]
+
+    # ---- storage (tensors for safetensors + a JSON-able description) -------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"representation.mean": self.mean, "representation.std": self.std}
+        if self.reference is not None:
+            out.update({f"representation.reference.{k}": v for k, v in self.reference.items()})
+        if self.autoencoder is not None:
+            out.update({f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items()})
+            out.update({"representation.latent_mean": self.latent_mean, "representation.latent_std": self.latent_std})
+        return out
+
+    def meta(self) -> dict:
+        return {"layout": self.layout.to_json(), "align": self.aligned, "max_iter": self.max_iter,
+                "spec": None if self.spec is None else self.spec.to_json(),
+                "autoencoder": None if self.autoencoder is None else dict(self.autoencoder.kwargs,
+                                                                           name=WeightAutoencoder.name)}
+
+    @classmethod
+    def load(cls, meta: dict, tensors: dict[str, torch.Tensor], source: str = "generator checkpoint"):
+        """Rebuild from `meta()` and `tensors()` (as read back from a generator run)."""
+        try:
+            layout = Layout.from_json(meta["layout"])
+            ref = None
+            if meta["align"]:
+                pre = "representation.reference."
+                ref = {name: tensors[pre + name] for name in layout.names}
+            spec = PermutationSpec.from_json(meta["spec"]) if meta.get("spec") else None
+            ae = lm = ls = None
+            if meta.get("autoencoder"):
+                kw = {k: v for k, v in meta["autoencoder"].items() if k != "name"}
+                if meta["autoencoder"].get("name") != WeightAutoencoder.name:
+                    raise ValueError(f"unknown autoencoder {meta['autoencoder'].get('name')!r}")
+                ae = WeightAutoencoder(**kw)
+                ae.load_state_dict({k[len("autoencoder."):]: v for k, v in tensors.items()
+                                    if k.startswith("autoencoder.")})
+                ae.eval()
+                lm, ls = tensors["representation.latent_mean"], tensors["representation.latent_std"]
+            return cls(layout, tensors["representation.mean"], tensors["representation.std"], reference=ref,
+                       spec=spec, autoencoder=ae, latent_mean=lm, latent_std=ls, max_iter=meta.get("max_iter", 100))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ZooFormatError(f"{source}: the weight representation cannot be rebuilt ({type(e).__name__}: {e})") from e

@@ -1,0 +1,251 @@
+"""Training a generator on a zoo: select and encode the nets, fit the denoiser, save the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from wsl.errors import ConfigError, ZooFormatError
+from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
+from wsl.generators.run import GeneratorRun
+
+log = logging.getLogger("wsl.generators")
+
+
+@dataclass
+class ZooSelection:
+    """The nets a generator learns from, as read from the zoo (nothing fitted yet)."""
+
+    zoo: object  # wsl.zoo.Zoo
+    train_ids: list
+    val_ids: list
+    arch: dict
+    dataset: dict  # the zoo job's dataset config (rebuilds the exact splits)
+    cond_keys: list
+    cond_train: torch.Tensor  # [M, C] raw property values
+    cond_val: torch.Tensor  # [V, C]
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_list(node) else node
+
+
+def select_zoo(cfg: DictConfig) -> ZooSelection:
+    """Open `zoo.path`, pick the trained nets of one architecture, read their conditions.
+
+    Every check runs here, before any weight is loaded.
+    """
+    from wsl.zoo import Zoo
+
+    if OmegaConf.is_missing(cfg.zoo, "path") or not cfg.zoo.path:
+        raise ConfigError("zoo.path=<the zoo to learn from> is required")
+    zoo = Zoo(cfg.zoo.path)
+    filt = _plain(cfg.zoo.get("filter")) or {}
+    if not isinstance(filt, dict):
+        raise ConfigError(f"zoo.filter must be a mapping of hyperparameter equalities, got {filt!r}")
+    ids = zoo.filter(status="trained", **filt)
+    if len(ids) < 2:
+        raise ConfigError(f"zoo {zoo.path} has {len(ids)} trained net(s) matching zoo.filter={filt}; "
+                          "a generator needs at least 2")
+    archs = {json.dumps(zoo.arch(m), sort_keys=True) for m in ids}
+    if len(archs) > 1:
+        raise ConfigError(f"zoo {zoo.path} holds {len(archs)} architectures ({'; '.join(sorted(archs))}); "
+                          "select one with zoo.filter (e.g. zoo.filter={width:32})")
+    arch = json.loads(archs.pop())
+    dataset = zoo.job_config(ids[0]).get("dataset")
+    if not dataset:
+        raise ZooFormatError(f"{zoo.path}: the job of model {ids[0]} records no dataset config")
+    for m in ids[1:]:
+        if zoo.job_config(m).get("dataset") != dataset:
+            raise ConfigError(f"zoo {zoo.path}: models {ids[0]} and {m} were trained on different data "
+                              f"({dataset} vs {zoo.job_config(m).get('dataset')}); select one dataset with zoo.filter")
+    v = float(cfg.zoo.val_fraction)
+    if not 0.0 <= v < 1.0:
+        raise ConfigError(f"zoo.val_fraction must be in [0, 1), got {v}")
+    if v > 0:
+        split = zoo.split((1.0 - v, v, 0.0), seed=int(cfg.zoo.split_seed), ids=ids)
+        train_ids, val_ids = split["train"], split["val"]
+        if len(train_ids) < 2 or not val_ids:
+            raise ConfigError(f"zoo.val_fraction={v} leaves {len(train_ids)} training and {len(val_ids)} validation "
+                              f"nets of {len(ids)}; change it (0 trains on every net)")
+    else:
+        train_ids, val_ids = ids, []
+    keys = [str(k) for k in (_plain(cfg.condition.columns) or [])]
+    cond_train, cond_val = torch.zeros(len(train_ids), 0), torch.zeros(len(val_ids), 0)
+    if keys:
+        for k in keys:
+            if k.startswith("test_") or k.endswith("/test_acc") or k.endswith("/test_loss"):
+                raise ConfigError(f"condition.columns: {k!r} is measured on the test split; nothing may be fitted on it "
+                                  "(condition on val_acc or train_acc instead)")
+        table = zoo.table()
+        missing = [k for k in keys if k not in table.columns]
+        if missing:
+            raise ConfigError(f"condition.columns: {missing} are not columns of zoo {zoo.path}; "
+                              f"have {sorted(str(c) for c in table.columns)}")
+
+        def values(sel):
+            try:
+                arr = torch.tensor(table.loc[sel, keys].to_numpy(dtype="float64"), dtype=torch.float64)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"condition.columns={keys}: not numeric in zoo {zoo.path} ({e})") from e
+            if sel and not torch.isfinite(arr).all():
+                bad = [sel[i] for i in (~torch.isfinite(arr)).any(1).nonzero().flatten().tolist()[:3]]
+                raise ConfigError(f"condition.columns={keys}: missing or infinite values for models {bad}")
+            return arr.reshape(len(sel), len(keys))
+
+        cond_train, cond_val = values(train_ids), values(val_ids)
+    return ZooSelection(zoo, train_ids, val_ids, arch, dataset, keys, cond_train, cond_val)
+
+
+def _trainer(cfg: DictConfig, node: DictConfig | None, run_dir: Path | None, callbacks: list, logger):
+    import lightning as L
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    kw = _plain(cfg.trainer) or {}
+    if node is not None:
+        kw.update(_plain(node))
+    refresh = int(cfg.get("progress_refresh_rate", 0))
+    if refresh > 0:
+        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=refresh)]
+    kw.setdefault("enable_model_summary", False)
+    return L.Trainer(logger=logger, callbacks=callbacks, enable_progress_bar=refresh > 0,
+                     enable_checkpointing=False, default_root_dir=str(run_dir) if run_dir else None, **kw)
+
+
+def _logger(cfg: DictConfig, run_dir: Path | None):
+    from hydra.utils import instantiate
+
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return False
+    lcfg = OmegaConf.to_container(cfg.logger, resolve=False)
+    lcfg["save_dir"] = str(run_dir or Path.cwd())  # the group's default names Hydra's run dir
+    return instantiate(lcfg)
+
+
+def _loader(x: torch.Tensor, cond: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    bs = min(int(batch_size), x.shape[0])
+    return DataLoader(TensorDataset(x, cond.float()), batch_size=bs, shuffle=shuffle, drop_last=shuffle,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+LATENT_DEFAULTS = {"latent_dim": 64, "hidden": 512, "depth": 2, "steps": 2000, "lr": 1e-3, "weight_decay": 0.0,
+                   "input_noise": 0.001, "latent_noise": 0.1}
+
+
+def latent_settings(node) -> dict:
+    """representation.latent merged over LATENT_DEFAULTS (`true` or {} take every default)."""
+    given = _plain(node)
+    given = {} if given is True else given
+    if not isinstance(given, dict):
+        raise ConfigError(f"representation.latent must be null, true or a mapping of {sorted(LATENT_DEFAULTS)}, "
+                          f"got {given!r}")
+    unknown = sorted(set(given) - set(LATENT_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"representation.latent: unknown key(s) {unknown}; valid: {sorted(LATENT_DEFAULTS)}")
+    return {**LATENT_DEFAULTS, **given}
+
+
+def fit_autoencoder(cfg: DictConfig, x: torch.Tensor, run_dir: Path | None) -> WeightAutoencoder:
+    """p-diff's stage one: an autoencoder of the normalized weight vectors x [M, N]."""
+    from wsl.generators.module import AutoencoderModule
+
+    lat = latent_settings(cfg.representation.latent)
+    ae = WeightAutoencoder(x.shape[1], latent_dim=int(lat["latent_dim"]), hidden=int(lat["hidden"]),
+                           depth=int(lat["depth"]))
+    module = AutoencoderModule(ae, lr=float(lat["lr"]), weight_decay=float(lat["weight_decay"]),
+                               input_noise=float(lat["input_noise"]), latent_noise=float(lat["latent_noise"]))
+    trainer = _trainer(cfg, {"max_steps": int(lat["steps"]), "max_epochs": -1}, run_dir, [], False)
+    trainer.fit(module, _loader(x, torch.zeros(len(x), 0), cfg.batch_size, True, int(cfg.seed)))
+    return ae.eval()
+
+
+def train_generator(cfg: DictConfig, run_dir: Path | str | None = None) -> GeneratorRun:
+    """The whole of `wsl-train-generator`: returns the saved run (its files are in `run_dir`)."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from wsl.generators.module import GeneratorModule, WarmupEMA
+
+    run_dir = Path(run_dir) if run_dir is not None else Path.cwd()
+    t_start = time.perf_counter()
+    sel = select_zoo(cfg)
+    if cfg.representation.get("latent") not in (None, False):
+        latent_settings(cfg.representation.latent)  # checked before any weight is loaded
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    r = cfg.representation
+    zoo = sel.zoo
+    spec = zoo.permutation_spec(sel.train_ids[0])
+    layout = zoo.layout(sel.train_ids[0])
+    epoch = int(cfg.zoo.epoch)
+    log.info("loading %d nets (+%d validation) from %s", len(sel.train_ids), len(sel.val_ids), zoo.path)
+    train_sds = [zoo.state_dict(m, epoch) for m in sel.train_ids]
+    t = time.perf_counter()
+    rep, flat = WeightRepresentation.fit(train_sds, layout, spec, align=bool(r.align), reference=int(r.reference),
+                                         iterations=int(r.iterations), max_iter=int(r.max_iter))
+    t_align = time.perf_counter() - t
+    x = rep.normalize(flat)  # [M, N]
+    if r.get("latent") not in (None, False):
+        rep.fit_latent(fit_autoencoder(cfg, x, run_dir), x)
+        x = rep.encode(flat)  # [M, L]
+    val_x = None
+    if sel.val_ids:
+        val_flat = torch.stack([layout.flatten(sd) for sd in rep.align([zoo.state_dict(m, epoch) for m in sel.val_ids])])
+        val_x = rep.encode(val_flat)
+
+    c = len(sel.cond_keys)
+    cond_mean = sel.cond_train.mean(0) if c else None
+    cond_std = sel.cond_train.std(0, unbiased=False).clamp_min(1e-8) if c else None
+    norm = (lambda v: ((v - cond_mean) / cond_std).float()) if c else (lambda v: v.float())
+    g = cfg.generator
+    try:
+        denoiser = instantiate(g.denoiser, dim=rep.dim, cond_dim=c, segments=rep.segments())
+        method = instantiate(g.method)
+    except Exception as e:  # Hydra wraps the constructors' ConfigErrors; name the key instead
+        cause = e.__cause__ or e
+        raise ConfigError(f"generator: {cause}") from e
+    opt = g.optimizer
+    module = GeneratorModule(denoiser, method, x, norm(sel.cond_train), lr=float(opt.lr),
+                             weight_decay=float(opt.weight_decay), schedule=str(opt.schedule),
+                             cond_dropout=float(cfg.condition.dropout), spread_every=int(cfg.spread.every_n_steps),
+                             spread_n=int(cfg.spread.n))
+    callbacks = []
+    if g.get("ema"):
+        callbacks.append(WeightAveraging(multi_avg_fn=WarmupEMA(float(g.ema))))
+    trainer = _trainer(cfg, None, run_dir, callbacks, _logger(cfg, run_dir))
+    train_loader = _loader(x, norm(sel.cond_train), cfg.batch_size, True, int(cfg.seed))
+    val_loader = _loader(val_x, norm(sel.cond_val), cfg.batch_size, False, 0) if val_x is not None else None
+    t = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    t_fit = time.perf_counter() - t
+    denoiser.eval()
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    final_spread = module.spread_history[-1][1] if module.spread_history else module.measure_spread()
+    training = {"steps": int(trainer.global_step), "n_train": len(sel.train_ids), "n_val": len(sel.val_ids),
+                "seconds_align": round(t_align, 3), "seconds_fit": round(t_fit, 3),
+                "seconds_total": round(time.perf_counter() - t_start, 3), "metrics": metrics,
+                "spread_ratio": final_spread, "spread_history": module.spread_history, "seed": int(cfg.seed)}
+    if not math.isfinite(metrics.get("train_loss", 0.0)):
+        raise ConfigError(f"generator training diverged (train_loss={metrics['train_loss']}); lower generator.optimizer.lr")
+    zinfo = {"path": str(zoo.path), "name": zoo.attrs.get("zoo_name", zoo.path.name), "dataset": sel.dataset,
+             "dataset_fingerprint": zoo.task_data(sel.train_ids[0]).fingerprint(), "epoch": epoch,
+             "train_ids": list(sel.train_ids), "val_ids": list(sel.val_ids),
+             "filter": _plain(cfg.zoo.get("filter")) or {}}
+    run = GeneratorRun(denoiser, method, rep, sel.arch, zinfo, sel.cond_keys,
+                       cond_mean.double() if c else None, cond_std.double() if c else None, training)
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("logger", None)
+    config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    run.save(run_dir, config=config)
+    log.info("generator run saved to %s (spread ratio %.3f, %d steps, %.1f s)", run_dir, final_spread,
+             trainer.global_step, t_fit)
+    return run
