@@ -19,13 +19,15 @@ GEN_RUN = ROOT / "runs" / "quickstart" / "generator"
 GEN_ZOO = ROOT / "zoos" / "quickstart-gen"
 
 STAGES = [
-    # 32 MLPs on digits: 4 learning rates x 8 seeds, every epoch checkpointed
-    ("train a zoo", "zoo", [f"zoo.path={ZOO}", "population.size=32", "train.lr=[0.2,0.05,0.01,0.002]",
+    # 32 MLPs on digits: 8 learning rates x 4 seeds, every epoch checkpointed
+    ("train a zoo", "zoo", [f"zoo.path={ZOO}", "population.size=32",
+                            "train.lr=[0.3,0.2,0.1,0.05,0.02,0.01,0.005,0.002]",
                             "progress_refresh_rate=0"]),
     ("loss-landscape metrics", "landscape", [f"zoo.path={ZOO}", "landscape=basic"]),
     ("phase diagrams", "plot", [f"zoo.path={ZOO}"]),
     ("encoder: predict test accuracy from weights", "train_encoder",
-     [f"zoo.path={ZOO}", "encoder=nfn", "task=test_acc", "seeds=[0]", "trainer.max_epochs=20"]),
+     [f"zoo.path={ZOO}", "encoder=nfn", "task=test_acc", "seeds=[0]", "trainer.max_epochs=20",
+      "split.fractions=[0.5,0.25,0.25]"]),
     ("generator: flow matching on aligned weights", "train_generator",
      [f"zoo.path={ZOO}", "generator=flow", "trainer.max_steps=800", "progress_refresh_rate=0",
       f"hydra.run.dir={GEN_RUN}"]),
