@@ -4,13 +4,16 @@ For each generator (flow matching, diffusion) trained with the project's default
 zoo of digits MLPs, prints:
   - training time (alignment + fit) and the final spread ratio (collapse monitor);
   - networks sampled per minute (sampler + decoding to weights; target >= 10,000 on 2 CPU cores),
-    and networks written per minute as a zoo (safetensors + index);
+    with torch's default threads and with one thread, and networks written per minute as a zoo;
   - networks evaluated per minute (test-split accuracy of every sample, vmapped forward);
   - mean ± std test accuracy of all samples (never the best) as a fraction of the training
     zoo's mean (target >= 0.95, no fine-tuning), also for fewer / more sampler steps;
   - where the samples sit against the noise baseline on the accuracy–novelty plane, from
     wsl.evaluate (weight novelty: nearest-neighbour L2 after alignment over the training-to-
     training median; the noise σ sweep interpolated at the same novelty).
+Each generator is trained twice: with the default number of steps ("full") and stopped early
+("early", --early-steps): a trained-to-convergence generator memorizes its training nets, an
+early one is less accurate but novel; both points go on the plane.
 
     python scripts/bench_generators.py                       # builds zoos/bench_generators_mlp_digits if absent
     python scripts/bench_generators.py --steps 800 --generators flow --n-eval 128
@@ -75,6 +78,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15, help="zoo training epochs when the zoo must be built")
     ap.add_argument("--generators", default="flow,diffusion")
     ap.add_argument("--steps", type=int, default=None, help="generator training steps (default: the config's)")
+    ap.add_argument("--early-steps", type=int, default=400, help="steps of the early-stopped variant (0: skip it)")
     ap.add_argument("--override", action="append", default=[], help="extra train_generator override (repeatable)")
     ap.add_argument("--n-throughput", type=int, default=10_000, help="nets sampled for the throughput figure")
     ap.add_argument("--n-eval", type=int, default=256, help="nets written as a zoo, scored and audited")
@@ -104,15 +108,17 @@ def main() -> None:
     from wsl.evaluate.report import compare_with_noise
 
     rows = []
-    for gen in [g.strip() for g in args.generators.split(",") if g.strip()]:
-        print(f"\n=== generator={gen} ===", flush=True)
+    variants = [("full", args.steps)] + ([("early", args.early_steps)] if args.early_steps else [])
+    for gen, (variant, steps) in [(g.strip(), v) for g in args.generators.split(",") if g.strip() for v in variants]:
+        name = f"{gen}-{variant}"
+        print(f"\n=== generator={gen} ({variant}) ===", flush=True)
         overrides = [f"zoo.path={zoo_path}", f"generator={gen}", "logger=none", "progress_refresh_rate=0",
                      "trainer.accelerator=cpu", *args.override]
-        if args.steps:
-            overrides.append(f"trainer.max_steps={args.steps}")
+        if steps:
+            overrides.append(f"trainer.max_steps={steps}")
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose(config_name="train_generator", overrides=overrides)
-        run_dir = out / f"{gen}-run"
+        run_dir = out / f"{name}-run"
         shutil.rmtree(run_dir, ignore_errors=True)
         t = time.perf_counter()
         run = train_generator(cfg, run_dir)
@@ -125,15 +131,22 @@ def main() -> None:
         # throughput of sampling (noise -> ODE/DDIM -> decoded weights)
         sample_weights_once = lambda n, **kw: run.representation.decode(sample_vectors(run, n, **kw))  # noqa: E731
         sample_weights_once(100, seed=99)  # warm-up
-        t = time.perf_counter()
-        flat = sample_weights_once(args.n_throughput, seed=1, batch_size=1000)
-        t_sample = time.perf_counter() - t
-        sampled_per_min = rate(args.n_throughput, t_sample)
-        print(f"sampling: {args.n_throughput} nets in {t_sample:.2f} s = {sampled_per_min:,.0f} nets/minute "
-              f"({run.method.steps} sampler steps; target >= 10,000)")
+        n_tp = args.n_throughput if variant == "full" else args.n_eval
+        threads = torch.get_num_threads()
+        per_min = {}
+        for th in sorted({threads, 1}, reverse=True):
+            torch.set_num_threads(th)
+            t = time.perf_counter()
+            flat = sample_weights_once(n_tp, seed=1, batch_size=1000)
+            per_min[th] = rate(n_tp, time.perf_counter() - t)
+        torch.set_num_threads(threads)
+        sampled_per_min = per_min[threads]
+        print(f"sampling: {n_tp} nets, {run.method.steps} sampler steps ({run.method.name}): "
+              + ", ".join(f"{v:,.0f} nets/minute with {k} thread(s)" for k, v in per_min.items())
+              + f" (load average {os.getloadavg()[0]:.1f}; target >= 10,000)")
 
         # written as a zoo
-        gen_zoo = out / f"{gen}-samples"
+        gen_zoo = out / f"{name}-samples"
         shutil.rmtree(gen_zoo, ignore_errors=True)
         sub = flat[: args.n_eval]
         t = time.perf_counter()
@@ -161,7 +174,7 @@ def main() -> None:
                      "average": AverageBaseline(ks=[2, 3, 5], n=args.baseline_n),
                      "gaussian": GaussianFitBaseline(n=args.baseline_n)}
         t = time.perf_counter()
-        ev, report = evaluate_zoo(gen_zoo, zoo_path, Settings(), baselines, out=out / f"{gen}-report")
+        ev, report = evaluate_zoo(gen_zoo, zoo_path, Settings(), baselines, out=out / f"{name}-report")
         t_audit = time.perf_counter() - t
         print(f"wsl.evaluate: {t_audit:.1f} s for {len(sub)} samples + baselines; scored "
               f"{ev.info['nets_scored_per_minute']:,.0f} nets/minute, audited {ev.info['nets_audited_per_minute']:,.0f}/minute; "
@@ -172,16 +185,21 @@ def main() -> None:
             nov = s.weight_novelty
             nov_m = float(np.nanmean(nov)) if np.isfinite(nov).any() else float("nan")
             print(f"{s.label:28s} {sm['acc_mean']:.4f} ± {sm['acc_std']:.4f} {nov_m:15.3f} {sm['memorized_rate']:9.2f}")
+        g = ev.by_method("generated")[0]
+        g_sum = g.summary()
         cmp = compare_with_noise(ev)
         for c in cmp:
             verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
                        f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator "
                        f"{'BETTER' if c['better'] else 'NOT better'} ({c['difference']:+.4f})")
             print(f"{c['axis']} novelty {c['novelty']:.3f}, accuracy {c['accuracy']:.4f}: {verdict}")
-        rows.append({"generator": gen, "train_s": round(t_train, 1), "steps": tr["steps"],
-                     "spread_ratio": round(tr["spread_ratio"], 3), "sampled_per_min": round(sampled_per_min),
+        rows.append({"generator": gen, "variant": variant, "train_s": round(t_train, 1), "steps": tr["steps"],
+                     "spread_ratio": round(tr["spread_ratio"], 3), "sampled_per_min": round(sampled_per_min), "sampled_per_min_1_thread": round(per_min[1]),
                      "written_per_min": round(rate(len(sub), t_write)), "evaluated_per_min": round(rate(len(sub), t_eval)),
                      "acc_mean": round(float(acc.mean()), 4), "acc_ratio": round(ratio, 4),
+                     "acc_ratio_by_sampler_steps": {k: round(v, 4) for k, v in by_steps.items()},
+                     "weight_novelty": round(float(np.nanmean(g.weight_novelty)), 4),
+                     "memorized_rate": round(g_sum["memorized_rate"], 4), "failure_rate": round(g_sum["failure_rate"], 4),
                      "noise_comparison": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items()} for c in cmp]})
 
     print("\nsummary:")

@@ -268,3 +268,34 @@ def test_bad_generator_settings_name_their_key():
     with pytest.raises(ConfigError, match="steps"):
         Diffusion(timesteps=10, steps=20)
     assert math.isfinite(Diffusion(schedule="linear").abar[-1].item())
+
+
+def test_spread_ratio_reads_collapse_and_excess_noise():
+    from wsl.generators.module import spread_ratio
+
+    g = torch.Generator().manual_seed(7)
+    train = torch.randn(300, 20, generator=g) * torch.linspace(0.1, 3.0, 20)
+    assert spread_ratio(train, train) == pytest.approx(1.0)
+    assert spread_ratio(train[:1].expand(50, -1), train) == 0.0  # every sample the same net: collapse
+    assert spread_ratio(2 * train + 5, train) == pytest.approx(2.0, rel=1e-5)
+
+
+def test_warmup_ema_follows_its_recursion():
+    from torch.optim.swa_utils import AveragedModel
+
+    from wsl.generators.module import WarmupEMA
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    holder = torch.nn.ParameterList([p])
+    avg = AveragedModel(holder, multi_avg_fn=WarmupEMA(0.9), use_buffers=True)
+    expect = None
+    for step, value in enumerate([1.0, 2.0, 4.0, 8.0, 16.0] + [3.0] * 40):
+        with torch.no_grad():
+            p.fill_(value)
+        avg.update_parameters(holder)
+        if expect is None:
+            expect = value  # the first update copies
+        else:
+            d = min(0.9, (1 + step) / (10 + step))  # step = updates averaged so far
+            expect = d * expect + (1 - d) * value
+        assert avg.module[0][0].item() == pytest.approx(expect, rel=1e-6)

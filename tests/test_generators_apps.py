@@ -136,6 +136,8 @@ def test_bad_input_is_refused_before_any_work(flow_run, tiny_zoo, tmp_path):
     foreign = _foreign_zoo(tmp_path / "foreign", run.zoo["dataset"])
     with pytest.raises(ConfigError, match="architecture mismatch.*width"):
         check_target_zoo(run, foreign)
+    with pytest.raises(ConfigError, match="learned from"):
+        check_target_zoo(run, tiny_zoo)
     with pytest.raises(ConfigError, match="trained unconditionally"):
         condition_tensor(run, {"val_acc": 0.9}, 1)
     # unreadable checkpoints name the file

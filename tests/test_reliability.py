@@ -202,6 +202,22 @@ def test_verify_reports_every_problem_at_once_each_naming_its_file(tmp_path, tin
         assert any(ln.startswith(level.upper()) and str(path) in ln for ln in lines), (level, path)
 
 
+# ---- the same checkpoint always gives the same bytes --------------------------------------------------------
+def test_rewriting_a_checkpoint_with_the_same_weights_keeps_its_checksum(tmp_path, tiny_zoo):
+    """safetensors writes its header in hash-map order (different bytes each time); a rerun that
+    rewrites a committed checkpoint with identical weights must not break its recorded sha256."""
+    z = Zoo(tiny_zoo)
+    mid = z.ids[0]
+    sd, arch = z.state_dict(mid), z.arch(mid)
+    meta = {"provenance": json.dumps({"seed": 1}), **{f"key{i}": str(i) for i in range(8)}}
+    w = ShardWriter(tmp_path / "z", z.row(mid).job_id, config={}, zoo_name="tiny")
+    shas = {w.write_checkpoint(mid, 2, sd, arch, extra_meta=meta)[1] for _ in range(10)}
+    assert len(shas) == 1
+    path = tmp_path / "z" / z.checkpoint_path(mid).relative_to(z.path)
+    with safe_open(str(path), "pt") as f:  # still a standard safetensors file
+        assert f.metadata()["key7"] == "7" and torch.equal(f.get_tensor("head.bias"), sd["head.bias"])
+
+
 # ---- killed jobs leave warnings only; repair rebuilds the index ---------------------------------------------
 def test_leftovers_of_a_killed_job_are_warnings_and_repair_merges(tmp_path, tiny_zoo, monkeypatch, capsys):
     root, z = _copy(tiny_zoo, tmp_path)

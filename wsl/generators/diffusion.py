@@ -1,13 +1,13 @@
 """DDPM training (Ho et al. 2020) and DDIM sampling (Song et al. 2021).
 
 Forward process: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε with ε ~ N(0, I), t in {0, ..., T-1}.
-The network sees (x_t, t / T) and predicts either ε (`prediction="eps"`, Ho et al.) or the velocity
-v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (`prediction="v"`, Salimans & Ho 2022); the loss is the plain
-mean squared error of that target. v is the default: near t = T, where ᾱ_t → 0 (the cosine
-schedule reaches ~1e-9), recovering x_0 from an ε prediction divides its error by sqrt(ᾱ_t) and
-the first DDIM step blows up, while x̂_0 = sqrt(ᾱ_t) x_t - sqrt(1 - ᾱ_t) v̂ stays bounded.
-`prediction="x0"` regresses the clean weights directly (as G.pt does): a network narrower than the
-weight vector cannot output the noise that ε and v contain, but it can output a net.
+The network sees (x_t, t / T) and predicts one of (the loss is the plain mean squared error of it):
+- x_0 (`prediction="x0"`, the default, as G.pt regresses weights directly): a network narrower
+  than the weight vector cannot output the noise that ε and v contain, but it can output a net;
+- ε (`"eps"`, Ho et al.): near t = T, where ᾱ_t → 0 (the cosine schedule reaches ~1e-9),
+  recovering x_0 divides the error of ε̂ by sqrt(ᾱ_t) and the first DDIM step blows up;
+- v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (`"v"`, Salimans & Ho 2022): bounded at both ends,
+  x̂_0 = sqrt(ᾱ_t) x_t - sqrt(1 - ᾱ_t) v̂; the best choice for low-dimensional data.
 
 DDIM walks a decreasing subsequence τ_1 > ... > τ_S of the T steps:
     x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε̂) / sqrt(ᾱ_t)
@@ -45,12 +45,12 @@ def alphas_cumprod(timesteps: int, schedule: str) -> torch.Tensor:
 
 
 class Diffusion:
-    """DDPM with ε- or v-prediction; `steps` and `eta` are the DDIM sampler's defaults."""
+    """DDPM with x_0-, ε- or v-prediction; `steps` and `eta` are the DDIM sampler's defaults."""
 
     name = "diffusion"
 
-    def __init__(self, timesteps: int = 1000, schedule: str = "cosine", steps: int = 50, eta: float = 0.0,
-                 prediction: str = "v", clip: float | None = None):
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine", steps: int = 20, eta: float = 0.0,
+                 prediction: str = "x0", clip: float | None = None):
         for key, v in (("timesteps", timesteps), ("steps", steps)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"generator.method.{key} must be a positive integer, got {v!r}")

@@ -74,8 +74,8 @@ class FlowMatching:
 
     name = "flow"
 
-    def __init__(self, ot_pairing: bool = True, sigma_min: float = 0.0, steps: int = 20, solver: str = "heun",
-                 prediction: str = "velocity"):
+    def __init__(self, ot_pairing: bool = True, sigma_min: float = 0.0, steps: int = 10, solver: str = "heun",
+                 prediction: str = "data"):
         if prediction not in PREDICTIONS:
             raise ConfigError(f"generator.method.prediction={prediction!r} is unknown; valid: {', '.join(PREDICTIONS)}")
         self.prediction = prediction

@@ -80,7 +80,7 @@ class GeneratorModule(L.LightningModule):
                  spread_every: int = 500, spread_n: int = 256):
         super().__init__()
         if not 0.0 <= cond_dropout < 1.0:
-            raise ConfigError(f"generator.cond_dropout must be in [0, 1), got {cond_dropout}")
+            raise ConfigError(f"condition.dropout must be in [0, 1), got {cond_dropout}")
         self.denoiser, self.method = denoiser, method
         self.register_buffer("train_x", train_x.detach().float(), persistent=False)  # [M, D]
         cond = train_cond if train_cond is not None and train_cond.numel() else None
@@ -132,10 +132,13 @@ class GeneratorModule(L.LightningModule):
         if self.spread_every > 0 and step % self.spread_every == 0:
             self._log_spread(step, log=True)
 
-    def on_train_end(self):  # Lightning allows no self.log here: the value goes to spread_history only
-        step = self.trainer.global_step
-        if self.spread_every > 0 and (not self.spread_history or self.spread_history[-1][0] != step):
-            self._log_spread(step, log=False)
+    def on_train_end(self):
+        # measured again after the weight-averaging callback (whose hook runs first) has swapped in the
+        # averaged weights: the last entry is the saved generator's. Lightning allows no self.log here.
+        if self.spread_every > 0:
+            if self.spread_history and self.spread_history[-1][0] == self.trainer.global_step:
+                self.spread_history.pop()
+            self._log_spread(self.trainer.global_step, log=False)
 
     def _log_spread(self, step: int, log: bool) -> None:
         ratio = self.measure_spread()

@@ -75,6 +75,10 @@ def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
     from wsl.zoo import Zoo
 
     root = Path(zoo_path).expanduser()
+    source = run.zoo.get("path")
+    if source and root.resolve() == Path(source).resolve():
+        raise ConfigError(f"zoo.path={root} is the zoo the generator learned from; write the samples to "
+                          "another zoo (evaluation compares the two)")
     if not (root / "index.h5").exists():
         if root.exists() and root.is_file():
             raise ConfigError(f"zoo.path={root} is a file, not a zoo directory")
@@ -150,6 +154,9 @@ def sample_run(cfg) -> Path:
         if OmegaConf.is_missing(cfg.zoo, "path"):
             raise ConfigError("zoo.path=<the output zoo> is required")
         cfg = OmegaConf.to_container(cfg, resolve=True)
+    from wsl.generators.threads import set_threads
+
+    set_threads(cfg.get("threads"))
     run = load_run(cfg["run"])
     n, seed = cfg["n"], cfg["seed"]
     condition = dict(cfg.get("condition") or {})

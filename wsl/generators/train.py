@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from wsl.errors import ConfigError, ZooFormatError
 from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
 from wsl.generators.run import GeneratorRun
+from wsl.generators.threads import set_threads
 
 log = logging.getLogger("wsl.generators")
 
@@ -178,6 +179,7 @@ def train_generator(cfg: DictConfig, run_dir: Path | str | None = None) -> Gener
 
     run_dir = Path(run_dir) if run_dir is not None else Path.cwd()
     t_start = time.perf_counter()
+    set_threads(cfg.get("threads"))
     sel = select_zoo(cfg)
     if cfg.representation.get("latent") not in (None, False):
         latent_settings(cfg.representation.latent)  # checked before any weight is loaded

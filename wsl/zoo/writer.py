@@ -27,10 +27,20 @@ log = logging.getLogger(__name__)
 
 
 def encode_checkpoint(state_dict: dict, metadata: dict) -> bytes:
-    """safetensors bytes; metadata values are str (safetensors allows str->str only), dicts as JSON."""
+    """safetensors bytes; metadata values are str (safetensors allows str->str only), dicts as JSON.
+
+    The same checkpoint always gives the same bytes: safetensors writes its header in hash-map
+    order, which changes from process to process, so the header is re-serialized with sorted keys.
+    Otherwise a rerun that rewrites a committed checkpoint with identical weights would still break
+    the checksum its index row holds.
+    """
     meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    return st_save(tensors, metadata=meta)
+    raw = st_save(tensors, metadata=meta)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # keep the tensor data 8-byte aligned, as safetensors does
+    return len(header).to_bytes(8, "little") + header + raw[8 + n :]
 
 
 class ShardWriter:
@@ -95,10 +105,10 @@ class ShardWriter:
             table = ModelTable(rows, jobs, {"zoo_name": self.zoo_name, "config": json.dumps(self.config, sort_keys=True)})
             with atomic_path(self.shard_path, what="shard") as tmp:
                 write_table(tmp, table)
-            _merge_locked(self.root)
             for r in self.rows:  # checkpoint temp files of an earlier, killed attempt at these models
                 for stale in (self.root / MODEL_DIR / self.job_id / r.model_id).glob(".*.safetensors.*.tmp"):
                     stale.unlink(missing_ok=True)
+            _merge_locked(self.root)
         log.info("committed %d models to %s", len(self.rows), self.shard_path)
         self.rows, self._ckpts = [], {}
 
