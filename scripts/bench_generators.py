@@ -11,12 +11,12 @@ zoo of digits MLPs, prints:
   - where the samples sit against the noise baseline on the accuracy–novelty plane, from
     wsl.evaluate (weight novelty: nearest-neighbour L2 after alignment over the training-to-
     training median; the noise σ sweep interpolated at the same novelty).
-Each generator is trained twice: with the default number of steps ("full") and stopped early
-("early", --early-steps): a trained-to-convergence generator memorizes its training nets, an
-early one is less accurate but novel; both points go on the plane.
+Each generator is trained twice: with the default config ("default") and for longer ("long",
+--long-steps): a generator trained towards convergence replays (memorizes) its training nets, the
+default one is slightly less accurate but novel; both points go on the plane.
 
     python scripts/bench_generators.py                       # builds zoos/bench_generators_mlp_digits if absent
-    python scripts/bench_generators.py --steps 800 --generators flow --n-eval 128
+    python scripts/bench_generators.py --steps 800 --generators flow --n-eval 128 --long-steps 0
 
 The zoo (256 seeds of the default digits MLP, 2,410 parameters) takes a few minutes to train once.
 """
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15, help="zoo training epochs when the zoo must be built")
     ap.add_argument("--generators", default="flow,diffusion")
     ap.add_argument("--steps", type=int, default=None, help="generator training steps (default: the config's)")
-    ap.add_argument("--early-steps", type=int, default=400, help="steps of the early-stopped variant (0: skip it)")
+    ap.add_argument("--long-steps", type=int, default=2000, help="steps of the long-trained variant (0: skip it)")
     ap.add_argument("--override", action="append", default=[], help="extra train_generator override (repeatable)")
     ap.add_argument("--n-throughput", type=int, default=10_000, help="nets sampled for the throughput figure")
     ap.add_argument("--n-eval", type=int, default=256, help="nets written as a zoo, scored and audited")
@@ -108,7 +108,7 @@ def main() -> None:
     from wsl.evaluate.report import compare_with_noise
 
     rows = []
-    variants = [("full", args.steps)] + ([("early", args.early_steps)] if args.early_steps else [])
+    variants = [("default", args.steps)] + ([("long", args.long_steps)] if args.long_steps else [])
     for gen, (variant, steps) in [(g.strip(), v) for g in args.generators.split(",") if g.strip() for v in variants]:
         name = f"{gen}-{variant}"
         print(f"\n=== generator={gen} ({variant}) ===", flush=True)
@@ -120,20 +120,24 @@ def main() -> None:
             cfg = compose(config_name="train_generator", overrides=overrides)
         run_dir = out / f"{name}-run"
         shutil.rmtree(run_dir, ignore_errors=True)
+        load_train = os.getloadavg()[0]
         t = time.perf_counter()
         run = train_generator(cfg, run_dir)
         t_train = time.perf_counter() - t
+        load_train = max(load_train, os.getloadavg()[0])
         tr = run.training
         print(f"training: {tr['steps']} steps on {tr['n_train']} nets in {t_train:.1f} s (alignment "
               f"{tr['seconds_align']:.1f} s, fit {tr['seconds_fit']:.1f} s); final spread ratio {tr['spread_ratio']:.3f}; "
-              f"denoiser {run.denoiser.name} with {sum(p.numel() for p in run.denoiser.parameters()):,} parameters")
+              f"denoiser {run.denoiser.name} with {sum(p.numel() for p in run.denoiser.parameters()):,} parameters; "
+              f"load average {load_train:.1f}")
 
         # throughput of sampling (noise -> ODE/DDIM -> decoded weights)
         sample_weights_once = lambda n, **kw: run.representation.decode(sample_vectors(run, n, **kw))  # noqa: E731
         sample_weights_once(100, seed=99)  # warm-up
-        n_tp = args.n_throughput if variant == "full" else args.n_eval
+        n_tp = args.n_throughput if variant == "default" else args.n_eval
         threads = torch.get_num_threads()
         per_min = {}
+        load_sample = os.getloadavg()[0]
         for th in sorted({threads, 1}, reverse=True):
             torch.set_num_threads(th)
             t = time.perf_counter()
@@ -170,7 +174,7 @@ def main() -> None:
         print("accuracy ratio by sampler steps: " + ", ".join(f"{k}: {v:.3f}" for k, v in by_steps.items()))
 
         # the memorization audit and the baselines (wsl.evaluate)
-        baselines = {"noise": NoiseBaseline(sigmas=[0.01, 0.03, 0.1, 0.3, 1.0], n=args.baseline_n),
+        baselines = {"noise": NoiseBaseline(sigmas=[0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0], n=args.baseline_n),
                      "average": AverageBaseline(ks=[2, 3, 5], n=args.baseline_n),
                      "gaussian": GaussianFitBaseline(n=args.baseline_n)}
         t = time.perf_counter()
@@ -191,9 +195,12 @@ def main() -> None:
         for c in cmp:
             verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
                        f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator "
-                       f"{'BETTER' if c['better'] else 'NOT better'} ({c['difference']:+.4f})")
+                       f"{ {'better': 'BETTER', 'worse': 'WORSE', 'indistinguishable': 'NOT distinguishable'}[c['verdict']] } "
+                       f"({c['difference']:+.4f} ± {c['stderr']:.4f}; better needs > 2 standard errors)")
             print(f"{c['axis']} novelty {c['novelty']:.3f}, accuracy {c['accuracy']:.4f}: {verdict}")
         rows.append({"generator": gen, "variant": variant, "train_s": round(t_train, 1), "steps": tr["steps"],
+                     "load_average_train": round(load_train, 1), "load_average_sample": round(load_sample, 1),
+                     "sampler_steps": run.method.steps,
                      "spread_ratio": round(tr["spread_ratio"], 3), "sampled_per_min": round(sampled_per_min), "sampled_per_min_1_thread": round(per_min[1]),
                      "written_per_min": round(rate(len(sub), t_write)), "evaluated_per_min": round(rate(len(sub), t_eval)),
                      "acc_mean": round(float(acc.mean()), 4), "acc_ratio": round(ratio, 4),

@@ -3,13 +3,17 @@
 Trains one population (default 32 MLPs on sklearn digits: 4 learning rates × 8 seeds) with wsl's
 population trainer, then in the same run:
 
- (a) computes every metric of `landscape=full` on it and prints that time over the training time
-     (target <= 1x);
+ (a) computes every metric of `landscape=full` (and `basic`) on it in one wsl-landscape call and
+     prints that time over the training time (target <= 1x), with each metric's compute time;
  (b) computes Hessian top eigenvalue and trace of every member with wsl (one vmapped program) and
-     with the PyHessian package model by model, on the same samples with the same settings,
-     and prints both methods' numbers, their agreement in units of estimator noise, and the
-     time ratio (target >= 10x). With --exact N, the exact Hessian of the first N members is
-     the ground truth for both.
+     with the PyHessian package model by model, on the same samples: 1. with the same estimators
+     and settings (power iteration, a fixed number of probes: what vmapping buys), 2. at the same
+     noise, each at its best (wsl's landscape=full: Lanczos, Krylov-deflated Hutchinson stopped at
+     its standard error; PyHessian: power iteration and, per model, the probes plain Hutchinson
+     needs for that standard error), 3. as 2 in PyHessian's dataloader mode. It prints their
+     agreement in units of estimator noise, the Hessian-vector products per model and the time
+     ratio (target >= 10x). With --exact N, the exact Hessian of the first N members is the ground
+     truth. The load average is printed at start and end (the machine may be shared).
 
     pip install --no-deps pyhessian      # PyHessian 0.1; it needs only torch and numpy
     python scripts/bench_landscape.py [--members 32] [--epochs 10] [--threads 1] [--exact 1]
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -31,6 +36,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from wsl.apps.common import CONF_DIR
+
+
+def _clock() -> np.ndarray:
+    """(wall seconds, CPU seconds of this process). On a shared machine other processes stretch the
+    wall time of whatever runs while they are busy; this process's CPU time they barely change."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
+def _fmt(t: np.ndarray) -> str:
+    return f"{t[0]:.2f} s wall / {t[1]:.2f} s CPU"
 
 
 def compose_cfg(name: str, overrides: list[str]):
@@ -45,22 +60,48 @@ def train_population(path: Path, members: int, epochs: int, width: int) -> float
                               f"net.width={width}", "train.lr=[0.1,0.05,0.02,0.01]", "logger=none",
                               "zoo.checkpoint_epochs=[0]", "progress_refresh_rate=0",
                               "trainer.accelerator=cpu"])
-    t = time.perf_counter()
+    t = _clock()
     run_zoo_job(cfg)
-    return time.perf_counter() - t
+    return _clock() - t
 
 
-def time_metrics(path: Path, option: str) -> dict[str, float]:
+def time_metrics(path: Path, option: str, extra: tuple = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One `annotate_zoo` call with `landscape=<option>`, as wsl-landscape runs it: its wall time, and
+    the compute time of each metric (the rest reads checkpoints and data and writes the index)."""
     from wsl.landscape import annotate_zoo
+    from wsl.landscape import phases
+    from wsl.landscape.metrics import METRICS
 
-    cfg = OmegaConf.to_container(compose_cfg("landscape", [f"zoo.path={path}", f"landscape={option}"]).landscape,
+    cfg = OmegaConf.to_container(compose_cfg("landscape", [f"zoo.path={path}", f"landscape={option}", *extra]).landscape,
                                  resolve=True)
-    out = {}
+    spent: dict[str, float] = {}
+    patched = []
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t = _clock()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + _clock() - t
+        return wrapper
+
     for m in cfg["metrics"]:
-        t = time.perf_counter()
-        annotate_zoo(path, {**cfg, "metrics": [m]})
-        out[m] = time.perf_counter() - t
-    return out
+        metric = METRICS[m]
+        attr = "compute" if metric.scope == "model" else "compute_pairs"
+        patched.append((metric, attr))
+        setattr(metric, attr, timed(m, getattr(metric, attr)))
+    orig_phase = phases.annotate_phases
+    phases.annotate_phases = timed("phase", orig_phase)
+    try:
+        t = _clock()
+        annotate_zoo(path, cfg)
+        total = _clock() - t
+    finally:
+        for metric, attr in patched:
+            delattr(metric, attr)  # back to the class's method
+        phases.annotate_phases = orig_phase
+    return total, spent
 
 
 def exact_curvature(net, state, x, y):
@@ -82,42 +123,71 @@ def exact_curvature(net, state, x, y):
     return ev[ev.abs().argmax()].item(), h.trace().item()
 
 
+class _Counter:
+    """Counts PyHessian's Hessian-vector products (one per power iteration or probe)."""
+
+    def __init__(self):
+        import importlib
+
+        ph = importlib.import_module("pyhessian.hessian")  # the module (the package exports a class of that name)
+        self.n, self.ph = 0, ph
+        self._hv, self._dl = ph.hessian_vector_product, ph.hessian.dataloader_hv_product
+
+    def __enter__(self):
+        def hv(*a, **k):
+            self.n += 1
+            return self._hv(*a, **k)
+
+        def dl(obj, *a, **k):
+            self.n += 1
+            return self._dl(obj, *a, **k)
+
+        self.ph.hessian_vector_product, self.ph.hessian.dataloader_hv_product = hv, dl
+        return self
+
+    def __exit__(self, *exc):
+        self.ph.hessian_vector_product, self.ph.hessian.dataloader_hv_product = self._hv, self._dl
+
+
 def _pyhessian(models, x, y, max_iters, tol, probes, loader_batch=None):
-    """PyHessian 0.1, model by model: single-batch mode (its fastest), or its dataloader mode."""
+    """PyHessian 0.1, model by model: single-batch mode (its fastest), or its dataloader mode.
+    probes: an int (every model) or a list (per model)."""
     from pyhessian import hessian as PyHessian
     from torch.utils.data import DataLoader, TensorDataset
 
     eig, tr, se = [], [], []
-    for model in models:
-        if loader_batch:
-            loader = DataLoader(TensorDataset(x, y), batch_size=loader_batch, shuffle=False)
-            h = PyHessian(model, torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
-        else:
-            h = PyHessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
-        ev, _ = h.eigenvalues(maxIter=max_iters, tol=tol, top_n=1)
-        vhv = h.trace(maxIter=probes, tol=0.0)  # tol=0: all `probes` Rademacher vectors, as wsl uses
-        eig.append(ev[0])
-        tr.append(float(np.mean(vhv)))
-        se.append(float(np.std(vhv, ddof=1) / math.sqrt(len(vhv))))
-    return np.asarray(eig), np.asarray(tr), np.asarray(se)
+    with _Counter() as count:
+        for i, model in enumerate(models):
+            if loader_batch:
+                loader = DataLoader(TensorDataset(x, y), batch_size=loader_batch, shuffle=False)
+                h = PyHessian(model, torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
+            else:
+                h = PyHessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+            ev, _ = h.eigenvalues(maxIter=max_iters, tol=tol, top_n=1)
+            k = probes if isinstance(probes, int) else int(probes[i])
+            vhv = h.trace(maxIter=k, tol=0.0)  # tol=0: exactly k Rademacher vectors
+            eig.append(ev[0])
+            tr.append(float(np.mean(vhv)))
+            se.append(float(np.std(vhv, ddof=1) / math.sqrt(len(vhv))))
+    return np.asarray(eig), np.asarray(tr), np.asarray(se), count.n / len(models)
 
 
-def _wsl(net, states, x, y, max_iters, tol, probes, batch_size=256, retain=True):
+def _wsl(net, states, x, y, eig_kw: dict, trace_kw: dict, batch_size=256, retain=True):
     from wsl.landscape.functional import split_state, stack_states
     from wsl.landscape.hessian import hutchinson_trace, top_eigenvalue
 
     params, buffers = split_state(net, stack_states(states))
-    eig = top_eigenvalue(net, params, x, y, max_iters=max_iters, tol=tol, seed=0, batch_size=batch_size,
-                         buffers=buffers, retain=retain)
-    tr = hutchinson_trace(net, params, x, y, samples=probes, seed=0, batch_size=batch_size, buffers=buffers,
-                          retain=retain)
-    return eig.eigenvalue.numpy(), tr.trace.numpy(), tr.stderr.numpy()
+    eig = top_eigenvalue(net, params, x, y, seed=0, batch_size=batch_size, buffers=buffers, retain=retain, **eig_kw)
+    tr = hutchinson_trace(net, params, x, y, seed=0, batch_size=batch_size, buffers=buffers, retain=retain,
+                          **trace_kw)
+    products = (eig.iterations + tr.samples + trace_kw.get("deflation", 0)).double().mean().item()
+    return eig.eigenvalue.numpy(), tr.trace.numpy(), tr.stderr.numpy(), products, tr.samples.numpy()
 
 
 def _timed(fn, *a, **k):
-    t = time.perf_counter()
+    t = _clock()
     out = fn(*a, **k)
-    return out, time.perf_counter() - t
+    return out, _clock() - t
 
 
 def _side_by_side(repeats, f, g):
@@ -129,11 +199,30 @@ def _side_by_side(repeats, f, g):
         tf.append(t)
         rg, t = _timed(g)
         tg.append(t)
-    return rf, min(tf), rg, min(tg)
+    return rf, np.min(tf, axis=0), rg, np.min(tg, axis=0)
+
+
+def _agreement(label, w, ph, t_wsl, t_ph, tol):
+    w_eig, w_tr, w_se, w_n = w[:4]
+    ph_eig, ph_tr, ph_se, ph_n = ph
+    rel_eig = np.abs(w_eig - ph_eig) / np.abs(ph_eig)
+    z = (w_tr - ph_tr) / np.sqrt(w_se**2 + ph_se**2)
+    print(f"  {label}")
+    print(f"    top eigenvalue: median relative difference {np.median(rel_eig):.1e}, max {rel_eig.max():.1e} "
+          f"(both stop at relative change < {tol})")
+    print(f"    trace: median relative standard error wsl {np.median(w_se / np.abs(w_tr)):.3f}, PyHessian "
+          f"{np.median(ph_se / np.abs(ph_tr)):.3f}; z = (wsl - PyHessian) / combined standard error: median |z| "
+          f"{np.median(np.abs(z)):.2f}, max {np.abs(z).max():.2f}; |z| < 2 for {np.mean(np.abs(z) < 2):.0%} "
+          f"(~95% expected if they agree)")
+    print(f"    Hessian-vector products per model: wsl {w_n:.1f}, PyHessian {ph_n:.1f}")
+    r = t_ph / t_wsl
+    print(f"    time: wsl {_fmt(t_wsl)} vs PyHessian {_fmt(t_ph)} -> PyHessian time / wsl time = {r[0]:.1f}x wall, "
+          f"{r[1]:.1f}x CPU (target >= 10x)")
+    return rel_eig, z
 
 
 def compare_curvature(path: Path, max_iters: int, tol: float, probes: int, exact: int, loader_batch: int,
-                      repeats: int) -> None:
+                      repeats: int, full: dict) -> None:
     from wsl.landscape.sampling import make_sample_set
     from wsl.zoo import Zoo
 
@@ -145,36 +234,46 @@ def compare_curvature(path: Path, max_iters: int, tol: float, probes: int, exact
     states = [zoo.state_dict(m) for m in ids]
     models = [zoo.load_model(m) for m in ids]
     net = zoo.skeleton(ids[0]).eval()
+    e, t = full["hessian_eig"], full["hessian_trace"]
+    rel = t["rel_stderr"]
+    print(f"\n(b) Hessian top eigenvalue and trace of {len(ids)} models on {x.shape[0]} train samples "
+          f"(graphs of 256 samples, kept), against PyHessian model by model given all samples as one batch "
+          f"(its fastest mode: one graph per model, reused)")
 
-    (w_eig, w_tr, w_se), t_wsl, (ph_eig, ph_tr, ph_se), t_ph = _side_by_side(
-        repeats, lambda: _wsl(net, states, x, y, max_iters, tol, probes),
-        lambda: _pyhessian(models, x, y, max_iters, tol, probes))
-    rel_eig = np.abs(w_eig - ph_eig) / np.abs(ph_eig)
-    z = (w_tr - ph_tr) / np.sqrt(w_se**2 + ph_se**2)
-    print(f"\n(b) Hessian on {x.shape[0]} train samples, {len(ids)} models, power iteration max {max_iters} "
-          f"iterations tol {tol}, Hutchinson {probes} Rademacher probes")
-    print(f"{'model':>5} {'eig wsl':>10} {'eig PyH':>10} {'rel diff':>9} {'trace wsl':>16} {'trace PyH':>16} {'z':>6}")
-    for i in range(len(ids)):
-        print(f"{i:5d} {w_eig[i]:10.4f} {ph_eig[i]:10.4f} {rel_eig[i]:9.2e} {w_tr[i]:9.3f}±{w_se[i]:<6.3f} "
-              f"{ph_tr[i]:9.3f}±{ph_se[i]:<6.3f} {z[i]:6.2f}")
-    print(f"top eigenvalue: median relative difference {np.median(rel_eig):.2e}, max {rel_eig.max():.2e} "
-          f"(both stop at relative change < {tol}, from different random start vectors)")
-    print(f"trace: z = (wsl - PyHessian) / combined standard error: median |z| {np.median(np.abs(z)):.2f}, "
-          f"max {np.abs(z).max():.2f}; |z| < 2 for {np.mean(np.abs(z) < 2):.0%} (~95% expected if they agree)")
-    print(f"time, PyHessian given all {x.shape[0]} samples as one batch (its fastest mode, one graph per model "
-          f"reused) vs wsl defaults (graphs of 256 samples, kept): wsl {t_wsl:.2f} s vs PyHessian {t_ph:.2f} s "
-          f"-> PyHessian time / wsl time = {t_ph / t_wsl:.1f}x (target >= 10x)")
+    # 1. the same estimators with the same settings: what vmapping a population buys by itself
+    same_e = {"method": "power", "max_iters": max_iters, "tol": tol}
+    same_t = {"samples": probes}
+    w, t_w, ph, t_ph = _side_by_side(repeats, lambda: _wsl(net, states, x, y, same_e, same_t),
+                                     lambda: _pyhessian(models, x, y, max_iters, tol, probes))
+    _agreement(f"1. same estimators, same settings: power iteration (max {max_iters}, tol {tol}) and {probes} "
+               f"Rademacher probes", w, ph, t_w, t_ph, tol)
+    w_plain = w
+
+    # 2. the same noise, each estimator at its best: wsl's landscape=full settings vs PyHessian with the
+    #    probes plain Hutchinson needs for the same relative standard error (counted per model by wsl)
+    need = _wsl(net, states, x, y, same_e, {"samples": 1000, "rel_stderr": rel, "min_samples": t["min_samples"]})[4]
+    best_e = {"method": e["method"], "max_iters": e["max_iters"], "tol": e["tol"]}
+    best_t = {"samples": t["samples"], "rel_stderr": rel, "min_samples": t["min_samples"], "deflation": t["deflation"]}
+    w, t_w, ph, t_ph = _side_by_side(repeats, lambda: _wsl(net, states, x, y, best_e, best_t),
+                                     lambda: _pyhessian(models, x, y, max_iters, tol, need))
+    _agreement(f"2. the same noise (trace standard error <= {rel:.0%}), each at its best: wsl landscape=full "
+               f"({e['method']} tol {e['tol']}; Hutchinson deflated by {t['deflation']} Lanczos steps, stopped at "
+               f"{rel:.0%} standard error) vs PyHessian (power iteration tol {tol}; per model the {int(need.min())}-"
+               f"{int(need.max())} probes plain Hutchinson needs for {rel:.0%})", w, ph, t_w, t_ph, tol)
+    w_best, ph_best = w, ph
     if loader_batch:
-        (l_eig, l_tr, _), t_wl, _, t_pl = _side_by_side(
-            repeats, lambda: _wsl(net, states, x, y, max_iters, tol, probes, loader_batch, False),
-            lambda: _pyhessian(models, x, y, max_iters, tol, probes, loader_batch))
-        print(f"time, memory bounded by one batch of {loader_batch} samples (PyHessian's dataloader mode; wsl "
-              f"retain_graphs=false): wsl {t_wl:.2f} s vs PyHessian {t_pl:.2f} s -> ratio {t_pl / t_wl:.1f}x "
-              f"(wsl values equal the kept-graph ones: max rel. diff {np.max(np.abs(l_tr - w_tr) / np.abs(w_tr)):.1e})")
-    for i in range(min(exact, len(ids))):
-        e, trace = exact_curvature(net, dict(states[i]), x, y)
-        print(f"exact Hessian of model {i}: top eigenvalue {e:.4f} (wsl {w_eig[i]:.4f}, PyHessian {ph_eig[i]:.4f}), "
-              f"trace {trace:.3f} (wsl {w_tr[i]:.3f}±{w_se[i]:.3f}, PyHessian {ph_tr[i]:.3f}±{ph_se[i]:.3f})")
+        w, t_w, ph, t_ph = _side_by_side(
+            repeats, lambda: _wsl(net, states, x, y, best_e, best_t, loader_batch, False),
+            lambda: _pyhessian(models, x, y, max_iters, tol, need, loader_batch))
+        _agreement(f"3. as 2, memory bounded by one batch of {loader_batch} samples (PyHessian's dataloader mode; "
+                   f"wsl retain_graphs=false)", w, ph, t_w, t_ph, tol)
+    worst = int(np.argmax(np.abs(w_best[0] - ph_best[0]) / np.abs(ph_best[0])))
+    for i in sorted(set(range(min(exact, len(ids)))) | ({worst} if exact > 0 else set())):
+        ev, trace = exact_curvature(net, dict(states[i]), x, y)
+        print(f"  exact Hessian of model {i}{' (largest eigenvalue disagreement in 2.)' if i == worst else ''}: "
+              f"top eigenvalue {ev:.4f} (wsl {w_best[0][i]:.4f}, PyHessian {ph_best[0][i]:.4f}, wsl power iteration "
+              f"{w_plain[0][i]:.4f}), trace {trace:.3f} (wsl landscape=full {w_best[1][i]:.3f}±{w_best[2][i]:.3f}, "
+              f"{probes} plain probes {w_plain[1][i]:.3f}±{w_plain[2][i]:.3f})")
 
 
 def main() -> None:
@@ -190,6 +289,9 @@ def main() -> None:
     ap.add_argument("--loader-batch", type=int, default=256,
                     help="also compare with data in batches of this size (PyHessian's dataloader mode); 0: skip")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the timed runs this often, keep the best")
+    ap.add_argument("--zoo", type=Path, default=None, help="reuse this trained zoo (copied) instead of training one; "
+                    "give --train-seconds, its training time, for (a)")
+    ap.add_argument("--train-seconds", type=float, default=None)
     ap.add_argument("--out", type=Path, default=None, help="keep the zoo here (default: a temp dir)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -198,18 +300,33 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_landscape_"))
     path = args.out or work / "zoo"
     try:
+        print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
         print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); population of {args.members} "
               f"MLPs (width {args.width}) on digits, {args.epochs} epochs")
-        t_train = train_population(path, args.members, args.epochs, args.width)
+        if args.zoo:
+            shutil.copytree(args.zoo, path)
+            t_train = np.array([args.train_seconds, args.train_seconds])
+        else:
+            t_train = train_population(path, args.members, args.epochs, args.width)
         shutil.copytree(path, work / "zoo-basic")
-        print(f"\n(a) training the population: {t_train:.2f} s (wsl-zoo job, checkpoints at epochs 0 and final)")
-        for option, zoo in (("full", path), ("basic", work / "zoo-basic")):
-            times = time_metrics(zoo, option)
-            total = sum(times.values())
-            print(f"    landscape={option}: " + ", ".join(f"{m} {t:.2f} s" for m, t in times.items()))
-            print(f"    landscape={option}: all metrics {total:.2f} s -> metrics / training = {total / t_train:.2f}x "
-                  f"(target <= 1x)")
-        compare_curvature(path, args.max_iters, args.tol, args.probes, args.exact, args.loader_batch, args.repeats)
+        shutil.copytree(path, work / "zoo-previous")
+        print(f"\n(a) training the population: {_fmt(t_train)} (wsl-zoo job, checkpoints at epochs 0 and final)")
+        previous = ("landscape.hessian_eig.method=power", "landscape.hessian_trace.deflation=0",
+                    "landscape.hessian_trace.rel_stderr=0.03")
+        for option, zoo, extra in (("full", path, ()), ("basic", work / "zoo-basic", ()),
+                                   ("full", work / "zoo-previous", previous)):
+            if extra:
+                print(f"    ... the same with the previous curvature defaults ({', '.join(extra)}):")
+            total, spent = time_metrics(zoo, option, extra)
+            print(f"    landscape={option}: compute (CPU s) " + ", ".join(f"{m} {t[1]:.2f}" for m, t in spent.items())
+                  + f"; reading checkpoints and data, writing the index {total[1] - sum(t[1] for t in spent.values()):.2f}")
+            r = total / t_train
+            print(f"    landscape={option}: all metrics {_fmt(total)} (one wsl-landscape call) -> metrics / training = "
+                  f"{r[0]:.2f}x wall, {r[1]:.2f}x CPU (target <= 1x)")
+        full = OmegaConf.to_container(compose_cfg("landscape", [f"zoo.path={path}", "landscape=full"]).landscape,
+                                      resolve=True)
+        compare_curvature(path, args.max_iters, args.tol, args.probes, args.exact, args.loader_batch, args.repeats, full)
+        print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

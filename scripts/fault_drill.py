@@ -2,11 +2,13 @@
 
     python scripts/fault_drill.py                          # zoo drill, 3 rounds
     python scripts/fault_drill.py --rounds 10 --seed 1 --apps zoo,landscape,sample
+    python scripts/fault_drill.py --apps landscape,sample --base-zoo zoos/x --generator runs/train_generator/y
     python scripts/fault_drill.py --launcher submitit_local   # parallel workers (hydra-submitit-launcher)
 
 A round builds something from scratch with a real app (wsl-zoo: a multirun `-m net.width=4,8,16`;
-wsl-landscape: metrics of a zoo; wsl-sample: nets drawn from a generator) and kills the whole
-process group with SIGKILL up to --kills times, each at a moment drawn at random:
+wsl-landscape: `landscape=basic` metrics of a copy of a zoo; wsl-sample: n nets drawn from a small
+generator, committed batch by batch) and kills the whole process group with SIGKILL up to --kills
+times, each at a moment drawn at random:
 
 - training:   a random time after the k-th checkpoint of the run (work in progress, no write pending;
               wsl-landscape: after its k-th annotation commit, reported as "computing"),
@@ -16,16 +18,19 @@ process group with SIGKILL up to --kills times, each at a moment drawn at random
   hold the chosen window open for a moment, and kills at the k-th passage of that kind.
 
 After every kill it checks that nothing half-written is visible (every model the index lists loads
-with its checksum) and records which models (or annotation rows) were committed and the inodes of their
-files. Then it reruns the same command, until a run finishes. At the end of the round it checks that
-the result is complete (every expected model, each once, every scheduled epoch), that wsl-verify finds
-no error, that no committed model is lost, and that none was redone (its files are the same inodes,
-untouched; annotation rows: the rerun's work list held only uncommitted rows). With a reference
-(default) it also builds the same zoo once without faults and compares the weights.
+with its checksum; the index and every annotation file open) and records which models (or annotation
+rows) were committed and the inodes of their files. Then it reruns the same command, until a run
+finishes. At the end of the round it checks that the result is complete (every expected model or row,
+each once, every scheduled epoch), that wsl-verify finds no error, that no committed model or row is
+lost, and that none was redone: a model's files are the same inodes, untouched; wsl-sample's log of the
+batches it drew names no committed net; wsl-landscape's log of how many rows (cells) of each metric it
+is about to compute equals the number not yet committed. Every app is compared with a fault-free run of
+the same command: zoo and sample weights, landscape values (rtol 1e-5) and text columns.
 
 Prints, per app: rounds, runs, kills by phase (and how many landed inside their write window), models
-expected / final, lost, redone needlessly, duplicated, missing, checksum failures, visible half-written
-models, verify errors / warnings, largest weight difference from the reference.
+(rows) expected / final, lost, redone needlessly, duplicated, missing, checksum failures, visible
+half-written models, verify errors / warnings, models (rows) that differ from the fault-free run and
+the largest difference.
 """
 
 from __future__ import annotations
@@ -73,9 +78,9 @@ def _temp_files(root: Path) -> set[Path]:
 
 
 def run_app(cmd: list[str], workdir: Path, zoo: Path, target: tuple[str, int] | None, rng: random.Random,
-            timeout: float = 900, progress: str = "checkpoint") -> Run:
+            timeout: float = 900, progress: str = "checkpoint", jitter: float = 1.0) -> Run:
     """Run `cmd` (in its own process group); kill it at `target` = (kind, k): the k-th event of that kind
-    ("training": a random moment after the k-th `progress` event). None: let it finish."""
+    ("training": a random moment up to `jitter` seconds after the k-th `progress` event). None: let it finish."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.mkstemp(prefix="faults-", suffix=".log", dir=workdir)[1])
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", WSL_FAULT_LOG=str(log))
@@ -98,7 +103,7 @@ def run_app(cmd: list[str], workdir: Path, zoo: Path, target: tuple[str, int] | 
                 kind, k = target
                 seen = Counter(_events(log))
                 if kind == "training" and seen[progress] >= k:
-                    kill_at = time.time() + rng.uniform(0.0, 1.0)
+                    kill_at = time.time() + rng.uniform(0.0, jitter)
                 elif kind != "training" and seen[kind] >= k:
                     kill_at = time.time()
             if kill_at is not None and time.time() >= kill_at:
@@ -165,7 +170,8 @@ class Stats:
     verify_errors: int = 0
     verify_warnings: int = 0
     protected: int = 0  # models (rows) committed before some kill: the ones a rerun must not redo
-    max_weight_diff: float | None = None
+    max_weight_diff: float | None = None  # wsl-landscape: largest |value - reference| of a numeric annotation
+    reference_mismatches: int = 0  # models (rows) that differ from the fault-free reference run
     seconds: float = 0.0
     notes: list = field(default_factory=list)
 
@@ -180,7 +186,9 @@ class Stats:
                f"duplicated {self.duplicated}, missing {self.missing}",
                f"[{self.app}] checksum failures {self.checksum_failures}, half-written visible {self.visible_broken}, "
                f"verify errors {self.verify_errors}, warnings {self.verify_warnings}"
-               + ("" if self.max_weight_diff is None else f", max |w - reference| {self.max_weight_diff:.3g}")
+               + ("" if self.max_weight_diff is None else
+                  f", differ from the fault-free reference {self.reference_mismatches} "
+                  f"(max |{'value' if self.app == 'landscape' else 'w'} - reference| {self.max_weight_diff:.3g})")
                + f", {self.seconds:.0f} s"]
         out += [f"[{self.app}] note: {n}" for n in self.notes]
         return out
@@ -188,7 +196,7 @@ class Stats:
     @property
     def ok(self) -> bool:
         return not (self.lost or self.redone or self.duplicated or self.missing or self.checksum_failures
-                    or self.visible_broken or self.verify_errors)
+                    or self.visible_broken or self.verify_errors or self.reference_mismatches)
 
 
 def _choose(rng: random.Random, kinds: dict[str, int]) -> tuple[str, int]:
@@ -206,14 +214,23 @@ def _verify(zoo: Path, stats: Stats) -> None:
     stats.notes += [f"verify: {p}" for p in errors[:5]]
 
 
-def _drill_models(stats: Stats, cmd, zoo: Path, workdir: Path, rng: random.Random, plan: list,
-                  expected: list[str], epochs: dict[str, list[int]] | None = None) -> None:
-    """Run `cmd`, killing it at each target of `plan` in turn, then once more to the end (each run
-    resumes the last); then check the zoo against `expected` model ids."""
+def _drill_models(stats: Stats, cmd, zoo: Path, workdir: Path, rng: random.Random, plan,
+                  expected: list[str], epochs: dict[str, list[int]] | None = None, after_run=None,
+                  jitter: float = 1.0) -> None:
+    """Run `cmd`, killing it at each target of `plan` in turn (a list, or a function (attempt, zoo) -> target,
+    None: let the run finish), then once more to the end (each run resumes the last); then check the zoo
+    against `expected` model ids. after_run(run, ids committed before it) -> ids it redid needlessly
+    (evidence other than rewritten files, e.g. from the app's log)."""
     first_seen: dict[str, dict] = {}
-    for target in [*plan, None]:
-        run = run_app(cmd, workdir, zoo, target, rng)
+    redone: set[str] = set()
+    targets = None if callable(plan) else [*plan, None]
+    for attempt in range(10_000):
+        target = plan(attempt, zoo) if targets is None else targets[attempt]
+        before = set(committed_models(zoo)) if after_run else set()
+        run = run_app(cmd, workdir, zoo, target, rng, jitter=jitter)
         stats.runs += 1
+        if after_run:
+            redone |= after_run(run, before)
         if run.rc is not None:
             if run.rc != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed ({run.rc}):\n{run.output[-3000:]}")
@@ -241,7 +258,10 @@ def _drill_models(stats: Stats, cmd, zoo: Path, workdir: Path, rng: random.Rando
         if now is None or mid not in ids:
             stats.lost += 1
         elif now != files:
-            stats.redone += 1  # its files were rewritten (new inode): a committed model was trained again
+            redone.add(mid)  # its files were rewritten (new inode): a committed model was trained again
+    stats.redone += len(redone)
+    if redone:
+        stats.notes.append(f"redone: {sorted(redone)[:5]}")
     for mid in ids:
         try:
             for e in z.checkpoint_epochs(mid):
@@ -284,17 +304,20 @@ def expected_zoo(sweep=ZOO_SWEEP) -> tuple[list[str], dict[str, list[int]]]:
     return ids, epochs
 
 
-def _weight_diff(zoo: Path, ref: Path) -> float:
+def _weight_diff(zoo: Path, ref: Path, per_model: bool = False):
+    """Largest |w - w_ref| over the models both zoos hold (per_model: and how many models differ at all)."""
     from wsl.zoo import Zoo
 
     a, b = Zoo(zoo), Zoo(ref)
-    worst = 0.0
+    worst, differ = 0.0, 0
     for mid in b.ids:
         if mid in a.ids:
+            d = 0.0
             for e in b.checkpoint_epochs(mid):
                 sa, sb = a.state_dict(mid, e), b.state_dict(mid, e)
-                worst = max(worst, max(float((sa[k] - sb[k]).abs().max()) for k in sb))
-    return worst
+                d = max(d, *(float((sa[k] - sb[k]).abs().max()) for k in sb))
+            worst, differ = max(worst, d), differ + (d > 0)
+    return (worst, differ) if per_model else worst
 
 
 def drill_zoo(workdir: Path, rounds: int = 3, max_kills: int = 4, seed: int = 0, sweep=ZOO_SWEEP,
@@ -321,84 +344,173 @@ def drill_zoo(workdir: Path, rounds: int = 3, max_kills: int = 4, seed: int = 0,
         plan = plan_fn(rnd) if plan_fn else [_choose(rng, kinds) for _ in range(max_kills)]
         _drill_models(stats, cmd, zoo, workdir, rng, plan, expected, epochs)
         if ref is not None:
-            stats.max_weight_diff = max(stats.max_weight_diff, _weight_diff(zoo, ref))
+            worst, differ = _weight_diff(zoo, ref, per_model=True)
+            stats.max_weight_diff = max(stats.max_weight_diff, worst)
+            stats.reference_mismatches += differ
         stats.rounds += 1
     stats.seconds = time.time() - t0
     return stats
 
 
 # ---- wsl-landscape -----------------------------------------------------------------------------------
-LANDSCAPE_ARGS = ["landscape.metrics=[hessian_trace,spectra]", "landscape.chunk_size=1", "landscape.num_samples=128",
-                  "landscape.hessian_trace.samples=4"]
+# landscape=basic (curvature, barrier, CKA, spectra, phase label) shrunk to seconds; chunk_size=1: one
+# commit per model (per cell for cell metrics), i.e. many windows to kill in
+LANDSCAPE_ARGS = ["landscape=basic", "landscape.chunk_size=1", "landscape.num_samples=128",
+                  "landscape.hessian_trace.samples=4", "landscape.hessian_trace.min_samples=4",
+                  "landscape.hessian_eig.max_iters=20"]
+TODO_RE = re.compile(r"\] - (\S+): (\d+) of (\d+) (models|cells) to compute")
+VALUE_TOL = (1e-5, 1e-6)  # rtol, atol of a value against the reference run's
 
 
-def committed_rows(zoo: Path) -> dict[str, set[str]]:
-    """{metric: model ids with a committed, successful row} from annotations/<metric>.h5."""
+def annotation_rows(zoo: Path) -> dict[str, dict[str, list[dict]]]:
+    """{group: {model id: [row {column: value}, ...]}} as committed in annotations/<group>.h5 (a list:
+    a model id twice in a file would be a duplicate)."""
     from wsl.zoo.table import read_annotation_file
 
     out = {}
     d = zoo / "annotations"
     for p in sorted(d.glob("*.h5")) if d.is_dir() else []:
         ann = read_annotation_file(p)
-        settings = ann.columns.get("settings", [""] * len(ann.model_ids))
-        out[ann.group] = {m for m, s in zip(ann.model_ids, settings) if s}
+        rows: dict[str, list] = {}
+        for i, mid in enumerate(ann.model_ids):
+            rows.setdefault(mid, []).append({c: v[i] for c, v in ann.columns.items()})
+        out[ann.group] = rows
     return out
 
 
+def _done(rows: dict[str, list[dict]]) -> set[str]:
+    """Model ids with a finished row (failed rows have empty settings: a rerun retries them)."""
+    return {m for m, rs in rows.items() if rs and str(rs[-1].get("settings", ""))}
+
+
+def _same(a, b) -> tuple[bool, float]:
+    """Equal within VALUE_TOL (numbers; NaN == NaN) or exactly (text); and |a - b| for numbers."""
+    import numpy as np
+
+    if a is None or b is None:
+        return a is b, 0.0
+    try:
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    except (TypeError, ValueError):
+        return str(a) == str(b), 0.0
+    if x.shape != y.shape:
+        return False, float("inf")
+    both_nan = np.isnan(x) & np.isnan(y)
+    d = np.where(both_nan, 0.0, np.abs(x - y))
+    d = np.where(np.isnan(d), np.inf, d)
+    worst = float(d.max()) if d.size else 0.0
+    return bool(np.all(d <= VALUE_TOL[1] + VALUE_TOL[0] * np.abs(np.nan_to_num(y)))), worst
+
+
+def _zoo_readable(zoo: Path) -> bool:
+    from wsl.zoo import Zoo
+
+    try:
+        Zoo(zoo).table()
+        annotation_rows(zoo)
+        return True
+    except Exception:  # noqa: BLE001 - anything a reader would hit counts
+        return False
+
+
+def landscape_command(zoo: Path, runs: Path, args=LANDSCAPE_ARGS) -> list[str]:
+    return [sys.executable, "-m", "wsl.apps.landscape", f"zoo.path={zoo}", *args, f"hydra.run.dir={runs}"]
+
+
 def drill_landscape(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: int = 4, seed: int = 0,
-                    args=LANDSCAPE_ARGS) -> Stats:
-    """wsl-landscape on a copy of `base_zoo`, killed in its computations and its annotation/index writes."""
+                    args=LANDSCAPE_ARGS, reference: Path | None = None, plan_fn=None) -> Stats:
+    """wsl-landscape on copies of `base_zoo`, killed while computing and inside its annotation and index
+    writes, rerun each time; then every row must be there once, equal to a fault-free run's (`reference`:
+    a copy of base_zoo annotated without faults; default: made here), and no row computed twice (each run
+    logs how many rows of each metric it is about to compute: that must equal the rows not yet committed).
+    plan_fn(round, attempt) -> (kind, k) or None: fixed kill moments instead of random ones."""
     from wsl.zoo import Zoo
 
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     stats = Stats("landscape")
     t0 = time.time()
-    ids = list(Zoo(base_zoo).ids)
-    metrics = re.search(r"metrics=\[([^\]]*)\]", " ".join(args)).group(1).split(",")
-    n = len(ids) * len(metrics)  # one annotation commit (and index merge) per model and metric (chunk_size=1)
-    progress_re = re.compile(r"(\w+): \d+/(\d+) models")
+    base = Zoo(base_zoo)
+    ids, cells = list(base.ids), [sorted(c) for c in base.cells().values()]
+    if reference is None:
+        reference = workdir / "reference"
+        shutil.copytree(base_zoo, reference)
+        r = run_app(landscape_command(reference, workdir / "runs" / "reference", args), workdir, reference, None, rng)
+        if r.rc != 0:
+            raise RuntimeError(f"reference run failed:\n{r.output[-3000:]}")
+    ref = annotation_rows(reference)
+    # how a group commits: per model, per cell (cell metrics have a `members` column), or at once (the
+    # phase label, derived from the others after them)
+    units = {g: "once" if re.fullmatch(r"phase(_epoch\d+)?", g) else
+             "cells" if "members" in next(iter(rows.values()))[0] else "models" for g, rows in ref.items()}
+    stats.max_weight_diff = 0.0
     for rnd in range(rounds):
         zoo = workdir / f"landscape{rnd}"
         shutil.copytree(base_zoo, zoo)
-        cmd = [sys.executable, "-m", "wsl.apps.landscape", f"zoo.path={zoo}", *args,
-               f"hydra.run.dir={workdir / 'runs' / f'landscape{rnd}'}"]
-        first_seen: dict[tuple, float] = {}
-        for attempt in range(max_kills + 1):
-            before = committed_rows(zoo)
-            left = n - sum(len(v) for v in before.values())  # commits this run will make: aim inside them
-            kinds = {"training": max(1, left - 1), "annotation": max(1, left), "index": left + 1}
-            target = _choose(rng, kinds) if attempt < max_kills else None
+        cmd = landscape_command(zoo, workdir / "runs" / f"landscape{rnd}", args)
+        first_seen: set[tuple[str, str]] = set()
+        for attempt in range(max_kills + 1 if plan_fn is None else 10_000):
+            before = annotation_rows(zoo)
+            done_before = {g: _done(before.get(g, {})) for g in ref}
+            # rows (cells) each group still has to compute: what the run must announce, no more
+            todo_before = {g: (sum(1 for c in cells if not set(c) <= done_before[g]) if units[g] == "cells"
+                               else len(set(ids) - done_before[g])) for g in ref}
+            left = sum(min(v, 1) if units[g] == "once" else v for g, v in todo_before.items())  # commits to come
+            target = None
+            if plan_fn is not None:
+                target = plan_fn(rnd, attempt)
+            elif attempt < max_kills and left > 0:
+                kinds = {"training": max(1, left - 1), "annotation": left, "index": left + 1}
+                target = _choose(rng, kinds)
             run = run_app(cmd, workdir, zoo, target, rng, progress="annotation")
             stats.runs += 1
-            # a run's work list is printed with its first committed chunk: "<metric>: 1/<todo> models"
-            todo = {}
-            for m in progress_re.finditer(run.output):
-                todo.setdefault(m.group(1), int(m.group(2)))
-            for metric, n_todo in todo.items():
-                stats.redone += max(0, n_todo - (len(ids) - len(before.get(metric, ()))))
+            announced = {}
+            for g, todo, _, _ in TODO_RE.findall(run.output):
+                announced.setdefault(g, int(todo))
+            for g, todo in announced.items():
+                extra = todo - todo_before.get(g, 0)
+                if extra > 0:
+                    stats.redone += extra
+                    stats.notes.append(f"round {rnd} run {attempt}: {g} computes {todo}, {todo_before.get(g, 0)} left")
             if run.rc is not None:
                 if run.rc != 0:
                     raise RuntimeError(f"{' '.join(cmd)} failed ({run.rc}):\n{run.output[-3000:]}")
                 break
             stats.kills["computing" if run.phase == "training" else run.phase] += 1
             stats.in_window += run.in_window
-            for metric, rows in committed_rows(zoo).items():
-                for mid in rows:
-                    first_seen.setdefault((metric, mid), 1)
+            stats.visible_broken += not _zoo_readable(zoo)
+            for g, rows in annotation_rows(zoo).items():
+                first_seen.update((g, m) for m in _done(rows))
         stats.protected += len(first_seen)
+        final = annotation_rows(zoo)
         z = Zoo(zoo)
         table = z.table()
-        final = committed_rows(zoo)
-        stats.expected += len(ids) * len(metrics)
-        for metric in metrics:
-            col = f"{metric}/settings"
-            done = {m for m in z.ids if col in table.columns and table.loc[m, col]}
-            stats.final += len(done)
-            stats.missing += len(set(ids) - done)
-            if done != final.get(metric, set()):
-                stats.notes.append(f"{metric}: index and annotations/{metric}.h5 disagree")
-        stats.lost += sum(1 for metric, mid in first_seen if mid not in final.get(metric, set()))
+        stats.expected += len(ids) * len(ref)
+        for g, ref_rows in ref.items():
+            rows = final.get(g, {})
+            stats.duplicated += sum(len(v) - 1 for v in rows.values())
+            done = _done(rows)
+            stats.final += len(done & set(ids))
+            stats.missing += len(_done(ref_rows) - done)
+            col = f"{g}/settings"
+            in_index = {m for m in z.ids if col in table.columns and str(table.loc[m, col])}
+            if in_index != done:
+                stats.notes.append(f"{g}: index and annotations/{g}.h5 disagree")
+                stats.verify_errors += 1
+            for m, rr in ref_rows.items():
+                if m not in rows:
+                    continue
+                differ = False
+                for c, v in rr[-1].items():
+                    ok, d = _same(rows[m][-1].get(c), v)
+                    differ |= not ok
+                    if c not in ("epoch", "pairs") and d != float("inf"):
+                        stats.max_weight_diff = max(stats.max_weight_diff, d)
+                if differ:
+                    stats.reference_mismatches += 1
+                    if stats.reference_mismatches <= 3:
+                        stats.notes.append(f"{g}/{m}: {rows[m][-1]} != reference {rr[-1]}")
+        stats.lost += sum(1 for g, m in first_seen if m not in _done(final.get(g, {})))
         _verify(zoo, stats)
         stats.rounds += 1
     stats.seconds = time.time() - t0
@@ -409,41 +521,86 @@ def drill_landscape(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: i
 GENERATOR_ARGS = ["+zoo.filter.width=4", "generator/denoiser=mlp", "generator.denoiser.hidden=64", "generator.denoiser.depth=1",
                   "generator.denoiser.emb_dim=16", "trainer.max_steps=50", "representation.align=false",
                   "spread.every_n_steps=1000", "logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
+DRAWN_RE = re.compile(r"sample: drew nets (\d+)\.\.(\d+)")
 
 
-def drill_sample(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: int = 3, seed: int = 0, n: int = 6) -> Stats:
-    """wsl-sample from a small generator of `base_zoo`, killed in its checkpoint/shard/index writes."""
+def train_small_generator(base_zoo: Path, run_dir: Path) -> Path:
+    gen = subprocess.run([sys.executable, "-m", "wsl.apps.train_generator", f"zoo.path={base_zoo}", *GENERATOR_ARGS,
+                          f"hydra.run.dir={run_dir}"], cwd=run_dir.parent, capture_output=True, text=True,
+                         env=dict(os.environ, WANDB_MODE="disabled"))
+    if gen.returncode != 0:
+        raise RuntimeError(f"wsl-train-generator failed:\n{gen.stdout[-2000:]}\n{gen.stderr[-2000:]}")
+    return run_dir
+
+
+def sample_command(run_dir: Path, zoo: Path, n: int, batch_size: int, runs: Path) -> list[str]:
+    return [sys.executable, "-m", "wsl.apps.sample", f"run={run_dir}", f"n={n}", f"batch_size={batch_size}",
+            f"zoo.path={zoo}", "threads=1", f"hydra.run.dir={runs}"]
+
+
+def drill_sample(workdir: Path, base_zoo: Path | None, rounds: int = 2, max_kills: int = 3, seed: int = 0,
+                 n: int = 12, batch_size: int = 2, run_dir: Path | None = None, reference: Path | None = None,
+                 plan_fn=None) -> Stats:
+    """wsl-sample from a small generator (`run_dir`, or trained here on `base_zoo`), killed while drawing
+    and inside its checkpoint/shard/index writes, rerun each time; then the zoo must hold exactly the n nets
+    of an uninterrupted draw with the same seed (`reference`: such a zoo; default: drawn here), bit for bit,
+    none drawn or written twice. plan_fn(round, attempt) -> (kind, k) or None: fixed kill moments."""
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     stats = Stats("sample")
     t0 = time.time()
-    run_dir = workdir / "generator"
-    gen = subprocess.run([sys.executable, "-m", "wsl.apps.train_generator", f"zoo.path={base_zoo}", *GENERATOR_ARGS,
-                          f"hydra.run.dir={run_dir}"], cwd=workdir, capture_output=True, text=True,
-                         env=dict(os.environ, WANDB_MODE="disabled"))
-    if gen.returncode != 0:
-        raise RuntimeError(f"wsl-train-generator failed:\n{gen.stdout[-2000:]}\n{gen.stderr[-2000:]}")
+    if run_dir is None:
+        run_dir = train_small_generator(base_zoo, workdir / "generator")
     job = f"gen-{run_dir.name}-s0"
     expected = [f"{job}-{i:06d}" for i in range(n)]
-    kinds = {"training": n, "checkpoint": n, "shard": 1, "index": 1}
+    ref = reference
+    if ref is None:
+        ref = workdir / "reference"
+        r = run_app(sample_command(run_dir, ref, n, batch_size, workdir / "runs" / "reference"), workdir, ref, None,
+                    rng)
+        if r.rc != 0:
+            raise RuntimeError(f"reference run failed:\n{r.output[-3000:]}")
+    stats.max_weight_diff = 0.0
+
+    def plan(attempt: int, zoo: Path):
+        if plan_fn is not None:
+            return plan_fn(rnd, attempt)
+        left = n - len(committed_models(zoo))
+        if attempt >= max_kills or left <= 0:
+            return None
+        batches = -(-left // batch_size)
+        return _choose(rng, {"training": left, "checkpoint": left, "shard": batches, "index": batches})
+
+    def drawn_again(run: Run, before: set[str]) -> set[str]:
+        drawn = {f"{job}-{i:06d}" for a, b in DRAWN_RE.findall(run.output) for i in range(int(a), int(b) + 1)}
+        return drawn & before
+
     for rnd in range(rounds):
         zoo = workdir / f"sampled{rnd}"
-        cmd = [sys.executable, "-m", "wsl.apps.sample", f"run={run_dir}", f"n={n}", f"zoo.path={zoo}",
-               f"hydra.run.dir={workdir / 'runs' / f'sample{rnd}'}"]
-        _drill_models(stats, cmd, zoo, workdir, rng, [_choose(rng, kinds) for _ in range(max_kills)], expected,
-                      {m: [0] for m in expected})
+        cmd = sample_command(run_dir, zoo, n, batch_size, workdir / "runs" / f"sample{rnd}")
+        _drill_models(stats, cmd, zoo, workdir, rng, plan, expected, {m: [0] for m in expected},
+                      after_run=drawn_again, jitter=0.3)  # a draw takes about a second
+        worst, differ = _weight_diff(zoo, ref, per_model=True)
+        stats.max_weight_diff = max(stats.max_weight_diff, worst)
+        stats.reference_mismatches += differ
         stats.rounds += 1
+    if stats.kills["training"]:
+        stats.kills["drawing"] = stats.kills.pop("training")  # wsl-sample draws nets; it trains nothing
     stats.seconds = time.time() - t0
     return stats
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--apps", default="zoo", help="comma-separated: zoo, landscape, sample (the zoo drill always "
-                                                  "runs: its first zoo is what landscape and sample work on)")
+    ap.add_argument("--apps", default="zoo", help="comma-separated: zoo, landscape, sample (landscape and sample "
+                                                  "work on the zoo drill's first zoo, or on --base-zoo)")
+    ap.add_argument("--base-zoo", default=None, help="an existing zoo for the landscape and sample drills (copied, "
+                                                     "never changed); default: the zoo drill's first round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kills", type=int, default=4, help="most kills per round (then one run may finish)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generator", default=None, help="a wsl-train-generator run for the sample drill; default: "
+                                                      "a small one trained on the base zoo")
     ap.add_argument("--launcher", default=None, help="hydra launcher of the zoo multirun, e.g. submitit_local")
     ap.add_argument("--no-reference", action="store_true", help="skip the fault-free reference zoo")
     ap.add_argument("--workdir", default=None, help="keep everything here (default: a temp dir, removed)")
@@ -457,16 +614,18 @@ def main(argv=None) -> int:
     print(f"fault drill in {work} (seed {a.seed}, up to {a.kills} kills per round, window held {HOLD}s)", flush=True)
     results = []
     try:
-        zoo_stats = drill_zoo(work / "zoo", a.rounds, a.kills, a.seed, launcher=a.launcher,
-                              reference=not a.no_reference)
-        results.append(zoo_stats)
-        print("\n".join(zoo_stats.lines()), flush=True)
-        base = work / "zoo" / "round0"
+        base = Path(a.base_zoo).resolve() if a.base_zoo else work / "zoo" / "round0"
+        if "zoo" in apps or not a.base_zoo:
+            zoo_stats = drill_zoo(work / "zoo", a.rounds, a.kills, a.seed, launcher=a.launcher,
+                                  reference=not a.no_reference)
+            results.append(zoo_stats)
+            print("\n".join(zoo_stats.lines()), flush=True)
         if "landscape" in apps:
             results.append(drill_landscape(work / "landscape", base, a.rounds, a.kills, a.seed))
             print("\n".join(results[-1].lines()), flush=True)
         if "sample" in apps:
-            results.append(drill_sample(work / "sample", base, a.rounds, a.kills, a.seed))
+            results.append(drill_sample(work / "sample", base, a.rounds, a.kills, a.seed,
+                                        run_dir=Path(a.generator).resolve() if a.generator else None))
             print("\n".join(results[-1].lines()), flush=True)
     finally:
         if not a.workdir:

@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "zoos" / "quickstart"
 
+ENC_RUN = ROOT / "runs" / "quickstart" / "encoder"
 GEN_RUN = ROOT / "runs" / "quickstart" / "generator"
 GEN_ZOO = ROOT / "zoos" / "quickstart-gen"
 
@@ -26,8 +27,8 @@ STAGES = [
     ("loss-landscape metrics", "landscape", [f"zoo.path={ZOO}", "landscape=basic"]),
     ("phase diagrams", "plot", [f"zoo.path={ZOO}"]),
     ("encoder: predict test accuracy from weights", "train_encoder",
-     [f"zoo.path={ZOO}", "encoder=nfn", "task=test_acc", "seeds=[0]", "trainer.max_epochs=20",
-      "split.fractions=[0.5,0.25,0.25]"]),
+     [f"zoo.path={ZOO}", "encoder=nfn", "task=test_acc", "seeds=[0]", "trainer.max_epochs=40",
+      "split.fractions=[0.5,0.25,0.25]", f"hydra.run.dir={ENC_RUN}"]),
     ("generator: flow matching on aligned weights", "train_generator",
      [f"zoo.path={ZOO}", "generator=flow", "trainer.max_steps=800", "progress_refresh_rate=0",
       f"hydra.run.dir={GEN_RUN}"]),
@@ -55,8 +56,30 @@ def summary() -> None:
           f"{int((t.status == 'diverged').sum())} diverged")
     print(f"test accuracy: mean {t.test_acc.mean():.3f} ± {t.test_acc.std():.3f} "
           f"(min {t.test_acc.min():.3f}, max {t.test_acc.max():.3f})")
+    if "phase/label" in t.columns:
+        labels = t["phase/label"].astype(str).value_counts()
+        print("phase labels: " + ", ".join(f"{k} {v}" for k, v in labels.items()))
+    enc = ENC_RUN / "results.csv"
+    if enc.exists():
+        import pandas as pd
+
+        r = pd.read_csv(enc)
+        r = r[r.seed.astype(str) == "mean"].iloc[0]
+        print(f"encoder {r.encoder}: Kendall tau {r['test/tau']:.3f}, R2 {r['test/r2']:.3f} on held-out cells "
+              f"(predicting test accuracy from weights; {enc})")
     report = GEN_ZOO / "report" / "report.md"
     if report.exists():
+        import json
+
+        s = json.loads((GEN_ZOO / "report" / "summary.json").read_text())
+        gen = next(x for x in s["sets"] if x["method"] == "generated")
+        print(f"generated nets: accuracy {gen['acc_mean']:.3f} ± {gen['acc_std']:.3f} "
+              f"({gen['acc_mean'] / t.test_acc.mean():.2f} of the zoo's mean), failure rate {gen['failure_rate']:.2f}, "
+              f"memorized {gen['memorized_rate']:.2f}")
+        for c in s["against_noise"]:
+            if c.get("noise_accuracy") is not None:
+                print(f"  vs noise baseline at equal {c['axis']} novelty ({c['novelty']:.2f}): "
+                      f"{c['noise_accuracy']:.3f} -> generator {'better' if c['better'] else 'not better'}")
         print(f"generated-net report: {report}")
     plots = sorted(ZOO.rglob("*.png")) + sorted(GEN_ZOO.rglob("*.png"))
     for p in plots:

@@ -55,3 +55,19 @@ def test_mnist1d_generation_does_not_touch_global_numpy_state(tmp_path, monkeypa
     load_dataset("mnist1d")  # generated afresh into the empty cache
     assert np.random.rand() == expected
     assert list(tmp_path.glob("mnist1d_*.npz"))
+
+
+def test_inr_dataset_gives_shared_coordinates_and_one_target_row_per_image():
+    from wsl.data import INR_DATASETS, load_inr_dataset
+
+    d = load_inr_dataset("digits_inr", per_class=2, subset_seed=3, shared_init=False)
+    assert d.kind == "inr" and load_dataset("digits").kind == "classification"
+    x, y = d.split("train")
+    assert x.shape == (64, 2) and y.shape == (20, 64, 1) and d.num_classes == 1 and d.input_shape == (2,)
+    assert d.split("test")[0].shape[0] == 0 and not d.shared_init and d.info["subset_seed"] == 3
+    assert d.fingerprint() == load_inr_dataset("digits_inr", per_class=2, subset_seed=3).fingerprint()
+    assert "digits_inr" in INR_DATASETS
+    with pytest.raises(ConfigError, match="digits_inr.*INR dataset.*load_inr_dataset"):
+        load_dataset("digits_inr")
+    with pytest.raises(ConfigError, match="not an INR dataset"):
+        load_inr_dataset("digits")

@@ -304,20 +304,6 @@ def test_digits_inr_data():
         digits_inr(per_class=0)
 
 
-def test_fitted_sirens_represent_their_own_image():
-    from wsl.data.digits_inr import digits_inr
-    from wsl.encoders.inr_zoo import fit_sirens, psnr
-    from wsl.population import population_forward
-
-    d = digits_inr(per_class=1, seed=0)
-    template, params, stats = fit_sirens(d, width=16, depth=2, w0=30.0, steps=150, lr=1e-3)
-    assert psnr(stats["mse_init"]).max() < 15 and psnr(stats["mse"]).min() > 30
-    with torch.no_grad():
-        out = population_forward(template, params, d.coords, shared_input=True)  # [10, 64, 1]
-    err = (out[:, None] - d.values[None]).pow(2).mean(dim=(2, 3))  # [member, image]
-    assert torch.equal(err.argmin(1), torch.arange(10)), "member k must fit image k"
-
-
 # ------------------------------------------------------------------------------------------ training module
 def test_training_augmentations_move_masks_with_their_neurons():
     from wsl.encoders import FlatMLP, GraphEncoder

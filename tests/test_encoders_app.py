@@ -1,5 +1,5 @@
-"""wsl-train-encoder end to end, on a real zoo trained in the test by wsl-zoo, and on an INR zoo of
-SIRENs fitted in the test. Bad input (missing target column, unreadable nets, mixed widths) must
+"""wsl-train-encoder end to end, on a real zoo trained in the test by wsl-zoo (INR zoos and task=inr_class:
+tests/test_inr_zoo.py). Bad input (missing target column, unreadable nets, mixed widths) must
 fail before training with a message naming the column or the model and layer."""
 
 from __future__ import annotations
@@ -125,34 +125,6 @@ def test_unreadable_nets_are_named_before_training(tmp_path):
     assert df.loc[0, "params"] > 0 and (tmp_path / "out3" / "results.csv").exists()
 
 
-def test_inr_zoo_records_its_recipe_and_classifies(tmp_path):
-    from wsl.data.digits_inr import digits_inr
-    from wsl.encoders.experiment import run_experiment
-    from wsl.encoders.inr_zoo import build_inr_zoo, psnr
-    from wsl.zoo import Zoo
-
-    data = digits_inr(per_class=2, seed=0)
-    build_inr_zoo(tmp_path / "inr", data, width=8, depth=2, w0=30.0, steps=200, lr=1e-3)
-    zoo = Zoo(tmp_path / "inr")
-    t = zoo.table()
-    assert len(t) == 20 and sorted(t["label"].tolist()) == sorted(data.labels.tolist())
-    row = t.iloc[3]
-    assert (row["w0"], row["width"], row["depth"], row["steps"], row["lr"]) == (30.0, 8, 2, 200, 1e-3)
-    assert zoo.job_config(row["model_id"])["inr"]["w0"] == 30.0
-    # the stored checkpoint is the fitted SIREN: it redraws its own image better than its init did
-    k = int((data.image_index == int(row["image_index"])).nonzero())
-    fitted, init = zoo.load_model(row["model_id"]), zoo.load_model(row["model_id"], epoch=0)
-    with torch.no_grad():
-        mse1 = (fitted(data.coords) - data.values[k]).pow(2).mean()
-        mse0 = (init(data.coords) - data.values[k]).pow(2).mean()
-    assert mse1 < mse0 / 5
-    assert psnr(mse1) == pytest.approx(zoo.history(row["model_id"])["train_psnr"][-1], rel=1e-3)
-    df = run_experiment(config(f"zoo.path={tmp_path / 'inr'}", "task=inr_class", "encoder=transformer",
-                               "encoder.dim=16", "encoder.num_layers=1", "seeds=[0]", "trainer.max_epochs=2",
-                               "split.fractions=[0.5,0.25,0.25]"), tmp_path / "out")
-    assert 0.0 <= df.loc[0, "test/acc"] <= 1.0 and "test/tau" not in df
-
-
 @pytest.mark.parametrize("encoder", ["nfn", "transformer"])
 def test_cnn_zoo_is_read_with_kernels_as_edge_features(tmp_path, encoder):
     from wsl.encoders.experiment import read_space, run_experiment
@@ -166,17 +138,3 @@ def test_cnn_zoo_is_read_with_kernels_as_edge_features(tmp_path, encoder):
     df = run_experiment(config(f"zoo.path={tmp_path / 'cnn'}", f"encoder={encoder}", "seeds=[0]",
                                "trainer.max_epochs=1", "split.fractions=[0.5,0.25,0.25]"), tmp_path / "out")
     assert df.loc[0, "params"] > 0 and pd.notna(df.loc[0, "test/r2"])
-
-
-@pytest.mark.slow
-def test_inr_classification_beats_chance_with_a_shared_init(tmp_path):
-    """300 SIRENs fitted from one shared initialization: their weights differ only by the image they
-    learned, and an encoder reads the digit from them far above chance (10%)."""
-    from wsl.data.digits_inr import digits_inr
-    from wsl.encoders.experiment import run_experiment
-    from wsl.encoders.inr_zoo import build_inr_zoo
-
-    build_inr_zoo(tmp_path / "inr", digits_inr(per_class=30, seed=0), width=16, depth=2, steps=200, shared_init=True)
-    df = run_experiment(config(f"zoo.path={tmp_path / 'inr'}", "task=inr_class", "encoder=stats", "seeds=[0]",
-                               "trainer.max_epochs=30"), tmp_path / "out")
-    assert df.loc[0, "test/acc"] > 0.3, df.to_string()

@@ -394,3 +394,39 @@ def test_wsl_evaluate_console_script(zoos, tmp_path):
     assert procs[1].returncode == 2, bad_err[-3000:]
     err = bad_err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: architecture mismatch") and str(other) in err[0]
+
+
+def _set(method: str, setting: str, acc: np.ndarray, novelty: float) -> "SetResult":
+    from wsl.evaluate.accuracy import Scores
+    from wsl.evaluate.novelty import Audit
+    from wsl.evaluate.results import SetResult
+
+    s = len(acc)
+    col = np.full(s, float(novelty))
+    scores = Scores(acc, np.zeros(s), np.zeros((s, 1), np.int64), np.ones(s, bool), np.zeros(s, bool), 0.1)
+    audit = Audit(col, col, col, col, np.zeros(s, np.int64), np.zeros(s), 1.0 - col, col < 0.5)
+    return SetResult(method, setting, None, scores, audit)
+
+
+def test_noise_comparison_calls_better_only_beyond_two_standard_errors():
+    from wsl.evaluate.report import compare_with_noise, noise_at_equal_novelty
+    from wsl.evaluate.results import Evaluation
+
+    rng = np.random.default_rng(0)
+    noise = [_set("noise", "sigma=0.1", 0.96 + 0.005 * rng.standard_normal(64), 0.2),
+             _set("noise", "sigma=1", 0.80 + 0.05 * rng.standard_normal(64), 1.2)]
+
+    def verdict(gen_acc, novelty):
+        ev = Evaluation([_set("generated", "", gen_acc, novelty), *noise], {}, {}, [], {})
+        return {c["axis"]: c for c in compare_with_noise(ev)}["weight"]
+
+    ref = noise_at_equal_novelty(Evaluation(noise, {}, {}, [], {}), 0.7)
+    assert ref == pytest.approx(float(np.mean([noise[0].scores.accuracy.mean(), noise[1].scores.accuracy.mean()])))
+    far = verdict(0.95 + 0.005 * rng.standard_normal(256), 0.7)  # clearly above the interpolated noise curve
+    assert far["verdict"] == "better" and far["better"] and far["difference"] > 2 * far["stderr"] > 0
+    tie = verdict(ref + 0.002 * rng.standard_normal(256), 0.7)  # on the curve: a tiny difference is no win
+    assert tie["verdict"] == "indistinguishable" and tie["better"] is False
+    below = verdict(0.70 + 0.005 * rng.standard_normal(256), 0.7)
+    assert below["verdict"] == "worse" and below["better"] is False
+    outside = verdict(np.full(8, 0.97), 0.05)  # less novel than the smallest σ: no comparison
+    assert outside["verdict"] is None and outside["better"] is None and outside["noise_accuracy"] is None

@@ -299,3 +299,23 @@ def test_warmup_ema_follows_its_recursion():
             d = min(0.9, (1 + step) / (10 + step))  # step = updates averaged so far
             expect = d * expect + (1 - d) * value
         assert avg.module[0][0].item() == pytest.approx(expect, rel=1e-6)
+
+
+# ---- batches under DDP ------------------------------------------------------------------------------
+def test_per_rank_batch_is_capped_at_each_ranks_share_and_zero_steps_is_an_error():
+    from types import SimpleNamespace
+
+    from wsl.generators.train import _check_trained, per_rank_batch
+
+    assert per_rank_batch(128, 256) == 128
+    assert per_rank_batch(128, 24) == 24
+    assert per_rank_batch(128, 24, world_size=2) == 12  # not 24: a rank sees 12 nets, 24 would give 0 batches
+    assert per_rank_batch(5, 24, world_size=4) == 5
+    with pytest.raises(ConfigError, match="3 training nets cannot be shared by 4 DDP processes"):
+        per_rank_batch(128, 3, world_size=4)
+    with pytest.raises(ConfigError, match="batch_size"):
+        per_rank_batch(0, 24)
+    idle = SimpleNamespace(global_step=0, max_steps=10, num_training_batches=0, world_size=2)
+    with pytest.raises(ConfigError, match="0 optimizer steps"):
+        _check_trained(idle, "generator")
+    _check_trained(SimpleNamespace(global_step=3), "generator")

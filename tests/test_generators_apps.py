@@ -73,6 +73,10 @@ def test_trained_flow_samples_a_zoo_of_working_nets(flow_run, tiny_zoo, tmp_path
     hp = gen.hparams(gen.ids[5])
     assert hp["sample_seed"] == 3 and hp["sample_index"] == 5 and hp["generator_run"] == str(flow_run.resolve())
     assert hp["generator_sha256"] == load_run(flow_run).sha256 and hp["generator_method"] == "flow"
+    # the job's provenance names the generator's training nets (what wsl-evaluate audits against)
+    src = gen.job_config(gen.ids[0])["source_zoo"]
+    assert src["train_ids"] == desc["zoo"]["train_ids"] == Zoo(tiny_zoo).filter(status="trained")
+    assert src["path"] == str(Path(tiny_zoo).resolve()) and src["epoch"] == -1
     task = gen.task_data()  # the sampled zoo knows the exact data splits of its source
     assert task.fingerprint() == ref.task_data().fingerprint()
 
@@ -170,3 +174,23 @@ def test_wsl_sample_exits_with_one_line_on_a_mismatched_output_zoo(flow_run, tmp
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: architecture mismatch") and str(foreign) in last and "Traceback" not in r.stderr
     assert sorted(p.name for p in foreign.rglob("*")) == before  # nothing written
+
+
+def test_a_zoo_of_two_architectures_needs_a_filter_and_the_hint_is_a_working_override(tmp_path):
+    from wsl.generators.train import select_zoo
+
+    dataset = {"name": "digits"}
+    w = ShardWriter(tmp_path / "mixed", "mixed", config={"dataset": dataset}, zoo_name="mixed")
+    for width in (5, 7):
+        net = MLP([1, 8, 8], 10, width=width)
+        for i in range(2):
+            w.write_checkpoint(f"w{width}-{i}", 0, net.state_dict(), net.arch)
+            w.add_model(f"w{width}-{i}", net.arch, {"width": width, "seed_init": i}, status="trained")
+    w.commit()
+    base = [f"zoo.path={tmp_path / 'mixed'}", *QUIET]
+    with pytest.raises(ConfigError, match=r"holds 2 architectures.*\+zoo\.filter\.width=32") as e:
+        select_zoo(compose_cfg("train_generator", base))
+    # the override the message suggests composes (the old hint zoo.filter={width:32} did not) and selects
+    hint = str(e.value).split("(e.g. ", 1)[1].split(")", 1)[0].replace("32", "7")
+    sel = select_zoo(compose_cfg("train_generator", [*base, hint]))
+    assert sel.train_ids == ["w7-0", "w7-1"] and sel.arch["width"] == 7

@@ -64,10 +64,11 @@ def test_hvp_equals_exact_hessian_times_vector(tiny):
         torch.testing.assert_close(got, h @ vi, rtol=1e-4, atol=1e-5)
 
 
-def test_top_eigenvalue_and_trace_match_exact_hessian(tiny):
+@pytest.mark.parametrize("method,deflation", [("lanczos", 0), ("power", 0), ("lanczos", 8)])
+def test_top_eigenvalue_and_trace_match_exact_hessian(tiny, method, deflation):
     net, params, x, y = tiny
-    eig = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-6, seed=0)
-    tr = hutchinson_trace(net, params, x, y, samples=500, seed=0)
+    eig = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-6, seed=0, method=method)
+    tr = hutchinson_trace(net, params, x, y, samples=500, seed=0, deflation=deflation)
     for i in range(params["head.bias"].shape[0]):
         h = _exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
         ev = torch.linalg.eigvalsh(h)
@@ -80,15 +81,17 @@ def test_top_eigenvalue_and_trace_match_exact_hessian(tiny):
         assert abs(tr.trace[i].item() - exact_trace) <= 5 * tr.stderr[i].item()
 
 
-def test_population_results_equal_per_member_results(tiny):
+@pytest.mark.parametrize("method,deflation", [("lanczos", 0), ("power", 0), ("lanczos", 6)])
+def test_population_results_equal_per_member_results(tiny, method, deflation):
     net, params, x, y = tiny
-    eig = top_eigenvalue(net, params, x, y, max_iters=60, tol=1e-3, seed=3)
-    tr = hutchinson_trace(net, params, x, y, samples=40, seed=3)
+    eig = top_eigenvalue(net, params, x, y, max_iters=60, tol=1e-3, seed=3, method=method)
+    tr = hutchinson_trace(net, params, x, y, samples=40, seed=3, deflation=deflation, rel_stderr=0.02)
     for i in range(params["head.bias"].shape[0]):
         one = {k: t[i:i + 1] for k, t in params.items()}
-        e1 = top_eigenvalue(net, one, x, y, max_iters=60, tol=1e-3, seed=3)
+        e1 = top_eigenvalue(net, one, x, y, max_iters=60, tol=1e-3, seed=3, method=method)
         # other data batches (graph rebuilt per batch and product): the same probes, the same mean
-        t1 = hutchinson_trace(net, one, x, y, samples=40, seed=3, batch_size=40)
+        t1 = hutchinson_trace(net, one, x, y, samples=40, seed=3, batch_size=40, deflation=deflation, rel_stderr=0.02)
+        assert t1.samples[0] == tr.samples[i]
         assert e1.iterations[0] == eig.iterations[i]
         torch.testing.assert_close(e1.eigenvalue[0], eig.eigenvalue[i], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(t1.trace[0], tr.trace[i], rtol=1e-5, atol=1e-5)
@@ -118,10 +121,46 @@ def test_hutchinson_stops_each_member_at_its_standard_error(tiny):
         torch.testing.assert_close(early.trace[i], alone.trace[0], rtol=1e-5, atol=1e-6)
 
 
-def test_power_iteration_stops_each_member_at_tolerance(tiny):
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_eigenvalue_iteration_stops_each_member_at_tolerance(tiny, method):
     net, params, x, y = tiny
-    r = top_eigenvalue(net, params, x, y, max_iters=3, tol=1e-12)
+    r = top_eigenvalue(net, params, x, y, max_iters=3, tol=1e-12, method=method)
     assert not r.converged.any() and (r.iterations == 3).all()
+    with pytest.raises(ValueError, match="method"):
+        top_eigenvalue(net, params, x, y, method="arnoldi")
+
+
+def test_lanczos_needs_fewer_products_than_power_iteration_for_the_same_tolerance(tiny):
+    net, params, x, y = tiny
+    lz = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-5, seed=0, method="lanczos")
+    pw = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-5, seed=0, method="power")
+    assert lz.converged.all() and pw.converged.all()
+    assert (lz.iterations < pw.iterations).all(), (lz.iterations, pw.iterations)
+    # a 53-parameter Hessian: Lanczos exhausts its Krylov space at 53 steps at the latest, then its Ritz values are exact
+    full = top_eigenvalue(net, params, x, y, max_iters=500, tol=0.0, seed=0, method="lanczos")
+    assert full.converged.all() and (full.iterations <= 53).all()
+    for i in range(3):
+        ev = torch.linalg.eigvalsh(_exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y))
+        assert full.eigenvalue[i].item() == pytest.approx(ev[ev.abs().argmax()].item(), rel=1e-4)
+
+
+def test_deflated_hutchinson_splits_the_trace_exactly_and_lowers_the_noise(tiny):
+    """tr(H) = tr(QᵀHQ) + tr(PHP): the Lanczos part is exact; the probes estimate the rest with less spread."""
+    net, params, x, y = tiny
+    plain = hutchinson_trace(net, params, x, y, samples=300, seed=2)
+    defl = hutchinson_trace(net, params, x, y, samples=300, seed=2, deflation=10)
+    for i in range(3):
+        h = _exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
+        ev = torch.linalg.eigvalsh(h)
+        assert ev[-10:].sum().item() * 0.5 < defl.deflated[i].item() <= ev[-10:].sum().item() * (1 + 1e-4)
+        exact = h.trace().item()
+        assert abs(defl.trace[i].item() - exact) <= 4 * defl.stderr[i].item()
+        assert defl.stderr[i] < 0.7 * plain.stderr[i], (defl.stderr[i], plain.stderr[i])
+    # stopping on the standard error: fewer probes for the same target
+    a = hutchinson_trace(net, params, x, y, samples=300, seed=2, rel_stderr=0.02)
+    b = hutchinson_trace(net, params, x, y, samples=300, seed=2, rel_stderr=0.02, deflation=10)
+    assert (b.samples + 10 < a.samples).all(), (a.samples, b.samples)
+    assert (b.stderr <= 0.02 * b.trace.abs() + 1e-12).all()
 
 
 def test_curvature_of_batchnorm_net_differentiates_parameters_only():

@@ -60,7 +60,8 @@ def annotated(zoo_base, tmp_path_factory):
 def test_every_metric_is_stored_with_settings_epoch_and_notes(annotated):
     path, done = annotated
     zoo = Zoo(path)
-    assert done == {m: 8 for m in ("hessian_eig", "hessian_trace", "barrier", "mode_connectivity", "cka", "spectra")}
+    assert done == {m: 8 for m in ("hessian_eig", "hessian_trace", "barrier", "mode_connectivity", "cka", "spectra",
+                                   "phase")}
     t = zoo.table()
     trained = t[(t.status == "trained")]
     assert len(trained) == 7
@@ -120,26 +121,33 @@ def test_stored_settings_and_sample_indices_recompute_the_value(annotated):
 def test_rerun_skips_what_is_stored_and_recomputes_changed_settings(zoo_base, tmp_path):
     path = _copy(zoo_base, tmp_path)
     cfg = ["landscape.metrics=[hessian_eig,cka]"]
-    assert annotate_zoo(path, _landscape_cfg(*cfg)) == {"hessian_eig": 8, "cka": 8}
+    assert annotate_zoo(path, _landscape_cfg(*cfg)) == {"hessian_eig": 8, "cka": 8, "phase": 8}
     before = Zoo(path).table()["cka/value"]
-    assert annotate_zoo(path, _landscape_cfg(*cfg)) == {"hessian_eig": 0, "cka": 0}
+    assert annotate_zoo(path, _landscape_cfg(*cfg)) == {"hessian_eig": 0, "cka": 0, "phase": 0}
     # a different estimator setting is a different value: recomputed; the other metric is kept
-    assert annotate_zoo(path, _landscape_cfg(*cfg, "landscape.hessian_eig.max_iters=31")) == {"hessian_eig": 8, "cka": 0}
+    assert annotate_zoo(path, _landscape_cfg(*cfg, "landscape.hessian_eig.max_iters=31")) == \
+        {"hessian_eig": 8, "cka": 0, "phase": 0}
     pd.testing.assert_series_equal(Zoo(path).table()["cka/value"], before)
     # a subset of models: only those rows (and the cells they belong to)
     one = Zoo(path).ids[0]
-    assert annotate_zoo(path, _landscape_cfg("landscape.metrics=[barrier]"), model_ids=[one]) == {"barrier": 3}
+    assert annotate_zoo(path, _landscape_cfg("landscape.metrics=[barrier]"), model_ids=[one]) == \
+        {"barrier": 3, "phase": 0}
 
 
 def test_chosen_checkpoint_epochs_get_their_own_groups(zoo_base, tmp_path):
     path = _copy(zoo_base, tmp_path)
     done = annotate_zoo(path, _landscape_cfg("landscape.metrics=[spectra,cka]", "landscape.epoch=[0,7,-1]"))
-    assert done == {"spectra_epoch0": 8, "cka_epoch0": 8, "spectra_epoch7": 8, "cka_epoch7": 8, "spectra": 8, "cka": 8}
+    assert done == {"spectra_epoch0": 8, "cka_epoch0": 8, "phase_epoch0": 8, "spectra_epoch7": 8, "cka_epoch7": 8,
+                    "phase_epoch7": 8, "spectra": 8, "cka": 8, "phase": 8}
     t = Zoo(path).table()
     ok = t[(t.status == "trained") & (t.width == 16)]
     assert (ok["spectra_epoch0/epoch"] == 0).all() and (ok["spectra/epoch"] == 2).all()
     assert (ok["spectra_epoch0/stable_rank_mean"] != ok["spectra/stable_rank_mean"]).all()  # init vs trained
     assert ok["cka_epoch7/note"].str.contains("no checkpoint at epoch 7").all()
+    assert (ok["phase_epoch7/label"] == "?").all() and ok["phase_epoch7/note"].str.contains("no checkpoint at epoch 7").all()
+    for _, cell in ok.groupby("lr"):  # the cell's mean train loss at the analyzed checkpoint, from the history
+        init = [Zoo(path).history(m)["train_loss"][0] for m in cell.index]
+        assert np.allclose(cell["phase_epoch0/train_loss"].astype(float), np.mean(init)) and np.mean(init) > 1.5
     with pytest.raises(ConfigError, match="landscape.epoch"):
         make_plan({"metrics": ["cka"], "epoch": [3, 3]})
 
@@ -163,7 +171,7 @@ def test_wsl_landscape_resumes_after_a_kill(zoo_base, tmp_path):
     assert 1 <= len(stored) < 8
     kept = zoo.table().loc[stored, "hessian_trace/train"].copy()
     rest = annotate_zoo(path, compose_cfg("landscape", args[:-1]).landscape)
-    assert rest == {"hessian_trace": 8 - len(stored)}
+    assert rest == {"hessian_trace": 8 - len(stored), "phase": 8}  # labels come after the metrics: never before the kill
     t = Zoo(path).table()
     pd.testing.assert_series_equal(t.loc[stored, "hessian_trace/train"], kept)  # not recomputed
     assert t["hessian_trace/settings"].str.len().gt(0).all()
@@ -216,6 +224,46 @@ def test_wsl_plot_draws_phase_diagrams_into_the_zoo(annotated):
         assert c.phase == want
     with pytest.raises(ConfigError, match="plot.x='depth_of_field' is not a hyperparameter.*swept: .*width"):
         plot_zoo(path, x="depth_of_field")
+
+
+def test_phase_label_of_every_cell_is_stored_on_every_member(annotated):
+    """Group `phase`: the label the phase diagram draws for a cell, on each member's row, with its inputs,
+    a note for coarse labels and the thresholds used."""
+    from wsl.landscape.plots import cell_table
+
+    path, done = annotated
+    zoo = Zoo(path)
+    t = zoo.table()
+    assert done["phase"] == 8 and t["phase/label"].str.len().gt(0).all()
+    ann = zoo.annotation("phase")
+    assert ann["attrs"]["threshold:loss"] == 0.1 and ann["attrs"]["threshold:cka"] == 0.9
+    settings = json.loads(t["phase/settings"].iloc[0])
+    assert settings["thresholds"] == {"loss": 0.1, "mc_tolerance": 0.05, "cka": 0.9}
+    cells = cell_table(t, "width", "lr", [], ["train_loss", "mode_connectivity/value", "cka/value"], PhaseThresholds())
+    for _, c in cells.iterrows():
+        members = t[(t.width == c.width) & (t.lr == c.lr)]
+        assert (members["phase/label"] == c.phase).all(), (c.width, c.lr)  # diverged members carry their cell's label
+        assert members["phase/members"].nunique() == 1
+    wide = t[(t.width == 16)]
+    assert wide["phase/label"].isin(["I", "II", "III", "IV-A", "IV-B"]).all()  # every input present: a full label
+    assert (wide["phase/note"] == "").all()
+    for lr, cell in wide.groupby("lr"):
+        assert cell["phase/cka"].astype(float).iloc[0] == pytest.approx(cell["cka/value"].astype(float).mean())
+        assert cell["phase/train_loss"].astype(float).iloc[0] == pytest.approx(cell["train_loss"].mean())
+    single = t[(t.width == 3) & (t.status == "trained")].iloc[0]  # one seed: no mode connectivity, a coarse label
+    assert single["phase/label"] in ("I/II", "III/IV")
+    assert "mode_connectivity missing (cell has 1 usable seed replica(s)" in single["phase/note"]
+    div = t[t.status == "diverged"].iloc[0]
+    assert div["phase/label"] == "?" and "train_loss missing (every member diverged)" in div["phase/note"]
+    # the label is a function of the thresholds, which are settings: another threshold, another label, rewritten
+    cfg = _landscape_cfg("landscape.metrics=[cka]", "landscape.phase.loss=1000")
+    copy = _copy(path, path.parent / "relabel")
+    assert annotate_zoo(copy, cfg) == {"cka": 0, "phase": 8}
+    t2 = Zoo(copy).table()
+    assert t2.loc[wide.index, "phase/label"].isin(["III", "IV-A", "IV-B"]).all()
+    with pytest.raises(ConfigError, match="landscape.phase.cka must be a finite number"):
+        make_plan(_landscape_cfg("landscape.phase.cka=-1"))
+    assert make_plan(_landscape_cfg("landscape.phase=null")).phase is None
 
 
 def test_phase_labels_follow_the_taxonomy_table():

@@ -53,29 +53,37 @@ def rank_logs(run_dir: Path) -> tuple[str, str]:
 
 def test_encoder_trains_with_ddp_on_two_cpu_processes(zoo, tmp_path):
     run = tmp_path / "run"
+    # 3 epochs: each rank picks its best validation epoch from the logged val/loss, which must be the
+    # same number on both ranks (sync_dist) or the ranks would keep different models
     r = run_app("train_encoder", f"zoo.path={zoo}", "encoder=deepsets", "task=test_acc", "seeds=[0]",
-                "trainer.max_epochs=1", "split.fractions=[0.5,0.25,0.25]", "batch_size=4", *DDP,
+                "trainer.max_epochs=3", "split.fractions=[0.5,0.25,0.25]", "batch_size=4", *DDP,
                 f"hydra.run.dir={run}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Starting with 2 processes" in r.stdout + r.stderr
     df = pd.read_csv(run / "results.csv")
     assert df["test/tau"].notna().all() and df["val/tau"].notna().all()
+    assert not list(run.glob(".results.*")), "leftover temporary results files (two ranks writing?)"
     logs = rank_logs(run)
     taus = [re.findall(r"test/tau=(-?[\d.]+)", text) for text in logs]
-    assert taus[0] and taus[0] == taus[1], f"ranks disagree (gradients not synchronized?): {taus}"
+    assert taus[0] and taus[0] == taus[1], f"ranks disagree (gradients or best epochs not synchronized?): {taus}"
 
 
 def test_generator_trains_with_ddp_on_two_cpu_processes(zoo, tmp_path):
     from wsl.generators import load_run
 
     run = tmp_path / "run"
-    # 24 nets, 12 per rank: the per-rank batch must fit into a rank's share
-    r = run_app("train_generator", f"zoo.path={zoo}", "trainer.max_steps=20", "batch_size=6", "spread.every_n_steps=10",
+    # 24 nets, 12 per rank, and the default batch_size (128): the batch must be capped at a rank's
+    # share (12), not at the zoo size (24: no full batch on any rank, so 0 steps)
+    r = run_app("train_generator", f"zoo.path={zoo}", "trainer.max_steps=20", "spread.every_n_steps=10",
                 "progress_refresh_rate=0", *DDP, f"hydra.run.dir={run}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Starting with 2 processes" in r.stdout + r.stderr
-    saved = [re.findall(r"spread ratio ([\d.]+), (\d+) steps", text) for text in rank_logs(run)]
-    assert saved[0] and saved[0] == saved[1], f"ranks disagree (gradients not synchronized?): {saved}"
-    assert int(saved[0][0][1]) == 20
+    logs = rank_logs(run)
+    trained = [re.findall(r"spread ratio ([\d.]+), (\d+) steps", text) for text in logs]
+    assert trained[0] and trained[0] == trained[1], f"ranks disagree (gradients not synchronized?): {trained}"
+    assert int(trained[0][0][1]) == 20
+    # only rank 0 writes the run
+    assert "generator run saved to" in logs[0] and "generator run saved to" not in logs[1]
+    assert not list(run.glob(".generator*.tmp")) and not list(run.glob(".config*.tmp"))
     g = load_run(run)
     assert g.training["steps"] == 20 and g.training["n_train"] == 24

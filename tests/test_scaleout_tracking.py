@@ -253,3 +253,82 @@ def test_zoo_app_with_wandb_and_no_login_runs_offline(tmp_path):
     epochs = [h for h in got["history"] if "test_acc_mean" in h]
     assert [h["epoch"] for h in epochs] == [0, 1, 2]  # init + 2 epochs (train.epochs=2)
     assert all(0.0 <= h["test_acc_mean"] <= 1.0 for h in epochs)
+
+
+@pytest.fixture
+def _restore_hydra_and_logging():
+    """Apps run in this process leave Hydra's global state and logging handlers behind: restore them."""
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    GlobalHydra.instance().clear()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _run_app(app: str, *args: str, monkeypatch) -> int:
+    """An app's console-script entry point, in this process (imports shared: seconds, not tens)."""
+    import importlib
+
+    monkeypatch.setattr(sys, "argv", [f"wsl-{app.replace('_', '-')}", *args])
+    try:
+        importlib.import_module(f"wsl.apps.{app}").main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _csv_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """(hparams.yaml, metrics.csv rows) of logger=csv in an app's run directory."""
+    logs = run_dir / "logs"
+    assert (logs / "hparams.yaml").is_file() and (logs / "metrics.csv").is_file(), \
+        f"logger=csv wrote nothing in {run_dir}: {sorted(p.name for p in run_dir.rglob('*'))}"
+    return yaml.safe_load((logs / "hparams.yaml").read_text()), list(csv.DictReader((logs / "metrics.csv").open()))
+
+
+def test_apps_log_their_resolved_config_and_final_metrics(tmp_path, tiny_zoo, monkeypatch, capsys,
+                                                          _restore_hydra_and_logging):
+    """wsl-verify, wsl-landscape and wsl-train-generator with logger=csv: the resolved config (every
+    override in it, no `???` left) and the app's summary numbers land in <run dir>/logs; the
+    generator's per-step rows (its trainer logs there too) are kept, the final row after them."""
+    import shutil
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    monkeypatch.chdir(tmp_path)
+
+    # wsl-verify: logger=none by default (a report that writes nothing); logger=csv logs the counts
+    assert _run_app("verify", f"zoo.path={zoo}", "checksums=false", "logger=csv",
+                    f"hydra.run.dir={tmp_path / 'verify'}", monkeypatch=monkeypatch) == 0
+    config, rows = _csv_run(tmp_path / "verify")
+    assert config["zoo"]["path"] == str(zoo) and config["checksums"] is False and "logger" not in config
+    assert float(rows[-1]["final/errors"]) == 0 and float(rows[-1]["final/models"]) == 4
+
+    # wsl-landscape with a cheap metric: rows written per annotation group
+    assert _run_app("landscape", f"zoo.path={zoo}", "landscape.metrics=[spectra]",
+                    f"hydra.run.dir={tmp_path / 'landscape'}", monkeypatch=monkeypatch) == 0
+    config, rows = _csv_run(tmp_path / "landscape")
+    assert config["landscape"]["metrics"] == ["spectra"] and config["zoo"]["path"] == str(zoo)
+    assert config["landscape"]["hessian_eig"]["num_samples"] == 2048  # interpolations resolved
+    assert float(rows[-1]["final/rows/spectra"]) == 4 and float(rows[-1]["final/rows_total"]) >= 4
+
+    # wsl-train-generator: the trainer's step rows, then the final metrics of the run
+    run = tmp_path / "gen"
+    assert _run_app("train_generator", f"zoo.path={zoo}", "trainer.max_steps=6", "trainer.log_every_n_steps=2",
+                    "spread.every_n_steps=3", "spread.n=8", "progress_refresh_rate=0", "trainer.accelerator=cpu",
+                    "threads=1", f"hydra.run.dir={run}", monkeypatch=monkeypatch) == 0
+    config, rows = _csv_run(run)
+    assert config["trainer"]["max_steps"] == 6 and config["generator"]["method"]["_target_"].endswith("FlowMatching")
+    steps = [r for r in rows if r.get("train_loss")]
+    assert steps, f"the trainer's rows were lost: {rows}"
+    final = rows[-1]
+    assert float(final["final/steps"]) == 6 and float(final["final/n_train"]) == 4
+    assert float(final["final/metrics/train_loss"]) > 0 and 0 < float(final["final/spread_ratio"])
+    assert int(final["step"]) > max(int(r["step"]) for r in steps)
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    assert "logger" not in saved  # what the run stores is unchanged: no logger paths in it
+    capsys.readouterr()

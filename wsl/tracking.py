@@ -200,6 +200,32 @@ def log_run(logger, config: dict, final_metrics: dict, prefix: str = "final/") -
     return flat
 
 
+def keep_csv_rows(logger) -> None:
+    """Open a CSVLogger's writer without losing the rows already on disk.
+
+    Lightning's CSV writer deletes `metrics.csv` when it starts in a directory that holds one. An
+    app that logs its summary where the job's trainer logged its steps (same logger config, same
+    run directory) calls this first: the rows are put back and the final row goes after them."""
+    import csv
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0):  # DDP: rank 0 alone writes (another rank would rewrite its rows)
+        return
+    for lg in _loggers(logger):
+        if type(lg).__name__ != "CSVLogger":
+            continue
+        path = Path(lg.log_dir) / "metrics.csv"
+        text = path.read_text() if path.is_file() else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            writer = lg.experiment  # starts the writer (which removes metrics.csv)
+        if text:
+            path.write_text(text)
+            header = next(csv.reader(text.splitlines()), [])
+            writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
+
+
 def _csv_next_step(lg) -> int:
     """CSVLogger rows are keyed by step: the final row goes after every row logged so far
     (those still in memory and those already flushed to metrics.csv)."""

@@ -1,4 +1,5 @@
-"""What every app shares: turning wsl errors into one clear line, and Hydra's search path."""
+"""What every app shares: Hydra's search path, checking the config before any work (`preflight`),
+turning wsl errors into one clear line, and logging the resolved config and final metrics (`log_summary`)."""
 
 from __future__ import annotations
 
@@ -181,3 +182,45 @@ def preflight(config_name: str, validate=None, argv: list[str] | None = None) ->
             pass
         print(f"error: {_one_line(e, keys)}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_dir() -> Path:
+    """The running Hydra job's output directory (the current directory outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):
+        return Path.cwd()
+
+
+def tracked_config(cfg: DictConfig) -> dict:
+    """The resolved config as it is logged: plain types, the `logger` node (run-time paths) left out."""
+    c = OmegaConf.to_container(cfg, resolve=False)
+    c.pop("logger", None)
+    return OmegaConf.to_container(OmegaConf.create(c), resolve=True)
+
+
+def without_logger(cfg: DictConfig) -> DictConfig:
+    """A copy of the config without its `logger` node (what a stage stores with its outputs: the
+    logger's run-time paths are not part of what was computed)."""
+    from omegaconf import open_dict
+
+    c = cfg.copy()
+    with open_dict(c):
+        c.pop("logger", None)
+    return c
+
+
+def log_summary(cfg: DictConfig, summary: dict, out_dir: str | Path | None = None, **logger_kwargs) -> dict:
+    """End an app's job: its resolved config and final metrics (`summary`, nested dicts of numbers)
+    go through the configured `logger=` into the run directory (`out_dir`, default Hydra's), and the
+    logger is finished (W&B: the job's run is closed). logger=none logs nothing. Returns what was logged."""
+    node = cfg.get("logger") if isinstance(cfg, DictConfig) else None
+    if not node or "_target_" not in node:
+        return {}
+    from wsl.tracking import keep_csv_rows, log_run, make_logger
+
+    logger = make_logger(node, str(out_dir if out_dir is not None else run_dir()), **logger_kwargs)
+    keep_csv_rows(logger)  # a trainer of this job may have logged its steps there already
+    return log_run(logger, tracked_config(cfg), summary)

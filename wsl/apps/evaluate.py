@@ -1,22 +1,26 @@
 """wsl-evaluate: accuracy, memorization audit, baselines and phases of a generated zoo.
 
     wsl-evaluate zoo.path=zoos/mlp_digits-gen reference=zoos/mlp_digits
+
+The report goes to `out` (default <zoo>/report); the resolved config and the headline numbers of
+every set of nets (generated, training zoo, each baseline setting) are logged (logger=csv by
+default) in the run directory.
 """
 
 from __future__ import annotations
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from wsl.apps.common import CONF_DIR, fail_cleanly, log, to_container
+from wsl.apps.common import CONF_DIR, fail_cleanly, log, log_summary, preflight, to_container, without_logger
 from wsl.errors import ConfigError
 
 
 def settings_from(cfg: DictConfig):
     from wsl.evaluate.pipeline import Settings
 
-    c = to_container(cfg)
+    c = to_container(without_logger(cfg))
     return Settings(epoch=c["epoch"], reference_epoch=c["reference_epoch"], reference_ids=c["reference_ids"],
                     split=c["split"], max_nets=c["max_nets"], min_accuracy=c["failure"]["min_accuracy"],
                     min_gain=c["failure"]["min_gain"], align=c["novelty"]["align"], anchor=c["novelty"]["anchor"],
@@ -25,15 +29,28 @@ def settings_from(cfg: DictConfig):
                     seed=c["seed"], chunk=c["chunk"])
 
 
+def _validate(cfg: DictConfig) -> None:
+    from wsl.apps.validate import validate_evaluate
+
+    validate_evaluate(cfg)
+
+
+def summary_of(ev) -> dict:
+    """The numbers logged at the end: every set's summary under its label, the ensemble, the timings."""
+    sets = {}
+    for s in ev.sets:
+        key = s.method if not s.setting else f"{s.method}[{s.setting}]"
+        sets[key] = {k: v for k, v in s.summary().items() if k not in ("method", "setting")}
+    info = {k: v for k, v in ev.info.items() if not isinstance(v, (str, list))}
+    return {"sets": sets, "ensemble": dict(ev.ensemble), "info": info}
+
+
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 @fail_cleanly
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from wsl.evaluate.pipeline import evaluate_zoo
 
-    if OmegaConf.is_missing(cfg.zoo, "path"):
-        raise ConfigError("zoo.path=<the generated zoo> is required")
-    if OmegaConf.is_missing(cfg, "reference"):
-        raise ConfigError("reference=<the zoo the generator was trained on> is required")
+    _validate(cfg)
     baselines = {}
     for name, node in (cfg.get("baselines") or {}).items():
         if node is None:
@@ -43,9 +60,15 @@ def main(cfg: DictConfig) -> None:
         except Exception as e:  # Hydra wraps the constructor's error: report it under its key
             msg = str(e.__cause__ or e)
             raise ConfigError(msg if msg.startswith(f"baselines.{name}") else f"baselines.{name}: {msg}") from e
-    _, report = evaluate_zoo(cfg.zoo.path, cfg.reference, settings_from(cfg), baselines, out=cfg.out)
+    ev, report = evaluate_zoo(cfg.zoo.path, cfg.reference, settings_from(cfg), baselines, out=cfg.out)
     log.info("report: %s", report)
     print(report)
+    log_summary(cfg, summary_of(ev))
+
+
+def main() -> None:
+    preflight("evaluate", _validate)  # bad values stop before either zoo is read
+    _main()
 
 
 if __name__ == "__main__":

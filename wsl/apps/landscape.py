@@ -3,28 +3,46 @@
     wsl-landscape zoo.path=zoos/phase_mlp_digits                   # landscape=basic
     wsl-landscape zoo.path=zoos/phase_mlp_digits landscape=full
     wsl-landscape zoo.path=... landscape.metrics=[cka,spectra] landscape.epoch=5
+
+The resolved config and the rows written per annotation group are logged (logger=csv by default)
+in the run directory.
 """
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+import time
 
-from wsl.apps.common import CONF_DIR, fail_cleanly
-from wsl.errors import ConfigError
+import hydra
+from omegaconf import DictConfig
+
+from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
+
+
+def _validate(cfg: DictConfig) -> None:
+    from wsl.apps.validate import validate_landscape
+
+    validate_landscape(cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="landscape", version_base="1.3")
 @fail_cleanly
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from wsl.landscape import annotate_zoo
 
-    if OmegaConf.is_missing(cfg.zoo, "path"):
-        raise ConfigError("zoo.path is required, e.g. wsl-landscape zoo.path=zoos/<name>")
+    _validate(cfg)
     ids = None if cfg.model_ids is None else list(cfg.model_ids)
+    t = time.perf_counter()
     done = annotate_zoo(cfg.zoo.path, cfg.landscape, ids)
+    seconds = time.perf_counter() - t
     print("landscape: " + (", ".join(f"{k} {v} rows" for k, v in done.items()) or "no metrics configured")
           + f" -> {cfg.zoo.path}")
+    log_summary(cfg, {"rows": dict(done), "rows_total": sum(done.values()), "groups": len(done),
+                      "seconds": seconds})
+
+
+def main() -> None:
+    preflight("landscape", _validate)  # bad values stop before any zoo is read
+    _main()
 
 
 if __name__ == "__main__":

@@ -9,23 +9,33 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from wsl.apps.common import CONF_DIR, fail_cleanly
-from wsl.errors import ConfigError
+from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
+
+
+def _validate(cfg: DictConfig) -> None:
+    from wsl.apps.validate import validate_plot
+
+    validate_plot(cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="plot", version_base="1.3")
 @fail_cleanly
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from wsl.landscape.phases import PhaseThresholds
     from wsl.landscape.plots import plot_zoo
 
-    if OmegaConf.is_missing(cfg.zoo, "path"):
-        raise ConfigError("zoo.path is required, e.g. wsl-plot zoo.path=zoos/<name>")
+    _validate(cfg)
     p = cfg.plot
     files = plot_zoo(cfg.zoo.path, x=p.x, y=p.y, metrics=None if p.metrics is None else list(p.metrics),
                      out_dir=p.out_dir, thresholds=PhaseThresholds(**OmegaConf.to_container(cfg.phase)),
                      dpi=int(p.dpi), fmt=p.format)
     print(f"plot: {len(files)} files in {files[0].parent}")
+    log_summary(cfg, {"files": len(files)})
+
+
+def main() -> None:
+    preflight("plot", _validate)  # bad values stop before any zoo is read
+    _main()
 
 
 if __name__ == "__main__":

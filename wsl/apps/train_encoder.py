@@ -3,18 +3,34 @@
     wsl-train-encoder zoo.path=zoos/phase_cnn_mnist1d encoder=nfn task=test_acc
     wsl-train-encoder -m zoo.path=zoos/x encoder=flat,stats,deepsets,nfn,graph,transformer task=test_acc,hparams
 
-Writes results.csv and results.md (mean ± std over `seeds`) to the run directory.
+Writes results.csv and results.md (mean ± std over `seeds`) to the run directory. Each seed's
+trainer logs its epochs (logger=csv by default: <run dir>/encoder/seed<k>/); the resolved config and
+the table's mean and std rows are logged last (<run dir>/logs/ with logger=csv).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
+from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight, run_dir
+
+
+def _validate(cfg: DictConfig) -> None:
+    from wsl.apps.validate import validate_train_encoder
+
+    validate_train_encoder(cfg)
+
+
+def summary_of(df) -> dict:
+    """The mean and std rows of a results table, numeric columns only."""
+    out = {}
+    for label in ("mean", "std"):
+        rows = df[df["seed"].astype(str) == label]
+        if len(rows):
+            out[label] = {str(k): v for k, v in rows.iloc[0].items() if k != "seed"}
+    out["seeds"] = int((~df["seed"].astype(str).isin(["mean", "std"])).sum())
+    return out
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train_encoder", version_base="1.3")
@@ -22,16 +38,16 @@ from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
 def _main(cfg: DictConfig) -> None:
     from wsl.encoders.experiment import run_experiment
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_experiment(cfg, out_dir)
+    _validate(cfg)
+    out_dir = run_dir()
+    df = run_experiment(cfg, out_dir)
     print((out_dir / "results.md").read_text(), end="")
     print(f"results: {out_dir / 'results.csv'}")
+    log_summary(cfg, summary_of(df), out_dir)
 
 
 def main() -> None:
-    from wsl.encoders.experiment import check_config
-
-    preflight("train_encoder", check_config)
+    preflight("train_encoder", _validate)  # bad values stop before any zoo is read, in every job of a sweep
     _main()
 
 

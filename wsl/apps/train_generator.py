@@ -1,20 +1,30 @@
-"""wsl-train-generator: learn a diffusion or flow-matching generator of network weights from a zoo.
+"""wsl-train-generator: learn a generator of network weights from a zoo.
 
-    wsl-train-generator zoo.path=zoos/mlp_digits generator=flow        # or generator=diffusion
-    wsl-train-generator zoo.path=zoos/mlp_digits generator/denoiser=transformer condition.columns=[val_acc]
+    wsl-train-generator zoo.path=zoos/mlp_digits generator=flow
+    wsl-train-generator zoo.path=zoos/mlp_digits generator=diffusion generator/denoiser=transformer
 
-The run directory (hydra.run.dir) receives generator.safetensors, generator.json and config.json.
+The run directory receives generator.safetensors (+ generator.json, config.json); the trainer's
+logger (logger=csv by default) gets the per-step losses, then the resolved config and the final
+metrics (losses, spread ratio, steps, timings) as its last entry.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
+from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight, run_dir
+
+
+def _validate(cfg: DictConfig) -> None:
+    from wsl.apps.validate import validate_train_generator
+
+    validate_train_generator(cfg)
+
+
+def summary_of(training: dict) -> dict:
+    """The numbers of a generator run's `training` record (histories left out: the logger has them)."""
+    return {k: v for k, v in training.items() if k != "spread_history"}
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train_generator", version_base="1.3")
@@ -22,12 +32,17 @@ from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
 def _main(cfg: DictConfig) -> None:
     from wsl.generators.train import train_generator
 
-    run = train_generator(cfg, run_dir=Path(HydraConfig.get().runtime.output_dir))
+    _validate(cfg)
+    out = run_dir()
+    run = train_generator(cfg, run_dir=out)
     print(f"generator run: {run.path} (spread ratio {run.training['spread_ratio']:.3f})")
+    # the trainer's logger writes where this one does (same logger config, same run directory): the
+    # final entry follows its per-step rows, and the job's W&B run is the one the trainer used
+    log_summary(cfg, summary_of(run.training), out)
 
 
 def main() -> None:
-    preflight("train_generator")
+    preflight("train_generator", _validate)  # bad values stop before any zoo is read
     _main()
 
 

@@ -3,6 +3,7 @@
     wsl-verify zoo.path=zoos/quickstart
     wsl-verify zoo.path=zoos/quickstart strict=true        # warnings fail too
     wsl-verify zoo.path=zoos/quickstart repair=true        # rebuild index.h5 from the shards first
+    wsl-verify zoo.path=zoos/quickstart logger=csv hydra.run.dir=runs/verify   # also log the counts
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
+from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
 from wsl.errors import ConfigError
 
 
@@ -37,6 +38,8 @@ def _main(cfg: DictConfig) -> None:
         print(p)
     failed = result.errors or (cfg.strict and result.warnings)
     print(("FAILED " if failed else "OK ") + result.summary())
+    log_summary(cfg, {"errors": len(result.errors), "warnings": len(result.warnings), "models": result.models,
+                      "checkpoints": result.checkpoints, "files": result.files, "failed": int(bool(failed))})
     if failed:
         sys.exit(1)
 

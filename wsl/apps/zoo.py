@@ -26,10 +26,14 @@ def _main(cfg: DictConfig) -> None:
     print(f"zoo: {root}")
 
 
-def main() -> None:
-    from wsl.apps.zoo_config import validate_zoo_config
+def _validate(cfg: DictConfig) -> None:
+    from wsl.apps.zoo_config import validate_zoo_config  # imports torch: not for --help
 
-    preflight("zoo", validate_zoo_config)
+    validate_zoo_config(cfg)
+
+
+def main() -> None:
+    preflight("zoo", _validate)
     _main()
 
 

@@ -1,4 +1,12 @@
-"""One wsl-zoo job: train the population its config describes and commit it to the zoo."""
+"""One wsl-zoo job: train the population its config describes and commit it to the zoo.
+
+Classification datasets: `population.size` members, all trained on the same data. INR datasets
+(`dataset=digits_inr net=siren`): every member configuration is fitted to every image (one model
+per image and member: images x population.size nets), member i's targets being image i; the
+index row holds the image's `label` and `image_index`, and the SIREN recipe goes into the stored
+config (`inr`) and every row's hyperparameters. Both train in the same vmapped population and are
+written, checkpointed and resumed the same way.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from wsl.apps.zoo_config import validate_zoo_config
 from wsl.population import PopulationBatchSampler, PopulationModule, make_members, stack_state_dicts
+from wsl.population.members import Member, derive_seed
 from wsl.population.recording import EpochRecorder
 from wsl.population.sampler import IndexDataset
 from wsl.zoo import ShardWriter, merge_index
@@ -36,9 +45,48 @@ def job_identity(cfg: DictConfig) -> str:
              "seed": c["population"]["seed"]}
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     net = c["net"]["_target_"].rsplit(".", 1)[-1].lower()
-    tf = c["dataset"]["train_fraction"]
+    tf = c["dataset"].get("train_fraction")  # INR datasets have none: every net fits all of its image
     return (f"{c['dataset']['name']}-{net}-w{c['net']['width']}-d{c['net']['depth']}"
-            f"-bs{c['train']['batch_size']}-tf{tf:g}-{h}")
+            f"-bs{c['train']['batch_size']}{'' if tf is None else f'-tf{tf:g}'}-{h}")
+
+
+class Fit:
+    """One model of the job: a member configuration and, for INR datasets, the image it fits."""
+
+    def __init__(self, member: Member, job_id: str):
+        self.member = member
+        self.row = None  # classification: shared data
+        self.seed_init, self.seed_data = member.seed_init, member.seed_data
+        self.model_id = f"{job_id}-{member.key()}"
+
+    @classmethod
+    def for_image(cls, member: Member, data, job_id: str, row: int) -> "Fit":
+        f = cls(member, job_id)
+        f.row = row
+        f.image_index, f.label = int(data.image_index[row]), int(data.labels[row])
+        if not data.shared_init:  # an init of its own per image, derived from the member's seed
+            f.seed_init = derive_seed(member.seed_init, f.image_index)
+        f.model_id = f"{job_id}-img{f.image_index:04d}-{member.key()}"
+        return f
+
+
+def make_fits(members: list[Member], data, job_id: str) -> list[Fit]:
+    if getattr(data, "kind", "classification") != "inr":
+        return [Fit(m, job_id) for m in members]
+    return [Fit.for_image(m, data, job_id, r) for m in members for r in range(data.num_images)]
+
+
+def inr_recipe(cfg: DictConfig, data, arch: dict, steps_per_epoch: int) -> dict:
+    """The INR fitting recipe, stored with the zoo (INR results depend on the exact SIREN variant)."""
+    t = cfg.train
+    return {"net": arch["name"], **{k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")},
+            "init": "siren (Sitzmann et al. 2020)" if arch["name"] == "siren" else arch.get("init", "default"),
+            "shared_init": bool(data.shared_init), "loss": "mse", "optimizer": str(t.optimizer),
+            "lr": OmegaConf.to_container(t.lr) if OmegaConf.is_list(t.lr) else float(t.lr),
+            "betas": list(t.betas), "schedule": str(t.schedule), "epochs": int(t.epochs),
+            "steps": int(t.epochs) * steps_per_epoch, "batch_size": int(t.batch_size),
+            "pixels": int(data.coords.shape[0]), "full_batch": int(t.batch_size) >= int(data.coords.shape[0]),
+            "coords": data.info.get("coords", ""), "values": data.info.get("values", "")}
 
 
 def checkpoint_schedule(cfg: DictConfig) -> set[int]:
@@ -77,44 +125,48 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     probe = init_member(net_factory, data, 0)  # constructor checks before any training
     arch = probe.arch
     members = make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed)
+    inr = getattr(data, "kind", "classification") == "inr"
     job_id = job_identity(cfg)
-    ids = {m.index: f"{job_id}-{m.key()}" for m in members}
+    fits = make_fits(members, data, job_id)
     config = _stored_config(cfg)
-    writer = ShardWriter(root, job_id, config=config, zoo_name=cfg.zoo.name, overrides=list(overrides))
-    done = writer.finished_ids()
-    todo = [m for m in members if ids[m.index] not in done]
-    if not todo:
-        log.info("job %s: all %d members already in the zoo; nothing to train", job_id, len(members))
-        merge_index(root)
-        _annotate(cfg, root, list(ids.values()))
-        return root
-    log.info("job %s: training %d members (%d already done) on %s", job_id, len(todo), len(members) - len(todo),
-             data.name)
-
-    nets = [init_member(net_factory, data, m.seed_init) for m in todo]
-    params = stack_state_dicts([n.state_dict() for n in nets])
     n_train = data.x_train.shape[0]
     bs = int(cfg.train.batch_size)
     steps = -(-n_train // bs)
+    if inr:
+        config["inr"] = inr_recipe(cfg, data, arch, steps)
+    writer = ShardWriter(root, job_id, config=config, zoo_name=cfg.zoo.name, overrides=list(overrides))
+    done = writer.finished_ids()
+    todo = [f for f in fits if f.model_id not in done]
+    if not todo:
+        log.info("job %s: all %d models already in the zoo; nothing to train", job_id, len(fits))
+        merge_index(root)
+        _annotate(cfg, root, [f.model_id for f in fits])
+        return root
+    log.info("job %s: training %d models (%d already done) on %s", job_id, len(todo), len(fits) - len(todo),
+             data.name)
+
+    nets = [init_member(net_factory, data, f.seed_init) for f in todo]
+    params = stack_state_dicts([n.state_dict() for n in nets])
     t = cfg.train
     module = PopulationModule(
-        probe, params, data, [m.lr for m in todo], [m.weight_decay for m in todo], optimizer=t.optimizer,
-        momentum=t.momentum, nesterov=t.nesterov, betas=tuple(t.betas), eps=t.eps, schedule=t.schedule,
-        warmup_epochs=t.warmup_epochs, step_epochs=t.step_epochs, gamma=t.gamma, epochs=t.epochs,
-        steps_per_epoch=steps, eval_batch_size=t.eval_batch_size)
+        probe, params, data, [f.member.lr for f in todo], [f.member.weight_decay for f in todo],
+        optimizer=t.optimizer, momentum=t.momentum, nesterov=t.nesterov, betas=tuple(t.betas), eps=t.eps,
+        schedule=t.schedule, warmup_epochs=t.warmup_epochs, step_epochs=t.step_epochs, gamma=t.gamma,
+        epochs=t.epochs, steps_per_epoch=steps, eval_batch_size=t.eval_batch_size,
+        target_rows=[f.row for f in todo] if inr else None)
     save_at = checkpoint_schedule(cfg)
 
     def sink(epoch, metrics, mod):
         if epoch not in save_at:
             return
         alive = mod.alive.cpu()
-        for k, m in enumerate(todo):
+        for k, f in enumerate(todo):
             if alive[k]:
-                writer.write_checkpoint(ids[m.index], epoch, mod.member_state_dict(k), arch)
+                writer.write_checkpoint(f.model_id, epoch, mod.member_state_dict(k), arch)
 
     recorder = EpochRecorder(sink)
     loader = DataLoader(IndexDataset(), batch_size=None,
-                        sampler=PopulationBatchSampler(n_train, bs, [m.seed_data for m in todo]))
+                        sampler=PopulationBatchSampler(n_train, bs, [f.seed_data for f in todo]))
     callbacks = [recorder]
     refresh = int(cfg.get("progress_refresh_rate", 10))
     if refresh > 0:
@@ -125,18 +177,27 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
                         **OmegaConf.to_container(cfg.trainer, resolve=True))
     trainer.fit(module, loader)
 
-    shared = {"dataset": data.name, "train_fraction": float(cfg.dataset.train_fraction),
-              "subset_seed": int(cfg.dataset.subset_seed), "split_seed": int(cfg.dataset.split_seed),
+    if inr:
+        data_hp = {"dataset": data.name, "subset_seed": int(cfg.dataset.subset_seed),
+                   "shared_init": bool(data.shared_init), "loss": "mse", "init": config["inr"]["init"],
+                   "steps": int(t.epochs) * steps}
+    else:
+        data_hp = {"dataset": data.name, "train_fraction": float(cfg.dataset.train_fraction),
+                   "subset_seed": int(cfg.dataset.subset_seed), "split_seed": int(cfg.dataset.split_seed)}
+    shared = {**data_hp,
               "net": arch["name"], "n_params": sum(p.numel() for p in probe.parameters()),
               **{k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")},
               "batch_size": bs, "epochs": int(t.epochs), "optimizer": t.optimizer, "momentum": float(t.momentum),
               "schedule": t.schedule, "warmup_epochs": int(t.warmup_epochs), "population_seed": int(cfg.population.seed)}
     div = module.diverged_epoch.cpu()
-    for k, m in enumerate(todo):
-        hp = dict(shared, lr=m.lr, weight_decay=m.weight_decay, seed_init=m.seed_init, seed_data=m.seed_data,
+    for k, f in enumerate(todo):
+        m = f.member
+        hp = dict(shared, lr=m.lr, weight_decay=m.weight_decay, seed_init=f.seed_init, seed_data=f.seed_data,
                   replica=m.replica)
+        if inr:
+            hp.update(label=f.label, image_index=f.image_index)
         status = "diverged" if div[k] >= 0 else "trained"
-        writer.add_model(ids[m.index], arch, hp, status, recorder.member_history(k), diverged_epoch=int(div[k]))
+        writer.add_model(f.model_id, arch, hp, status, recorder.member_history(k), diverged_epoch=int(div[k]))
     writer.commit()
     n_div = int((div >= 0).sum())
     log.info("job %s: %d trained, %d diverged -> %s", job_id, len(todo) - n_div, n_div, root)
@@ -146,7 +207,7 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
         final = {k: float(np.nanmean(v[-1])) if np.isfinite(v[-1]).any() else float("nan")
                  for k, v in recorder.history.items()}
         log_run(trainer.logger, config, {"trained": len(todo) - n_div, "diverged": n_div, "mean": final})
-    _annotate(cfg, root, list(ids.values()))
+    _annotate(cfg, root, [f.model_id for f in fits])
     return root
 
 

@@ -1,10 +1,12 @@
 """Task datasets the zoo nets are trained on.
 
 Embedded datasets (`digits`, `mnist1d`) need no network; `mnist`, `fashion_mnist` and `cifar10`
-read torchvision files that the user already has on disk.
+read torchvision files that the user already has on disk. `digits_inr` (INR_DATASETS) turns each
+digits image into a coordinate -> intensity regression target, one per net of an INR zoo.
 """
 
-from wsl.data.registry import DATASETS, load_dataset
+from wsl.data.digits_inr import INRData
+from wsl.data.registry import DATASETS, INR_DATASETS, load_dataset, load_inr_dataset
 from wsl.data.task import TaskData
 
-__all__ = ["TaskData", "load_dataset", "DATASETS"]
+__all__ = ["TaskData", "INRData", "load_dataset", "load_inr_dataset", "DATASETS", "INR_DATASETS"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ class TaskData:
     y_test: torch.Tensor
     num_classes: int
     info: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "classification"  # shared data, cross-entropy (wsl.data.digits_inr.INRData: "inr")
 
     @property
     def input_shape(self) -> tuple[int, ...]:

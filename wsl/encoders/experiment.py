@@ -188,12 +188,29 @@ def markdown_table(df: pd.DataFrame, task: Task) -> str:
     return head + "| " + " | ".join(line) + " |\n" + note
 
 
+def _global_rank() -> int:
+    """This process's rank under Lightning's DDP (0 without it; set by the strategy and the launcher's env)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def _barrier() -> None:
+    """Wait for every DDP rank (no-op without a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def write_results(df: pd.DataFrame, task: Task, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.csv", df.to_csv(index=False)), ("results.md", markdown_table(df, task))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+    """results.csv / results.md, written by rank 0 only; under DDP every rank waits until they exist
+    (every rank computed the same table: DDP keeps the parameters equal and the test sets are not split)."""
+    if _global_rank() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in (("results.csv", df.to_csv(index=False)), ("results.md", markdown_table(df, task))):
+            tmp = out_dir / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(out_dir / name)
+    _barrier()
 
 
 # ------------------------------------------------------------------------------------------ entry

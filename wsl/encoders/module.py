@@ -116,7 +116,9 @@ class PropertyPredictor(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         params, masks, y = batch
         out = self(params, masks)
-        self.log("val/loss", self.loss(out, y), on_step=False, on_epoch=True, batch_size=y.shape[0])
+        # sync_dist: under DDP each rank sees its share of the validation set; the logged loss (and so
+        # the best-epoch choice that reads it) must be the same number on every rank
+        self.log("val/loss", self.loss(out, y), on_step=False, on_epoch=True, batch_size=y.shape[0], sync_dist=True)
         self._val_preds.append((self.to_target_units(out).detach().cpu(), y.detach().cpu()))
 
     def on_validation_epoch_end(self):
@@ -125,9 +127,16 @@ class PropertyPredictor(L.LightningModule):
         pred = torch.cat([p for p, _ in self._val_preds])
         true = torch.cat([t for _, t in self._val_preds])
         self._val_preds = []
+        if self.trainer.world_size > 1:  # DDP: score the whole validation set, identically on every rank
+            pred, true = self._gather(pred), self._gather(true)
         metrics = score(self.task, self.target_names, pred, true)
         key = "tau" if self.task.is_regression else "acc"
         self.log(f"val/{key}", metrics[key], prog_bar=True)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows of every rank, concatenated ([W * n, ...]; DistributedSampler gives every rank equally many)."""
+        g = self.all_gather(t.to(self.device))  # [W, n, ...]
+        return g.reshape(-1, *t.shape[1:]).cpu()
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -49,41 +49,62 @@ def _table(header: list, rows: list) -> str:
     return "\n".join(out)
 
 
-def noise_at_equal_novelty(ev: Evaluation, novelty: float, attr: str = "weight_novelty") -> float | None:
+def _sem(values: np.ndarray) -> float:
+    """Standard error of the mean (0 for fewer than 2 values)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def noise_at_equal_novelty(ev: Evaluation, novelty: float, attr: str = "weight_novelty",
+                           with_error: bool = False):
     """Mean accuracy of the noise baseline interpolated (linearly in its σ sweep) at a given mean
     novelty; None outside the swept range. A comparison of curves, not a selection: every σ stays
-    in the tables."""
+    in the tables. with_error: (accuracy, its standard error interpolated alike) or None."""
     pts = []
     for s in ev.by_method("noise"):
         x = getattr(s, attr)
         x = x[np.isfinite(x)]
         if len(x):
-            pts.append((float(x.mean()), float(s.scores.accuracy.mean())))
+            acc = s.scores.accuracy
+            pts.append((float(x.mean()), float(acc.mean()), _sem(acc)))
     if len(pts) < 2 or not math.isfinite(novelty):
         return None
     pts.sort()
-    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    xs, ys, es = (np.array([p[i] for p in pts]) for i in range(3))
     if novelty < xs[0] or novelty > xs[-1]:
         return None
-    return float(np.interp(novelty, xs, ys))
+    acc = float(np.interp(novelty, xs, ys))
+    return (acc, float(np.interp(novelty, xs, es))) if with_error else acc
 
 
 def compare_with_noise(ev: Evaluation) -> list[dict]:
-    """Where the generated nets sit against the noise baseline, on both novelty axes."""
+    """Where the generated nets sit against the noise baseline, on both novelty axes.
+
+    `better` (strictly better) needs the accuracy difference to exceed twice its standard error
+    (the two sets' standard errors of the mean, combined); `verdict` is "better", "worse" or
+    "indistinguishable" (within two standard errors), None outside the noise sweep's novelty range.
+    """
     out = []
     gen = ev.by_method("generated")
     if not gen:
         return out
     g = gen[0]
     acc = float(g.scores.accuracy.mean())
+    acc_se = _sem(g.scores.accuracy)
     for axis, attr in (("weight", "weight_novelty"), ("behavioural", "behaviour_novelty")):
         x = getattr(g, attr)
         nov = float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
-        ref = noise_at_equal_novelty(ev, nov, attr)
+        hit = noise_at_equal_novelty(ev, nov, attr, with_error=True)
+        ref, ref_se = hit if hit is not None else (None, None)
         sweep = [float(np.nanmean(getattr(n, attr))) for n in ev.by_method("noise") if np.isfinite(getattr(n, attr)).any()]
+        diff = None if ref is None else acc - ref
+        se = None if ref is None else math.sqrt(acc_se**2 + ref_se**2)
+        verdict = None if ref is None else ("better" if diff > 2 * se else "worse" if diff < -2 * se
+                                            else "indistinguishable")
         out.append({"axis": axis, "novelty": nov, "accuracy": acc, "noise_accuracy": ref,
                     "sweep_min": min(sweep) if sweep else None, "sweep_max": max(sweep) if sweep else None,
-                    "difference": None if ref is None else acc - ref, "better": None if ref is None else acc > ref})
+                    "difference": diff, "stderr": se, "verdict": verdict,
+                    "better": None if ref is None else verdict == "better"})
     return out
 
 
@@ -152,8 +173,11 @@ def markdown(ev: Evaluation, plots: dict) -> str:
                   "curves, no σ is picked):", ""]
         for c in compare_with_noise(ev):
             if c["noise_accuracy"] is not None:
-                verdict = (f"noise baseline {c['noise_accuracy']:.4f} → the generator is "
-                           f"{'strictly better' if c['better'] else 'not better'} ({c['difference']:+.4f})")
+                words = {"better": "strictly better", "worse": "worse",
+                         "indistinguishable": "not distinguishable from it"}[c["verdict"]]
+                verdict = (f"noise baseline {c['noise_accuracy']:.4f} → the generator is {words} "
+                           f"({c['difference']:+.4f} ± {c['stderr']:.4f}, difference ± its standard error; "
+                           "strictly better needs more than 2 standard errors)")
             else:
                 verdict = (f"outside the novelty range the noise sweep covers ({_f(c['sweep_min'], 3)} to "
                            f"{_f(c['sweep_max'], 3)}); extend baselines.noise.sigmas to compare")

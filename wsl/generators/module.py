@@ -107,7 +107,7 @@ class GeneratorModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, cond = self._split(batch)
         loss = self.method.loss(self.denoiser, x, cond, None)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)  # DDP: one number
 
     @torch.no_grad()
     def measure_spread(self, n: int | None = None, seed: int = 0) -> float:

@@ -43,21 +43,25 @@ def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch
 
 @torch.no_grad()
 def sample_vectors(run: GeneratorRun, n: int, seed: int = 0, condition: dict | None = None, guidance: float = 1.0,
-                   steps: int | None = None, batch_size: int = 1000, device: str = "cpu") -> torch.Tensor:
-    """n generator-space vectors [n, D]. The noise of sample i depends only on (seed, i // batch_size),
-    so a draw is reproducible for a given batch size."""
+                   steps: int | None = None, batch_size: int = 1000, device: str = "cpu",
+                   start: int = 0) -> torch.Tensor:
+    """n generator-space vectors [n, D]: samples start .. start+n-1 of a draw. The noise of sample i depends only
+    on (seed, i // batch_size), so a draw is reproducible for a given batch size, and any of its batches can be
+    drawn alone (start: a multiple of batch_size; what a resumed wsl-sample does)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive integer, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0 or start % batch_size:
+        raise ConfigError(f"start must be a non-negative multiple of batch_size ({batch_size}), got {start!r}")
     if not math.isfinite(guidance) or guidance < 0:
         raise ConfigError(f"guidance must be a non-negative number, got {guidance!r}")
     net = run.denoiser.to(device).eval()
     dim = run.representation.dim
     out = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + start)
+    for first in range(start, start + n, batch_size):
+        b = min(batch_size, start + n - first)
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + first)
         noise = torch.randn(b, dim, generator=g).to(device)
         cond = condition_tensor(run, condition, b)
         cond = None if cond is None else cond.to(device)
@@ -97,33 +101,79 @@ def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
                               "write the samples to another zoo.path")
 
 
+class _SampleSink:
+    """The output zoo of one draw (generator, seed, condition, guidance, steps, batch size): its model ids, which
+    of them an earlier run already committed, and writing more of them."""
+
+    def __init__(self, run: GeneratorRun, zoo_path, seed: int, condition: dict | None = None, guidance: float = 1.0,
+                 steps: int | None = None, job_id: str | None = None, zoo_name: str | None = None,
+                 config: dict | None = None, batch_size: int | None = None):
+        from wsl.zoo import ShardWriter
+
+        self.run, self.condition = run, dict(condition or {})
+        self.root = Path(zoo_path).expanduser().resolve()
+        run_name = Path(run.path).name if run.path else "generator"
+        self.job_id = job_id or f"gen-{_safe(run_name)}-s{int(seed)}"
+        steps_used = steps if steps is not None else run.method.steps
+        self.provenance = {"generator_run": str(run.path),
+                           "generator_checkpoint": str(Path(run.path) / "generator.safetensors"),
+                           "generator_sha256": run.sha256, "generator_method": run.method.name,
+                           "generator_denoiser": run.denoiser.name, "sample_seed": int(seed),
+                           "guidance": float(guidance), "sampler_steps": int(steps_used),
+                           "source_zoo": run.zoo.get("path", "")}
+        if batch_size is not None:  # the noise of a sample depends on it (sample_vectors)
+            self.provenance["sample_batch_size"] = int(batch_size)
+        self.cond = {f"cond_{_column(k)}": float(v) for k, v in self.condition.items()}
+        stored = {"dataset": run.zoo.get("dataset"), "generator": {**self.provenance, "condition": self.condition},
+                  "source_zoo": {k: run.zoo.get(k) for k in ("path", "name", "dataset_fingerprint", "epoch", "train_ids")},
+                  "sample": config or {}}
+        self.writer = ShardWriter(self.root, self.job_id, config=stored, zoo_name=zoo_name or self.root.name)
+
+    def model_id(self, i: int) -> str:
+        return f"{self.job_id}-{i:06d}"
+
+    def hparams(self, i: int) -> dict:
+        return {**self.provenance, "sample_index": i, **self.cond}
+
+    def finished(self) -> set[int]:
+        """Sample indices whose nets this zoo already holds from an earlier run of the same draw (committed rows
+        of this job with equal provenance); a rerun after a kill skips them."""
+        from wsl.zoo.table import read_table
+
+        if not self.writer.shard_path.exists():
+            return set()
+        arch = json.dumps(self.run.arch, sort_keys=True)
+        out = set()
+        for r in read_table(self.writer.shard_path).rows:
+            i = r.hparams.get("sample_index")
+            if (isinstance(i, int) and r.model_id == self.model_id(i) and r.status == "sampled" and r.checkpoints
+                    and json.dumps(r.arch, sort_keys=True) == arch
+                    and all(r.hparams.get(k) == v for k, v in self.hparams(i).items())):
+                out.add(i)
+        return out
+
+    def write(self, flat: torch.Tensor, indices) -> None:
+        """Checkpoints and rows of nets flat [k, N] with sample indices `indices` (committed by commit())."""
+        for i, sd in zip(indices, self.run.representation.state_dicts(flat)):
+            mid = self.model_id(int(i))
+            meta = {"provenance": json.dumps({**self.provenance, "sample_index": int(i), "condition": self.condition},
+                                             sort_keys=True)}
+            self.writer.write_checkpoint(mid, 0, sd, self.run.arch, extra_meta=meta)
+            self.writer.add_model(mid, self.run.arch, self.hparams(int(i)), status="sampled")
+
+    def commit(self) -> None:
+        self.writer.commit()
+
+
 def write_sample_zoo(run: GeneratorRun, flat: torch.Tensor, zoo_path, seed: int, condition: dict | None = None,
                      guidance: float = 1.0, steps: int | None = None, job_id: str | None = None,
-                     zoo_name: str | None = None, config: dict | None = None) -> Path:
-    """Write sampled nets flat [n, N] as a zoo (status "sampled", one checkpoint each). Returns the zoo path."""
-    from wsl.zoo import ShardWriter
-
-    root = Path(zoo_path).expanduser().resolve()
-    run_name = Path(run.path).name if run.path else "generator"
-    job_id = job_id or f"gen-{_safe(run_name)}-s{int(seed)}"
-    steps_used = steps if steps is not None else run.method.steps
-    provenance = {"generator_run": str(run.path), "generator_checkpoint": str(Path(run.path) / "generator.safetensors"),
-                  "generator_sha256": run.sha256, "generator_method": run.method.name,
-                  "generator_denoiser": run.denoiser.name, "sample_seed": int(seed), "guidance": float(guidance),
-                  "sampler_steps": int(steps_used), "source_zoo": run.zoo.get("path", "")}
-    cond = {f"cond_{_column(k)}": float(v) for k, v in (condition or {}).items()}
-    stored = {"dataset": run.zoo.get("dataset"), "generator": {**provenance, "condition": dict(condition or {})},
-              "source_zoo": {k: run.zoo.get(k) for k in ("path", "name", "dataset_fingerprint", "epoch", "train_ids")},
-              "sample": config or {}}
-    writer = ShardWriter(root, job_id, config=stored, zoo_name=zoo_name or root.name)
-    for i, sd in enumerate(run.representation.state_dicts(flat)):
-        mid = f"{job_id}-{i:06d}"
-        meta = {"provenance": json.dumps({**provenance, "sample_index": i, "condition": dict(condition or {})},
-                                         sort_keys=True)}
-        writer.write_checkpoint(mid, 0, sd, run.arch, extra_meta=meta)
-        writer.add_model(mid, run.arch, {**provenance, "sample_index": i, **cond}, status="sampled")
-    writer.commit()
-    return root
+                     zoo_name: str | None = None, config: dict | None = None, first: int = 0) -> Path:
+    """Write sampled nets flat [n, N] (sample indices first .. first+n-1) as a zoo (status "sampled", one
+    checkpoint each) and commit them. Returns the zoo path."""
+    sink = _SampleSink(run, zoo_path, seed, condition, guidance, steps, job_id, zoo_name, config)
+    sink.write(flat, range(first, first + len(flat)))
+    sink.commit()
+    return sink.root
 
 
 def _column(key: str) -> str:
@@ -153,7 +203,9 @@ def sample_run(cfg) -> Path:
             raise ConfigError("run=<a wsl-train-generator run directory> is required")
         if OmegaConf.is_missing(cfg.zoo, "path"):
             raise ConfigError("zoo.path=<the output zoo> is required")
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+        cfg.pop("logger", None)  # run-time paths of the app's logger (Hydra interpolations) are not sampling settings
+        cfg = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
     from wsl.generators.threads import set_threads
 
     set_threads(cfg.get("threads"))
@@ -164,17 +216,44 @@ def sample_run(cfg) -> Path:
     steps = cfg.get("steps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"steps must be a positive integer or null, got {steps!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive integer, got {n!r}")
+    batch_size = cfg.get("batch_size", 1000)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_target_zoo(run, cfg["zoo"]["path"])
-    t = time.perf_counter()
-    flat = sample_weights(run, n, seed=seed, condition=condition, guidance=float(cfg.get("guidance", 1.0)),
-                          steps=steps, batch_size=int(cfg.get("batch_size", 1000)), device=cfg.get("device", "cpu"))
-    t_sample = time.perf_counter() - t
-    if not torch.isfinite(flat).all():
-        bad = int((~torch.isfinite(flat)).any(1).sum())
-        log.warning("%d of %d sampled nets have non-finite weights; they are written as they are", bad, n)
-    t = time.perf_counter()
-    root = write_sample_zoo(run, flat, cfg["zoo"]["path"], seed, condition, float(cfg.get("guidance", 1.0)), steps,
-                            job_id=cfg.get("job_id"), zoo_name=cfg["zoo"].get("name"), config=cfg)
-    log.info("sampled %d nets in %.2f s (%.0f per minute), wrote them in %.2f s to %s", n, t_sample,
-             60 * n / max(t_sample, 1e-9), time.perf_counter() - t, root)
-    return root
+    guidance = float(cfg.get("guidance", 1.0))
+    sink = _SampleSink(run, cfg["zoo"]["path"], seed, condition, guidance, steps, job_id=cfg.get("job_id"),
+                       zoo_name=cfg["zoo"].get("name"), config=cfg, batch_size=batch_size)
+    # each batch is committed (shard + index) once written: a killed run loses at most the batch in progress,
+    # and a rerun of the same draw skips every net already committed, without drawing it again
+    done = sink.finished() & set(range(n))
+    if done:
+        log.info("resuming: %d of %d nets of this draw are already in %s; drawing the rest", len(done), n, sink.root)
+    t_sample = t_write = 0.0
+    drawn = 0
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        if all(i in done for i in idx):
+            continue
+        t = time.perf_counter()
+        flat = sample_weights(run, len(idx), seed=seed, condition=condition, guidance=guidance, steps=steps,
+                              batch_size=batch_size, device=cfg.get("device", "cpu"), start=start)
+        t_sample += time.perf_counter() - t
+        log.info("sample: drew nets %d..%d", idx[0], idx[-1])
+        if not torch.isfinite(flat).all():
+            bad = int((~torch.isfinite(flat)).any(1).sum())
+            log.warning("%d of %d sampled nets have non-finite weights; they are written as they are", bad, len(idx))
+        t = time.perf_counter()
+        keep = [j for j, i in enumerate(idx) if i not in done]
+        sink.write(flat[keep], [idx[j] for j in keep])
+        sink.commit()
+        t_write += time.perf_counter() - t
+        drawn += len(idx)
+    if not drawn:  # all committed earlier; that run may have died between its shard commit and index merge
+        from wsl.zoo import merge_index
+
+        merge_index(sink.root)
+    log.info("sampled %d nets in %.2f s (%.0f per minute), wrote them in %.2f s to %s", drawn, t_sample,
+             60 * drawn / max(t_sample, 1e-9), t_write, sink.root)
+    return sink.root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -58,7 +59,7 @@ def select_zoo(cfg: DictConfig) -> ZooSelection:
     archs = {json.dumps(zoo.arch(m), sort_keys=True) for m in ids}
     if len(archs) > 1:
         raise ConfigError(f"zoo {zoo.path} holds {len(archs)} architectures ({'; '.join(sorted(archs))}); "
-                          "select one with zoo.filter (e.g. zoo.filter={width:32})")
+                          "select one with zoo.filter (e.g. +zoo.filter.width=32)")
     arch = json.loads(archs.pop())
     dataset = zoo.job_config(ids[0]).get("dataset")
     if not dataset:
@@ -130,12 +131,42 @@ def _logger(cfg: DictConfig, run_dir: Path | None):
     return instantiate(lcfg)
 
 
-def _loader(x: torch.Tensor, cond: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
+def per_rank_batch(batch_size: int, n: int, world_size: int = 1, what: str = "training nets") -> int:
+    """The batch size a rank can fill: `batch_size` capped at its share of the n nets.
+
+    Under DDP every rank sees about n / world_size nets per epoch (Lightning's DistributedSampler),
+    and training batches drop their incomplete last batch: a batch larger than a rank's share
+    would give epochs of zero steps, i.e. a run that silently trains nothing.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    share = n // max(1, int(world_size))
+    if share < 1:
+        raise ConfigError(f"{n} {what} cannot be shared by {world_size} DDP processes (each needs at least one); "
+                          "use fewer trainer.devices or a larger zoo")
+    return min(batch_size, share)
+
+
+def _loader(x: torch.Tensor, cond: torch.Tensor, batch_size: int, shuffle: bool, seed: int, world_size: int = 1):
     from torch.utils.data import DataLoader, TensorDataset
 
-    bs = min(int(batch_size), x.shape[0])
+    bs = per_rank_batch(int(batch_size), x.shape[0], world_size)
     return DataLoader(TensorDataset(x, cond.float()), batch_size=bs, shuffle=shuffle, drop_last=shuffle,
                       generator=torch.Generator().manual_seed(seed))
+
+
+def _global_rank(trainer=None) -> int:
+    if trainer is not None:
+        return int(trainer.global_rank)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def _barrier() -> None:
+    """Wait for every DDP rank (no-op without a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 LATENT_DEFAULTS = {"latent_dim": 64, "hidden": 512, "depth": 2, "steps": 2000, "lr": 1e-3, "weight_decay": 0.0,
@@ -165,7 +196,8 @@ def fit_autoencoder(cfg: DictConfig, x: torch.Tensor, run_dir: Path | None) -> W
     module = AutoencoderModule(ae, lr=float(lat["lr"]), weight_decay=float(lat["weight_decay"]),
                                input_noise=float(lat["input_noise"]), latent_noise=float(lat["latent_noise"]))
     trainer = _trainer(cfg, {"max_steps": int(lat["steps"]), "max_epochs": -1}, run_dir, [], False)
-    trainer.fit(module, _loader(x, torch.zeros(len(x), 0), cfg.batch_size, True, int(cfg.seed)))
+    trainer.fit(module, _loader(x, torch.zeros(len(x), 0), cfg.batch_size, True, int(cfg.seed), trainer.world_size))
+    _check_trained(trainer, "representation.latent autoencoder")
     return ae.eval()
 
 
@@ -224,11 +256,14 @@ def train_generator(cfg: DictConfig, run_dir: Path | str | None = None) -> Gener
     if g.get("ema"):
         callbacks.append(WeightAveraging(multi_avg_fn=WarmupEMA(float(g.ema))))
     trainer = _trainer(cfg, None, run_dir, callbacks, _logger(cfg, run_dir))
-    train_loader = _loader(x, norm(sel.cond_train), cfg.batch_size, True, int(cfg.seed))
-    val_loader = _loader(val_x, norm(sel.cond_val), cfg.batch_size, False, 0) if val_x is not None else None
+    world = int(trainer.world_size)
+    train_loader = _loader(x, norm(sel.cond_train), cfg.batch_size, True, int(cfg.seed), world)
+    val_loader = (_loader(val_x, norm(sel.cond_val), cfg.batch_size, False, 0, world)
+                  if val_x is not None else None)
     t = time.perf_counter()
     trainer.fit(module, train_loader, val_loader)
     t_fit = time.perf_counter() - t
+    _check_trained(trainer, "generator")
     denoiser.eval()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     final_spread = module.spread_history[-1][1] if module.spread_history else module.measure_spread()
@@ -244,10 +279,25 @@ def train_generator(cfg: DictConfig, run_dir: Path | str | None = None) -> Gener
              "filter": _plain(cfg.zoo.get("filter")) or {}}
     run = GeneratorRun(denoiser, method, rep, sel.arch, zinfo, sel.cond_keys,
                        cond_mean.double() if c else None, cond_std.double() if c else None, training)
-    config = OmegaConf.to_container(cfg, resolve=False)
-    config.pop("logger", None)
-    config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
-    run.save(run_dir, config=config)
-    log.info("generator run saved to %s (spread ratio %.3f, %d steps, %.1f s)", run_dir, final_spread,
+    rank = _global_rank(trainer)
+    log.info("generator trained on rank %d of %d (spread ratio %.3f, %d steps, %.1f s)", rank, world, final_spread,
              trainer.global_step, t_fit)
+    if rank == 0:  # DDP: every rank holds the same weights; one writes them
+        config = OmegaConf.to_container(cfg, resolve=False)
+        config.pop("logger", None)
+        config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+        run.save(run_dir, config=config)
+        log.info("generator run saved to %s", run_dir)
+    _barrier()
+    if rank != 0:  # the other ranks return what rank 0 wrote
+        data = (run_dir / "generator.safetensors").read_bytes()
+        run.path, run.sha256 = run_dir.resolve(), hashlib.sha256(data).hexdigest()
     return run
+
+
+def _check_trained(trainer, what: str) -> None:
+    """A fit that took no optimizer step is an error, never a silently untrained run."""
+    if int(trainer.global_step) < 1:
+        raise ConfigError(f"{what} training took 0 optimizer steps (trainer.max_steps={trainer.max_steps}, "
+                          f"{trainer.num_training_batches} batch(es) per epoch on each of {trainer.world_size} "
+                          "process(es)); raise trainer.max_steps, lower batch_size or use a larger zoo")

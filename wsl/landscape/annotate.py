@@ -27,6 +27,7 @@ from wsl.landscape.plan import Plan, group_name, make_plan
 from wsl.landscape.sampling import make_sample_set
 
 log = logging.getLogger("wsl.landscape")
+STATE_CACHE_BYTES = 512 * 2**20  # checkpoints kept in memory between the metrics of one epoch
 
 
 class _Context:
@@ -35,6 +36,7 @@ class _Context:
     def __init__(self, zoo, epoch: int):
         self.zoo, self.epoch = zoo, epoch
         self._data, self._fp, self._samples, self._nets = {}, {}, {}, {}
+        self._states, self._state_bytes = {}, 0  # checkpoints read once for every metric, up to STATE_CACHE_BYTES
 
     def arch_key(self, mid: str) -> str:
         return json.dumps(self.zoo.arch(mid), sort_keys=True)
@@ -89,7 +91,14 @@ class _Context:
         return ""
 
     def state(self, mid: str) -> dict:
-        return self.zoo.state_dict(mid, self.epoch_of(mid))
+        if mid in self._states:
+            return self._states[mid]
+        sd = self.zoo.state_dict(mid, self.epoch_of(mid))
+        size = sum(v.numel() * v.element_size() for v in sd.values())
+        if self._state_bytes + size <= STATE_CACHE_BYTES:
+            self._states[mid] = sd
+            self._state_bytes += size
+        return sd
 
 
 def _settings_json(metric, s: dict, epoch: int, samples: dict) -> str:
@@ -146,6 +155,7 @@ def _run_model_metric(ctx: _Context, plan: Plan, group: str, metric, s: dict, id
         want[mid] = (_settings_json(metric, s, ctx.epoch, samples), samples)
     todo = [m for m in ids if have.get(m, ("",))[0] != want[m][0]]
     todo.sort(key=lambda m: (ctx.arch_key(m), ctx.data_key(m)))  # chunks of one architecture stack well
+    log.info("%s: %d of %d models to compute (the rest are stored with these settings)", group, len(todo), len(ids))
     done = 0
     for start in range(0, len(todo), plan.chunk_size):
         chunk = todo[start:start + plan.chunk_size]
@@ -204,6 +214,7 @@ def _run_cell_metric(ctx: _Context, plan: Plan, group: str, metric, s: dict, ids
         if any(have.get(m) != (sj, mstr) for m in cell):
             plans.append((cell, usable, pairs, sj, mstr, samples))
     plans.sort(key=lambda p: (ctx.arch_key(p[0][0]), ctx.data_key(p[0][0])))
+    log.info("%s: %d of %d cells to compute (the rest are stored with these settings)", group, len(plans), len(cells))
     done = 0
     i = 0
     while i < len(plans):
@@ -298,7 +309,9 @@ def annotate_zoo(zoo_path, cfg, model_ids=None) -> dict[str, int]:
     """Compute the metrics `cfg` (a `landscape:` node) lists for `model_ids` (default: all) of a zoo.
 
     Returns {group: rows (re)computed}; a group is the metric's name at the final checkpoint and
-    '<metric>_epoch<E>' at an explicit epoch E. The config is checked before the zoo is even opened;
+    '<metric>_epoch<E>' at an explicit epoch E. After the metrics, the group `phase` (`phase_epoch<E>`)
+    gets every analyzed cell's taxonomy label (phases.annotate_phases; thresholds `landscape.phase`,
+    null: skipped). The config is checked before the zoo is even opened;
     a metric that does not apply to a model or cell records why in its `note` column.
     """
     plan = make_plan(cfg)
@@ -321,4 +334,8 @@ def annotate_zoo(zoo_path, cfg, model_ids=None) -> dict[str, int]:
             run = _run_model_metric if metric.scope == "model" else _run_cell_metric
             group = group_name(metric.name, epoch)
             out[group] = run(ctx, plan, group, metric, s, ids)
+        if plan.phase is not None:  # the taxonomy label of every cell, from what the index now holds
+            from wsl.landscape.phases import annotate_phases
+
+            out[group_name("phase", epoch)] = annotate_phases(zoo.path, plan.phase, epoch, ids)
     return out

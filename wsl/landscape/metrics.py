@@ -17,7 +17,7 @@ from wsl.landscape.batchnorm import has_batchnorm
 from wsl.landscape.cka import linear_cka
 from wsl.landscape.connectivity import linear_barrier, mode_connectivity
 from wsl.landscape.functional import population_outputs
-from wsl.landscape.hessian import hutchinson_trace, top_eigenvalue
+from wsl.landscape.hessian import METHODS, hutchinson_trace, top_eigenvalue
 from wsl.landscape.spectra import layer_spectrum, weight_layers
 
 SAMPLING = {"num_samples": 2048, "sample_seed": 0}
@@ -28,17 +28,18 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class HessianEig(Metric):
-    """Dominant Hessian eigenvalue by power iteration (model in eval mode)."""
+    """Dominant Hessian eigenvalue by Lanczos (or power iteration) on Hessian-vector products (model in eval mode)."""
 
     name = "hessian_eig"
-    defaults = {"splits": ["train", "test"], **SAMPLING, "max_iters": 100, "tol": 1e-3, "seed": 0,
-                "batch_size": 256, "retain_graphs": True}
-    identity = ("splits", "num_samples", "sample_seed", "max_iters", "tol", "seed")
+    defaults = {"splits": ["train", "test"], **SAMPLING, "method": "lanczos", "max_iters": 100, "tol": 1e-3,
+                "seed": 0, "batch_size": 256, "retain_graphs": True}
+    identity = ("splits", "num_samples", "sample_seed", "method", "max_iters", "tol", "seed")
 
     def check(self, s):
         self._splits(s)
         self._int(s, "num_samples", 1, allow_none=True)
         self._int(s, "sample_seed", 0)
+        self._choice(s, "method", METHODS)
         self._int(s, "max_iters", 1)
         self._float(s, "tol", 0.0, lo_open=False)
         self._int(s, "seed", 0)
@@ -53,21 +54,21 @@ class HessianEig(Metric):
         for sp in s["splits"]:
             x, y = data[sp]
             r = top_eigenvalue(net, params, x, y, s["max_iters"], s["tol"], s["seed"], s["batch_size"], buffers,
-                               retain=s["retain_graphs"])
+                               retain=s["retain_graphs"], method=s["method"])
             cols[sp], cols[f"{sp}_iters"], cols[f"{sp}_converged"] = _np(r.eigenvalue), _np(r.iterations), _np(r.converged)
         p = len(cols[s["splits"][0]])
         notes = ["" if all(cols[f"{sp}_converged"][i] for sp in s["splits"]) else
-                 f"power iteration did not reach tol={s['tol']} in {s['max_iters']} iterations" for i in range(p)]
+                 f"{s['method']} did not reach tol={s['tol']} in {s['max_iters']} iterations" for i in range(p)]
         return cols, notes
 
 
 class HessianTrace(Metric):
-    """Hessian trace by Hutchinson's estimator with Rademacher probes."""
+    """Hessian trace by Hutchinson's estimator with Rademacher probes (optionally Krylov-deflated)."""
 
     name = "hessian_trace"
     defaults = {"splits": ["train", "test"], **SAMPLING, "samples": 100, "min_samples": 10, "rel_stderr": 0.0,
-                "seed": 0, "batch_size": 256, "retain_graphs": True}
-    identity = ("splits", "num_samples", "sample_seed", "samples", "min_samples", "rel_stderr", "seed")
+                "deflation": 0, "seed": 0, "batch_size": 256, "retain_graphs": True}
+    identity = ("splits", "num_samples", "sample_seed", "samples", "min_samples", "rel_stderr", "deflation", "seed")
 
     def check(self, s):
         self._splits(s)
@@ -76,6 +77,7 @@ class HessianTrace(Metric):
         self._int(s, "samples", 1)
         self._int(s, "min_samples", 2)
         self._float(s, "rel_stderr", 0.0, lo_open=False)
+        self._int(s, "deflation", 0)
         self._int(s, "seed", 0)
         self._int(s, "batch_size", 1)
         self._bool(s, "retain_graphs")
@@ -88,8 +90,10 @@ class HessianTrace(Metric):
         for sp in s["splits"]:
             x, y = data[sp]
             r = hutchinson_trace(net, params, x, y, s["samples"], s["seed"], s["batch_size"], buffers,
-                                 s["rel_stderr"], s["min_samples"], retain=s["retain_graphs"])
+                                 s["rel_stderr"], s["min_samples"], retain=s["retain_graphs"], deflation=s["deflation"])
             cols[sp], cols[f"{sp}_stderr"], cols[f"{sp}_samples"] = _np(r.trace), _np(r.stderr), _np(r.samples)
+            if r.deflated is not None:  # the exactly computed part, tr(QᵀHQ) of the deflated Krylov subspace
+                cols[f"{sp}_deflated"] = _np(r.deflated)
         return cols, [""] * len(cols[s["splits"][0]])
 
 

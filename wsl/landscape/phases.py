@@ -12,12 +12,18 @@ for "≈ 0") splits I/II and III/IV; CKA splits IV-A/IV-B. The Hessian follows t
 table, so it is drawn but not needed to decide. A missing metric leaves the label coarse
 ("I/II", "III/IV", "IV") rather than guessed. The thresholds are settings (plot.yaml `phase:`),
 not universal constants: they depend on the task's loss scale.
+
+`annotate_phases` stores the label of every model's cell in the zoo index (annotation group
+`phase`, or `phase_epoch<E>` at an explicit checkpoint epoch; column `label`, read as
+`phase/label` by Zoo.table() and by the encoder task `task=phase`), next to the seed-averaged
+inputs it was decided from, a `note` naming what was missing, and the thresholds used.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from wsl.errors import ConfigError
 
@@ -57,3 +63,141 @@ def phase_label(train_loss, mc=None, cka=None, t: PhaseThresholds = PhaseThresho
     if _nan(cka):
         return "IV"
     return "IV-B" if cka >= t.cka else "IV-A"
+
+
+def _thresholds(t) -> PhaseThresholds:
+    if t is None:
+        return PhaseThresholds()
+    if isinstance(t, PhaseThresholds):
+        return t
+    if not isinstance(t, dict):
+        raise ConfigError(f"phase thresholds must be a mapping with keys loss, mc_tolerance, cka; got {t!r}")
+    unknown = sorted(set(t) - {"loss", "mc_tolerance", "cka"})
+    if unknown:
+        raise ConfigError(f"phase: unknown key(s) {unknown}; valid: ['cka', 'loss', 'mc_tolerance']")
+    return PhaseThresholds(**t)
+
+
+def cell_phase(train_loss, mc=None, cka=None, t: PhaseThresholds = PhaseThresholds(),
+               why_missing: dict | None = None) -> tuple[str, str]:
+    """(label, note) of a cell from its seed-averaged metrics; the note names the metric a coarse
+    label lacks (and why, from `why_missing` {metric: reason}) or the ambiguity it reflects."""
+    why = why_missing or {}
+
+    def missing(name: str) -> str:
+        return f"{name} missing" + (f" ({why[name]})" if why.get(name) else "")
+
+    label = phase_label(train_loss, mc, cka, t)
+    if label == "?":
+        return label, missing("train_loss")
+    if label == "I/II":
+        if _nan(mc):
+            return label, f"coarse: {missing('mode_connectivity')}"
+        return label, (f"coarse: high train loss with |mode connectivity| {abs(mc):.3g} <= {t.mc_tolerance} "
+                       "(neither I nor II)")
+    if label == "III/IV":
+        return label, f"coarse: {missing('mode_connectivity')}"
+    if label == "IV":
+        return label, f"coarse: {missing('cka')}"
+    return label, ""
+
+
+def annotate_phases(zoo_path, thresholds=None, epoch: int = -1, model_ids=None) -> int:
+    """Store the phase label of the cells of `model_ids` (default: all) on every member's row.
+
+    Inputs, averaged over a cell's non-diverged seed replicas (as the phase diagrams do): the train
+    loss at the analyzed checkpoint epoch (from the training history), `mode_connectivity/value`
+    and `cka/value` (their `_epoch<E>` groups at an explicit epoch), whatever run stored them. A
+    missing input leaves the label coarse and the note says which. Rows whose label, note and
+    settings are unchanged are not rewritten. Returns the number of rows written.
+    """
+    import numpy as np
+
+    from wsl.landscape.plan import group_name
+    from wsl.zoo import Zoo, write_annotation
+
+    t = _thresholds(thresholds)
+    zoo = Zoo(zoo_path)
+    group = group_name("phase", epoch)
+    ids = list(zoo.ids) if model_ids is None else [str(m) for m in model_ids]
+    wanted = set(ids)
+    inputs = {"mode_connectivity": group_name("mode_connectivity", epoch), "cka": group_name("cka", epoch)}
+    anns = {}
+    for name, g in inputs.items():
+        try:
+            anns[name] = zoo.annotation(g)["columns"]
+        except KeyError:
+            anns[name] = None
+    pos = {m: i for i, m in enumerate(zoo.ids)}
+    try:
+        old = zoo.annotation(group)["columns"]
+        have = {m: (str(old["label"][i]), str(old["note"][i]), str(old["settings"][i])) for m, i in pos.items()}
+    except KeyError:
+        have = {}
+    settings = json.dumps({"thresholds": asdict(t), "epoch": epoch,
+                           "inputs": {"train_loss": "history train_loss at the checkpoint epoch",
+                                      **{k: f"{g}/value" for k, g in inputs.items()}}}, sort_keys=True)
+
+    def checkpoint_epoch(mid):
+        eps = zoo.checkpoint_epochs(mid)
+        if epoch == -1:
+            return eps[-1] if eps else None
+        return epoch if epoch in eps else None
+
+    def train_loss(mid):
+        e = checkpoint_epoch(mid)
+        h = zoo.history(mid).get("train_loss")
+        if e is None or h is None or e >= len(h):
+            return math.nan
+        v = float(h[e])
+        return v if math.isfinite(v) else math.nan
+
+    rows = {}
+    for cell in zoo.cells().values():
+        if not wanted.intersection(cell):
+            continue
+        ok = [m for m in cell if zoo.row(m).status != "diverged"]
+        n_div = len(cell) - len(ok)
+        loss = [train_loss(m) for m in ok]
+        vals, why = {"train_loss": _nanmean(loss)}, {}
+        if not ok:
+            why["train_loss"] = "every member diverged"
+        elif all(checkpoint_epoch(m) is None for m in ok):
+            why["train_loss"] = f"no checkpoint at epoch {epoch}"
+        elif _nan(vals["train_loss"]):
+            why["train_loss"] = "no finite train loss at the checkpoint epoch in the history"
+        for name, col in anns.items():
+            if col is None:
+                vals[name] = math.nan
+                why[name] = f"annotation group {inputs[name]!r} not computed"
+                continue
+            vals[name] = _nanmean([float(col["value"][pos[m]]) for m in ok]) if "value" in col else math.nan
+            if _nan(vals[name]):
+                notes = sorted({str(col["note"][pos[m]]) for m in ok if "note" in col and str(col["note"][pos[m]])})
+                why[name] = "; ".join(notes) or f"no value in {inputs[name]!r}"
+        label, note = cell_phase(vals["train_loss"], vals["mode_connectivity"], vals["cka"], t, why)
+        if n_div:
+            div = f"{n_div} of {len(cell)} members diverged (averaged over the rest)"
+            note = f"{note}; {div}" if note else div
+        for m in cell:
+            e = checkpoint_epoch(m)
+            rows[m] = {"label": label, "note": note, "settings": settings, "epoch": -1 if e is None else e,
+                       "members": ",".join(sorted(cell)), **vals}
+    todo = [m for m in rows if have.get(m) != (rows[m]["label"], rows[m]["note"], rows[m]["settings"])]
+    if not todo:
+        return 0
+    cols = {c: [rows[m][c] for m in todo] for c in ("label", "note", "settings", "members")}
+    cols["epoch"] = np.asarray([rows[m]["epoch"] for m in todo], dtype=np.int64)
+    for c in ("train_loss", "mode_connectivity", "cka"):
+        cols[c] = np.asarray([rows[m][c] for m in todo], dtype=np.float64)
+    attrs = {"metric": "phase", "scope": "cell", "settings": settings,
+             **{f"threshold:{k}": float(v) for k, v in asdict(t).items()},
+             "description": "phase of the loss-landscape taxonomy (Yang et al. 2021) of the model's cell, "
+                            "from seed-averaged train loss, mode connectivity and CKA (wsl/landscape/phases.py)"}
+    write_annotation(zoo.path, group, todo, cols, attrs)
+    return len(todo)
+
+
+def _nanmean(vals) -> float:
+    vals = [v for v in vals if not _nan(v) and math.isfinite(v)]
+    return float(sum(vals) / len(vals)) if vals else math.nan

@@ -9,8 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 from wsl.errors import ConfigError
 from wsl.landscape.base import Metric
 from wsl.landscape.metrics import METRICS
+from wsl.landscape.phases import PhaseThresholds, _thresholds
 
-TOP_KEYS = {"metrics", "epoch", "chunk_size", "num_samples", "sample_seed"}
+TOP_KEYS = {"metrics", "epoch", "chunk_size", "num_samples", "sample_seed", "phase"}
 
 
 @dataclass
@@ -18,6 +19,7 @@ class Plan:
     metrics: list = field(default_factory=list)  # [(Metric, settings dict)] in the configured order
     epochs: list = field(default_factory=lambda: [-1])  # checkpoint epochs; -1 = each model's final one
     chunk_size: int = 64  # models per committed chunk
+    phase: PhaseThresholds | None = field(default_factory=PhaseThresholds)  # None: no `phase` group
 
     @property
     def names(self) -> list[str]:
@@ -65,10 +67,18 @@ def make_plan(cfg) -> Plan:
     chunk = c.get("chunk_size", 64)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ConfigError(f"landscape.chunk_size must be a positive integer, got {chunk!r}")
+    phase = c.get("phase", {})
+    if phase is not None and phase is not False:
+        try:
+            phase = _thresholds(phase)
+        except ConfigError as e:
+            raise ConfigError(f"landscape.{e}") from None
+    else:
+        phase = None
     metrics: list[tuple[Metric, dict]] = []
     for n in names:
         node = c.get(n) or {}
         if not isinstance(node, dict):
             raise ConfigError(f"landscape.{n} must be a mapping of settings, got {node!r}")
         metrics.append((METRICS[n], METRICS[n].settings(node)))
-    return Plan(metrics, epochs, chunk)
+    return Plan(metrics, epochs, chunk, phase)

@@ -7,7 +7,7 @@ pay for importing Lightning.
 import importlib
 
 _EXPORTS = {
-    "population_forward": "functional", "stack_state_dicts": "functional", "unstack": "functional",
+    "population_forward": "functional", "stack_state_dicts": "functional", "unstack": "functional", "psnr": "functional",
     "Member": "members", "make_members": "members", "PopulationModule": "module",
     "PopulationOptimizer": "optim", "PopulationBatchSampler": "sampler", "member_epoch_order": "sampler",
 }

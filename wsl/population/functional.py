@@ -22,6 +22,12 @@ def unstack(params: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     return [{k: v[i] for k, v in params.items()} for i in range(n)]
 
 
+def psnr(mse: torch.Tensor, value_range: float = 2.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of a mean squared error, for values spanning `value_range`
+    ([-1, 1] -> 2): 10 log10(range^2 / mse)."""
+    return 10 * torch.log10(value_range**2 / mse.clamp_min(1e-12))
+
+
 def skeleton(net: nn.Module) -> nn.Module:
     """A parameter-free copy of `net` on the meta device, for functional_call."""
     return copy.deepcopy(net).to("meta")

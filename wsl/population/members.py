@@ -46,6 +46,9 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint32)[0] >> 1)
 
 
+derive_seed = _seed  # public name: e.g. a per-image init seed derived from (member seed, image index)
+
+
 def make_members(size: int, lr, weight_decay, seed: int = 0) -> list[Member]:
     """`size` members covering the grid lr × weight_decay with size / |grid| seed replicas each.
 

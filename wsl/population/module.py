@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsl.population.functional import population_forward, skeleton
+from wsl.population.functional import population_forward, psnr, skeleton
 from wsl.population.optim import PopulationOptimizer
 from wsl.population.schedules import lr_factor
 
@@ -19,12 +19,18 @@ class PopulationModule(L.LightningModule):
     weight decay. Its loss is independent of every other member's parameters, so summing the
     member losses gives each member exactly its own gradient. A member whose loss turns NaN/inf
     is marked diverged and frozen; the others go on.
+
+    data.kind "classification" (TaskData): every member sees the same data; loss cross-entropy,
+    metrics <split>_loss and <split>_acc. data.kind "inr" (INRData): inputs (coordinates) are shared,
+    targets are one row per image ([T, N, C]) and member k fits row `target_rows[k]`; loss mean
+    squared error, metrics <split>_loss (the MSE) and <split>_psnr (dB, peak = data.value_range).
     """
 
     def __init__(self, net: nn.Module, init_params: dict[str, torch.Tensor], data, lr, weight_decay,
                  optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999),
                  eps: float = 1e-8, schedule: str = "constant", warmup_epochs: int = 0, step_epochs: int = 0,
-                 gamma: float = 0.1, epochs: int = 1, steps_per_epoch: int = 1, eval_batch_size: int = 4096):
+                 gamma: float = 0.1, epochs: int = 1, steps_per_epoch: int = 1, eval_batch_size: int = 4096,
+                 target_rows=None):
         super().__init__()
         # structure only, on the meta device; kept out of the module tree so device moves skip it
         object.__setattr__(self, "net", skeleton(net))
@@ -36,6 +42,18 @@ class PopulationModule(L.LightningModule):
         self.register_buffer("member_wd", torch.as_tensor(weight_decay, dtype=torch.float32).expand(p).clone())
         self.register_buffer("alive", torch.ones(p, dtype=torch.bool))
         self.register_buffer("diverged_epoch", torch.full((p,), -1, dtype=torch.long))
+        self.kind = getattr(data, "kind", "classification")
+        if self.kind not in ("classification", "inr"):
+            raise ValueError(f"data.kind={self.kind!r}: expected classification or inr")
+        self.value_range = float(getattr(data, "value_range", 2.0))
+        if self.kind == "inr":
+            n_targets = data.split("train")[1].shape[0]
+            rows = torch.arange(p) if target_rows is None else torch.as_tensor(target_rows, dtype=torch.long)
+            if rows.shape != (p,) or (rows.numel() and (rows.min() < 0 or rows.max() >= n_targets)):
+                raise ValueError(f"target_rows must give each of the {p} members a row in [0, {n_targets})")
+            self.register_buffer("target_rows", rows.clone(), persistent=False)
+        elif target_rows is not None:
+            raise ValueError("target_rows applies to per-member targets (data.kind 'inr') only")
         for split in ("train", "val", "test"):
             x, y = data.split(split)
             self.register_buffer(f"x_{split}", x, persistent=False)
@@ -59,13 +77,28 @@ class PopulationModule(L.LightningModule):
         return {n: t[k].detach().cpu().clone() for n, t in zip(self.names, self.stacked)}
 
     # ---- training ---------------------------------------------------------------------------
+    @property
+    def metric_names(self) -> tuple[str, str]:
+        """What evaluate() returns: (loss, accuracy) or, for INRs, (mean squared error, PSNR)."""
+        return ("loss", "psnr") if self.kind == "inr" else ("loss", "acc")
+
     def member_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x [P, B, ...], y [P, B] -> mean cross-entropy per member [P]."""
-        logits = population_forward(self.net, self.params(), x, shared_input=False)  # [P, B, C]
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        """x [P, B, ...], y [P, B] (labels) or [P, B, C] (INR targets) -> mean loss per member [P]:
+        cross-entropy, or for INRs the mean squared error over pixels and channels."""
+        out = population_forward(self.net, self.params(), x, shared_input=False)  # [P, B, C]
+        if self.kind == "inr":
+            return (out - y).pow(2).mean(dim=(1, 2))
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+
+    def _targets(self, split: str, idx: torch.Tensor) -> torch.Tensor:
+        """Targets of the samples idx [P, B] (member k's row of idx): [P, B] labels or [P, B, C] values."""
+        y = getattr(self, f"y_{split}")
+        if self.kind == "inr":
+            return y[self.target_rows[:, None], idx]
+        return y[idx]
 
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        x, y = self.x_train[idx], self.y_train[idx]  # [P, B, ...], [P, B]
+        x, y = self.x_train[idx], self._targets("train", idx)  # [P, B, ...], [P, B] or [P, B, C]
         losses = self.member_losses(x, y)
         finite = torch.isfinite(losses)
         newly = self.alive & ~finite
@@ -85,30 +118,39 @@ class PopulationModule(L.LightningModule):
     # ---- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and accuracy [P] of every member on a whole split (eval mode, chunked)."""
+        """Loss and accuracy [P] of every member on a whole split (eval mode, chunked); for INRs the
+        mean squared error and the PSNR in dB (see metric_names)."""
         x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
         was_training = self.net.training
         self.net.eval()
         loss_sum = torch.zeros(self.population_size, device=x.device, dtype=torch.float64)
         correct = torch.zeros(self.population_size, device=x.device, dtype=torch.float64)
         chunk = max(1, self.eval_batch_size)
+        if self.kind == "inr":
+            y = y[self.target_rows]  # [P, N, C]: each member's own image
         for s in range(0, x.shape[0], chunk):
-            xb, yb = x[s : s + chunk], y[s : s + chunk]
-            logits = population_forward(self.net, self.params(), xb, shared_input=True)  # [P, n, C]
-            ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(self.population_size), reduction="none")
+            xb = x[s : s + chunk]
+            out = population_forward(self.net, self.params(), xb, shared_input=True)  # [P, n, C]
+            if self.kind == "inr":
+                loss_sum += (out - y[:, s : s + chunk]).pow(2).mean(-1).sum(1).double()
+                continue
+            yb = y[s : s + chunk]
+            ce = F.cross_entropy(out.flatten(0, 1), yb.repeat(self.population_size), reduction="none")
             loss_sum += ce.view(self.population_size, -1).sum(1).double()
-            correct += (logits.argmax(-1) == yb).sum(1).double()
+            correct += (out.argmax(-1) == yb).sum(1).double()
         self.net.train(was_training)
         n = max(1, x.shape[0])
-        loss, acc = loss_sum / n, correct / n
+        loss = loss_sum / n
+        second = psnr(loss, self.value_range) if self.kind == "inr" else correct / n
         dead = ~self.alive
         nan = torch.full_like(loss, float("nan"))
-        return torch.where(dead, nan, loss), torch.where(dead, nan, acc)
+        return torch.where(dead, nan, loss), torch.where(dead, nan, second)
 
     def evaluate_all(self) -> dict[str, torch.Tensor]:
         out = {}
         for split in ("train", "val", "test"):
             if getattr(self, f"x_{split}").shape[0] == 0:
                 continue
-            out[f"{split}_loss"], out[f"{split}_acc"] = self.evaluate(split)
+            loss_name, second_name = self.metric_names
+            out[f"{split}_{loss_name}"], out[f"{split}_{second_name}"] = self.evaluate(split)
         return out

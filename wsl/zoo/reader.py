@@ -62,11 +62,14 @@ class Zoo:
         import pandas as pd
 
         recs = []
+        # the standard metrics, then any other per-epoch metric (e.g. an INR zoo's train_psnr)
+        metrics = list(METRICS) + sorted({k for r in self._table.rows for k, h in r.history.items() if len(h)}
+                                         - set(METRICS))
         for r in self._table.rows:
             rec = {"model_id": r.model_id, "job_id": r.job_id, "status": r.status, "net": r.arch.get("name"),
                    "diverged_epoch": r.diverged_epoch, "n_checkpoints": len(r.checkpoints)}
             rec.update(r.hparams)
-            for m in METRICS:
+            for m in metrics:
                 h = r.history.get(m, [])
                 rec[m] = h[-1] if h and r.status != "diverged" else float("nan")
             recs.append(rec)
@@ -161,13 +164,17 @@ class Zoo:
         return self._table.jobs.get(self.row(model_id).job_id, {}).get("config", {})
 
     def task_data(self, model_id: str | None = None):
-        """The exact train/val/test data (splits, train fraction) `model_id` was trained on."""
-        from wsl.data import load_dataset
+        """The exact train/val/test data (splits, train fraction) `model_id` was trained on; for an INR
+        zoo (dataset=digits_inr), the INRData of its images (row k: image_index[k], label[k])."""
+        from wsl.data import INR_DATASETS, load_dataset, load_inr_dataset
 
         mid = model_id or self.ids[0]
         cfg = self.job_config(mid).get("dataset")
         if not cfg:
             raise ZooFormatError(f"{self.path}: job of model {mid} records no dataset config")
+        if cfg.get("name") in INR_DATASETS:
+            return load_inr_dataset(**{k: cfg[k] for k in ("name", "root", "num_images", "per_class", "subset_seed",
+                                                             "shared_init") if k in cfg})
         kw = {k: cfg[k] for k in ("name", "root", "train_fraction", "subset_seed", "split_seed", "val_fraction",
                                    "test_fraction") if k in cfg}
         return load_dataset(**kw)

@@ -203,13 +203,26 @@ def _attr_value(v):
     return v
 
 
+# What h5py raises on a damaged or crafted file: OSError/KeyError/ValueError for most, RuntimeError
+# from HDF5's own checks (wrong B-tree or heap signature, "Link visitation failed", ...),
+# SystemError when such an error surfaces while h5py releases its lock, OverflowError for absurd
+# sizes. Every read of an untrusted table turns these into a ZooFormatError naming the file.
+H5_ERRORS = (KeyError, ValueError, TypeError, OSError, IndexError, AttributeError, RuntimeError, SystemError,
+             OverflowError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
 def _open(path: Path) -> h5py.File:
     if not Path(path).is_file():  # a FIFO or device would block the reader
         raise ZooFormatError(f"{path}: missing or not a regular file")
     try:
         return h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise ZooFormatError(f"{path}: cannot be opened as HDF5 ({e})") from e
+    except H5_ERRORS as e:
+        raise ZooFormatError(f"{path}: cannot be opened as HDF5 ({_one_line(e)})") from e
 
 
 def _check_untrusted(f: h5py.File, path: Path) -> None:
@@ -243,8 +256,8 @@ def read_table(path: Path) -> ModelTable:
             return _read_table(f, path)
     except ZooFormatError:
         raise
-    except (KeyError, ValueError, TypeError, OSError, IndexError, AttributeError) as e:
-        raise ZooFormatError(f"{path}: malformed zoo table ({type(e).__name__}: {e})") from e
+    except H5_ERRORS as e:
+        raise ZooFormatError(f"{path}: malformed zoo table ({_one_line(e)})") from e
 
 
 def _read_table(f: h5py.File, path: Path) -> ModelTable:
@@ -330,8 +343,8 @@ def read_annotation_file(path: Path) -> Annotation:
             return Annotation(str(_attr_value(f.attrs.get("group", path.stem))), ids, columns, attrs)
     except ZooFormatError:
         raise
-    except (KeyError, ValueError, TypeError, OSError, IndexError, AttributeError) as e:
-        raise ZooFormatError(f"{path}: malformed annotation file ({type(e).__name__}: {e})") from e
+    except H5_ERRORS as e:
+        raise ZooFormatError(f"{path}: malformed annotation file ({_one_line(e)})") from e
 
 
 def merge_annotations(old: Annotation | None, new: Annotation) -> Annotation:

@@ -1,0 +1,149 @@
+"""Bad configs everywhere: every app (wsl/apps/*.py with a main) stops on an unknown key, a wrong type
+and an impossible value with exit status 2 and one line on stderr, before writing anything.
+
+The apps run in this process (their heavy imports are shared, so ~0.5 s per case instead of a
+fresh interpreter each) exactly as their console scripts do: `main()` with sys.argv set. Each
+test's working directory is an empty temp dir, and the zoo they are pointed at is a private
+copy: both must be untouched afterwards. test_reliability.py and test_zoo.py run real console
+scripts end to end.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+APPS_DIR = ROOT / "wsl" / "apps"
+
+# per app: the required arguments ({zoo} = a copy of a trained zoo, {tmp} = the working dir),
+# an impossible value and a wrong type, with a pattern the one-line error must match
+CASES = {
+    "zoo": (["zoo.path={tmp}/new"], "net.width=0", r"net\.width", "train.epochs=many", r"train\.epochs"),
+    "verify": (["zoo.path={zoo}"], "zoo.path=' '", r"zoo\.path", "checksums=maybe", r"checksums"),
+    "landscape": (["zoo.path={zoo}"], "landscape.num_samples=0", r"num_samples", "landscape.epoch=last",
+                  r"epoch"),
+    "plot": (["zoo.path={zoo}"], "plot.format=gif", r"plot\.format", "plot.dpi=high", r"plot\.dpi"),
+    "align": (["zoo.path={zoo}", "out={tmp}/aligned"], "matching.max_iter=0", r"max_iter", "epoch=last",
+              r"epoch"),
+    "train_encoder": (["zoo.path={zoo}"], "batch_size=0", r"batch_size", "seeds=three", r"seeds"),
+    "train_generator": (["zoo.path={zoo}"], "batch_size=0", r"batch_size", "trainer.max_steps=lots",
+                        r"max_steps"),
+    "sample": (["run={tmp}/no-run", "zoo.path={tmp}/gen"], "n=0", r"\bn\b", "guidance=strong", r"guidance"),
+    "evaluate": (["zoo.path={zoo}", "reference={zoo}"], "split=holdout", r"\bsplit\b", "max_nets=all", r"max_nets"),
+}
+
+
+def app_modules() -> list[str]:
+    """wsl/apps/<name>.py files that define main()."""
+    out = []
+    for p in sorted(APPS_DIR.glob("*.py")):
+        tree = ast.parse(p.read_text())
+        if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body):
+            out.append(p.stem)
+    return out
+
+
+def test_every_app_is_covered():
+    apps = app_modules()
+    assert {"zoo", "verify"} <= set(apps)
+    assert set(apps) <= set(CASES), f"add bad-config cases for {sorted(set(apps) - set(CASES))}"
+
+
+def _snapshot(*dirs: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for d in dirs if d.exists() for p in d.rglob("*")}
+
+
+@pytest.fixture(autouse=True)
+def _isolate_hydra():
+    """An app run in this process leaves Hydra's global state and logging handlers behind: restore them."""
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    GlobalHydra.instance().clear()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def private_zoo(tmp_path_factory, tiny_zoo) -> Path:
+    root = tmp_path_factory.mktemp("cfg") / "zoo"
+    shutil.copytree(tiny_zoo, root)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["unknown key", "wrong type", "impossible value"])
+@pytest.mark.parametrize("app", sorted(CASES))
+def test_bad_config_fails_fast_with_one_line_before_writing(app, kind, tmp_path, private_zoo, monkeypatch, capfd):
+    if app not in app_modules():
+        pytest.skip(f"wsl/apps/{app}.py has no main() yet")
+    required, impossible, imp_pat, wrong, wrong_pat = CASES[app]
+    args = [a.format(zoo=private_zoo, tmp=tmp_path) for a in required]
+    bad, pattern = {"unknown key": ("no_such_key=1", r"no_such_key"), "wrong type": (wrong, wrong_pat),
+                    "impossible value": (impossible, imp_pat)}[kind]
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", [f"wsl-{app.replace('_', '-')}", *args, bad])
+    before = _snapshot(private_zoo)
+    module = importlib.import_module(f"wsl.apps.{app}")
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    err = capfd.readouterr().err.strip()
+    assert exit_info.value.code == 2, f"{app} {bad}: exit status {exit_info.value.code}, stderr:\n{err}"
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{app} {bad}: not one line:\n{err}"
+    import re
+
+    assert re.search(pattern, lines[0]), f"{app} {bad}: the error does not name the key: {lines[0]}"
+    assert not list(work.iterdir()), f"{app} {bad} wrote {sorted(p.name for p in work.iterdir())}"
+    assert _snapshot(private_zoo) == before, f"{app} {bad} changed the zoo it was given"
+    assert not any(p.name in ("new", "gen", "aligned") for p in tmp_path.iterdir()), f"{app} {bad} created output"
+
+
+# the options every config group offers, composed into each app that pulls the group in; a -m sweep is
+# checked job by job (each value once), as preflight checks a real sweep
+LOGGERS = "logger=none,csv,tensorboard,wandb"
+VALID = {
+    "zoo": [["-m", "landscape=none,basic,full", LOGGERS], ["net=cnn", "dataset=mnist1d"]],
+    "verify": [["-m", LOGGERS]],
+    "landscape": [["-m", "landscape=basic,full,none", LOGGERS], ["model_ids=[a,b]"]],
+    "plot": [["-m", LOGGERS], ["plot.x=width", "plot.y=lr", "plot.metrics=[train_loss]", "plot.format=svg"]],
+    "align": [["-m", "reference=cell,global", "epochs=all,matched", "annotations=copy,drop"]],
+    "evaluate": [["-m", LOGGERS, "split=train,val,test"], ["~baselines.gaussian", "failure.min_accuracy=0.5",
+                                                            "reference_ids=[a]", "novelty.align=false"]],
+    "sample": [["-m", LOGGERS], ["+condition.val_acc=0.9", "guidance=2", "steps=5", "threads=1", "device=cuda"]],
+    "train_generator": [["-m", "generator=flow,diffusion", "generator/denoiser=mlp,transformer", LOGGERS],
+                        ["representation.latent=true", "condition.columns=[val_acc]", "zoo.val_fraction=0.25",
+                         "+zoo.filter.width=8", "generator.ema=null"]],
+    "train_encoder": [["-m", "encoder=deepsets,flat,graph,nfn,stats,transformer",
+                       "task=gen_gap,hparams,inr_class,phase,test_acc"]],
+}
+
+
+@pytest.mark.parametrize("app", sorted(CASES))
+def test_valid_configs_pass_the_checks(app, tmp_path, capfd):
+    """The checks refuse only what is impossible: every app's defaults, each option of its config
+    groups and each logger pass."""
+    from wsl.apps.common import preflight
+
+    required = [a.format(zoo=tmp_path / "zoo", tmp=tmp_path) for a in CASES[app][0]]
+    module = importlib.import_module(f"wsl.apps.{app}")
+    validate = getattr(module, {"verify": "validate_verify_config", "align": "settings_from"}.get(app, "_validate"))
+    for extra in [[], *VALID[app]]:
+        try:
+            preflight(app, validate, argv=[*required, *extra])
+        except SystemExit:
+            pytest.fail(f"wsl-{app} {' '.join(extra)}: {capfd.readouterr().err.strip()}")
+    assert not list(tmp_path.iterdir()), "the checks wrote something"
