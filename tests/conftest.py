@@ -54,3 +54,18 @@ def run_cli(module: str, *args: str, timeout: int = 300, cwd=None, check=False) 
     if check and p.returncode != 0:
         raise AssertionError(f"{module} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+@pytest.fixture
+def restore_hydra_and_logging():
+    """Apps run in this process leave Hydra's global state and logging handlers behind: restore them."""
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    GlobalHydra.instance().clear()
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -61,18 +61,8 @@ def _snapshot(*dirs: Path) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _isolate_hydra():
-    """An app run in this process leaves Hydra's global state and logging handlers behind: restore them."""
-    import logging
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    GlobalHydra.instance().clear()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _isolate_hydra(restore_hydra_and_logging):
+    """Every case runs an app in this process."""
 
 
 @pytest.fixture

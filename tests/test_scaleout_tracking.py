@@ -255,21 +255,6 @@ def test_zoo_app_with_wandb_and_no_login_runs_offline(tmp_path):
     assert all(0.0 <= h["test_acc_mean"] <= 1.0 for h in epochs)
 
 
-@pytest.fixture
-def _restore_hydra_and_logging():
-    """Apps run in this process leave Hydra's global state and logging handlers behind: restore them."""
-    import logging
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    GlobalHydra.instance().clear()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def _run_app(app: str, *args: str, monkeypatch) -> int:
     """An app's console-script entry point, in this process (imports shared: seconds, not tens)."""
     import importlib
@@ -291,7 +276,7 @@ def _csv_run(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def test_apps_log_their_resolved_config_and_final_metrics(tmp_path, tiny_zoo, monkeypatch, capsys,
-                                                          _restore_hydra_and_logging):
+                                                          restore_hydra_and_logging):
     """wsl-verify, wsl-landscape and wsl-train-generator with logger=csv: the resolved config (every
     override in it, no `???` left) and the app's summary numbers land in <run dir>/logs; the
     generator's per-step rows (its trainer logs there too) are kept, the final row after them."""
