@@ -460,7 +460,9 @@ def drill_landscape(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: i
             if plan_fn is not None:
                 target = plan_fn(rnd, attempt)
             elif attempt < max_kills and left > 0:
-                kinds = {"training": max(1, left - 1), "annotation": left, "index": left + 1}
+                # index merges per run: once at the end (after every annotation commit), and at start-up when
+                # the index is behind the files (a killed run's commits; never on the round's fresh copy)
+                kinds = {"training": max(1, left - 1), "annotation": left, "index": 1 if attempt == 0 else 2}
                 target = _choose(rng, kinds)
             run = run_app(cmd, workdir, zoo, target, rng, progress="annotation")
             stats.runs += 1

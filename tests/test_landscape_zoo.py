@@ -134,6 +134,34 @@ def test_rerun_skips_what_is_stored_and_recomputes_changed_settings(zoo_base, tm
         {"barrier": 3, "phase": 0}
 
 
+def test_what_is_done_is_read_from_annotation_files_and_the_index_rebuilt_once(zoo_base, tmp_path, monkeypatch):
+    """Each chunk is committed as its annotation file; the index is rebuilt once per run (start-up and end),
+    not after every write. A run killed before its end-of-run merge leaves the index behind the files: the
+    rerun must still skip every committed row and derive the phase labels from the files."""
+    import wsl.zoo
+
+    path = _copy(zoo_base, tmp_path)
+    cfg = _landscape_cfg("landscape.metrics=[hessian_eig,cka]")
+    merges, real = [], wsl.zoo.merge_index
+    monkeypatch.setattr(wsl.zoo, "merge_index", lambda p: merges.append(p))  # as if every merge were killed
+    assert annotate_zoo(path, cfg) == {"hessian_eig": 8, "cka": 8, "phase": 8}
+    assert len(merges) == 1  # end of run only: none per annotation write, none at start-up (index current)
+    assert "cka/value" not in Zoo(path).table()  # committed to annotations/, not yet in the index
+    assert annotate_zoo(path, cfg) == {"hessian_eig": 0, "cka": 0, "phase": 0}  # skipped from the files
+    assert len(merges) == 2  # start-up (files newer than the index), no end-of-run merge: nothing written
+    monkeypatch.setattr(wsl.zoo, "merge_index", real)
+    assert annotate_zoo(path, cfg) == {"hessian_eig": 0, "cka": 0, "phase": 0}  # its start-up merge catches up
+    index = path / "index.h5"
+    stamp = index.stat().st_mtime_ns
+    assert annotate_zoo(path, cfg) == {"hessian_eig": 0, "cka": 0, "phase": 0}
+    assert index.stat().st_mtime_ns == stamp  # nothing changed: the index is not rebuilt at all
+    t = Zoo(path).table()
+    wide = t[t.width == 16]
+    assert wide["cka/value"].notna().all() and wide["hessian_eig/train"].notna().all()
+    assert wide["phase/cka"].astype(float).notna().all()  # the labels saw cka in the files
+    assert not wide["phase/note"].str.contains("cka").any()
+
+
 def test_chosen_checkpoint_epochs_get_their_own_groups(zoo_base, tmp_path):
     path = _copy(zoo_base, tmp_path)
     done = annotate_zoo(path, _landscape_cfg("landscape.metrics=[spectra,cka]", "landscape.epoch=[0,7,-1]"))

@@ -128,15 +128,17 @@ def test_killed_landscape_resumes_without_recomputing(tiny_zoo, tmp_path):
     ref = tmp_path / "reference"  # the same metrics, computed without faults (in this process: faster)
     shutil.copytree(tiny_zoo, ref)
     annotate_zoo(ref, compose_cfg("landscape", [f"zoo.path={ref}", *LANDSCAPE]).landscape)
-    # run 1: killed inside the 2nd annotation write (the 2nd model's hessian_trace row: redone by run 2);
-    # run 2: killed inside its 3rd index merge (start-up merge, then 2nd and 3rd rows: the 3rd row is in
-    # annotations/ but not yet in the index, and run 3 must not compute it again); run 3 finishes
-    plan = {0: ("annotation", 2), 1: ("index", 3)}
+    # run 1: killed inside the 2nd annotation write (the 2nd model's hessian_trace row: redone by run 2;
+    # the 1st row is in annotations/ only: the index is rebuilt once per run, at its end);
+    # run 2: killed inside its 2nd and last index merge (start-up merge, then every row committed to
+    # annotations/ and the end-of-run merge: the index shows none of run 2's rows, and run 3 must
+    # compute nothing again); run 3 finishes
+    plan = {0: ("annotation", 2), 1: ("index", 2)}
     stats = drill.drill_landscape(tmp_path / "drill", tiny_zoo, rounds=1, args=LANDSCAPE, reference=ref,
                                   plan_fn=lambda rnd, attempt: plan.get(attempt))
     report = "\n".join(stats.lines())
     assert dict(stats.kills) == {"annotation": 1, "index": 1} and stats.in_window == 2, report
-    assert stats.runs == 3 and stats.protected == 3, report  # rows 1, 2 and 3 were committed before a kill
+    assert stats.runs == 3 and stats.protected == 3 * 4, report  # every row was committed before the 2nd kill
     assert stats.expected == stats.final == 3 * 4, report  # hessian_trace, cka, phase x 4 models
     assert stats.lost == stats.redone == stats.duplicated == stats.missing == 0, report
     assert stats.reference_mismatches == 0 and stats.max_weight_diff == 0.0, report  # same values, bit for bit

@@ -6,10 +6,13 @@ JSON, including the keys of the data sample sets whose indices are group attribu
 `samples:<key>`), the checkpoint epoch used (`epoch`) and a `note` saying why a value is missing.
 Work is committed in chunks; a rerun skips rows whose stored settings equal the current ones,
 so a killed run resumes where it stopped and a changed setting recomputes only what it changes.
+A chunk's commit is its annotation file: what is done is read from `annotations/`, and `index.h5`
+is rebuilt from them once per run, at the end (and at start-up if a killed run left it behind).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -107,13 +110,37 @@ def _settings_json(metric, s: dict, epoch: int, samples: dict) -> str:
                        "samples": {sp: ss.key for sp, ss in sorted(samples.items())}}, sort_keys=True)
 
 
+def stored_columns(zoo, group: str) -> dict | None:
+    """Columns of `annotations/<group>.h5` as committed, aligned to zoo.ids (NaN / -1 / "" where a model
+    has no row); None if the group has no file. The index may lag behind these files (it is rebuilt
+    once per run), so whatever decides what is done reads them, not the index."""
+    from wsl.zoo.format import ANNOTATION_DIR
+    from wsl.zoo.table import read_annotation_file
+
+    path = zoo.path / ANNOTATION_DIR / f"{group}.h5"
+    if not path.is_file():
+        return None
+    ann = read_annotation_file(path)
+    pos = {m: j for j, m in enumerate(ann.model_ids)}
+    where = [(i, pos[m]) for i, m in enumerate(zoo.ids) if m in pos]
+    out = {}
+    for name, col in ann.columns.items():
+        if isinstance(col, np.ndarray) and col.dtype != object:
+            a = np.full((len(zoo.ids), *col.shape[1:]), np.nan if col.dtype.kind == "f" else -1, dtype=col.dtype)
+            for i, j in where:
+                a[i] = col[j]
+        else:
+            a = [""] * len(zoo.ids)
+            for i, j in where:
+                a[i] = str(col[j])
+        out[name] = a
+    return out
+
+
 def _existing(zoo, group: str, columns=("settings",)) -> dict:
     """{model_id: tuple of the stored values of `columns`} for rows this group already has."""
-    try:
-        ann = zoo.annotation(group)["columns"]
-    except KeyError:
-        return {}
-    if any(c not in ann for c in columns):
+    ann = stored_columns(zoo, group)
+    if ann is None or any(c not in ann for c in columns):
         return {}
     return {mid: tuple(str(ann[c][i]) for c in columns) for i, mid in enumerate(zoo.ids)}
 
@@ -138,7 +165,7 @@ def _write(zoo_path, group: str, metric, s: dict, rows: dict, samples_used: dict
     attrs = {"metric": metric.name, "scope": metric.scope, "settings": json.dumps(s, sort_keys=True),
              "description": type(metric).__doc__ or ""}
     attrs.update({f"samples:{ss.key}": ss.describe() for ss in samples_used.values()})
-    write_annotation(zoo_path, group, ids, cols, attrs)
+    write_annotation(zoo_path, group, ids, cols, attrs, rebuild_index=False)  # the index: once, at the end
 
 
 def _finite(state: dict) -> bool:
@@ -305,6 +332,39 @@ def _existing_zoo_dir(zoo_path):
     return p
 
 
+def _index_current(root, zoo) -> bool:
+    """True if `index.h5` already holds every shard and annotation file: each is older than the index,
+    the index lists exactly their jobs and groups, and no temp file of a killed write is left over."""
+    from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, SHARD_DIR
+
+    t = (root / INDEX_FILE).stat().st_mtime_ns
+    found = {}
+    for d in (SHARD_DIR, ANNOTATION_DIR):
+        files = list((root / d).glob("*.h5"))
+        if any(f.stat().st_mtime_ns >= t for f in files):  # equal: same clock tick, cannot tell: rebuild
+            return False
+        found[d] = {f.stem for f in files}
+    if any(any(d.glob(".*.h5.*.tmp")) for d in (root, root / SHARD_DIR, root / ANNOTATION_DIR)):
+        return False
+    return found[SHARD_DIR] == set(zoo._table.jobs) and found[ANNOTATION_DIR] == set(zoo._table.annotations)
+
+
+def _open_current(zoo_path):
+    """The zoo, its index first rebuilt if a killed run (or anything else) left it behind its files."""
+    from wsl.errors import ZooFormatError
+    from wsl.zoo import Zoo, merge_index
+
+    root = _existing_zoo_dir(zoo_path)
+    try:
+        zoo = Zoo(root)
+        if _index_current(zoo.path, zoo):
+            return zoo  # nothing changed since the last rebuild: skip it (it reads every file)
+    except (ZooFormatError, OSError):
+        pass
+    merge_index(root)
+    return Zoo(root)
+
+
 def annotate_zoo(zoo_path, cfg, model_ids=None) -> dict[str, int]:
     """Compute the metrics `cfg` (a `landscape:` node) lists for `model_ids` (default: all) of a zoo.
 
@@ -317,25 +377,32 @@ def annotate_zoo(zoo_path, cfg, model_ids=None) -> dict[str, int]:
     plan = make_plan(cfg)
     if not plan.metrics:
         return {}
-    from wsl.zoo import Zoo, merge_index
+    from wsl.zoo import merge_index
 
-    # a run killed between committing an annotation and rebuilding the index leaves the index
-    # behind its files: rebuild it first, so that everything committed counts as done
-    merge_index(_existing_zoo_dir(zoo_path))
-    zoo = Zoo(zoo_path)
+    # a run killed after committing annotations and before rebuilding the index leaves the index
+    # behind its files: bring it up to date first (what is done is read from the files themselves)
+    zoo = _open_current(zoo_path)
     ids = list(zoo.ids) if model_ids is None else [str(m) for m in model_ids]
     missing = [m for m in ids if m not in set(zoo.ids)]
     if missing:
         raise ConfigError(f"model id(s) not in {zoo.path}: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     out = {}
-    for epoch in plan.epochs:
-        ctx = _Context(zoo, epoch)
-        for metric, s in plan.metrics:
-            run = _run_model_metric if metric.scope == "model" else _run_cell_metric
-            group = group_name(metric.name, epoch)
-            out[group] = run(ctx, plan, group, metric, s, ids)
-        if plan.phase is not None:  # the taxonomy label of every cell, from what the index now holds
-            from wsl.landscape.phases import annotate_phases
+    try:
+        for epoch in plan.epochs:
+            ctx = _Context(zoo, epoch)
+            for metric, s in plan.metrics:
+                run = _run_model_metric if metric.scope == "model" else _run_cell_metric
+                group = group_name(metric.name, epoch)
+                out[group] = run(ctx, plan, group, metric, s, ids)
+            if plan.phase is not None:  # the taxonomy label of every cell, from the committed annotations
+                from wsl.landscape.phases import annotate_phases
 
-            out[group_name("phase", epoch)] = annotate_phases(zoo.path, plan.phase, epoch, ids)
+                out[group_name("phase", epoch)] = annotate_phases(zoo, plan.phase, epoch, ids,
+                                                                  rebuild_index=False)
+    except BaseException:
+        with contextlib.suppress(Exception):  # what was committed before the error: in the index now
+            merge_index(zoo.path)
+        raise
+    if any(out.values()):  # every annotation file is committed: one index rebuild for all of them
+        merge_index(zoo.path)
     return out

@@ -38,6 +38,23 @@ def bezier(a: dict, c: dict, b: dict, t: torch.Tensor) -> dict:
     return out
 
 
+def _bezier_shared_t(a: dict, c: dict, b: dict, t: torch.Tensor) -> dict:
+    """bezier() with one t [1] for every pair: the same values, its weights computed once, not per tensor."""
+    w = {}
+    out = {}
+    for k in a:
+        if not a[k].is_floating_point():
+            out[k] = a[k]
+            continue
+        dt = a[k].dtype
+        if dt not in w:
+            tt = t.to(dt)
+            w[dt] = ((1 - tt) ** 2, 2 * tt * (1 - tt), tt ** 2)
+        w0, w1, w2 = w[dt]
+        out[k] = w0 * a[k] + w1 * c[k] + w2 * b[k]
+    return out
+
+
 def path_losses(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor,
                 bn_x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
     """Loss of each stacked point {name: [P, ...]} on (x, y) -> [P] float64.
@@ -88,7 +105,7 @@ def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tenso
     keys = [k for k in float_keys(a) if k in param_names]  # BN buffers are recomputed, never trained
     c = {k: ((a[k] + b[k]) / 2).clone().requires_grad_(k in keys) if a[k].is_floating_point() else a[k]
          for k in a}
-    opt = torch.optim.Adam([c[k] for k in keys], lr=lr)
+    opt = torch.optim.Adam([c[k] for k in keys], lr=lr, foreach=True)  # one call per step for all tensors
     p, n = num_members(a), x.shape[0]
     bn = has_batchnorm(net)
     model = copy.deepcopy(net).train() if bn else None
@@ -97,8 +114,8 @@ def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tenso
         idx = torch.randint(0, n, (min(int(batch_size), n),), generator=g)
         # one point of the curve per step, shared by all pairs: a pair's trajectory is then the
         # same whether it is trained alone or stacked with others
-        t = torch.rand(1, generator=g).expand(p)
-        theta = bezier(a, c, b, t)
+        t = torch.rand(1, generator=g)
+        theta = _bezier_shared_t(a, c, b, t)
         if bn:  # batch statistics in train mode, pair by pair (BN buffers cannot be vmapped in place)
             loss = sum(F.cross_entropy(functional_call(model, {k: v for k, v in th.items() if k in param_names},
                                                        (x[idx],)), y[idx]) for th in unstack(theta))

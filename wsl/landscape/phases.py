@@ -102,37 +102,38 @@ def cell_phase(train_loss, mc=None, cka=None, t: PhaseThresholds = PhaseThreshol
     return label, ""
 
 
-def annotate_phases(zoo_path, thresholds=None, epoch: int = -1, model_ids=None) -> int:
+def annotate_phases(zoo_path, thresholds=None, epoch: int = -1, model_ids=None, rebuild_index: bool = True) -> int:
     """Store the phase label of the cells of `model_ids` (default: all) on every member's row.
+    `zoo_path`: a zoo directory, or an open Zoo (its rows; annotations are read from their files).
 
     Inputs, averaged over a cell's non-diverged seed replicas (as the phase diagrams do): the train
     loss at the analyzed checkpoint epoch (from the training history), `mode_connectivity/value`
     and `cka/value` (their `_epoch<E>` groups at an explicit epoch), whatever run stored them. A
     missing input leaves the label coarse and the note says which. Rows whose label, note and
-    settings are unchanged are not rewritten. Returns the number of rows written.
+    settings are unchanged are not rewritten. Returns the number of rows written. Inputs and stored
+    labels are read from the annotation files (the index may lag behind them); `rebuild_index=False`
+    leaves the index rebuild to the caller (annotate_zoo: once per run).
     """
     import numpy as np
 
+    from wsl.landscape.annotate import stored_columns
     from wsl.landscape.plan import group_name
     from wsl.zoo import Zoo, write_annotation
 
     t = _thresholds(thresholds)
-    zoo = Zoo(zoo_path)
+    zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)  # annotate_zoo passes its open zoo
     group = group_name("phase", epoch)
     ids = list(zoo.ids) if model_ids is None else [str(m) for m in model_ids]
     wanted = set(ids)
     inputs = {"mode_connectivity": group_name("mode_connectivity", epoch), "cka": group_name("cka", epoch)}
     anns = {}
     for name, g in inputs.items():
-        try:
-            anns[name] = zoo.annotation(g)["columns"]
-        except KeyError:
-            anns[name] = None
+        anns[name] = stored_columns(zoo, g)
     pos = {m: i for i, m in enumerate(zoo.ids)}
+    old = stored_columns(zoo, group)
     try:
-        old = zoo.annotation(group)["columns"]
         have = {m: (str(old["label"][i]), str(old["note"][i]), str(old["settings"][i])) for m, i in pos.items()}
-    except KeyError:
+    except (KeyError, TypeError):
         have = {}
     settings = json.dumps({"thresholds": asdict(t), "epoch": epoch,
                            "inputs": {"train_loss": "history train_loss at the checkpoint epoch",
@@ -194,7 +195,7 @@ def annotate_phases(zoo_path, thresholds=None, epoch: int = -1, model_ids=None) 
              **{f"threshold:{k}": float(v) for k, v in asdict(t).items()},
              "description": "phase of the loss-landscape taxonomy (Yang et al. 2021) of the model's cell, "
                             "from seed-averaged train loss, mode connectivity and CKA (wsl/landscape/phases.py)"}
-    write_annotation(zoo.path, group, todo, cols, attrs)
+    write_annotation(zoo.path, group, todo, cols, attrs, rebuild_index=rebuild_index)
     return len(todo)
 
 

@@ -156,11 +156,14 @@ def _merge_locked(root: Path) -> Path:
     return index
 
 
-def write_annotation(zoo_path, group: str, model_ids: list, columns: dict, attrs: dict | None = None) -> None:
+def write_annotation(zoo_path, group: str, model_ids: list, columns: dict, attrs: dict | None = None,
+                     rebuild_index: bool = True) -> None:
     """Add per-model columns (e.g. landscape metrics with their estimator settings) to a zoo.
 
     Rows merge with what `annotations/<group>.h5` already holds (same model id: replaced), so
-    work done in chunks accumulates and a killed run keeps every committed chunk.
+    work done in chunks accumulates and a killed run keeps every committed chunk. The file is the
+    commit; `rebuild_index=False` leaves `index.h5` behind it (Zoo readers see the rows after the
+    next merge_index, which the caller owes, e.g. once after a batch of groups: wsl-landscape).
     """
     root = Path(zoo_path).resolve()
     check_id("annotation group", group)
@@ -188,4 +191,5 @@ def write_annotation(zoo_path, group: str, model_ids: list, columns: dict, attrs
         merged = merge_annotations(old, new)
         with atomic_path(path, what="annotation") as tmp:
             write_annotation_file(tmp, merged)
-        _merge_locked(root)
+        if rebuild_index:
+            _merge_locked(root)
