@@ -19,6 +19,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts with one torch thread, and a test that changes it (e.g. an app's `threads=`
+    setting) does not pass its setting on to the next."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -30,13 +30,8 @@ def source(tmp_path_factory):
     each) that train and lr=1000 that diverges; width-4 MLPs (2 replicas). Plus an annotation
     group the copy must carry over."""
     path = tmp_path_factory.mktemp("align") / "src"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: threads only add synchronization on a shared machine
-    try:
-        make_zoo(path, ["population.size=9", "train.lr=[0.1,0.03,1000.0]"])
-        make_zoo(path, ["population.size=2", "net.width=4"])
-    finally:
-        torch.set_num_threads(threads)
+    make_zoo(path, ["population.size=9", "train.lr=[0.1,0.03,1000.0]"])
+    make_zoo(path, ["population.size=2", "net.width=4"])
     zoo = Zoo(path)
     write_annotation(path, "weights", zoo.ids, {"sq_norm": [_norm(zoo.state_dict(m)) for m in zoo.ids]},
                      {"what": "sum of squared weights of the last checkpoint"})

@@ -28,15 +28,6 @@ MU = torch.tensor([1.0, -2.0, 0.5])
 S = torch.tensor([0.3, 1.5, 0.8])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: on a shared 2-core machine threads only add hand-off costs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- exact denoisers of x ~ N(MU, diag(S^2)) -------------------------------------------------------
 class ExactFlow(torch.nn.Module):
     """E[x1 - x0 | x_t] (velocity) or E[x1 | x_t] (data) for x_t = (1 - t) x0 + t x1, x0 ~ N(0, I)."""

@@ -31,14 +31,6 @@ from wsl.zoo import ShardWriter, Zoo
 QUIET = ["logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def flow_run(tiny_zoo, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("gen") / "flow"

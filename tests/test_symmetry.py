@@ -34,15 +34,6 @@ NET_CASES = {
 CASES = [(name, kw) for name, kws in NET_CASES.items() for kw in kws]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Nets this small only lose time to thread synchronization on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _net(name, kw, seed=0):
     torch.manual_seed(seed)
     return build_net({"name": name, **kw}).eval()

@@ -90,6 +90,15 @@ def _rows(d: dict | None, idx: torch.Tensor) -> dict | None:
     return None if d is None else {k: t[idx] for k, t in d.items()}
 
 
+def _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain):
+    """(members, operator) still to iterate: once the members not done are at most `shrink` of those in
+    the current graph, the graph is rebuilt for them alone (a smaller vmapped double backward)."""
+    left = members[~done[members]]
+    if len(left) > shrink * len(members):
+        return members, op
+    return left, PopulationHVP(net, _rows(params, left), x, y, batch_size, _rows(buffers, left), retain)
+
+
 @dataclass
 class EigResult:
     eigenvalue: torch.Tensor  # [P] dominant eigenvalue (largest |λ|) of each member's Hessian
@@ -213,12 +222,9 @@ def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tenso
         done[members[conv]] = True
         if bool(done.all()):
             break
-        left = members[~done[members]]
-        if len(left) <= shrink * len(members):
-            members = left
-            op = PopulationHVP(net, _rows(params, members), x, y, batch_size, _rows(buffers, members), retain)
-            if lz is not None:
-                lz.op = op
+        members, op = _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain)
+        if lz is not None:
+            lz.op = op
     return EigResult(eig, iters, done)
 
 
@@ -284,10 +290,7 @@ def hutchinson_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Ten
             done[live[se <= rel_stderr * (base[live] + part.mean(dim=1)).abs()]] = True
         if bool(done.all()):
             break
-        left = members[~done[members]]
-        if len(left) <= shrink * len(members):
-            members = left
-            op = PopulationHVP(net, _rows(params, members), x, y, batch_size, _rows(buffers, members), retain)
+        members, op = _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain)
     mean = vhv.nanmean(dim=1)
     var = ((vhv - mean[:, None]) ** 2).nansum(dim=1) / (used - 1).clamp_min(1)
     se = torch.where(used > 1, (var / used).sqrt(), torch.full_like(mean, float("nan")))

@@ -27,6 +27,16 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().double().cpu().numpy()
 
 
+def _check_hvp_settings(metric: Metric, s) -> None:
+    """What both curvature metrics share: the sampled splits and the Hessian-vector product settings."""
+    metric._splits(s)
+    metric._int(s, "num_samples", 1, allow_none=True)
+    metric._int(s, "sample_seed", 0)
+    metric._int(s, "seed", 0)
+    metric._int(s, "batch_size", 1)
+    metric._bool(s, "retain_graphs")
+
+
 class HessianEig(Metric):
     """Dominant Hessian eigenvalue by Lanczos (or power iteration) on Hessian-vector products (model in eval mode)."""
 
@@ -36,15 +46,10 @@ class HessianEig(Metric):
     identity = ("splits", "num_samples", "sample_seed", "method", "max_iters", "tol", "seed")
 
     def check(self, s):
-        self._splits(s)
-        self._int(s, "num_samples", 1, allow_none=True)
-        self._int(s, "sample_seed", 0)
+        _check_hvp_settings(self, s)
         self._choice(s, "method", METHODS)
         self._int(s, "max_iters", 1)
         self._float(s, "tol", 0.0, lo_open=False)
-        self._int(s, "seed", 0)
-        self._int(s, "batch_size", 1)
-        self._bool(s, "retain_graphs")
 
     def samples(self, s):
         return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
@@ -71,16 +76,11 @@ class HessianTrace(Metric):
     identity = ("splits", "num_samples", "sample_seed", "samples", "min_samples", "rel_stderr", "deflation", "seed")
 
     def check(self, s):
-        self._splits(s)
-        self._int(s, "num_samples", 1, allow_none=True)
-        self._int(s, "sample_seed", 0)
+        _check_hvp_settings(self, s)
         self._int(s, "samples", 1)
         self._int(s, "min_samples", 2)
         self._float(s, "rel_stderr", 0.0, lo_open=False)
         self._int(s, "deflation", 0)
-        self._int(s, "seed", 0)
-        self._int(s, "batch_size", 1)
-        self._bool(s, "retain_graphs")
 
     def samples(self, s):
         return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]

@@ -12,7 +12,7 @@ from torch import nn
 
 from wsl.errors import ConfigError
 from wsl.nets.common import activation as make_activation, as_shape, check_positive_int, init_weights
-from wsl.nets.spec import PermutationSpec
+from wsl.nets.spec import PermutationSpec, chain_spec
 
 POOLINGS = ("stride", "max", "avg")
 
@@ -72,15 +72,4 @@ class CNN(nn.Module):
                 "activation": self.activation_name, "init": self.init}
 
     def permutation_spec(self) -> PermutationSpec:
-        axes, sizes = {}, {}
-        prev = None
-        spatial = (None,) * (len(self.in_shape) - 1)
-        for i in range(self.depth):
-            p = f"P{i}"
-            sizes[p] = self.width
-            axes[f"convs.{i}.weight"] = (p, prev, *spatial)
-            axes[f"convs.{i}.bias"] = (p,)
-            prev = p
-        axes["head.weight"] = (None, prev)
-        axes["head.bias"] = (None,)
-        return PermutationSpec(axes, sizes)
+        return chain_spec(self.depth, self.width, layers="convs", spatial_axes=len(self.in_shape) - 1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from wsl.nets.common import activation as make_activation, as_shape, check_positive_int, init_weights
-from wsl.nets.spec import PermutationSpec
+from wsl.nets.spec import PermutationSpec, chain_spec
 
 
 class MLP(nn.Module):
@@ -58,15 +58,5 @@ class MLP(nn.Module):
                 "init": self.init}
 
     def permutation_spec(self) -> PermutationSpec:
-        axes, sizes = {}, {}
-        prev = None
-        for i in range(self.depth):
-            p = f"P{i}"
-            sizes[p] = self.width
-            axes[f"hidden.{i}.weight"] = (p, prev)
-            axes[f"hidden.{i}.bias"] = (p,)
-            prev = p
-        axes["head.weight"] = (None, prev)
-        axes["head.bias"] = (None,)
-        return PermutationSpec(axes, sizes)
+        return chain_spec(self.depth, self.width)
 

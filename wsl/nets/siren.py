@@ -22,7 +22,7 @@ from torch import nn
 from wsl.errors import ConfigError
 from wsl.nets.common import as_shape, check_positive_int
 from wsl.nets.registry import register_net
-from wsl.nets.spec import PermutationSpec
+from wsl.nets.spec import PermutationSpec, chain_spec
 
 
 @register_net
@@ -74,14 +74,4 @@ class SIREN(nn.Module):
                 "width": self.width, "depth": self.depth, "w0": self.w0, "w0_initial": self.w0_initial}
 
     def permutation_spec(self) -> PermutationSpec:
-        axes, sizes = {}, {}
-        prev = None
-        for i in range(self.depth):
-            p = f"P{i}"
-            sizes[p] = self.width
-            axes[f"hidden.{i}.weight"] = (p, prev)
-            axes[f"hidden.{i}.bias"] = (p,)
-            prev = p
-        axes["head.weight"] = (None, prev)
-        axes["head.bias"] = (None,)
-        return PermutationSpec(axes, sizes)
+        return chain_spec(self.depth, self.width)

@@ -33,3 +33,22 @@ class PermutationSpec:
     @classmethod
     def from_json(cls, d: dict) -> "PermutationSpec":
         return cls({k: tuple(v) for k, v in d["axes"].items()}, {k: int(v) for k, v in d["sizes"].items()})
+
+
+def chain_spec(depth: int, width: int, layers: str = "hidden", spatial_axes: int = 0,
+               head: str = "head") -> PermutationSpec:
+    """The spec of a plain chain of `depth` hidden layers of `width` units followed by a head:
+    layer i's output units (weight axis 0, bias) share permutation P<i>, which also acts on the next
+    layer's input axis (weight axis 1); `spatial_axes` kernel axes (convolutions) are never permuted."""
+    axes, sizes = {}, {}
+    prev = None
+    spatial = (None,) * spatial_axes
+    for i in range(depth):
+        p = f"P{i}"
+        sizes[p] = width
+        axes[f"{layers}.{i}.weight"] = (p, prev, *spatial)
+        axes[f"{layers}.{i}.bias"] = (p,)
+        prev = p
+    axes[f"{head}.weight"] = (None, prev)
+    axes[f"{head}.bias"] = (None,)
+    return PermutationSpec(axes, sizes)

@@ -135,8 +135,8 @@ class _Checker:
             return
         files = self._walk()
         index = self._read_index()
-        shards = self._read_tables(SHARD_DIR)
-        annotations = self._read_annotations()
+        shards = self._read_all(SHARD_DIR, read_table)
+        annotations = self._read_all(ANNOTATION_DIR, read_annotation_file)
         committed = self._committed(index, shards)
         if index is not None:
             self._compare_index(index, shards, annotations)
@@ -225,7 +225,8 @@ class _Checker:
             self.error(index, _strip(str(e), index))
             return None
 
-    def _read_tables(self, sub: str) -> dict[Path, ModelTable]:
+    def _read_all(self, sub: str, read) -> dict:
+        """`read(path)` of every `<sub>/*.h5`; a file that cannot be read is reported and left out."""
         out = {}
         d = self.root / sub
         if not d.is_dir():
@@ -234,21 +235,7 @@ class _Checker:
             if not p.is_file():
                 continue
             try:
-                out[p] = read_table(p)
-            except ZooFormatError as e:
-                self.error(p, _strip(str(e), p))
-        return out
-
-    def _read_annotations(self) -> dict:
-        out = {}
-        d = self.root / ANNOTATION_DIR
-        if not d.is_dir():
-            return out
-        for p in sorted(d.glob("*.h5")):
-            if not p.is_file():
-                continue
-            try:
-                out[p] = read_annotation_file(p)
+                out[p] = read(p)
             except ZooFormatError as e:
                 self.error(p, _strip(str(e), p))
         return out
