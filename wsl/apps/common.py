@@ -196,9 +196,7 @@ def run_dir() -> Path:
 
 def tracked_config(cfg: DictConfig) -> dict:
     """The resolved config as it is logged: plain types, the `logger` node (run-time paths) left out."""
-    c = OmegaConf.to_container(cfg, resolve=False)
-    c.pop("logger", None)
-    return OmegaConf.to_container(OmegaConf.create(c), resolve=True)
+    return OmegaConf.to_container(without_logger(cfg), resolve=True)
 
 
 def without_logger(cfg: DictConfig) -> DictConfig:

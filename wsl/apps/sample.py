@@ -14,7 +14,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight, without_logger
+from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -31,7 +31,7 @@ def _main(cfg: DictConfig) -> None:
 
     _validate(cfg)
     t = time.perf_counter()
-    root = sample_run(without_logger(cfg))  # the zoo stores the config: no logger paths in it
+    root = sample_run(cfg)  # it leaves the logger node (run-time paths) out of what the zoo stores
     seconds = time.perf_counter() - t
     print(f"zoo: {root}")
     log_summary(cfg, {"n": int(cfg.n), "zoo_models": len(Zoo(root).ids), "seconds": seconds,
