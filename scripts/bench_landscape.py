@@ -7,13 +7,14 @@ population trainer, then in the same run:
      prints that time over the training time (target <= 1x), with each metric's compute time;
  (b) computes Hessian top eigenvalue and trace of every member with wsl (one vmapped program) and
      with the PyHessian package model by model, on the same samples: 1. with the same estimators
-     and settings (power iteration, a fixed number of probes: what vmapping buys), 2. at the same
-     noise, each at its best (wsl's landscape=full: Lanczos, Krylov-deflated Hutchinson stopped at
-     its standard error; PyHessian: power iteration and, per model, the probes plain Hutchinson
-     needs for that standard error), 3. as 2 in PyHessian's dataloader mode. It prints their
-     agreement in units of estimator noise, the Hessian-vector products per model and the time
-     ratio (target >= 10x). With --exact N, the exact Hessian of the first N members is the ground
-     truth. The load average is printed at start and end (the machine may be shared).
+     and settings (power iteration, 100 Rademacher probes: what vmapping buys by itself), 2. each as
+     it is used by default (wsl's landscape=full: Lanczos and, for these ReLU nets, the exact trace;
+     PyHessian's eigenvalues() and trace() with their defaults), 3. as 2 with PyHessian cut to the
+     probes plain Hutchinson needs per model for a 5% standard error, 4. as 2 in PyHessian's
+     dataloader mode. It prints their agreement in units of estimator noise, the Hessian-vector
+     products per model and the time ratio (target >= 10x). With --exact N, the exact Hessian of the
+     first N members is the ground truth. The load average is printed at start and end (the machine
+     may be shared).
 
     pip install --no-deps pyhessian      # PyHessian 0.1; it needs only torch and numpy
     python scripts/bench_landscape.py [--members 32] [--epochs 10] [--threads 1] [--exact 1]
@@ -151,11 +152,12 @@ class _Counter:
 
 def _pyhessian(models, x, y, max_iters, tol, probes, loader_batch=None):
     """PyHessian 0.1, model by model: single-batch mode (its fastest), or its dataloader mode.
-    probes: an int (every model) or a list (per model)."""
+    probes: an int (every model), a list (per model) or None (its own default stopping rule:
+    trace(maxIter=100, tol=1e-3) stops once a probe moves the running mean by < 0.1%)."""
     from pyhessian import hessian as PyHessian
     from torch.utils.data import DataLoader, TensorDataset
 
-    eig, tr, se = [], [], []
+    eig, tr, se, used = [], [], [], []
     with _Counter() as count:
         for i, model in enumerate(models):
             if loader_batch:
@@ -164,20 +166,31 @@ def _pyhessian(models, x, y, max_iters, tol, probes, loader_batch=None):
             else:
                 h = PyHessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
             ev, _ = h.eigenvalues(maxIter=max_iters, tol=tol, top_n=1)
-            k = probes if isinstance(probes, int) else int(probes[i])
-            vhv = h.trace(maxIter=k, tol=0.0)  # tol=0: exactly k Rademacher vectors
+            if probes is None:
+                vhv = h.trace()
+            else:
+                k = probes if isinstance(probes, int) else int(probes[i])
+                vhv = h.trace(maxIter=k, tol=0.0)  # tol=0: exactly k Rademacher vectors
             eig.append(ev[0])
             tr.append(float(np.mean(vhv)))
-            se.append(float(np.std(vhv, ddof=1) / math.sqrt(len(vhv))))
-    return np.asarray(eig), np.asarray(tr), np.asarray(se), count.n / len(models)
+            se.append(float(np.std(vhv, ddof=1) / math.sqrt(len(vhv))) if len(vhv) > 1 else float("nan"))
+            used.append(len(vhv))
+    return np.asarray(eig), np.asarray(tr), np.asarray(se), count.n / len(models), np.asarray(used)
 
 
 def _wsl(net, states, x, y, eig_kw: dict, trace_kw: dict, batch_size=256, retain=True):
+    """wsl on the stacked population: (eigenvalues, traces, trace standard errors, Hessian-vector products
+    per model, probes per model). trace_kw {"method": "exact"}: the exact trace (no probes, zero error)."""
+    from wsl.landscape.exact_trace import exact_trace
     from wsl.landscape.functional import split_state, stack_states
     from wsl.landscape.hessian import hutchinson_trace, top_eigenvalue
 
     params, buffers = split_state(net, stack_states(states))
     eig = top_eigenvalue(net, params, x, y, seed=0, batch_size=batch_size, buffers=buffers, retain=retain, **eig_kw)
+    if trace_kw.get("method") == "exact":
+        tr = exact_trace(net, params, x, y, batch_size, buffers).numpy()
+        zero = np.zeros_like(tr)
+        return eig.eigenvalue.numpy(), tr, zero, eig.iterations.double().mean().item(), zero
     tr = hutchinson_trace(net, params, x, y, seed=0, batch_size=batch_size, buffers=buffers, retain=retain,
                           **trace_kw)
     products = (eig.iterations + tr.samples + trace_kw.get("deflation", 0)).double().mean().item()
@@ -202,19 +215,27 @@ def _side_by_side(repeats, f, g):
     return rf, np.min(tf, axis=0), rg, np.min(tg, axis=0)
 
 
-def _agreement(label, w, ph, t_wsl, t_ph, tol):
+def _agreement(label, w, ph, t_wsl, t_ph, tol, exact=False):
     w_eig, w_tr, w_se, w_n = w[:4]
-    ph_eig, ph_tr, ph_se, ph_n = ph
+    ph_eig, ph_tr, ph_se, ph_n, ph_probes = ph
     rel_eig = np.abs(w_eig - ph_eig) / np.abs(ph_eig)
     z = (w_tr - ph_tr) / np.sqrt(w_se**2 + ph_se**2)
     print(f"  {label}")
     print(f"    top eigenvalue: median relative difference {np.median(rel_eig):.1e}, max {rel_eig.max():.1e} "
           f"(both stop at relative change < {tol})")
-    print(f"    trace: median relative standard error wsl {np.median(w_se / np.abs(w_tr)):.3f}, PyHessian "
-          f"{np.median(ph_se / np.abs(ph_tr)):.3f}; z = (wsl - PyHessian) / combined standard error: median |z| "
-          f"{np.median(np.abs(z)):.2f}, max {np.abs(z).max():.2f}; |z| < 2 for {np.mean(np.abs(z) < 2):.0%} "
+    noise = (f"wsl exact (no estimator noise), PyHessian median relative standard error "
+             f"{np.nanmedian(ph_se / np.abs(ph_tr)):.3f}" if exact else
+             f"median relative standard error wsl {np.median(w_se / np.abs(w_tr)):.3f}, PyHessian "
+             f"{np.nanmedian(ph_se / np.abs(ph_tr)):.3f}")
+    print(f"    trace: {noise}; z = (wsl - PyHessian) / combined standard error: median |z| "
+          f"{np.nanmedian(np.abs(z)):.2f}, max {np.nanmax(np.abs(z)):.2f}; |z| < 2 for {np.mean(np.abs(z) < 2):.0%} "
           f"(~95% expected if they agree)")
-    print(f"    Hessian-vector products per model: wsl {w_n:.1f}, PyHessian {ph_n:.1f}")
+    if ph_probes.min() < 5:  # its default rule stops once one probe barely moves the mean: a few probes can agree by chance
+        print(f"    PyHessian used {ph_probes.min()}-{ph_probes.max()} probes (median {np.median(ph_probes):.0f}); on the "
+              f"{np.sum(ph_probes < 5)} model(s) it stopped at < 5, its standard error is not meaningful; |z| < 2 for "
+              f"{np.mean(np.abs(z[ph_probes >= 5]) < 2):.0%} of the rest")
+    print(f"    Hessian-vector products per model: wsl {w_n:.1f}{' + the exact trace (10 backward passes)' if exact else ''}"
+          f", PyHessian {ph_n:.1f}")
     r = t_ph / t_wsl
     print(f"    time: wsl {_fmt(t_wsl)} vs PyHessian {_fmt(t_ph)} -> PyHessian time / wsl time = {r[0]:.1f}x wall, "
           f"{r[1]:.1f}x CPU (target >= 10x)")
@@ -249,31 +270,37 @@ def compare_curvature(path: Path, max_iters: int, tol: float, probes: int, exact
                f"Rademacher probes", w, ph, t_w, t_ph, tol)
     w_plain = w
 
-    # 2. the same noise, each estimator at its best: wsl's landscape=full settings vs PyHessian with the
-    #    probes plain Hutchinson needs for the same relative standard error (counted per model by wsl)
-    need = _wsl(net, states, x, y, same_e, {"samples": 1000, "rel_stderr": rel, "min_samples": t["min_samples"]})[4]
+    # 2. each as it is used: wsl landscape=full (Lanczos; the exact trace of these ReLU nets) against
+    #    PyHessian's documented calls with their defaults
     best_e = {"method": e["method"], "max_iters": e["max_iters"], "tol": e["tol"]}
-    best_t = {"samples": t["samples"], "rel_stderr": rel, "min_samples": t["min_samples"], "deflation": t["deflation"]}
+    best_t = {"method": "exact"}
+    w, t_w, ph, t_ph = _side_by_side(repeats, lambda: _wsl(net, states, x, y, best_e, best_t),
+                                     lambda: _pyhessian(models, x, y, max_iters, tol, None))
+    _agreement(f"2. each with its defaults: wsl landscape=full ({e['method']} tol {e['tol']}, exact trace) vs "
+               f"PyHessian eigenvalues() and trace() (power iteration tol {tol}; Hutchinson until a probe moves "
+               f"the mean by < 0.1%, at most 100)", w, ph, t_w, t_ph, tol, exact=True)
+    w_best, ph_best = w, ph
+
+    # 3. PyHessian doing the least work that still gives a usable trace: per model the probes plain
+    #    Hutchinson needs for a `rel` relative standard error (counted by wsl's stopping rule)
+    need = _wsl(net, states, x, y, same_e, {"samples": 1000, "rel_stderr": rel, "min_samples": t["min_samples"]})[4]
     w, t_w, ph, t_ph = _side_by_side(repeats, lambda: _wsl(net, states, x, y, best_e, best_t),
                                      lambda: _pyhessian(models, x, y, max_iters, tol, need))
-    _agreement(f"2. the same noise (trace standard error <= {rel:.0%}), each at its best: wsl landscape=full "
-               f"({e['method']} tol {e['tol']}; Hutchinson deflated by {t['deflation']} Lanczos steps, stopped at "
-               f"{rel:.0%} standard error) vs PyHessian (power iteration tol {tol}; per model the {int(need.min())}-"
-               f"{int(need.max())} probes plain Hutchinson needs for {rel:.0%})", w, ph, t_w, t_ph, tol)
-    w_best, ph_best = w, ph
+    _agreement(f"3. as 2, PyHessian cut to the {int(need.min())}-{int(need.max())} probes per model that a {rel:.0%} "
+               f"standard error needs (wsl is exact)", w, ph, t_w, t_ph, tol, exact=True)
     if loader_batch:
         w, t_w, ph, t_ph = _side_by_side(
             repeats, lambda: _wsl(net, states, x, y, best_e, best_t, loader_batch, False),
-            lambda: _pyhessian(models, x, y, max_iters, tol, need, loader_batch))
-        _agreement(f"3. as 2, memory bounded by one batch of {loader_batch} samples (PyHessian's dataloader mode; "
-                   f"wsl retain_graphs=false)", w, ph, t_w, t_ph, tol)
+            lambda: _pyhessian(models, x, y, max_iters, tol, None, loader_batch))
+        _agreement(f"4. as 2, memory bounded by one batch of {loader_batch} samples (PyHessian's dataloader mode; "
+                   f"wsl retain_graphs=false)", w, ph, t_w, t_ph, tol, exact=True)
     worst = int(np.argmax(np.abs(w_best[0] - ph_best[0]) / np.abs(ph_best[0])))
     for i in sorted(set(range(min(exact, len(ids)))) | ({worst} if exact > 0 else set())):
         ev, trace = exact_curvature(net, dict(states[i]), x, y)
         print(f"  exact Hessian of model {i}{' (largest eigenvalue disagreement in 2.)' if i == worst else ''}: "
               f"top eigenvalue {ev:.4f} (wsl {w_best[0][i]:.4f}, PyHessian {ph_best[0][i]:.4f}, wsl power iteration "
-              f"{w_plain[0][i]:.4f}), trace {trace:.3f} (wsl landscape=full {w_best[1][i]:.3f}±{w_best[2][i]:.3f}, "
-              f"{probes} plain probes {w_plain[1][i]:.3f}±{w_plain[2][i]:.3f})")
+              f"{w_plain[0][i]:.4f}), trace {trace:.4f} (wsl exact {w_best[1][i]:.4f}, PyHessian defaults "
+              f"{ph_best[1][i]:.3f}±{ph_best[2][i]:.3f}, {probes} plain probes {w_plain[1][i]:.3f}±{w_plain[2][i]:.3f})")
 
 
 def main() -> None:
@@ -311,8 +338,7 @@ def main() -> None:
         shutil.copytree(path, work / "zoo-basic")
         shutil.copytree(path, work / "zoo-previous")
         print(f"\n(a) training the population: {_fmt(t_train)} (wsl-zoo job, checkpoints at epochs 0 and final)")
-        previous = ("landscape.hessian_eig.method=power", "landscape.hessian_trace.deflation=0",
-                    "landscape.hessian_trace.rel_stderr=0.03")
+        previous = ("landscape.hessian_trace.method=hutchinson",)  # Krylov-deflated Hutchinson, 5% error
         for option, zoo, extra in (("full", path, ()), ("basic", work / "zoo-basic", ()),
                                    ("full", work / "zoo-previous", previous)):
             if extra:

@@ -18,8 +18,9 @@ import pytest
 from conftest import ROOT, compose_cfg, make_zoo, run_cli
 from wsl.errors import ConfigError
 from wsl.landscape import annotate_zoo, make_plan
-from wsl.landscape.hessian import top_eigenvalue
+from wsl.landscape.exact_trace import exact_trace
 from wsl.landscape.functional import split_state, stack_states
+from wsl.landscape.hessian import top_eigenvalue
 from wsl.landscape.phases import PhaseThresholds, phase_label
 from wsl.landscape.plots import plot_zoo
 from wsl.landscape.sampling import decode_indices
@@ -116,6 +117,12 @@ def test_stored_settings_and_sample_indices_recompute_the_value(annotated):
                        tol=settings["tol"], seed=settings["seed"], buffers=buffers, batch_size=256)
     assert int(r.iterations[0]) == int(t.loc[mid, "hessian_eig/train_iters"])
     assert float(r.eigenvalue[0]) == pytest.approx(float(t.loc[mid, "hessian_eig/train"]), rel=1e-5)
+    # these ReLU MLPs get the exact trace (method auto), and say so
+    assert json.loads(t.loc[mid, "hessian_trace/settings"])["method"] == "auto"
+    assert (t.loc[t.status == "trained", "hessian_trace/train_exact"] == 1).all()
+    assert (t.loc[t.status == "trained", "hessian_trace/train_stderr"] == 0).all()
+    tr = exact_trace(net, params, data.x_train[idx], data.y_train[idx], buffers=buffers)
+    assert float(tr[0]) == pytest.approx(float(t.loc[mid, "hessian_trace/train"]), rel=1e-5)
 
 
 def test_rerun_skips_what_is_stored_and_recomputes_changed_settings(zoo_base, tmp_path):
@@ -183,7 +190,8 @@ def test_chosen_checkpoint_epochs_get_their_own_groups(zoo_base, tmp_path):
 def test_wsl_landscape_resumes_after_a_kill(zoo_base, tmp_path):
     path = _copy(zoo_base, tmp_path)
     args = [f"zoo.path={path}", "landscape.metrics=[hessian_trace]", "landscape.chunk_size=1",
-            "landscape.hessian_trace.samples=200", f"hydra.run.dir={tmp_path / 'run'}"]
+            "landscape.hessian_trace.samples=200",
+            "landscape.hessian_trace.method=hutchinson", f"hydra.run.dir={tmp_path / 'run'}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "wsl.apps.landscape", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

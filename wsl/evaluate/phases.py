@@ -23,7 +23,7 @@ import numpy as np
 PHASE_INPUTS = {"mc": "mode_connectivity/value", "cka": "cka/value"}  # as wsl-landscape names them
 # bookkeeping columns of landscape annotations: settings, notes, iteration counts, not metrics
 _SKIP_NAMES = {"epoch", "pairs", "settings", "note", "t_star", "layers_fit"}
-_SKIP_SUFFIXES = ("_iters", "_converged", "_stderr")
+_SKIP_SUFFIXES = ("_iters", "_converged", "_stderr", "_samples", "_exact")
 _ALLOWED = {"I": {"I"}, "II": {"II"}, "III": {"III"}, "IV-A": {"IV-A"}, "IV-B": {"IV-B"}, "I/II": {"I", "II"},
             "III/IV": {"III", "IV-A", "IV-B"}, "IV": {"IV-A", "IV-B"}}
 

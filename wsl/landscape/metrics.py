@@ -16,7 +16,8 @@ from wsl.landscape.base import SPLITS, Metric
 from wsl.landscape.batchnorm import has_batchnorm
 from wsl.landscape.cka import linear_cka
 from wsl.landscape.connectivity import linear_barrier, mode_connectivity
-from wsl.landscape.functional import population_outputs
+from wsl.landscape.exact_trace import exact_trace, exact_trace_support
+from wsl.landscape.functional import num_members, population_outputs
 from wsl.landscape.hessian import METHODS, hutchinson_trace, top_eigenvalue
 from wsl.landscape.spectra import layer_spectrum, weight_layers
 
@@ -67,16 +68,23 @@ class HessianEig(Metric):
         return cols, notes
 
 
+TRACE_METHODS = ("auto", "exact", "hutchinson")
+
+
 class HessianTrace(Metric):
-    """Hessian trace by Hutchinson's estimator with Rademacher probes (optionally Krylov-deflated)."""
+    """Hessian trace: exact for piecewise-linear nets (tr H = tr GGN; wsl.landscape.exact_trace), else by
+    Hutchinson's estimator with Rademacher probes (optionally Krylov-deflated). Column `<split>_exact` is 1
+    where the value is exact (its `_stderr` and `_samples` are then 0)."""
 
     name = "hessian_trace"
-    defaults = {"splits": ["train", "test"], **SAMPLING, "samples": 100, "min_samples": 10, "rel_stderr": 0.0,
-                "deflation": 0, "seed": 0, "batch_size": 256, "retain_graphs": True}
-    identity = ("splits", "num_samples", "sample_seed", "samples", "min_samples", "rel_stderr", "deflation", "seed")
+    defaults = {"splits": ["train", "test"], **SAMPLING, "method": "auto", "samples": 100, "min_samples": 10,
+                "rel_stderr": 0.0, "deflation": 0, "seed": 0, "batch_size": 256, "retain_graphs": True}
+    identity = ("splits", "num_samples", "sample_seed", "method", "samples", "min_samples", "rel_stderr",
+                "deflation", "seed")
 
     def check(self, s):
         _check_hvp_settings(self, s)
+        self._choice(s, "method", TRACE_METHODS)
         self._int(s, "samples", 1)
         self._int(s, "min_samples", 2)
         self._float(s, "rel_stderr", 0.0, lo_open=False)
@@ -86,15 +94,27 @@ class HessianTrace(Metric):
         return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
 
     def compute(self, net, params, buffers, data, s):
+        p = num_members(params)
+        why = exact_trace_support(net, params) if s["method"] != "hutchinson" else "method=hutchinson"
+        if s["method"] == "exact" and why:  # asked for, does not apply: say so on every row
+            nan = np.full(p, np.nan)
+            cols = {c: nan for sp in s["splits"] for c in (sp, f"{sp}_stderr", f"{sp}_samples", f"{sp}_exact")}
+            return cols, [f"exact trace does not apply: {why}; use method=auto or hutchinson"] * p
         cols = {}
         for sp in s["splits"]:
             x, y = data[sp]
+            if not why:
+                tr = _np(exact_trace(net, params, x, y, s["batch_size"], buffers))
+                cols[sp], cols[f"{sp}_stderr"], cols[f"{sp}_samples"] = tr, np.zeros(p), np.zeros(p)
+                cols[f"{sp}_exact"] = np.ones(p)
+                continue
             r = hutchinson_trace(net, params, x, y, s["samples"], s["seed"], s["batch_size"], buffers,
                                  s["rel_stderr"], s["min_samples"], retain=s["retain_graphs"], deflation=s["deflation"])
             cols[sp], cols[f"{sp}_stderr"], cols[f"{sp}_samples"] = _np(r.trace), _np(r.stderr), _np(r.samples)
+            cols[f"{sp}_exact"] = np.zeros(p)
             if r.deflated is not None:  # the exactly computed part, tr(QᵀHQ) of the deflated Krylov subspace
                 cols[f"{sp}_deflated"] = _np(r.deflated)
-        return cols, [""] * len(cols[s["splits"][0]])
+        return cols, [""] * p
 
 
 class Spectra(Metric):

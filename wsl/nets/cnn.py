@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
-from wsl.nets.common import activation as make_activation, as_shape, check_positive_int, init_weights
+from wsl.nets.common import PIECEWISE_LINEAR, activation as make_activation, as_shape, check_positive_int, init_weights
 from wsl.nets.spec import PermutationSpec, chain_spec
 
 POOLINGS = ("stride", "max", "avg")
@@ -64,6 +64,11 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    @property
+    def piecewise_linear(self) -> bool:
+        """Every parameter in one Linear/Conv layer, ReLU-family activations (and max/avg pooling)."""
+        return self.activation_name in PIECEWISE_LINEAR
 
     @property
     def arch(self) -> dict:

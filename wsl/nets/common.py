@@ -11,6 +11,9 @@ from wsl.errors import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
                "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+# activations under which each parameter enters the output affinely once the activation pattern is
+# fixed (so the Hessian's diagonal has no second-derivative-of-the-net term: wsl.landscape.exact_trace)
+PIECEWISE_LINEAR = ("relu", "leaky_relu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from wsl.nets.common import activation as make_activation, as_shape, check_positive_int, init_weights
+from wsl.nets.common import PIECEWISE_LINEAR, activation as make_activation, as_shape, check_positive_int, init_weights
 from wsl.nets.spec import PermutationSpec, chain_spec
 
 
@@ -50,6 +50,11 @@ class MLP(nn.Module):
         for layer in self.hidden:
             h = self.act(layer(h))
         return h
+
+    @property
+    def piecewise_linear(self) -> bool:
+        """Every parameter in one Linear/Conv layer, ReLU-family activations (and max/avg pooling)."""
+        return self.activation_name in PIECEWISE_LINEAR
 
     @property
     def arch(self) -> dict:
