@@ -131,3 +131,17 @@ def test_the_trace_metric_is_exact_where_it_applies_and_says_which_rows_are():
     params, buffers = split_state(net, stack_states(states))
     cols, notes = metric.compute(net, params, buffers, data, s)
     assert np.isnan(cols["train"]).all() and "tanh" in notes[0] and "method=auto or hutchinson" in notes[0]
+
+
+def test_a_layer_that_runs_twice_is_refused():
+    """Weight sharing makes a logit quadratic in the shared parameters: the identity no longer holds."""
+
+    class Twice(MLP):
+        def forward(self, x):
+            h = self.act(self.hidden[0](x.flatten(1)))
+            return self.head(self.act(self.hidden[0](h)))
+
+    net = Twice([1, 5], 3, width=5)
+    params = stack_states([{k: v.detach() for k, v in net.state_dict().items()}])
+    with pytest.raises(ValueError, match="hidden.0 runs 2 times"):
+        exact_trace(net, params, torch.randn(4, 1, 5), torch.zeros(4, dtype=torch.long))

@@ -107,16 +107,28 @@ class _Taps:
                 h.remove()
 
     def shapes(self, state: dict, x: torch.Tensor) -> dict:
-        """Output shape of every layer for one sample (the taps' shapes), from a forward pass."""
-        out, handles = {}, []
+        """Output shape of every layer for one sample (the taps' shapes), from a forward pass; refuses
+        layers that do not run exactly once (shared weights are not affine in each parameter)."""
+        out, calls, handles = {}, dict.fromkeys(dict(self.layers), 0), []
+
+        def hook(_m, _i, o, name):
+            out[name] = o.shape[1:]
+            calls[name] += 1
+
         for name, mod in self.layers:
-            handles.append(mod.register_forward_hook(lambda _m, _i, o, name=name: out.__setitem__(name, o.shape[1:])))
+            handles.append(mod.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name)))
         try:
             with torch.no_grad():
                 functional_call(self.net, state, (x[:1],))
         finally:
             for h in handles:
                 h.remove()
+        for name, mod in self.layers:
+            if calls[name] != 1:
+                raise ValueError(f"exact Hessian trace does not apply: layer {name} runs {calls[name]} times per forward")
+            if isinstance(mod, nn.Linear) and len(out[name]) != 1:
+                raise ValueError(f"exact Hessian trace does not apply: Linear layer {name} maps inputs with extra "
+                                 f"dimensions (output {list(out[name])} per sample)")
         return out
 
 
