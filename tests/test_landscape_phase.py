@@ -62,3 +62,4 @@ def test_phase_task_reads_the_label_written_by_wsl_landscape(phase_zoo, tmp_path
     acc = float(df.loc[df["seed"] == "0", "test/acc"].iloc[0])
     assert 0.0 <= acc <= 1.0
     assert "| stats | phase |" in r.stdout
+    assert "Tip" not in r.stdout + r.stderr and "LeafSpec" not in r.stderr  # Lightning's noise, dropped

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import struct
 import subprocess
@@ -317,3 +318,23 @@ def test_apps_log_their_resolved_config_and_final_metrics(tmp_path, tiny_zoo, mo
     saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     assert "logger" not in saved  # what the run stores is unchanged: no logger paths in it
     capsys.readouterr()
+
+
+def test_lightnings_litlogger_advert_is_dropped(caplog):
+    import lightning as L
+
+    from wsl.tracking import _DropAdvert, quiet_lightning
+
+    def tips():
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        return [r for r in caplog.records if "Tip" in r.getMessage()]
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        lg = logging.getLogger(name)
+        for f in [f for f in lg.filters if isinstance(f, _DropAdvert)]:
+            lg.removeFilter(f)
+    assert tips()  # Lightning does print it (else this test could not fail)
+    quiet_lightning()
+    assert not tips()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import shutil
 import signal
 import subprocess
@@ -252,3 +253,17 @@ def test_untrusted_index_is_refused(tmp_path, tiny_zoo):
         Zoo(root)
     merge_index(root)  # the index is derived from shards: rebuilding it repairs it
     assert len(Zoo(root)) == 4
+
+
+def test_a_rerun_with_nothing_to_train_does_not_import_lightning(tiny_zoo, tmp_path):
+    """Resumed sweeps rerun finished jobs: those should cost seconds less than Lightning's import."""
+    path = tmp_path / "z"
+    shutil.copytree(tiny_zoo, path)
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "wsl.apps.zoo", f"zoo.path={path}", *TINY_ZOO,
+                        f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "nothing to train" in p.stdout + p.stderr and f"zoo: {path}" in p.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "lightning" not in imported

@@ -32,6 +32,21 @@ WANDB_MODES = ("online", "offline", "disabled")
 _MODE_ALIASES = {"dryrun": "offline", "run": "online", "shared": "online"}
 
 
+class _DropAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Drop two lines Lightning prints on every run that say nothing about the run: its litlogger
+    advert and torch's LeafSpec deprecation warning raised inside Lightning's own pytree code."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdvert) for f in lg.filters):
+            lg.addFilter(_DropAdvert())
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated", category=FutureWarning)
+
+
 # ------------------------------------------------------------------------------------------ W&B
 def wandb_credentials() -> str | None:
     """Where W&B would find an API key without asking (env var, token file or netrc), or None.

@@ -15,19 +15,14 @@ import json
 import logging
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from lightning.pytorch.callbacks import TQDMProgressBar
-from torch.utils.data import DataLoader
 
 from wsl.apps.zoo_config import validate_zoo_config
-from wsl.population import PopulationBatchSampler, PopulationModule, make_members, stack_state_dicts
-from wsl.population.members import Member, derive_seed
-from wsl.population.recording import EpochRecorder
-from wsl.population.sampler import IndexDataset
+from wsl.population.functional import stack_state_dicts
+from wsl.population.members import Member, derive_seed, make_members
 from wsl.zoo import ShardWriter, merge_index
 
 log = logging.getLogger("wsl.zoo")
@@ -145,6 +140,16 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     log.info("job %s: training %d models (%d already done) on %s", job_id, len(todo), len(fits) - len(todo),
              data.name)
 
+    # Lightning only now: a rerun with nothing to train never imports it (seconds)
+    import lightning as L
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from torch.utils.data import DataLoader
+
+    from wsl.population import PopulationBatchSampler, PopulationModule
+    from wsl.population.recording import EpochRecorder
+    from wsl.population.sampler import IndexDataset
+    from wsl.tracking import quiet_lightning
+
     nets = [init_member(net_factory, data, f.seed_init) for f in todo]
     params = stack_state_dicts([n.state_dict() for n in nets])
     t = cfg.train
@@ -171,6 +176,7 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     refresh = int(cfg.get("progress_refresh_rate", 10))
     if refresh > 0:
         callbacks.append(TQDMProgressBar(refresh_rate=refresh))
+    quiet_lightning()
     trainer = L.Trainer(max_epochs=int(t.epochs), logger=_make_logger(cfg, run_dir), callbacks=callbacks,
                         enable_progress_bar=refresh > 0,
                         enable_checkpointing=False, use_distributed_sampler=False, log_every_n_steps=max(1, steps),

@@ -34,6 +34,7 @@ from wsl.encoders.module import PropertyPredictor, WeightSet
 from wsl.encoders.tasks import Task, score
 from wsl.encoders.weightspace import WeightSpace
 from wsl.errors import ConfigError
+from wsl.tracking import quiet_lightning
 
 log = logging.getLogger("wsl.encoders")
 
@@ -126,6 +127,7 @@ def train_one(cfg: DictConfig, seed: int, space: WeightSpace, task: Task, target
     logger = False
     if cfg.get("logger"):
         logger = instantiate(cfg.logger, save_dir=str(out_dir), name="encoder", version=f"seed{seed}")
+    quiet_lightning()
     trainer = L.Trainer(callbacks=[best], logger=logger, enable_checkpointing=False, num_sanity_val_steps=0,
                         **OmegaConf.to_container(cfg.trainer, resolve=True))
     if trainer.strategy.root_device.type == "cuda":

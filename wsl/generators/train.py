@@ -117,6 +117,9 @@ def _trainer(cfg: DictConfig, node: DictConfig | None, run_dir: Path | None, cal
     if refresh > 0:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=refresh)]
     kw.setdefault("enable_model_summary", False)
+    from wsl.tracking import quiet_lightning
+
+    quiet_lightning()
     return L.Trainer(logger=logger, callbacks=callbacks, enable_progress_bar=refresh > 0,
                      enable_checkpointing=False, default_root_dir=str(run_dir) if run_dir else None, **kw)
 
