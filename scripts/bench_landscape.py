@@ -106,20 +106,9 @@ def time_metrics(path: Path, option: str, extra: tuple = ()) -> tuple[np.ndarray
 
 
 def exact_curvature(net, state, x, y):
-    from wsl.landscape.functional import member_loss
+    from wsl.landscape.hessian import dense_hessian
 
-    names = list(state)
-    flat = torch.cat([state[k].flatten() for k in names]).double()
-
-    def f(theta):
-        d, o = {}, 0
-        for k in names:
-            d[k] = theta[o:o + state[k].numel()].view(state[k].shape)
-            o += state[k].numel()
-        return member_loss(net.double(), d, x.double(), y)
-
-    h = torch.autograd.functional.hessian(f, flat)
-    net.float()
+    h = dense_hessian(net, dict(state), x, y)
     ev = torch.linalg.eigvalsh(h)
     return ev[ev.abs().argmax()].item(), h.trace().item()
 

@@ -39,6 +39,24 @@ def compose_cfg(config_name: str, overrides: list[str]):
         return compose(config_name=config_name, overrides=overrides)
 
 
+def fit_nets(make, x, y, n: int, steps: int, lr: float, seed: int) -> list:
+    """n nets from `make()` (seeds seed, seed+1, ...) fitted with Adam to (x, y) by cross-entropy, in eval mode:
+    Hessians far from zero for the curvature tests."""
+    import torch.nn.functional as F
+
+    nets = []
+    for i in range(n):
+        torch.manual_seed(seed + i)
+        net = make()
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        nets.append(net.eval())
+    return nets
+
+
 TINY_ZOO = ["net.width=8", "population.size=4", "train.epochs=2", "train.batch_size=64",
             "logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
 

@@ -5,43 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import fit_nets
 from wsl.landscape.exact_trace import exact_trace, exact_trace_support
-from wsl.landscape.functional import member_loss, split_state, stack_states
+from wsl.landscape.functional import split_state, stack_states
+from wsl.landscape.hessian import dense_hessian
 from wsl.nets import CNN, MLP
 
 
 def _fitted(make, x, y, n=2, steps=60):
     """n nets fitted a little to random labels (Hessians far from zero, varied activation patterns)."""
-    nets = []
-    for i in range(n):
-        torch.manual_seed(10 + i)
-        net = make()
-        opt = torch.optim.Adam(net.parameters(), lr=0.02)
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            opt.step()
-        nets.append(net.eval())
-    states = [{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets]
-    return nets[0], states
+    nets = fit_nets(make, x, y, n, steps, lr=0.02, seed=10)
+    return nets[0], [{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets]
 
 
 def _hessian_trace(net, state, x, y) -> float:
-    names = list(state)
-    flat = torch.cat([state[k].flatten() for k in names]).double()
-
-    def f(theta):
-        d, o = {}, 0
-        for k in names:
-            d[k] = theta[o:o + state[k].numel()].view(state[k].shape)
-            o += state[k].numel()
-        return member_loss(net.double(), d, x.double(), y)
-
-    h = torch.autograd.functional.hessian(f, flat)
-    net.float()
-    return h.trace().item()
+    return dense_hessian(net, state, x, y).trace().item()
 
 
 CASES = {
@@ -55,7 +34,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_exact_trace_equals_the_trace_of_the_exact_hessian(case):
+def test_exact_trace_equals_the_trace_of_the_dense_hessian(case):
     make, shape = CASES[case]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, *shape, generator=g)

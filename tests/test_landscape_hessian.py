@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from wsl.landscape.functional import member_loss, split_state, stack_states
-from wsl.landscape.hessian import hutchinson_trace, population_hvp, top_eigenvalue
+from conftest import fit_nets
+from wsl.landscape.functional import split_state, stack_states
+from wsl.landscape.hessian import dense_hessian, hutchinson_trace, population_hvp, top_eigenvalue
 from wsl.nets import MLP
 
 
@@ -16,35 +16,9 @@ def _trained_tiny_mlps(n=3, steps=100):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 1, 6, generator=g)
     y = torch.randint(0, 3, (96,), generator=g)
-    nets = []
-    for i in range(n):
-        torch.manual_seed(100 + i)
-        net = MLP([1, 6], 3, width=5, activation="tanh")
-        opt = torch.optim.Adam(net.parameters(), lr=0.05)
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            opt.step()
-        nets.append(net.eval())
+    nets = fit_nets(lambda: MLP([1, 6], 3, width=5, activation="tanh"), x, y, n, steps, lr=0.05, seed=100)
     params = stack_states([{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets])
     return nets[0], params, x, y
-
-
-def _exact_hessian(net, state, x, y):
-    names = list(state)
-    shapes = [state[k].shape for k in names]
-    flat = torch.cat([state[k].flatten() for k in names]).double()
-
-    def f(theta):
-        d, o = {}, 0
-        for k, s in zip(names, shapes):
-            d[k] = theta[o:o + s.numel()].view(s)
-            o += s.numel()
-        return member_loss(net.double(), d, x.double(), y)
-
-    h = torch.autograd.functional.hessian(f, flat)
-    net.float()
-    return h
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +32,19 @@ def test_hvp_equals_exact_hessian_times_vector(tiny):
     v = {k: torch.randn(t.shape, generator=g) for k, t in params.items()}
     hv = population_hvp(net, params, v, x, y, batch_size=40)  # 3 uneven batches: weighted mean must be exact
     for i in range(params["head.bias"].shape[0]):
-        h = _exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
+        h = dense_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
         vi = torch.cat([v[k][i].flatten() for k in params]).double()
         got = torch.cat([hv[k][i].flatten() for k in params]).double()
         torch.testing.assert_close(got, h @ vi, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("method,deflation", [("lanczos", 0), ("power", 0), ("lanczos", 8)])
-def test_top_eigenvalue_and_trace_match_exact_hessian(tiny, method, deflation):
+def test_top_eigenvalue_and_trace_matchdense_hessian(tiny, method, deflation):
     net, params, x, y = tiny
     eig = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-6, seed=0, method=method)
     tr = hutchinson_trace(net, params, x, y, samples=500, seed=0, deflation=deflation)
     for i in range(params["head.bias"].shape[0]):
-        h = _exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
+        h = dense_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
         ev = torch.linalg.eigvalsh(h)
         dominant = ev[ev.abs().argmax()].item()
         assert eig.converged[i]
@@ -140,7 +114,7 @@ def test_lanczos_needs_fewer_products_than_power_iteration_for_the_same_toleranc
     full = top_eigenvalue(net, params, x, y, max_iters=500, tol=0.0, seed=0, method="lanczos")
     assert full.converged.all() and (full.iterations <= 53).all()
     for i in range(3):
-        ev = torch.linalg.eigvalsh(_exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y))
+        ev = torch.linalg.eigvalsh(dense_hessian(net, {k: t[i] for k, t in params.items()}, x, y))
         assert full.eigenvalue[i].item() == pytest.approx(ev[ev.abs().argmax()].item(), rel=1e-4)
 
 
@@ -150,7 +124,7 @@ def test_deflated_hutchinson_splits_the_trace_exactly_and_lowers_the_noise(tiny)
     plain = hutchinson_trace(net, params, x, y, samples=300, seed=2)
     defl = hutchinson_trace(net, params, x, y, samples=300, seed=2, deflation=10)
     for i in range(3):
-        h = _exact_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
+        h = dense_hessian(net, {k: t[i] for k, t in params.items()}, x, y)
         ev = torch.linalg.eigvalsh(h)
         assert ev[-10:].sum().item() * 0.5 < defl.deflated[i].item() <= ev[-10:].sum().item() * (1 + 1e-4)
         exact = h.trace().item()
@@ -177,16 +151,6 @@ def test_curvature_of_batchnorm_net_differentiates_parameters_only():
     eig = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-7, buffers=buffers)
     p_state = {k: v[0] for k, v in params.items()}
     b_state = {k: v[0] for k, v in buffers.items()}
-    names = list(p_state)
-    flat = torch.cat([p_state[k].flatten() for k in names])
-
-    def f(theta):
-        d, o = {}, 0
-        for k in names:
-            d[k] = theta[o:o + p_state[k].numel()].view(p_state[k].shape)
-            o += p_state[k].numel()
-        return member_loss(net, d, x, y, b_state)
-
-    ev = torch.linalg.eigvalsh(torch.autograd.functional.hessian(f, flat).double())
+    ev = torch.linalg.eigvalsh(dense_hessian(net, p_state, x, y, b_state))
     dominant = ev[ev.abs().argmax()].item()
     assert abs(eig.eigenvalue[0].item() - dominant) <= 0.02 * abs(dominant)

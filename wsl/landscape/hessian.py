@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from wsl.landscape.functional import batches, num_members
+from wsl.landscape.functional import batches, member_loss, num_members
 
 
 class PopulationHVP:
@@ -74,6 +74,24 @@ def population_hvp(net: nn.Module, params: dict, v: dict, x: torch.Tensor, y: to
                    batch_size: int | None = None, buffers: dict | None = None) -> dict:
     """One product H v for every member (builds the graphs; use PopulationHVP to reuse them)."""
     return PopulationHVP(net, params, x, y, batch_size, buffers, retain=False)(v)
+
+
+def dense_hessian(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor,
+                  buffers: dict | None = None) -> torch.Tensor:
+    """The whole Hessian [n, n] (float64) of one member's mean cross-entropy over its parameters {name: T},
+    flattened in dict order, by torch.autograd.functional.hessian: the ground truth for tiny nets (n² memory)."""
+    names = list(params)
+    flat = torch.cat([params[k].detach().flatten() for k in names]).double()
+    buf = {k: v.double() if v.is_floating_point() else v for k, v in (buffers or {}).items()}
+
+    def loss(theta):
+        d, o = {}, 0
+        for k in names:
+            d[k] = theta[o:o + params[k].numel()].view(params[k].shape)
+            o += params[k].numel()
+        return member_loss(net, d, x.double(), y, buf)
+
+    return torch.autograd.functional.hessian(loss, flat)
 
 
 def _dot(a: dict, b: dict) -> torch.Tensor:
