@@ -161,13 +161,14 @@ def exact_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, 
             inputs: dict = {}
             return taps_net({**prm, **buf}, xb, taps, inputs), inputs
 
-        taps = {k: torch.zeros(p_count, xb.shape[0], *s, dtype=xb.dtype, requires_grad=True) for k, s in shapes.items()}
+        taps = {k: torch.zeros(p_count, xb.shape[0], *s, dtype=xb.dtype, device=xb.device, requires_grad=True)
+                for k, s in shapes.items()}
         z, inputs = vmap(forward)(params, buffers, taps)  # [P, n, C], {layer: [P, n, ...]}
         p = z.detach().softmax(-1)
         # plain autograd, one backward per class (torch.func's vjp would import torch._dynamo: a second)
         grads = [torch.autograd.grad(z[..., c].sum(), list(taps.values()), retain_graph=c + 1 < num_classes)
                  for c in range(num_classes)]
-        total = torch.zeros(p_count, dtype=z.dtype)
+        total = torch.zeros(p_count, dtype=z.dtype, device=z.device)
         for i, (name, mod) in enumerate(taps_net.layers):
             d = torch.stack([g[i] for g in grads], 1)  # [P, C, n, out, *positions]
             d = d[..., None] if isinstance(mod, nn.Linear) else d.flatten(4)
@@ -175,7 +176,7 @@ def exact_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, 
             total += vmap(_layer_term, in_dims=(0, 0, 0, None))(d, patches, p, mod.bias is not None).sum(1)
         return total
 
-    out = torch.zeros(p_count, dtype=torch.float64)
+    out = torch.zeros(p_count, dtype=torch.float64, device=x.device)
     for sl in batches(x.shape[0], step):
         out += batch(x[sl]).double()
     return out / x.shape[0]
