@@ -106,20 +106,19 @@ class _Taps:
             for h in handles:
                 h.remove()
 
-    def shapes(self, state: dict, x: torch.Tensor) -> dict:
-        """Output shape of every layer for one sample (the taps' shapes), from a forward pass; refuses
-        layers that do not run exactly once (shared weights are not affine in each parameter)."""
+    def shapes(self, state: dict, x: torch.Tensor) -> tuple[dict, int]:
+        """(output shape of every layer for one sample: the taps' shapes, number of classes), from one
+        forward pass; refuses layers that do not run exactly once (shared weights are not affine in each
+        parameter)."""
         out, calls, handles = {}, dict.fromkeys(dict(self.layers), 0), []
-
-        def hook(_m, _i, o, name):
-            out[name] = o.shape[1:]
-            calls[name] += 1
-
         for name, mod in self.layers:
-            handles.append(mod.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name)))
+            def hook(_m, _i, o, name=name):
+                out[name] = o.shape[1:]
+                calls[name] += 1
+            handles.append(mod.register_forward_hook(hook))
         try:
             with torch.no_grad():
-                functional_call(self.net, state, (x[:1],))
+                logits = functional_call(self.net, state, (x[:1],))
         finally:
             for h in handles:
                 h.remove()
@@ -129,7 +128,7 @@ class _Taps:
             if isinstance(mod, nn.Linear) and len(out[name]) != 1:
                 raise ValueError(f"exact Hessian trace does not apply: Linear layer {name} maps inputs with extra "
                                  f"dimensions (output {list(out[name])} per sample)")
-        return out
+        return out, int(logits.shape[-1])
 
 
 def exact_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
@@ -146,9 +145,8 @@ def exact_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, 
     p_count = num_members(params)
     taps_net = _Taps(net)
     first = {**{k: v[0] for k, v in params.items()}, **{k: v[0] for k, v in buffers.items()}}
-    shapes = taps_net.shapes(first, x)
+    shapes, num_classes = taps_net.shapes(first, x)
     mods = dict(taps_net.layers)
-    num_classes = int(functional_call(net, first, (x[:1],)).shape[-1])
     per_sample = 0  # floats of per-sample work: output Jacobians, formed conv gradients, input patches
     for k, s in shapes.items():
         positions = s[1:].numel() if len(s) > 1 else 1
