@@ -15,3 +15,22 @@ class ZooFormatError(WslError):
 
 class DatasetError(WslError):
     """A dataset cannot be loaded (missing files, unknown name)."""
+
+
+def printable(text) -> str:
+    """`text` made safe to print on one line: control characters (terminal escape codes, newlines,
+    carriage returns), bidirectional overrides such as U+202E and other invisible format characters
+    are written as escapes, so an untrusted file name can neither split nor rewrite a message."""
+    import unicodedata
+
+    out = []
+    for ch in str(text):
+        cat = unicodedata.category(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif cat in ("Cc", "Cf", "Zl", "Zp") or (cat == "Zs" and ch != " "):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
