@@ -19,12 +19,19 @@ log = logging.getLogger("wsl")
 def fail_cleanly(fn):
     """Run an app body; a WslError becomes one line on stderr and exit status 2 (no traceback)."""
 
+    from hydra.errors import InstantiationException
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except WslError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except InstantiationException as e:  # hydra.utils.instantiate wraps what a _target_ raises
+            if not isinstance(e.__cause__, WslError):
+                raise
+            print(f"error: {e.__cause__}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

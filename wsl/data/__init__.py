@@ -1,8 +1,9 @@
 """Task datasets the zoo nets are trained on.
 
 Embedded datasets (`digits`, `mnist1d`) need no network; `mnist`, `fashion_mnist` and `cifar10`
-read torchvision files that the user already has on disk. `digits_inr` (INR_DATASETS) turns each
-digits image into a coordinate -> intensity regression target, one per net of an INR zoo.
+read the official files (IDX; CIFAR-10's binary version) the user already has on disk, with numpy
+(wsl.data.files; no torchvision). `digits_inr` (INR_DATASETS) turns each digits image into a
+coordinate -> intensity regression target, one per net of an INR zoo.
 """
 
 from wsl.data.digits_inr import INRData

@@ -1,68 +1,58 @@
-"""torchvision datasets for users who have the files on disk. Never downloads."""
+"""MNIST, Fashion-MNIST and CIFAR-10 from the official files the user already has. Never downloads.
+
+The files are read by wsl.data.files with numpy (IDX files, the CIFAR-10 binary batches); torchvision is
+not needed and never imported. `root` is torchvision's root (MNIST/raw/, FashionMNIST/raw/,
+cifar-10-batches-bin/) or the directory holding the files themselves.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from wsl.data import files
 from wsl.data.task import TaskData, split_indices
-from wsl.errors import DatasetError
+
+SOURCES = {"mnist": "MNIST IDX files", "fashion_mnist": "Fashion-MNIST IDX files",
+           "cifar10": "CIFAR-10 binary version"}
 
 
-def _torchvision_arrays(cls_name: str, root):
-    if root is None:
-        raise DatasetError(f"dataset {cls_name} needs dataset.root=<directory holding the torchvision files>")
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise DatasetError(f"dataset.root={root} does not exist (dataset {cls_name} is read from disk, never downloaded)")
-    try:
-        import torchvision
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise DatasetError(f"dataset {cls_name} needs torchvision: pip install 'wsl[vision]'") from e
-    cls = getattr(torchvision.datasets, cls_name)
-    out = []
-    for train in (True, False):
-        try:
-            ds = cls(str(root), train=train, download=False)
-        except RuntimeError as e:
-            raise DatasetError(f"dataset {cls_name}: files not found under {root} ({e})") from e
-        x = np.asarray(ds.data)
-        y = np.asarray(ds.targets)
-        out.append((x, y))
-    return out
-
-
-def _from_torchvision(name, cls_name, root, split_seed, val_fraction, test_fraction, channels_last):
-    (x_tr, y_tr), (x_te, y_te) = _torchvision_arrays(cls_name, root)
-    x_tr = x_tr.astype(np.float32) / 255.0
-    x_te = x_te.astype(np.float32) / 255.0
-    if channels_last:  # CIFAR stores [N, H, W, C]
-        x_tr, x_te = x_tr.transpose(0, 3, 1, 2), x_te.transpose(0, 3, 1, 2)
-    else:
+def _task(name, train, test, directory, root, split_seed, val_fraction) -> TaskData:
+    """uint8 images [N, C, H, W] and labels [N] -> TaskData. The official test split stays the test split;
+    val is carved out of train with the recorded split seed; per-channel standardization with the
+    statistics of the train split alone."""
+    (x_tr, y_tr), (x_te, y_te) = train, test
+    if x_tr.ndim == 3:  # grey IDX images [N, H, W] -> [N, 1, H, W]
         x_tr, x_te = x_tr[:, None], x_te[:, None]
-    # the official test split stays the test split; val is carved out of train with a recorded seed
-    n = len(y_tr)
-    tr, va, _ = split_indices(n, val_fraction, 0.0, split_seed)
-    mean = x_tr[tr].mean(axis=(0, 2, 3), keepdims=True)
-    std = x_tr[tr].std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    norm = lambda a: torch.from_numpy(np.ascontiguousarray((a - mean) / std, dtype=np.float32))
-    lab = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))
-    info = {"source": f"torchvision.datasets.{cls_name}", "root": str(root), "split_seed": split_seed,
+    tr, va, _ = split_indices(len(y_tr), val_fraction, 0.0, split_seed)
+    x_fit = x_tr[tr].astype(np.float32) / 255.0
+    mean = x_fit.mean(axis=(0, 2, 3), keepdims=True)  # [1, C, 1, 1]
+    std = x_fit.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+
+    def norm(a):
+        a = a if a.dtype == np.float32 else a.astype(np.float32) / 255.0
+        return torch.from_numpy(np.ascontiguousarray((a - mean) / std, dtype=np.float32))
+
+    def lab(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
+    info = {"source": SOURCES[name], "root": str(root), "files": str(directory), "split_seed": split_seed,
             "val_fraction": val_fraction, "test_split": "official", "n_train": len(tr), "n_val": len(va),
             "n_test": len(y_te), "input_shape": list(x_tr.shape[1:])}
-    return TaskData(name, norm(x_tr[tr]), lab(y_tr[tr]), norm(x_tr[va]), lab(y_tr[va]),
-                    norm(x_te), lab(y_te), 10, info)
+    return TaskData(name, norm(x_fit), lab(y_tr[tr]), norm(x_tr[va]), lab(y_tr[va]), norm(x_te), lab(y_te),
+                    files.NUM_CLASSES, info)
 
 
 def mnist(root=None, split_seed=0, val_fraction=0.1, test_fraction=None):
-    return _from_torchvision("mnist", "MNIST", root, split_seed, val_fraction, test_fraction, False)
+    """MNIST as [N, 1, 28, 28] from its four IDX files (raw or .gz)."""
+    return _task("mnist", *files.read_idx_dataset("mnist", root), root, split_seed, val_fraction)
 
 
 def fashion_mnist(root=None, split_seed=0, val_fraction=0.1, test_fraction=None):
-    return _from_torchvision("fashion_mnist", "FashionMNIST", root, split_seed, val_fraction, test_fraction, False)
+    """Fashion-MNIST as [N, 1, 28, 28] from its four IDX files (raw or .gz)."""
+    return _task("fashion_mnist", *files.read_idx_dataset("fashion_mnist", root), root, split_seed, val_fraction)
 
 
 def cifar10(root=None, split_seed=0, val_fraction=0.1, test_fraction=None):
-    return _from_torchvision("cifar10", "CIFAR10", root, split_seed, val_fraction, test_fraction, True)
+    """CIFAR-10 as [N, 3, 32, 32] from the binary version's six batches (the pickled version is refused)."""
+    return _task("cifar10", *files.read_cifar_dataset(root), root, split_seed, val_fraction)
