@@ -34,7 +34,12 @@ def write_idx(path: Path, a: np.ndarray, gz: bool = False, magic: int | None = N
     head += np.asarray(a.shape, dtype=">i4").tobytes()
     path = path.with_name(path.name + ".gz") if gz else path
     path.parent.mkdir(parents=True, exist_ok=True)
-    (gzip.open if gz else open)(path, "wb").write(head + a.tobytes())
+    return put(path, head + a.tobytes(), gz)
+
+
+def put(path: Path, data: bytes, gz: bool) -> Path:
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(data)
     return path
 
 
@@ -166,18 +171,17 @@ def test_bad_idx_files_name_the_file_and_what_was_expected(tmp_path, gz):
     write_idx(d / "train-images-idx3-ubyte", rng.integers(0, 256, (N_TRAIN, 28, 28)), gz, magic=0x00000801)
     _one_line_error(load, images, "magic number 0x00000801", "expected 0x00000803")
     # truncated: the header promises more than the file holds
-    body = (gzip.decompress(images.read_bytes()) if gz else images.read_bytes())
-    good = bytearray(body)
-    good[3] = 3
+    good = bytearray(gzip.decompress(images.read_bytes()) if gz else images.read_bytes())
+    good[3] = 3  # the images magic back
     trunc = bytes(good[:-100])
-    (gzip.open if gz else open)(images, "wb").write(trunc)
+    put(images, trunc, gz)
     _one_line_error(load, images, f"{len(trunc)} bytes", f"expected {16 + N_TRAIN * 784}")
     # too long (trailing bytes) is refused as well
-    (gzip.open if gz else open)(images, "wb").write(bytes(good) + b"\0")
+    put(images, bytes(good) + b"\0", gz)
     _one_line_error(load, images, f"expected {16 + N_TRAIN * 784}")
     # a forged header claiming 2**32 - 1 images: refused by size, without allocating them
     forged = (0x803).to_bytes(4, "big") + np.asarray([2**32 - 1, 28, 28], ">u4").tobytes() + bytes(784)
-    (gzip.open if gz else open)(images, "wb").write(forged)
+    put(images, forged, gz)
     _one_line_error(load, images, f"{16 + 784} bytes", f"expected {16 + (2**32 - 1) * 784}")
     # images that are not 28x28
     write_idx(d / "train-images-idx3-ubyte", rng.integers(0, 256, (N_TRAIN, 32, 32)), gz)
