@@ -69,7 +69,8 @@ def generator_run(work, zoo_run) -> tuple[Path, str]:
     run = work / "gen-run"
     out = run_script("wsl-train-generator", f"zoo.path={zoo_run[0]}", "trainer.max_steps=3",
                      "generator.denoiser.hidden=32", "generator.denoiser.depth=1", "spread.n=8",
-                     "progress_refresh_rate=0", "trainer.accelerator=cpu", "threads=1", f"hydra.run.dir={run}", cwd=work)
+                     "progress_refresh_rate=0", "trainer.accelerator=cpu", "threads=1", f"hydra.run.dir={run}",
+                     cwd=work)
     return run, out
 
 
@@ -82,8 +83,9 @@ def test_wsl_zoo_prints_each_line_once(zoo_run, work):
 
 def test_wsl_train_encoder_prints_each_line_once(zoo_run, work):
     run = work / "enc-run"
-    out = run_script("wsl-train-encoder", f"zoo.path={zoo_run[0]}", "encoder=stats", "seeds=[0]", "trainer.max_epochs=2",
-                     "split.fractions=[0.5,0.25,0.25]", "trainer.accelerator=cpu", f"hydra.run.dir={run}", cwd=work)
+    out = run_script("wsl-train-encoder", f"zoo.path={zoo_run[0]}", "encoder=stats", "seeds=[0]",
+                     "trainer.max_epochs=2", "split.fractions=[0.5,0.25,0.25]", "trainer.accelerator=cpu",
+                     f"hydra.run.dir={run}", cwd=work)
     assert_quiet(out)
     assert "| stats | test_acc |" in out
     # Lightning's lines go through Hydra's handlers: into the job's log file, formatted like the rest
