@@ -37,12 +37,14 @@ from wsl.apps.common import CONF_DIR
 
 # paths relative to the repository root when Jupyter runs from notebooks/ (zoos/ and runs/ are git-ignored)
 BASE = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-ZOO = Path(os.environ.get("WSL_NB_ZOO", BASE / "zoos" / "notebook_phase"))  # trained below unless it exists
-WORK = Path(os.environ.get("WSL_NB_WORK", BASE / "runs" / "notebooks"))  # everything this notebook writes
-WORK.mkdir(parents=True, exist_ok=True)
 # WSL_NB_QUICK=1 (the test suite sets it) shrinks every zoo and training below to seconds: it checks
 # that each cell runs, its numbers mean little. Unset, the notebook runs at the sizes its text describes.
 QUICK = os.environ.get("WSL_NB_QUICK", "0") not in ("", "0")
+QUICK_SUFFIX = "_quick" if QUICK else ""  # tiny zoos never sit where the full-size run looks for its zoos
+# the phase zoo: trained below unless it exists
+ZOO = Path(os.environ.get("WSL_NB_ZOO", BASE / "zoos" / f"notebook_phase{QUICK_SUFFIX}"))
+WORK = Path(os.environ.get("WSL_NB_WORK", BASE / "runs" / "notebooks"))  # everything this notebook writes
+WORK.mkdir(parents=True, exist_ok=True)
 pd.set_option("display.width", 160)
 
 
@@ -76,7 +78,7 @@ from wsl.apps.zoo_job import run_zoo_job
 # replicas (QUICK: 2), 2 epochs, so that test accuracies spread from chance to ~0.9: something to predict.
 # The same as:  wsl-zoo net.width=8 population.size=48 'train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]' \\
 #                   'train.weight_decay=[0,0.001]' train.epochs=2 zoo.path=zoos/notebook_lr_grid
-GRID = Path(os.environ.get("WSL_NB_GRID_ZOO", BASE / "zoos" / "notebook_lr_grid"))
+GRID = Path(os.environ.get("WSL_NB_GRID_ZOO", BASE / "zoos" / f"notebook_lr_grid{QUICK_SUFFIX}"))
 REPLICAS = 2 if QUICK else 4
 if not (GRID / "index.h5").exists():
     run_zoo_job(config("zoo", f"zoo.path={GRID}", "zoo.name=notebook_lr_grid", "net.width=8",
