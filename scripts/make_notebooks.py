@@ -8,6 +8,8 @@ notebook differs from what this script writes (the test suite runs that check an
 Every notebook runs on a small zoo it trains itself (a few CPU-minutes), or on the zoo named by
 the environment variables WSL_NB_ZOO (the phase zoo) / WSL_NB_GRID_ZOO (the encoders' lr grid); it
 writes under WSL_NB_WORK (default: runs/notebooks/). Paths are relative to the repository root.
+WSL_NB_QUICK=1 shrinks zoos and trainings to seconds (fewer replicas and epochs, shorter runs, fewer
+samples): the default test run executes all three notebooks that way (tests/test_scaleout_notebooks.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ from wsl.apps.common import CONF_DIR
 
 # paths relative to the repository root when Jupyter runs from notebooks/ (zoos/ and runs/ are git-ignored)
 BASE = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-ZOO = Path(os.environ.get("WSL_NB_ZOO", BASE / "zoos" / "notebook_phase"))  # trained below unless it exists
+# WSL_NB_QUICK=1 (the test suite sets it) shrinks every zoo and training below to seconds: it checks
+# that each cell runs, its numbers mean little. Unset, the notebook runs at the sizes its text describes.
+QUICK = os.environ.get("WSL_NB_QUICK", "0") not in ("", "0")
+QUICK_SUFFIX = "_quick" if QUICK else ""  # tiny zoos never sit where the full-size run looks for its zoos
+# the phase zoo: trained below unless it exists
+ZOO = Path(os.environ.get("WSL_NB_ZOO", BASE / "zoos" / f"notebook_phase{QUICK_SUFFIX}"))
 WORK = Path(os.environ.get("WSL_NB_WORK", BASE / "runs" / "notebooks"))  # everything this notebook writes
 WORK.mkdir(parents=True, exist_ok=True)
 pd.set_option("display.width", 160)
@@ -50,15 +57,17 @@ BUILD_ZOO = '''\
 from wsl.apps.zoo_job import run_zoo_job
 
 # A small phase-diagram zoo on the embedded digits data: width (load axis) x batch size
-# (temperature axis), two learning rates inside every population, 4 seed replicas per cell.
+# (temperature axis), two learning rates inside every population, 4 seed replicas per cell (QUICK: 2, 1 epoch).
 # The same as:  wsl-zoo -m net.width=8,16 train.batch_size=32,128 'train.lr=[0.1,0.03]' \\
 #                   population.size=8 train.epochs=4 zoo.path=zoos/notebook_phase
+REPLICAS, EPOCHS = (2, 1) if QUICK else (4, 4)
 if not (ZOO / "index.h5").exists():
     for width in (8, 16):
         for batch_size in (32, 128):
             run_zoo_job(config("zoo", f"zoo.path={ZOO}", "zoo.name=notebook_phase", f"net.width={width}",
-                               f"train.batch_size={batch_size}", "train.lr=[0.1,0.03]", "population.size=8",
-                               "train.epochs=4", "logger=none", "progress_refresh_rate=0"))
+                               f"train.batch_size={batch_size}", "train.lr=[0.1,0.03]",
+                               f"population.size={2 * REPLICAS}", f"train.epochs={EPOCHS}", "logger=none",
+                               "progress_refresh_rate=0"))
 print(ZOO)'''
 
 
@@ -66,14 +75,15 @@ BUILD_GRID_ZOO = '''\
 from wsl.apps.zoo_job import run_zoo_job
 
 # 48 digits MLPs in one vmapped population: 6 learning rates x 2 weight decays (12 cells) x 4 seed
-# replicas, 2 epochs, so that test accuracies spread from chance to ~0.9: something to predict.
+# replicas (QUICK: 2), 2 epochs, so that test accuracies spread from chance to ~0.9: something to predict.
 # The same as:  wsl-zoo net.width=8 population.size=48 'train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]' \\
 #                   'train.weight_decay=[0,0.001]' train.epochs=2 zoo.path=zoos/notebook_lr_grid
-GRID = Path(os.environ.get("WSL_NB_GRID_ZOO", BASE / "zoos" / "notebook_lr_grid"))
+GRID = Path(os.environ.get("WSL_NB_GRID_ZOO", BASE / "zoos" / f"notebook_lr_grid{QUICK_SUFFIX}"))
+REPLICAS = 2 if QUICK else 4
 if not (GRID / "index.h5").exists():
-    run_zoo_job(config("zoo", f"zoo.path={GRID}", "zoo.name=notebook_lr_grid", "net.width=8", "population.size=48",
-                       "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.001]", "train.epochs=2",
-                       "logger=none", "progress_refresh_rate=0"))
+    run_zoo_job(config("zoo", f"zoo.path={GRID}", "zoo.name=notebook_lr_grid", "net.width=8",
+                       f"population.size={12 * REPLICAS}", "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]",
+                       "train.weight_decay=[0,0.001]", "train.epochs=2", "logger=none", "progress_refresh_rate=0"))
 print(GRID)'''
 
 
@@ -148,7 +158,7 @@ The phase of a cell follows Yang et al. 2021 (train loss, mode connectivity, CKA
 from wsl.landscape import annotate_zoo
 
 lcfg = config("landscape", f"zoo.path={ZOO}", "landscape.metrics=[hessian_eig,barrier,cka]",
-              "landscape.num_samples=512", "landscape.hessian_eig.max_iters=30")
+              f"landscape.num_samples={128 if QUICK else 512}", f"landscape.hessian_eig.max_iters={5 if QUICK else 30}")
 print(annotate_zoo(ZOO, lcfg.landscape))
 zoo = Zoo(ZOO)
 cols = ["hessian_eig/train", "barrier/value", "cka/value"]  # the values; their settings sit beside them
@@ -201,14 +211,15 @@ for name in ("flat", "deepsets", "nfn"):
     with torch.no_grad():
         a, b = enc(batch(sd)).item(), enc(batch(psd)).item()
     print(f"{name:9s} invariant={enc.invariant!s:5s} output {a:+.5f} -> permuted {b:+.5f}")'''),
-        new_markdown_cell("## Train and compare\nTwo seeds per encoder, 25 epochs each; half of the cells train, a quarter validates, a quarter tests."),
+        new_markdown_cell("## Train and compare\nTwo seeds per encoder, 25 epochs each (QUICK: 3); half of the cells train, a quarter validates, a quarter tests."),
         new_code_cell('''\
 from wsl.encoders.experiment import run_experiment
 
 rows = []
 for name in ("flat", "stats", "deepsets", "nfn"):
     cfg = config("train_encoder", f"zoo.path={GRID}", f"encoder={name}", "task=test_acc", "seeds=[0,1]",
-                 "split.fractions=[0.5,0.25,0.25]", "trainer.max_epochs=25", "logger=none", "trainer.accelerator=cpu")
+                 "split.fractions=[0.5,0.25,0.25]", f"trainer.max_epochs={3 if QUICK else 25}", "logger=none",
+                 "trainer.accelerator=cpu")
     df = run_experiment(cfg, WORK / "encoders" / name)
     per_seed = df[~df["seed"].isin(["mean", "std"])]
     rows.append({"encoder": name, "params": int(per_seed["params"].iloc[0]),
@@ -241,8 +252,8 @@ per-coordinate Gaussian). A generator is only interesting where it is both accur
 from wsl.generators.train import train_generator
 
 run = train_generator(config("train_generator", f"zoo.path={ZOO}", "+zoo.filter.width=16", "generator=flow",
-                             "trainer.max_steps=300", "batch_size=16", "logger=none", "progress_refresh_rate=0",
-                             "trainer.accelerator=cpu"), run_dir=WORK / "generator")
+                             f"trainer.max_steps={30 if QUICK else 300}", "batch_size=16", "logger=none",
+                             "progress_refresh_rate=0", "trainer.accelerator=cpu"), run_dir=WORK / "generator")
 print(f"{run.training['n_train']} training nets, {run.training['steps']} steps, "
       f"spread ratio {run.training['spread_ratio']:.3f}")'''),
         new_markdown_cell("## Sample nets into a zoo (`wsl-sample`)"),
@@ -252,7 +263,8 @@ import shutil
 from wsl.generators.sample import sample_run
 
 shutil.rmtree(WORK / "generated", ignore_errors=True)
-generated = sample_run(config("sample", f"run={WORK / 'generator'}", "n=32", f"zoo.path={WORK / 'generated'}"))
+N = 8 if QUICK else 32  # nets sampled; each baseline draws half as many
+generated = sample_run(config("sample", f"run={WORK / 'generator'}", f"n={N}", f"zoo.path={WORK / 'generated'}"))
 print(generated)'''),
         new_markdown_cell("## Evaluate (`wsl-evaluate`)\nEvery baseline setting is evaluated and reported; nothing is selected on the test split."),
         new_code_cell('''\
@@ -261,9 +273,9 @@ from hydra.utils import instantiate
 from wsl.apps.evaluate import settings_from
 from wsl.evaluate import evaluate_zoo
 
-ecfg = config("evaluate", f"zoo.path={generated}", f"reference={ZOO}", "baselines.noise.n=16",
-              "baselines.noise.sigmas=[0.03,0.3]", "baselines.average.n=16", "baselines.average.ks=[2]",
-              "baselines.gaussian.n=16", "novelty.top_k=3")
+ecfg = config("evaluate", f"zoo.path={generated}", f"reference={ZOO}", f"baselines.noise.n={N // 2}",
+              "baselines.noise.sigmas=[0.03,0.3]", f"baselines.average.n={N // 2}", "baselines.average.ks=[2]",
+              f"baselines.gaussian.n={N // 2}", "novelty.top_k=3")
 baselines = {name: instantiate(node) for name, node in ecfg.baselines.items()}
 ev, report = evaluate_zoo(generated, ZOO, settings_from(ecfg), baselines, out=WORK / "report")
 summary = pd.DataFrame([s.summary() for s in ev.sets])

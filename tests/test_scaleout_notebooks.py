@@ -3,8 +3,9 @@ executed here, top to bottom, in a fresh Jupyter kernel (nbclient), on small zoo
 themselves, so that they never rot. The phase zoo is shared by the zoo tour and the generator
 notebook (each notebook trains it only if it is missing).
 
-Executing them takes minutes on 2 busy cores (they train zoos, encoders and a generator): slow.
-The check that the committed notebooks are exactly what the script writes is fast."""
+The default run executes them with WSL_NB_QUICK=1 (tiny zoos, short trainings) in one kernel (see
+`kernel`): about 11 CPU-seconds for the three. `-m slow` also runs them at the sizes a user gets, each
+in a fresh kernel. The check that the committed notebooks are exactly what the script writes is fast."""
 
 from __future__ import annotations
 
@@ -32,26 +33,72 @@ def test_notebooks_are_generated_and_stripped():
         assert code and all(not c["outputs"] and c["execution_count"] is None for c in code), name
 
 
+# What the notebooks make at each size (scripts/make_notebooks.py): models in the phase zoo
+# (2 widths x 2 batch sizes x 2 lrs x replicas), nets sampled by the generator notebook.
+SIZES = {"quick": {"phase_models": 16, "sampled": 8}, "full": {"phase_models": 32, "sampled": 32}}
+
+
+@pytest.fixture(scope="module", params=["quick", pytest.param("full", marks=pytest.mark.slow)])
+def size(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("notebooks")
+def shared(tmp_path_factory, size) -> Path:
+    """Zoos shared by the notebooks of one size (the tour trains the phase zoo, the generator notebook reuses it)."""
+    return tmp_path_factory.mktemp(f"notebooks-{size}")
 
 
-def execute(name: str, shared: Path, monkeypatch) -> list:
-    """Run every cell in a fresh kernel started in a scratch directory; returns the executed cells."""
+def kernel_env(shared: Path, size: str) -> dict[str, str]:
+    """What a notebook's kernel sees: the checkout's wsl, the shared zoos, the size (WSL_NB_WORK: per notebook)."""
+    env = {k: v for k, v in os.environ.items() if k != "WSL_NB_QUICK"}
+    env.update(PYTHONPATH=str(ROOT), WSL_NB_ZOO=str(shared / "phase_zoo"), WSL_NB_GRID_ZOO=str(shared / "grid_zoo"),
+               WANDB_MODE="disabled")
+    if size == "quick":
+        env["WSL_NB_QUICK"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def kernel(shared, size):
+    """quick: one Jupyter kernel runs the three notebooks. Its namespace is emptied (%reset -f) before each,
+    so a name that a notebook forgets to define still fails; what carries over is the imported modules,
+    which saves each notebook about 5 CPU-seconds of torch/Lightning imports (most of its cost at this
+    size). full: None, every notebook gets a fresh kernel, as a user runs them."""
+    if size != "quick":
+        yield None
+        return
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=kernel_env(shared, size), cwd=str(shared))
+    yield km
+    km.shutdown_kernel(now=True)
+
+
+def execute(name: str, shared: Path, size: str, kernel, monkeypatch) -> list:
+    """Run every cell, in a scratch directory, in `kernel` or a fresh one; returns the executed cells."""
     import nbformat
     from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell
 
     work = shared / name.removesuffix(".ipynb")
     work.mkdir()
-    # the kernel inherits this environment: the checkout's wsl, shared zoos, scratch output
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    monkeypatch.setenv("WSL_NB_ZOO", str(shared / "phase_zoo"))
-    monkeypatch.setenv("WSL_NB_GRID_ZOO", str(shared / "grid_zoo"))
-    monkeypatch.setenv("WSL_NB_WORK", str(work / "out"))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+    if kernel is None:  # a fresh kernel started in `work` inherits this environment
+        monkeypatch.delenv("WSL_NB_QUICK", raising=False)
+        for k, v in {**kernel_env(shared, size), "WSL_NB_WORK": str(work / "out")}.items():
+            monkeypatch.setenv(k, v)
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(work)}})
+    else:  # the shared kernel: this notebook's directory and output, then an empty namespace
+        nb.cells.insert(0, new_code_cell(f"import os\nos.chdir({str(work)!r})\n"
+                                         f"os.environ['WSL_NB_WORK'] = {str(work / 'out')!r}\n%reset -f"))
+        client = NotebookClient(nb, km=kernel, timeout=900)
+    try:
+        client.execute()
+    finally:
+        if kernel is not None and client.kc is not None:
+            client.kc.stop_channels()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     assert set(os.listdir(work)) == {"out"}, "a notebook wrote outside WSL_NB_WORK"
@@ -72,23 +119,22 @@ def images(cells) -> int:
     return sum("image/png" in o.get("data", {}) for c in cells if c.cell_type == "code" for o in c.outputs)
 
 
-@pytest.mark.slow
-def test_zoo_tour(shared, monkeypatch):
-    cells = execute("zoo_tour.ipynb", shared, monkeypatch)
+def test_zoo_tour(shared, size, kernel, monkeypatch):
+    cells = execute("zoo_tour.ipynb", shared, size, kernel, monkeypatch)
     text = "".join(text_of(c) for c in cells if c.cell_type == "code")
-    assert "32 models, {'trained': 32}" in text
+    n = SIZES[size]["phase_models"]
+    assert f"{n} models, {{'trained': {n}}}" in text
     assert "recomputed test accuracy" in text
-    assert "{'hessian_eig': 32, 'barrier': 32, 'cka': 32" in text  # rows per metric (then the phase labels)
+    assert f"{{'hessian_eig': {n}, 'barrier': {n}, 'cka': {n}" in text  # rows per metric (then the phase labels)
     plots = shared / "zoo_tour" / "out" / "plots"
     assert len(list(plots.glob("phase__width_vs_batch_size__*.png"))) == 2  # one phase diagram per lr
     assert images(cells) >= 3  # training curves + the phase diagrams
 
 
-@pytest.mark.slow
-def test_encoders(shared, monkeypatch):
+def test_encoders(shared, size, kernel, monkeypatch):
     import pandas as pd
 
-    cells = execute("encoders.ipynb", shared, monkeypatch)
+    cells = execute("encoders.ipynb", shared, size, kernel, monkeypatch)
     text = "".join(text_of(c) for c in cells if c.cell_type == "code")
     assert "same function after permuting: True" in text
     for line in text.splitlines():  # invariant encoders: the permuted net gives the same output
@@ -100,14 +146,14 @@ def test_encoders(shared, monkeypatch):
     assert all(t["test/tau"].notna().all() for t in tables.values())
 
 
-@pytest.mark.slow
-def test_generate_and_evaluate(shared, monkeypatch):
-    cells = execute("generate_and_evaluate.ipynb", shared, monkeypatch)
+def test_generate_and_evaluate(shared, size, kernel, monkeypatch):
+    cells = execute("generate_and_evaluate.ipynb", shared, size, kernel, monkeypatch)
     out = shared / "generate_and_evaluate" / "out"
     summary = json.loads((out / "report" / "summary.json").read_text())
     methods = {(s["method"], s["setting"]): s for s in summary["sets"]}
     gen = methods[("generated", "")]
-    assert gen["n"] == 32 and 0.0 <= gen["acc_mean"] <= 1.0 and gen["n_audited"] == 32
+    n = SIZES[size]["sampled"]
+    assert gen["n"] == n and 0.0 <= gen["acc_mean"] <= 1.0 and gen["n_audited"] == n
     assert {m for m, _ in methods} >= {"training", "noise", "average", "gaussian"}  # every baseline reported
     assert (out / "report" / "accuracy_novelty.png").is_file()
     assert (out / "generated" / "index.h5").is_file() and (out / "generator" / "generator.safetensors").is_file()

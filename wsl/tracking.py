@@ -32,19 +32,53 @@ WANDB_MODES = ("online", "offline", "disabled")
 _MODE_ALIASES = {"dryrun": "offline", "run": "online", "shared": "online"}
 
 
-class _DropAdvert(logging.Filter):
+# Lines Lightning logs on every run that say nothing about it: its litlogger advert and the
+# accelerator banners (the device a job ran on is in its resolved config: trainer.accelerator).
+_NOISE = ("💡 Tip", "GPU available: ", "TPU available: ", "HPU available: ", "IPU available: ")
+# Lightning's own console handlers (lightning/__init__.py, lightning/pytorch/__init__.py, ...)
+_LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+
+
+class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(_NOISE)
+
+
+_DropAdvert = _DropNoise  # its first name (tests look filters up by it)
 
 
 def quiet_lightning() -> None:
-    """Drop two lines Lightning prints on every run that say nothing about the run: its litlogger
-    advert and torch's LeafSpec deprecation warning raised inside Lightning's own pytree code."""
+    """One line per event from a Lightning Trainer; call it before building one.
+
+    - Under a logging config (Hydra's job_logging: root has handlers), Lightning's records go to
+      the root's handlers only: Lightning adds its own stderr handler to the `lightning` logger on
+      import, so each INFO line was printed twice (once bare, once by Hydra's console handler).
+      With no logging config (a plain script, a notebook) Lightning keeps its handler: the lines
+      are printed once, by it.
+    - Its litlogger advert and the GPU/TPU/... banners are dropped (warnings such as "GPU available
+      but not used" are warnings, not these INFO lines, and still show).
+    - Three warnings that ask nothing of the user are ignored: torch's LeafSpec deprecation raised
+      inside Lightning's own pytree code; "the number of training batches is smaller than the
+      logging interval" (Lightning counts `log_every_n_steps` in global steps across epochs, so
+      short epochs lose no logged rows); "a `validation_step` but no `val_dataloader`" (the
+      generator validates only when zoo.val_fraction > 0, and its log line says so)."""
+    if logging.getLogger().handlers:
+        for name in _LIGHTNING_LOGGERS:
+            if name not in logging.root.manager.loggerDict:
+                continue  # never create a logger (pytorch_lightning may not be installed)
+            lg = logging.getLogger(name)
+            for h in [h for h in lg.handlers if type(h) is logging.StreamHandler]:  # Lightning's, not a user's
+                lg.removeHandler(h)
+            lg.propagate = True
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         lg = logging.getLogger(name)
-        if not any(isinstance(f, _DropAdvert) for f in lg.filters):
-            lg.addFilter(_DropAdvert())
+        if not any(isinstance(f, _DropNoise) for f in lg.filters):
+            lg.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
+                            r"interval", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`",
+                            category=UserWarning)
 
 
 # ------------------------------------------------------------------------------------------ W&B
