@@ -22,6 +22,7 @@ from wsl.errors import ZooFormatError
 from wsl.nets import build_net
 from wsl.zoo import ShardWriter, Zoo, read_checkpoint_metadata
 from wsl.zoo.format import sha256_bytes
+from wsl.zoo.table import seal_file
 from wsl.zoo.verify import verify_zoo
 
 ARCH = {"name": "mlp", "in_shape": [1, 4, 4], "num_classes": 3, "width": 5, "depth": 1, "activation": "relu",
@@ -263,6 +264,7 @@ def test_crafted_checkpoint_headers_with_valid_checksums_raise_only_zoo_format_e
                 shas[paths == rel] = sha256_bytes(data)
                 del f["checkpoints/sha256"]
                 f.create_dataset("checkpoints/sha256", data=shas, dtype=h5py.string_dtype())
+            seal_file(table)
         exercise_reader(root)
 
 
@@ -284,6 +286,7 @@ def test_malformed_index_metadata_raises_only_zoo_format_errors(base_zoo, archs,
                 f.create_dataset("models/hparams/lr", data=_as_array(hp))
             except (TypeError, ValueError):
                 f.create_dataset("models/hparams/lr", data=b"x")
+        seal_file(root / "index.h5")  # consistent checksums: the reader meets the values themselves
         exercise_reader(root)
 
 
