@@ -49,7 +49,10 @@ class Zoo:
         self.attrs = self._table.attrs
         self._rows = {}
         for r in self._table.rows:
-            check_id("model id", r.model_id)
+            try:
+                check_id("model id", r.model_id)
+            except ZooFormatError as e:
+                raise ZooFormatError(f"{index}: {e}") from e
             if r.model_id in self._rows:
                 raise ZooFormatError(f"{index}: model {r.model_id!r} is listed twice")
             for e, p, _ in r.checkpoints:
