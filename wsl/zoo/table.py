@@ -229,6 +229,8 @@ def _canon(v) -> bytes:
         return b"b" + v
     if isinstance(v, (bool, int, float)):
         return b"p" + repr(v).encode()
+    if not isinstance(v, (np.ndarray, np.generic)):  # e.g. an HDF5 object reference in a crafted file
+        return b"r" + repr(v).encode("utf-8", "surrogatepass")
     a = np.asarray(v)
     if a.dtype.kind == "O":
         return b"o" + repr(a.shape).encode() + b"".join(len(c).to_bytes(8, "little") + c

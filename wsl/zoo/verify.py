@@ -26,7 +26,6 @@ the zoo, and builds nets on the meta device only. All it reads together is bound
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -42,7 +41,7 @@ import numpy as np
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.zoo.format import (ANNOTATION_DIR, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, LOCK_FILE, MAX_HEADER, MODEL_DIR,
                             SHARD_DIR, STATUSES, TORCH_DTYPES, check_arch_limits, check_id, resolve_inside,
-                            spec_mismatch, tensor_layout)
+                            sha256_file, spec_mismatch, tensor_layout)
 from wsl.zoo.table import ModelRow, ModelTable, ReadBudget, read_annotation_file, read_table, table_digests
 
 ERROR, WARNING = "error", "warning"
@@ -134,7 +133,7 @@ def _parses_as_pickle(f) -> bool:
                 if op.name == "STOP":
                     stop = pos
                     break
-        except (ValueError, EOFError, OverflowError, UnicodeDecodeError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 (whatever bytes make the decoder raise: no pickle, or read on)
             # the data ran out inside an opcode's argument, or before STOP: read on; anything else is no pickle
             short = any(w in str(e) for w in ("no newline found", "but only", "exhausted", "not enough data"))
             if not short:
@@ -142,7 +141,7 @@ def _parses_as_pickle(f) -> bool:
         if stop is not None:
             try:
                 pickletools.dis(data[: stop + 1], out=io.StringIO())
-            except (ValueError, EOFError, OverflowError, UnicodeDecodeError, TypeError, IndexError):
+            except Exception:  # noqa: BLE001 (an inconsistent stack or memo: not a pickle)
                 return False
             return n >= 2
         if len(data) >= PICKLE_SCAN_BYTES:
@@ -196,7 +195,8 @@ class _Checker:
         files = []
 
         def unlistable(e: OSError) -> None:
-            self.error(e.filename, f"cannot be listed ({e.strerror}); its files were not checked")
+            if not isinstance(e, FileNotFoundError):  # (a directory that vanished since its parent was listed)
+                self.error(e.filename, f"cannot be listed ({e.strerror}); its files were not checked")
 
         for dirpath, dirnames, filenames in os.walk(self.root, onerror=unlistable, followlinks=False):
             d = Path(dirpath)
@@ -294,8 +294,10 @@ class _Checker:
         for msg in content:
             self.error(p, msg)
         if not out.checked:
+            how = ("`wsl-verify zoo.path=... repair=true` rebuilds it with them" if p.name == INDEX_FILE else
+                   "it gets them when its job (or annotation group) is written again")
             self.warn(p, "written by an older wsl (format version 1): it carries no content checksums, so a changed "
-                         "value cannot be detected in it; rewriting the zoo's files with this wsl adds them")
+                         f"value cannot be detected in it; {how}")
         return out
 
     def _read_all(self, sub: str, read) -> dict:
@@ -527,17 +529,16 @@ class _Checker:
         problems, truncated, specs = tensor_layout(header, size - 8 - n)
         for msg in problems:
             self.error(path, msg)
-        usable = not problems or problems[0].endswith("(appended data)")
-        if usable and expected is not None and (why := spec_mismatch(specs, expected)) is not None:
+        appended = bool(problems) and problems[0].endswith("(appended data)")
+        fits = (not problems or appended) and expected is not None
+        if fits and (why := spec_mismatch(specs, expected)) is not None:
             self.error(path, why)
-        bad = 0
-        if not truncated and (self.v.checksums or usable):
-            data = path.read_bytes()  # bounded: its header was checked against the file's size
-            if self.v.checksums and hashlib.sha256(data).hexdigest() != sha:
-                self.error(path, "sha256 does not match the index: the file was modified or corrupted (a bit flip?) "
-                                 "after it was committed")
-            if usable:
-                bad = _count_nonfinite(header, data[8 + n :])
+            fits = False
+        if self.v.checksums and not truncated and sha256_file(path) != sha:
+            self.error(path, "sha256 does not match the index: the file was modified or corrupted (a bit flip?) "
+                             "after it was committed")
+        # the values, read tensor by tensor: only of tensors the architecture declares (bounded by it)
+        bad = _count_nonfinite(path, header, 8 + n) if fits else 0
         self._check_metadata(path, meta, row, epoch)
         return bad
 
@@ -621,19 +622,23 @@ def _skeleton_specs(arch, what: str) -> dict | str:
     return {k: (TORCH_DTYPES.get(str(t.dtype), str(t.dtype)), tuple(t.shape)) for k, t in net.state_dict().items()}
 
 
-def _count_nonfinite(header: dict, body: bytes) -> int:
-    """NaN and inf values among the float tensors of a checkpoint, read from its bytes as plain numbers."""
+def _count_nonfinite(path: Path, header: dict, start: int) -> int:
+    """NaN and inf values among the float tensors of a checkpoint (data from byte `start`), read from
+    its bytes as plain numbers, one tensor at a time."""
     bad = 0
-    for info in header.values():
-        dtype = info["dtype"]
-        if dtype not in FLOAT_DTYPES:
-            continue
-        a, b = info["data_offsets"]
-        if dtype == "BF16":  # bfloat16 is the top half of a float32
-            vals = (np.frombuffer(body[a:b], dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            vals = np.frombuffer(body[a:b], dtype=np.dtype(FLOAT_DTYPES[dtype]).newbyteorder("<"))
-        bad += int(vals.size - np.count_nonzero(np.isfinite(vals)))
+    with open(path, "rb") as f:
+        for info in header.values():
+            dtype = info["dtype"]
+            if dtype not in FLOAT_DTYPES:
+                continue
+            a, b = info["data_offsets"]
+            f.seek(start + a)
+            raw = f.read(b - a)
+            if dtype == "BF16":  # bfloat16 is the top half of a float32
+                vals = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                vals = np.frombuffer(raw, dtype=np.dtype(FLOAT_DTYPES[dtype]).newbyteorder("<"))
+            bad += int(vals.size - np.count_nonzero(np.isfinite(vals)))
     return bad
 
 
