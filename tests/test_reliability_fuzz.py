@@ -357,8 +357,9 @@ def _loaded(root: Path, which: str):
     if which == "index.h5":
         z = Zoo(root)
         t = z._table
+        ann = {g: [a.model_ids, a.columns, a.attrs] for g, a in t.annotations.items()}
         return canon({"table": z.table().to_dict("list"), "rows": [vars(r) for r in t.rows], "jobs": t.jobs,
-                      "attrs": t.attrs, "ann": {g: [a.model_ids, a.columns, a.attrs] for g, a in t.annotations.items()}})
+                      "attrs": t.attrs, "ann": ann})
     if which.startswith("shards/"):
         t = read_table(path)
         return canon({"rows": [vars(r) for r in t.rows], "jobs": t.jobs, "attrs": t.attrs})

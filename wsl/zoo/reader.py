@@ -37,8 +37,12 @@ class Zoo:
             raise ZooFormatError(f"{self.path}: not a directory, so not a zoo")
         if index.is_symlink():  # the writer never makes one: it could redirect the read outside the zoo
             target = os.readlink(index)
-            where = "outside the zoo" if not index.resolve().is_relative_to(self.path) else "inside the zoo"
-            raise ZooFormatError(f"{index}: a symbolic link to {target!r} ({where}); zoo files are never links; refused")
+            try:
+                where = "outside the zoo" if not index.resolve().is_relative_to(self.path) else "inside the zoo"
+            except (OSError, RuntimeError):  # a loop of links
+                where = "unresolvable"
+            raise ZooFormatError(f"{index}: a symbolic link to {target!r} ({where}); zoo files are never links; "
+                                 "refused")
         if not index.exists():
             raise ZooFormatError(f"{self.path}: not a zoo ({INDEX_FILE} is missing)")
         self._budget = ReadBudget()  # what this zoo's reads may load in all
