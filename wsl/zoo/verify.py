@@ -423,7 +423,7 @@ class _Checker:
             report(ipath, f"{what}: {how} from what {SHARD_DIR}/ and {ANNOTATION_DIR}/ give{old}: the index was "
                           "changed after its merge; rebuild it with `wsl-verify zoo.path=... repair=true`")
         for k in ("zoo_name", "config", "n_jobs"):
-            if index.attrs.get(k) != rebuilt.attrs.get(k):
+            if not _same(index.attrs.get(k), rebuilt.attrs.get(k)):
                 report(ipath, f"root attribute {k!r} differs from what {SHARD_DIR}/ gives{old}; rebuild the index "
                               "with `wsl-verify zoo.path=... repair=true`")
 
@@ -599,6 +599,15 @@ class _Checker:
         for d, n in sorted(uncommitted.items()):
             self.warn(d, f"{n} checkpoint file(s) not in the index: a job killed before it committed leaves these "
                          "behind; rerunning the same command finishes the job and overwrites them (or delete them)")
+
+
+def _same(a, b) -> bool:
+    """Equal values of attributes read from a file (an array from a crafted file has no plain truth value)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    return bool(a == b)
 
 
 def _row_key(r: ModelRow):
