@@ -22,11 +22,13 @@ from conftest import TINY_ZOO, compose_cfg, make_zoo, run_cli, ROOT
 from wsl.errors import ConfigError, ZooFormatError
 from wsl.nets import build_net
 from wsl.zoo import ShardWriter, Zoo, merge_index
+from wsl.zoo.table import seal_file
 
 
 def test_format_is_readable_with_h5py_and_safetensors_only(tiny_zoo):
     with h5py.File(tiny_zoo / "index.h5", "r") as f:
-        assert f.attrs["format"] == "wsl-zoo" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "wsl-zoo" and f.attrs["format_version"] == 2
+        assert len(f.attrs["content_sha256"]) == 64 and "/metrics/test_acc" in f["integrity/path"].asstr()[()]
         config = json.loads(f.attrs["config"])
         assert config["net"]["width"] == 8 and config["dataset"]["name"] == "digits"
         ids = f["models/model_id"].asstr()[()]
@@ -240,6 +242,9 @@ def test_untrusted_index_is_refused(tmp_path, tiny_zoo):
             paths[0, 0] = bad
             del f["checkpoints/path"]
             f.create_dataset("checkpoints/path", data=paths.astype(object), dtype=h5py.string_dtype())
+        with pytest.raises(ZooFormatError, match=r"index.h5: /checkpoints/path: content does not match its checksum"):
+            Zoo(root)
+        seal_file(root / "index.h5")  # a consistent lie: the paths are still refused
         with pytest.raises(ZooFormatError, match="escapes the zoo"):
             Zoo(root)
     shutil.rmtree(root)

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
-from wsl.errors import ConfigError
+from wsl.errors import ConfigError, ZooFormatError, printable
 
 
 def validate_verify_config(cfg: DictConfig) -> None:
@@ -32,7 +32,12 @@ def _main(cfg: DictConfig) -> None:
 
     validate_verify_config(cfg)
     if cfg.repair:
-        print(f"repaired: {repair_index(cfg.zoo.path)}")
+        try:
+            print(printable(f"repaired: {repair_index(cfg.zoo.path)}"))
+        except OSError as e:  # a read-only zoo (or disk): the index cannot be rewritten, nothing was changed
+            where = e.filename or cfg.zoo.path
+            raise ZooFormatError(printable(f"cannot repair {where}: {e.strerror or e} (a read-only zoo? repair "
+                                           "rewrites index.h5; check without repair=true)")) from e
     result = check_zoo(cfg.zoo.path, checksums=cfg.checksums)
     for p in result.problems:
         print(p)

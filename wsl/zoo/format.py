@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path, PurePosixPath
 
 from wsl.errors import ZooFormatError
 
 FORMAT_NAME = "wsl-zoo"
-FORMAT_VERSION = 1
+# 2: every table and annotation file carries content checksums (/integrity + attribute content_sha256);
+# version 1 files (none) stay readable. Checkpoints are unchanged.
+FORMAT_VERSION = 2
 INDEX_FILE = "index.h5"
 SHARD_DIR = "shards"
 ANNOTATION_DIR = "annotations"
@@ -20,6 +23,74 @@ STATUSES = ("trained", "diverged", "sampled", "aligned")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 MAX_DIM = 1 << 20  # largest size an architecture of an untrusted zoo may name (width, channels, input side)
 MAX_LAYERS = 1024  # largest depth: building the net's skeleton must stay quick
+
+
+MAX_HEADER = 100_000_000  # bytes of safetensors JSON header a checkpoint may have
+MAX_DIMENSION = 1 << 40  # larger tensor dimensions are absurd, whatever the offsets say
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+               "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+# torch dtype (as str(dtype)) -> safetensors dtype: what a checkpoint of a net's state dict must say
+TORCH_DTYPES = {"torch.bool": "BOOL", "torch.uint8": "U8", "torch.int8": "I8", "torch.float8_e4m3fn": "F8_E4M3",
+                "torch.float8_e5m2": "F8_E5M2", "torch.uint16": "U16", "torch.int16": "I16", "torch.float16": "F16",
+                "torch.bfloat16": "BF16", "torch.uint32": "U32", "torch.int32": "I32", "torch.float32": "F32",
+                "torch.uint64": "U64", "torch.int64": "I64", "torch.float64": "F64"}
+
+
+def tensor_layout(header: dict, data_len: int) -> tuple[list[str], bool, dict]:
+    """Check the tensor entries of a safetensors header (without `__metadata__`) against the `data_len`
+    bytes that follow it: every entry's dtype, shape and byte range, no overlap, no gap.
+
+    Returns (problems, truncated, {name: (dtype, shape)}); nothing is read but the header.
+    """
+    spans, specs = [], {}
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            return [f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets"], False, specs
+        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPE_BYTES:
+            return [f"tensor {name!r}: unknown dtype {str(dtype)[:40]!r}"], False, specs
+        if not isinstance(shape, list) or len(shape) > 8 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIMENSION for s in shape):
+            return [f"tensor {name!r}: absurd shape {str(shape)[:80]}"], False, specs
+        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) and not isinstance(o, bool)
+                                                                  for o in offs) and 0 <= offs[0] <= offs[1]):
+            return [f"tensor {name!r}: bad data_offsets {str(offs)[:80]}"], False, specs
+        nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+        if offs[1] - offs[0] != nbytes:
+            return [f"tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, its offsets span "
+                    f"{offs[1] - offs[0]}"], False, specs
+        spans.append((offs[0], offs[1], name))
+        specs[name] = (dtype, tuple(shape))
+    end = max([b for _, b, _ in spans] + [0])
+    if end > data_len:
+        return [f"truncated: its tensors need {end} data bytes, the file holds {data_len}"], True, specs
+    pos = 0
+    for a, b, name in sorted(spans):
+        if a != pos:
+            return [f"tensor {name!r} starts at byte {a}, expected {pos} (overlap or gap)"], False, specs
+        pos = b
+    if data_len > end:
+        return [f"{data_len - end} bytes after the last tensor (appended data)"], False, specs
+    return [], False, specs
+
+
+def spec_mismatch(specs: dict, expected: dict) -> str | None:
+    """The first difference between a checkpoint's {name: (dtype, shape)} and the architecture's, or None."""
+    if specs == expected:
+        return None
+    diff = sorted(set(specs) ^ set(expected))
+    if diff:
+        k = diff[0]
+        return (f"tensors do not match the architecture (first difference: {k!r}: {specs.get(k)} vs "
+                f"{expected.get(k)})")
+    k = next(k for k in expected if specs[k][1] != expected[k][1]) if any(
+        specs[k][1] != expected[k][1] for k in expected) else None
+    if k is not None:
+        return (f"tensors do not match the architecture (first difference: {k!r}: {specs[k][1]} vs "
+                f"{expected[k][1]})")
+    k = next(k for k in expected if specs[k] != expected[k])
+    return (f"tensor {k!r} is stored as {specs[k][0]}, the architecture has {expected[k][0]}: a wrong dtype "
+            "would load as a silently different net")
 
 
 def checkpoint_relpath(job_id: str, model_id: str, epoch: int) -> str:
@@ -43,7 +114,7 @@ def resolve_inside(root: Path, relpath: str, what: str = "checkpoint path") -> P
     full = (root / pp).resolve()
     if not full.is_relative_to(root.resolve()):
         raise ZooFormatError(f"{root / INDEX_FILE}: {what} {relpath!r} resolves outside the zoo (symlink?); refused")
-    return full
+    return root / pp  # the name the index gives (a link inside the zoo is named itself, not its target)
 
 
 def sha256_bytes(b: bytes) -> str:

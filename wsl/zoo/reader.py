@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -13,9 +15,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
 from wsl.errors import ConfigError, ZooFormatError
-from wsl.zoo.format import FORMAT_VERSION, INDEX_FILE, METRICS, check_arch_limits, check_id, resolve_inside, sha256_bytes
+from wsl.zoo.format import (FORMAT_VERSION, INDEX_FILE, MAX_HEADER, METRICS, TORCH_DTYPES, check_arch_limits, check_id,
+                            resolve_inside, sha256_bytes, spec_mismatch, tensor_layout)
 from wsl.zoo.layout import Layout
-from wsl.zoo.table import read_table
+from wsl.zoo.table import ReadBudget, read_table
+
+log = logging.getLogger(__name__)
 
 SEED_COLUMNS = ("seed_init", "seed_data")
 MAX_PARAMS = 2_000_000_000  # refuse absurd architectures from untrusted files
@@ -30,13 +35,28 @@ class Zoo:
         index = self.path / INDEX_FILE
         if not self.path.is_dir():
             raise ZooFormatError(f"{self.path}: not a directory, so not a zoo")
+        if index.is_symlink():  # the writer never makes one: it could redirect the read outside the zoo
+            target = os.readlink(index)
+            try:
+                where = "outside the zoo" if not index.resolve().is_relative_to(self.path) else "inside the zoo"
+            except (OSError, RuntimeError):  # a loop of links
+                where = "unresolvable"
+            raise ZooFormatError(f"{index}: a symbolic link to {target!r} ({where}); zoo files are never links; "
+                                 "refused")
         if not index.exists():
             raise ZooFormatError(f"{self.path}: not a zoo ({INDEX_FILE} is missing)")
-        self._table = read_table(index)
+        self._budget = ReadBudget()  # what this zoo's reads may load in all
+        self._table = read_table(index, self._budget)
+        if not self._table.checked:
+            log.info("%s: written by an older wsl (format version 1): no content checksums to check; "
+                     "`wsl-verify` compares it with its shards", index)
         self.attrs = self._table.attrs
         self._rows = {}
         for r in self._table.rows:
-            check_id("model id", r.model_id)
+            try:
+                check_id("model id", r.model_id)
+            except ZooFormatError as e:
+                raise ZooFormatError(f"{index}: {e}") from e
             if r.model_id in self._rows:
                 raise ZooFormatError(f"{index}: model {r.model_id!r} is listed twice")
             for e, p, _ in r.checkpoints:
@@ -44,6 +64,7 @@ class Zoo:
             self._rows[r.model_id] = r
         self.ids = [r.model_id for r in self._table.rows]
         self._layouts: dict = {}
+        self._specs: dict = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -205,7 +226,8 @@ class Zoo:
             raise ZooFormatError(f"{path}: listed in the index but missing")
         if not path.is_file():  # a FIFO or device would block the read
             raise ZooFormatError(f"{path}: not a regular file; refused")
-        data = path.read_bytes()
+        expected = self._expected_specs(model_id)
+        data = self._read_checked(path, expected)
         if verify and sha256_bytes(data) != sha:
             raise ZooFormatError(f"{path}: sha256 does not match the index (corrupted or modified)")
         try:
@@ -223,11 +245,46 @@ class Zoo:
             raise ZooFormatError(f"{path}: metadata says epoch {int(ep)}, the index says {e}")
         if meta.get("model_id") != model_id:
             raise ZooFormatError(f"{path}: metadata says model {meta.get('model_id')!r}, index says {model_id!r}")
-        expected = {k: tuple(v.shape) for k, v in self.skeleton(model_id).state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in sd.items()}
-        if got != expected:
-            raise ZooFormatError(f"{path}: tensors {got} do not match the architecture's {expected}")
+        got = {k: (TORCH_DTYPES.get(str(v.dtype), str(v.dtype)), tuple(v.shape)) for k, v in sd.items()}
+        if (why := spec_mismatch(got, expected)) is not None:
+            raise ZooFormatError(f"{path}: {why}")
         return sd
+
+    def _expected_specs(self, model_id: str) -> dict:
+        """{tensor name: (safetensors dtype, shape)} of the model's architecture (the skeleton's dtypes)."""
+        key = json.dumps(self.arch(model_id), sort_keys=True)
+        if key not in self._specs:
+            self._specs[key] = {k: (TORCH_DTYPES.get(str(v.dtype), str(v.dtype)), tuple(v.shape))
+                                for k, v in self.skeleton(model_id).state_dict().items()}
+        return self._specs[key]
+
+    @staticmethod
+    def _read_checked(path: Path, expected: dict) -> bytes:
+        """The checkpoint's bytes, read only after its header declared the expected tensors (names,
+        dtypes, shapes) laid out exactly over the file's size: a crafted file cannot make us read more."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n < 2 or n > MAX_HEADER or 8 + n > size:
+                raise ZooFormatError(f"{path}: header length {n} is impossible for a {size}-byte file "
+                                     "(truncated, or not a safetensors file)")
+            try:
+                header = json.loads(f.read(n))
+            except (ValueError, RecursionError) as e:
+                raise ZooFormatError(f"{path}: unreadable safetensors header ({e})") from e
+            if not isinstance(header, dict):
+                raise ZooFormatError(f"{path}: unreadable safetensors header (not a JSON object)")
+            header.pop("__metadata__", None)
+            problems, _, specs = tensor_layout(header, size - 8 - n)
+            if problems:
+                raise ZooFormatError(f"{path}: {problems[0]}")
+            if (why := spec_mismatch(specs, expected)) is not None:
+                raise ZooFormatError(f"{path}: {why}")
+            f.seek(0)
+            data = f.read(size + 1)
+        if len(data) != size:
+            raise ZooFormatError(f"{path}: changed while it was read")
+        return data
 
     def load_model(self, model_id: str, epoch: int = -1):
         """The net with the checkpoint's weights, in eval mode."""

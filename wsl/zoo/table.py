@@ -8,10 +8,20 @@ HDF5 layout (the same for `shards/<job>.h5` and `index.h5`):
   /checkpoints/{epoch [M, K] int (-1 = none), path [M, K] str, sha256 [M, K] str}
   /jobs/{job_id, config (JSON), overrides (JSON)}                      [J]
   /annotations/<group>/<column> [M, ...] (+ attrs: estimator settings)  (index only)
+  /integrity/{path, sha256} [D] str + root attr content_sha256           (format version >= 2)
+
+Content checksums (format version 2): every dataset and every object's attributes have a sha256
+(over dtype, shape and bytes; see `content_digests`), listed in /integrity, which the root
+attribute `content_sha256` seals. Readers recompute them, so a changed value, a deleted or an added
+dataset is named (file + dataset path). Annotation files carry the same. A file of format version 1
+has none: it is read as before, and `checked` on what was read is False (wsl-verify warns).
+These checksums detect corruption and edits by mistake, not a forger: whoever can write a file can
+recompute them (`seal_file`); trusting a stranger's zoo needs a checksum of the whole from its author.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,7 +35,27 @@ from wsl.errors import ZooFormatError
 from wsl.zoo.format import FORMAT_NAME, FORMAT_VERSION, METRICS
 
 STR = h5py.string_dtype("utf-8")
-MAX_ELEMENTS = 100_000_000  # per dataset: an untrusted file may declare huge, never-written datasets
+# An untrusted file may declare huge datasets it never wrote (a 270 KB file can promise terabytes):
+# what one file and one read session (a Zoo, a wsl-verify run) may make us hold, in elements.
+# 20M elements: 10k models x 100 epochs x 20 metrics; a float64 element costs 8 bytes, a string ~60.
+MAX_ELEMENTS = 20_000_000  # per file, all datasets together
+MAX_SESSION_ELEMENTS = 100_000_000  # per read session, all files together
+INTEGRITY_GROUP = "integrity"  # /integrity/path, /integrity/sha256: the content manifest
+SEAL_ATTR = "content_sha256"  # root attribute: sha256 of the manifest
+CHECKSUM_VERSION = 2  # format versions from this one on must carry content checksums
+
+
+class ReadBudget:
+    """Elements the reads of one session may still load (shared by every file it reads)."""
+
+    def __init__(self, limit: int = MAX_SESSION_ELEMENTS):
+        self.limit, self.used = int(limit), 0
+
+    def charge(self, n: int, path) -> None:
+        if self.used + n > self.limit:
+            raise ZooFormatError(f"{path}: reading it would make {self.used + n} elements in this session "
+                                 f"(limit {self.limit}); refused")
+        self.used += n
 
 
 @dataclass
@@ -48,6 +78,7 @@ class Annotation:
     model_ids: list
     columns: dict  # name -> np.ndarray [M, ...] (numeric) or list[str]
     attrs: dict = field(default_factory=dict)
+    checked: bool = True  # False: read from a file without content checksums (format version 1)
 
 
 @dataclass
@@ -56,6 +87,7 @@ class ModelTable:
     jobs: dict = field(default_factory=dict)  # job_id -> {"config": dict, "overrides": list}
     attrs: dict = field(default_factory=dict)
     annotations: dict = field(default_factory=dict)  # group -> Annotation
+    checked: bool = True  # False: read from a file without content checksums (format version 1)
 
     @property
     def ids(self) -> list[str]:
@@ -80,60 +112,73 @@ def _write_strings(g, name, values):
 
 
 def write_table(path: Path, table: ModelTable) -> None:
-    """Write `table` to an HDF5 file at `path` (callers write to a temp path and rename)."""
+    """Write `table` to an HDF5 file at `path` (callers write to a temp path and rename), sealed."""
+    with h5py.File(path, "w") as f:
+        _write_table_into(f, table)
+        seal(f)
+
+
+def table_digests(table: ModelTable) -> dict:
+    """The content digests the file `write_table(table)` would hold (built in memory, nothing written):
+    what wsl-verify compares an index with, rebuilt from its shards and annotation files."""
+    with h5py.File(f"wsl-in-memory-{id(table)}.h5", "w", driver="core", backing_store=False) as f:
+        _write_table_into(f, table)
+        return content_digests(f)
+
+
+def _write_table_into(f: h5py.File, table: ModelTable) -> None:
     rows = table.rows
     m = len(rows)
-    with h5py.File(path, "w") as f:
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["created_by"] = f"wsl {__version__}"
-        for k, v in table.attrs.items():
-            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
-        g = f.create_group("models")
-        _write_strings(g, "model_id", [r.model_id for r in rows])
-        _write_strings(g, "job_id", [r.job_id for r in rows])
-        _write_strings(g, "status", [r.status for r in rows])
-        _write_strings(g, "arch", [json.dumps(r.arch, sort_keys=True) for r in rows])
-        g.create_dataset("diverged_epoch", data=np.asarray([r.diverged_epoch for r in rows], dtype=np.int64))
-        hp = g.create_group("hparams")
-        names = sorted({k for r in rows for k in r.hparams})
-        for name in names:
-            col = _column([r.hparams.get(name) for r in rows])
-            if col.dtype == object:
-                _write_strings(hp, name, col)
-            else:
-                hp.create_dataset(name, data=col)
-        mg = f.create_group("metrics")
-        n_ep = max([len(v) for r in rows for v in r.history.values()] + [0])
-        mg.create_dataset("epochs", data=np.arange(n_ep, dtype=np.int64))
-        metric_names = sorted(set(METRICS) | {k for r in rows for k in r.history})
-        for name in metric_names:
-            a = np.full((m, n_ep), np.nan)
-            for i, r in enumerate(rows):
-                h = r.history.get(name, [])
-                a[i, : len(h)] = [np.nan if v is None else float(v) for v in h]
-            mg.create_dataset(name, data=a)
-        cg = f.create_group("checkpoints")
-        k = max([len(r.checkpoints) for r in rows] + [0])
-        ep = np.full((m, k), -1, dtype=np.int64)
-        paths = np.full((m, k), "", dtype=object)
-        shas = np.full((m, k), "", dtype=object)
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["created_by"] = f"wsl {__version__}"
+    for k, v in table.attrs.items():
+        f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+    g = f.create_group("models")
+    _write_strings(g, "model_id", [r.model_id for r in rows])
+    _write_strings(g, "job_id", [r.job_id for r in rows])
+    _write_strings(g, "status", [r.status for r in rows])
+    _write_strings(g, "arch", [json.dumps(r.arch, sort_keys=True) for r in rows])
+    g.create_dataset("diverged_epoch", data=np.asarray([r.diverged_epoch for r in rows], dtype=np.int64))
+    hp = g.create_group("hparams")
+    names = sorted({k for r in rows for k in r.hparams})
+    for name in names:
+        col = _column([r.hparams.get(name) for r in rows])
+        if col.dtype == object:
+            _write_strings(hp, name, col)
+        else:
+            hp.create_dataset(name, data=col)
+    mg = f.create_group("metrics")
+    n_ep = max([len(v) for r in rows for v in r.history.values()] + [0])
+    mg.create_dataset("epochs", data=np.arange(n_ep, dtype=np.int64))
+    metric_names = sorted(set(METRICS) | {k for r in rows for k in r.history})
+    for name in metric_names:
+        a = np.full((m, n_ep), np.nan)
         for i, r in enumerate(rows):
-            for j, (e, p, s) in enumerate(sorted(r.checkpoints)):
-                ep[i, j], paths[i, j], shas[i, j] = e, p, s
-        cg.create_dataset("epoch", data=ep)
-        cg.create_dataset("path", data=paths, dtype=STR)
-        cg.create_dataset("sha256", data=shas, dtype=STR)
-        jg = f.create_group("jobs")
-        jobs = sorted(table.jobs)
-        _write_strings(jg, "job_id", jobs)
-        _write_strings(jg, "config", [json.dumps(table.jobs[j].get("config", {}), sort_keys=True) for j in jobs])
-        _write_strings(jg, "overrides", [json.dumps(table.jobs[j].get("overrides", [])) for j in jobs])
-        if table.annotations:
-            ag = f.create_group("annotations")
-            pos = {mid: i for i, mid in enumerate(r.model_id for r in rows)}
-            for name, ann in sorted(table.annotations.items()):
-                _write_annotation_aligned(ag.create_group(name), ann, pos, m)
+            h = r.history.get(name, [])
+            a[i, : len(h)] = [np.nan if v is None else float(v) for v in h]
+        mg.create_dataset(name, data=a)
+    cg = f.create_group("checkpoints")
+    k = max([len(r.checkpoints) for r in rows] + [0])
+    ep = np.full((m, k), -1, dtype=np.int64)
+    paths = np.full((m, k), "", dtype=object)
+    shas = np.full((m, k), "", dtype=object)
+    for i, r in enumerate(rows):
+        for j, (e, p, s) in enumerate(sorted(r.checkpoints)):
+            ep[i, j], paths[i, j], shas[i, j] = e, p, s
+    cg.create_dataset("epoch", data=ep)
+    cg.create_dataset("path", data=paths, dtype=STR)
+    cg.create_dataset("sha256", data=shas, dtype=STR)
+    jg = f.create_group("jobs")
+    jobs = sorted(table.jobs)
+    _write_strings(jg, "job_id", jobs)
+    _write_strings(jg, "config", [json.dumps(table.jobs[j].get("config", {}), sort_keys=True) for j in jobs])
+    _write_strings(jg, "overrides", [json.dumps(table.jobs[j].get("overrides", [])) for j in jobs])
+    if table.annotations:
+        ag = f.create_group("annotations")
+        pos = {mid: i for i, mid in enumerate(r.model_id for r in rows)}
+        for name, ann in sorted(table.annotations.items()):
+            _write_annotation_aligned(ag.create_group(name), ann, pos, m)
 
 
 def _write_annotation_aligned(g, ann: Annotation, pos: dict, m: int) -> None:
@@ -156,18 +201,162 @@ def _write_annotation_aligned(g, ann: Annotation, pos: dict, m: int) -> None:
 
 def write_annotation_file(path: Path, ann: Annotation) -> None:
     with h5py.File(path, "w") as f:
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["group"] = ann.group
-        for k, v in ann.attrs.items():
-            f.attrs[f"attr:{k}"] = v if isinstance(v, (int, float, str)) else json.dumps(v)
-        _write_strings(f, "model_id", ann.model_ids)
-        cg = f.create_group("columns")
-        for name, col in ann.columns.items():
-            if isinstance(col, np.ndarray) and col.dtype != object:
-                cg.create_dataset(name, data=col)
-            else:
-                _write_strings(cg, name, [str(c) for c in col])
+        _write_annotation_into(f, ann)
+        seal(f)
+
+
+def _write_annotation_into(f: h5py.File, ann: Annotation) -> None:
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["group"] = ann.group
+    for k, v in ann.attrs.items():
+        f.attrs[f"attr:{k}"] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+    _write_strings(f, "model_id", ann.model_ids)
+    cg = f.create_group("columns")
+    for name, col in ann.columns.items():
+        if isinstance(col, np.ndarray) and col.dtype != object:
+            cg.create_dataset(name, data=col)
+        else:
+            _write_strings(cg, name, [str(c) for c in col])
+
+
+# ---- content checksums ----------------------------------------------------------------------
+def _canon(v) -> bytes:
+    """Bytes that stand for an attribute value: type, dtype, shape and contents."""
+    if isinstance(v, str):
+        return b"s" + v.encode("utf-8", "surrogatepass")
+    if isinstance(v, bytes):
+        return b"b" + v
+    if isinstance(v, (bool, int, float)):
+        return b"p" + repr(v).encode()
+    if not isinstance(v, (np.ndarray, np.generic)):  # e.g. an HDF5 object reference in a crafted file
+        return b"r" + repr(v).encode("utf-8", "surrogatepass")
+    a = np.asarray(v)
+    if a.dtype.kind == "O":
+        return b"o" + repr(a.shape).encode() + b"".join(len(c).to_bytes(8, "little") + c
+                                                         for c in (_canon(x) for x in a.reshape(-1)))
+    return b"a" + a.dtype.str.encode() + repr(a.shape).encode() + np.ascontiguousarray(a).tobytes()
+
+
+def _dataset_digest(ds: h5py.Dataset) -> str:
+    """sha256 over a dataset's dtype, shape and values (text: each value's UTF-8 bytes, length-prefixed)."""
+    h = hashlib.sha256()
+    if h5py.check_string_dtype(ds.dtype) is not None and ds.dtype.kind == "O":
+        vals = np.asarray(ds[()], dtype=object).reshape(-1)
+        h.update(b"vlen-str" + repr(ds.shape).encode())
+        for x in vals:
+            b = x if isinstance(x, bytes) else str(x).encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little") + b)
+    else:
+        h.update(_canon(ds[()]))
+    return h.hexdigest()
+
+
+def _attrs_digest(obj) -> str | None:
+    names = sorted(k for k in obj.attrs if not (obj.name == "/" and k == SEAL_ATTR))
+    if not names:
+        return None
+    h = hashlib.sha256()
+    for k in names:
+        b = _canon(obj.attrs[k])
+        h.update(len(k.encode()).to_bytes(8, "little") + k.encode() + len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()
+
+
+def content_digests(f: h5py.File, skip_root_attrs: bool = False) -> dict:
+    """{"/dataset/path": sha256, "/group/path@attrs": sha256} of everything a zoo file holds, except the
+    manifest itself (/integrity and the root attribute content_sha256)."""
+    out = {}
+    if not skip_root_attrs and (d := _attrs_digest(f)) is not None:
+        out["/@attrs"] = d
+
+    def visit(name, obj):
+        if name == INTEGRITY_GROUP or name.startswith(INTEGRITY_GROUP + "/"):
+            return
+        if isinstance(obj, h5py.Dataset):
+            out["/" + name] = _dataset_digest(obj)
+        if (d := _attrs_digest(obj)) is not None:
+            out[f"/{name}@attrs"] = d
+
+    f.visititems(visit)
+    return out
+
+
+def _manifest_seal(paths, shas) -> str:
+    return hashlib.sha256("".join(f"{s}  {p}\n" for p, s in zip(paths, shas)).encode("utf-8", "surrogatepass")
+                          ).hexdigest()
+
+
+def seal(f: h5py.File) -> None:
+    """Write the content manifest of an open (writable) zoo file: /integrity/{path, sha256} and the
+    root attribute content_sha256 over it. Called last, after everything else is written."""
+    if INTEGRITY_GROUP in f:
+        del f[INTEGRITY_GROUP]
+    digests = content_digests(f)
+    paths = sorted(digests)
+    shas = [digests[p] for p in paths]
+    g = f.create_group(INTEGRITY_GROUP)
+    _write_strings(g, "path", paths)
+    _write_strings(g, "sha256", shas)
+    f.attrs[SEAL_ATTR] = _manifest_seal(paths, shas)
+
+
+def seal_file(path: Path) -> None:
+    """Recompute the content checksums of a zoo file after a deliberate edit with h5py (a forger can do
+    the same: the checksums guard against corruption and mistakes, not against a hostile sender)."""
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = max(int(f.attrs.get("format_version", FORMAT_VERSION)), CHECKSUM_VERSION)
+        seal(f)
+
+
+def content_problems(f: h5py.File, path) -> list[str] | None:
+    """What differs between a file's content and its manifest, each naming the dataset; None for a file
+    of format version 1 (no checksums); [] when everything matches."""
+    version = int(f.attrs.get("format_version", 0))
+    has_manifest = INTEGRITY_GROUP in f or SEAL_ATTR in f.attrs
+    if version < CHECKSUM_VERSION and not has_manifest:
+        return None
+    if not has_manifest:
+        return [f"format version {version} carries content checksums, this file has none (/{INTEGRITY_GROUP} and "
+                f"attribute {SEAL_ATTR} are missing): stripped or damaged"]
+    problems = []
+    try:
+        g = f[INTEGRITY_GROUP]
+        paths, shas = _strings(g["path"]), _strings(g["sha256"])
+        if len(paths) != len(shas):
+            raise ValueError("path and sha256 differ in length")
+    except (KeyError, ValueError, TypeError, ZooFormatError) as e:
+        return [f"/{INTEGRITY_GROUP}: the content manifest is unreadable ({_one_line(e)})"]
+    stored = f.attrs.get(SEAL_ATTR)
+    if _attr_value(stored) != _manifest_seal(paths, shas):
+        problems.append(f"/{INTEGRITY_GROUP}: the content manifest does not match its seal (attribute {SEAL_ATTR}): "
+                        "the manifest or its seal was changed")
+    expected = dict(zip(paths, shas))
+    actual = content_digests(f)
+    for name in sorted(set(expected) | set(actual)):
+        what = f"the attributes of {name[:-6] or '/'}" if name.endswith("@attrs") else name
+        if name not in actual:
+            problems.append(f"{what}: missing (the content manifest lists it): deleted after the file was written")
+        elif name not in expected:
+            problems.append(f"{what}: not in the content manifest: added after the file was written")
+        elif actual[name] != expected[name]:
+            problems.append(f"{what}: content does not match its checksum: changed after the file was written "
+                            "(corruption or an edit)")
+    return problems
+
+
+def _check_content(f: h5py.File, path, problems: list | None) -> bool:
+    """Check the content checksums; True if the file had them. With `problems` given (wsl-verify) the
+    differences are appended there ("<dataset>: ..."); otherwise the first one raises ZooFormatError."""
+    found = content_problems(f, path)
+    if found is None:
+        return False
+    if found and problems is None:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ZooFormatError(f"{path}: {found[0]}{more}; refused")
+    if problems is not None:
+        problems.extend(found)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,10 +414,13 @@ def _open(path: Path) -> h5py.File:
         raise ZooFormatError(f"{path}: cannot be opened as HDF5 ({_one_line(e)})") from e
 
 
-def _check_untrusted(f: h5py.File, path: Path) -> None:
+def _check_untrusted(f: h5py.File, path: Path, budget: ReadBudget | None = None) -> None:
     """Refuse what a zoo file never holds but a crafted one could: links to other files (external
-    links, external or virtual storage would read arbitrary files) and absurdly large datasets."""
+    links, external or virtual storage would read arbitrary files), datasets declaring more than
+    they store (never-written chunks read as fill values: a tiny file, gigabytes of memory) and more
+    elements than one file or one read session may load."""
     bad = []
+    total = [0]
 
     def visit(name, link):
         if not isinstance(link, h5py.HardLink):
@@ -240,20 +432,37 @@ def _check_untrusted(f: h5py.File, path: Path) -> None:
                 bad.append(f"/{name} stores its data in another file")
             elif obj.size > MAX_ELEMENTS:
                 bad.append(f"/{name} declares {obj.size} elements (shape {obj.shape}); absurd")
+            else:
+                total[0] += obj.size
+                need = obj.size * (obj.dtype.itemsize if obj.dtype.kind != "O" else 1)
+                if obj.size and obj.id.get_storage_size() < need:
+                    bad.append(f"/{name} declares {obj.size} elements (shape {obj.shape}) but stores only "
+                               f"{obj.id.get_storage_size()} bytes (never written, or compressed: zoo files are "
+                               "neither)")
 
     f.visititems_links(visit)
+    if not bad and total[0] > MAX_ELEMENTS:
+        bad.append(f"its datasets declare {total[0]} elements in all (limit {MAX_ELEMENTS} per file)")
     if bad:
         raise ZooFormatError(f"{path}: {bad[0]}; refused")
+    if budget is not None:
+        budget.charge(total[0], path)
 
 
-def read_table(path: Path) -> ModelTable:
-    """Read a shard or index file; every structural problem raises ZooFormatError naming the file."""
+def read_table(path: Path, budget: ReadBudget | None = None, problems: list | None = None) -> ModelTable:
+    """Read a shard or index file; every structural problem raises ZooFormatError naming the file, and
+    so does content that does not match its checksums, unless `problems` is given: then those are
+    appended to it (each "<dataset>: ...") and the content is returned as read (wsl-verify).
+    `budget` bounds what a read session loads in all."""
     f = _open(path)
     try:
         with f:
             _check_header(f, path)
-            _check_untrusted(f, path)
-            return _read_table(f, path)
+            _check_untrusted(f, path, budget)
+            checked = _check_content(f, path, problems)
+            table = _read_table(f, path)
+            table.checked = checked
+            return table
     except ZooFormatError:
         raise
     except H5_ERRORS as e:
@@ -327,12 +536,14 @@ def _read_table(f: h5py.File, path: Path) -> ModelTable:
     return ModelTable(rows, jobs, attrs, annotations)
 
 
-def read_annotation_file(path: Path) -> Annotation:
+def read_annotation_file(path: Path, budget: ReadBudget | None = None, problems: list | None = None) -> Annotation:
+    """Read `annotations/<group>.h5`; checks as read_table does."""
     f = _open(path)
     try:
         with f:
             _check_header(f, path)
-            _check_untrusted(f, path)
+            _check_untrusted(f, path, budget)
+            checked = _check_content(f, path, problems)
             ids = _strings(f["model_id"])
             columns = {}
             for name, ds in f["columns"].items():
@@ -340,7 +551,7 @@ def read_annotation_file(path: Path) -> Annotation:
                     raise ZooFormatError(f"{path}: column {name} has {ds.shape[:1]} rows, expected {len(ids)}")
                 columns[name] = _strings(ds) if ds.dtype.kind in ("O", "S", "U") else np.asarray(ds[()])
             attrs = {k[5:]: _attr_value(v) for k, v in f.attrs.items() if k.startswith("attr:")}
-            return Annotation(str(_attr_value(f.attrs.get("group", path.stem))), ids, columns, attrs)
+            return Annotation(str(_attr_value(f.attrs.get("group", path.stem))), ids, columns, attrs, checked)
     except ZooFormatError:
         raise
     except H5_ERRORS as e:

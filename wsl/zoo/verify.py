@@ -10,35 +10,46 @@ reports all problems together, each naming its file, at one of two levels:
   absurd shapes or non-numeric values in a checkpoint header.
 - warning: leftovers that are harmless and expected after a kill: checkpoints of a job killed
   before it committed (the same command, rerun, overwrites them), temp files of an interrupted
-  write, files that are not part of the format (readers ignore them).
+  write, files that are not part of the format (readers ignore them); tables written by an older
+  wsl (format version 1) that carry no content checksums.
 
-Verification only reads: file headers and bytes. It never unpickles, never loads tensors, never
-opens anything that is not a regular file inside the zoo, and builds nets on the meta device only.
+Content: every table and annotation file of format version 2 carries checksums of its datasets
+(see wsl/zoo/table.py); a value changed, deleted or added is an error naming file and dataset. The
+index is also rebuilt in memory from its shards and annotation files and compared dataset by
+dataset. Checkpoints: sha256, header layout, tensor names, shapes and dtypes against the
+architecture, and finite values (NaN/inf weights in a trained net are an error).
+
+Verification only reads: file headers and bytes. It never unpickles, never builds tensors from a
+file's bytes other than as plain numbers, never opens anything that is not a regular file inside
+the zoo, and builds nets on the meta device only. All it reads together is bounded (ReadBudget).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import math
 import os
+import pickletools
 import re
 import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wsl.errors import ConfigError, ZooFormatError
-from wsl.zoo.format import (ANNOTATION_DIR, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, LOCK_FILE, MODEL_DIR, SHARD_DIR,
-                            STATUSES, check_arch_limits, check_id, resolve_inside, sha256_file)
-from wsl.zoo.table import ModelRow, ModelTable, read_annotation_file, read_table
+import numpy as np
+
+from wsl.errors import ConfigError, ZooFormatError, printable
+from wsl.zoo.format import (ANNOTATION_DIR, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, LOCK_FILE, MAX_HEADER, MODEL_DIR,
+                            SHARD_DIR, STATUSES, TORCH_DTYPES, check_arch_limits, check_id, resolve_inside,
+                            sha256_file, spec_mismatch, tensor_layout)
+from wsl.zoo.table import ModelRow, ModelTable, ReadBudget, read_annotation_file, read_table, table_digests
 
 ERROR, WARNING = "error", "warning"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
 KNOWN_EXTRAS = ("plots", "report")  # what wsl-plot and wsl-evaluate write into a zoo directory
-MAX_HEADER = 100_000_000  # bytes of safetensors JSON header a checkpoint may have
-MAX_DIMENSION = 1 << 40  # larger tensor dimensions are absurd, whatever the offsets say
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-               "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+PICKLE_SCAN_BYTES = 1 << 20  # how much of a file the opcode scan for protocol 0/1 pickles reads at most
+# dtypes whose values can be NaN or inf, as numpy reads their bytes (BF16: the top half of a float32)
+FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None}
 _CKPT_NAME = re.compile(r"^epoch_(\d{4,})\.safetensors$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _INT = re.compile(r"^-?\d{1,18}$")
@@ -50,8 +61,8 @@ class Problem:
     path: str  # the file (or directory) concerned
     message: str
 
-    def __str__(self) -> str:
-        return f"{self.level.upper():7s} {self.path}: {self.message}"
+    def __str__(self) -> str:  # file names and values come from an untrusted zoo: escaped, one line
+        return printable(f"{self.level.upper():7s} {self.path}: {self.message}")
 
 
 @dataclass
@@ -75,8 +86,8 @@ class Verification:
 
     def summary(self) -> str:
         hashed = "checksums verified" if self.checksums else "checksums not verified (checksums=false)"
-        return (f"{self.zoo}: {self.models} models, {self.checkpoints} checkpoints, {self.files} files; {hashed}; "
-                f"{len(self.errors)} errors, {len(self.warnings)} warnings")
+        return printable(f"{self.zoo}: {self.models} models, {self.checkpoints} checkpoints, {self.files} files; "
+                         f"{hashed}; {len(self.errors)} errors, {len(self.warnings)} warnings")
 
 
 def verify_zoo(path, checksums: bool = True) -> list[Problem]:
@@ -107,6 +118,40 @@ def _is_pickle(head: bytes) -> bool:
     return head[8:9] != b"{"
 
 
+def _parses_as_pickle(f) -> bool:
+    """Protocols 0 and 1 have no PROTO header: a file is one if its bytes decode as pickle opcodes
+    ending in STOP with a consistent stack (pickletools.genops and dis decode opcodes and arguments
+    and simulate the stack; they never build an object or import anything). Text and binary files
+    fail within a few bytes, most bytes being no opcode. A file whose first PICKLE_SCAN_BYTES are all
+    valid opcodes (at least 64), with no STOP yet, counts as a pickle too."""
+    data = f.read(4096)
+    while True:
+        n, stop, short = 0, None, False
+        try:
+            for op, _, pos in pickletools.genops(io.BytesIO(data)):
+                n += 1
+                if op.name == "STOP":
+                    stop = pos
+                    break
+        except Exception as e:  # noqa: BLE001 (whatever bytes make the decoder raise: no pickle, or read on)
+            # the data ran out inside an opcode's argument, or before STOP: read on; anything else is no pickle
+            short = any(w in str(e) for w in ("no newline found", "but only", "exhausted", "not enough data"))
+            if not short:
+                return False
+        if stop is not None:
+            try:
+                pickletools.dis(data[: stop + 1], out=io.StringIO())
+            except Exception:  # noqa: BLE001 (an inconsistent stack or memo: not a pickle)
+                return False
+            return n >= 2
+        if len(data) >= PICKLE_SCAN_BYTES:
+            return n >= 64
+        more = f.read(PICKLE_SCAN_BYTES - len(data))
+        if not more:
+            return False
+        data += more
+
+
 def _zip_holds_pickle(path: Path) -> bool:
     """torch.save writes a zip archive whose data.pkl is a pickle; listing the names runs nothing."""
     try:
@@ -120,6 +165,7 @@ class _Checker:
     def __init__(self, root: Path, v: Verification):
         self.root, self.v = root, v
         self._skeletons: dict[str, dict | str] = {}
+        self.budget = ReadBudget()  # every table this run reads, together
 
     def error(self, path, msg: str) -> None:
         self.v.problems.append(Problem(ERROR, str(path), msg))
@@ -149,7 +195,8 @@ class _Checker:
         files = []
 
         def unlistable(e: OSError) -> None:
-            self.error(e.filename, f"cannot be listed ({e.strerror}); its files were not checked")
+            if not isinstance(e, FileNotFoundError):  # (a directory that vanished since its parent was listed)
+                self.error(e.filename, f"cannot be listed ({e.strerror}); its files were not checked")
 
         for dirpath, dirnames, filenames in os.walk(self.root, onerror=unlistable, followlinks=False):
             d = Path(dirpath)
@@ -159,15 +206,17 @@ class _Checker:
                     dirnames.remove(name)
             for name in filenames:
                 p = d / name
-                st = p.lstat()
+                try:
+                    st = p.lstat()
+                except FileNotFoundError:
+                    continue  # vanished since the listing: a running job's temp file, renamed or removed
                 if stat.S_ISLNK(st.st_mode):
                     self._link(p)
                 elif not stat.S_ISREG(st.st_mode):
                     self.error(p, "not a regular file (a FIFO, socket or device would block or mislead readers); "
                                   "refused")
-                else:
+                elif self._sniff(p):
                     files.append(p)
-                    self._sniff(p)
         self.v.files = len(files)
         return files
 
@@ -186,29 +235,38 @@ class _Checker:
                          "inside the zoo)")
 
     def _sniff(self, p: Path) -> None:
+        why = None
         try:
             with open(p, "rb") as f:
                 head = f.read(16)
+                if p.suffix.lower() in PICKLE_SUFFIXES:
+                    why = f"a {p.suffix} file (pickle-based format)"
+                elif _is_pickle(head):
+                    why = "a pickle (starts with the pickle protocol header)"
+                elif head.startswith(b"PK\x03\x04") and _zip_holds_pickle(p):
+                    why = "a zip archive holding a pickle (torch.save format)"
+                elif f.seek(0) == 0 and _parses_as_pickle(f):
+                    why = "a pickle (protocol 0 or 1: its bytes are pickle opcodes ending in STOP)"
+        except FileNotFoundError:
+            return False  # vanished since the listing (a running job's temp file)
         except OSError as e:
             self.error(p, f"cannot be read ({e.strerror})")
-            return
-        why = None
-        if p.suffix.lower() in PICKLE_SUFFIXES:
-            why = f"a {p.suffix} file (pickle-based format)"
-        elif _is_pickle(head):
-            why = "a pickle (starts with the pickle protocol header)"
-        elif head.startswith(b"PK\x03\x04") and _zip_holds_pickle(p):
-            why = "a zip archive holding a pickle (torch.save format)"
+            return True
         if why:
             self.error(p, f"{why}: loading a pickle can execute arbitrary code, and no zoo file is one; "
                           "wsl never loads it; remove it")
         elif p.name.startswith(".") and p.name.endswith(".tmp"):
             self.warn(p, "temp file of an interrupted write: never read, nothing refers to it; safe to delete")
+        return True
 
     # ---- tables -------------------------------------------------------------------------------
     def _read_index(self) -> ModelTable | None:
         index = self.root / INDEX_FILE
         shards = sorted((self.root / SHARD_DIR).glob("*.h5")) if (self.root / SHARD_DIR).is_dir() else []
+        if index.is_symlink():
+            self.error(index, f"a symbolic link (to {os.readlink(index)!r}); the writer never makes one and the "
+                              "reader refuses it")
+            return None
         if not index.exists():
             if shards:
                 self.error(index, f"missing although {len(shards)} shard(s) exist: the index was never merged "
@@ -217,13 +275,30 @@ class _Checker:
             else:
                 self.error(self.root, f"not a zoo: no {INDEX_FILE} and no {SHARD_DIR}/")
             return None
-        if not index.is_file():
-            return None  # reported by the walk
-        try:
-            return read_table(index)
-        except ZooFormatError as e:
-            self.error(index, _strip(str(e), index))
+        if index.is_dir():
+            self.error(index, "a directory, not the index file; refused")
             return None
+        if not index.is_file():
+            return None  # a FIFO or device: reported by the walk
+        return self._read(index, read_table)
+
+    def _read(self, p: Path, read):
+        """`read(p)` with this run's budget; content that does not match its checksums is reported (one
+        error per dataset) and the file still read, so that the rest of the zoo is checked against it."""
+        content: list[str] = []
+        try:
+            out = read(p, self.budget, content)
+        except ZooFormatError as e:
+            self.error(p, _strip(str(e), p))
+            return None
+        for msg in content:
+            self.error(p, msg)
+        if not out.checked:
+            how = ("`wsl-verify zoo.path=... repair=true` rebuilds it with them" if p.name == INDEX_FILE else
+                   "it gets them when its job (or annotation group) is written again")
+            self.warn(p, "written by an older wsl (format version 1): it carries no content checksums, so a changed "
+                         f"value cannot be detected in it; {how}")
+        return out
 
     def _read_all(self, sub: str, read) -> dict:
         """`read(path)` of every `<sub>/*.h5`; a file that cannot be read is reported and left out."""
@@ -232,12 +307,16 @@ class _Checker:
         if not d.is_dir():
             return out
         for p in sorted(d.glob("*.h5")):
+            if p.is_symlink() and not p.resolve().is_relative_to(self.root):
+                continue  # reported by the walk, never read
+            if p.is_dir():
+                self.error(p, "a directory, not a zoo file; refused")
+                continue
             if not p.is_file():
                 continue
-            try:
-                out[p] = read(p)
-            except ZooFormatError as e:
-                self.error(p, _strip(str(e), p))
+            got = self._read(p, read)
+            if got is not None:
+                out[p] = got
         return out
 
     def _committed(self, index: ModelTable | None, shards: dict) -> dict[str, tuple[Path, ModelRow]]:
@@ -267,6 +346,7 @@ class _Checker:
     def _compare_index(self, index: ModelTable, shards: dict, annotations: dict) -> None:
         """The index is derived from the shards and annotation files; every difference is an error."""
         ipath = self.root / INDEX_FILE
+        errors_before = len(self.v.errors)
         irows = {r.model_id: r for r in index.rows}
         in_shards = set()
         for path, t in shards.items():
@@ -305,6 +385,47 @@ class _Checker:
         for g in sorted(set(index.annotations) - have):
             self.error(ipath, f"annotation group {g!r} has no file {ANNOTATION_DIR}/{g}.h5: the next merge "
                               "drops it")
+        if len(self.v.errors) == errors_before and shards and self._all_read(shards, annotations):
+            self._compare_index_content(index, shards, annotations)
+
+    def _all_read(self, shards: dict, annotations: dict) -> bool:
+        def n_files(sub):
+            d = self.root / sub
+            return len([p for p in d.glob("*.h5") if p.is_file()]) if d.is_dir() else 0
+        return n_files(SHARD_DIR) == len(shards) and n_files(ANNOTATION_DIR) == len(annotations)
+
+    def _compare_index_content(self, index: ModelTable, shards: dict, annotations: dict) -> None:
+        """Every dataset of the index against the index the merge makes of the shards and annotation
+        files (rebuilt in memory): a value edited in the index alone, and resealed, is found here."""
+        import h5py
+
+        from wsl.zoo.table import H5_ERRORS, content_digests
+        from wsl.zoo.writer import index_table
+
+        ipath = self.root / INDEX_FILE
+        try:
+            rebuilt = index_table(self.root, shards, [annotations[p] for p in sorted(annotations)])
+            want = table_digests(rebuilt)
+            with h5py.File(ipath, "r") as f:
+                have = content_digests(f)
+        except ZooFormatError as e:
+            self.error(ipath, f"cannot be rebuilt from its sources to compare: {e}")
+            return
+        except H5_ERRORS as e:
+            self.error(ipath, f"cannot be compared with its sources ({type(e).__name__}: {e})")
+            return
+        report = self.error if index.checked else self.warn
+        old = "" if index.checked else " (an index of format version 1: an older wsl may have merged it differently)"
+        diff = [k for k in sorted(set(want) | set(have)) if k != "/@attrs" and want.get(k) != have.get(k)]
+        for k in diff:
+            what = f"the attributes of {k[:-6]}" if k.endswith("@attrs") else k
+            how = "missing" if k not in have else "not made by a merge" if k not in want else "differs"
+            report(ipath, f"{what}: {how} from what {SHARD_DIR}/ and {ANNOTATION_DIR}/ give{old}: the index was "
+                          "changed after its merge; rebuild it with `wsl-verify zoo.path=... repair=true`")
+        for k in ("zoo_name", "config", "n_jobs"):
+            if not _same(index.attrs.get(k), rebuilt.attrs.get(k)):
+                report(ipath, f"root attribute {k!r} differs from what {SHARD_DIR}/ gives{old}; rebuild the index "
+                              "with `wsl-verify zoo.path=... repair=true`")
 
     # ---- models and their checkpoints ---------------------------------------------------------
     def _check_models(self, committed: dict) -> set[Path]:
@@ -318,15 +439,16 @@ class _Checker:
                 continue
             if r.status not in STATUSES:
                 self.error(where, f"model {mid}: status {r.status!r} is not one of {', '.join(STATUSES)}")
-            expected = self._expected_shapes(where, mid, r.arch)
+            expected = self._expected_specs(where, mid, r.arch)
             if not r.checkpoints:
                 self.error(where, f"model {mid} lists no checkpoints")
             epochs = [e for e, _, _ in r.checkpoints]
             if len(set(epochs)) != len(epochs):
                 self.error(where, f"model {mid} lists epoch(s) twice: {sorted(epochs)}")
+            nonfinite = []  # (epoch, count)
             for epoch, rel, sha in r.checkpoints:
                 try:
-                    path = resolve_inside(self.root, rel)
+                    path = resolve_inside(self.root, rel)  # the name the index gives, a link not followed
                 except ZooFormatError as e:
                     self.error(where, f"model {mid}: {_strip(str(e), self.root / INDEX_FILE)}")
                     continue
@@ -337,100 +459,88 @@ class _Checker:
                 if not path.exists() and not path.is_symlink():
                     self.error(path, f"listed in {where.name} (model {mid}, epoch {epoch}) but missing")
                     continue
+                if path.is_dir():
+                    self.error(path, f"a directory, not the checkpoint file of model {mid}, epoch {epoch}; refused")
+                    continue
                 if not path.is_file():
-                    continue  # a link or special file: reported by the walk, never opened
+                    continue  # a link leaving the zoo or a special file: reported by the walk, never opened
                 self.v.checkpoints += 1
                 try:
-                    self._check_checkpoint(path, r, epoch, str(sha), expected)
+                    bad = self._check_checkpoint(path, r, epoch, str(sha), expected)
                 except OSError as e:
                     self.error(path, f"cannot be read ({e.strerror})")
+                    continue
+                if bad:
+                    nonfinite.append((epoch, bad))
+            if nonfinite:
+                self._report_nonfinite(where, r, nonfinite)
         return referenced
 
-    def _expected_shapes(self, where: Path, mid: str, arch) -> dict | None:
-        """{tensor name: shape} of the architecture (built on the meta device), or None if unusable."""
+    def _report_nonfinite(self, where: Path, r: ModelRow, nonfinite: list) -> None:
+        """NaN/inf weights: an error in a net the zoo calls trained (consumers would learn from, or
+        evaluate, garbage); expected in a diverged net, a counted warning in a sampled one (generated
+        zoos count them as failed samples)."""
+        eps = ", ".join(f"epoch {e} ({n})" for e, n in nonfinite)
+        msg = f"model {r.model_id} (status {r.status}): non-finite weights (NaN or inf; count per checkpoint): {eps}"
+        if r.status == "diverged":
+            return
+        if r.status == "sampled":
+            self.warn(where, f"{msg}; a failed sample: consumers skip it")
+        else:
+            self.error(where, f"{msg}: a {r.status} net must hold finite weights")
+
+    def _expected_specs(self, where: Path, mid: str, arch) -> dict | None:
+        """{tensor name: (dtype, shape)} of the architecture (built on the meta device), or None if unusable."""
         key = json.dumps(arch, sort_keys=True, default=str)
         if key not in self._skeletons:
-            self._skeletons[key] = _skeleton_shapes(arch, f"model {mid}")
+            self._skeletons[key] = _skeleton_specs(arch, f"model {mid}")
         got = self._skeletons[key]
         if isinstance(got, str):
             self.error(where, got)
             return None
         return got
 
-    def _check_checkpoint(self, path: Path, row: ModelRow, epoch: int, sha: str, expected: dict | None) -> None:
+    def _check_checkpoint(self, path: Path, row: ModelRow, epoch: int, sha: str, expected: dict | None) -> int:
+        """Every check of one checkpoint file; returns how many of its float values are not finite."""
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 self.error(path, f"truncated: {size} bytes, not even a safetensors header length")
-                return
+                return 0
             n = int.from_bytes(head, "little")
             if n < 2 or n > MAX_HEADER:
                 what = "a pickle, not safetensors" if _is_pickle(head + f.read(8)) else "not a safetensors file"
                 self.error(path, f"header length {n} is impossible: {what}")
-                return
+                return 0
             if 8 + n > size:
                 self.error(path, f"truncated: the header needs {8 + n} bytes, the file has {size}")
-                return
+                return 0
             raw = f.read(n)
         try:
             header = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             self.error(path, f"header is not valid JSON ({e}): corrupted")
-            return
+            return 0
         if not isinstance(header, dict):
             self.error(path, "header is not a JSON object: not a safetensors file")
-            return
+            return 0
         meta = header.pop("__metadata__", None)
-        truncated = self._check_tensors(path, header, size - 8 - n, expected)
+        problems, truncated, specs = tensor_layout(header, size - 8 - n)
+        for msg in problems:
+            self.error(path, msg)
+        appended = bool(problems) and problems[0].endswith("(appended data)")
+        fits = (not problems or appended) and expected is not None
+        if fits and (why := spec_mismatch(specs, expected)) is not None:
+            self.error(path, why)
+            fits = False
         if self.v.checksums and not truncated and sha256_file(path) != sha:
             self.error(path, "sha256 does not match the index: the file was modified or corrupted (a bit flip?) "
                              "after it was committed")
+        # the values, read tensor by tensor: only of tensors the architecture declares (bounded by it)
+        bad = _count_nonfinite(path, header, 8 + n) if fits else 0
         self._check_metadata(path, meta, row, epoch)
-
-    def _check_tensors(self, path: Path, header: dict, data_len: int, expected: dict | None) -> bool:
-        """Shapes, dtypes and byte ranges of the header's tensors; True if the file is truncated."""
-        spans, shapes = [], {}
-        for name, info in header.items():
-            if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-                self.error(path, f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
-                return False
-            dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-            if dtype not in DTYPE_BYTES:
-                self.error(path, f"tensor {name!r}: unknown dtype {str(dtype)[:40]!r}")
-                return False
-            if not isinstance(shape, list) or len(shape) > 8 or not all(
-                    isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIMENSION for s in shape):
-                self.error(path, f"tensor {name!r}: absurd shape {str(shape)[:80]}")
-                return False
-            if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) and not isinstance(o, bool)
-                                                                      for o in offs) and 0 <= offs[0] <= offs[1]):
-                self.error(path, f"tensor {name!r}: bad data_offsets {str(offs)[:80]}")
-                return False
-            nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
-            if offs[1] - offs[0] != nbytes:
-                self.error(path, f"tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, its offsets "
-                                 f"span {offs[1] - offs[0]}")
-                return False
-            spans.append((offs[0], offs[1], name))
-            shapes[name] = tuple(shape)
-        end = max([b for _, b, _ in spans] + [0])
-        if end > data_len:
-            self.error(path, f"truncated: its tensors need {end} data bytes, the file holds {data_len}")
-            return True
-        pos = 0
-        for a, b, name in sorted(spans):
-            if a != pos:
-                self.error(path, f"tensor {name!r} starts at byte {a}, expected {pos} (overlap or gap)")
-                return False
-            pos = b
-        if data_len > end:
-            self.error(path, f"{data_len - end} bytes after the last tensor (appended data)")
-        if expected is not None and shapes != expected:
-            diff = sorted(set(shapes) ^ set(expected)) or [k for k in expected if shapes[k] != expected[k]]
-            self.error(path, f"tensors do not match the architecture (first difference: {diff[0]!r}: "
-                             f"{shapes.get(diff[0])} vs {expected.get(diff[0])})")
-        return False
+        return bad
 
     def _check_metadata(self, path: Path, meta, row: ModelRow, epoch: int) -> None:
         if meta is None:
@@ -491,12 +601,21 @@ class _Checker:
                          "behind; rerunning the same command finishes the job and overwrites them (or delete them)")
 
 
+def _same(a, b) -> bool:
+    """Equal values of attributes read from a file (an array from a crafted file has no plain truth value)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    return bool(a == b)
+
+
 def _row_key(r: ModelRow):
     return r.job_id, r.status, sorted((int(e), str(p), str(s)) for e, p, s in r.checkpoints)
 
 
-def _skeleton_shapes(arch, what: str) -> dict | str:
-    """{name: shape} of `arch` built on the meta device, or an error message."""
+def _skeleton_specs(arch, what: str) -> dict | str:
+    """{name: (safetensors dtype, shape)} of `arch` built on the meta device, or an error message."""
     import torch
 
     from wsl.nets import build_net
@@ -509,7 +628,27 @@ def _skeleton_shapes(arch, what: str) -> dict | str:
         return str(e)
     except (ConfigError, TypeError, ValueError, RuntimeError) as e:
         return f"{what}: unusable architecture {str(arch)[:200]} ({e})"
-    return {k: tuple(t.shape) for k, t in net.state_dict().items()}
+    return {k: (TORCH_DTYPES.get(str(t.dtype), str(t.dtype)), tuple(t.shape)) for k, t in net.state_dict().items()}
+
+
+def _count_nonfinite(path: Path, header: dict, start: int) -> int:
+    """NaN and inf values among the float tensors of a checkpoint (data from byte `start`), read from
+    its bytes as plain numbers, one tensor at a time."""
+    bad = 0
+    with open(path, "rb") as f:
+        for info in header.values():
+            dtype = info["dtype"]
+            if dtype not in FLOAT_DTYPES:
+                continue
+            a, b = info["data_offsets"]
+            f.seek(start + a)
+            raw = f.read(b - a)
+            if dtype == "BF16":  # bfloat16 is the top half of a float32
+                vals = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                vals = np.frombuffer(raw, dtype=np.dtype(FLOAT_DTYPES[dtype]).newbyteorder("<"))
+            bad += int(vals.size - np.count_nonzero(np.isfinite(vals)))
+    return bad
 
 
 def repair_index(path) -> Path:

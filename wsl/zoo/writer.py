@@ -128,15 +128,12 @@ def _remove_stale_temp_files(root: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _merge_locked(root: Path) -> Path:
-    _remove_stale_temp_files(root)
-    shards = sorted((root / SHARD_DIR).glob("*.h5"))
-    if not shards:
-        raise ZooFormatError(f"{root}: no shards under {SHARD_DIR}/; nothing to index")
+def index_table(root: Path, shards: dict, annotations: list) -> ModelTable:
+    """The merged index of the tables `shards` ({shard path: ModelTable}, in path order) and the
+    Annotations `annotations`: what `index.h5` holds (wsl-verify rebuilds it to check the index)."""
     rows, jobs, seen = [], {}, {}
     first_attrs = None
-    for s in shards:
-        t = read_table(s)
+    for s, t in shards.items():
         first_attrs = first_attrs or t.attrs
         jobs.update(t.jobs)
         for r in t.rows:
@@ -144,15 +141,22 @@ def _merge_locked(root: Path) -> Path:
                 raise ZooFormatError(f"model {r.model_id} is in both {seen[r.model_id]} and {s}")
             seen[r.model_id] = s
             rows.append(r)
-    annotations = {}
-    for a in sorted((root / ANNOTATION_DIR).glob("*.h5")):
-        ann = read_annotation_file(a)
-        annotations[ann.group] = ann
+    first_attrs = first_attrs or {}
     attrs = {"zoo_name": first_attrs.get("zoo_name", root.name), "config": first_attrs.get("config", "{}"),
              "n_jobs": len(jobs)}
+    return ModelTable(rows, jobs, attrs, {ann.group: ann for ann in annotations})
+
+
+def _merge_locked(root: Path) -> Path:
+    _remove_stale_temp_files(root)
+    shards = sorted((root / SHARD_DIR).glob("*.h5"))
+    if not shards:
+        raise ZooFormatError(f"{root}: no shards under {SHARD_DIR}/; nothing to index")
+    tables = {s: read_table(s) for s in shards}
+    annotations = [read_annotation_file(a) for a in sorted((root / ANNOTATION_DIR).glob("*.h5"))]
     index = root / INDEX_FILE
     with atomic_path(index, what="index") as tmp:
-        write_table(tmp, ModelTable(rows, jobs, attrs, annotations))
+        write_table(tmp, index_table(root, tables, annotations))
     return index
 
 
