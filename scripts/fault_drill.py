@@ -3,6 +3,7 @@
     python scripts/fault_drill.py                          # zoo drill, 3 rounds
     python scripts/fault_drill.py --rounds 10 --seed 1 --apps zoo,landscape,sample
     python scripts/fault_drill.py --apps landscape,sample --base-zoo zoos/x --generator runs/train_generator/y
+    python scripts/fault_drill.py --apps evaluate,plot --base-zoo zoos/x   # the report and plot writes
     python scripts/fault_drill.py --launcher submitit_local   # parallel workers (hydra-submitit-launcher)
 
 A round builds something from scratch with a real app (wsl-zoo: a multirun `-m net.width=4,8,16`;
@@ -16,6 +17,13 @@ times, each at a moment drawn at random:
   is complete and before it replaces the real one. The app passes a hook there
   (wsl.zoo.atomic.fault_point): the drill sets WSL_FAULT_LOG to follow the run and WSL_FAULT_DELAY to
   hold the chosen window open for a moment, and kills at the k-th passage of that kind.
+
+wsl-evaluate and wsl-plot write output directories, not zoos: a report (fault point `report`: the new
+report complete in a temporary directory, about to be swapped with the old one) and plot files (`plot`:
+a finished temp file before its rename). After every kill the report directory must be absent (before
+the first finished run), the previous complete report byte for byte, or a new complete one; every
+visible plot file must be complete and none that was complete may vanish; after the last run no temp
+file or directory may be left, and the results must equal a fault-free run's.
 
 After every kill it checks that nothing half-written is visible (every model the index lists loads
 with its checksum; the index and every annotation file open) and records which models (or annotation
