@@ -198,8 +198,13 @@ class Stats:
                + ("" if self.max_weight_diff is None else
                   f", differ from the fault-free reference {self.reference_mismatches} "
                   f"(max |{'value' if self.app == 'landscape' else 'w'} - reference| {self.max_weight_diff:.3g})")
-               + (f", temp litter {self.litter}" if self.app in ("evaluate", "plot") else "")
                + f", {self.seconds:.0f} s"]
+        if self.app in ("evaluate", "plot"):  # output files, not models: nothing is trained, checksummed or verified
+            what = "reports" if self.app == "evaluate" else "files"
+            out[1:] = [f"[{self.app}] files expected {self.expected}, final {self.final}, lost {self.lost} (of "
+                       f"{self.protected} complete {what} at risk in a later run), missing {self.missing}",
+                       f"[{self.app}] half-written visible {self.visible_broken}, differ from the fault-free run "
+                       f"{self.reference_mismatches}, temp litter {self.litter}, {self.seconds:.0f} s"]
         out += [f"[{self.app}] note: {n}" for n in self.notes]
         return out
 
@@ -607,7 +612,6 @@ REPORT_FILES = ("report.md", "sets.csv", "nets.csv", "summary.json", "accuracy_n
                 ".wsl-output")
 EVALUATE_ARGS = ["baselines.noise.sigmas=[0.1,1.0]", "baselines.noise.n=2", "baselines.average.ks=[2]",
                  "baselines.average.n=2", "~baselines.gaussian", "logger=none"]
-EVALUATE_GEN = ["net.width=4", "population.size=3", "train.epochs=1", "train.batch_size=64", "population.seed=7"]
 DETERMINISTIC = ("nets.csv", "sets.csv")  # timings make report.md and summary.json differ from run to run
 
 
@@ -668,16 +672,15 @@ def drill_report(workdir: Path, gen_zoo: Path | None, ref_zoo: Path, rounds: int
     rng = random.Random(seed)
     stats = Stats("evaluate")
     t0 = time.time()
-    if gen_zoo is None:  # a second small zoo of one architecture plays the generated nets
+    extra = []
+    if gen_zoo is None:  # a copy of the reference plays the generated zoo: its first two nets (one architecture)
         gen_zoo = workdir / "generated"
-        r = run_app([sys.executable, "-m", "wsl.apps.zoo", f"zoo.path={gen_zoo}", *EVALUATE_GEN, *QUIET,
-                     f"hydra.run.dir={workdir / 'runs' / 'generated'}"], workdir, gen_zoo, None, rng)
-        if r.rc != 0:
-            raise RuntimeError(f"generated zoo failed:\n{r.output[-3000:]}")
+        shutil.copytree(ref_zoo, gen_zoo)
+        extra = ["max_nets=2"]
 
     def cmd(out: Path, runs: Path) -> list[str]:
         return [sys.executable, "-m", "wsl.apps.evaluate", f"zoo.path={gen_zoo}", f"reference={ref_zoo}",
-                f"out={out}", *EVALUATE_ARGS, f"hydra.run.dir={runs}"]
+                f"out={out}", *EVALUATE_ARGS, *extra, f"hydra.run.dir={runs}"]
 
     ref = None
     if fault_free_run:
@@ -686,7 +689,6 @@ def drill_report(workdir: Path, gen_zoo: Path | None, ref_zoo: Path, rounds: int
         if r.rc != 0:
             raise RuntimeError(f"reference run failed:\n{r.output[-3000:]}")
         ref = _files(reference)
-    stats.max_weight_diff = 0.0
     for rnd in range(rounds):
         out = workdir / f"round{rnd}" / "report"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -758,13 +760,13 @@ def drill_plot(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: int = 
         raise RuntimeError(f"reference run failed:\n{r.output[-3000:]}")
     ref = _files(reference / "plots")
     n_files = len([n for n in ref if not n.startswith(".")])
-    stats.max_weight_diff = 0.0
     for rnd in range(rounds):
         zoo = workdir / f"plot{rnd}"
         shutil.copytree(base_zoo, zoo)
         out = zoo / "plots"
         plan = plan_fn(rnd) if plan_fn else _output_plan(rng, max_kills, "plot", n_files)
         seen: dict[str, bytes] = {}
+        at_risk: set[str] = set()  # complete files a later run could have destroyed
         for target in plan:
             run = run_app(cmd(zoo, workdir / "runs" / f"plot{rnd}"), workdir, zoo, target, rng, jitter=3.0)
             stats.runs += 1
@@ -777,10 +779,11 @@ def drill_plot(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: int = 
             broken = [n for n, b in now.items() if not _complete(n, b)]
             stats.visible_broken += len(broken)
             stats.notes += [f"round {rnd}: half-written {n} visible" for n in broken]
-            stats.protected += len(seen)
+            at_risk |= set(seen)
             gone = [n for n in seen if n not in now or not _complete(n, now[n])]
             stats.lost += len(gone)
             seen.update({n: b for n, b in now.items() if _complete(n, b)})
+        stats.protected += len(at_risk)
         final = _files(out) or {}
         stats.expected += len(ref)
         stats.final += len(set(final) & set(ref))
