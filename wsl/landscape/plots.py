@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsl.errors import ConfigError
+from wsl.errors import ConfigError, printable
 from wsl.landscape.phases import PHASES, PhaseThresholds, phase_label
 from wsl.zoo.atomic import write_bytes_atomic
 from wsl.zoo.safe_paths import claim_output_dir, inside, make_dirs, remove_temp_files, write_marker
@@ -220,7 +220,15 @@ def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None,
             numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
             raise ConfigError(f"plot.metrics: {unknown} not in {zoo.path}'s table; available: {numeric}")
     out = plot_dir(out_dir or None, zoo.path)
-    if out_dir:
+    try:
+        return _draw(out, bool(out_dir), zoo, table, x, y, others, metrics, thresholds, dpi, fmt)
+    except OSError as e:  # read-only zoo, full disk: one line naming the directory
+        raise ConfigError(f"cannot write plots to {printable(out)} ({e.strerror or e}); choose another directory with "
+                          "plot.out_dir=<dir>") from e
+
+
+def _draw(out: Path, own_dir: bool, zoo, table, x, y, others, metrics, thresholds, dpi, fmt) -> list[Path]:
+    if own_dir:
         out.mkdir(parents=True, exist_ok=True)  # the user's own path (checked: not a link, not a file)
     else:
         make_dirs(zoo.path, out)  # inside the zoo: never through a link

@@ -165,6 +165,7 @@ def claim_output_dir(path, app: str, key: str, own_files=(), legacy: bool = Fals
     Anything else raises a ConfigError naming `key`, the path and why; nothing is touched."""
     p = _abs(path)
     where = f"{key}={printable(p)}"
+    _not_in_zoo_parts(p, where)
     try:
         st = os.lstat(p)
     except FileNotFoundError:
@@ -191,6 +192,17 @@ def claim_output_dir(path, app: str, key: str, own_files=(), legacy: bool = Fals
         why = f"holds files {app} did not write ({shown})" if foreign else f"is not empty and has no {MARKER} of {app}"
         raise ConfigError(f"{where} {why}; {app} replaces only its own earlier output: choose a new or empty directory")
     return p
+
+
+def _not_in_zoo_parts(p: Path, where: str) -> None:
+    """An output directory may sit in a zoo (<zoo>/report), never among its models, shards or annotations."""
+    for a in p.parents:
+        if (a / "index.h5").is_file() or (a / "shards").is_dir():
+            part = p.relative_to(a).parts[0]
+            if part in ("models", "shards", "annotations", "index.h5"):
+                raise ConfigError(f"{where} lies inside the zoo {printable(a)} (its {part}); choose a directory "
+                                  "outside the zoo's data")
+            return
 
 
 def write_marker(d: Path, app: str) -> None:
