@@ -72,6 +72,8 @@ def place(tiny_zoo, tmp_path):
     (data / "mine").mkdir()
     (data / "mine" / "thesis.tex").write_text("\\chapter{years of work}\n")
     (data / "notes.txt").write_text("a user's file\n")
+    (data / "notes").mkdir()
+    (data / "notes" / "report.md").write_text("# my own report\n")  # named like a report file, yet the user's
     (tmp_path / "runs").mkdir()
     return data
 
@@ -84,7 +86,8 @@ def _runs(place: Path, name: str) -> Path:
 def test_evaluate_out_refuses_zoos_user_directories_and_files(place):
     before = _snapshot(place)
     targets = [place / "ref", place / "gen", place / "mine", place / "notes.txt", place / "ref" / "shards",
-               place / "ref" / "index.h5", place, place / "ref" / "models"]
+               place / "ref" / "index.h5", place, place / "ref" / "models", place / "notes",
+               place / "ref" / "models" / "new"]
     procs = [_start("evaluate", f"zoo.path={place / 'gen'}", f"reference={place / 'ref'}", f"out={t}", *FAST_EVALUATE,
                     runs=_runs(place, f"e{i}")) for i, t in enumerate(targets)]
     for t, p in zip(targets, procs):
@@ -100,7 +103,7 @@ def test_evaluate_reruns_into_its_own_report_only(place):
         assert p.returncode == 0, p.stderr[-3000:]
         assert (out / "report.md").is_file() and (out / ".wsl-output").read_text().strip() == "wsl-evaluate"
     assert not [n for n in os.listdir(out.parent) if n.startswith(".report.")]  # no temp directory left
-    (out / ".wsl-output").unlink()  # a report of a version before the marker: only report files, still ours
+    (out / ".wsl-output").unlink()  # a report of a version before the marker: all the report files, still ours
     assert _run("evaluate", *args, runs=_runs(place, "r2")).returncode == 0
     (out / "draft.md").write_text("the user's own words\n")  # now it holds something the app did not write
     before = _snapshot(out)

@@ -276,7 +276,7 @@ def report_dir(out, zoo_path) -> Path:
         d = inside(zoo, zoo / "report", "write the report")  # a `report` link planted in the zoo: refused
     else:
         d = Path(out)
-    return claim_output_dir(d, APP, "out", REPORT_FILES, legacy=True)
+    return claim_output_dir(d, APP, "out", REPORT_FILES, legacy=REPORT_FILES)
 
 
 def _temp_dirs(out_dir: Path) -> list[Path]:
@@ -292,7 +292,7 @@ def _temp_dirs(out_dir: Path) -> list[Path]:
         if pid == os.getpid() or _alive(pid):
             continue
         try:
-            claim_output_dir(Path(e.path), APP, "out", REPORT_FILES, legacy=True)
+            claim_output_dir(Path(e.path), APP, "out", REPORT_FILES, legacy=True)  # partial: killed while writing
         except ConfigError:
             continue  # not recognisably ours: left alone
         found.append(Path(e.path))
@@ -323,7 +323,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
     atomic step (renameat2 RENAME_EXCHANGE where the file system has it), so `out_dir` is at every moment
     the old complete report or the new complete one. A directory that is not this app's own earlier
     report is refused (ConfigError) and left untouched."""
-    out_dir = claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=True)
+    out_dir = claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=REPORT_FILES)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in _temp_dirs(out_dir):
         shutil.rmtree(stale, ignore_errors=True)
@@ -343,7 +343,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
         _write_file(tmp, MARKER, f"{APP}\n".encode())
         fsync_dir(tmp)
         fault_point("report")
-        claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=True)  # again: the work took a while
+        claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=REPORT_FILES)  # again: the work took a while
         if os.path.lexists(out_dir) and exchange(tmp, out_dir):
             pass  # tmp now holds the old report: removed below
         elif os.path.lexists(out_dir):  # no atomic exchange here: old aside, new in (a short gap)

@@ -156,12 +156,13 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def claim_output_dir(path, app: str, key: str, own_files=(), legacy: bool = False) -> Path:
+def claim_output_dir(path, app: str, key: str, own_files=(), legacy=False) -> Path:
     """Check that `path` may take `app`'s output; returns it (absolute, links not followed).
 
     Fine: a path that does not exist yet, an empty directory, or a directory holding the marker that names
     `app` and otherwise only regular files named like `own_files` (fnmatch patterns). `legacy`: also a
-    directory without the marker that holds only such files (written by a version before the marker).
+    directory without the marker that holds only such files (written by a version before the marker);
+    a collection of names: and every one of them (what such a version always wrote).
     Anything else raises a ConfigError naming `key`, the path and why; nothing is touched."""
     p = _abs(path)
     where = f"{key}={printable(p)}"
@@ -187,6 +188,8 @@ def claim_output_dir(path, app: str, key: str, own_files=(), legacy: bool = Fals
         raise ConfigError(f"{where} holds the output of {printable(marker)}, not of {app}; choose another directory")
     foreign = [n for n in names if n != MARKER and not (_matches(n, own_files)
                                                         and stat.S_ISREG(os.lstat(p / n).st_mode))]
+    if marker is None and not isinstance(legacy, bool) and not set(legacy) <= set(names):
+        legacy = False  # not all of what an earlier version always wrote: not recognisably its output
     if foreign or (marker is None and not legacy):
         shown = ", ".join(printable(n) for n in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         why = f"holds files {app} did not write ({shown})" if foreign else f"is not empty and has no {MARKER} of {app}"
