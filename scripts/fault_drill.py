@@ -3,6 +3,7 @@
     python scripts/fault_drill.py                          # zoo drill, 3 rounds
     python scripts/fault_drill.py --rounds 10 --seed 1 --apps zoo,landscape,sample
     python scripts/fault_drill.py --apps landscape,sample --base-zoo zoos/x --generator runs/train_generator/y
+    python scripts/fault_drill.py --apps evaluate,plot --base-zoo zoos/x   # the report and plot writes
     python scripts/fault_drill.py --launcher submitit_local   # parallel workers (hydra-submitit-launcher)
 
 A round builds something from scratch with a real app (wsl-zoo: a multirun `-m net.width=4,8,16`;
@@ -16,6 +17,13 @@ times, each at a moment drawn at random:
   is complete and before it replaces the real one. The app passes a hook there
   (wsl.zoo.atomic.fault_point): the drill sets WSL_FAULT_LOG to follow the run and WSL_FAULT_DELAY to
   hold the chosen window open for a moment, and kills at the k-th passage of that kind.
+
+wsl-evaluate and wsl-plot write output directories, not zoos: a report (fault point `report`: the new
+report complete in a temporary directory, about to be swapped with the old one) and plot files (`plot`:
+a finished temp file before its rename). After every kill the report directory must be absent (before
+the first finished run), the previous complete report byte for byte, or a new complete one; every
+visible plot file must be complete and none that was complete may vanish; after the last run no temp
+file or directory may be left, and the results must equal a fault-free run's.
 
 After every kill it checks that nothing half-written is visible (every model the index lists loads
 with its checksum; the index and every annotation file open) and records which models (or annotation
@@ -172,13 +180,14 @@ class Stats:
     protected: int = 0  # models (rows) committed before some kill: the ones a rerun must not redo
     max_weight_diff: float | None = None  # wsl-landscape: largest |value - reference| of a numeric annotation
     reference_mismatches: int = 0  # models (rows) that differ from the fault-free reference run
+    litter: int = 0  # wsl-evaluate, wsl-plot: temp files or directories left after the round's last run
     seconds: float = 0.0
     notes: list = field(default_factory=list)
 
     def lines(self) -> list[str]:
         kills = sum(self.kills.values())
         by = ", ".join(f"{k} {v}" for k, v in sorted(self.kills.items())) or "none"
-        unit = "rows" if self.app == "landscape" else "models"
+        unit = {"landscape": "rows", "evaluate": "files", "plot": "files"}.get(self.app, "models")
         out = [f"[{self.app}] rounds {self.rounds}, runs {self.runs}, kills {kills} ({by}; "
                f"{self.in_window} inside their write window)",
                f"[{self.app}] {unit} expected {self.expected}, final {self.final}, lost {self.lost}, "
@@ -190,13 +199,19 @@ class Stats:
                   f", differ from the fault-free reference {self.reference_mismatches} "
                   f"(max |{'value' if self.app == 'landscape' else 'w'} - reference| {self.max_weight_diff:.3g})")
                + f", {self.seconds:.0f} s"]
+        if self.app in ("evaluate", "plot"):  # output files, not models: nothing is trained, checksummed or verified
+            what = "reports" if self.app == "evaluate" else "files"
+            out[1:] = [f"[{self.app}] files expected {self.expected}, final {self.final}, lost {self.lost} (of "
+                       f"{self.protected} complete {what} at risk in a later run), missing {self.missing}",
+                       f"[{self.app}] half-written visible {self.visible_broken}, differ from the fault-free run "
+                       f"{self.reference_mismatches}, temp litter {self.litter}, {self.seconds:.0f} s"]
         out += [f"[{self.app}] note: {n}" for n in self.notes]
         return out
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.redone or self.duplicated or self.missing or self.checksum_failures
-                    or self.visible_broken or self.verify_errors or self.reference_mismatches)
+                    or self.visible_broken or self.verify_errors or self.reference_mismatches or self.litter)
 
 
 def _choose(rng: random.Random, kinds: dict[str, int]) -> tuple[str, int]:
@@ -592,10 +607,204 @@ def drill_sample(workdir: Path, base_zoo: Path | None, rounds: int = 2, max_kill
     return stats
 
 
+# ---- wsl-evaluate and wsl-plot: output directories ---------------------------------------------------------
+REPORT_FILES = ("report.md", "sets.csv", "nets.csv", "summary.json", "accuracy_novelty.png", "nn_distances.png",
+                ".wsl-output")
+EVALUATE_ARGS = ["baselines.noise.sigmas=[0.1,1.0]", "baselines.noise.n=2", "baselines.average.ks=[2]",
+                 "baselines.average.n=2", "~baselines.gaussian", "logger=none"]
+DETERMINISTIC = ("nets.csv", "sets.csv")  # timings make report.md and summary.json differ from run to run
+
+
+def _stable_rows(data: bytes | None) -> list[bytes]:
+    """The header and the rows of the generated and training sets of a report table. (The random
+    baselines' rows are left out: they are not reproducible from run to run today; their draws follow
+    the state-dict key order of a loaded checkpoint, which changes from process to process.)"""
+    return [ln for ln in (data or b"").splitlines() if ln.split(b",")[0] in (b"method", b"generated", b"training")]
+
+
+def _complete(name: str, data: bytes) -> bool:
+    """A finished output file: a PNG up to its IEND chunk, JSON that parses, text ending in a newline."""
+    if name.endswith(".png"):
+        return data.startswith(b"\x89PNG\r\n\x1a\n") and data[-12:-4] == b"\x00\x00\x00\x00IEND"
+    if name.endswith(".json"):
+        try:
+            json.loads(data)
+            return True
+        except ValueError:
+            return False
+    return data.endswith(b"\n") or (name.endswith(".csv") and data == b"")
+
+
+def _files(d: Path) -> dict[str, bytes] | None:
+    """The visible output files of a directory (None: no directory); hidden temp files are not output."""
+    if not d.is_dir():
+        return None
+    return {f.name: f.read_bytes() for f in sorted(d.iterdir())
+            if f.is_file() and (not f.name.startswith(".") or f.name == ".wsl-output")}
+
+
+def _litter(d: Path) -> list[str]:
+    """Temp files and directories a finished run left next to or inside its output."""
+    near = [p.name for p in d.parent.glob(f".{d.name}.*")] if d.parent.is_dir() else []
+    inner = [p.name for p in d.glob(".*.tmp")] if d.is_dir() else []
+    return sorted(near + inner)
+
+
+def _output_plan(rng: random.Random, max_kills: int, window: str, k_max: int):
+    """Kill targets of one round: some runs before the first finished output, some while it is being
+    replaced by the next run (random moments, or inside the write window), each phase ended by a full run."""
+    first = rng.randint(0, max_kills)
+    # ("training", 0): a random moment of the run (its work or its writes); (window, k): inside the k-th write
+    kill = [("training", 0) if rng.random() < 0.4 else (window, rng.randint(1, k_max)) for _ in range(max_kills)]
+    return kill[:first] + [None] + kill[first:] + [None]
+
+
+def drill_report(workdir: Path, gen_zoo: Path | None, ref_zoo: Path, rounds: int = 2, max_kills: int = 3,
+                 seed: int = 0, plan_fn=None, fault_free_run: bool = True) -> Stats:
+    """wsl-evaluate writing its report directory, killed at random moments and inside the report swap
+    (fault point `report`: the new report complete in its temp directory, the old one still in place),
+    rerun each time. At every moment the report directory must be absent (before the first finished run),
+    or the last complete report byte for byte, or a new complete one; after the round no temp directory
+    is left, and the per-net and per-set tables equal a fault-free run's. plan_fn(round) -> list of
+    targets ((kind, k) or None: a run to the end) instead of random ones. fault_free_run=False: the tables
+    are compared with the first complete report of the round instead (saves a run)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    stats = Stats("evaluate")
+    t0 = time.time()
+    extra = []
+    if gen_zoo is None:  # a copy of the reference plays the generated zoo: its first two nets (one architecture)
+        gen_zoo = workdir / "generated"
+        shutil.copytree(ref_zoo, gen_zoo)
+        extra = ["max_nets=2"]
+
+    def cmd(out: Path, runs: Path) -> list[str]:
+        return [sys.executable, "-m", "wsl.apps.evaluate", f"zoo.path={gen_zoo}", f"reference={ref_zoo}",
+                f"out={out}", *EVALUATE_ARGS, *extra, f"hydra.run.dir={runs}"]
+
+    ref = None
+    if fault_free_run:
+        reference = workdir / "reference"
+        r = run_app(cmd(reference, workdir / "runs" / "reference"), workdir, reference.parent, None, rng)
+        if r.rc != 0:
+            raise RuntimeError(f"reference run failed:\n{r.output[-3000:]}")
+        ref = _files(reference)
+    for rnd in range(rounds):
+        out = workdir / f"round{rnd}" / "report"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plan = plan_fn(rnd) if plan_fn else _output_plan(rng, max_kills, "report", 1)
+        last = None  # the last complete report seen
+        for target in plan:
+            run = run_app(cmd(out, workdir / "runs" / f"round{rnd}"), workdir, out.parent, target, rng, jitter=6.0)
+            stats.runs += 1
+            if run.rc not in (None, 0):
+                raise RuntimeError(f"wsl-evaluate failed ({run.rc}):\n{run.output[-3000:]}")
+            if run.phase:
+                stats.kills["computing" if run.phase == "training" else run.phase] += 1
+                stats.in_window += run.in_window
+            now = _files(out)
+            complete = now is not None and set(REPORT_FILES) <= set(now) and all(_complete(n, b) for n, b in now.items())
+            if now is not None and not complete:
+                stats.visible_broken += 1
+                stats.notes.append(f"round {rnd}: half-written report visible: {sorted(now)}")
+            if last is not None:
+                stats.protected += 1
+                if not complete:
+                    stats.lost += 1  # the old complete report is gone and no new one replaced it
+                elif run.phase and now != last and not (run.phase == "training"):
+                    stats.lost += 1  # killed inside the swap window: the old report must be untouched
+            if complete:
+                last = now
+                ref = ref if ref is not None else now
+            if run.rc == 0 and not complete:
+                stats.missing += 1
+        final = _files(out) or {}
+        stats.expected += len(REPORT_FILES)
+        stats.final += len(set(final) & set(REPORT_FILES))
+        stats.missing += len(set(REPORT_FILES) - set(final))
+        litter = _litter(out)
+        if litter:
+            stats.litter += len(litter)
+            stats.notes.append(f"round {rnd}: left behind {litter[:5]}")
+        differ = [n for n in DETERMINISTIC if _stable_rows(final.get(n)) != _stable_rows((ref or {}).get(n))]
+        stats.reference_mismatches += len(differ)
+        if differ:
+            stats.notes.append(f"round {rnd}: {differ} differ from the fault-free report")
+        stats.rounds += 1
+    stats.seconds = time.time() - t0
+    return stats
+
+
+PLOT_ARGS = ["logger=none"]
+
+
+def drill_plot(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: int = 3, seed: int = 0,
+               plan_fn=None) -> Stats:
+    """wsl-plot writing its files into <zoo>/plots (copies of `base_zoo`), killed at random moments and
+    inside its file writes (fault point `plot`: a finished temp file not yet renamed), rerun each time. At
+    every moment each visible plot file is complete, and one that was complete stays there complete; after
+    the round every file of a fault-free run is there with the same bytes and no temp file is left.
+    plan_fn(round) -> list of targets instead of random ones."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    stats = Stats("plot")
+    t0 = time.time()
+
+    def cmd(zoo: Path, runs: Path) -> list[str]:
+        return [sys.executable, "-m", "wsl.apps.plot", f"zoo.path={zoo}", *PLOT_ARGS, f"hydra.run.dir={runs}"]
+
+    reference = workdir / "reference"
+    shutil.copytree(base_zoo, reference)
+    r = run_app(cmd(reference, workdir / "runs" / "reference"), workdir, reference, None, rng)
+    if r.rc != 0:
+        raise RuntimeError(f"reference run failed:\n{r.output[-3000:]}")
+    ref = _files(reference / "plots")
+    n_files = len([n for n in ref if not n.startswith(".")])
+    for rnd in range(rounds):
+        zoo = workdir / f"plot{rnd}"
+        shutil.copytree(base_zoo, zoo)
+        out = zoo / "plots"
+        plan = plan_fn(rnd) if plan_fn else _output_plan(rng, max_kills, "plot", n_files)
+        seen: dict[str, bytes] = {}
+        at_risk: set[str] = set()  # complete files a later run could have destroyed
+        for target in plan:
+            run = run_app(cmd(zoo, workdir / "runs" / f"plot{rnd}"), workdir, zoo, target, rng, jitter=3.0)
+            stats.runs += 1
+            if run.rc not in (None, 0):
+                raise RuntimeError(f"wsl-plot failed ({run.rc}):\n{run.output[-3000:]}")
+            if run.phase:
+                stats.kills["computing" if run.phase == "training" else run.phase] += 1
+                stats.in_window += run.in_window
+            now = _files(out) or {}
+            broken = [n for n, b in now.items() if not _complete(n, b)]
+            stats.visible_broken += len(broken)
+            stats.notes += [f"round {rnd}: half-written {n} visible" for n in broken]
+            at_risk |= set(seen)
+            gone = [n for n in seen if n not in now or not _complete(n, now[n])]
+            stats.lost += len(gone)
+            seen.update({n: b for n, b in now.items() if _complete(n, b)})
+        stats.protected += len(at_risk)
+        final = _files(out) or {}
+        stats.expected += len(ref)
+        stats.final += len(set(final) & set(ref))
+        stats.missing += len(set(ref) - set(final))
+        differ = [n for n in ref if n in final and final[n] != ref[n]]
+        stats.reference_mismatches += len(differ)
+        if differ:
+            stats.notes.append(f"round {rnd}: {differ[:3]} differ from the fault-free run")
+        litter = _litter(out)
+        if litter:
+            stats.litter += len(litter)
+            stats.notes.append(f"round {rnd}: left behind {litter[:5]}")
+        stats.rounds += 1
+    stats.seconds = time.time() - t0
+    return stats
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--apps", default="zoo", help="comma-separated: zoo, landscape, sample (landscape and sample "
-                                                  "work on the zoo drill's first zoo, or on --base-zoo)")
+    ap.add_argument("--apps", default="zoo", help="comma-separated: zoo, landscape, sample, evaluate, plot (all "
+                                                  "but zoo work on the zoo drill's first zoo, or on --base-zoo)")
     ap.add_argument("--base-zoo", default=None, help="an existing zoo for the landscape and sample drills (copied, "
                                                      "never changed); default: the zoo drill's first round")
     ap.add_argument("--rounds", type=int, default=3)
@@ -608,9 +817,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="keep everything here (default: a temp dir, removed)")
     a = ap.parse_args(argv)
     apps = [x.strip() for x in a.apps.split(",") if x.strip()]
-    unknown = set(apps) - {"zoo", "landscape", "sample"}
+    unknown = set(apps) - {"zoo", "landscape", "sample", "evaluate", "plot"}
     if unknown:
-        ap.error(f"unknown app(s) {sorted(unknown)}; valid: zoo, landscape, sample")
+        ap.error(f"unknown app(s) {sorted(unknown)}; valid: zoo, landscape, sample, evaluate, plot")
     work = Path(a.workdir or tempfile.mkdtemp(prefix="wsl-fault-drill-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"fault drill in {work} (seed {a.seed}, up to {a.kills} kills per round, window held {HOLD}s)", flush=True)
@@ -628,6 +837,12 @@ def main(argv=None) -> int:
         if "sample" in apps:
             results.append(drill_sample(work / "sample", base, a.rounds, a.kills, a.seed,
                                         run_dir=Path(a.generator).resolve() if a.generator else None))
+            print("\n".join(results[-1].lines()), flush=True)
+        if "evaluate" in apps:
+            results.append(drill_report(work / "evaluate", None, base, a.rounds, a.kills, a.seed))
+            print("\n".join(results[-1].lines()), flush=True)
+        if "plot" in apps:
+            results.append(drill_plot(work / "plot", base, a.rounds, a.kills, a.seed))
             print("\n".join(results[-1].lines()), flush=True)
     finally:
         if not a.workdir:

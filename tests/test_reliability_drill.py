@@ -197,3 +197,39 @@ def test_full_fault_drill_zoo_and_landscape(tmp_path):
 def test_full_fault_drill_sample(tmp_path):
     out = _run_drill(tmp_path, "sample")
     assert _clean_apps(out) == ["sample", "zoo"], out  # the sampler needs a zoo: drilled first
+
+
+def test_killed_evaluate_keeps_the_old_report_or_the_new_one(tiny_zoo, tmp_path):
+    drill = _drill()
+    drill.HOLD = 0.6
+    gen = tmp_path / "generated"  # a copy plays the generated zoo: every net 'memorized', which is fine here
+    shutil.copytree(tiny_zoo, gen)
+    # run 1: killed inside the swap of its report into place (none there yet: the directory must stay absent);
+    # run 2 finishes; run 3: killed inside the swap that would replace run 2's report (that report must stay,
+    # byte for byte); run 4 finishes, replaces it, and removes the killed runs' temp directories
+    plan = [("report", 1), None, ("report", 1), None]
+    stats = drill.drill_report(tmp_path / "drill", gen, tiny_zoo, rounds=1, plan_fn=lambda rnd: plan,
+                               fault_free_run=False)
+    report = "\n".join(stats.lines())
+    assert dict(stats.kills) == {"report": 2} and stats.in_window == 2, report
+    assert stats.runs == 4 and stats.protected == 2, report
+    assert stats.expected == stats.final == len(drill.REPORT_FILES), report
+    assert stats.lost == stats.missing == stats.visible_broken == stats.litter == 0, report
+    assert stats.reference_mismatches == 0, report  # the tables of run 4 equal run 2's
+    assert stats.ok
+
+
+def test_killed_plot_leaves_every_file_complete(tiny_zoo, tmp_path):
+    drill = _drill()
+    drill.HOLD = 0.6
+    # run 1: killed inside its 2nd file write (the cell table is in place, the first figure is a finished temp
+    # file); run 2: killed inside its 4th (three files in place: they must stay complete); run 3 finishes
+    plan = [("plot", 2), ("plot", 4), None]
+    stats = drill.drill_plot(tmp_path / "drill", tiny_zoo, rounds=1, plan_fn=lambda rnd: plan)
+    report = "\n".join(stats.lines())
+    assert dict(stats.kills) == {"plot": 2} and stats.in_window == 2, report
+    assert stats.runs == 3 and stats.protected >= 1, report
+    assert stats.expected == stats.final >= 4, report  # the cell table, train_loss, test_acc, phase (+ marker)
+    assert stats.lost == stats.missing == stats.visible_broken == stats.litter == 0, report
+    assert stats.reference_mismatches == 0, report  # the same bytes as a fault-free run
+    assert stats.ok

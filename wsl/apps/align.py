@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight, to_container, without_logger
 from wsl.errors import ConfigError
+from wsl.zoo.safe_paths import check_zoo_output
 
 
 def settings_from(cfg: DictConfig):
@@ -25,6 +26,7 @@ def settings_from(cfg: DictConfig):
         v = cfg.get(key)
         if v is not None and (not isinstance(v, str) or not v.strip()):
             raise ConfigError(f"{key} must be a non-empty string or null, got {v!r}")
+    check_zoo_output(cfg.out or f"{str(cfg.zoo.path).rstrip('/')}-aligned", "wsl-align", "out")  # not a file
     c = to_container(without_logger(cfg))
     m, b = c["matching"], c["barrier"]
     return AlignSettings(reference=c["reference"], reference_id=c["reference_id"], epoch=c["epoch"],

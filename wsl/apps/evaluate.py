@@ -31,8 +31,10 @@ def settings_from(cfg: DictConfig):
 
 def _validate(cfg: DictConfig) -> None:
     from wsl.apps.validate import validate_evaluate
+    from wsl.evaluate.report import report_dir
 
     validate_evaluate(cfg)
+    report_dir(cfg.out, cfg.zoo.path)  # an existing out= must be this app's own earlier report
 
 
 def summary_of(ev) -> dict:

@@ -14,8 +14,10 @@ from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
 
 def _validate(cfg: DictConfig) -> None:
     from wsl.apps.validate import validate_plot
+    from wsl.landscape.plots import plot_dir
 
     validate_plot(cfg)
+    plot_dir(cfg.plot.out_dir, cfg.zoo.path)  # not a file, a link, a zoo or a directory of other files
 
 
 @hydra.main(config_path=CONF_DIR, config_name="plot", version_base="1.3")

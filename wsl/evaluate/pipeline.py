@@ -24,7 +24,7 @@ from wsl.evaluate.accuracy import ensemble_scores, has_batchnorm, score_nets
 from wsl.evaluate.baselines import check_baselines, generate_baselines
 from wsl.evaluate.novelty import AlignedReference, audit, prediction_overlap, training_yardstick
 from wsl.evaluate.phases import compare_phases
-from wsl.evaluate.report import write_report
+from wsl.evaluate.report import report_dir, write_report
 from wsl.evaluate.results import Evaluation, SetResult
 from wsl.nets import build_net
 from wsl.zoo import Zoo
@@ -200,6 +200,7 @@ def evaluate_zoo(zoo_path, reference_path, settings: Settings | None = None, bas
     """Run the whole evaluation and write the report (default: <zoo>/report). Returns (evaluation, report.md)."""
     s = settings or Settings()
     p = plan(zoo_path, reference_path, s)
+    report_dir(out, p.gen.path)  # before any work: out= may only be this app's own earlier report
     check_baselines(baselines or {}, len(p.ref_ids))
     timings: dict = {}
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ nets are also shown one by one. The ensemble of the training zoo is the dashed u
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from wsl.evaluate.results import Evaluation  # noqa: E402
+from wsl.zoo.atomic import write_bytes_atomic  # noqa: E402
 
 STYLE = {  # method -> (colour, marker)
     "generated": ("tab:red", "*"),
@@ -35,9 +36,8 @@ def _mean_std(v: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def accuracy_novelty_plot(ev: Evaluation, path: str | Path) -> Path:
-    """Draw the plane into `path` (PNG, written atomically) and return the path."""
-    path = Path(path)
+def accuracy_novelty_plot(ev: Evaluation, path: str | Path | None = None):
+    """Draw the plane into `path` (PNG, written atomically) and return the path; no path: the figure."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     panels = [("weight_novelty", "weight novelty: aligned NN L2 / training-to-training median"),
               ("behaviour_novelty", "behavioural novelty: 1 − max IoU of wrong-prediction sets")]
@@ -71,12 +71,12 @@ def accuracy_novelty_plot(ev: Evaluation, path: str | Path) -> Path:
     axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle(f"accuracy vs novelty: {ev.info.get('zoo_name', '')} against {ev.info.get('reference_name', '')}")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig if path is None else _save(fig, Path(path))
 
 
-def distance_histogram(ev: Evaluation, path: str | Path) -> Path:
-    """Nearest-neighbour L2 of the generated nets next to the training-to-training distances."""
-    path = Path(path)
+def distance_histogram(ev: Evaluation, path: str | Path | None = None):
+    """Nearest-neighbour L2 of the generated nets next to the training-to-training distances (written to
+    `path` and the path returned; no path: the figure)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     gen = [s for s in ev.by_method("generated")]
     train = [s for s in ev.by_method("training")]
@@ -88,13 +88,17 @@ def distance_histogram(ev: Evaluation, path: str | Path) -> Path:
     ax.set_ylabel("nets")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig if path is None else _save(fig, Path(path))
+
+
+def figure_bytes(fig, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (closed afterwards): the caller writes them where it checked it may."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, figure_bytes(fig), what="plot", root=path.parent)  # temp + rename, no link followed
     return path

@@ -1,22 +1,28 @@
 """The evaluation report: markdown with the tables and plots, per-net and summary CSVs, JSON.
 
-The report directory is written as a whole into a temporary sibling and renamed into place, so a
-killed run never leaves a report that looks complete.
+The report directory is written as a whole into a temporary sibling and swapped into place, so a
+killed run never leaves a report that looks complete. It replaces only this app's own earlier report
+(marked by a `.wsl-output` file): never a zoo, a user's directory or a file.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import shutil
+import secrets
 from pathlib import Path
 
 import numpy as np
 
-from wsl.evaluate.plots import accuracy_novelty_plot, distance_histogram
+from wsl.errors import ConfigError
+from wsl.evaluate.plots import accuracy_novelty_plot, distance_histogram, figure_bytes
 from wsl.evaluate.results import Evaluation
+from wsl.zoo.atomic import fault_point, fsync_dir
+from wsl.zoo.safe_paths import MARKER, claim_output_dir, exchange, inside, open_new
 
 REPORT_FILE = "report.md"
 
@@ -233,14 +239,14 @@ def _nets_rows(ev: Evaluation) -> list[dict]:
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        if not rows:
-            return
+def _csv_bytes(rows: list[dict]) -> bytes:
+    f = io.StringIO(newline="")
+    if rows:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, (float, np.floating)) else v) for k, v in r.items()})
+    return f.getvalue().encode()
 
 
 def _jsonable(o):
@@ -257,31 +263,98 @@ def _jsonable(o):
     return o
 
 
+APP = "wsl-evaluate"
+REPORT_FILES = (REPORT_FILE, "sets.csv", "nets.csv", "summary.json", "accuracy_novelty.png", "nn_distances.png")
+
+
+def report_dir(out, zoo_path) -> Path:
+    """Where the report goes (`out`, default <zoo>/report), checked before any work: a new directory, or
+    this app's own earlier report (its marker file, or only report files: written before the marker).
+    Never a zoo, a file, a link or a directory holding anything else (ConfigError naming `out`)."""
+    if out is None:
+        zoo = Path(zoo_path).expanduser()
+        d = inside(zoo, zoo / "report", "write the report")  # a `report` link planted in the zoo: refused
+    else:
+        d = Path(out)
+    return claim_output_dir(d, APP, "out", REPORT_FILES, legacy=REPORT_FILES)
+
+
+def _temp_dirs(out_dir: Path) -> list[Path]:
+    """Report directories of earlier runs of this app killed before they finished or cleaned up (their
+    process is gone): `.<name>.<pid>.<random>.tmp` real directories holding only report files."""
+    found = []
+    for e in os.scandir(out_dir.parent):
+        parts = e.name.split(".")
+        if not (e.name.startswith(f".{out_dir.name}.") and e.name.endswith(".tmp") and len(parts) >= 5
+                and parts[-3].isdigit() and e.is_dir(follow_symlinks=False)):
+            continue
+        pid = int(parts[-3])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            claim_output_dir(Path(e.path), APP, "out", REPORT_FILES, legacy=True)  # partial: killed while writing
+        except ConfigError:
+            continue  # not recognisably ours: left alone
+        found.append(Path(e.path))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_file(d: Path, name: str, data: bytes) -> None:
+    fd = open_new(d / name)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
-    """Write the report into `out_dir` (replacing an older one as a whole); returns report.md's path."""
-    out_dir = Path(out_dir).resolve()
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    """Write the report into `out_dir`, replacing this app's earlier report there as a whole; returns
+    report.md's path. The new report is written into a temporary sibling and swapped into place in one
+    atomic step (renameat2 RENAME_EXCHANGE where the file system has it), so `out_dir` is at every moment
+    the old complete report or the new complete one. A directory that is not this app's own earlier
+    report is refused (ConfigError) and left untouched."""
+    out_dir = claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=REPORT_FILES)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _temp_dirs(out_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.mkdir(tmp)  # new (fails if anything has that name), with the usual permissions
     try:
         plots = {"accuracy vs novelty": "accuracy_novelty.png", "nearest-neighbour distances": "nn_distances.png"}
-        accuracy_novelty_plot(ev, tmp / plots["accuracy vs novelty"])
-        distance_histogram(ev, tmp / plots["nearest-neighbour distances"])
-        _write_csv(tmp / "sets.csv", [s.summary() for s in ev.sets])
-        _write_csv(tmp / "nets.csv", _nets_rows(ev))
+        _write_file(tmp, plots["accuracy vs novelty"], figure_bytes(accuracy_novelty_plot(ev)))
+        _write_file(tmp, plots["nearest-neighbour distances"], figure_bytes(distance_histogram(ev)))
+        _write_file(tmp, "sets.csv", _csv_bytes([s.summary() for s in ev.sets]))
+        _write_file(tmp, "nets.csv", _csv_bytes(_nets_rows(ev)))
         summary = {"info": ev.info, "sets": [s.summary() for s in ev.sets],
                    "ensemble": {k: v for k, v in ev.ensemble.items() if k != "predictions"},
                    "yardstick": ev.yardstick, "phases": ev.phases, "against_noise": compare_with_noise(ev)}
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=True))
-        (tmp / REPORT_FILE).write_text(markdown(ev, plots))
-        old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        _write_file(tmp, "summary.json", json.dumps(_jsonable(summary), indent=2, sort_keys=True).encode())
+        _write_file(tmp, REPORT_FILE, markdown(ev, plots).encode())
+        _write_file(tmp, MARKER, f"{APP}\n".encode())
+        fsync_dir(tmp)
+        fault_point("report")
+        claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=REPORT_FILES)  # again: the work took a while
+        if os.path.lexists(out_dir) and exchange(tmp, out_dir):
+            pass  # tmp now holds the old report: removed below
+        elif os.path.lexists(out_dir):  # no atomic exchange here: old aside, new in (a short gap)
+            old = tmp.with_name(tmp.name[: -len(".tmp")] + "old.tmp")
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            tmp = old
+        else:
+            os.rename(tmp, out_dir)  # fails on a directory that appeared meanwhile with files in it
+        fsync_dir(out_dir.parent)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp)  # this run's temp directory (or the old report it replaced): never followed
     return out_dir / REPORT_FILE

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from wsl.generators.denoisers import MLPDenoiser, TransformerDenoiser
 from wsl.generators.diffusion import Diffusion
 from wsl.generators.flow import FlowMatching
 from wsl.generators.representation import WeightRepresentation
+from wsl.zoo.atomic import write_bytes_atomic
 
 RUN_FORMAT = "wsl-generator"
 RUN_VERSION = 1
@@ -101,10 +101,8 @@ class GeneratorRun:
         if config is not None:
             files["config.json"] = json.dumps(config, indent=2, sort_keys=True, default=str).encode()
         files[CHECKPOINT] = data  # last: its presence marks a finished run
-        for name, blob in files.items():
-            tmp = run_dir / f".{name}.{os.getpid()}.tmp"
-            tmp.write_bytes(blob)
-            os.replace(tmp, run_dir / name)
+        for name, blob in files.items():  # temp + rename, never through a link planted in the run directory
+            write_bytes_atomic(run_dir / name, blob, what="generator", root=run_dir)
         self.path, self.sha256 = run_dir.resolve(), hashlib.sha256(data).hexdigest()
         return run_dir / CHECKPOINT
 

@@ -8,17 +8,19 @@ global pyplot state); files are written to a temp name and renamed.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from wsl.errors import ConfigError
+from wsl.errors import ConfigError, printable
 from wsl.landscape.phases import PHASES, PhaseThresholds, phase_label
+from wsl.zoo.atomic import write_bytes_atomic
+from wsl.zoo.safe_paths import claim_output_dir, inside, make_dirs, remove_temp_files, write_marker
 
 # hyperparameters that are never axes: seeds (averaged over) and quantities derived from others
 NON_AXES = {"seed_init", "seed_data", "replica", "population_seed", "subset_seed", "split_seed", "n_params"}
@@ -101,10 +103,25 @@ def _save(fig, path: Path, dpi: int) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."), bbox_inches="tight")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=path.suffix.lstrip("."), bbox_inches="tight")
+    write_bytes_atomic(path, buf.getvalue(), what="plot", root=path.parent)  # temp + rename, no link followed
     return path
+
+
+APP = "wsl-plot"
+PLOT_FILES = ("*.png", "*.pdf", "*.svg", "cells__*.csv", ".*.tmp")  # .*.tmp: a killed write's temp file
+
+
+def plot_dir(out_dir, zoo_path) -> Path:
+    """Where the plots go (`plot.out_dir`, default <zoo>/plots), checked before any work: a new directory,
+    or this app's earlier output (its marker file; in <zoo>/plots also plot files written before the
+    marker existed). Never a zoo, a file, a link or a directory holding anything else (ConfigError)."""
+    if out_dir is None:
+        zoo = Path(zoo_path).expanduser()
+        d = inside(zoo, zoo / "plots", "write plots")  # a `plots` link planted in the zoo: refused
+        return claim_output_dir(d, APP, "plot.out_dir", PLOT_FILES, legacy=True)
+    return claim_output_dir(out_dir, APP, "plot.out_dir", PLOT_FILES)
 
 
 def _grid(cells: pd.DataFrame, x, y, column):
@@ -202,15 +219,26 @@ def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None,
         if unknown:
             numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
             raise ConfigError(f"plot.metrics: {unknown} not in {zoo.path}'s table; available: {numeric}")
-    out = Path(out_dir) if out_dir else zoo.path / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    out = plot_dir(out_dir or None, zoo.path)
+    try:
+        return _draw(out, bool(out_dir), zoo, table, x, y, others, metrics, thresholds, dpi, fmt)
+    except OSError as e:  # read-only zoo, full disk: one line naming the directory
+        raise ConfigError(f"cannot write plots to {printable(out)} ({e.strerror or e}); choose another directory with "
+                          "plot.out_dir=<dir>") from e
+
+
+def _draw(out: Path, own_dir: bool, zoo, table, x, y, others, metrics, thresholds, dpi, fmt) -> list[Path]:
+    if own_dir:
+        out.mkdir(parents=True, exist_ok=True)  # the user's own path (checked: not a link, not a file)
+    else:
+        make_dirs(zoo.path, out)  # inside the zoo: never through a link
+    write_marker(out, APP)
+    remove_temp_files(out, out, ".*.tmp", dead_only=True)  # temp files of a killed earlier run
     cells = cell_table(table, x, y, others, metrics, thresholds)
     axes_name = f"{_safe(x or 'none')}_vs_{_safe(y or 'none')}"
     written = []
     csv = out / f"cells__{axes_name}.csv"
-    tmp = csv.with_name(f".{csv.name}.{os.getpid()}.tmp")
-    cells.to_csv(tmp, index=False)
-    os.replace(tmp, csv)
+    write_bytes_atomic(csv, cells.to_csv(index=False).encode(), what="plot", root=out)
     written.append(csv)
     slices = [()] if not others else list(itertools.product(*[sorted(cells[o].unique(), key=_sort_key)
                                                                  for o in others]))

@@ -1,4 +1,8 @@
-"""Crash-safe writes and the zoo-wide lock. A file is either absent, old or complete: never torn."""
+"""Crash-safe writes and the zoo-wide lock. A file is either absent, old or complete: never torn.
+
+Every write names its `root` (the zoo or the output directory it belongs to): the path is checked by
+wsl.zoo.safe_paths.inside first, so a symbolic link planted inside an untrusted zoo cannot redirect it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import time
 from pathlib import Path
 
 from wsl.zoo.format import LOCK_FILE
-
+from wsl.zoo.safe_paths import UnsafePathError, inside, make_dirs, open_new
 
 FAULT_DELAY_ENV = "WSL_FAULT_DELAY"  # e.g. "index=0.5,checkpoint=0.05": pause there (seconds)
 FAULT_LOG_ENV = "WSL_FAULT_LOG"  # a file that gets one line per fault point passed ("<kind> <pid>")
@@ -19,9 +23,10 @@ FAULT_LOG_ENV = "WSL_FAULT_LOG"  # a file that gets one line per fault point pas
 def fault_point(kind: str) -> None:
     """A hook for scripts/fault_drill.py, a no-op unless its environment variables are set.
 
-    Called just before a finished temp file is renamed into place (kinds: checkpoint, shard,
-    index, annotation) and before the zoo lock is requested (lock-request). The drill sets WSL_FAULT_LOG to see where a job is and WSL_FAULT_DELAY to
-    hold that window open, so that its SIGKILL lands inside the rename window it aims at.
+    Called just before a finished temp file is renamed into place (kinds: checkpoint, shard, index,
+    annotation, plot; report: before the finished report directory replaces the old one) and before the
+    zoo lock is requested (lock-request). The drill sets WSL_FAULT_LOG to see where a job is and
+    WSL_FAULT_DELAY to hold that window open, so that its SIGKILL lands inside the rename window it aims at.
     """
     log_path, spec = os.environ.get(FAULT_LOG_ENV), os.environ.get(FAULT_DELAY_ENV)
     if not log_path and not spec:
@@ -43,7 +48,7 @@ def fault_point(kind: str) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
     finally:
@@ -54,33 +59,61 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_bytes_atomic(path: Path, data: bytes, what: str = "file") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _target(path: Path, root) -> Path:
+    """The checked destination: under `root` with no link on the way (root None: the file's own directory,
+    i.e. only the file itself may not be a link)."""
+    path = Path(path)
+    return inside(path.parent if root is None else root, path)
+
+
+def _prepare(path: Path, root) -> Path:
+    """The checked destination, its directories made (below `root` one at a time, never through a link)."""
+    path = Path(path)
+    base = Path(path.parent if root is None else root)
+    base.mkdir(parents=True, exist_ok=True)  # the root itself: the caller's (a zoo, an output directory)
+    path = _target(path, base)
+    make_dirs(base, path.parent)
+    return path
+
+
+def write_bytes_atomic(path: Path, data: bytes, what: str = "file", root=None) -> None:
+    path = _prepare(path, root)
     tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    fault_point(what)
-    os.replace(tmp, path)
+    fd = open_new(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point(what)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
     fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, what: str = "file"):
-    """Yields a temporary path to write; renamed over `path` only if the block finishes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_path(path: Path, what: str = "file", root=None):
+    """Yields a temporary path to write; renamed over `path` only if the block finishes. The temp file
+    exists (new, empty, a regular file) when the block starts: a link planted at its name is gone."""
+    path = _prepare(path, root)
     tmp = tmp_name(path)
+    os.close(open_new(tmp))
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         fault_point(what)
+        _target(path, root)  # checked again: the block may have taken long
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -88,9 +121,17 @@ def zoo_lock(zoo_root: Path):
     """Exclusive lock over index-changing steps (shard commit, annotation, merge) of one zoo.
 
     flock is released by the kernel when the holder dies, so a killed job never leaves it held.
+    The lock file is never a link (O_NOFOLLOW): a planted `.lock -> elsewhere` creates nothing there.
     """
+    zoo_root = Path(zoo_root)
     zoo_root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(zoo_root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = inside(zoo_root, LOCK_FILE, "lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        if os.path.islink(lock):
+            raise UnsafePathError(f"{lock} is a symbolic link; refusing to lock through it: remove the link") from e
+        raise
     try:
         fault_point("lock-request")
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -18,6 +18,7 @@ from safetensors.torch import save as st_save
 
 from wsl.errors import ZooFormatError
 from wsl.zoo.atomic import atomic_path, write_bytes_atomic, zoo_lock
+from wsl.zoo.safe_paths import remove_temp_files
 from wsl.zoo.format import (ANNOTATION_DIR, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, MODEL_DIR, SHARD_DIR,
                             STATUSES, check_id, checkpoint_relpath, sha256_bytes)
 from wsl.zoo.table import (Annotation, ModelRow, ModelTable, merge_annotations, read_annotation_file, read_table,
@@ -78,7 +79,7 @@ class ShardWriter:
                 "job_id": self.job_id, "model_id": model_id, "epoch": str(int(epoch)), "arch": arch}
         meta.update(extra_meta or {})
         data = encode_checkpoint(state_dict, meta)
-        write_bytes_atomic(self.root / rel, data, what="checkpoint")
+        write_bytes_atomic(self.root / rel, data, what="checkpoint", root=self.root)
         sha = sha256_bytes(data)
         self._ckpts.setdefault(model_id, []).append((int(epoch), rel, sha))
         return rel, sha
@@ -103,11 +104,10 @@ class ShardWriter:
             rows = [r for r in old.rows if r.model_id not in new_ids] + self.rows
             jobs = {self.job_id: {"config": self.config, "overrides": self.overrides}}
             table = ModelTable(rows, jobs, {"zoo_name": self.zoo_name, "config": json.dumps(self.config, sort_keys=True)})
-            with atomic_path(self.shard_path, what="shard") as tmp:
+            with atomic_path(self.shard_path, what="shard", root=self.root) as tmp:
                 write_table(tmp, table)
             for r in self.rows:  # checkpoint temp files of an earlier, killed attempt at these models
-                for stale in (self.root / MODEL_DIR / self.job_id / r.model_id).glob(".*.safetensors.*.tmp"):
-                    stale.unlink(missing_ok=True)
+                remove_temp_files(self.root, self.root / MODEL_DIR / self.job_id / r.model_id, ".*.safetensors.*.tmp")
             _merge_locked(self.root)
         log.info("committed %d models to %s", len(self.rows), self.shard_path)
         self.rows, self._ckpts = [], {}
@@ -124,8 +124,7 @@ def _remove_stale_temp_files(root: Path) -> None:
     """Temp files of index, shard and annotation writes exist only while their writer holds the zoo
     lock, so any the lock holder sees were left by a killed process: remove them."""
     for d in (root, root / SHARD_DIR, root / ANNOTATION_DIR):
-        for p in d.glob(".*.h5.*.tmp"):
-            p.unlink(missing_ok=True)
+        remove_temp_files(root, d, ".*.h5.*.tmp")  # regular files only, never through a link
 
 
 def index_table(root: Path, shards: dict, annotations: list) -> ModelTable:
@@ -155,7 +154,7 @@ def _merge_locked(root: Path) -> Path:
     tables = {s: read_table(s) for s in shards}
     annotations = [read_annotation_file(a) for a in sorted((root / ANNOTATION_DIR).glob("*.h5"))]
     index = root / INDEX_FILE
-    with atomic_path(index, what="index") as tmp:
+    with atomic_path(index, what="index", root=root) as tmp:
         write_table(tmp, index_table(root, tables, annotations))
     return index
 
@@ -193,7 +192,7 @@ def write_annotation(zoo_path, group: str, model_ids: list, columns: dict, attrs
     with zoo_lock(root):
         old = read_annotation_file(path) if path.exists() else None
         merged = merge_annotations(old, new)
-        with atomic_path(path, what="annotation") as tmp:
+        with atomic_path(path, what="annotation", root=root) as tmp:
             write_annotation_file(tmp, merged)
         if rebuild_index:
             _merge_locked(root)
