@@ -99,19 +99,26 @@ def finite_models(params: dict) -> torch.Tensor:
     return ok
 
 
-def exclude_nonfinite(zoo, ids: list, params: dict, masks: dict, finite: torch.Tensor, epoch: int):
-    """Drop the models whose weights are not all finite, with one warning naming them; refuse when none is left.
-    Returns (ids, params, masks) of the rest."""
-    bad = [m for m, ok in zip(ids, finite.tolist()) if not ok]
-    shown = ", ".join(printable(m) for m in bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
-    if len(bad) == len(ids):
-        raise ConfigError(f"{printable(zoo.path)}: all {len(ids)} usable models have non-finite weights at epoch "
-                          f"{epoch} (e.g. {shown}); nothing to learn from (check the zoo with wsl-verify)")
-    log.warning("excluding %d of %d models of %s with non-finite weights at epoch %d: %s", len(bad), len(ids),
-                printable(zoo.path), epoch, shown)
-    keep = finite.nonzero().flatten()
-    return ([ids[i] for i in keep.tolist()], {k: v[keep] for k, v in params.items()},
-            {k: v[keep] for k, v in masks.items()})
+def exclude_nonfinite(zoo, ids: list, params: dict, masks: dict, weights_ok: torch.Tensor, targets_ok: torch.Tensor,
+                      epoch: int):
+    """Drop the models whose weights (a wsl-verify ERROR) or task targets are not all finite, with one warning
+    each naming them: one such net makes every loss it enters, and the metrics of its split, nan. Refuses when
+    none is left. Returns (ids, params, masks) of the rest."""
+    def names(ok):
+        bad = [m for m, good in zip(ids, ok.tolist()) if not good]
+        return len(bad), ", ".join(printable(m) for m in bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+
+    keep = weights_ok & targets_ok
+    for ok, what in ((weights_ok, f"non-finite weights at epoch {epoch}"), (targets_ok, "non-finite task targets")):
+        if not ok.all():
+            n, shown = names(ok)
+            if not keep.any():
+                raise ConfigError(f"{printable(zoo.path)}: all {len(ids)} usable models have {what} or other "
+                                  f"non-finite data (e.g. {shown}); nothing to learn from (check the zoo with wsl-verify)")
+            log.warning("excluding %d of %d models of %s with %s: %s", n, len(ids), printable(zoo.path), what, shown)
+    idx = keep.nonzero().flatten()
+    return ([ids[i] for i in idx.tolist()], {k: v[idx] for k, v in params.items()},
+            {k: v[idx] for k, v in masks.items()})
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -301,9 +308,9 @@ def run_experiment(cfg: DictConfig, out_dir, encoder_factory=None) -> pd.DataFra
     split = split_models(zoo, cfg, ids)
     targets = task.targets(table, ids)
     params, masks = load_weights(zoo, ids, space, int(cfg.zoo.epoch))
-    finite = finite_models(params)
-    if not finite.all():  # such nets are not data (a verify ERROR): excluded, the rest is split again
-        ids, params, masks = exclude_nonfinite(zoo, ids, params, masks, finite, int(cfg.zoo.epoch))
+    weights_ok, targets_ok = finite_models(params), torch.isfinite(targets.y.reshape(len(ids), -1).float()).all(1)
+    if not (weights_ok & targets_ok).all():  # such nets are not data: excluded, the rest is split again
+        ids, params, masks = exclude_nonfinite(zoo, ids, params, masks, weights_ok, targets_ok, int(cfg.zoo.epoch))
         split = split_models(zoo, cfg, ids)
         targets = task.targets(table, ids)
     full = WeightSet(params, masks, targets.y)
