@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import ROOT, compose_cfg, make_zoo
 from wsl.errors import ConfigError, ZooFormatError

@@ -203,9 +203,10 @@ def load_run(run_dir) -> GeneratorRun:
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
         raise ZooFormatError(f"{ckpt}: generator description is incomplete ({type(e).__name__}: "
                              f"{printable(e)[:200]})") from e
-    if not isinstance(zoo, dict) or not all(isinstance(k, str) for k in keys) or not isinstance(dkw, dict):
-        raise ZooFormatError(f"{ckpt}: keys zoo, condition.keys and denoiser.kwargs must be a mapping, a list of "
-                             "names and a mapping")
+    if (not isinstance(zoo, dict) or not isinstance(zoo.get("path", ""), str)
+            or not all(isinstance(k, str) for k in keys) or not isinstance(dkw, dict)):
+        raise ZooFormatError(f"{ckpt}: keys zoo (with a path string), condition.keys and denoiser.kwargs must be a "
+                             "mapping, a list of names and a mapping")
     # the zoo net: capped sizes, built without memory; its tensors are what the representation's layout lists
     arch = check_arch_limits(arch, f"{ckpt}: key arch")
     try:
