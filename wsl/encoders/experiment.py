@@ -33,8 +33,9 @@ import wsl.nets.siren  # noqa: F401  (registers net=siren so INR zoos can be rea
 from wsl.encoders.module import PropertyPredictor, WeightSet
 from wsl.encoders.tasks import Task, score
 from wsl.encoders.weightspace import WeightSpace
-from wsl.errors import ConfigError
+from wsl.errors import ConfigError, printable
 from wsl.tracking import quiet_lightning
+from wsl.zoo.epochs import check_epoch
 
 log = logging.getLogger("wsl.encoders")
 
@@ -78,6 +79,46 @@ def select_models(zoo, table: pd.DataFrame, statuses=("trained",)) -> list:
     if not ids:
         raise ConfigError(f"{zoo.path}: no model has status {list(statuses)}")
     return ids
+
+
+def split_models(zoo, cfg: DictConfig, ids: list) -> dict:
+    """Train/val/test split by cells (cfg.split); each part needs at least two models."""
+    split = zoo.split(tuple(cfg.split.fractions), seed=int(cfg.split.seed), ids=ids)
+    for s in ("train", "val", "test"):
+        if len(split[s]) < 2:
+            raise ConfigError(f"the {s} split has {len(split[s])} models ({len(ids)} usable, "
+                              f"{len(zoo.cells(ids))} cells); use a larger zoo or other split.fractions")
+    return split
+
+
+def finite_models(params: dict) -> torch.Tensor:
+    """[M] bool: whether every parameter of model m is finite (params: {name: [M, ...]})."""
+    ok = torch.ones(next(iter(params.values())).shape[0], dtype=torch.bool)
+    for v in params.values():
+        ok &= torch.isfinite(v.reshape(v.shape[0], -1)).all(1)
+    return ok
+
+
+def exclude_nonfinite(zoo, ids: list, params: dict, masks: dict, weights_ok: torch.Tensor, targets_ok: torch.Tensor,
+                      epoch: int):
+    """Drop the models whose weights (a wsl-verify ERROR) or task targets are not all finite, with one warning
+    each naming them: one such net makes every loss it enters, and the metrics of its split, nan. Refuses when
+    none is left. Returns (ids, params, masks) of the rest."""
+    def names(ok):
+        bad = [m for m, good in zip(ids, ok.tolist()) if not good]
+        return len(bad), ", ".join(printable(m) for m in bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+
+    keep = weights_ok & targets_ok
+    for ok, what in ((weights_ok, f"non-finite weights at epoch {epoch}"), (targets_ok, "non-finite task targets")):
+        if not ok.all():
+            n, shown = names(ok)
+            if not keep.any():
+                raise ConfigError(f"{printable(zoo.path)}: all {len(ids)} usable models have {what} or other "
+                                  f"non-finite data (e.g. {shown}); nothing to learn from (check the zoo with wsl-verify)")
+            log.warning("excluding %d of %d models of %s with %s: %s", n, len(ids), printable(zoo.path), what, shown)
+    idx = keep.nonzero().flatten()
+    return ([ids[i] for i in idx.tolist()], {k: v[idx] for k, v in params.items()},
+            {k: v[idx] for k, v in masks.items()})
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -258,18 +299,20 @@ def run_experiment(cfg: DictConfig, out_dir, encoder_factory=None) -> pd.DataFra
     table = zoo.table()
     task.check_columns(table, where=f"the index of {zoo.path}")
     ids = select_models(zoo, table)
+    check_epoch(zoo, ids, int(cfg.zoo.epoch), "zoo.epoch")
     space = read_space(zoo, ids, pad=bool(cfg.zoo.pad))
     enc_cfg = OmegaConf.to_container(cfg.encoder, resolve=True)
     name = str(enc_cfg.pop("name", None) or enc_cfg.get("_target_", "encoder").rsplit(".", 1)[-1])
     if encoder_factory is None:
         encoder_factory = instantiate(enc_cfg, _partial_=True, _convert_="all")
-    split = zoo.split(tuple(cfg.split.fractions), seed=int(cfg.split.seed), ids=ids)
-    for s in ("train", "val", "test"):
-        if len(split[s]) < 2:
-            raise ConfigError(f"the {s} split has {len(split[s])} models ({len(ids)} usable, "
-                              f"{len(zoo.cells(ids))} cells); use a larger zoo or other split.fractions")
+    split = split_models(zoo, cfg, ids)
     targets = task.targets(table, ids)
     params, masks = load_weights(zoo, ids, space, int(cfg.zoo.epoch))
+    weights_ok, targets_ok = finite_models(params), torch.isfinite(targets.y.reshape(len(ids), -1).float()).all(1)
+    if not (weights_ok & targets_ok).all():  # such nets are not data: excluded, the rest is split again
+        ids, params, masks = exclude_nonfinite(zoo, ids, params, masks, weights_ok, targets_ok, int(cfg.zoo.epoch))
+        split = split_models(zoo, cfg, ids)
+        targets = task.targets(table, ids)
     full = WeightSet(params, masks, targets.y)
     pos = {mid: i for i, mid in enumerate(ids)}
     sets = {s: full.subset([pos[m] for m in split[s]]) for s in ("train", "val", "test")}

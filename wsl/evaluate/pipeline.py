@@ -18,8 +18,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from wsl.errors import ConfigError, ZooFormatError
+from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.evaluate.accuracy import ensemble_scores, has_batchnorm, score_nets
 from wsl.evaluate.baselines import check_baselines, generate_baselines
 from wsl.evaluate.novelty import AlignedReference, audit, prediction_overlap, training_yardstick
@@ -28,6 +29,7 @@ from wsl.evaluate.report import report_dir, write_report
 from wsl.evaluate.results import Evaluation, SetResult
 from wsl.nets import build_net
 from wsl.zoo import Zoo
+from wsl.zoo.epochs import check_epoch
 
 log = logging.getLogger("wsl.evaluate")
 
@@ -160,7 +162,36 @@ def plan(zoo_path, reference_path, s: Settings) -> Plan:
                           "their held-out splits differ")
     if not 0 <= s.anchor < len(ref_ids):
         raise ConfigError(f"novelty.anchor={s.anchor} is out of range for {len(ref_ids)} training checkpoints")
+    check_epoch(gen, gen_ids, int(s.epoch), "epoch")
+    check_epoch(ref, ref_ids, int(ref_epoch), "reference_epoch" if s.reference_epoch is not None else
+                "reference_epoch (the generator's training epoch, as wsl-sample recorded it)")
     return Plan(gen, ref, gen_ids, ref_ids, arch, ref_task, ref_epoch, how)
+
+
+def _finite(sd: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
+
+
+def _exclude_nonfinite(p: Plan, ref_sds: list, s: Settings) -> list:
+    """Training checkpoints with non-finite weights are no yardstick (a verify ERROR; weight matching cannot
+    align them): dropped from `p.ref_ids` and `ref_sds` with one warning naming them; refused when fewer than
+    two are left. (Generated nets with non-finite weights stay: they count as failures.)"""
+    ok = [_finite(sd) for sd in ref_sds]
+    if all(ok):
+        return ref_sds
+    bad = [m for m, f in zip(p.ref_ids, ok) if not f]
+    shown = ", ".join(printable(m) for m in bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+    if sum(ok) < 2:
+        raise ConfigError(f"reference zoo {printable(p.ref.path)}: {len(bad)} of {len(ok)} training checkpoints have "
+                          f"non-finite weights at epoch {p.reference_epoch} ({shown}); the audit needs at least 2 "
+                          "finite ones (check the zoo with wsl-verify)")
+    log.warning("excluding %d of %d training checkpoints of %s with non-finite weights at epoch %d: %s", len(bad),
+                len(ok), printable(p.ref.path), p.reference_epoch, shown)
+    p.ref_ids = [m for m, f in zip(p.ref_ids, ok) if f]
+    if not 0 <= s.anchor < len(p.ref_ids):
+        raise ConfigError(f"novelty.anchor={s.anchor} is out of range for the {len(p.ref_ids)} finite training "
+                          "checkpoints")
+    return [sd for sd, f in zip(ref_sds, ok) if f]
 
 
 def _ds(task) -> str:
@@ -208,6 +239,8 @@ def evaluate_zoo(zoo_path, reference_path, settings: Settings | None = None, bas
     spec = net.permutation_spec()
     gen_sds = _load(p.gen, p.gen_ids, s.epoch)
     ref_sds = _load(p.ref, p.ref_ids, p.reference_epoch)
+    ref_sds = _exclude_nonfinite(p, ref_sds, s)
+    check_baselines(baselines or {}, len(p.ref_ids))  # again: fewer training checkpoints may be left
     timings["load checkpoints"] = time.perf_counter() - t0
 
     x, y = p.task.split(s.split)

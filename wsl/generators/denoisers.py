@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
+from wsl.generators.limits import MAX_DEPTH, MAX_PARAMS, MAX_TOKENS, MAX_WIDTH, bounded_int
 
 
-def _check_positive(key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return value
+def _check_positive(key: str, value, hi: int = MAX_WIDTH) -> int:
+    """A positive integer up to `hi`: sizes from a run file are untrusted (a width of 10^9 would
+    allocate terabytes, a depth of 10^9 would hang while the module is built)."""
+    return bounded_int(key, value, 1, hi)
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -97,9 +98,11 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, segments=None, hidden: int = 512, depth: int = 3,
                  emb_dim: int = 128, dropout: float = 0.0):
         super().__init__()
-        self.dim = _check_positive("generator.denoiser.dim", dim)
+        self.dim = _check_positive("generator.denoiser.dim", dim, MAX_PARAMS)
+        bounded_int("generator.denoiser.cond_dim", cond_dim, 0, MAX_WIDTH)
         _check_positive("generator.denoiser.hidden", hidden)
-        _check_positive("generator.denoiser.depth", depth)
+        _check_positive("generator.denoiser.depth", depth, MAX_DEPTH)
+        _check_positive("generator.denoiser.emb_dim", emb_dim)
         self.kwargs = {"dim": dim, "cond_dim": cond_dim, "segments": None, "hidden": hidden, "depth": depth,
                        "emb_dim": emb_dim, "dropout": dropout}  # what rebuilds it from a generator run
         self.inp = nn.Linear(dim, hidden)
@@ -122,7 +125,11 @@ def split_segments(segments, dim: int, max_token: int | None):
     segments = [(0, dim)] if not segments else [(int(a), int(b)) for a, b in segments]
     covered = sorted(segments)
     if covered[0][0] != 0 or covered[-1][1] != dim or any(a[1] != b[0] for a, b in zip(covered, covered[1:])):
-        raise ConfigError(f"denoiser segments {segments} do not tile the weight vector of {dim} coordinates")
+        raise ConfigError(f"denoiser segments {str(segments)[:200]} do not tile the weight vector of {dim} coordinates")
+    count = sum(-(-(b - a) // (int(max_token) if max_token else max(b - a, 1))) for a, b in covered)
+    if count > MAX_TOKENS:  # counted first: a run file's max_token=1 on a huge vector would hang the loop below
+        raise ConfigError(f"generator.denoiser.max_token={max_token} cuts the {dim} weights into {count} tokens; "
+                          f"at most {MAX_TOKENS} (raise max_token)")
     tokens = []
     for a, b in covered:
         step = (b - a) if not max_token else int(max_token)
@@ -143,8 +150,13 @@ class TransformerDenoiser(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, segments=None, d_model: int = 128, nhead: int = 4,
                  layers: int = 4, max_token: int | None = 1024, dropout: float = 0.0):
         super().__init__()
-        self.dim = _check_positive("generator.denoiser.dim", dim)
+        self.dim = _check_positive("generator.denoiser.dim", dim, MAX_PARAMS)
+        bounded_int("generator.denoiser.cond_dim", cond_dim, 0, MAX_WIDTH)
         _check_positive("generator.denoiser.d_model", d_model)
+        _check_positive("generator.denoiser.nhead", nhead, d_model)
+        _check_positive("generator.denoiser.layers", layers, MAX_DEPTH)
+        if max_token is not None:
+            _check_positive("generator.denoiser.max_token", max_token, MAX_PARAMS)
         if d_model % nhead:
             raise ConfigError(f"generator.denoiser.d_model={d_model} must be divisible by nhead={nhead}")
         self.tokens = split_segments(segments, dim, max_token)

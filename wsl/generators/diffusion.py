@@ -24,6 +24,7 @@ import torch
 
 from wsl.errors import ConfigError
 from wsl.generators.denoisers import guided
+from wsl.generators.limits import MAX_SAMPLER_STEPS, MAX_TIMESTEPS, bounded_int
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v", "x0")
@@ -51,9 +52,9 @@ class Diffusion:
 
     def __init__(self, timesteps: int = 1000, schedule: str = "cosine", steps: int = 20, eta: float = 0.0,
                  prediction: str = "x0", clip: float | None = None):
-        for key, v in (("timesteps", timesteps), ("steps", steps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"generator.method.{key} must be a positive integer, got {v!r}")
+        # capped: a run file's timesteps=10^12 would allocate the schedule table, steps=10^9 would hang sampling
+        bounded_int("generator.method.timesteps", timesteps, 1, MAX_TIMESTEPS)
+        bounded_int("generator.method.steps", steps, 1, MAX_SAMPLER_STEPS)
         if steps > timesteps:
             raise ConfigError(f"generator.method.steps={steps} exceeds timesteps={timesteps}")
         if not 0.0 <= eta <= 1.0:

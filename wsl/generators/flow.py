@@ -26,6 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 from wsl.errors import ConfigError
 from wsl.generators.denoisers import guided
+from wsl.generators.limits import MAX_SAMPLER_STEPS, bounded_int
 
 SOLVERS = ("euler", "heun")
 PREDICTIONS = ("velocity", "data")
@@ -64,9 +65,8 @@ def condition_groups(cond: torch.Tensor | None, drop: torch.Tensor | None, batch
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"generator.method.steps must be a positive integer, got {steps!r}")
-    return steps
+    # capped: a run file's steps=10^9 would hang every sampling batch
+    return bounded_int("generator.method.steps", steps, 1, MAX_SAMPLER_STEPS)
 
 
 class FlowMatching:

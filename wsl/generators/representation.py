@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError, ZooFormatError
+from wsl.generators.limits import MAX_DEPTH, MAX_PARAMS, MAX_WIDTH, bounded_int
 from wsl.nets.spec import PermutationSpec
 from wsl.zoo.layout import Layout
 
@@ -61,9 +62,10 @@ class WeightAutoencoder(nn.Module):
 
     def __init__(self, dim: int, latent_dim: int = 64, hidden: int = 512, depth: int = 2):
         super().__init__()
-        for key, v in (("dim", dim), ("latent_dim", latent_dim), ("hidden", hidden), ("depth", depth)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"representation.autoencoder.{key} must be a positive integer, got {v!r}")
+        # capped: sizes read from a run file are untrusted (see wsl.generators.limits)
+        for key, v, hi in (("dim", dim, MAX_PARAMS), ("latent_dim", latent_dim, MAX_WIDTH), ("hidden", hidden, MAX_WIDTH),
+                           ("depth", depth, MAX_DEPTH)):
+            bounded_int(f"representation.autoencoder.{key}", v, 1, hi)
         self.kwargs = {"dim": dim, "latent_dim": latent_dim, "hidden": hidden, "depth": depth}
 
         def mlp(i, o):

@@ -23,12 +23,14 @@ import torch
 from safetensors.torch import load as st_load, save as st_save
 from torch import nn
 
-from wsl.errors import ConfigError, ZooFormatError
+from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.generators.denoisers import MLPDenoiser, TransformerDenoiser
 from wsl.generators.diffusion import Diffusion
 from wsl.generators.flow import FlowMatching
-from wsl.generators.representation import WeightRepresentation
+from wsl.generators.limits import MAX_PARAMS
+from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
 from wsl.zoo.atomic import write_bytes_atomic
+from wsl.zoo.layout import Layout
 
 RUN_FORMAT = "wsl-generator"
 RUN_VERSION = 1
@@ -45,11 +47,14 @@ def register_denoiser(cls: type[nn.Module]) -> type[nn.Module]:
 
 def _build(registry: dict, kind: str, name: str, kwargs: dict, source):
     if name not in registry:
-        raise ZooFormatError(f"{source}: {kind} {name!r} is unknown; known: {', '.join(sorted(registry))}")
+        raise ZooFormatError(f"{source}: {kind} {printable(name)[:80]!r} is unknown; known: {', '.join(sorted(registry))}")
+    if not isinstance(kwargs, dict):
+        raise ZooFormatError(f"{source}: key {kind}.kwargs must be a mapping, got {printable(kwargs)[:80]}")
     try:
         return registry[name](**kwargs)
     except (TypeError, ValueError, ConfigError) as e:
-        raise ZooFormatError(f"{source}: {kind} {name!r} cannot be rebuilt from {kwargs} ({e})") from e
+        raise ZooFormatError(f"{source}: key {kind}.kwargs cannot rebuild {kind} {name!r} "
+                             f"({printable(e)[:300]})") from e
 
 
 @dataclass
@@ -107,54 +112,171 @@ class GeneratorRun:
         return run_dir / CHECKPOINT
 
 
+_FLOATS = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+
+
+def _header(ckpt: Path) -> tuple[dict, dict]:
+    """The checkpoint's metadata and {tensor name: (dtype, shape)}, from its header alone: nothing is
+    allocated for the tensors before they are known to match the description."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(ckpt), "pt") as f:
+            meta = f.metadata() or {}
+            index = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                index[k] = (str(sl.get_dtype()), tuple(int(d) for d in sl.get_shape()))
+    except Exception as e:  # safetensors raises several error types on damaged files
+        raise ZooFormatError(f"{ckpt}: not a readable safetensors file ({type(e).__name__}: {printable(e)[:200]})") from e
+    return meta, index
+
+
+def _expected(module: nn.Module, prefix: str, key: str) -> dict:
+    """{tensor name: (shape, description key)} of a module (built on the meta device)."""
+    return {f"{prefix}{k}": (tuple(v.shape), key) for k, v in module.state_dict().items()}
+
+
+def _check_tensors(ckpt: Path, expected: dict, found: dict) -> None:
+    """The checkpoint holds exactly the tensors its description implies: names, shapes, float dtypes."""
+    missing = [k for k in expected if k not in found]
+    if missing:
+        k = missing[0]
+        raise ZooFormatError(f"{ckpt}: lacks tensor {k!r} that key {expected[k][1]} implies "
+                             f"({len(missing)} missing); the run is incomplete or was edited")
+    extra = [k for k in found if k not in expected]
+    if extra:
+        raise ZooFormatError(f"{ckpt}: holds {len(extra)} tensor(s) its description does not account for "
+                             f"(e.g. {printable(extra[0])[:80]!r}); the run was edited")
+    for k, (shape, key) in expected.items():
+        dtype, got = found[k]
+        if got != shape:
+            raise ZooFormatError(f"{ckpt}: tensor {k!r} has shape {list(got)}, key {key} implies {list(shape)}; "
+                                 "the description contradicts the weights")
+        if dtype not in _FLOATS.values():
+            raise ZooFormatError(f"{ckpt}: tensor {k!r} has dtype {dtype}, expected a float dtype")
+
+
+def _on_meta(build):
+    """`build()` on the meta device: shapes and parameter counts without allocating any memory."""
+    with torch.device("meta"):
+        return build()
+
+
+def _count(module: nn.Module) -> int:
+    return sum(v.numel() for v in module.state_dict().values())
+
+
 def load_run(run_dir) -> GeneratorRun:
-    """Read a run directory written by `GeneratorRun.save`; every problem names the file."""
+    """Read a run directory written by `GeneratorRun.save`; every problem names the file (and the key).
+
+    The description in the checkpoint's header is untrusted: its sizes are capped
+    (wsl.generators.limits), the net architecture, layout, denoiser, autoencoder and condition it
+    records are built on the meta device and checked against the tensors the header lists (names,
+    shapes, dtypes, count) before any tensor is read or any module allocated."""
     from wsl.nets import build_net
+    from wsl.zoo.format import check_arch_limits
 
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
-        raise ConfigError(f"run={run_dir}: not a directory (expected a wsl-train-generator run directory)")
+        raise ConfigError(f"run={printable(run_dir)}: not a directory (expected a wsl-train-generator run directory)")
     ckpt = run_dir / CHECKPOINT
     if not ckpt.is_file():
-        raise ZooFormatError(f"{ckpt}: missing; {run_dir} is not a finished wsl-train-generator run")
-    data = ckpt.read_bytes()
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-    except Exception as e:  # safetensors raises several error types on damaged files
-        raise ZooFormatError(f"{ckpt}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+        raise ZooFormatError(f"{printable(ckpt)}: missing; {printable(run_dir)} is not a finished wsl-train-generator run")
+    meta, index = _header(ckpt)
+    ckpt = printable(ckpt)  # from here on only named in messages
     if meta.get("format") != RUN_FORMAT:
-        raise ZooFormatError(f"{ckpt}: not a wsl generator checkpoint (format {meta.get('format')!r})")
+        raise ZooFormatError(f"{ckpt}: not a wsl generator checkpoint (format {printable(meta.get('format'))[:40]!r})")
     if meta.get("format_version") != str(RUN_VERSION):
-        raise ZooFormatError(f"{ckpt}: generator format version {meta.get('format_version')!r}; "
+        raise ZooFormatError(f"{ckpt}: generator format version {printable(meta.get('format_version'))[:20]!r}; "
                              f"this wsl reads version {RUN_VERSION}")
     try:
         desc = json.loads(meta["wsl_generator"])
-        arch, zoo = desc["arch"], desc["zoo"]
+        arch, zoo, rmeta = desc["arch"], desc["zoo"], desc["representation"]
         keys = list(desc["condition"]["keys"])
         mname, mkw = desc["method"]["name"], desc["method"]["kwargs"]
         dname, dkw = desc["denoiser"]["name"], desc["denoiser"]["kwargs"]
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ZooFormatError(f"{ckpt}: generator description is incomplete ({type(e).__name__}: {e})") from e
+        layout = Layout.from_json(rmeta["layout"])
+        ae_meta = rmeta.get("autoencoder")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise ZooFormatError(f"{ckpt}: generator description is incomplete ({type(e).__name__}: "
+                             f"{printable(e)[:200]})") from e
+    if (not isinstance(zoo, dict) or not isinstance(zoo.get("path", ""), str)
+            or not all(isinstance(k, str) for k in keys) or not isinstance(dkw, dict)):
+        raise ZooFormatError(f"{ckpt}: keys zoo (with a path string), condition.keys and denoiser.kwargs must be a "
+                             "mapping, a list of names and a mapping")
+    # the zoo net: capped sizes, built without memory; its tensors are what the representation's layout lists
+    arch = check_arch_limits(arch, f"{ckpt}: key arch")
     try:
-        build_net(arch)
-    except (ConfigError, TypeError, ValueError) as e:
-        raise ZooFormatError(f"{ckpt}: records an unusable net architecture {arch} ({e})") from e
+        skeleton = _on_meta(lambda: build_net(arch))
+    except (ConfigError, TypeError, ValueError, RuntimeError) as e:
+        raise ZooFormatError(f"{ckpt}: key arch records an unusable net architecture "
+                             f"{printable(arch)[:200]} ({printable(e)[:200]})") from e
+    n_net = _count(skeleton)
+    if n_net > MAX_PARAMS:
+        raise ZooFormatError(f"{ckpt}: key arch makes nets of {n_net} parameters; at most {MAX_PARAMS}")
+    net_layout = Layout.from_state_dict(skeleton.state_dict())
+    if layout != net_layout:
+        have = dict((n, s) for n, s, _, _ in layout.entries)
+        name, shape = next(((n, s) for n, s, _, _ in net_layout.entries if have.get(n) != s),
+                           (net_layout.names[-1] if net_layout.entries else "?", None))
+        raise ZooFormatError(f"{ckpt}: key arch ({printable(arch)[:200]}) contradicts key representation.layout: "
+                             f"tensor {name!r} is {list(shape or [])} by the arch, "
+                             f"{list(have.get(name, [])) or 'absent'} by the layout")
+    # every tensor the description implies, with the key that implies it
+    expected = {"representation.mean": ((len(layout.entries),), "representation.layout"),
+                "representation.std": ((len(layout.entries),), "representation.layout")}
+    if rmeta.get("align"):
+        expected.update({f"representation.reference.{n}": (s, "representation.layout") for n, s, _, _ in layout.entries})
+    dim = layout.numel
+    if ae_meta:
+        if not isinstance(ae_meta, dict) or ae_meta.get("dim") != layout.numel:
+            raise ZooFormatError(f"{ckpt}: key representation.autoencoder.dim={printable(ae_meta)[:80]} must equal "
+                                 f"the layout's {layout.numel} weights")
+        kw = {k: v for k, v in ae_meta.items() if k != "name"}
+        ae = _on_meta(lambda: _build({WeightAutoencoder.name: WeightAutoencoder}, "representation.autoencoder",
+                                     ae_meta.get("name"), kw, ckpt))
+        if _count(ae) > MAX_PARAMS:
+            raise ZooFormatError(f"{ckpt}: key representation.autoencoder makes {_count(ae)} parameters; "
+                                 f"at most {MAX_PARAMS}")
+        expected.update(_expected(ae, "autoencoder.", "representation.autoencoder"))
+        dim = int(kw["latent_dim"])
+        expected.update({f"representation.latent_{s}": ((dim,), "representation.autoencoder.latent_dim")
+                         for s in ("mean", "std")})
+    if dkw.get("dim") != dim or dkw.get("cond_dim") != len(keys):
+        raise ZooFormatError(f"{ckpt}: key denoiser.kwargs gives dim={printable(dkw.get('dim'))[:20]}, "
+                             f"cond_dim={printable(dkw.get('cond_dim'))[:20]}; the representation has {dim} "
+                             f"coordinates and condition.keys names {len(keys)}")
     method = _build(METHODS, "method", mname, mkw, ckpt)
+    denoiser = _on_meta(lambda: _build(DENOISERS, "denoiser", dname, dkw, ckpt))
+    if _count(denoiser) > MAX_PARAMS:
+        raise ZooFormatError(f"{ckpt}: key denoiser.kwargs makes a denoiser of {_count(denoiser)} parameters; "
+                             f"at most {MAX_PARAMS}")
+    expected.update(_expected(denoiser, "denoiser.", "denoiser.kwargs"))
+    if keys:
+        expected.update({f"condition.{s}": ((len(keys),), "condition.keys") for s in ("mean", "std")})
+    _check_tensors(ckpt, expected, index)
+
+    # the description holds: read the tensors (checked again: the file may have changed since its header was read)
+    data = (run_dir / CHECKPOINT).read_bytes()
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises several error types on damaged files
+        raise ZooFormatError(f"{ckpt}: not a readable safetensors file ({type(e).__name__}: {printable(e)[:200]})") from e
+    _check_tensors(ckpt, expected, {k: (_FLOATS.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in tensors.items()})
     denoiser = _build(DENOISERS, "denoiser", dname, dkw, ckpt)
     try:
         denoiser.load_state_dict({k[len("denoiser."):]: v for k, v in tensors.items() if k.startswith("denoiser.")})
     except RuntimeError as e:
-        raise ZooFormatError(f"{ckpt}: denoiser weights do not fit its description ({e})") from e
+        raise ZooFormatError(f"{ckpt}: denoiser weights do not fit key denoiser.kwargs ({printable(e)[:200]})") from e
     denoiser.eval()
-    rep = WeightRepresentation.load(desc["representation"], tensors, source=str(ckpt))
+    rep = WeightRepresentation.load(rmeta, tensors, source=str(ckpt))
     if rep.dim != getattr(denoiser, "dim", rep.dim):
         raise ZooFormatError(f"{ckpt}: denoiser works on {denoiser.dim} coordinates, the representation has {rep.dim}")
     cm = cs = None
     if keys:
-        if "condition.mean" not in tensors or tensors["condition.mean"].numel() != len(keys):
-            raise ZooFormatError(f"{ckpt}: condition statistics are missing or do not match keys {keys}")
         cm, cs = tensors["condition.mean"].double(), tensors["condition.std"].double()
+        if not (torch.isfinite(cm).all() and torch.isfinite(cs).all() and (cs > 0).all()):
+            raise ZooFormatError(f"{ckpt}: condition statistics (tensors condition.mean/std) are not finite and positive")
     return GeneratorRun(denoiser, method, rep, arch, zoo, keys, cm, cs, desc.get("training", {}),
                         path=run_dir.resolve(), sha256=hashlib.sha256(data).hexdigest())

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from wsl.errors import ConfigError
+from wsl.errors import ConfigError, printable
+from wsl.generators.limits import MAX_BATCH_BYTES, MAX_SAMPLER_STEPS, MAX_SAMPLES
 from wsl.generators.run import GeneratorRun
 
 log = logging.getLogger("wsl.generators")
@@ -23,19 +24,24 @@ log = logging.getLogger("wsl.generators")
 
 def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch.Tensor | None:
     """Raw condition values {key: value} -> normalized [n, C] (None: unconditional)."""
+    if condition is not None and not isinstance(condition, dict):
+        raise ConfigError(f"condition must be a mapping of the run's condition keys to numbers (e.g. "
+                          f"condition={{val_acc:0.9}}), got {printable(condition)[:80]}")
     condition = dict(condition or {})
     if not condition:
         return None
     if not run.condition_keys:
-        raise ConfigError(f"condition={condition}: the generator in {run.path} was trained unconditionally")
+        raise ConfigError(f"condition={printable(condition)[:200]}: the generator in {run.path} was trained "
+                          "unconditionally (sample without condition=)")
     if set(condition) != set(run.condition_keys):
-        raise ConfigError(f"condition keys {sorted(condition)} do not match the generator's {run.condition_keys} "
-                          f"(give all of them, or none for unconditional sampling)")
+        raise ConfigError(f"condition keys {printable(sorted(map(str, condition)))[:200]} do not match the keys the "
+                          f"generator was conditioned on, {printable(run.condition_keys)[:200]} (give all of them, or "
+                          "none for unconditional sampling)")
     vals = []
     for k in run.condition_keys:
         v = condition[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"condition.{k} must be a finite number, got {v!r}")
+            raise ConfigError(f"condition.{printable(k)} must be a finite number, got {printable(repr(v))[:80]}")
         vals.append(float(v))
     raw = torch.tensor(vals, dtype=torch.float64)[None].expand(n, -1)
     return run.normalize_condition(raw)
@@ -74,31 +80,59 @@ def sample_weights(run: GeneratorRun, n: int, **kw) -> torch.Tensor:
     return run.representation.decode(sample_vectors(run, n, **kw))
 
 
+def _own_sample(run: GeneratorRun, row) -> bool:
+    """Whether an index row is a net this generator run drew (status sampled, the run's checkpoint sha256)."""
+    return row.status == "sampled" and row.hparams.get("generator_sha256") == run.sha256
+
+
 def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
-    """Refuse to add samples to an existing zoo of another architecture or dataset (before any work)."""
+    """Refuse an output zoo that holds anything but this generator run's own samples, before any work: the
+    training zoo (or a copy of it, or any zoo of trained nets), a zoo of another architecture or dataset, a
+    file, a directory of other files. Only a zoo of this run's samples is resumed or extended."""
     from wsl.zoo import Zoo
+    from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, LOCK_FILE, MODEL_DIR, SHARD_DIR
+    from wsl.zoo.table import read_table
 
     root = Path(zoo_path).expanduser()
+    shown = printable(root)
     source = run.zoo.get("path")
     if source and root.resolve() == Path(source).resolve():
-        raise ConfigError(f"zoo.path={root} is the zoo the generator learned from; write the samples to "
+        raise ConfigError(f"zoo.path={shown} is the zoo the generator learned from; write the samples to "
                           "another zoo (evaluation compares the two)")
-    if not (root / "index.h5").exists():
-        if root.exists() and root.is_file():
-            raise ConfigError(f"zoo.path={root} is a file, not a zoo directory")
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"zoo.path={shown} is a file, not a zoo directory")
+    if not root.exists():
         return
-    zoo = Zoo(root)
-    want = json.dumps(run.arch, sort_keys=True)
-    for m in zoo.ids:
-        have = json.dumps(zoo.arch(m), sort_keys=True)
-        if have != want:
-            raise ConfigError(f"architecture mismatch: the generator {run.path} makes {want}, but zoo {zoo.path} "
-                              f"already holds {have} (model {m}); write the samples to another zoo.path")
-        ds = zoo.job_config(m).get("dataset")
-        if ds != run.zoo.get("dataset"):
-            raise ConfigError(f"dataset mismatch: the generator {run.path} was trained on nets for "
-                              f"{run.zoo.get('dataset')}, zoo {zoo.path} holds nets for {ds}; "
-                              "write the samples to another zoo.path")
+    if not (root / INDEX_FILE).exists():
+        # no index: an empty directory, a draw killed before its first index merge, or not a zoo at all
+        zoo_entries = {SHARD_DIR, MODEL_DIR, ANNOTATION_DIR, LOCK_FILE}
+        other = sorted(p.name for p in root.iterdir() if p.name not in zoo_entries and not p.name.startswith("."))
+        if other:
+            raise ConfigError(f"zoo.path={shown} is a directory that is not a zoo (it holds {printable(other[0])!r}"
+                              f"{f' and {len(other) - 1} more' if len(other) > 1 else ''}); write the samples to a new "
+                              "directory")
+        rows = [r for shard in sorted((root / SHARD_DIR).glob("*.h5")) for r in read_table(shard).rows]
+    else:
+        zoo = Zoo(root)
+        want = json.dumps(run.arch, sort_keys=True)
+        for m in zoo.ids:
+            have = json.dumps(zoo.arch(m), sort_keys=True)
+            if have != want:
+                raise ConfigError(f"architecture mismatch: the generator {run.path} makes {want}, but zoo {zoo.path} "
+                                  f"already holds {printable(have)} (model {printable(m)}); write the samples to "
+                                  "another zoo.path")
+            ds = zoo.job_config(m).get("dataset")
+            if ds != run.zoo.get("dataset"):
+                raise ConfigError(f"dataset mismatch: the generator {run.path} was trained on nets for "
+                                  f"{run.zoo.get('dataset')}, zoo {zoo.path} holds nets for {printable(ds)}; "
+                                  "write the samples to another zoo.path")
+        rows = [zoo.row(m) for m in zoo.ids]
+    foreign = [r for r in rows if not _own_sample(run, r)]
+    if foreign:
+        r = foreign[0]
+        raise ConfigError(f"zoo.path={shown} holds {len(foreign)} net(s) that are not samples of this generator run "
+                          f"(e.g. model {printable(r.model_id)!r}, status {printable(r.status)!r}); wsl-sample only adds "
+                          "to a zoo of its own samples: write them to another zoo.path")
 
 
 class _SampleSink:
@@ -176,6 +210,54 @@ def write_sample_zoo(run: GeneratorRun, flat: torch.Tensor, zoo_path, seed: int,
     return sink.root
 
 
+def _check_batch(run: GeneratorRun, batch: int, batch_size: int) -> None:
+    """One batch of samples is what a draw holds in memory at a time (generator vectors and flat weights, float32)."""
+    need = 4 * batch * max(run.representation.dim, run.representation.layout.numel)
+    if need > MAX_BATCH_BYTES:
+        raise ConfigError(f"batch_size={batch_size}: one batch of nets of {run.representation.layout.numel} weights "
+                          f"holds {_size(need)} in memory; at most {_size(MAX_BATCH_BYTES)} (lower batch_size to "
+                          f"{max(1, MAX_BATCH_BYTES // (need // batch))} or less)")
+
+
+def _net_bytes(run: GeneratorRun, sink: "_SampleSink") -> int:
+    """About how many bytes one sampled net takes on disk: its float32 checkpoint (tensors, a header of ~100
+    bytes per tensor plus the arch and provenance JSON), rounded up to whole 4 KiB blocks, and its index rows
+    (in the shard and in the merged index)."""
+    header = 100 * len(run.representation.layout.entries) + 2 * len(json.dumps(sink.hparams(0))) + \
+        len(json.dumps(run.arch)) + 512
+    ckpt = 4 * run.representation.layout.numel + header
+    return -(-ckpt // 4096) * 4096 + 2 * (len(json.dumps(sink.hparams(0))) + 512)
+
+
+def _check_room(run: GeneratorRun, sink: "_SampleSink", n: int) -> set[int]:
+    """n is bounded by what can be written: a hard cap on nets per run, and the free space at the output zoo
+    for the nets not yet committed there. Returns the sample indices an earlier run of this draw committed."""
+    import shutil
+
+    where = sink.root
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    per_net = _net_bytes(run, sink)
+    room = f"each net takes about {_size(per_net)} on disk and {printable(where)} has {_size(free)} free " \
+           f"(room for about {free // per_net:,} nets)"
+    if n > MAX_SAMPLES:
+        raise ConfigError(f"n={n} is more than one wsl-sample run writes: at most {MAX_SAMPLES:,} nets per run; {room}")
+    done = {i for i in sink.finished() if i < n}
+    todo = n - len(done)
+    if todo * per_net > free:
+        raise ConfigError(f"n={n}: the {todo:,} nets still to draw do not fit: {room}; lower n or choose another zoo.path "
+                          f"(at most {MAX_SAMPLES:,} nets per run)")
+    return done
+
+
+def _size(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if b < 1024 or unit == "TiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+
+
 def _column(key: str) -> str:
     """A condition key as an index column name ('landscape/trace' -> 'landscape_trace': HDF5 paths)."""
     import re
@@ -211,23 +293,25 @@ def sample_run(cfg) -> Path:
     set_threads(cfg.get("threads"))
     run = load_run(cfg["run"])
     n, seed = cfg["n"], cfg["seed"]
-    condition = dict(cfg.get("condition") or {})
+    condition = cfg.get("condition")
     condition_tensor(run, condition, 1)  # key and value checks before anything is written
+    condition = dict(condition or {})
     steps = cfg.get("steps")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"steps must be a positive integer or null, got {steps!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_SAMPLER_STEPS):
+        raise ConfigError(f"steps must be an integer in [1, {MAX_SAMPLER_STEPS}] or null, got {steps!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive integer, got {n!r}")
     batch_size = cfg.get("batch_size", 1000)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_batch(run, min(batch_size, n), batch_size)
     check_target_zoo(run, cfg["zoo"]["path"])
     guidance = float(cfg.get("guidance", 1.0))
     sink = _SampleSink(run, cfg["zoo"]["path"], seed, condition, guidance, steps, job_id=cfg.get("job_id"),
                        zoo_name=cfg["zoo"].get("name"), config=cfg, batch_size=batch_size)
     # each batch is committed (shard + index) once written: a killed run loses at most the batch in progress,
     # and a rerun of the same draw skips every net already committed, without drawing it again
-    done = sink.finished() & set(range(n))
+    done = _check_room(run, sink, n)
     if done:
         log.info("resuming: %d of %d nets of this draw are already in %s; drawing the rest", len(done), n, sink.root)
     t_sample = t_write = 0.0

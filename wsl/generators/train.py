@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from wsl.errors import ConfigError, ZooFormatError
+from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
 from wsl.generators.run import GeneratorRun
 from wsl.generators.threads import set_threads
+from wsl.zoo.epochs import check_epoch
 
 log = logging.getLogger("wsl.generators")
 
@@ -103,7 +104,33 @@ def select_zoo(cfg: DictConfig) -> ZooSelection:
             return arr.reshape(len(sel), len(keys))
 
         cond_train, cond_val = values(train_ids), values(val_ids)
+    check_epoch(zoo, train_ids + val_ids, int(cfg.zoo.epoch), "zoo.epoch")
     return ZooSelection(zoo, train_ids, val_ids, arch, dataset, keys, cond_train, cond_val)
+
+
+def _finite(sd: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
+
+
+def exclude_nonfinite(sel: ZooSelection, train_sds: list, val_sds: list, epoch: int) -> tuple[list, list]:
+    """Drop the nets whose weights are not all finite (a verify ERROR; one would poison the per-tensor statistics
+    and every batch it is in) from `sel` (ids and conditions) and from the loaded state dicts, with one warning
+    naming them; refuse when fewer than 2 training nets are left."""
+    ok_t, ok_v = [_finite(sd) for sd in train_sds], [_finite(sd) for sd in val_sds]
+    if all(ok_t) and all(ok_v):
+        return train_sds, val_sds
+    bad = [m for m, ok in zip(sel.train_ids + sel.val_ids, ok_t + ok_v) if not ok]
+    shown = ", ".join(printable(m) for m in bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+    if sum(ok_t) < 2:
+        raise ConfigError(f"zoo {printable(sel.zoo.path)}: {len(bad)} net(s) have non-finite weights at epoch {epoch} "
+                          f"({shown}), leaving {sum(ok_t)} training net(s); a generator needs at least 2 "
+                          "(check the zoo with wsl-verify)")
+    log.warning("excluding %d of %d nets of %s with non-finite weights at epoch %d: %s", len(bad),
+                len(ok_t) + len(ok_v), printable(sel.zoo.path), epoch, shown)
+    it, iv = [i for i, ok in enumerate(ok_t) if ok], [i for i, ok in enumerate(ok_v) if ok]
+    sel.train_ids, sel.val_ids = [sel.train_ids[i] for i in it], [sel.val_ids[i] for i in iv]
+    sel.cond_train, sel.cond_val = sel.cond_train[it], sel.cond_val[iv]
+    return [train_sds[i] for i in it], [val_sds[i] for i in iv]
 
 
 def _trainer(cfg: DictConfig, node: DictConfig | None, run_dir: Path | None, callbacks: list, logger):
@@ -226,6 +253,8 @@ def train_generator(cfg: DictConfig, run_dir: Path | str | None = None) -> Gener
     epoch = int(cfg.zoo.epoch)
     log.info("loading %d nets (+%d validation) from %s", len(sel.train_ids), len(sel.val_ids), zoo.path)
     train_sds = [zoo.state_dict(m, epoch) for m in sel.train_ids]
+    val_sds = [zoo.state_dict(m, epoch) for m in sel.val_ids]
+    train_sds, val_sds = exclude_nonfinite(sel, train_sds, val_sds, epoch)
     t = time.perf_counter()
     rep, flat = WeightRepresentation.fit(train_sds, layout, spec, align=bool(r.align), reference=int(r.reference),
                                          iterations=int(r.iterations), max_iter=int(r.max_iter))
@@ -236,7 +265,7 @@ def train_generator(cfg: DictConfig, run_dir: Path | str | None = None) -> Gener
         x = rep.encode(flat)  # [M, L]
     val_x = None
     if sel.val_ids:
-        val_flat = torch.stack([layout.flatten(sd) for sd in rep.align([zoo.state_dict(m, epoch) for m in sel.val_ids])])
+        val_flat = torch.stack([layout.flatten(sd) for sd in rep.align(val_sds)])
         val_x = rep.encode(val_flat)
 
     c = len(sel.cond_keys)
