@@ -112,10 +112,11 @@ VALID = {
     "align": [["-m", "reference=cell,global", "epochs=all,matched", "annotations=copy,drop"]],
     "evaluate": [["-m", LOGGERS, "split=train,val,test"], ["~baselines.gaussian", "failure.min_accuracy=0.5",
                                                             "reference_ids=[a]", "novelty.align=false"]],
-    "sample": [["-m", LOGGERS], ["+condition.val_acc=0.9", "guidance=2", "steps=5", "threads=1", "device=cuda"]],
+    "sample": [["-m", LOGGERS], ["+condition.val_acc=0.9", "guidance=2", "steps=5", "threads=1", "device=cpu"],
+               ["condition={val_acc:0.9}"]],
     "train_generator": [["-m", "generator=flow,diffusion", "generator/denoiser=mlp,transformer", LOGGERS],
                         ["representation.latent=true", "condition.columns=[val_acc]", "zoo.val_fraction=0.25",
-                         "+zoo.filter.width=8", "generator.ema=null"]],
+                         "+zoo.filter.width=8", "generator.ema=null"], ["zoo.filter={width:8}"]],
     "train_encoder": [["-m", "encoder=deepsets,flat,graph,nfn,stats,transformer",
                        "task=gen_gap,hparams,inr_class,phase,test_acc"]],
 }
