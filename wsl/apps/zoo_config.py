@@ -160,14 +160,14 @@ def validate_zoo_config(cfg: DictConfig) -> None:
         from wsl.landscape.plan import make_plan
 
         make_plan(cfg.landscape)  # unknown metric names fail here, before any training
-    from wsl.population.members import make_members
-
-    make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed)  # grid check
     shape = DATASET_SHAPES.get(cfg.dataset.name, ((1,), 2))
     images = 1
     if inr:  # every member is fitted to every image: at least this many nets
         images = cfg.dataset.num_images or (cfg.dataset.per_class or 0) * 10 or 1
-    check_population_fits(cfg, *shape, n_models=cfg.population.size * images)
+    check_population_fits(cfg, *shape, n_models=cfg.population.size * images)  # before any list of members
+    from wsl.population.members import make_members
+
+    make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed)  # grid check
 
 
 def check_stored_dataset(ds: dict, where: str) -> None:
