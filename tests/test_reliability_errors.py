@@ -257,6 +257,10 @@ def test_a_run_directory_holding_anything_else_is_kept(tmp_path):
     p = run_app("plot", "zoo.path=missing", f"hydra.run.dir={mine}", cwd=tmp_path)
     assert p.returncode == 2
     assert (mine / "thesis.tex").read_text() == "keep"
+    empty = tmp_path / "empty"  # a directory that existed before the run is not the run's to remove
+    empty.mkdir()
+    p = run_app("plot", "zoo.path=missing", f"hydra.run.dir={empty}", cwd=tmp_path)
+    assert p.returncode == 2 and empty.is_dir()
 
 
 # ------------------------------------------------------------------------------------------ printing

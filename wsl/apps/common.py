@@ -24,9 +24,9 @@ WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                 errno.EPERM: "operation not permitted"}
 
-# directories on the way to this run's Hydra output directory that did not exist when preflight ran:
-# the ones a failed run may remove again (if empty); nothing that existed before is ever removed
-_NEW_RUN_PARENTS: set[Path] = set()
+# the deepest directory on the way to this run's Hydra output directory that existed when preflight
+# ran: a failed run may remove the (empty) directories below it again, never it or anything above
+_RUN_ANCHOR: list[Path] = []
 
 
 def fail_cleanly(fn):
@@ -95,6 +95,9 @@ def remove_empty_run_dir() -> None:
     if run is None:
         return
     out, job, subdir = run
+    anchor = _RUN_ANCHOR[0] if _RUN_ANCHOR else None
+    if anchor is None or out == anchor or not out.is_relative_to(anchor):
+        return  # a directory that existed before this run (or one preflight did not see): not ours
     if out.is_symlink() or not out.is_dir():
         return
     own = {f"{job}.log"} | ({subdir} if subdir else set())
@@ -116,7 +119,13 @@ def remove_empty_run_dir() -> None:
                 p.unlink()
         out.rmdir()
         for parent in out.parents:
-            if parent not in _NEW_RUN_PARENTS or any(parent.iterdir()):
+            if parent == anchor or not parent.is_relative_to(anchor):
+                break
+            left = list(parent.iterdir())
+            sweep_record = parent / "multirun.yaml"  # what Hydra writes into a sweep directory it creates
+            if left == [sweep_record] and sweep_record.is_file() and not sweep_record.is_symlink():
+                sweep_record.unlink()
+            elif left:
                 break
             parent.rmdir()
     except OSError:  # a read-only runs/ or a concurrent job writing there: leave the rest as it is
@@ -177,7 +186,9 @@ def _one_line(e: Exception, cfg_keys: dict | None = None) -> str:
         valid = (cfg_keys or {}).get(parent)
         msg = f"unknown config key {key!r}" + (f"; valid keys under {parent or 'the root'}: {', '.join(valid)}"
                                               if valid else "")
-        return msg + (f"; to add a new key use +{key}=..." if "To append to your config use" in text else "")
+        # a mapping that declares no keys (condition, zoo.filter: null by default) takes new ones with +
+        open_mapping = parent and not valid and "To append to your config use" in text
+        return msg + (f"; to add a key to {parent} use +{key}=..." if open_mapping else "")
     return " ".join(lines[:3])
 
 
@@ -281,9 +292,10 @@ def preflight(config_name: str, validate=None, argv: list[str] | None = None) ->
 
 
 def _note_new_run_parents(full: DictConfig, multirun: bool) -> None:
-    """Remember which directories above the run directory Hydra is about to create do not exist yet
-    (`remove_empty_run_dir` may remove those again, and only those)."""
-    _NEW_RUN_PARENTS.clear()
+    """Remember the deepest existing directory above the run (or sweep) directory Hydra is about to
+    create: the directories below it are this run's (`remove_empty_run_dir` may remove them again).
+    The time in the directory's name may tick on before Hydra creates it; the anchor does not."""
+    _RUN_ANCHOR.clear()
     try:
         d = OmegaConf.select(full, "hydra.sweep.dir" if multirun else "hydra.run.dir")
         if d is None:
@@ -291,7 +303,7 @@ def _note_new_run_parents(full: DictConfig, multirun: bool) -> None:
         path = Path(os.path.abspath(str(d)))
     except Exception:  # an unresolvable run dir is Hydra's to report; nothing to remember
         return
-    _NEW_RUN_PARENTS.update(p for p in (path, *path.parents) if not p.exists())
+    _RUN_ANCHOR.append(next(p for p in (path, *path.parents) if p.exists()))
 
 
 def run_dir() -> Path:
