@@ -105,7 +105,8 @@ def test_zoo_path_that_is_a_file_or_cannot_be_created_stops_before_training(tmp_
 def test_zoo_path_under_a_read_only_directory_stops_before_training(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
-    setup = f"mount --bind {shlex.quote(str(ro))} {shlex.quote(str(ro))} && mount -o remount,bind,ro {shlex.quote(str(ro))}"
+    q = shlex.quote(str(ro))
+    setup = f"mount --bind {q} {q} && mount -o remount,bind,ro {q}"
     p = run_in_mount_ns(setup, "zoo", "zoo.path=ro/sub/zoo", *TINY, cwd=tmp_path)
     line = assert_one_line(p, r"zoo\.path=ro/sub/zoo", tmp_path)
     assert "not writable" in line and "GPU available" not in p.stderr
@@ -162,7 +163,8 @@ def test_job_config_with_a_non_integer_seed_is_one_line(tmp_path, tiny_zoo):
     p = run_app("landscape", f"zoo.path={zoo}", "landscape=basic", "landscape.num_samples=16", cwd=work)
     assert_one_line(p, r"index\.h5.*dataset\.split_seed", work)
     # (wsl-landscape brings the index up to date from the shards when it stops: same content, new file)
-    assert {k: v for k, v in tree(zoo).items() if k != "index.h5"} == {k: v for k, v in before.items() if k != "index.h5"}
+    after = tree(zoo)
+    assert {k: v for k, v in after.items() if k != "index.h5"} == {k: v for k, v in before.items() if k != "index.h5"}
 
 
 # ------------------------------------------------------------------------------------------ writes

@@ -20,9 +20,9 @@ log = logging.getLogger("wsl")
 
 # a write the machine refuses (full disk, quota, read-only file system, permissions): the data stay
 # consistent (every write is temp file + rename), so one line naming the file is all the user needs
-WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                errno.EPERM: "operation not permitted"}
+WRITE_ERRNOS = {errno.ENOSPC: "cannot write: no space left on the device",
+                errno.EDQUOT: "cannot write: disk quota exceeded", errno.EROFS: "cannot write: read-only file system",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
 
 # the deepest directory on the way to this run's Hydra output directory that existed when preflight
 # ran: a failed run may remove the (empty) directories below it again, never it or anything above
@@ -57,7 +57,7 @@ def _write_error(e: OSError) -> str:
     name = e.filename or _path_in_traceback(e.__traceback__)
     reason = WRITE_ERRNOS[e.errno]
     hint = "; finished work is kept: free some space and rerun" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return f"{name if name else 'a file'}: cannot write: {reason}{hint}"
+    return f"{name if name else 'a file'}: {reason}{hint}"
 
 
 def _path_in_traceback(tb) -> str | None:

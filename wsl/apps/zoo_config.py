@@ -38,7 +38,8 @@ def _num(cfg, key: str, lo: float, hi: float | None = None, lo_open=False, allow
             raise ConfigError(f"{key} must be a finite number{' or a list of them' if allow_list else ''}, got "
                               f"{v if allow_list and isinstance(v, ListConfig) else x!r}")
         if (x <= lo if lo_open else x < lo) or (hi is not None and (x >= hi if hi_open else x > hi)):
-            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None and not hi_open else ')'}"
+            close = "]" if hi is not None and not hi_open else ")"
+            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{close}"
             raise ConfigError(f"{key} must be in {rng}, got {x!r}")
 
 
@@ -225,8 +226,10 @@ def check_zoo_writable(root: Path) -> None:
 ZOO_TRAINER_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "enable_model_summary",
                     "deterministic", "benchmark", "profiler", "detect_anomaly", "default_root_dir")
 _TRAINER_HINTS = {"max_epochs": "train.epochs", "min_epochs": "train.epochs", "max_steps": "train.epochs",
-                  "min_steps": "train.epochs", "max_time": "train.epochs", "enable_progress_bar": "progress_refresh_rate",
-                  "logger": "logger=csv|tensorboard|wandb|none", "callbacks": None, "log_every_n_steps": None}
+                  "min_steps": "train.epochs", "max_time": "train.epochs",
+                  "enable_progress_bar": "progress_refresh_rate", "logger": "logger=csv|tensorboard|wandb|none",
+                  "callbacks": None, "log_every_n_steps": None, "enable_checkpointing": None,
+                  "use_distributed_sampler": None}
 
 
 def check_zoo_trainer(cfg) -> None:
@@ -240,7 +243,7 @@ def check_zoo_trainer(cfg) -> None:
     for k in t:
         if k in ZOO_TRAINER_KEYS:
             continue
-        use = _TRAINER_HINTS.get(k, "train.epochs, train.batch_size, population.size")
+        use = _TRAINER_HINTS.get(k, "train.epochs, train.batch_size or dataset.train_fraction")
         raise ConfigError(f"trainer.{k} cannot be set in wsl-zoo: it would change what is trained while the zoo "
                           f"records train.* as the recipe" + (f"; use {use} instead" if use else "; the job sets it")
                           + f" (trainer options wsl-zoo takes: {', '.join(ZOO_TRAINER_KEYS)})")
