@@ -264,7 +264,9 @@ def preflight(config_name: str, validate=None, argv: list[str] | None = None) ->
             variants = _variants(args)
             check_launcher(config_name, args, variants[0], multirun)
             full = compose(config_name=config_name, overrides=variants[0], return_hydra_config=True)
-            _note_new_run_parents(full, multirun)
+            hydra_args = [a for a in args if a.lstrip("+~").startswith("hydra")]
+            _note_new_run_parents(compose(config_name=config_name, overrides=hydra_args + variants[0],
+                                          return_hydra_config=True), multirun)
             params = full.hydra.sweeper.get("params") if "sweeper" in full.hydra else None
             extra = OmegaConf.to_container(params) if params else {}
             if extra:
