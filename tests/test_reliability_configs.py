@@ -76,10 +76,34 @@ def private_zoo(tmp_path_factory, tiny_zoo) -> Path:
 @pytest.mark.parametrize("app", sorted(CASES))
 def test_bad_config_fails_fast_with_one_line_before_writing(app, kind, tmp_path, private_zoo, monkeypatch, capfd):
     assert app in app_modules(), f"wsl/apps/{app}.py has no main(): drop its case or restore the app"
-    required, impossible, imp_pat, wrong, wrong_pat = CASES[app]
-    args = [a.format(zoo=private_zoo, tmp=tmp_path) for a in required]
+    _, impossible, imp_pat, wrong, wrong_pat = CASES[app]
     bad, pattern = {"unknown key": ("no_such_key=1", r"no_such_key"), "wrong type": (wrong, wrong_pat),
                     "impossible value": (impossible, imp_pat)}[kind]
+    _fails_fast(app, bad, pattern, tmp_path, private_zoo, monkeypatch, capfd)
+
+
+# more impossible values, where one of each kind above is not enough: non-finite numbers, seeds the
+# zoo cannot store, trainer options that would change what wsl-zoo trains, devices that do not exist
+MORE = [("zoo", "train.lr=nan", r"train\.lr"), ("zoo", "train.lr=[0.1,inf]", r"train\.lr"),
+        ("zoo", "train.weight_decay=-inf", r"train\.weight_decay"), ("zoo", "train.momentum=nan", r"momentum"),
+        ("zoo", "train.betas=[0.9,1.0]", r"train\.betas"), ("zoo", "population.seed=1e30", r"population\.seed"),
+        ("zoo", "population.seed=100000000000000000000", r"population\.seed"),
+        ("zoo", "dataset.split_seed=-1", r"dataset\.split_seed"),
+        ("zoo", "+trainer.max_steps=3", r"trainer\.max_steps"),
+        ("zoo", "+trainer.overfit_batches=2", r"trainer\.overfit_batches"), ("zoo", "trainer.devices=0", r"devices"),
+        ("zoo", "net.width=1000000000", r"net\.width"), ("zoo", "trainer.accelerator=tpu", r"accelerator"),
+        ("train_encoder", "trainer.devices=0", r"trainer\.devices"),
+        ("train_generator", "trainer.accelerator=quantum", r"trainer\.accelerator"),
+        ("sample", "device=cuda:99", r"\bdevice\b"), ("sample", "condition={val_acc:nan}", r"condition\.val_acc")]
+
+
+@pytest.mark.parametrize("app, bad, pattern", MORE)
+def test_more_impossible_values_fail_fast(app, bad, pattern, tmp_path, private_zoo, monkeypatch, capfd):
+    _fails_fast(app, bad, pattern, tmp_path, private_zoo, monkeypatch, capfd)
+
+
+def _fails_fast(app, bad, pattern, tmp_path, private_zoo, monkeypatch, capfd):
+    args = [a.format(zoo=private_zoo, tmp=tmp_path) for a in CASES[app][0]]
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -112,10 +136,11 @@ VALID = {
     "align": [["-m", "reference=cell,global", "epochs=all,matched", "annotations=copy,drop"]],
     "evaluate": [["-m", LOGGERS, "split=train,val,test"], ["~baselines.gaussian", "failure.min_accuracy=0.5",
                                                             "reference_ids=[a]", "novelty.align=false"]],
-    "sample": [["-m", LOGGERS], ["+condition.val_acc=0.9", "guidance=2", "steps=5", "threads=1", "device=cuda"]],
+    "sample": [["-m", LOGGERS], ["+condition.val_acc=0.9", "guidance=2", "steps=5", "threads=1", "device=cpu"],
+               ["condition={val_acc:0.9}"]],
     "train_generator": [["-m", "generator=flow,diffusion", "generator/denoiser=mlp,transformer", LOGGERS],
                         ["representation.latent=true", "condition.columns=[val_acc]", "zoo.val_fraction=0.25",
-                         "+zoo.filter.width=8", "generator.ema=null"]],
+                         "+zoo.filter.width=8", "generator.ema=null"], ["zoo.filter={width:8}"]],
     "train_encoder": [["-m", "encoder=deepsets,flat,graph,nfn,stats,transformer",
                        "task=gen_gap,hparams,inr_class,phase,test_acc"]],
 }

@@ -3,21 +3,36 @@ turning wsl errors into one clear line, and logging the resolved config and fina
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from wsl.errors import WslError
+from wsl.errors import WslError, printable
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("wsl")
 
+# a write the machine refuses (full disk, quota, read-only file system, permissions): the data stay
+# consistent (every write is temp file + rename), so one line naming the file is all the user needs
+WRITE_ERRNOS = {errno.ENOSPC: "cannot write: no space left on the device",
+                errno.EDQUOT: "cannot write: disk quota exceeded", errno.EROFS: "cannot write: read-only file system",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+
+# the deepest directory on the way to this run's Hydra output directory that existed when preflight
+# ran: a failed run may remove the (empty) directories below it again, never it or anything above
+_RUN_ANCHOR: list[Path] = []
+
 
 def fail_cleanly(fn):
-    """Run an app body; a WslError becomes one line on stderr and exit status 2 (no traceback)."""
+    """Run an app body; a WslError, or a write the machine refuses (full disk, read-only target),
+    becomes one line on stderr and exit status 2 (no traceback), and the run directory Hydra
+    created for this run is removed again if it holds nothing but Hydra's own bookkeeping."""
 
     from hydra.errors import InstantiationException
 
@@ -26,15 +41,101 @@ def fail_cleanly(fn):
         try:
             return fn(*args, **kwargs)
         except WslError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            msg = str(e)
         except InstantiationException as e:  # hydra.utils.instantiate wraps what a _target_ raises
             if not isinstance(e.__cause__, WslError):
                 raise
-            print(f"error: {e.__cause__}", file=sys.stderr)
-            sys.exit(2)
+            msg = str(e.__cause__)
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            msg = _write_error(e)
+        print(f"error: {printable(msg)}", file=sys.stderr)
+        remove_empty_run_dir()
+        sys.exit(2)
 
     return wrapper
+
+
+def _write_error(e: OSError) -> str:
+    """'<file>: <reason>' for a refused write; the file from the error or, where the OS gives none
+    (a failing write() of an open file), from the innermost wsl frame that was writing a path."""
+    name = e.filename or _path_in_traceback(e.__traceback__)
+    reason = WRITE_ERRNOS[e.errno]
+    hint = "; finished work is kept: free some space and rerun" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{name if name else 'a file'}: {reason}{hint}"
+
+
+def _path_in_traceback(tb) -> str | None:
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):  # innermost first
+        if not str(frame.f_globals.get("__name__", "")).startswith("wsl."):
+            continue
+        for key in ("path", "tmp", "file", "filename"):
+            v = frame.f_locals.get(key)
+            if isinstance(v, (str, os.PathLike)) and str(v):
+                p = Path(v)
+                m = re.fullmatch(r"\.(.+)\.\d+\.tmp", p.name)  # a temp file of an atomic write: name its target
+                return str(p.with_name(m.group(1)) if m else p)
+    return None
+
+
+def _hydra_run() -> tuple[Path, str, str | None] | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return Path(hc.runtime.output_dir), str(hc.job.name), hc.output_subdir
+    except (ImportError, ValueError):
+        return None
+
+
+def remove_empty_run_dir() -> None:
+    """Remove this run's Hydra output directory if it holds nothing but Hydra's bookkeeping (the
+    `.hydra/` config copies and the job's `<app>.log`), then its parents that this run created and
+    that are now empty. Anything else in it (a logger's files, a user's file) keeps it all."""
+    run = _hydra_run()
+    if run is None:
+        return
+    out, job, subdir = run
+    anchor = _RUN_ANCHOR[0] if _RUN_ANCHOR else None
+    if anchor is None or out == anchor or not out.is_relative_to(anchor):
+        return  # a directory that existed before this run (or one preflight did not see): not ours
+    if out.is_symlink() or not out.is_dir():
+        return
+    own = {f"{job}.log"} | ({subdir} if subdir else set())
+    entries = list(out.iterdir())
+    if any(p.name not in own for p in entries):
+        return
+    hydra_files = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    for p in entries:
+        if p.is_symlink() or (p.is_dir() and any(c.name not in hydra_files or not c.is_file() or c.is_symlink()
+                                                 for c in p.iterdir())):
+            return
+    try:
+        for p in entries:
+            if p.is_dir():
+                for c in p.iterdir():
+                    c.unlink()
+                p.rmdir()
+            else:
+                p.unlink()
+        out.rmdir()
+        for parent in out.parents:
+            if parent == anchor or not parent.is_relative_to(anchor):
+                break
+            left = list(parent.iterdir())
+            sweep_record = parent / "multirun.yaml"  # what Hydra writes into a sweep directory it creates
+            if left == [sweep_record] and sweep_record.is_file() and not sweep_record.is_symlink():
+                sweep_record.unlink()
+            elif left:
+                break
+            parent.rmdir()
+    except OSError:  # a read-only runs/ or a concurrent job writing there: leave the rest as it is
+        pass
 
 
 def to_container(cfg: DictConfig) -> dict:
@@ -74,8 +175,6 @@ def _variants(args: list[str], extra_sweeps: dict | None = None) -> list[list[st
 
 
 def _one_line(e: Exception, cfg_keys: dict | None = None) -> str:
-    import re
-
     text = " ".join(str(x) for x in (e, e.__cause__) if x)
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     if "Could not find" in text and "Available options" in text:
@@ -86,10 +185,16 @@ def _one_line(e: Exception, cfg_keys: dict | None = None) -> str:
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
     if m:
         key = m.group(1)
+        inner = re.search(r"full_key: (\S+)", str(e.__cause__ or ""))
+        if inner and inner.group(1).startswith(f"{key}."):
+            key = inner.group(1)  # a mapping assigned to `key`: the key inside it that is not allowed
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         valid = (cfg_keys or {}).get(parent)
-        return f"unknown config key {key!r}" + (f"; valid keys under {parent or 'the root'}: {', '.join(valid)}"
-                                               if valid else "")
+        msg = f"unknown config key {key!r}" + (f"; valid keys under {parent or 'the root'}: {', '.join(valid)}"
+                                              if valid else "")
+        # a mapping that declares no keys (condition, zoo.filter: null by default) takes new ones with +
+        open_mapping = parent and not valid and "To append to your config use" in text
+        return msg + (f"; to add a key to {parent} use +{key}=..." if open_mapping else "")
     return " ".join(lines[:3])
 
 
@@ -165,6 +270,9 @@ def preflight(config_name: str, validate=None, argv: list[str] | None = None) ->
             variants = _variants(args)
             check_launcher(config_name, args, variants[0], multirun)
             full = compose(config_name=config_name, overrides=variants[0], return_hydra_config=True)
+            hydra_args = [a for a in args if a.lstrip("+~").startswith("hydra")]
+            _note_new_run_parents(compose(config_name=config_name, overrides=hydra_args + variants[0],
+                                          return_hydra_config=True), multirun)
             params = full.hydra.sweeper.get("params") if "sweeper" in full.hydra else None
             extra = OmegaConf.to_container(params) if params else {}
             if extra:
@@ -175,7 +283,7 @@ def preflight(config_name: str, validate=None, argv: list[str] | None = None) ->
                     validate(cfg)
     except (HydraException, OmegaConfBaseException, ValueError, WslError) as e:
         if isinstance(e, WslError):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {printable(e)}", file=sys.stderr)
             sys.exit(2)
         keys = {}
         try:
@@ -187,8 +295,23 @@ def preflight(config_name: str, validate=None, argv: list[str] | None = None) ->
                     keys[k] = sorted(v.keys())
         except Exception:  # the message stays useful without the list of valid keys
             pass
-        print(f"error: {_one_line(e, keys)}", file=sys.stderr)
+        print(f"error: {printable(_one_line(e, keys))}", file=sys.stderr)
         sys.exit(2)
+
+
+def _note_new_run_parents(full: DictConfig, multirun: bool) -> None:
+    """Remember the deepest existing directory above the run (or sweep) directory Hydra is about to
+    create: the directories below it are this run's (`remove_empty_run_dir` may remove them again).
+    The time in the directory's name may tick on before Hydra creates it; the anchor does not."""
+    _RUN_ANCHOR.clear()
+    try:
+        d = OmegaConf.select(full, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+        if d is None:
+            return
+        path = Path(os.path.abspath(str(d)))
+    except Exception:  # an unresolvable run dir is Hydra's to report; nothing to remember
+        return
+    _RUN_ANCHOR.append(next(p for p in (path, *path.parents) if p.exists()))
 
 
 def run_dir() -> Path:

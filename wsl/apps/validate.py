@@ -184,6 +184,8 @@ def _trainer(cfg, steps: bool = False) -> None:
                 (isinstance(v, ListConfig) and v and all(_is_int(d) and d >= 0 for d in v))):
             raise ConfigError(f"trainer.devices must be a positive integer, -1 (all), auto or a list of device "
                               f"indices, got {_show(v)}")
+    if "accelerator" in t:
+        _accelerator(str(t.accelerator), t.get("devices", "auto"))
     if "log_every_n_steps" in t:
         integer(cfg, "trainer.log_every_n_steps", 1)
     if "max_epochs" in t:
@@ -194,6 +196,53 @@ def _trainer(cfg, steps: bool = False) -> None:
         integer(cfg, "trainer.max_steps", 1, extra=(-1,))
         if t.max_steps == -1 and t.get("max_epochs") in (-1, None):
             raise ConfigError("trainer.max_steps=-1 with trainer.max_epochs=-1 would train forever; set one of them")
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _accelerator(name: str, devices) -> None:
+    """trainer.accelerator must exist on this machine (Lightning's own error is a traceback)."""
+    import torch
+
+    acc = name.lower()
+    if acc not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={name!r} is not supported; valid: {', '.join(ACCELERATORS)}")
+    if acc in ("gpu", "cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"trainer.accelerator={name} but this machine has no CUDA GPU; use "
+                              "trainer.accelerator=cpu (or auto)")
+        wanted = len(devices) if isinstance(devices, ListConfig) else devices
+        index = max(devices) if isinstance(devices, ListConfig) else -1
+        if (_is_int(wanted) and wanted > n) or index >= n:
+            raise ConfigError(f"trainer.devices={_show(devices)} asks for more GPUs than the {n} this machine has")
+    if acc == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.accelerator={name} but MPS (Apple GPU) is not available here; use "
+                          "trainer.accelerator=cpu (or auto)")
+
+
+def device(cfg, key: str = "device") -> None:
+    """A torch device name (cpu, cuda, cuda:1, mps) that exists on this machine."""
+    import torch
+
+    v = get(cfg, key)
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(f"{key} must be a device name such as cpu or cuda, got {v!r}")
+    try:
+        dev = torch.device(v)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{key}={v!r} is not a device name (cpu, cuda, cuda:1, ...)") from e
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"{key}={v} but this machine has no CUDA GPU; use {key}=cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"{key}={v}: this machine has {n} CUDA GPU(s) (cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}={v} but MPS (Apple GPU) is not available here; use {key}=cpu")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ConfigError(f"{key}={v!r}: device type {dev.type} is not supported here (cpu, cuda, mps)")
 
 
 def _logger(cfg) -> None:
@@ -312,21 +361,13 @@ def validate_sample(cfg: DictConfig) -> None:
     text(cfg, "job_id", null=True)
     integer(cfg, "n", 1)
     integer(cfg, "seed", 0)
-    mapping(cfg, "condition")
-    for k in cfg.condition:
+    mapping(cfg, "condition", null=True)  # null (the default): unconditional
+    for k in cfg.condition or {}:
         number(cfg, f"condition.{k}")
     number(cfg, "guidance", 0.0)
     integer(cfg, "steps", 1, null=True)
     integer(cfg, "batch_size", 1)
-    device = get(cfg, "device")
-    if not isinstance(device, str) or not device.strip():
-        raise ConfigError(f"device must be a device name such as cpu or cuda, got {device!r}")
-    import torch
-
-    try:
-        torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"device={device!r} is not a device name (cpu, cuda, cuda:1, ...)") from e
+    device(cfg)
     _threads(cfg)
     _logger(cfg)
 
@@ -340,7 +381,7 @@ def validate_train_generator(cfg: DictConfig) -> None:
 
     path(cfg, "zoo.path", "wsl-train-generator zoo.path=zoos/<name>")
     integer(cfg, "zoo.epoch", -1)
-    mapping(cfg, "zoo.filter")
+    mapping(cfg, "zoo.filter", null=True)  # null (the default): every trained net
     number(cfg, "zoo.val_fraction", 0.0, 1.0, hi_open=True)
     integer(cfg, "zoo.split_seed", 0)
     boolean(cfg, "representation.align")

@@ -20,7 +20,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from wsl.apps.zoo_config import validate_zoo_config
+from wsl.apps.zoo_config import check_population_fits, check_zoo_writable, validate_zoo_config
+from wsl.errors import WslError
 from wsl.population.functional import stack_state_dicts
 from wsl.population.members import Member, derive_seed, make_members
 from wsl.zoo import ShardWriter, merge_index
@@ -116,13 +117,14 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     validate_zoo_config(cfg)
     root = Path(cfg.zoo.path).expanduser().resolve()
     data = instantiate(cfg.dataset)
-    net_factory = instantiate(cfg.net)
-    probe = init_member(net_factory, data, 0)  # constructor checks before any training
-    arch = probe.arch
     members = make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed)
     inr = getattr(data, "kind", "classification") == "inr"
     job_id = job_identity(cfg)
     fits = make_fits(members, data, job_id)
+    check_population_fits(cfg, data.input_shape, data.num_classes, len(fits))  # the real shapes and net count
+    net_factory = instantiate(cfg.net)
+    probe = init_member(net_factory, data, 0)  # constructor checks before any training
+    arch = probe.arch
     config = _stored_config(cfg)
     n_train = data.x_train.shape[0]
     bs = int(cfg.train.batch_size)
@@ -134,9 +136,12 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
     todo = [f for f in fits if f.model_id not in done]
     if not todo:
         log.info("job %s: all %d models already in the zoo; nothing to train", job_id, len(fits))
-        merge_index(root)
+        if not index_is_current(root, [f.model_id for f in fits]):  # a commit killed before its merge
+            merge_index(root)
         _annotate(cfg, root, [f.model_id for f in fits])
         return root
+    if root.exists():
+        check_zoo_writable(root)
     log.info("job %s: training %d models (%d already done) on %s", job_id, len(todo), len(fits) - len(todo),
              data.name)
 
@@ -215,6 +220,25 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
         log_run(trainer.logger, config, {"trained": len(todo) - n_div, "diverged": n_div, "mean": final})
     _annotate(cfg, root, [f.model_id for f in fits])
     return root
+
+
+def index_is_current(root: Path, model_ids: list[str]) -> bool:
+    """The index holds `model_ids` and is no older than any shard or annotation file: a rerun with
+    nothing to train then writes nothing (and works on a read-only zoo). Every commit writes its
+    shard before the index under the zoo lock, so a shard newer than the index is one whose merge
+    was killed."""
+    from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, SHARD_DIR
+    from wsl.zoo.table import read_table
+
+    index = root / INDEX_FILE
+    try:
+        t = index.stat().st_mtime_ns
+        sources = [*(root / SHARD_DIR).glob("*.h5"), *(root / ANNOTATION_DIR).glob("*.h5")]
+        if any(f.stat().st_mtime_ns > t for f in sources):
+            return False
+        return set(model_ids) <= set(read_table(index).ids)
+    except (OSError, WslError):  # missing or unreadable: the merge rebuilds it (or says what is wrong)
+        return False
 
 
 def _annotate(cfg: DictConfig, root: Path, model_ids: list[str]) -> None:

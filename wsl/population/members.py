@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,8 +34,8 @@ def _as_list(key: str, value, minimum: float, strict: bool) -> list[float]:
         raise ConfigError(f"{key} must not be an empty list")
     out = []
     for v in vals:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{key} must be a number or a list of numbers, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{key} must be a finite number or a list of them, got {v!r}")
         if (v <= minimum) if strict else (v < minimum):
             raise ConfigError(f"{key} must be {'>' if strict else '>='} {minimum}, got {v}")
         out.append(float(v))

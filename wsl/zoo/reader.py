@@ -193,6 +193,9 @@ class Zoo:
         cfg = self.job_config(mid).get("dataset")
         if not cfg:
             raise ZooFormatError(f"{self.path}: job of model {mid} records no dataset config")
+        from wsl.apps.zoo_config import check_stored_dataset  # seeds and fractions of an untrusted zoo
+
+        check_stored_dataset(cfg, f"{self.path / INDEX_FILE}: model {mid}")
         if cfg.get("name") in INR_DATASETS:
             return load_inr_dataset(**{k: cfg[k] for k in ("name", "root", "num_images", "per_class", "subset_seed",
                                                              "shared_init") if k in cfg})

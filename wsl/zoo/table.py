@@ -21,7 +21,9 @@ recompute them (`seal_file`); trusting a stranger's zoo needs a checksum of the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -111,9 +113,21 @@ def _write_strings(g, name, values):
     g.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=STR)
 
 
+@contextlib.contextmanager
+def _h5_create(path: Path):
+    """A new HDF5 file at `path`, built in memory and written in one plain write: HDF5's own writes
+    on a full disk print pages of errors and may crash the process; Python's write raises one OSError
+    (ENOSPC), which the apps report as one line naming the file."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        yield f
+    with open(path, "wb") as out:
+        out.write(buf.getbuffer())
+
+
 def write_table(path: Path, table: ModelTable) -> None:
     """Write `table` to an HDF5 file at `path` (callers write to a temp path and rename), sealed."""
-    with h5py.File(path, "w") as f:
+    with _h5_create(path) as f:
         _write_table_into(f, table)
         seal(f)
 
@@ -200,7 +214,7 @@ def _write_annotation_aligned(g, ann: Annotation, pos: dict, m: int) -> None:
 
 
 def write_annotation_file(path: Path, ann: Annotation) -> None:
-    with h5py.File(path, "w") as f:
+    with _h5_create(path) as f:
         _write_annotation_into(f, ann)
         seal(f)
 
