@@ -12,7 +12,7 @@ from wsl.errors import ConfigError
 from wsl.population.optim import OPTIMIZERS
 from wsl.population.schedules import SCHEDULES
 
-MAX_SEED = 2**63 - 1  # seeds are stored as int64 hyperparameters
+from wsl.zoo.format import MAX_SEED
 
 
 def _int(cfg, key: str, minimum: int, maximum: int | None = None) -> None:
@@ -169,30 +169,6 @@ def validate_zoo_config(cfg: DictConfig) -> None:
     from wsl.population.members import make_members
 
     make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed)  # grid check
-
-
-def check_stored_dataset(ds: dict, where: str) -> None:
-    """The dataset config a zoo records for a job (untrusted: the zoo may come from anyone) before
-    the data is rebuilt from it: seeds integers in range, fractions finite and in [0, 1], image
-    counts positive integers. A ZooFormatError names `where` (the file and model) and the key."""
-    from wsl.errors import ZooFormatError
-
-    def bad(key, what):
-        raise ZooFormatError(f"{where}: its job config's dataset.{key} must be {what}, got {ds[key]!r}")
-
-    for k in ("subset_seed", "split_seed"):
-        v = ds.get(k)
-        if k in ds and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED):
-            bad(k, f"an integer in [0, {MAX_SEED}]")
-    for k in ("train_fraction", "val_fraction", "test_fraction"):
-        v = ds.get(k)
-        if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                          or not math.isfinite(v) or not 0 <= v <= 1):
-            bad(k, "a number in [0, 1]")
-    for k in ("num_images", "per_class"):
-        v = ds.get(k)
-        if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            bad(k, "null or an integer >= 1")
 
 
 def check_zoo_path(path: str) -> None:

@@ -22,6 +22,7 @@ METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_
 STATUSES = ("trained", "diverged", "sampled", "aligned")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 MAX_DIM = 1 << 20  # largest size an architecture of an untrusted zoo may name (width, channels, input side)
+MAX_SEED = 2**63 - 1  # seeds are stored as int64 hyperparameters
 MAX_LAYERS = 1024  # largest depth: building the net's skeleton must stay quick
 
 
@@ -167,3 +168,25 @@ def check_arch_limits(arch, where: str) -> dict:
     for k, v in arch.items():
         check(str(k), v, 0)
     return arch
+
+
+def check_stored_dataset(ds: dict, where: str) -> None:
+    """The dataset config a zoo records for a job (untrusted: the zoo may come from anyone) before
+    the data is rebuilt from it: seeds integers in range, fractions finite and in [0, 1], image
+    counts positive integers. A ZooFormatError names `where` (the file and model) and the key."""
+    def bad(key, what):
+        raise ZooFormatError(f"{where}: its job config's dataset.{key} must be {what}, got {ds[key]!r}")
+
+    for k in ("subset_seed", "split_seed"):
+        v = ds.get(k)
+        if k in ds and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED):
+            bad(k, f"an integer in [0, {MAX_SEED}]")
+    for k in ("train_fraction", "val_fraction", "test_fraction"):
+        v = ds.get(k)
+        if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                          or not math.isfinite(v) or not 0 <= v <= 1):
+            bad(k, "a number in [0, 1]")
+    for k in ("num_images", "per_class"):
+        v = ds.get(k)
+        if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            bad(k, "null or an integer >= 1")

@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load
 
 from wsl.errors import ConfigError, ZooFormatError
 from wsl.zoo.format import (FORMAT_VERSION, INDEX_FILE, MAX_HEADER, METRICS, TORCH_DTYPES, check_arch_limits, check_id,
-                            resolve_inside, sha256_bytes, spec_mismatch, tensor_layout)
+                            check_stored_dataset, resolve_inside, sha256_bytes, spec_mismatch, tensor_layout)
 from wsl.zoo.layout import Layout
 from wsl.zoo.table import ReadBudget, read_table
 
@@ -193,7 +193,6 @@ class Zoo:
         cfg = self.job_config(mid).get("dataset")
         if not cfg:
             raise ZooFormatError(f"{self.path}: job of model {mid} records no dataset config")
-        from wsl.apps.zoo_config import check_stored_dataset  # seeds and fractions of an untrusted zoo
 
         check_stored_dataset(cfg, f"{self.path / INDEX_FILE}: model {mid}")
         if cfg.get("name") in INR_DATASETS:
@@ -251,7 +250,9 @@ class Zoo:
         got = {k: (TORCH_DTYPES.get(str(v.dtype), str(v.dtype)), tuple(v.shape)) for k, v in sd.items()}
         if (why := spec_mismatch(got, expected)) is not None:
             raise ZooFormatError(f"{path}: {why}")
-        return sd
+        # safetensors hands tensors back in hash order, which differs from process to process: the
+        # architecture's own order makes every consumer (layouts, seeded noise) reproducible
+        return {k: sd[k] for k in expected}
 
     def _expected_specs(self, model_id: str) -> dict:
         """{tensor name: (safetensors dtype, shape)} of the model's architecture (the skeleton's dtypes)."""
