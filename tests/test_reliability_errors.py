@@ -148,6 +148,8 @@ def test_job_config_with_a_non_integer_seed_is_one_line(tmp_path, tiny_zoo):
     wsl-landscape die in numpy's SeedSequence: the reader now names the file and the key."""
     import h5py
 
+    from wsl.zoo.table import seal_file
+
     zoo = tmp_path / "zoo"
     shutil.copytree(tiny_zoo, zoo)
     for f in [zoo / "index.h5", *(zoo / "shards").glob("*.h5")]:
@@ -157,6 +159,7 @@ def test_job_config_with_a_non_integer_seed_is_one_line(tmp_path, tiny_zoo):
                 c["dataset"]["split_seed"] = 1.5
             del h["jobs/config"]
             h.create_dataset("jobs/config", data=[json.dumps(c) for c in configs], dtype=h5py.string_dtype())
+        seal_file(f)  # a consistent file: the content checksums would refuse the edit before the seed is read
     before = tree(zoo)
     work = tmp_path / "work"
     work.mkdir()
