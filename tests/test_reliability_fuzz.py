@@ -485,5 +485,23 @@ def test_a_corrupt_global_heap_is_refused_not_walked_forever(base_zoo, tmp_path)
     assert any(p.path == str(path) and p.level == "error" for p in verify_zoo(root, checksums=False))
 
 
+def test_an_attribute_type_turned_into_a_sequence_is_refused_not_a_crash(base_zoo, tmp_path):
+    """Found by flipping every bit of an annotation file in turn: bit 1 of the class bits of the attribute
+    `format`'s type (variable-length string -> variable-length sequence of kind 3) made h5py's read
+    crash the process with a segmentation fault. The type is checked before any value is read."""
+    from wsl.zoo.table import read_annotation_file
+
+    root = _fresh(base_zoo, str(tmp_path))
+    path = root / "annotations/probe.h5"
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"format\x00\x00\x19\x01")  # the attribute's name, then its type: version 1, class 9 (vlen)
+    raw[at + 9] ^= 2  # the vlen kind: 1 (string) -> 3 (none HDF5 knows)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ZooFormatError, match="type class") as e:
+        read_annotation_file(path)
+    assert str(path) in str(e.value)
+    assert any(p.path == str(path) and p.level == "error" for p in verify_zoo(root, checksums=False))
+
+
 if __name__ == "__main__":  # the child of test_random_bit_flips_are_refused_or_reported_never_silent
     _run_flip_trials(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

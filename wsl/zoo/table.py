@@ -50,6 +50,10 @@ CHECKSUM_VERSION = 2  # format versions from this one on must carry content chec
 # A zoo file writes a handful per object, each a scalar or one JSON string.
 MAX_ATTRS = 256  # per object
 MAX_ATTR_BYTES = 1 << 20  # per attribute, as stored (a variable-length string counts 16, its text aside)
+# Type classes an attribute may have (numbers, text, bool as enum). A flipped bit in a string type's
+# header makes it a variable-length sequence of an invalid kind, and h5py's read of that crashes the
+# process (segmentation fault): such types are refused before any value is read, datasets' too.
+ATTR_TYPE_CLASSES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING, h5py.h5t.ENUM)
 
 
 class ReadBudget:
@@ -394,7 +398,11 @@ def read_attrs(obj, path, names=None) -> dict:
         a = obj.attrs.get_id(k)
         shape = a.shape  # None: an empty dataspace (no value to read)
         elements = 0 if shape is None else math.prod(shape)
-        size = elements * a.get_type().get_size()
+        tid = a.get_type()
+        if tid.get_class() not in ATTR_TYPE_CLASSES:
+            raise ZooFormatError(f"{path}: attribute {k!r} of {obj.name} has HDF5 type class {tid.get_class()} "
+                                 "(zoo attributes are numbers or text); refused")
+        size = elements * tid.get_size()
         if size > MAX_ATTR_BYTES:
             raise ZooFormatError(f"{path}: attribute {k!r} of {obj.name} declares {elements} elements (shape {shape}) "
                                  f"of {a.get_type().get_size()} bytes; absurd, refused")
@@ -459,14 +467,16 @@ def _open(path: Path) -> h5py.File:
 
 
 # HDF5 global heap collections (where every variable-length string lives, attributes included):
-# "GCOL", version 1, 3 reserved bytes, collection size (8 bytes), then objects, each: index (2 bytes),
-# reference count (2), reserved (4), size (8), data padded to 8 bytes; index 0 is the free space and
-# has no header of its own to skip. HDF5 (2.0.0 and earlier) walks a collection by these sizes when it
-# first reads a string from it, and trusts them: a free-space object of size 0 never advances the walk
-# (one flipped bit in a string's size lands the walk on zeroed free space: the reader spun forever at
-# 100% CPU in H5Aread, uninterruptible, even by a signal), a size running past the collection reads
-# past HDF5's buffer. So the walk is done here first, on the raw bytes.
-_GCOL = b"GCOL\x01\x00\x00\x00"  # signature and version 1: HDF5 refuses any other version itself
+# "GCOL", version 1, 3 reserved bytes (not checked by HDF5), collection size (8 bytes), then objects,
+# each: index (2 bytes), reference count (2), reserved (4), size (8), data padded to 8 bytes; index 0 is
+# the free space and has no header of its own to skip. HDF5 (2.0.0 and earlier) walks a collection by
+# these sizes when it first reads a string from it, and trusts them: a free-space object of size 0
+# never advances the walk (one flipped bit in a string's size lands the walk on zeroed free space: the
+# reader spun forever at 100% CPU in H5Aread, where no signal reaches it), a size running past the
+# collection reads past HDF5's buffer. So the walk is done here first, on the raw bytes.
+# The sizes are "lengths" of the width the superblock declares: h5py (so wsl) writes 8 and no user block.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_GCOL = b"GCOL\x01"  # signature and version 1: HDF5 refuses any other version itself
 _GCOL_OBJ = 16  # bytes of an object header
 
 
@@ -482,21 +492,31 @@ def _global_heap_problem(raw, at: int) -> str | None:
         idx = int.from_bytes(raw[p : p + 2], "little")
         obj = int.from_bytes(raw[p + 8 : p + 16], "little")
         need = obj if idx == 0 else _GCOL_OBJ + (obj + 7) // 8 * 8
-        if need == 0 or p + need > end:
-            return (f"global heap collection at byte {at}: object {idx} at byte {p} declares {obj} bytes, "
-                    f"{'none' if need == 0 else 'past the end of its collection'} (corrupt)")
+        if need == 0:  # HDF5 would read this object header again and again, forever
+            return f"global heap collection at byte {at}: free space of 0 bytes at byte {p} (corrupt)"
+        if p + need > end:
+            return (f"global heap collection at byte {at}: object {idx} at byte {p} declares {obj} bytes, past the "
+                    "end of its collection (corrupt)")
         p += need
     return None
 
 
 def _check_global_heaps(path: Path) -> None:
-    """Refuse a file whose global heap collections HDF5 would walk forever or past their end. Found by
-    signature (a collection is not otherwise reachable without parsing every object header); a stray
-    match in data would have to hold the signature, version and an inconsistent walk to be refused."""
+    """Refuse a file whose global heap collections HDF5 would walk forever or past their end, or whose
+    superblock is not where and what h5py writes (then the walk here would not be HDF5's). Collections
+    are found by signature (one is not otherwise reachable without parsing every object header); a
+    stray match in data would have to hold signature, version and an inconsistent walk to be refused.
+    Cost: one pass over the file's bytes (mmap) and over its strings' headers."""
     try:
         with open(path, "rb") as fh:
-            if Path(path).stat().st_size < len(_GCOL) + 8:
-                return
+            head = fh.read(16)
+            if head[:8] != _HDF5_SIGNATURE or len(head) < 16:
+                raise ZooFormatError(f"{path}: cannot be opened as HDF5 (no superblock at its start, where wsl "
+                                     "writes it)")
+            lengths = head[14] if head[8] < 2 else head[10]  # superblock versions 0-1 | 2-3
+            if lengths != 8:
+                raise ZooFormatError(f"{path}: its HDF5 superblock declares {lengths}-byte lengths (wsl writes 8); "
+                                     "refused")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as raw:
                 at = raw.find(_GCOL)
                 while at >= 0:
@@ -531,7 +551,9 @@ def _check_untrusted(f: h5py.File, path: Path, budget: ReadBudget | None = None)
         obj = f.get(name)
         count_attrs(obj)
         if isinstance(obj, h5py.Dataset):
-            if obj.external or obj.is_virtual:
+            if obj.id.get_type().get_class() == h5py.h5t.VLEN:  # text is class STRING: see ATTR_TYPE_CLASSES
+                bad.append(f"/{name} holds variable-length sequences (zoo files hold numbers and text)")
+            elif obj.external or obj.is_virtual:
                 bad.append(f"/{name} stores its data in another file")
             elif obj.size > MAX_ELEMENTS:
                 bad.append(f"/{name} declares {obj.size} elements (shape {obj.shape}); absurd")
