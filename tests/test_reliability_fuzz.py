@@ -9,8 +9,13 @@ not about what the weights learned).
 from __future__ import annotations
 
 import json
+import os
+import queue
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import h5py
@@ -348,6 +353,10 @@ def test_damaged_hdf5_structures_are_zoo_format_errors_naming_the_file(base_zoo,
 # ---- random bit flips: detected or harmless, never a silent change (deterministic) ------------------------
 FLIP_TRIALS = 80
 FLIP_FILES = ["index.h5", "shards/jobA.h5", "annotations/probe.h5"]
+# A bit flip can make HDF5 itself loop forever (a global heap object of size 0: the reader spun for 17
+# minutes in H5Aread, where no Python signal reaches it). The trials run in a child process, watched:
+# a trial that does not finish in TRIAL_SECONDS fails the test naming the trial and its flips.
+TRIAL_SECONDS = 30
 
 
 def _loaded(root: Path, which: str):
@@ -380,38 +389,119 @@ def _loaded(root: Path, which: str):
     return canon([a.group, a.model_ids, a.columns, a.attrs])
 
 
-@pytest.mark.parametrize("which", FLIP_FILES)
-def test_random_bit_flips_are_refused_or_reported_never_silent(base_zoo, tmp_path, which):
-    """80 seeded trials of 1-2 random bit flips in one file. Each flip is refused by the reader
-    (ZooFormatError naming the file), or changes nothing the reader loads, or, if the reader loads
-    changed content, is reported by wsl-verify naming the file. None changes content silently.
-    (Before content checksums: 28 of 80 flips of index.h5 changed loaded content unnoticed.)"""
-    original = _loaded(base_zoo, which)
+def _flip_trials(which: str, n_bytes: int) -> list:
+    """The seeded trials: [[(byte, bit), ...] one or two flips] * FLIP_TRIALS."""
     rng = np.random.default_rng(12 + FLIP_FILES.index(which))
-    counts = {"refused": 0, "unchanged": 0, "reported": 0, "silent": 0}
-    silent = []
-    for trial in range(FLIP_TRIALS):
-        root = tmp_path / f"t{trial}"
-        shutil.copytree(base_zoo, root)
+    return [[(int(pos), int(rng.integers(0, 8))) for pos in rng.integers(0, n_bytes, size=int(rng.integers(1, 3)))]
+            for _ in range(FLIP_TRIALS)]
+
+
+def _run_flip_trials(base: Path, work: Path, which: str) -> None:
+    """In the child: each trial's outcome as one JSON line on stdout, as soon as it is known."""
+    original = _loaded(base, which)
+    for trial, flips in enumerate(_flip_trials(which, (base / which).stat().st_size)):
+        root = work / f"t{trial}"
+        shutil.copytree(base, root)
         path = root / which
         raw = bytearray(path.read_bytes())
-        for pos in rng.integers(0, len(raw), size=int(rng.integers(1, 3))):
-            raw[pos] ^= 1 << int(rng.integers(0, 8))
+        for pos, bit in flips:
+            raw[pos] ^= 1 << bit
         path.write_bytes(bytes(raw))
         try:
             got = _loaded(root, which)
         except ZooFormatError as e:
-            assert str(path) in str(e), str(e)
-            counts["refused"] += 1
+            outcome = "refused" if str(path) in str(e) else f"refused without naming the file: {e}"
         else:
             if got == original:
-                counts["unchanged"] += 1
+                outcome = "unchanged"
             elif any(p.path == str(path) for p in verify_zoo(root, checksums=False)):
-                counts["reported"] += 1
+                outcome = "reported"
             else:
-                counts["silent"] += 1
-                silent.append(trial)
+                outcome = "silent"
+        print(json.dumps({"trial": trial, "outcome": outcome}), flush=True)
         shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("which", FLIP_FILES)
+def test_random_bit_flips_are_refused_or_reported_never_silent(base_zoo, tmp_path, which):
+    """80 seeded trials of 1-2 random bit flips in one file. Each flip is refused by the reader
+    (ZooFormatError naming the file), or changes nothing the reader loads, or, if the reader loads
+    changed content, is reported by wsl-verify naming the file. None changes content silently, none
+    hangs. (Before content checksums: 28 of 80 flips of index.h5 changed loaded content unnoticed;
+    before the global heap check, trial 20 of annotations/probe.h5 hung the reader.)"""
+    trials = _flip_trials(which, (base_zoo / which).stat().st_size)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    child = subprocess.Popen([sys.executable, __file__, str(base_zoo), str(tmp_path), which], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in child.stdout] + [lines.put(None)], daemon=True).start()
+    counts = {"refused": 0, "unchanged": 0, "reported": 0, "silent": 0}
+    silent = []
+    try:
+        for trial, flips in enumerate(trials):
+            try:
+                line = lines.get(timeout=TRIAL_SECONDS)
+            except queue.Empty:
+                pytest.fail(f"{which}: trial {trial} (byte, bit flipped: {flips}) did not finish in {TRIAL_SECONDS} s: "
+                            "the reader hangs on it")
+            if line is None:
+                child.wait()
+                pytest.fail(f"{which}: the trials stopped at trial {trial} ({flips}), exit status {child.returncode}:\n"
+                            f"{child.stderr.read()[-3000:]}")
+            got = json.loads(line)
+            assert got["trial"] == trial and got["outcome"] in counts, (trial, flips, got)
+            counts[got["outcome"]] += 1
+            if got["outcome"] == "silent":
+                silent.append(trial)
+    finally:
+        child.kill()
+        child.wait()
     print(f"{which}: {counts}")
     assert counts["silent"] == 0, (counts, silent)
     assert counts["refused"] >= FLIP_TRIALS // 10, counts  # the flips reached the data, not only free space
+
+
+@pytest.mark.timeout(120, method="thread")  # a regression spins inside HDF5: only a thread can stop the run
+def test_a_corrupt_global_heap_is_refused_not_walked_forever(base_zoo, tmp_path):
+    """The flip that hung the reader: a string's size in the global heap grown by 256 lands HDF5's walk
+    of the collection on zeroed free space (an object of size 0), which it walks forever. The reader
+    and wsl-verify refuse it (naming the file) before HDF5 reads a string."""
+    from wsl.zoo.table import read_annotation_file
+
+    root = _fresh(base_zoo, str(tmp_path))
+    path = root / "annotations/probe.h5"
+    raw = bytearray(path.read_bytes())
+    obj, last = raw.index(b"GCOL") + 16, None  # objects: index (2 bytes), refs (2), 4 reserved, size (8), data
+    while int.from_bytes(raw[obj : obj + 2], "little") != 0:  # up to the free space (index 0)
+        last, obj = obj, obj + 16 + (int.from_bytes(raw[obj + 8 : obj + 16], "little") + 7) // 8 * 8
+    raw[last + 9] ^= 1  # the last string's size + 256
+    size = int.from_bytes(raw[last + 8 : last + 16], "little")
+    landing = last + 16 + (size + 7) // 8 * 8
+    assert raw[landing : landing + 16] == bytes(16)  # the walk goes on at a "free space of 0 bytes"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ZooFormatError, match="global heap") as e:
+        read_annotation_file(path)
+    assert str(path) in str(e.value)
+    assert any(p.path == str(path) and p.level == "error" for p in verify_zoo(root, checksums=False))
+
+
+def test_an_attribute_type_turned_into_a_sequence_is_refused_not_a_crash(base_zoo, tmp_path):
+    """Found by flipping every bit of an annotation file in turn: bit 1 of the class bits of the attribute
+    `format`'s type (variable-length string -> variable-length sequence of kind 3) made h5py's read
+    crash the process with a segmentation fault. The type is checked before any value is read."""
+    from wsl.zoo.table import read_annotation_file
+
+    root = _fresh(base_zoo, str(tmp_path))
+    path = root / "annotations/probe.h5"
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"format\x00\x00\x19\x01")  # the attribute's name, then its type: version 1, class 9 (vlen)
+    raw[at + 9] ^= 2  # the vlen kind: 1 (string) -> 3 (none HDF5 knows)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ZooFormatError, match="type class") as e:
+        read_annotation_file(path)
+    assert str(path) in str(e.value)
+    assert any(p.path == str(path) and p.level == "error" for p in verify_zoo(root, checksums=False))
+
+
+if __name__ == "__main__":  # the child of test_random_bit_flips_are_refused_or_reported_never_silent
+    _run_flip_trials(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

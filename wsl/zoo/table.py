@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import math
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,14 @@ MAX_SESSION_ELEMENTS = 100_000_000  # per read session, all files together
 INTEGRITY_GROUP = "integrity"  # /integrity/path, /integrity/sha256: the content manifest
 SEAL_ATTR = "content_sha256"  # root attribute: sha256 of the manifest
 CHECKSUM_VERSION = 2  # format versions from this one on must carry content checksums
+# Attributes are read whole by HDF5 (no partial reads): each is sized through the low-level API first.
+# A zoo file writes a handful per object, each a scalar or one JSON string.
+MAX_ATTRS = 256  # per object
+MAX_ATTR_BYTES = 1 << 20  # per attribute, as stored (a variable-length string counts 16, its text aside)
+# Type classes an attribute may have (numbers, text, bool as enum). A flipped bit in a string type's
+# header makes it a variable-length sequence of an invalid kind, and h5py's read of that crashes the
+# process (segmentation fault): such types are refused before any value is read, datasets' too.
+ATTR_TYPE_CLASSES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING, h5py.h5t.ENUM)
 
 
 class ReadBudget:
@@ -267,12 +276,13 @@ def _dataset_digest(ds: h5py.Dataset) -> str:
 
 
 def _attrs_digest(obj) -> str | None:
-    names = sorted(k for k in obj.attrs if not (obj.name == "/" and k == SEAL_ATTR))
+    values = read_attrs(obj, obj.file.filename)
+    names = sorted(k for k in values if not (obj.name == "/" and k == SEAL_ATTR))
     if not names:
         return None
     h = hashlib.sha256()
     for k in names:
-        b = _canon(obj.attrs[k])
+        b = _canon(values[k])
         h.update(len(k.encode()).to_bytes(8, "little") + k.encode() + len(b).to_bytes(8, "little") + b)
     return h.hexdigest()
 
@@ -326,8 +336,9 @@ def seal_file(path: Path) -> None:
 def content_problems(f: h5py.File, path) -> list[str] | None:
     """What differs between a file's content and its manifest, each naming the dataset; None for a file
     of format version 1 (no checksums); [] when everything matches."""
-    version = int(f.attrs.get("format_version", 0))
-    has_manifest = INTEGRITY_GROUP in f or SEAL_ATTR in f.attrs
+    attrs = read_attrs(f, path, ("format_version", SEAL_ATTR))
+    version = int(attrs.get("format_version", 0))
+    has_manifest = INTEGRITY_GROUP in f or SEAL_ATTR in attrs
     if version < CHECKSUM_VERSION and not has_manifest:
         return None
     if not has_manifest:
@@ -341,7 +352,7 @@ def content_problems(f: h5py.File, path) -> list[str] | None:
             raise ValueError("path and sha256 differ in length")
     except (KeyError, ValueError, TypeError, ZooFormatError) as e:
         return [f"/{INTEGRITY_GROUP}: the content manifest is unreadable ({_one_line(e)})"]
-    stored = f.attrs.get(SEAL_ATTR)
+    stored = attrs.get(SEAL_ATTR)
     if _attr_value(stored) != _manifest_seal(paths, shas):
         problems.append(f"/{INTEGRITY_GROUP}: the content manifest does not match its seal (attribute {SEAL_ATTR}): "
                         "the manifest or its seal was changed")
@@ -374,10 +385,36 @@ def _check_content(f: h5py.File, path, problems: list | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+def read_attrs(obj, path, names=None) -> dict:
+    """The attributes of `obj` (all, or those of `names` it has), each sized through the low-level API
+    before its value is read: at most MAX_ATTRS per object, MAX_ATTR_BYTES each; else ZooFormatError
+    naming the file, the object and the attribute. (A crafted dataspace or type would otherwise make
+    h5py allocate whatever it declares.)"""
+    n = h5py.h5a.get_num_attrs(obj.id)
+    if n > MAX_ATTRS:
+        raise ZooFormatError(f"{path}: {obj.name} has {n} attributes (limit {MAX_ATTRS}); refused")
+    out = {}
+    for k in list(obj.attrs) if names is None else [k for k in names if k in obj.attrs]:
+        a = obj.attrs.get_id(k)
+        shape = a.shape  # None: an empty dataspace (no value to read)
+        elements = 0 if shape is None else math.prod(shape)
+        tid = a.get_type()
+        if tid.get_class() not in ATTR_TYPE_CLASSES:
+            raise ZooFormatError(f"{path}: attribute {k!r} of {obj.name} has HDF5 type class {tid.get_class()} "
+                                 "(zoo attributes are numbers or text); refused")
+        size = elements * tid.get_size()
+        if size > MAX_ATTR_BYTES:
+            raise ZooFormatError(f"{path}: attribute {k!r} of {obj.name} declares {elements} elements (shape {shape}) "
+                                 f"of {a.get_type().get_size()} bytes; absurd, refused")
+        out[k] = obj.attrs[k]
+    return out
+
+
 def _check_header(f: h5py.File, path: Path) -> None:
-    if f.attrs.get("format") != FORMAT_NAME:
-        raise ZooFormatError(f"{path}: not a wsl zoo file (attribute format={f.attrs.get('format')!r})")
-    v = f.attrs.get("format_version")
+    attrs = read_attrs(f, path, ("format", "format_version"))
+    if attrs.get("format") != FORMAT_NAME:
+        raise ZooFormatError(f"{path}: not a wsl zoo file (attribute format={attrs.get('format')!r})")
+    v = attrs.get("format_version")
     if not isinstance(v, (int, np.integer)):
         raise ZooFormatError(f"{path}: format_version {v!r} is not an integer")
     if int(v) > FORMAT_VERSION:
@@ -422,10 +459,72 @@ def _one_line(e: BaseException) -> str:
 def _open(path: Path) -> h5py.File:
     if not Path(path).is_file():  # a FIFO or device would block the reader
         raise ZooFormatError(f"{path}: missing or not a regular file")
+    _check_global_heaps(path)
     try:
         return h5py.File(path, "r")
     except H5_ERRORS as e:
         raise ZooFormatError(f"{path}: cannot be opened as HDF5 ({_one_line(e)})") from e
+
+
+# HDF5 global heap collections (where every variable-length string lives, attributes included):
+# "GCOL", version 1, 3 reserved bytes (not checked by HDF5), collection size (8 bytes), then objects,
+# each: index (2 bytes), reference count (2), reserved (4), size (8), data padded to 8 bytes; index 0 is
+# the free space and has no header of its own to skip. HDF5 (2.0.0 and earlier) walks a collection by
+# these sizes when it first reads a string from it, and trusts them: a free-space object of size 0
+# never advances the walk (one flipped bit in a string's size lands the walk on zeroed free space: the
+# reader spun forever at 100% CPU in H5Aread, where no signal reaches it), a size running past the
+# collection reads past HDF5's buffer. So the walk is done here first, on the raw bytes.
+# The sizes are "lengths" of the width the superblock declares: h5py (so wsl) writes 8 and no user block.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_GCOL = b"GCOL\x01"  # signature and version 1: HDF5 refuses any other version itself
+_GCOL_OBJ = 16  # bytes of an object header
+
+
+def _global_heap_problem(raw, at: int) -> str | None:
+    size = int.from_bytes(raw[at + 8 : at + 16], "little")
+    end = at + size
+    if end > len(raw):
+        return None  # HDF5 cannot read it whole and refuses it itself
+    p = at + 16
+    while p < end:
+        if p + _GCOL_OBJ > end:  # a tail too small for a header: free space (as HDF5 reads it)
+            break
+        idx = int.from_bytes(raw[p : p + 2], "little")
+        obj = int.from_bytes(raw[p + 8 : p + 16], "little")
+        need = obj if idx == 0 else _GCOL_OBJ + (obj + 7) // 8 * 8
+        if need == 0:  # HDF5 would read this object header again and again, forever
+            return f"global heap collection at byte {at}: free space of 0 bytes at byte {p} (corrupt)"
+        if p + need > end:
+            return (f"global heap collection at byte {at}: object {idx} at byte {p} declares {obj} bytes, past the "
+                    "end of its collection (corrupt)")
+        p += need
+    return None
+
+
+def _check_global_heaps(path: Path) -> None:
+    """Refuse a file whose global heap collections HDF5 would walk forever or past their end, or whose
+    superblock is not where and what h5py writes (then the walk here would not be HDF5's). Collections
+    are found by signature (one is not otherwise reachable without parsing every object header); a
+    stray match in data would have to hold signature, version and an inconsistent walk to be refused.
+    Cost: one pass over the file's bytes (mmap) and over its strings' headers."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            if head[:8] != _HDF5_SIGNATURE or len(head) < 16:
+                raise ZooFormatError(f"{path}: cannot be opened as HDF5 (no superblock at its start, where wsl "
+                                     "writes it)")
+            lengths = head[14] if head[8] < 2 else head[10]  # superblock versions 0-1 | 2-3
+            if lengths != 8:
+                raise ZooFormatError(f"{path}: its HDF5 superblock declares {lengths}-byte lengths (wsl writes 8); "
+                                     "refused")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as raw:
+                at = raw.find(_GCOL)
+                while at >= 0:
+                    if (problem := _global_heap_problem(raw, at)) is not None:
+                        raise ZooFormatError(f"{path}: {problem}; refused")
+                    at = raw.find(_GCOL, at + 1)
+    except (OSError, ValueError) as e:
+        raise ZooFormatError(f"{path}: cannot be read ({_one_line(e)})") from e
 
 
 def _check_untrusted(f: h5py.File, path: Path, budget: ReadBudget | None = None) -> None:
@@ -436,13 +535,25 @@ def _check_untrusted(f: h5py.File, path: Path, budget: ReadBudget | None = None)
     bad = []
     total = [0]
 
+    def count_attrs(obj):  # what its attributes will load (sized, not read); read_attrs bounds each
+        n = h5py.h5a.get_num_attrs(obj.id)
+        if n > MAX_ATTRS:
+            bad.append(f"{obj.name} has {n} attributes (limit {MAX_ATTRS})")
+            return
+        for i in range(n):
+            shape = h5py.h5a.open(obj.id, index=i).shape
+            total[0] += 0 if shape is None else math.prod(shape)
+
     def visit(name, link):
         if not isinstance(link, h5py.HardLink):
             bad.append(f"/{name} is a {type(link).__name__} (zoo files hold no links)")
             return
         obj = f.get(name)
+        count_attrs(obj)
         if isinstance(obj, h5py.Dataset):
-            if obj.external or obj.is_virtual:
+            if obj.id.get_type().get_class() == h5py.h5t.VLEN:  # text is class STRING: see ATTR_TYPE_CLASSES
+                bad.append(f"/{name} holds variable-length sequences (zoo files hold numbers and text)")
+            elif obj.external or obj.is_virtual:
                 bad.append(f"/{name} stores its data in another file")
             elif obj.size > MAX_ELEMENTS:
                 bad.append(f"/{name} declares {obj.size} elements (shape {obj.shape}); absurd")
@@ -454,6 +565,7 @@ def _check_untrusted(f: h5py.File, path: Path, budget: ReadBudget | None = None)
                                f"{obj.id.get_storage_size()} bytes (never written, or compressed: zoo files are "
                                "neither)")
 
+    count_attrs(f)
     f.visititems_links(visit)
     if not bad and total[0] > MAX_ELEMENTS:
         bad.append(f"its datasets declare {total[0]} elements in all (limit {MAX_ELEMENTS} per file)")
@@ -537,7 +649,7 @@ def _read_table(f: h5py.File, path: Path) -> ModelTable:
         jg = f["jobs"]
         for j, c, o in zip(_strings(jg["job_id"]), _strings(jg["config"]), _strings(jg["overrides"])):
             jobs[j] = {"config": _json(c, f"{path}: config of job {j}"), "overrides": _json(o, f"{path}: overrides")}
-    attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+    attrs = {k: _attr_value(v) for k, v in read_attrs(f, path).items()}
     annotations = {}
     if "annotations" in f:
         for name, ag in f["annotations"].items():
@@ -546,7 +658,7 @@ def _read_table(f: h5py.File, path: Path) -> ModelTable:
                 if ds.shape[:1] != (m,):
                     raise ZooFormatError(f"{path}: /annotations/{name}/{cname} has {ds.shape[:1]} rows, expected {m}")
                 columns[cname] = _strings(ds) if ds.dtype.kind in ("O", "S", "U") else np.asarray(ds[()])
-            annotations[name] = Annotation(name, list(ids), columns, {k: _attr_value(v) for k, v in ag.attrs.items()})
+            annotations[name] = Annotation(name, list(ids), columns, {k: _attr_value(v) for k, v in read_attrs(ag, path).items()})
     return ModelTable(rows, jobs, attrs, annotations)
 
 
@@ -564,8 +676,9 @@ def read_annotation_file(path: Path, budget: ReadBudget | None = None, problems:
                 if ds.shape[:1] != (len(ids),):
                     raise ZooFormatError(f"{path}: column {name} has {ds.shape[:1]} rows, expected {len(ids)}")
                 columns[name] = _strings(ds) if ds.dtype.kind in ("O", "S", "U") else np.asarray(ds[()])
-            attrs = {k[5:]: _attr_value(v) for k, v in f.attrs.items() if k.startswith("attr:")}
-            return Annotation(str(_attr_value(f.attrs.get("group", path.stem))), ids, columns, attrs, checked)
+            stored = read_attrs(f, path)
+            attrs = {k[5:]: _attr_value(v) for k, v in stored.items() if k.startswith("attr:")}
+            return Annotation(str(_attr_value(stored.get("group", path.stem))), ids, columns, attrs, checked)
     except ZooFormatError:
         raise
     except H5_ERRORS as e:

@@ -397,19 +397,24 @@ class _Checker:
     def _compare_index_content(self, index: ModelTable, shards: dict, annotations: dict) -> None:
         """Every dataset of the index against the index the merge makes of the shards and annotation
         files (rebuilt in memory): a value edited in the index alone, and resealed, is found here."""
-        import h5py
-
-        from wsl.zoo.table import H5_ERRORS, content_digests
+        from wsl.zoo.table import H5_ERRORS, _open, content_digests
         from wsl.zoo.writer import index_table
 
         ipath = self.root / INDEX_FILE
         try:
             rebuilt = index_table(self.root, shards, [annotations[p] for p in sorted(annotations)])
             want = table_digests(rebuilt)
-            with h5py.File(ipath, "r") as f:
-                have = content_digests(f)
         except ZooFormatError as e:
             self.error(ipath, f"cannot be rebuilt from its sources to compare: {e}")
+            return
+        except H5_ERRORS as e:
+            self.error(ipath, f"cannot be compared with its sources ({type(e).__name__}: {e})")
+            return
+        try:  # opened as the reader opens it (its global heaps checked before HDF5 walks them)
+            with _open(ipath) as f:
+                have = content_digests(f)
+        except ZooFormatError as e:
+            self.error(ipath, f"cannot be compared with its sources ({e})")
             return
         except H5_ERRORS as e:
             self.error(ipath, f"cannot be compared with its sources ({type(e).__name__}: {e})")
