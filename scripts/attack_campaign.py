@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,7 +53,7 @@ ENC_QUIET = ["logger=none", "trainer.accelerator=cpu"]  # wsl-train-encoder has 
 TINY = ["net.width=8", "population.size=4", "train.epochs=2", "train.batch_size=64", *QUIET]
 FAST_EVAL = ["logger=none", "baselines.noise.n=4", "baselines.average.n=4", "baselines.gaussian.n=4",
              "novelty.max_iter=5"]
-ZQ = [*TINY, "train.lr=[0.1,0.03,0.01,0.003]"]  # 4 nets in 4 cells: enough for an encoder's three splits
+ZQ = [*TINY, "population.size=6", "train.lr=[0.1,0.03,0.01]"]  # 3 cells of 2 nets: one cell per encoder split
 TIMEOUT = 120
 MEM_LIMIT = 6 << 30
 # Lightning and torch print these on stderr on their own: not part of an app's error message.
@@ -288,12 +288,6 @@ def replace_weights(zoo: Path, fn, reseal: bool = True) -> Path:
     return path
 
 
-def edit_json(path: Path, fn) -> None:
-    d = json.loads(path.read_text())
-    fn(d)
-    path.write_text(json.dumps(d))
-
-
 def with_(argv: list[str], *overrides: str) -> list[str]:
     """argv with `overrides`, replacing any override of the same key (Hydra refuses a key given twice)."""
     key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
@@ -425,7 +419,8 @@ def attacks() -> list[Attack]:
         lambda ws: (index_outside(ws), ["wsl-verify", "zoo.path=zq"])[1], expect="detect", pattern="index.h5")
     add("symlink index.h5 outside (encoder)", SL, ("zq",),
         lambda ws: (index_outside(ws), ["wsl-train-encoder", "zoo.path=zq", "encoder=flat", "trainer.max_epochs=1",
-                                        "seeds=[0]", "split.fractions=[0.5,0.25,0.25]", *ENC_QUIET])[1], pattern="index.h5")
+                                        "seeds=[0]", "split.fractions=[0.3,0.3,0.4]", *ENC_QUIET])[1],
+        pattern="index.h5")
     add("symlink loop in models (verify)", SL, ("zq",),
         lambda ws: ((ws / "zq/models/loop").symlink_to("loop"), ["wsl-verify", "zoo.path=zq"])[1],
         expect="detect", pattern="loop")
@@ -436,7 +431,7 @@ def attacks() -> list[Attack]:
     # -- integrity --
     vq = ["wsl-verify", "zoo.path=zq"]
     enc = ["wsl-train-encoder", "zoo.path=zq", "encoder=flat", "trainer.max_epochs=1", "seeds=[0]",
-           "split.fractions=[0.5,0.25,0.25]", *ENC_QUIET]
+           "split.fractions=[0.3,0.3,0.4]", *ENC_QUIET]
     add("flip metrics/test_acc in index (verify)", IN, ("zq",),
         lambda ws: (flip(ws / "zq/index.h5", "metrics/test_acc"), vq)[1], expect="detect",
         pattern=r"index\.h5.*metrics/test_acc")
@@ -565,14 +560,11 @@ def attacks() -> list[Attack]:
         lambda ws: ["wsl-sample", "run=zq", "zoo.path=out", "n=2", "logger=none"], pattern="run")
 
     def unwritten(ws):
-        import h5py
-
         def f(h):
             for name in ("test_acc", "train_loss"):
                 del h[f"metrics/{name}"]
                 h.create_dataset(f"metrics/{name}", shape=(4, 4_500_000), dtype="f8", chunks=(1, 1 << 16))
         h5_edit(ws / "zq/index.h5", f)
-        del h5py
     add("unwritten chunked datasets in index (verify)", BR, ("zq",), lambda ws: (unwritten(ws), vq)[1],
         expect="detect", pattern="declares", check=max_mb(900))
     add("unwritten chunked datasets in index (encoder)", BR, ("zq",), lambda ws: (unwritten(ws), enc)[1],
@@ -663,6 +655,18 @@ def attacks() -> list[Attack]:
     add("read-only zoo: wsl-landscape", OL, ("zq",),
         lambda ws: (ro_prep(ws), ["wsl-landscape", "zoo.path=zq", "landscape=basic", "logger=none"])[1],
         cleanup=ro_undo)
+    add("plot plot.dpi=100000", BR, ("zq",), lambda ws: ["wsl-plot", "zoo.path=zq", "plot.dpi=100000", "logger=none"],
+        pattern="dpi", check=max_mb(2000))
+    add("plot plot.format=exe", OL, ("zq",), lambda ws: ["wsl-plot", "zoo.path=zq", "plot.format=exe", "logger=none"],
+        pattern="format")
+    add("sample job_id=../../evil (path traversal)", SL, ("gen",), lambda ws: [*smp, "n=2", "job_id=../../evil"],
+        pattern=r"job.id")
+    add("sample job_id=a/b", SL, ("gen",), lambda ws: [*smp, "n=2", "job_id=a/b"], pattern=r"job.id")
+    add("sample guidance=nan", OL, ("gen",), lambda ws: [*smp, "n=2", "guidance=nan"], pattern="guidance")
+    add("evaluate reference = the generated zoo itself", OL, ("zg",),
+        lambda ws: ["wsl-evaluate", "zoo.path=zg", "reference=zg", *FAST_EVAL], pattern="reference")
+    add("verify checksums=maybe", OL, ("zq",), lambda ws: ["wsl-verify", "zoo.path=zq", "checksums=maybe"],
+        pattern="checksums")
     add("landscape model_ids=[nope]", OL, ("zq",),
         lambda ws: ["wsl-landscape", "zoo.path=zq", "model_ids=[nope]", "logger=none"], pattern="nope")
     return A
@@ -719,7 +723,8 @@ def build_base(base: Path) -> None:
 
     from wsl.zoo import Zoo, write_annotation
     z = Zoo(base / "za")
-    write_annotation(base / "za", "probe", z.ids, {"value": np.arange(4.0) + 0.5, "label": list("abcd")},
+    write_annotation(base / "za", "probe", z.ids, {"value": np.arange(len(z.ids)) + 0.5,
+                                                "label": [f"l{i}" for i in range(len(z.ids))]},
                      {"estimator": "campaign"})
 
 
