@@ -173,6 +173,21 @@ def test_landscape_refuses_an_annotations_link(place):
     assert _snapshot(outside) == before
 
 
+def test_landscape_refuses_a_shards_link_before_computing(place):
+    """Found by scripts/attack_campaign.py: a `shards -> <outside>` link was refused only by the final index
+    rebuild, after the annotations had been computed and committed into the zoo."""
+    outside = _outside(place)
+    zoo = place / "ref"
+    shutil.move(zoo / "shards", outside / "shards")
+    (zoo / "shards").symlink_to(outside / "shards")
+    before, zoo_before = _snapshot(outside), _snapshot(zoo)
+    p = _run("landscape", f"zoo.path={zoo}", "landscape.metrics=[hessian_trace]", "landscape.num_samples=32",
+             "landscape.hessian_trace.samples=2", "landscape.hessian_trace.min_samples=2", "logger=none",
+             runs=_runs(place, "l"))
+    _refused(p, zoo / "shards", "symbolic link")
+    assert _snapshot(outside) == before and _snapshot(zoo) == zoo_before  # no annotations/ either
+
+
 def test_verify_repair_refuses_lock_and_shards_links(place):
     outside = _outside(place)
     lock = place / "ref" / ".lock"

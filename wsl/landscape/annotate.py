@@ -365,6 +365,18 @@ def _open_current(zoo_path):
     return Zoo(root)
 
 
+def _check_write_paths(root) -> None:
+    """Every path a run writes or clears below the zoo (annotation files, the merge's temp-file cleanup in
+    shards/ and annotations/, the index), checked before any work: a planted link there is otherwise only
+    refused by the final index rebuild, after the annotations were computed and committed."""
+    from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, SHARD_DIR
+    from wsl.zoo.safe_paths import inside
+
+    inside(root, ANNOTATION_DIR, "write")
+    inside(root, SHARD_DIR, "remove files")
+    inside(root, INDEX_FILE, "write")
+
+
 def annotate_zoo(zoo_path, cfg, model_ids=None) -> dict[str, int]:
     """Compute the metrics `cfg` (a `landscape:` node) lists for `model_ids` (default: all) of a zoo.
 
@@ -382,6 +394,7 @@ def annotate_zoo(zoo_path, cfg, model_ids=None) -> dict[str, int]:
     # a run killed after committing annotations and before rebuilding the index leaves the index
     # behind its files: bring it up to date first (what is done is read from the files themselves)
     zoo = _open_current(zoo_path)
+    _check_write_paths(zoo.path)
     ids = list(zoo.ids) if model_ids is None else [str(m) for m in model_ids]
     missing = [m for m in ids if m not in set(zoo.ids)]
     if missing:
