@@ -36,6 +36,7 @@ from wsl.encoders.weightspace import WeightSpace
 from wsl.errors import ConfigError, printable
 from wsl.tracking import quiet_lightning
 from wsl.zoo.epochs import check_epoch
+from wsl.zoo.finite import some_ids
 
 log = logging.getLogger("wsl.encoders")
 
@@ -106,7 +107,7 @@ def exclude_nonfinite(zoo, ids: list, params: dict, masks: dict, weights_ok: tor
     none is left. Returns (ids, params, masks) of the rest."""
     def names(ok):
         bad = [m for m, good in zip(ids, ok.tolist()) if not good]
-        return len(bad), ", ".join(printable(m) for m in bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        return len(bad), some_ids(bad)
 
     keep = weights_ok & targets_ok
     for ok, what in ((weights_ok, f"non-finite weights at epoch {epoch}"), (targets_ok, "non-finite task targets")):

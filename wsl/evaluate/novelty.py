@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from wsl.errors import ConfigError
+from wsl.zoo.finite import all_finite
 
 AlignFn = Callable[[dict, dict], dict]  # (reference state dict, state dict) -> aligned state dict
 
@@ -95,7 +96,7 @@ class AlignedReference:
         if self.align is None:
             return list(state_dicts)
         with one_thread():
-            return [self.align(self.anchor_sd, sd) if _finite(sd) else sd for sd in state_dicts]
+            return [self.align(self.anchor_sd, sd) if all_finite(sd) else sd for sd in state_dicts]
 
     def nearest(self, state_dicts: list[dict], exclude: np.ndarray | None = None,
                 in_anchor_frame: bool = False) -> Neighbours:
@@ -139,9 +140,6 @@ class AlignedReference:
                 d2[s, t] = torch.minimum(d2[s, t], torch.cdist(a, r)[0, 0])
                 cos[s, t] = torch.minimum(cos[s, t], 1.0 - _cosine(a, r)[0, 0])
 
-
-def _finite(sd: dict) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [S, N], [T, N] -> [S, T]

@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.evaluate.accuracy import ensemble_scores, has_batchnorm, score_nets
@@ -30,6 +29,7 @@ from wsl.evaluate.results import Evaluation, SetResult
 from wsl.nets import build_net
 from wsl.zoo import Zoo
 from wsl.zoo.epochs import check_epoch
+from wsl.zoo.finite import all_finite, some_ids
 
 log = logging.getLogger("wsl.evaluate")
 
@@ -168,19 +168,16 @@ def plan(zoo_path, reference_path, s: Settings) -> Plan:
     return Plan(gen, ref, gen_ids, ref_ids, arch, ref_task, ref_epoch, how)
 
 
-def _finite(sd: dict) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
-
 
 def _exclude_nonfinite(p: Plan, ref_sds: list, s: Settings) -> list:
     """Training checkpoints with non-finite weights are no yardstick (a verify ERROR; weight matching cannot
     align them): dropped from `p.ref_ids` and `ref_sds` with one warning naming them; refused when fewer than
     two are left. (Generated nets with non-finite weights stay: they count as failures.)"""
-    ok = [_finite(sd) for sd in ref_sds]
+    ok = [all_finite(sd) for sd in ref_sds]
     if all(ok):
         return ref_sds
     bad = [m for m, f in zip(p.ref_ids, ok) if not f]
-    shown = ", ".join(printable(m) for m in bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+    shown = some_ids(bad)
     if sum(ok) < 2:
         raise ConfigError(f"reference zoo {printable(p.ref.path)}: {len(bad)} of {len(ok)} training checkpoints have "
                           f"non-finite weights at epoch {p.reference_epoch} ({shown}); the audit needs at least 2 "

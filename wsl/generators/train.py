@@ -18,6 +18,7 @@ from wsl.generators.representation import WeightAutoencoder, WeightRepresentatio
 from wsl.generators.run import GeneratorRun
 from wsl.generators.threads import set_threads
 from wsl.zoo.epochs import check_epoch
+from wsl.zoo.finite import all_finite, some_ids
 
 log = logging.getLogger("wsl.generators")
 
@@ -108,19 +109,16 @@ def select_zoo(cfg: DictConfig) -> ZooSelection:
     return ZooSelection(zoo, train_ids, val_ids, arch, dataset, keys, cond_train, cond_val)
 
 
-def _finite(sd: dict) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
-
 
 def exclude_nonfinite(sel: ZooSelection, train_sds: list, val_sds: list, epoch: int) -> tuple[list, list]:
     """Drop the nets whose weights are not all finite (a verify ERROR; one would poison the per-tensor statistics
     and every batch it is in) from `sel` (ids and conditions) and from the loaded state dicts, with one warning
     naming them; refuse when fewer than 2 training nets are left."""
-    ok_t, ok_v = [_finite(sd) for sd in train_sds], [_finite(sd) for sd in val_sds]
+    ok_t, ok_v = [all_finite(sd) for sd in train_sds], [all_finite(sd) for sd in val_sds]
     if all(ok_t) and all(ok_v):
         return train_sds, val_sds
     bad = [m for m, ok in zip(sel.train_ids + sel.val_ids, ok_t + ok_v) if not ok]
-    shown = ", ".join(printable(m) for m in bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+    shown = some_ids(bad)
     if sum(ok_t) < 2:
         raise ConfigError(f"zoo {printable(sel.zoo.path)}: {len(bad)} net(s) have non-finite weights at epoch {epoch} "
                           f"({shown}), leaving {sum(ok_t)} training net(s); a generator needs at least 2 "

@@ -28,6 +28,7 @@ from wsl.landscape.cka import replica_pairs
 from wsl.landscape.functional import split_state, stack_states
 from wsl.landscape.plan import Plan, group_name, make_plan
 from wsl.landscape.sampling import make_sample_set
+from wsl.zoo.finite import all_finite
 
 log = logging.getLogger("wsl.landscape")
 STATE_CACHE_BYTES = 512 * 2**20  # checkpoints kept in memory between the metrics of one epoch
@@ -168,9 +169,6 @@ def _write(zoo_path, group: str, metric, s: dict, rows: dict, samples_used: dict
     write_annotation(zoo_path, group, ids, cols, attrs, rebuild_index=False)  # the index: once, at the end
 
 
-def _finite(state: dict) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
-
 
 # ---- model-scope metrics ----------------------------------------------------------------------
 def _run_model_metric(ctx: _Context, plan: Plan, group: str, metric, s: dict, ids: list[str]) -> int:
@@ -197,7 +195,7 @@ def _run_model_metric(ctx: _Context, plan: Plan, group: str, metric, s: dict, id
                 groups[(ctx.arch_key(mid), ctx.data_key(mid))].append(mid)
         for members in groups.values():
             states = {m: ctx.state(m) for m in members}
-            bad = [m for m in members if not _finite(states[m])]
+            bad = [m for m in members if not all_finite(states[m])]
             for m in bad:
                 rows[m] = {"epoch": ctx.epoch_of(m), "settings": want[m][0], "note": "non-finite weights; not analyzed"}
             members = [m for m in members if m not in bad]
@@ -278,7 +276,7 @@ def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used
     for cell, usable, *_ in group:
         for m in usable:
             states[m] = ctx.state(m)
-            if not _finite(states[m]):
+            if not all_finite(states[m]):
                 bad.add(m)
     a_ids, b_ids, owner = [], [], []
     for k, (cell, usable, pairs, sj, mstr, samples) in enumerate(group):

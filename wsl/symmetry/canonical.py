@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from wsl.errors import ConfigError, WslError, ZooFormatError
 from wsl.symmetry.matching import match
 from wsl.symmetry.permute import permute
+from wsl.zoo.finite import all_finite
 
 log = logging.getLogger("wsl.symmetry")
 
@@ -88,9 +88,6 @@ class AlignSettings:
         if self.reference_id is not None and self.reference != "global":
             raise ConfigError("reference_id is only used with reference=global")
 
-
-def _finite(sd: dict) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
 
 
 def _l2(a: dict, b: dict) -> float:
@@ -214,7 +211,7 @@ def _load(src, settings: AlignSettings) -> _Plan:
             raise ConfigError(f"model {m}: architecture {src.arch(m).get('name')!r} declares no permutation spec")
         specs[m], epoch_of[m] = net.permutation_spec(), e
         matched[m] = src.state_dict(m, e)
-        alignable[m] = not diverged and _finite(matched[m])
+        alignable[m] = not diverged and all_finite(matched[m])
     ref_of = _references(src, ids, settings, alignable)
     return _Plan(ids, specs, epoch_of, matched, ref_of, {}, {})
 
