@@ -89,6 +89,11 @@ def summary() -> None:
 def main() -> None:
     times = {}
     for title, module, args in STAGES:
+        if module == "train_generator" and (GEN_RUN / "generator.safetensors").exists():
+            # a rerun keeps the generator of the first run: wsl-sample adds only to a zoo of that
+            # run's own samples (a new generator would have to write to a new zoo.path)
+            print(f"\n=== {title}: reusing {GEN_RUN} (delete runs/quickstart and zoos/quickstart-gen to retrain)")
+            continue
         times[title] = run(title, module, args)
     summary()
     print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
