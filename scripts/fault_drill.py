@@ -182,6 +182,11 @@ class Stats:
     reference_mismatches: int = 0  # models (rows) that differ from the fault-free reference run
     litter: int = 0  # wsl-evaluate, wsl-plot: temp files or directories left after the round's last run
     seconds: float = 0.0
+
+    def count_kill(self, run) -> None:
+        """A killed run: where the kill landed (a random moment counts as "computing") and whether inside a write."""
+        self.kills["computing" if run.phase == "training" else run.phase] += 1
+        self.in_window += run.in_window
     notes: list = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -493,8 +498,7 @@ def drill_landscape(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: i
                 if run.rc != 0:
                     raise RuntimeError(f"{' '.join(cmd)} failed ({run.rc}):\n{run.output[-3000:]}")
                 break
-            stats.kills["computing" if run.phase == "training" else run.phase] += 1
-            stats.in_window += run.in_window
+            stats.count_kill(run)
             stats.visible_broken += not _zoo_readable(zoo)
             for g, rows in annotation_rows(zoo).items():
                 first_seen.update((g, m) for m in _done(rows))
@@ -700,8 +704,7 @@ def drill_report(workdir: Path, gen_zoo: Path | None, ref_zoo: Path, rounds: int
             if run.rc not in (None, 0):
                 raise RuntimeError(f"wsl-evaluate failed ({run.rc}):\n{run.output[-3000:]}")
             if run.phase:
-                stats.kills["computing" if run.phase == "training" else run.phase] += 1
-                stats.in_window += run.in_window
+                stats.count_kill(run)
             now = _files(out)
             complete = now is not None and set(REPORT_FILES) <= set(now) and all(_complete(n, b) for n, b in now.items())
             if now is not None and not complete:
@@ -773,8 +776,7 @@ def drill_plot(workdir: Path, base_zoo: Path, rounds: int = 2, max_kills: int = 
             if run.rc not in (None, 0):
                 raise RuntimeError(f"wsl-plot failed ({run.rc}):\n{run.output[-3000:]}")
             if run.phase:
-                stats.kills["computing" if run.phase == "training" else run.phase] += 1
-                stats.in_window += run.in_window
+                stats.count_kill(run)
             now = _files(out) or {}
             broken = [n for n, b in now.items() if not _complete(n, b)]
             stats.visible_broken += len(broken)
