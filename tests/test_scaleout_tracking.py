@@ -27,6 +27,13 @@ from wsl.tracking import log_run, make_logger, resolve_wandb_mode, wandb_credent
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+def logger_node(overrides: list[str]):
+    """The composed `logger` node as the apps hand it to make_logger (plain, typed by wsl.apps.config)."""
+    from wsl.apps.config import plain
+
+    return plain(compose_cfg("zoo", overrides))["logger"]
+
 def read_wandb_records(path: Path) -> list:
     """Every record of a W&B transaction log (`run-<id>.wandb`): LevelDB log framing (32 KiB blocks,
     7-byte chunk headers: crc32 4, length 2, type 1 = full/first/middle/last) after a 7-byte file
@@ -147,7 +154,7 @@ def test_wandb_mode_falls_back_to_offline_without_credentials(no_wandb_credentia
     with pytest.raises(ConfigError, match="logger.mode='loud'"):
         resolve_wandb_mode("loud")
     with pytest.raises(ConfigError, match="WANDB_MODE='sometimes'"):  # not buried in Hydra's wrapper
-        make_logger(compose_cfg("zoo", ["logger=wandb"]).logger, no_wandb_credentials / "run")
+        make_logger(logger_node(["logger=wandb"]), no_wandb_credentials / "run")
 
 
 def test_wandb_mode_online_with_credentials(no_wandb_credentials, monkeypatch):
@@ -165,9 +172,9 @@ def test_wandb_mode_online_with_credentials(no_wandb_credentials, monkeypatch):
 def test_log_run_csv_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    csv_logger = make_logger(compose_cfg("zoo", ["logger=csv"]).logger, tmp_path / "csv")
-    tb_logger = make_logger(compose_cfg("zoo", ["logger=tensorboard"]).logger, tmp_path / "tb")
-    assert make_logger(compose_cfg("zoo", ["logger=none"]).logger, tmp_path) is False
+    csv_logger = make_logger(logger_node(["logger=csv"]), tmp_path / "csv")
+    tb_logger = make_logger(logger_node(["logger=tensorboard"]), tmp_path / "tb")
+    assert make_logger(logger_node(["logger=none"]), tmp_path) is False
     final = train_and_track([csv_logger, tb_logger])
     flat = log_run([csv_logger, tb_logger], CONFIG, final)
     assert flat == {"final/test/acc": final["test"]["acc"], "final/epochs": 3.0}
@@ -196,7 +203,7 @@ def test_log_run_csv_and_tensorboard(tmp_path):
 def test_log_run_wandb_offline_files_hold_the_metrics(tmp_path, no_wandb_credentials):
     import wandb
 
-    node = compose_cfg("zoo", ["logger=wandb", "logger.tags=[test]"]).logger
+    node = logger_node(["logger=wandb", "logger.tags=[test]"])
     with pytest.warns(UserWarning, match="logging offline"):
         logger = make_logger(node, tmp_path / "run", name="encoder", version="seed0")
     final = train_and_track(logger)
@@ -218,7 +225,7 @@ def test_wandb_reuses_the_jobs_run_and_finishes_a_stale_one(tmp_path, no_wandb_c
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    node = compose_cfg("zoo", ["logger=wandb"]).logger
+    node = logger_node(["logger=wandb"])
     first = make_logger(node, tmp_path / "job0")
     first.log_metrics({"a": 1.0}, step=0)
     same_job = make_logger(node, tmp_path / "job0", version="seed1")

@@ -15,6 +15,8 @@ credentials the run is written offline (with a warning) instead of prompting for
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
 import math
 import netrc
@@ -22,9 +24,11 @@ import numbers
 import os
 import warnings
 from pathlib import Path
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 from wsl.errors import ConfigError
+from wsl.schema import FieldError, target_schema
 
 log = logging.getLogger("wsl.tracking")
 
@@ -79,6 +83,56 @@ def quiet_lightning() -> None:
                             r"interval", category=UserWarning)
     warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`",
                             category=UserWarning)
+
+
+# ------------------------------------------------------------------------------------------ schemas
+# The `logger=` group (conf/logger/*.yaml). `save_dir` is given by the app (its run directory).
+def _needs(package: str, option: str, *modules: str) -> None:
+    if not any(importlib.util.find_spec(m) for m in modules or (package,)):
+        raise FieldError(f"logger={option} needs the {package} package, which is not installed: "
+                         f"pip install {package} (or logger=csv)")
+
+
+@target_schema
+@dataclasses.dataclass
+class CSVLoggerConfig:
+    _target_: str = "lightning.pytorch.loggers.CSVLogger"
+    save_dir: Optional[str] = None
+    name: str = "logs"
+    version: str = ""
+
+
+@target_schema
+@dataclasses.dataclass
+class TensorBoardLoggerConfig:
+    _target_: str = "lightning.pytorch.loggers.TensorBoardLogger"
+    save_dir: Optional[str] = None
+    name: str = "tb"
+    version: str = ""
+    default_hp_metric: bool = False
+
+    def __post_init__(self):
+        _needs("tensorboard", "tensorboard", "tensorboard", "tensorboardX")
+
+
+@target_schema
+@dataclasses.dataclass
+class WandbLoggerConfig:
+    _target_: str = "wsl.tracking.wandb_logger"
+    save_dir: Optional[str] = None
+    project: str = "wsl"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    job_type: Optional[str] = None
+    tags: list[str] = dataclasses.field(default_factory=list)
+    mode: Optional[str] = None
+    log_model: Any = False
+
+    def __post_init__(self):
+        _needs("wandb", "wandb")
+        if self.mode is not None and str(self.mode).lower() not in (*WANDB_MODES, *_MODE_ALIASES):
+            raise FieldError(f"@mode={self.mode!r} is not a W&B mode; valid: {', '.join(WANDB_MODES)}")
 
 
 # ------------------------------------------------------------------------------------------ W&B
@@ -178,16 +232,18 @@ def wandb_logger(save_dir: str, project: str = "wsl", name: str | None = None, v
 
 # ------------------------------------------------------------------------------------------ any logger
 def make_logger(node, save_dir: str | os.PathLike, **kwargs):
-    """Instantiate a `logger=` group node with `save_dir` set to the run directory (and any
-    other constructor arguments, e.g. name/version); False when the node is empty (logger=none)."""
+    """The one way every app builds its `logger=` node (a schema below, or a mapping with a
+    `_target_`): `save_dir` set to the run directory, plus any other constructor arguments (e.g.
+    name/version); False when the node is empty (logger=none)."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    if not node or "_target_" not in node:
-        return False
     from wsl.errors import WslError
 
-    cfg = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else dict(node)
+    if dataclasses.is_dataclass(node):
+        node = dataclasses.asdict(node)
+    if not node or "_target_" not in node:
+        return False
+    cfg = dict(node)
     cfg.update(save_dir=str(save_dir), **kwargs)  # the group's default names Hydra's run dir
     try:
         return instantiate(cfg)

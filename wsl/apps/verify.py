@@ -11,18 +11,18 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
-from wsl.errors import ConfigError, ZooFormatError, printable
+from wsl.apps.config import typed
+from wsl.errors import ZooFormatError, printable
+from wsl.zoo.schema import VerifyConfig
+
+EXAMPLES = {"zoo.path": "wsl-verify zoo.path=zoos/<name>"}
 
 
-def validate_verify_config(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg.zoo, "path") or not isinstance(cfg.zoo.path, str) or not cfg.zoo.path.strip():
-        raise ConfigError("zoo.path is required: wsl-verify zoo.path=zoos/<name>")
-    for key in ("checksums", "strict", "repair"):
-        if not isinstance(cfg[key], bool):
-            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+def typed_config(cfg: DictConfig) -> VerifyConfig:
+    return typed(cfg, VerifyConfig, EXAMPLES)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="verify", version_base="1.3")
@@ -30,18 +30,18 @@ def validate_verify_config(cfg: DictConfig) -> None:
 def _main(cfg: DictConfig) -> None:
     from wsl.zoo.verify import check_zoo, repair_index
 
-    validate_verify_config(cfg)
-    if cfg.repair:
+    job = typed_config(cfg)
+    if job.repair:
         try:
-            print(printable(f"repaired: {repair_index(cfg.zoo.path)}"))
+            print(printable(f"repaired: {repair_index(job.zoo.path)}"))
         except OSError as e:  # a read-only zoo (or disk): the index cannot be rewritten, nothing was changed
-            where = e.filename or cfg.zoo.path
+            where = e.filename or job.zoo.path
             raise ZooFormatError(printable(f"cannot repair {where}: {e.strerror or e} (a read-only zoo? repair "
                                            "rewrites index.h5; check without repair=true)")) from e
-    result = check_zoo(cfg.zoo.path, checksums=cfg.checksums)
+    result = check_zoo(job.zoo.path, checksums=job.checksums)
     for p in result.problems:
         print(p)
-    failed = result.errors or (cfg.strict and result.warnings)
+    failed = result.errors or (job.strict and result.warnings)
     print(("FAILED " if failed else "OK ") + result.summary())
     log_summary(cfg, {"errors": len(result.errors), "warnings": len(result.warnings), "models": result.models,
                       "checkpoints": result.checkpoints, "files": result.files, "failed": int(bool(failed))})
@@ -50,7 +50,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    preflight("verify", validate_verify_config)
+    preflight("verify", typed_config)
     _main()
 
 

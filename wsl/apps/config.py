@@ -1,0 +1,133 @@
+"""The composed config becomes the typed objects of the rooms' schemas, once, here.
+
+`typed(cfg, Schema)` checks types (OmegaConf), ranges and cross-field rules (each schema's
+`__post_init__`, see `wsl.schema`) and returns the dataclass instance an app passes down. Every
+error becomes one `ConfigError` naming the user's key: `net.width must be an integer >= 1, got 0`.
+A node that names a `_target_` registered with `wsl.schema.target_schema` (a net, an encoder, a
+logger, a baseline, ...) is typed by that class's schema wherever it appears.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from wsl.errors import ConfigError
+from wsl.schema import TARGETS, FieldError
+
+_TYPES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+
+
+def plain(cfg) -> dict:
+    """The config as resolved plain Python types. The logger's `save_dir` (Hydra's run directory,
+    unknown outside a running job) is left unresolved: apps give every logger its directory."""
+    if not OmegaConf.is_config(cfg):
+        return cfg
+    data = OmegaConf.to_container(cfg, resolve=False)
+    save_dir = None
+    if isinstance(data.get("logger"), dict):
+        save_dir = data["logger"].pop("save_dir", None)
+    try:
+        out = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]}") from None
+    if save_dir is not None:
+        out["logger"]["save_dir"] = None
+    return out
+
+
+def typed(cfg: DictConfig | dict, schema: type, examples: dict[str, str] | None = None, path: str = ""):
+    """An instance of `schema` (a dataclass) from the config; a ConfigError naming the key otherwise.
+    `examples`: key -> example command, shown when that required key (`???`) is not set."""
+    try:
+        return _build(plain(cfg), schema, path)
+    except _Missing as e:
+        ex = (examples or {}).get(e.key)
+        raise ConfigError(f"{e.key} is required, e.g. {ex}" if ex else f"{e.key} is required (set {e.key}=...)") \
+            from None
+
+
+class _Missing(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path and key else (path or key)
+
+
+def _dataclass_in(tp) -> type | None:
+    """The dataclass a field is typed with (also inside Optional[...]), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) is typing.Union:
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _convert(value, tp, key: str):
+    """A field's value with every nested schema built first (so that its errors name its own key)."""
+    sub = _dataclass_in(tp)
+    if sub is not None and isinstance(value, dict):
+        return _build(value, TARGETS.get(value.get("_target_"), sub), key)
+    if isinstance(value, dict) and value.get("_target_") in TARGETS:
+        return _build(value, TARGETS[value["_target_"]], key)
+    if isinstance(value, dict) and typing.get_origin(tp) in (dict, typing.Dict) or tp is Any or \
+            typing.get_origin(tp) is typing.Union:
+        if isinstance(value, dict):  # a mapping of named nodes (baselines, augmentations)
+            return {k: _convert(v, Any, _join(key, str(k))) if isinstance(v, dict) else v for k, v in value.items()}
+    return value
+
+
+def _build(data, schema: type, path: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'the config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(schema)
+    for k, v in data.items():  # OmegaConf reads any integer as a boolean; a flag must be true or false
+        if hints.get(k) in (bool, typing.Optional[bool]) and v is not None and not isinstance(v, bool):
+            raise ConfigError(f"{_join(path, k)} must be true or false, got {v!r}")
+    data = {k: _convert(v, hints.get(k, Any), _join(path, k)) if k in hints else v for k, v in data.items()}
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+    except FieldError as e:
+        raise e.at(path) from None
+    except MissingMandatoryValue as e:
+        raise _Missing(_join(path, _key(e))) from None
+    except ConfigKeyError as e:
+        key = _join(path, _key(e))
+        parent, _, _ = key.rpartition(".")
+        valid = sorted(f.name for f in dataclasses.fields(schema))
+        raise ConfigError(f"unknown config key {key!r}; valid keys under {parent or 'the root'}: "
+                          f"{', '.join(valid)}") from None
+    except ValidationError as e:
+        raise ConfigError(_type_message(e, _join(path, _key(e)))) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{_join(path, _key(e))}: {str(e).splitlines()[0]}") from None
+
+
+def _key(e: OmegaConfBaseException) -> str:
+    return str(e.full_key or e.key or "").replace("[", ".").replace("]", "")
+
+
+def _type_message(e: ValidationError, key: str) -> str:
+    msg = str(e).splitlines()[0]
+    m = re.search(r"could not be converted to (\w+)", msg)
+    if m:
+        return f"{key} must be {_TYPES.get(m.group(1), m.group(1))}, got {getattr(e, 'value', None)!r}"
+    if "Incompatible value 'None'" in msg or "is not Optional" in msg:
+        return f"{key} must not be null"
+    return f"{key}: {msg}"
+
+
+def register(name: str, schema: type) -> None:
+    """Store an app's schema in Hydra's ConfigStore (group `schema`): `--cfg`-style tools and
+    users composing configs in Python can validate against it."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="schema", name=name, node=schema)
