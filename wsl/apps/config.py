@@ -125,6 +125,16 @@ def _type_message(e: ValidationError, key: str) -> str:
     return f"{key}: {msg}"
 
 
+def stored(job) -> dict:
+    """What a stage stores with its outputs: the typed config as plain types, without its logger
+    (the logger's run-time paths are not part of what was computed)."""
+    import json
+
+    data = dataclasses.asdict(job) if dataclasses.is_dataclass(job) else dict(job)
+    data.pop("logger", None)
+    return json.loads(json.dumps(data, default=str))
+
+
 def register(name: str, schema: type) -> None:
     """Store an app's schema in Hydra's ConfigStore (group `schema`): `--cfg`-style tools and
     users composing configs in Python can validate against it."""
