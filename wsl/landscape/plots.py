@@ -20,7 +20,8 @@ import pandas as pd
 from wsl.errors import ConfigError, printable
 from wsl.landscape.phases import PHASES, PhaseThresholds, phase_label
 from wsl.zoo.atomic import write_bytes_atomic
-from wsl.zoo.safe_paths import claim_output_dir, inside, make_dirs, remove_temp_files, write_marker
+from wsl.zoo.atomic import write_marker
+from wsl.zoo.safe_paths import claim_output_dir, inside, make_dirs, remove_temp_files
 
 # hyperparameters that are never axes: seeds (averaged over) and quantities derived from others
 NON_AXES = {"seed_init", "seed_data", "replica", "population_seed", "subset_seed", "split_seed", "n_params"}

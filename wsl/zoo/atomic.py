@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from wsl.zoo.format import LOCK_FILE
-from wsl.zoo.safe_paths import UnsafePathError, inside, make_dirs, open_new
+from wsl.zoo.safe_paths import MARKER, UnsafePathError, inside, make_dirs, open_new, read_marker
 
 FAULT_DELAY_ENV = "WSL_FAULT_DELAY"  # e.g. "index=0.5,checkpoint=0.05": pause there (seconds)
 FAULT_LOG_ENV = "WSL_FAULT_LOG"  # a file that gets one line per fault point passed ("<kind> <pid>")
@@ -139,3 +139,9 @@ def zoo_lock(zoo_root: Path):
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def write_marker(d: Path, app: str) -> None:
+    """Mark `d` as `app`'s output (written into a directory the app created or claimed)."""
+    if read_marker(d) != app:
+        write_bytes_atomic(d / MARKER, f"{app}\n".encode(), what="marker", root=d)

@@ -208,14 +208,6 @@ def _not_in_zoo_parts(p: Path, where: str) -> None:
             return
 
 
-def write_marker(d: Path, app: str) -> None:
-    """Mark `d` as `app`'s output (written into a directory the app created or claimed)."""
-    from wsl.zoo.atomic import write_bytes_atomic
-
-    if read_marker(d) != app:
-        write_bytes_atomic(d / MARKER, f"{app}\n".encode(), what="marker", root=d)
-
-
 def check_zoo_output(path, app: str, key: str) -> Path:
     """An output that is a new zoo (wsl-align out=): not a file or a link; an existing directory may hold
     only the parts of a zoo an earlier, killed run of the app wrote (a complete zoo: the app refuses)."""
