@@ -104,7 +104,9 @@ def main() -> None:
           f"load average at start: {os.getloadavg()[0]:.1f}")
 
     from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
-    from wsl.evaluate.pipeline import Settings, evaluate_zoo
+    from wsl.evaluate.pipeline import evaluate_zoo
+    from wsl.evaluate.schema import EvaluateConfig
+    from wsl.zoo.schema import ZooPath
     from wsl.evaluate.report import compare_with_noise
 
     rows = []
@@ -178,7 +180,8 @@ def main() -> None:
                      "average": AverageBaseline(ks=[2, 3, 5], n=args.baseline_n),
                      "gaussian": GaussianFitBaseline(n=args.baseline_n)}
         t = time.perf_counter()
-        ev, report = evaluate_zoo(gen_zoo, zoo_path, Settings(), baselines, out=out / f"{name}-report")
+        job = EvaluateConfig(zoo=ZooPath(str(gen_zoo)), reference=str(zoo_path), out=str(out / f"{name}-report"))
+        ev, report = evaluate_zoo(job, baselines)
         t_audit = time.perf_counter() - t
         print(f"wsl.evaluate: {t_audit:.1f} s for {len(sub)} samples + baselines; scored "
               f"{ev.info['nets_scored_per_minute']:,.0f} nets/minute, audited {ev.info['nets_audited_per_minute']:,.0f}/minute; "

@@ -268,16 +268,14 @@ generated = sample_run(config("sample", f"run={WORK / 'generator'}", f"n={N}", f
 print(generated)'''),
         new_markdown_cell("## Evaluate (`wsl-evaluate`)\nEvery baseline setting is evaluated and reported; nothing is selected on the test split."),
         new_code_cell('''\
-from hydra.utils import instantiate
-
-from wsl.apps.evaluate import settings_from
+from wsl.apps.evaluate import typed_config
 from wsl.evaluate import evaluate_zoo
 
-ecfg = config("evaluate", f"zoo.path={generated}", f"reference={ZOO}", f"baselines.noise.n={N // 2}",
-              "baselines.noise.sigmas=[0.03,0.3]", f"baselines.average.n={N // 2}", "baselines.average.ks=[2]",
-              f"baselines.gaussian.n={N // 2}", "novelty.top_k=3")
-baselines = {name: instantiate(node) for name, node in ecfg.baselines.items()}
-ev, report = evaluate_zoo(generated, ZOO, settings_from(ecfg), baselines, out=WORK / "report")
+job = typed_config(config("evaluate", f"zoo.path={generated}", f"reference={ZOO}", f"out={WORK / 'report'}",
+                          f"baselines.noise.n={N // 2}", "baselines.noise.sigmas=[0.03,0.3]",
+                          f"baselines.average.n={N // 2}", "baselines.average.ks=[2]", f"baselines.gaussian.n={N // 2}",
+                          "novelty.top_k=3"))
+ev, report = evaluate_zoo(job)  # the typed config (wsl.evaluate.EvaluateConfig) names the baselines too
 summary = pd.DataFrame([s.summary() for s in ev.sets])
 # accuracy (mean ± std over all nets), novelty in weights (NN distance / training-to-training NN
 # distance, after alignment) and in behaviour (IoU of wrong-prediction sets with the nearest net)

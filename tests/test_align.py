@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_zoo, run_cli
+from conftest import compose_cfg, make_zoo, run_cli
+from wsl.align import AlignConfig, align_zoo
+from wsl.apps.align import typed_config
 from wsl.errors import ConfigError
 from wsl.landscape.connectivity import linear_barrier
 from wsl.population.functional import stack_state_dicts
 from wsl.symmetry import identity_permutations, permute, weight_matching
-from wsl.symmetry.canonical import AlignSettings, align_zoo
 from wsl.zoo import Zoo, read_checkpoint_metadata, write_annotation
+from wsl.zoo.schema import ZooPath
+
+
+def _job(source, out, **kw) -> AlignConfig:
+    return AlignConfig(zoo=ZooPath(str(source.path)), out=str(out), **kw)
 
 
 def _norm(sd):
@@ -120,8 +126,8 @@ def test_wsl_align_writes_canonical_copy(source, tmp_path):
 
 def test_global_reference_and_matched_epoch(source, tmp_path):
     # one reference per architecture (the first trained net of it); only the matched epoch is written
-    out = align_zoo(source.path, tmp_path / "global", AlignSettings(reference="global", epoch=1, epochs="matched",
-                                                                    annotations="drop"))
+    out = align_zoo(_job(source, tmp_path / "global", reference="global", epoch=1, epochs="matched",
+                         annotations="drop"))
     new = Zoo(out)
     cols = new.annotation("alignment")["columns"]
     trained = source.filter(status="trained")
@@ -142,21 +148,31 @@ def test_global_reference_and_matched_epoch(source, tmp_path):
 
 
 def test_bad_settings_name_the_key(source, tmp_path):
+    def typed(*overrides):
+        return typed_config(compose_cfg("align", [f"zoo.path={source.path}", f"out={tmp_path / 'x'}", *overrides]))
+
+    assert typed().matching.restarts == 1 and typed("barrier.samples=null").barrier.samples is None
+    with pytest.raises(ConfigError, match="^reference_id is only used with reference=global"):
+        typed("reference_id=x")
     with pytest.raises(ConfigError, match="reference_id is only used with reference=global"):
-        AlignSettings(reference_id="x")
-    with pytest.raises(ConfigError, match="matching.restarts"):
-        AlignSettings(restarts=0)
-    with pytest.raises(ConfigError, match="barrier.split"):
-        AlignSettings(split="holdout")
+        AlignConfig(reference_id="x")
+    with pytest.raises(ConfigError, match=r"^matching\.restarts must be an integer >= 1, got 0"):
+        typed("matching.restarts=0")
+    with pytest.raises(ConfigError, match=r"^barrier\.split='holdout' is not allowed"):
+        typed("barrier.split=holdout")
+    with pytest.raises(ConfigError, match=r"^barrier\.points must be an integer >= 2, got 1"):
+        typed("barrier.points=1")
+    with pytest.raises(ConfigError, match="^zoo.path is required, e.g. wsl-align"):
+        typed_config(compose_cfg("align", []))
     with pytest.raises(ConfigError, match="epoch=9: model .* has no checkpoint there"):
-        align_zoo(source.path, tmp_path / "a", AlignSettings(epoch=9))
+        align_zoo(_job(source, tmp_path / "a", epoch=9))
     with pytest.raises(ConfigError, match="reference_id='nope' is not a model"):
-        align_zoo(source.path, tmp_path / "b", AlignSettings(reference="global", reference_id="nope"))
+        align_zoo(_job(source, tmp_path / "b", reference="global", reference_id="nope"))
     with pytest.raises(ConfigError, match="has another architecture"):  # one reference for two widths
-        align_zoo(source.path, tmp_path / "d", AlignSettings(reference="global", reference_id=source.ids[0]))
+        align_zoo(_job(source, tmp_path / "d", reference="global", reference_id=source.ids[0]))
     diverged = source.filter(status="diverged")[0]
     with pytest.raises(ConfigError, match="diverged"):
-        align_zoo(source.path, tmp_path / "c", AlignSettings(reference="global", reference_id=diverged))
+        align_zoo(_job(source, tmp_path / "c", reference="global", reference_id=diverged))
     with pytest.raises(ConfigError, match="inside the source zoo"):
-        align_zoo(source.path, source.path / "copy", AlignSettings())
+        align_zoo(_job(source, source.path / "copy"))
     assert not any((tmp_path / d).exists() for d in ("a", "b", "c", "d"))

@@ -25,15 +25,21 @@ from wsl.evaluate.accuracy import ensemble_scores, failure_threshold, reestimate
 from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
 from wsl.evaluate.novelty import AlignedReference, one_thread, prediction_overlap
 from wsl.evaluate.phases import compare_phases
-from wsl.evaluate.pipeline import Settings, evaluate_zoo, plan
+from wsl.evaluate.pipeline import evaluate_zoo, plan_evaluation
+from wsl.evaluate.schema import EvaluateConfig, NoiseBaselineConfig
 from wsl.nets import MLP
 from wsl.symmetry import align, permute, random_permutations
 from wsl.zoo import Layout, ShardWriter, Zoo, write_annotation
+from wsl.zoo.schema import ZooPath
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = {"_target_": "wsl.data.load_dataset", "name": "digits", "root": None, "train_fraction": 1.0,
            "subset_seed": 0, "split_seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
 WIDTH = 16
+
+
+def _job(zoo, reference, **kw) -> EvaluateConfig:
+    return EvaluateConfig(zoo=ZooPath(str(zoo)), reference=str(reference), **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -251,9 +257,9 @@ def test_baselines_add_what_they_claim(trained):
     draws = torch.stack([layout.flatten(sd) for sd in gauss.state_dicts])
     assert torch.allclose(draws.mean(0), ref.flat.float().mean(0), atol=0.1 * ref.flat.std(0).max().item())
     assert torch.allclose(draws.std(0), ref.flat.float().std(0), rtol=0.1, atol=1e-6)
-    for bad in ([], [-0.1]):
+    for bad in ([], [-0.1], [float("nan")]):
         with pytest.raises(ConfigError, match="sigmas"):
-            NoiseBaseline(bad)
+            NoiseBaselineConfig(sigmas=bad)
 
 
 def test_phase_comparison_against_the_nearest_cell():
@@ -283,7 +289,7 @@ def test_audit_ranks_copies_as_memorized_and_fresh_nets_as_novel(zoos):
     write_annotation(zoos["ref"], "mode_connectivity", Zr.ids, {"value": np.zeros(len(Zr.ids))})
     write_annotation(zoos["ref"], "hessian_eig", Zr.ids, {"train": np.arange(len(Zr.ids), dtype=float)})
     write_annotation(zoos["gen"], "hessian_eig", Zg.ids, {"train": np.full(len(Zg.ids), 100.0)})
-    ev, report = evaluate_zoo(zoos["gen"], zoos["ref"], Settings(), baselines, out=zoos["root"] / "report")
+    ev, report = evaluate_zoo(_job(zoos["gen"], zoos["ref"], out=str(zoos["root"] / "report")), baselines)
     gen = ev.sets[0]
     assert gen.method == "generated" and gen.ids == Zg.ids
     a, kinds = gen.audit, zoos["kinds"]
@@ -333,10 +339,10 @@ def test_conditioned_samples_and_the_generators_own_training_nets(zoos, trained,
     gen = _write_zoo(tmp_path / "cond", sds, trained["arch"], status="sampled",
                      hparams=[{"cond_val_acc": v, "generator_run": "r"} for v in (0.9, 0.9, 0.95, 0.95)],
                      config={"source_zoo": {"path": str(zoos["ref"]), "train_ids": ids[:8], "epoch": 0}})
-    p = plan(gen, zoos["ref"], Settings())
+    p = plan_evaluation(_job(gen, zoos["ref"]))
     assert p.ref_ids == ids[:8] and p.reference_epoch == 0 and "generator" in p.reference_source
-    assert plan(gen, zoos["ref"], Settings(reference_ids=ids[2:6])).ref_ids == ids[2:6]
-    ev, _ = evaluate_zoo(gen, zoos["ref"], Settings(), {}, out=tmp_path / "report")
+    assert plan_evaluation(_job(gen, zoos["ref"], reference_ids=ids[2:6])).ref_ids == ids[2:6]
+    ev, _ = evaluate_zoo(_job(gen, zoos["ref"], out=str(tmp_path / "report")), {})
     assert ev.info["n_reference"] == 8 and [s.method for s in ev.sets] == ["generated", "training"]
     rows = ev.info["conditions"]
     assert [(r["target"], r["n"], r["metric"]) for r in rows] == [(0.9, 2, "val_acc"), (0.95, 2, "val_acc")]
@@ -355,20 +361,56 @@ def test_mismatches_are_refused_before_any_work(zoos, tmp_path, digits):
     wide = MLP([1, 8, 8], 10, width=8)
     other_arch = _write_zoo(tmp_path / "w8", [wide.state_dict()] * 2, wide.arch)
     with pytest.raises(ConfigError, match="architecture mismatch") as e:
-        plan(other_arch, zoos["ref"], Settings())
+        plan_evaluation(_job(other_arch, zoos["ref"]))
     assert str(other_arch) in str(e.value) and str(zoos["ref"]) in str(e.value) and '"width": 8' in str(e.value)
     net = MLP([1, 8, 8], 10, width=WIDTH)
     other_data = _write_zoo(tmp_path / "split1", [net.state_dict()] * 2, net.arch, dataset={**DATASET, "split_seed": 1})
     with pytest.raises(ConfigError, match="dataset mismatch") as e:
-        plan(other_data, zoos["ref"], Settings())
+        plan_evaluation(_job(other_data, zoos["ref"]))
     assert str(other_data) in str(e.value) and "split_seed=1" in str(e.value)
     with pytest.raises(ConfigError, match="same zoo"):
-        plan(zoos["ref"], zoos["ref"], Settings())
+        plan_evaluation(_job(zoos["ref"], zoos["ref"]))
     with pytest.raises(ConfigError, match="split"):
-        plan(zoos["gen"], zoos["ref"], Settings(split="holdout"))
+        plan_evaluation(_job(zoos["gen"], zoos["ref"], split="holdout"))
     with pytest.raises(ConfigError, match="k=50 but the training zoo holds only 10"):
-        evaluate_zoo(zoos["gen"], zoos["ref"], Settings(), {"average": AverageBaseline([2, 50])}, out=tmp_path / "r")
+        evaluate_zoo(_job(zoos["gen"], zoos["ref"], out=str(tmp_path / "r")), {"average": AverageBaseline([2, 50])})
     assert not (tmp_path / "r").exists() and not (tmp_path / "w8" / "report").exists()
+
+
+def test_config_is_typed_once_and_errors_name_the_key(tmp_path):
+    from conftest import compose_cfg
+    from wsl.apps.evaluate import typed_config
+    from wsl.evaluate.baselines import build_baselines
+    from wsl.evaluate.schema import AverageBaselineConfig
+
+    def typed(*overrides):
+        return typed_config(compose_cfg("evaluate", [f"zoo.path={tmp_path / 'g'}", f"reference={tmp_path / 'r'}",
+                                                     *overrides]))
+
+    job = typed("~baselines.gaussian", "baselines.average.ks=[2,4]", "phases=null")
+    assert job.novelty.top_k == 5 and job.failure.min_gain == 0.1 and job.phases is None
+    assert job.baselines["average"] == AverageBaselineConfig(ks=[2, 4], n=100)
+    built = build_baselines(job.baselines)
+    assert set(built) == {"noise", "average"} and built["average"].ks == [2, 4] and built["noise"].n == 100
+    for bad, msg in [("baselines.noise.sigmas=[]", r"^baselines\.noise\.sigmas must be a non-empty list"),
+                     ("baselines.average.ks=[1]", r"^baselines\.average\.ks must be a non-empty list of integers >= 2"),
+                     ("baselines.gaussian.n=0", r"^baselines\.gaussian\.n must be an integer >= 1, got 0"),
+                     ("+baselines.mine=3", r"^baselines\.mine must be a baseline config with a _target_"),
+                     ("phases.cka=-1", r"^phases\.cka must be a number in \[0, inf\)"),
+                     ("+phases.colour=1", r"unknown config key 'phases\.colour'"),
+                     ("failure.min_accuracy=2", r"^failure\.min_accuracy must be a number in \[0, 1\]"),
+                     ("novelty.memorized_below=0", r"^novelty\.memorized_below must be a number in \(0, inf\)"),
+                     ("novelty.max_iter=0", r"^novelty\.max_iter must be an integer >= 1, got 0"),
+                     ("reference_epoch=-2", r"^reference_epoch must be an integer >= -1 or null, got -2"),
+                     ("reference_ids=[]", r"^reference_ids must be a non-empty list")]:
+        with pytest.raises(ConfigError, match=msg):
+            typed(bad)
+    with pytest.raises(ConfigError, match="^reference is required, e.g. wsl-evaluate"):
+        typed_config(compose_cfg("evaluate", [f"zoo.path={tmp_path / 'g'}"]))
+    with pytest.raises(ConfigError, match="not a baseline"):  # a _target_ without check/generate
+        from wsl.evaluate.baselines import check_baselines
+
+        check_baselines(build_baselines({"x": {"_target_": "builtins.dict"}}), 10)
 
 
 # ---- the console script -----------------------------------------------------------------------

@@ -10,31 +10,24 @@ default) in the run directory.
 from __future__ import annotations
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from wsl.apps.common import CONF_DIR, fail_cleanly, log, log_summary, preflight, to_container, without_logger
-from wsl.errors import ConfigError
+from wsl.apps.common import CONF_DIR, fail_cleanly, log, log_summary, preflight
+from wsl.apps.config import typed
+
+EXAMPLE = "wsl-evaluate zoo.path=zoos/<name>-gen reference=zoos/<name>"
+EXAMPLES = {"zoo.path": EXAMPLE, "reference": EXAMPLE}
 
 
-def settings_from(cfg: DictConfig):
-    from wsl.evaluate.pipeline import Settings
-
-    c = to_container(without_logger(cfg))
-    return Settings(epoch=c["epoch"], reference_epoch=c["reference_epoch"], reference_ids=c["reference_ids"],
-                    split=c["split"], max_nets=c["max_nets"], min_accuracy=c["failure"]["min_accuracy"],
-                    min_gain=c["failure"]["min_gain"], align=c["novelty"]["align"], anchor=c["novelty"]["anchor"],
-                    top_k=c["novelty"]["top_k"], max_iter=c["novelty"]["max_iter"],
-                    memorized_below=c["novelty"]["memorized_below"], phase_thresholds=c.get("phases"),
-                    seed=c["seed"], chunk=c["chunk"])
-
-
-def _validate(cfg: DictConfig) -> None:
-    from wsl.apps.validate import validate_evaluate
+def typed_config(cfg: DictConfig):
+    """The typed config (wsl.evaluate.schema.EvaluateConfig); an existing out= must be this app's own
+    earlier report."""
     from wsl.evaluate.report import report_dir
+    from wsl.evaluate.schema import EvaluateConfig
 
-    validate_evaluate(cfg)
-    report_dir(cfg.out, cfg.zoo.path)  # an existing out= must be this app's own earlier report
+    job = typed(cfg, EvaluateConfig, EXAMPLES)
+    report_dir(job.out, job.zoo.path)
+    return job
 
 
 def summary_of(ev) -> dict:
@@ -52,24 +45,14 @@ def summary_of(ev) -> dict:
 def _main(cfg: DictConfig) -> None:
     from wsl.evaluate.pipeline import evaluate_zoo
 
-    _validate(cfg)
-    baselines = {}
-    for name, node in (cfg.get("baselines") or {}).items():
-        if node is None:
-            continue
-        try:
-            baselines[name] = instantiate(node)
-        except Exception as e:  # Hydra wraps the constructor's error: report it under its key
-            msg = str(e.__cause__ or e)
-            raise ConfigError(msg if msg.startswith(f"baselines.{name}") else f"baselines.{name}: {msg}") from e
-    ev, report = evaluate_zoo(cfg.zoo.path, cfg.reference, settings_from(cfg), baselines, out=cfg.out)
+    ev, report = evaluate_zoo(typed_config(cfg))
     log.info("report: %s", report)
     print(report)
     log_summary(cfg, summary_of(ev))
 
 
 def main() -> None:
-    preflight("evaluate", _validate)  # bad values stop before either zoo is read
+    preflight("evaluate", typed_config)  # bad values stop before either zoo is read
     _main()
 
 

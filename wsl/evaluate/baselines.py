@@ -33,12 +33,6 @@ class BaselineSet:
     state_dicts: list = field(repr=False)
 
 
-def _check_n(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"baselines.*.n must be a positive integer, got {n!r}")
-    return n
-
-
 def _draw(T: int, n: int, g: torch.Generator) -> list[int]:
     """n indices into T checkpoints, each used as evenly as possible, in random order."""
     reps = -(-n // T)
@@ -51,14 +45,11 @@ class NoiseBaseline:
 
     method = "noise"
 
+    def __init__(self, sigmas, n: int = 100):
+        self.sigmas, self.n = [float(s) for s in sigmas], n
+
     def check(self, n_reference: int) -> None:
         """Raise ConfigError if this baseline cannot be built from n_reference checkpoints."""
-
-    def __init__(self, sigmas, n: int = 100):
-        self.sigmas = [float(s) for s in sigmas]
-        if not self.sigmas or any(not (s >= 0.0) for s in self.sigmas):
-            raise ConfigError(f"baselines.noise.sigmas must be a non-empty list of values >= 0, got {list(sigmas)}")
-        self.n = _check_n(n)
 
     def generate(self, ref: AlignedReference, align: Callable | None, g: torch.Generator) -> list[BaselineSet]:
         out = []
@@ -82,15 +73,12 @@ class AverageBaseline:
     method = "average"
 
     def __init__(self, ks, n: int = 100):
-        self.ks = [int(k) for k in ks]
-        if not self.ks or any(k < 2 for k in self.ks):
-            raise ConfigError(f"baselines.average.ks must be a non-empty list of integers >= 2, got {list(ks)}")
-        self.n = _check_n(n)
+        self.ks, self.n = [int(k) for k in ks], n
 
     def check(self, n_reference: int) -> None:
         too_big = [k for k in self.ks if k > n_reference]
         if too_big:
-            raise ConfigError(f"baselines.average.ks has k={too_big[0]} but the training zoo holds only "
+            raise ConfigError(f"ks has k={too_big[0]} but the training zoo holds only "
                               f"{n_reference} checkpoints")
 
     def generate(self, ref: AlignedReference, align: Callable | None, g: torch.Generator) -> list[BaselineSet]:
@@ -114,11 +102,11 @@ class GaussianFitBaseline:
     method = "gaussian"
 
     def __init__(self, n: int = 100):
-        self.n = _check_n(n)
+        self.n = n
 
     def check(self, n_reference: int) -> None:
         if n_reference < 2:
-            raise ConfigError("baselines.gaussian needs at least two training checkpoints to fit a std")
+            raise ConfigError("a per-coordinate Gaussian needs at least two training checkpoints to fit a std")
 
     def generate(self, ref: AlignedReference, align: Callable | None, g: torch.Generator) -> list[BaselineSet]:
         self.check(len(ref))
@@ -133,6 +121,21 @@ class GaussianFitBaseline:
         return [BaselineSet(self.method, "per-coordinate", None, sds)]
 
 
+def build_baselines(nodes: dict | None) -> dict:
+    """The baselines of a `baselines:` mapping (name -> a node naming a `_target_`, or None: off)."""
+    from hydra.utils import instantiate
+
+    out = {}
+    for name, node in (nodes or {}).items():
+        if node is None:
+            continue
+        try:
+            out[name] = instantiate(node, _convert_="all")
+        except Exception as e:  # Hydra wraps the constructor's error: report it under its key
+            raise ConfigError(f"baselines.{name}: {str(e.__cause__ or e).splitlines()[0]}") from e
+    return out
+
+
 def check_baselines(baselines: dict, n_reference: int) -> None:
     """Refuse unusable baselines before any work (a dict name -> baseline object; None entries are off)."""
     for name, b in baselines.items():
@@ -140,7 +143,10 @@ def check_baselines(baselines: dict, n_reference: int) -> None:
             continue
         if not (hasattr(b, "generate") and hasattr(b, "check")):
             raise ConfigError(f"baselines.{name} is not a baseline (needs a _target_ with check and generate methods)")
-        b.check(n_reference)
+        try:
+            b.check(n_reference)
+        except ConfigError as e:
+            raise ConfigError(f"baselines.{name}: {e}") from None
 
 
 def generate_baselines(baselines: dict, ref: AlignedReference, align: Callable | None, seed: int) -> list[BaselineSet]:

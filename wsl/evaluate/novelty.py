@@ -76,9 +76,7 @@ class AlignedReference:
         if not state_dicts:
             raise ConfigError("the memorization audit needs at least one training checkpoint")
         if not 0 <= anchor < len(state_dicts):
-            raise ConfigError(f"novelty.anchor={anchor} is out of range for {len(state_dicts)} training checkpoints")
-        if top_k < 0:
-            raise ConfigError(f"novelty.top_k must be >= 0, got {top_k}")
+            raise ConfigError(f"anchor={anchor} is out of range for {len(state_dicts)} training checkpoints")
         self.flatten, self.align, self.top_k = flatten, align, int(top_k)
         self.anchor_sd = state_dicts[anchor]
         self.state_dicts = self.to_anchor(state_dicts)  # aligned to the anchor

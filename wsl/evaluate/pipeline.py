@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -21,52 +21,18 @@ import numpy as np
 
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.evaluate.accuracy import ensemble_scores, has_batchnorm, score_nets
-from wsl.evaluate.baselines import check_baselines, generate_baselines
+from wsl.evaluate.baselines import build_baselines, check_baselines, generate_baselines
 from wsl.evaluate.novelty import AlignedReference, audit, prediction_overlap, training_yardstick
 from wsl.evaluate.phases import compare_phases
 from wsl.evaluate.report import report_dir, write_report
 from wsl.evaluate.results import Evaluation, SetResult
+from wsl.evaluate.schema import EvaluateConfig
 from wsl.nets import build_net
 from wsl.zoo import Zoo
 from wsl.zoo.epochs import check_epoch
 from wsl.zoo.finite import all_finite, some_ids
 
 log = logging.getLogger("wsl.evaluate")
-
-
-@dataclass
-class Settings:
-    """Knobs of one evaluation (the `evaluate.yaml` config, minus the zoo paths and baselines)."""
-
-    epoch: int = -1  # checkpoint of each generated net
-    reference_epoch: int | None = None  # checkpoint of each training net (None: the generator's, else -1)
-    reference_ids: list | None = None  # training checkpoints to audit against (None: the generator's
-    #                                    training nets when its zoo records them, else every trained one)
-    split: str = "test"  # where accuracy, loss and prediction overlap are measured
-    max_nets: int | None = None  # evaluate the first max_nets generated nets in index order (None: all)
-    min_accuracy: float | None = None  # failure threshold (None: constant predictor + min_gain of the gap)
-    min_gain: float = 0.1
-    align: bool = True  # weight matching before distances
-    anchor: int = 0  # index (among the training checkpoints) of the common alignment anchor
-    top_k: int = 5  # candidates re-aligned pairwise per net (>= zoo size: every pair)
-    max_iter: int = 100  # weight-matching passes
-    memorized_below: float = 0.5  # novelty under which a net counts as memorized
-    phase_thresholds: dict | None = None  # wsl.landscape.phases.PhaseThresholds fields (None: its defaults)
-    seed: int = 0  # baselines' random draws
-    chunk: int = 256  # nets per vmapped forward
-    extra: dict = field(default_factory=dict)
-
-    def check(self) -> None:
-        if self.split not in ("train", "val", "test"):
-            raise ConfigError(f"split={self.split!r} is unknown; valid: train, val, test")
-        if self.max_nets is not None and (isinstance(self.max_nets, bool) or int(self.max_nets) < 1):
-            raise ConfigError(f"max_nets must be a positive integer or null, got {self.max_nets!r}")
-        if not self.memorized_below > 0:
-            raise ConfigError(f"novelty.memorized_below must be > 0, got {self.memorized_below}")
-        for key in ("top_k", "chunk", "max_iter"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "top_k" else 1):
-                raise ConfigError(f"{key} must be a {'non-negative' if key == 'top_k' else 'positive'} integer, got {v!r}")
 
 
 def _arch_key(arch: dict) -> str:
@@ -85,7 +51,7 @@ def _eval_fingerprint(task) -> str:
 
 
 @dataclass
-class Plan:
+class EvaluationPlan:
     """What the compatibility check found: everything needed to start, nothing computed yet."""
 
     gen: Zoo
@@ -112,20 +78,17 @@ def _source(gen: Zoo, gen_ids: list, ref: Zoo) -> dict:
     return src if same else {}
 
 
-def plan(zoo_path, reference_path, s: Settings) -> Plan:
+def plan_evaluation(job: EvaluateConfig) -> EvaluationPlan:
     """Open both zoos and check they can be compared; raises before any model is loaded."""
-    s.check()
-    if reference_path is None or str(reference_path) in ("", "???"):
-        raise ConfigError("reference=<training zoo> is required (the zoo the generator was trained on)")
-    gen, ref = Zoo(zoo_path), Zoo(reference_path)
+    gen, ref = Zoo(job.zoo.path), Zoo(job.reference)
     if gen.path == ref.path:
         raise ConfigError(f"zoo.path and reference are the same zoo ({gen.path}); evaluate a generated zoo "
                           "against the zoo it was learned from")
     gen_ids = [m for m in gen.ids if gen.row(m).status != "diverged"]
     if not gen_ids:
         raise ZooFormatError(f"{gen.path}: holds no usable nets (all {len(gen.ids)} are marked diverged)")
-    if s.max_nets is not None:
-        gen_ids = gen_ids[: int(s.max_nets)]
+    if job.max_nets is not None:
+        gen_ids = gen_ids[: job.max_nets]
     gen_archs = {_arch_key(gen.arch(m)) for m in gen_ids}
     if len(gen_archs) > 1:
         raise ZooFormatError(f"{gen.path}: holds {len(gen_archs)} architectures ({sorted(gen_archs)}); "
@@ -134,17 +97,17 @@ def plan(zoo_path, reference_path, s: Settings) -> Plan:
     arch = json.loads(arch_key)
     src = _source(gen, gen_ids, ref)
     recorded = src.get("train_ids") if isinstance(src.get("train_ids"), list) else None
-    if s.reference_ids is not None:
-        unknown = [m for m in s.reference_ids if m not in ref.ids]
+    if job.reference_ids is not None:
+        unknown = [m for m in job.reference_ids if m not in ref.ids]
         if unknown:
             raise ConfigError(f"reference_ids: {unknown[:5]} are not models of {ref.path}")
-        candidates, how = list(s.reference_ids), "reference_ids as given"
+        candidates, how = list(job.reference_ids), "reference_ids as given"
     elif recorded and all(m in ref.ids for m in recorded):
         candidates, how = list(recorded), "the generator's training nets (recorded by wsl-sample)"
     else:
         candidates = [m for m in ref.ids if ref.row(m).status == "trained"]
         how = "every trained net of the reference zoo with this architecture"
-    ref_epoch = s.reference_epoch
+    ref_epoch = job.reference_epoch
     if ref_epoch is None:
         ref_epoch = int(src["epoch"]) if isinstance(src.get("epoch"), int) else -1
     ref_ids = [m for m in candidates if _arch_key(ref.arch(m)) == arch_key]
@@ -160,16 +123,16 @@ def plan(zoo_path, reference_path, s: Settings) -> Plan:
         raise ConfigError(f"dataset mismatch: the generated zoo {gen.path} was made for dataset {gen_task.name!r} "
                           f"({_ds(gen_task)}), the reference zoo {ref.path} for {ref_task.name!r} ({_ds(ref_task)}); "
                           "their held-out splits differ")
-    if not 0 <= s.anchor < len(ref_ids):
-        raise ConfigError(f"novelty.anchor={s.anchor} is out of range for {len(ref_ids)} training checkpoints")
-    check_epoch(gen, gen_ids, int(s.epoch), "epoch")
-    check_epoch(ref, ref_ids, int(ref_epoch), "reference_epoch" if s.reference_epoch is not None else
+    if not 0 <= job.novelty.anchor < len(ref_ids):
+        raise ConfigError(f"novelty.anchor={job.novelty.anchor} is out of range for {len(ref_ids)} training checkpoints")
+    check_epoch(gen, gen_ids, job.epoch, "epoch")
+    check_epoch(ref, ref_ids, ref_epoch, "reference_epoch" if job.reference_epoch is not None else
                 "reference_epoch (the generator's training epoch, as wsl-sample recorded it)")
-    return Plan(gen, ref, gen_ids, ref_ids, arch, ref_task, ref_epoch, how)
+    return EvaluationPlan(gen, ref, gen_ids, ref_ids, arch, ref_task, ref_epoch, how)
 
 
 
-def _exclude_nonfinite(p: Plan, ref_sds: list, s: Settings) -> list:
+def _exclude_nonfinite(p: EvaluationPlan, ref_sds: list, anchor: int) -> list:
     """Training checkpoints with non-finite weights are no yardstick (a verify ERROR; weight matching cannot
     align them): dropped from `p.ref_ids` and `ref_sds` with one warning naming them; refused when fewer than
     two are left. (Generated nets with non-finite weights stay: they count as failures.)"""
@@ -185,8 +148,8 @@ def _exclude_nonfinite(p: Plan, ref_sds: list, s: Settings) -> list:
     log.warning("excluding %d of %d training checkpoints of %s with non-finite weights at epoch %d: %s", len(bad),
                 len(ok), printable(p.ref.path), p.reference_epoch, shown)
     p.ref_ids = [m for m, f in zip(p.ref_ids, ok) if f]
-    if not 0 <= s.anchor < len(p.ref_ids):
-        raise ConfigError(f"novelty.anchor={s.anchor} is out of range for the {len(p.ref_ids)} finite training "
+    if not 0 <= anchor < len(p.ref_ids):
+        raise ConfigError(f"novelty.anchor={anchor} is out of range for the {len(p.ref_ids)} finite training "
                           "checkpoints")
     return [sd for sd, f in zip(ref_sds, ok) if f]
 
@@ -223,28 +186,29 @@ def _annotation_columns(zoo: Zoo, ids: list) -> dict:
     return {c: np.asarray(sub[c].tolist()) for c in cols}
 
 
-def evaluate_zoo(zoo_path, reference_path, settings: Settings | None = None, baselines: dict | None = None,
-                 out: str | Path | None = None) -> tuple[Evaluation, Path]:
-    """Run the whole evaluation and write the report (default: <zoo>/report). Returns (evaluation, report.md)."""
-    s = settings or Settings()
-    p = plan(zoo_path, reference_path, s)
-    report_dir(out, p.gen.path)  # before any work: out= may only be this app's own earlier report
-    check_baselines(baselines or {}, len(p.ref_ids))
+def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Evaluation, Path]:
+    """Run the whole evaluation and write the report (`job.out`, default <zoo>/report). `baselines`: name ->
+    baseline object (default: those `job.baselines` configures). Returns (evaluation, report.md)."""
+    s, nov, fail = job, job.novelty, job.failure
+    baselines = build_baselines(job.baselines) if baselines is None else baselines
+    p = plan_evaluation(job)
+    report_dir(job.out, p.gen.path)  # before any work: out= may only be this app's own earlier report
+    check_baselines(baselines, len(p.ref_ids))
     timings: dict = {}
     t0 = time.perf_counter()
     net = build_net(p.arch)
     spec = net.permutation_spec()
     gen_sds = _load(p.gen, p.gen_ids, s.epoch)
     ref_sds = _load(p.ref, p.ref_ids, p.reference_epoch)
-    ref_sds = _exclude_nonfinite(p, ref_sds, s)
-    check_baselines(baselines or {}, len(p.ref_ids))  # again: fewer training checkpoints may be left
+    ref_sds = _exclude_nonfinite(p, ref_sds, nov.anchor)
+    check_baselines(baselines, len(p.ref_ids))  # again: fewer training checkpoints may be left
     timings["load checkpoints"] = time.perf_counter() - t0
 
     x, y = p.task.split(s.split)
     x_train = p.task.x_train
     C = p.task.num_classes
-    score = partial(score_nets, net, x=x, y=y, num_classes=C, x_train=x_train, min_accuracy=s.min_accuracy,
-                    min_gain=s.min_gain, chunk=s.chunk)
+    score = partial(score_nets, net, x=x, y=y, num_classes=C, x_train=x_train, min_accuracy=fail.min_accuracy,
+                    min_gain=fail.min_gain, chunk=s.chunk)
     t = time.perf_counter()
     gen_scores = score(state_dicts=gen_sds)
     timings["score generated nets"] = time.perf_counter() - t
@@ -252,22 +216,22 @@ def evaluate_zoo(zoo_path, reference_path, settings: Settings | None = None, bas
     ens = ensemble_scores(net, ref_sds, x, y, x_train=x_train, chunk=s.chunk)
 
     t = time.perf_counter()
-    align = partial(_align, spec=spec, max_iter=s.max_iter) if s.align else None
-    ref = AlignedReference(ref_sds, p.ref.layout(p.ref_ids[0]).flatten, align, anchor=s.anchor, top_k=s.top_k)
+    align = partial(_align, spec=spec, max_iter=nov.max_iter) if nov.align else None
+    ref = AlignedReference(ref_sds, p.ref.layout(p.ref_ids[0]).flatten, align, anchor=nov.anchor, top_k=nov.top_k)
     yard = training_yardstick(ref, ref_scores.predictions, y.numpy(), C)
     timings["align training zoo + yardstick"] = time.perf_counter() - t
     t = time.perf_counter()
     y_np = y.numpy()
     run_audit = partial(audit, ref, yard, ref_pred=ref_scores.predictions, y=y_np, num_classes=C,
-                        memorized_below=s.memorized_below)
+                        memorized_below=nov.memorized_below)
     gen_audit = run_audit(gen_sds, pred=gen_scores.predictions)
     timings["audit generated nets"] = time.perf_counter() - t
 
     sets = [SetResult("generated", "", None, gen_scores, gen_audit, list(p.gen_ids)),
-            SetResult("training", "leave-one-out", None, ref_scores, yard.as_audit(s.memorized_below), list(p.ref_ids))]
+            SetResult("training", "leave-one-out", None, ref_scores, yard.as_audit(nov.memorized_below), list(p.ref_ids))]
 
     t = time.perf_counter()
-    for b in generate_baselines(baselines or {}, ref, align, s.seed):
+    for b in generate_baselines(baselines, ref, align, s.seed):
         sc = score(state_dicts=b.state_dicts)
         sets.append(SetResult(b.method, b.setting, b.value, sc, run_audit(b.state_dicts, pred=sc.predictions)))
     timings["baselines"] = time.perf_counter() - t
@@ -283,7 +247,7 @@ def evaluate_zoo(zoo_path, reference_path, settings: Settings | None = None, bas
         ref_loss, gen_loss = _train_losses(net, p, ref_sds, gen_sds, gen_audit.nearest, s.chunk)
         cells = np.array([p.ref.cell_key(m) for m in p.ref_ids], dtype=object)
         phases = compare_phases(_annotation_columns(p.gen, p.gen_ids), ref_cols, gen_audit.nearest, cells,
-                                gen_loss, ref_loss, s.phase_thresholds)
+                                gen_loss, ref_loss, asdict(s.phases) if s.phases is not None else None)
         timings["phases"] = time.perf_counter() - t
 
     conditions = _conditions(p, gen_sds, gen_scores, net, s)
@@ -293,17 +257,17 @@ def evaluate_zoo(zoo_path, reference_path, settings: Settings | None = None, bas
             "n_parameters": int(sum(v.numel() for v in ref_sds[0].values())),
             "dataset": p.task.name, "split": s.split, "n_inputs": int(len(y)), "epoch": s.epoch,
             "reference_epoch": p.reference_epoch, "reference_source": p.reference_source, "n_generated": len(gen_sds), "n_reference": len(ref_sds),
-            "batchnorm": has_batchnorm(net), "min_accuracy": gen_scores.min_accuracy, "min_gain": s.min_gain,
-            "memorized_below": s.memorized_below,
-            "alignment": (f"anchor = training checkpoint {p.ref_ids[s.anchor]}, top-{s.top_k} candidates re-aligned "
-                          f"pairwise, at most {s.max_iter} passes") if s.align else "off: raw weights",
+            "batchnorm": has_batchnorm(net), "min_accuracy": gen_scores.min_accuracy, "min_gain": fail.min_gain,
+            "memorized_below": nov.memorized_below,
+            "alignment": (f"anchor = training checkpoint {p.ref_ids[nov.anchor]}, top-{nov.top_k} candidates re-aligned "
+                          f"pairwise, at most {nov.max_iter} passes") if nov.align else "off: raw weights",
             "provenance": _provenance(p.gen, p.gen_ids), "conditions": conditions, "timings": timings,
             "nets_scored_per_minute": 60.0 * len(gen_sds) / max(timings["score generated nets"], 1e-9),
             "nets_audited_per_minute": 60.0 * len(gen_sds) / max(timings["audit generated nets"], 1e-9)}
     yd = {"l2_median": yard.l2_median, "cosine_median": yard.cosine_median,
           "agreement_mean": float(np.mean(yard.agreement)), "wrong_iou_mean": float(np.mean(yard.wrong_iou))}
     ev = Evaluation(sets=sets, ensemble=ens, yardstick=yd, phases=phases, info=info)
-    out_dir = Path(out) if out is not None else p.gen.path / "report"
+    out_dir = Path(job.out) if job.out is not None else p.gen.path / "report"
     try:
         path = write_report(ev, out_dir)
     except OSError as e:
@@ -314,7 +278,7 @@ def evaluate_zoo(zoo_path, reference_path, settings: Settings | None = None, bas
 _METRIC = re.compile(r"^(train|val|test)_(acc|loss)$")
 
 
-def _conditions(p: Plan, gen_sds: list, gen_scores, net, s: Settings) -> list[dict]:
+def _conditions(p: EvaluationPlan, gen_sds: list, gen_scores, net, s: EvaluateConfig) -> list[dict]:
     """For conditionally sampled nets (wsl-sample records each condition as hparam "cond_<key>"):
     per condition value, how many nets, and what they reach — the conditioned metric itself when it
     is one of train/val/test acc/loss (measured here on that split), and the evaluation accuracy."""
@@ -330,7 +294,8 @@ def _conditions(p: Plan, gen_sds: list, gen_scores, net, s: Settings) -> list[di
         if mt and mt.group(1) not in measured:
             xs, ys = p.task.split(mt.group(1))
             measured[mt.group(1)] = score_nets(net, gen_sds, xs, ys, p.task.num_classes, x_train=p.task.x_train,
-                                               min_accuracy=s.min_accuracy, min_gain=s.min_gain, chunk=s.chunk)
+                                               min_accuracy=s.failure.min_accuracy, min_gain=s.failure.min_gain,
+                                               chunk=s.chunk)
         for target, idx in sorted(groups.items()):
             row = {"condition": key, "target": target, "n": len(idx),
                    "eval_acc_mean": float(np.mean(gen_scores.accuracy[idx])),
@@ -345,7 +310,7 @@ def _conditions(p: Plan, gen_sds: list, gen_scores, net, s: Settings) -> list[di
     return rows
 
 
-def _train_losses(net, p: Plan, ref_sds: list, gen_sds: list, nearest: np.ndarray, chunk: int):
+def _train_losses(net, p: EvaluationPlan, ref_sds: list, gen_sds: list, nearest: np.ndarray, chunk: int):
     """Train loss of each training checkpoint on its own train split, and of each generated net on
     the train split of its nearest training checkpoint (cells of a train-fraction sweep differ)."""
     def key(mid):

@@ -1,6 +1,7 @@
 """Permutation symmetry of hidden units: function-preserving permutations, weight-space
-augmentations, weight matching (Git Re-Basin) and canonicalized copies of zoos (wsl-align).
-Everything is driven by a net's declared `permutation_spec()` (wsl.nets.PermutationSpec)."""
+augmentations and weight matching (Git Re-Basin); the pure math (canonicalized copies of zoos,
+wsl-align, are a job over it: wsl.align). Everything is driven by a net's declared
+`permutation_spec()` (wsl.nets.PermutationSpec)."""
 
 from wsl.symmetry.augment import (AlignedMixUp, Compose, GaussianNoiseAugment, PermutationAugment,
                                   WeightDropoutAugment)

@@ -23,6 +23,7 @@ from scipy.optimize import linear_sum_assignment
 
 from wsl.errors import ConfigError
 from wsl.nets.spec import PermutationSpec
+from wsl.schema import positive
 from wsl.symmetry.permute import Perms, check_state_dict, identity_permutations, permute, random_permutations
 
 # an update must raise J by more than this (relative) to count: ties never flip units back and forth
@@ -114,9 +115,8 @@ def match(sd_ref: dict, sd: dict, spec: PermutationSpec, max_iter: int = 100, se
     optimum (no single permutation can improve), not always the joint one: restarts buy the joint
     optimum more often on deep nets.
     """
-    for key, value in (("max_iter", max_iter), ("restarts", restarts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"weight matching: {key} must be a positive integer, got {value!r}")
+    positive("max_iter", max_iter)
+    positive("restarts", restarts)
     check_state_dict(sd_ref, spec, what="reference state dict")
     check_state_dict(sd, spec, what="state dict to align")
     for k in spec.axes:

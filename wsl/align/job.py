@@ -1,6 +1,7 @@
-"""A canonicalized copy of a zoo: every net weight-matched to a reference, written in the same format.
+"""wsl-align's job: a canonicalized copy of a zoo, every net weight-matched to a reference, written in
+the same format (a zoo-to-zoo job over wsl.symmetry's permutation math and wsl.landscape's barrier).
 
-Reference choice ("reference" setting):
+Reference choice (`reference`, see wsl.align.schema.AlignConfig):
 - "cell": the first model (index order) of each hyperparameter cell; its seed replicas are
   aligned to it. Replicas become directly comparable coordinate by coordinate.
 - "global": one reference per architecture (the first model of that architecture, or the model
@@ -31,63 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
+from wsl.align.schema import AlignConfig
 from wsl.errors import ConfigError, WslError, ZooFormatError
 from wsl.symmetry.matching import match
 from wsl.symmetry.permute import permute
 from wsl.zoo.finite import all_finite
 
-log = logging.getLogger("wsl.symmetry")
+log = logging.getLogger("wsl.align")
 
 GROUP = "alignment"
-REFERENCES = ("cell", "global")
-EPOCHS = ("all", "matched")
-SPLITS = ("train", "val", "test")
 # checkpoint metadata keys the writer sets itself
 _OWN_META = {"format", "format_version", "zoo", "job_id", "model_id", "epoch", "arch"}
-
-
-@dataclass
-class AlignSettings:
-    reference: str = "cell"
-    reference_id: str | None = None
-    epoch: int = -1  # checkpoint whose weights are matched (-1: each model's last)
-    epochs: str = "all"  # "all": write every checkpoint (same permutation); "matched": only that one
-    annotations: str = "copy"  # "copy" | "drop" the source's annotation groups
-    max_iter: int = 100
-    seed: int = 0
-    restarts: int = 1
-    split: str = "train"  # data of the barrier
-    samples: int | None = 2000  # first N examples of the split (splits are already shuffled); None: all
-    points: int = 11  # interpolation points of the barrier, both ends included
-    chunk: int = 64  # model pairs per vmapped barrier evaluation
-    name: str | None = None  # zoo name of the copy (default: "<source name>-aligned")
-
-    def __post_init__(self):
-        def choice(key, value, allowed):
-            if value not in allowed:
-                raise ConfigError(f"{key}={value!r} is not allowed; valid: {', '.join(allowed)}")
-
-        def integer(key, value, minimum, allow_none=False):
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{key} must be an integer >= {minimum}{' or null' if allow_none else ''}, "
-                                  f"got {value!r}")
-
-        choice("reference", self.reference, REFERENCES)
-        choice("epochs", self.epochs, EPOCHS)
-        choice("annotations", self.annotations, ("copy", "drop"))
-        choice("barrier.split", self.split, SPLITS)
-        integer("epoch", self.epoch, -1)
-        integer("matching.max_iter", self.max_iter, 1)
-        integer("matching.seed", self.seed, 0)
-        integer("matching.restarts", self.restarts, 1)
-        integer("barrier.samples", self.samples, 1, allow_none=True)
-        integer("barrier.points", self.points, 2)
-        integer("barrier.chunk", self.chunk, 1)
-        if self.reference_id is not None and self.reference != "global":
-            raise ConfigError("reference_id is only used with reference=global")
-
 
 
 def _l2(a: dict, b: dict) -> float:
@@ -120,18 +75,18 @@ class _DataCache:
         return key, self._cache[key]
 
 
-def _references(zoo, ids: list[str], settings: AlignSettings, alignable: dict) -> dict:
+def _references(zoo, ids: list[str], job: AlignConfig, alignable: dict) -> dict:
     """model id -> its reference's id (a reference maps to itself); None for nets that cannot be aligned."""
     ref_of = {m: None for m in ids}
-    if settings.reference == "cell":
+    if job.reference == "cell":
         groups = zoo.cells(ids).values()
     else:
         by_arch: dict = OrderedDict()
         for m in ids:
             by_arch.setdefault(json.dumps(zoo.arch(m), sort_keys=True), []).append(m)
         groups = list(by_arch.values())
-        if settings.reference_id is not None:
-            rid = settings.reference_id
+        if job.reference_id is not None:
+            rid = job.reference_id
             if rid not in ids:
                 raise ConfigError(f"reference_id={rid!r} is not a model of {zoo.path}")
             if not alignable[rid]:
@@ -152,7 +107,7 @@ def _references(zoo, ids: list[str], settings: AlignSettings, alignable: dict) -
     return ref_of
 
 
-def _barriers(zoo, pairs: list[tuple[str, str]], matched: dict, aligned: dict, settings: AlignSettings,
+def _barriers(zoo, pairs: list[tuple[str, str]], matched: dict, aligned: dict, points: int, chunk_size: int,
               data: _DataCache) -> dict:
     """(barrier before, barrier after) per model of `pairs` [(model, reference)], in vmapped chunks."""
     from wsl.landscape.connectivity import linear_barrier
@@ -166,20 +121,20 @@ def _barriers(zoo, pairs: list[tuple[str, str]], matched: dict, aligned: dict, s
     for members in groups.values():
         net = zoo.skeleton(members[0][0])
         _, (x, y, bn_x) = data.get(members[0][0])
-        for i in range(0, len(members), settings.chunk):
-            chunk = members[i:i + settings.chunk]
+        for i in range(0, len(members), chunk_size):
+            chunk = members[i:i + chunk_size]
             refs = stack_state_dicts([matched[r] for _, r in chunk])
             before = stack_state_dicts([matched[m] for m, _ in chunk])
             after = stack_state_dicts([aligned[m] for m, _ in chunk])
-            b0 = linear_barrier(net, refs, before, x, y, points=settings.points, bn_x=bn_x).barrier
-            b1 = linear_barrier(net, refs, after, x, y, points=settings.points, bn_x=bn_x).barrier
+            b0 = linear_barrier(net, refs, before, x, y, points=points, bn_x=bn_x).barrier
+            b1 = linear_barrier(net, refs, after, x, y, points=points, bn_x=bn_x).barrier
             for j, (m, _) in enumerate(chunk):
                 out[m] = (float(b0[j]), float(b1[j]))
     return out
 
 
 @dataclass
-class _Plan:
+class AlignmentPlan:
     """What aligning one zoo decided, model by model (all dicts keyed by model id)."""
 
     ids: list
@@ -191,7 +146,7 @@ class _Plan:
     aligned: dict  # matched state dict after the permutation
 
 
-def _load(src, settings: AlignSettings) -> _Plan:
+def _load(src, job: AlignConfig) -> AlignmentPlan:
     """Matched checkpoint and spec of every model (nets that declare no symmetry fail here); diverged
     nets and nets with non-finite weights are marked to be copied as they are."""
     ids = list(src.ids)
@@ -201,10 +156,10 @@ def _load(src, settings: AlignSettings) -> _Plan:
     for m in ids:
         epochs = src.checkpoint_epochs(m)
         diverged = src.row(m).status == "diverged"
-        e = epochs[-1] if settings.epoch == -1 else settings.epoch
+        e = epochs[-1] if job.epoch == -1 else job.epoch
         if e not in epochs:
             if not diverged:
-                raise ConfigError(f"epoch={settings.epoch}: model {m} has no checkpoint there; it has {epochs}")
+                raise ConfigError(f"epoch={job.epoch}: model {m} has no checkpoint there; it has {epochs}")
             e = epochs[-1]
         net = src.skeleton(m)
         if not hasattr(net, "permutation_spec"):
@@ -212,11 +167,11 @@ def _load(src, settings: AlignSettings) -> _Plan:
         specs[m], epoch_of[m] = net.permutation_spec(), e
         matched[m] = src.state_dict(m, e)
         alignable[m] = not diverged and all_finite(matched[m])
-    ref_of = _references(src, ids, settings, alignable)
-    return _Plan(ids, specs, epoch_of, matched, ref_of, {}, {})
+    ref_of = _references(src, ids, job, alignable)
+    return AlignmentPlan(ids, specs, epoch_of, matched, ref_of, {}, {})
 
 
-def _match_all(plan: _Plan, settings: AlignSettings) -> None:
+def _match_all(plan: AlignmentPlan, job: AlignConfig) -> None:
     started = time.perf_counter()
     for i, m in enumerate(plan.ids):
         r = plan.ref_of[m]
@@ -224,8 +179,8 @@ def _match_all(plan: _Plan, settings: AlignSettings) -> None:
             plan.aligned[m] = plan.matched[m]
             continue
         try:
-            res = match(plan.matched[r], plan.matched[m], plan.specs[m], max_iter=settings.max_iter,
-                        seed=settings.seed, restarts=settings.restarts)
+            res = match(plan.matched[r], plan.matched[m], plan.specs[m], max_iter=job.matching.max_iter,
+                        seed=job.matching.seed, restarts=job.matching.restarts)
         except ConfigError as e:
             raise ConfigError(f"model {m} (reference {r}): {e}") from e
         plan.results[m] = res
@@ -235,22 +190,22 @@ def _match_all(plan: _Plan, settings: AlignSettings) -> None:
     log.info("weight matching: %d models in %.1fs", len(plan.results), time.perf_counter() - started)
 
 
-def _write_copy(src, out: Path, plan: _Plan, settings: AlignSettings, config: dict | None) -> None:
+def _write_copy(src, out: Path, plan: AlignmentPlan, job: AlignConfig) -> None:
     """One shard per source job, so each job's config (hence its dataset) travels with its models."""
     from wsl.zoo import ShardWriter
 
-    name = settings.name or f"{src.attrs.get('zoo_name', src.path.name)}-aligned"
-    record = {"source": str(src.path), **asdict(settings)}
+    name = job.name or f"{src.attrs.get('zoo_name', src.path.name)}-aligned"
+    record = {"source": str(src.path), **{k: v for k, v in asdict(job).items() if k != "logger"}}
     by_job: dict = OrderedDict()
     for m in plan.ids:
         by_job.setdefault(src.row(m).job_id, []).append(m)
     for job_id, members in by_job.items():
-        job_config = {**src.job_config(members[0]), "align": {**(config or {}), "settings": record}}
+        job_config = {**src.job_config(members[0]), "align": record}
         writer = ShardWriter(out, job_id, config=job_config, zoo_name=name)
         for m in members:
             row, arch = src.row(m), src.arch(m)
             perms = plan.results[m].perms if m in plan.results else None
-            wanted = src.checkpoint_epochs(m) if settings.epochs == "all" else [plan.epoch_of[m]]
+            wanted = src.checkpoint_epochs(m) if job.epochs == "all" else [plan.epoch_of[m]]
             for e in wanted:
                 sd = plan.matched[m] if e == plan.epoch_of[m] else src.state_dict(m, e)
                 if perms is not None:
@@ -276,7 +231,7 @@ def _copy_annotations(src, out: Path, ids: list) -> None:
         write_annotation(out, group, ids, ann["columns"], attrs)
 
 
-def _record(plan: _Plan, barriers: dict) -> dict:
+def _record(plan: AlignmentPlan, barriers: dict) -> dict:
     """The "alignment" columns, one row per model."""
     nan = float("nan")
     ids, ref_of, res = plan.ids, plan.ref_of, plan.results
@@ -297,39 +252,40 @@ def _record(plan: _Plan, barriers: dict) -> dict:
     }
 
 
-def align_zoo(zoo_path, out=None, settings: AlignSettings | None = None, config: dict | None = None) -> Path:
-    """Write a canonicalized copy of the zoo at `zoo_path` to `out` (None: "<zoo_path>-aligned"); returns `out`.
-
-    Everything is computed before the first write; the alignment record is written last.
-    """
+def align_zoo(job: AlignConfig) -> Path:
+    """Write a canonicalized copy of the zoo `job.zoo.path` to `job.out` (None: "<zoo.path>-aligned");
+    returns the copy's path. Everything is computed before the first write; the alignment record is
+    written last."""
     from wsl.zoo import Zoo, write_annotation
 
-    settings = settings or AlignSettings()
     started = time.perf_counter()
-    src = Zoo(zoo_path)
-    out = src.path.with_name(f"{src.path.name}-aligned") if out is None else Path(out).expanduser().resolve()
+    src = Zoo(job.zoo.path)
+    out = src.path.with_name(f"{src.path.name}-aligned") if job.out is None else Path(job.out).expanduser().resolve()
     _check_output(src.path, out)
-    plan = _load(src, settings)
-    _match_all(plan, settings)
-    data = _DataCache(src, settings.split, settings.samples)
-    barriers = _barriers(src, [(m, plan.ref_of[m]) for m in plan.results], plan.matched, plan.aligned, settings, data)
+    plan = _load(src, job)
+    _match_all(plan, job)
+    b = job.barrier
+    data = _DataCache(src, b.split, b.samples)
+    barriers = _barriers(src, [(m, plan.ref_of[m]) for m in plan.results], plan.matched, plan.aligned, b.points,
+                         b.chunk, data)
 
-    _write_copy(src, out, plan, settings, config)
-    if settings.annotations == "copy":
+    _write_copy(src, out, plan, job)
+    if job.annotations == "copy":
         _copy_annotations(src, out, plan.ids)
     cols = _record(plan, barriers)
     attrs = {"method": "weight matching (Git Re-Basin coordinate descent, scipy linear_sum_assignment)",
              "barrier": "max_alpha L((1-a) ref + a net) - ((1-a) L(ref) + a L(net)), cross-entropy",
-             "barrier_points": settings.points, "barrier_split": settings.split,
-             "barrier_samples": -1 if settings.samples is None else settings.samples,
-             "reference_mode": settings.reference, "epochs_written": settings.epochs,
-             "max_iter": settings.max_iter, "seed": settings.seed, "restarts": settings.restarts,
+             "barrier_points": b.points, "barrier_split": b.split,
+             "barrier_samples": -1 if b.samples is None else b.samples,
+             "reference_mode": job.reference, "epochs_written": job.epochs,
+             "max_iter": job.matching.max_iter, "seed": job.matching.seed, "restarts": job.matching.restarts,
              "source_zoo": str(src.path), "seconds": round(time.perf_counter() - started, 3)}
     write_annotation(out, GROUP, plan.ids, cols, attrs)
     if barriers:
-        b = np.asarray([v[0] for v in barriers.values()])
-        a = np.asarray([v[1] for v in barriers.values()])
-        log.info("barrier to reference: before %.4f, after %.4f (mean over %d nets)", b.mean(), a.mean(), len(b))
+        before = np.asarray([v[0] for v in barriers.values()])
+        after = np.asarray([v[1] for v in barriers.values()])
+        log.info("barrier to reference: before %.4f, after %.4f (mean over %d nets)", before.mean(), after.mean(),
+                 len(before))
     return out
 
 

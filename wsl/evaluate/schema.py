@@ -1,0 +1,131 @@
+"""Schema of wsl-evaluate (conf/evaluate.yaml) and of the baselines it builds (`baselines.<name>`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from wsl import schema
+from wsl.schema import MISSING, fail
+from wsl.zoo.schema import ZooPath
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class FailureConfig:
+    """`failure:` when a net counts as failed."""
+
+    min_accuracy: Optional[float] = None  # None: constant predictor + min_gain of the gap to 1
+    min_gain: float = 0.1
+
+    def __post_init__(self):
+        schema.number(self, "min_accuracy", 0.0, 1.0, null=True)
+        schema.number(self, "min_gain", 0.0, 1.0)
+
+
+@dataclass
+class NoveltyConfig:
+    """`novelty:` the memorization audit against the training checkpoints."""
+
+    align: bool = True  # weight matching before distances
+    anchor: int = 0  # training checkpoint every net is first aligned to
+    top_k: int = 5  # candidates re-aligned pairwise per net (>= zoo size: every pair)
+    max_iter: int = 100  # weight-matching passes
+    memorized_below: float = 0.5  # novelty under which a net counts as memorized
+
+    def __post_init__(self):
+        schema.integer(self, "anchor", 0)
+        schema.integer(self, "top_k", 0)
+        schema.integer(self, "max_iter", 1)
+        schema.number(self, "memorized_below", 0.0, lo_open=True)
+
+
+@dataclass
+class PhaseLimits:
+    """`phases:` thresholds of the phase taxonomy rule (the fields of wsl.landscape.phases.PhaseThresholds)."""
+
+    loss: float = 0.1  # train loss above this is "high"
+    mc_tolerance: float = 0.05  # |mode connectivity| at most this is "≈ 0"
+    cka: float = 0.9  # CKA at least this is "large"
+
+    def __post_init__(self):
+        for name in ("loss", "mc_tolerance", "cka"):
+            schema.number(self, name, 0.0)
+
+
+# ---- baselines.<name>: {_target_: <class>, ...} ----------------------------------------------------
+def _n(obj) -> None:
+    schema.integer(obj, "n", 1)
+
+
+@schema.target_schema
+@dataclass
+class NoiseBaselineConfig:
+    _target_: str = "wsl.evaluate.baselines.NoiseBaseline"
+    sigmas: list[float] = MISSING  # relative noise levels, each one set of n nets
+    n: int = 100
+
+    def __post_init__(self):
+        if not self.sigmas or not all(schema.is_num(s) and 0.0 <= s < float("inf") for s in self.sigmas):
+            fail(f"@sigmas must be a non-empty list of finite numbers >= 0, got {list(self.sigmas)}")
+        _n(self)
+
+
+@schema.target_schema
+@dataclass
+class AverageBaselineConfig:
+    _target_: str = "wsl.evaluate.baselines.AverageBaseline"
+    ks: list[int] = MISSING  # how many aligned checkpoints each mean averages, one set of n nets per k
+    n: int = 100
+
+    def __post_init__(self):
+        if not self.ks or not all(schema.is_int(k) and k >= 2 for k in self.ks):
+            fail(f"@ks must be a non-empty list of integers >= 2, got {list(self.ks)}")
+        _n(self)
+
+
+@schema.target_schema
+@dataclass
+class GaussianFitBaselineConfig:
+    _target_: str = "wsl.evaluate.baselines.GaussianFitBaseline"
+    n: int = 100
+
+    def __post_init__(self):
+        _n(self)
+
+
+@dataclass
+class EvaluateConfig:
+    """wsl-evaluate (conf/evaluate.yaml): a zoo of generated nets judged against its training zoo."""
+
+    zoo: ZooPath = field(default_factory=ZooPath)  # the generated zoo
+    reference: str = MISSING  # the training zoo
+    out: Optional[str] = None  # report directory; None: <zoo.path>/report
+    epoch: int = -1  # checkpoint of each generated net
+    reference_epoch: Optional[int] = None  # None: the generator's (recorded by wsl-sample), else -1
+    reference_ids: Optional[list[str]] = None  # None: the generator's training nets, else every trained one
+    split: str = "test"  # where accuracy, loss and prediction overlap are measured
+    max_nets: Optional[int] = None  # the first max_nets generated nets in index order; None: all
+    chunk: int = 256  # nets per vmapped forward pass
+    seed: int = 0  # random draws of the baselines
+    failure: FailureConfig = field(default_factory=FailureConfig)
+    novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
+    phases: Optional[PhaseLimits] = field(default_factory=PhaseLimits)  # None: the taxonomy's defaults
+    baselines: Optional[dict[str, Any]] = None  # name -> a baseline node ({_target_: ..., ...}) or None (off)
+    logger: Any = None
+
+    def __post_init__(self):
+        schema.text(self, "reference")
+        schema.text(self, "out", null=True)
+        schema.integer(self, "epoch", -1)
+        schema.integer(self, "reference_epoch", -1, null=True)
+        schema.names(self, "reference_ids", null=True, empty=False)
+        schema.choice(self, "split", SPLITS)
+        schema.integer(self, "max_nets", 1, null=True)
+        schema.integer(self, "chunk", 1)
+        schema.integer(self, "seed", 0)
+        for name, node in (self.baselines or {}).items():
+            target = node.get("_target_") if isinstance(node, dict) else getattr(node, "_target_", None)
+            if node is not None and not (isinstance(target, str) and target):
+                fail(f"@baselines.{name} must be a baseline config with a _target_, got {node!r}")
