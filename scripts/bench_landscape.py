@@ -69,8 +69,8 @@ def train_population(path: Path, members: int, epochs: int, width: int) -> float
 def time_metrics(path: Path, option: str, extra: tuple = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One `annotate_zoo` call with `landscape=<option>`, as wsl-landscape runs it: its wall time, and
     the compute time of each metric (the rest reads checkpoints and data and writes the index)."""
+    from wsl.landscape import annotate as annotating
     from wsl.landscape import annotate_zoo
-    from wsl.landscape import phases
     from wsl.landscape.metrics import METRICS
 
     cfg = OmegaConf.to_container(compose_cfg("landscape", [f"zoo.path={path}", f"landscape={option}", *extra]).landscape,
@@ -92,8 +92,8 @@ def time_metrics(path: Path, option: str, extra: tuple = ()) -> tuple[np.ndarray
         attr = "compute" if metric.scope == "model" else "compute_pairs"
         patched.append((metric, attr))
         setattr(metric, attr, timed(m, getattr(metric, attr)))
-    orig_phase = phases.annotate_phases
-    phases.annotate_phases = timed("phase", orig_phase)
+    orig_phase = annotating.annotate_phases
+    annotating.annotate_phases = timed("phase", orig_phase)
     try:
         t = _clock()
         annotate_zoo(path, cfg)
@@ -101,7 +101,7 @@ def time_metrics(path: Path, option: str, extra: tuple = ()) -> tuple[np.ndarray
     finally:
         for metric, attr in patched:
             delattr(metric, attr)  # back to the class's method
-        phases.annotate_phases = orig_phase
+        annotating.annotate_phases = orig_phase
     return total, spent
 
 
@@ -171,10 +171,10 @@ def _wsl(net, states, x, y, eig_kw: dict, trace_kw: dict, batch_size=256, retain
     """wsl on the stacked population: (eigenvalues, traces, trace standard errors, Hessian-vector products
     per model, probes per model). trace_kw {"method": "exact"}: the exact trace (no probes, zero error)."""
     from wsl.landscape.exact_trace import exact_trace
-    from wsl.landscape.functional import split_state, stack_states
     from wsl.landscape.hessian import hutchinson_trace, top_eigenvalue
+    from wsl.population.functional import split_state, stack_state_dicts
 
-    params, buffers = split_state(net, stack_states(states))
+    params, buffers = split_state(net, stack_state_dicts(states))
     eig = top_eigenvalue(net, params, x, y, seed=0, batch_size=batch_size, buffers=buffers, retain=retain, **eig_kw)
     if trace_kw.get("method") == "exact":
         tr = exact_trace(net, params, x, y, batch_size, buffers).numpy()

@@ -12,8 +12,8 @@ from torch import nn
 from wsl.data import load_dataset
 from wsl.landscape.batchnorm import reset_bn_stats
 from wsl.landscape.connectivity import bezier, lerp, linear_barrier, mode_connectivity, path_losses
-from wsl.landscape.functional import population_loss, stack_states
 from wsl.nets import MLP
+from wsl.population.functional import population_loss, stack_state_dicts
 
 
 def _fit(net, x, y, steps, lr=0.05, seed=0):
@@ -37,7 +37,7 @@ def digits_pairs():
         torch.manual_seed(s)
         nets.append(_fit(MLP(data.input_shape, 10, width=16), x, y, steps=150, seed=s))
     states = [{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets]
-    a, b = stack_states([states[0], states[2]]), stack_states([states[1], states[3]])
+    a, b = stack_state_dicts([states[0], states[2]]), stack_state_dicts([states[1], states[3]])
     return nets[0], a, b, x, y
 
 
@@ -98,7 +98,7 @@ def bn_pair():
     x, y = data.x_train, data.y_train
     nets = [_fit(_bn_net(s).train(), x, y, steps=80, seed=s) for s in (0, 1)]  # BN tracks running stats
     states = [{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets]
-    return _bn_net(0).eval(), stack_states([states[0]]), stack_states([states[1]]), x, y, data
+    return _bn_net(0).eval(), stack_state_dicts([states[0]]), stack_state_dicts([states[1]]), x, y, data
 
 
 def test_reset_bn_stats_are_exact_train_statistics():

@@ -8,9 +8,9 @@ import torch
 
 from conftest import fit_nets
 from wsl.landscape.exact_trace import exact_trace, exact_trace_support
-from wsl.landscape.functional import split_state, stack_states
 from wsl.landscape.hessian import dense_hessian
 from wsl.nets import CNN, MLP
+from wsl.population.functional import split_state, stack_state_dicts
 
 
 def _fitted(make, x, y, n=2, steps=60):
@@ -40,7 +40,7 @@ def test_exact_trace_equals_the_trace_of_the_dense_hessian(case):
     x = torch.randn(40, *shape, generator=g)
     y = torch.randint(0, 4, (40,), generator=g)
     net, states = _fitted(make, x, y)
-    params, buffers = split_state(net, stack_states(states))
+    params, buffers = split_state(net, stack_state_dicts(states))
     got = exact_trace(net, params, x, y, batch_size=15, buffers=buffers)  # 3 uneven batches
     for i, st in enumerate(states):
         want = _hessian_trace(net, st, x, y)
@@ -75,7 +75,7 @@ def test_the_conv_layer_term_agrees_in_both_of_its_forms():
 
 def test_nets_that_are_not_piecewise_linear_are_refused_with_the_reason():
     net = MLP([1, 6], 3, width=5, activation="tanh")
-    params = stack_states([{k: v.detach() for k, v in net.state_dict().items()}])
+    params = stack_state_dicts([{k: v.detach() for k, v in net.state_dict().items()}])
     why = exact_trace_support(net, params)
     assert "tanh" in why and "piecewise linear" in why
     with pytest.raises(ValueError, match="tanh"):
@@ -86,7 +86,10 @@ def test_nets_that_are_not_piecewise_linear_are_refused_with_the_reason():
 
 
 def test_the_trace_metric_is_exact_where_it_applies_and_says_which_rows_are():
+    from dataclasses import asdict
+
     from wsl.landscape.metrics import METRICS
+    from wsl.landscape.schema import HessianTraceSettings
 
     metric = METRICS["hessian_trace"]
     g = torch.Generator().manual_seed(0)
@@ -94,8 +97,8 @@ def test_the_trace_metric_is_exact_where_it_applies_and_says_which_rows_are():
     data = {"train": (x, y)}
     for act, method, exact in (("relu", "auto", 1), ("tanh", "auto", 0), ("relu", "hutchinson", 0)):
         net, states = _fitted(lambda: MLP([1, 6], 4, width=5, activation=act), x, y)
-        params, buffers = split_state(net, stack_states(states))
-        s = metric.settings({"splits": ["train"], "method": method, "samples": 400, "deflation": 5})
+        params, buffers = split_state(net, stack_state_dicts(states))
+        s = asdict(HessianTraceSettings(["train"], method=method, samples=400, rel_stderr=0.0, deflation=5))
         cols, notes = metric.compute(net, params, buffers, data, s)
         assert (cols["train_exact"] == exact).all() and notes == ["", ""]
         for i, st in enumerate(states):
@@ -105,9 +108,9 @@ def test_the_trace_metric_is_exact_where_it_applies_and_says_which_rows_are():
                 assert abs(cols["train"][i] - want) <= 1e-4 * abs(want)
             else:  # Hutchinson: within 4 of its own standard errors
                 assert cols["train_samples"][i] > 0 and abs(cols["train"][i] - want) <= 4 * cols["train_stderr"][i]
-    s = metric.settings({"splits": ["train"], "method": "exact"})  # tanh: does not apply, and the rows say why
+    s = asdict(HessianTraceSettings(["train"], method="exact"))  # tanh: does not apply, and the rows say why
     net, states = _fitted(lambda: MLP([1, 6], 4, width=5, activation="tanh"), x, y, n=1, steps=1)
-    params, buffers = split_state(net, stack_states(states))
+    params, buffers = split_state(net, stack_state_dicts(states))
     cols, notes = metric.compute(net, params, buffers, data, s)
     assert np.isnan(cols["train"]).all() and "tanh" in notes[0] and "method=auto or hutchinson" in notes[0]
 
@@ -121,6 +124,6 @@ def test_a_layer_that_runs_twice_is_refused():
             return self.head(self.act(self.hidden[0](h)))
 
     net = Twice([1, 5], 3, width=5)
-    params = stack_states([{k: v.detach() for k, v in net.state_dict().items()}])
+    params = stack_state_dicts([{k: v.detach() for k, v in net.state_dict().items()}])
     with pytest.raises(ValueError, match="hidden.0 runs 2 times"):
         exact_trace(net, params, torch.randn(4, 1, 5), torch.zeros(4, dtype=torch.long))

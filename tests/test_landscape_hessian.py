@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import fit_nets
-from wsl.landscape.functional import split_state, stack_states
 from wsl.landscape.hessian import dense_hessian, hutchinson_trace, population_hvp, top_eigenvalue
 from wsl.nets import MLP
+from wsl.population.functional import split_state, stack_state_dicts
 
 
 def _trained_tiny_mlps(n=3, steps=100):
@@ -17,7 +17,7 @@ def _trained_tiny_mlps(n=3, steps=100):
     x = torch.randn(96, 1, 6, generator=g)
     y = torch.randint(0, 3, (96,), generator=g)
     nets = fit_nets(lambda: MLP([1, 6], 3, width=5, activation="tanh"), x, y, n, steps, lr=0.05, seed=100)
-    params = stack_states([{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets])
+    params = stack_state_dicts([{k: v.detach().clone() for k, v in n.state_dict().items()} for n in nets])
     return nets[0], params, x, y
 
 
@@ -146,7 +146,7 @@ def test_curvature_of_batchnorm_net_differentiates_parameters_only():
     net(x)  # non-trivial running statistics
     net.eval()
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    params, buffers = split_state(net, stack_states([state]))
+    params, buffers = split_state(net, stack_state_dicts([state]))
     assert set(buffers) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
     eig = top_eigenvalue(net, params, x, y, max_iters=500, tol=1e-7, buffers=buffers)
     p_state = {k: v[0] for k, v in params.items()}

@@ -17,13 +17,14 @@ import pytest
 
 from conftest import ROOT, compose_cfg, make_zoo, run_cli
 from wsl.errors import ConfigError
-from wsl.landscape import annotate_zoo, make_plan
+from wsl.apps.landscape import typed_config
+from wsl.landscape import annotate_zoo, landscape_config
 from wsl.landscape.exact_trace import exact_trace
-from wsl.landscape.functional import split_state, stack_states
 from wsl.landscape.hessian import top_eigenvalue
 from wsl.landscape.phases import PhaseThresholds, phase_label
 from wsl.landscape.plots import plot_zoo
 from wsl.landscape.sampling import decode_indices
+from wsl.population.functional import split_state, stack_state_dicts
 from wsl.zoo import Zoo, merge_index
 
 SHRINK = ["landscape.num_samples=300", "landscape.chunk_size=3", "landscape.hessian_eig.max_iters=30",
@@ -48,7 +49,8 @@ def _copy(src, tmp_path):
 
 
 def _landscape_cfg(*extra):
-    return compose_cfg("landscape", ["zoo.path=unused", "landscape=full", *SHRINK, *extra]).landscape
+    """The typed `landscape` node of wsl-landscape (landscape=full, shrunk)."""
+    return typed_config(compose_cfg("landscape", ["zoo.path=unused", "landscape=full", *SHRINK, *extra])).landscape
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,7 @@ def test_stored_settings_and_sample_indices_recompute_the_value(annotated):
     assert described["data_fingerprint"] == data.fingerprint()
     # anyone can recompute the stored number from what the zoo says
     net = zoo.skeleton(mid).eval()
-    params, buffers = split_state(net, stack_states([zoo.state_dict(mid)]))
+    params, buffers = split_state(net, stack_state_dicts([zoo.state_dict(mid)]))
     r = top_eigenvalue(net, params, data.x_train[idx], data.y_train[idx], max_iters=settings["max_iters"],
                        tol=settings["tol"], seed=settings["seed"], buffers=buffers, batch_size=256)
     assert int(r.iterations[0]) == int(t.loc[mid, "hessian_eig/train_iters"])
@@ -145,18 +147,21 @@ def test_what_is_done_is_read_from_annotation_files_and_the_index_rebuilt_once(z
     """Each chunk is committed as its annotation file; the index is rebuilt once per run (start-up and end),
     not after every write. A run killed before its end-of-run merge leaves the index behind the files: the
     rerun must still skip every committed row and derive the phase labels from the files."""
-    import wsl.zoo
+    import wsl.landscape.annotate
+    import wsl.zoo.annotations
 
     path = _copy(zoo_base, tmp_path)
     cfg = _landscape_cfg("landscape.metrics=[hessian_eig,cka]")
     merges, real = [], wsl.zoo.merge_index
-    monkeypatch.setattr(wsl.zoo, "merge_index", lambda p: merges.append(p))  # as if every merge were killed
+    for module in (wsl.zoo.annotations, wsl.landscape.annotate):  # as if every merge were killed
+        monkeypatch.setattr(module, "merge_index", lambda p: merges.append(p))
     assert annotate_zoo(path, cfg) == {"hessian_eig": 8, "cka": 8, "phase": 8}
     assert len(merges) == 1  # end of run only: none per annotation write, none at start-up (index current)
     assert "cka/value" not in Zoo(path).table()  # committed to annotations/, not yet in the index
     assert annotate_zoo(path, cfg) == {"hessian_eig": 0, "cka": 0, "phase": 0}  # skipped from the files
     assert len(merges) == 2  # start-up (files newer than the index), no end-of-run merge: nothing written
-    monkeypatch.setattr(wsl.zoo, "merge_index", real)
+    for module in (wsl.zoo.annotations, wsl.landscape.annotate):
+        monkeypatch.setattr(module, "merge_index", real)
     assert annotate_zoo(path, cfg) == {"hessian_eig": 0, "cka": 0, "phase": 0}  # its start-up merge catches up
     index = path / "index.h5"
     stamp = index.stat().st_mtime_ns
@@ -184,7 +189,7 @@ def test_chosen_checkpoint_epochs_get_their_own_groups(zoo_base, tmp_path):
         init = [Zoo(path).history(m)["train_loss"][0] for m in cell.index]
         assert np.allclose(cell["phase_epoch0/train_loss"].astype(float), np.mean(init)) and np.mean(init) > 1.5
     with pytest.raises(ConfigError, match="landscape.epoch"):
-        make_plan({"metrics": ["cka"], "epoch": [3, 3]})
+        landscape_config({"metrics": ["cka"], "epoch": [3, 3]})
 
 
 def test_wsl_landscape_resumes_after_a_kill(zoo_base, tmp_path):
@@ -206,7 +211,7 @@ def test_wsl_landscape_resumes_after_a_kill(zoo_base, tmp_path):
     stored = [m for m, s in zip(zoo.ids, zoo.annotation("hessian_trace")["columns"]["settings"]) if s]
     assert 1 <= len(stored) < 8
     kept = zoo.table().loc[stored, "hessian_trace/train"].copy()
-    rest = annotate_zoo(path, compose_cfg("landscape", args[:-1]).landscape)
+    rest = annotate_zoo(path, typed_config(compose_cfg("landscape", args[:-1])).landscape)
     assert rest == {"hessian_trace": 8 - len(stored), "phase": 8}  # labels come after the metrics: never before the kill
     t = Zoo(path).table()
     pd.testing.assert_series_equal(t.loc[stored, "hessian_trace/train"], kept)  # not recomputed
@@ -217,12 +222,12 @@ def test_unknown_metric_fails_before_any_work(tmp_path):
     missing = tmp_path / "no-such-zoo"
     with pytest.raises(ConfigError, match="unknown metric.*'hessian'.*valid: hessian_eig, hessian_trace"):
         annotate_zoo(missing, {"metrics": ["hessian", "cka"]})  # the zoo is never opened
-    with pytest.raises(ConfigError, match="landscape.hessian_eig.max_iters"):
-        make_plan(_landscape_cfg("landscape.hessian_eig.max_iters=0"))
-    with pytest.raises(ConfigError, match="unknown setting.*'iters'"):
-        make_plan({"metrics": ["hessian_eig"], "hessian_eig": {"iters": 5}})
-    with pytest.raises(ConfigError, match="splits"):
-        make_plan({"metrics": ["hessian_trace"], "hessian_trace": {"splits": ["training"]}})
+    with pytest.raises(ConfigError, match="landscape.hessian_eig.max_iters must be an integer >= 1, got 0"):
+        _landscape_cfg("landscape.hessian_eig.max_iters=0")
+    with pytest.raises(ConfigError, match="unknown config key 'landscape.hessian_eig.iters'"):  # a plain dict too
+        landscape_config({"metrics": ["hessian_eig"], "hessian_eig": {"iters": 5}})
+    with pytest.raises(ConfigError, match="landscape.hessian_trace.splits"):
+        landscape_config({"metrics": ["hessian_trace"], "hessian_trace": {"splits": ["training"]}})
     p = run_cli("landscape", f"zoo.path={missing}", "landscape.metrics=[cka,bogus]", f"hydra.run.dir={tmp_path / 'r'}")
     assert p.returncode == 2 and "unknown metric(s) 'bogus'" in p.stderr and "valid: hessian_eig" in p.stderr
     assert "Traceback" not in p.stderr and not missing.exists()
@@ -232,7 +237,7 @@ def test_landscape_group_composes_into_the_zoo_config():
     has = "landscape" in compose_cfg("zoo", [])
     for option, n in (("none", 0), ("basic", 5), ("full", 6)):
         cfg = compose_cfg("zoo", [f"{'' if has else '+'}landscape={option}"])
-        assert len(make_plan(cfg.landscape).metrics) == n
+        assert len(landscape_config(cfg.landscape).metrics) == n
     assert annotate_zoo("/nonexistent", compose_cfg("landscape", ["zoo.path=x", "landscape=none"]).landscape) == {}
 
 
@@ -297,9 +302,9 @@ def test_phase_label_of_every_cell_is_stored_on_every_member(annotated):
     assert annotate_zoo(copy, cfg) == {"cka": 0, "phase": 8}
     t2 = Zoo(copy).table()
     assert t2.loc[wide.index, "phase/label"].isin(["III", "IV-A", "IV-B"]).all()
-    with pytest.raises(ConfigError, match="landscape.phase.cka must be a finite number"):
-        make_plan(_landscape_cfg("landscape.phase.cka=-1"))
-    assert make_plan(_landscape_cfg("landscape.phase=null")).phase is None
+    with pytest.raises(ConfigError, match=r"landscape.phase.cka must be a number in \[0, inf\)"):
+        _landscape_cfg("landscape.phase.cka=-1")
+    assert _landscape_cfg("landscape.phase=null").phase is None
 
 
 def test_phase_labels_follow_the_taxonomy_table():
@@ -313,5 +318,5 @@ def test_phase_labels_follow_the_taxonomy_table():
     assert phase_label(0.01, None, 0.95, t) == "III/IV"
     assert phase_label(0.01, 0.0, None, t) == "IV"
     assert phase_label(float("nan"), 0.0, 0.9, t) == "?"
-    with pytest.raises(ConfigError, match="phase.cka"):
+    with pytest.raises(ConfigError, match=r"cka must be a number in \[0, inf\), got -1"):
         PhaseThresholds(cka=-1)

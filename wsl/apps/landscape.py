@@ -16,12 +16,14 @@ import hydra
 from omegaconf import DictConfig
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
+from wsl.apps.config import typed
+from wsl.landscape.schema import LandscapeApp
+
+EXAMPLES = {"zoo.path": "wsl-landscape zoo.path=zoos/<name>"}
 
 
-def _validate(cfg: DictConfig) -> None:
-    from wsl.apps.validate import validate_landscape
-
-    validate_landscape(cfg)
+def typed_config(cfg: DictConfig) -> LandscapeApp:
+    return typed(cfg, LandscapeApp, EXAMPLES)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="landscape", version_base="1.3")
@@ -29,19 +31,18 @@ def _validate(cfg: DictConfig) -> None:
 def _main(cfg: DictConfig) -> None:
     from wsl.landscape import annotate_zoo
 
-    _validate(cfg)
-    ids = None if cfg.model_ids is None else list(cfg.model_ids)
+    job = typed_config(cfg)
     t = time.perf_counter()
-    done = annotate_zoo(cfg.zoo.path, cfg.landscape, ids)
+    done = annotate_zoo(job.zoo.path, job.landscape, job.model_ids)
     seconds = time.perf_counter() - t
     print("landscape: " + (", ".join(f"{k} {v} rows" for k, v in done.items()) or "no metrics configured")
-          + f" -> {cfg.zoo.path}")
+          + f" -> {job.zoo.path}")
     log_summary(cfg, {"rows": dict(done), "rows_total": sum(done.values()), "groups": len(done),
                       "seconds": seconds})
 
 
 def main() -> None:
-    preflight("landscape", _validate)  # bad values stop before any zoo is read
+    preflight("landscape", typed_config)  # bad values stop before any zoo is read
     _main()
 
 

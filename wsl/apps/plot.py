@@ -7,36 +7,38 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
+from wsl.apps.config import typed
+from wsl.landscape.schema import PlotApp
+
+EXAMPLES = {"zoo.path": "wsl-plot zoo.path=zoos/<name>"}
 
 
-def _validate(cfg: DictConfig) -> None:
-    from wsl.apps.validate import validate_plot
+def typed_config(cfg: DictConfig) -> PlotApp:
     from wsl.landscape.plots import plot_dir
 
-    validate_plot(cfg)
-    plot_dir(cfg.plot.out_dir, cfg.zoo.path)  # not a file, a link, a zoo or a directory of other files
+    job = typed(cfg, PlotApp, EXAMPLES)
+    plot_dir(job.plot.out_dir, job.zoo.path)  # not a file, a link, a zoo or a directory of other files
+    return job
 
 
 @hydra.main(config_path=CONF_DIR, config_name="plot", version_base="1.3")
 @fail_cleanly
 def _main(cfg: DictConfig) -> None:
-    from wsl.landscape.phases import PhaseThresholds
     from wsl.landscape.plots import plot_zoo
 
-    _validate(cfg)
-    p = cfg.plot
-    files = plot_zoo(cfg.zoo.path, x=p.x, y=p.y, metrics=None if p.metrics is None else list(p.metrics),
-                     out_dir=p.out_dir, thresholds=PhaseThresholds(**OmegaConf.to_container(cfg.phase)),
-                     dpi=int(p.dpi), fmt=p.format)
+    job = typed_config(cfg)
+    p = job.plot
+    files = plot_zoo(job.zoo.path, x=p.x, y=p.y, metrics=p.metrics, out_dir=p.out_dir, thresholds=job.phase,
+                     dpi=p.dpi, fmt=p.format)
     print(f"plot: {len(files)} files in {files[0].parent}")
     log_summary(cfg, {"files": len(files)})
 
 
 def main() -> None:
-    preflight("plot", _validate)  # bad values stop before any zoo is read
+    preflight("plot", typed_config)  # bad values stop before any zoo is read
     _main()
 
 

@@ -158,9 +158,9 @@ def validate_zoo_config(cfg: DictConfig) -> None:
                               f"got {epochs!r}")
     check_zoo_trainer(cfg)
     if cfg.get("landscape") and cfg.landscape.get("metrics"):
-        from wsl.landscape.plan import make_plan
+        from wsl.landscape.schema import landscape_config
 
-        make_plan(cfg.landscape)  # unknown metric names fail here, before any training
+        landscape_config(cfg.landscape)  # unknown metric names fail here, before any training
     shape = DATASET_SHAPES.get(cfg.dataset.name, ((1,), 2))
     images = 1
     if inr:  # every member is fitted to every image: at least this many nets

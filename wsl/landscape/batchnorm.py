@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsl.landscape.functional import batches
+from wsl.population.functional import batches
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

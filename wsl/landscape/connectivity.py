@@ -18,7 +18,7 @@ from torch.func import functional_call, vmap
 
 from wsl.errors import ConfigError
 from wsl.landscape.batchnorm import has_batchnorm, reset_bn_stats
-from wsl.landscape.functional import float_keys, member_loss, num_members, population_loss, unstack
+from wsl.population.functional import float_keys, member_loss, num_members, population_loss, unstack
 
 
 def lerp(a: dict, b: dict, alpha: float) -> dict:

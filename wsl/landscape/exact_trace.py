@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from wsl.landscape.functional import batches, num_members
+from wsl.population.functional import batches, num_members
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 MEMORY_FLOATS = 2**25  # per-sample Jacobian work kept in memory at once (128 MiB of float32)

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from wsl.landscape.functional import batches, member_loss, num_members
+from wsl.landscape.schema import EIG_METHODS
+from wsl.population.functional import batches, member_loss, num_members
 
 
 class PopulationHVP:
@@ -124,9 +125,6 @@ class EigResult:
     converged: torch.Tensor  # [P] bool: relative change fell below tol before max_iters
 
 
-METHODS = ("lanczos", "power")
-
-
 class _Lanczos:
     """Lanczos on every member's Hessian at once, with full reorthogonalization.
 
@@ -207,8 +205,8 @@ def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tenso
     so its value is the one a lone run would report. Once the members still iterating are at most
     `shrink` of those in the current graph, the graph is rebuilt for them alone.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in EIG_METHODS:
+        raise ValueError(f"method must be one of {EIG_METHODS}, got {method!r}")
     p = num_members(params)
     v = _normalize(_start_vector(params, torch.Generator().manual_seed(int(seed))))
     eig = torch.full((p,), float("nan"), dtype=torch.float64)

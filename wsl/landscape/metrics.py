@@ -12,45 +12,26 @@ import math
 import numpy as np
 import torch
 
-from wsl.landscape.base import SPLITS, Metric
+from wsl.landscape.base import Metric
 from wsl.landscape.batchnorm import has_batchnorm
 from wsl.landscape.cka import linear_cka
 from wsl.landscape.connectivity import linear_barrier, mode_connectivity
 from wsl.landscape.exact_trace import exact_trace, exact_trace_support
-from wsl.landscape.functional import num_members, population_outputs
-from wsl.landscape.hessian import METHODS, hutchinson_trace, top_eigenvalue
+from wsl.landscape.hessian import hutchinson_trace, top_eigenvalue
+from wsl.landscape.schema import SETTINGS
 from wsl.landscape.spectra import layer_spectrum, weight_layers
-
-SAMPLING = {"num_samples": 2048, "sample_seed": 0}
+from wsl.population.functional import num_members, population_outputs
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().double().cpu().numpy()
 
 
-def _check_hvp_settings(metric: Metric, s) -> None:
-    """What both curvature metrics share: the sampled splits and the Hessian-vector product settings."""
-    metric._splits(s)
-    metric._int(s, "num_samples", 1, allow_none=True)
-    metric._int(s, "sample_seed", 0)
-    metric._int(s, "seed", 0)
-    metric._int(s, "batch_size", 1)
-    metric._bool(s, "retain_graphs")
-
-
 class HessianEig(Metric):
     """Dominant Hessian eigenvalue by Lanczos (or power iteration) on Hessian-vector products (model in eval mode)."""
 
     name = "hessian_eig"
-    defaults = {"splits": ["train", "test"], **SAMPLING, "method": "lanczos", "max_iters": 100, "tol": 1e-3,
-                "seed": 0, "batch_size": 256, "retain_graphs": True}
     identity = ("splits", "num_samples", "sample_seed", "method", "max_iters", "tol", "seed")
-
-    def check(self, s):
-        _check_hvp_settings(self, s)
-        self._choice(s, "method", METHODS)
-        self._int(s, "max_iters", 1)
-        self._float(s, "tol", 0.0, lo_open=False)
 
     def samples(self, s):
         return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
@@ -68,27 +49,14 @@ class HessianEig(Metric):
         return cols, notes
 
 
-TRACE_METHODS = ("auto", "exact", "hutchinson")
-
-
 class HessianTrace(Metric):
     """Hessian trace: exact for piecewise-linear nets (tr H = tr GGN; wsl.landscape.exact_trace), else by
     Hutchinson's estimator with Rademacher probes (optionally Krylov-deflated). Column `<split>_exact` is 1
     where the value is exact (its `_stderr` and `_samples` are then 0)."""
 
     name = "hessian_trace"
-    defaults = {"splits": ["train", "test"], **SAMPLING, "method": "auto", "samples": 100, "min_samples": 10,
-                "rel_stderr": 0.0, "deflation": 0, "seed": 0, "batch_size": 256, "retain_graphs": True}
     identity = ("splits", "num_samples", "sample_seed", "method", "samples", "min_samples", "rel_stderr",
                 "deflation", "seed")
-
-    def check(self, s):
-        _check_hvp_settings(self, s)
-        self._choice(s, "method", TRACE_METHODS)
-        self._int(s, "samples", 1)
-        self._int(s, "min_samples", 2)
-        self._float(s, "rel_stderr", 0.0, lo_open=False)
-        self._int(s, "deflation", 0)
 
     def samples(self, s):
         return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
@@ -121,19 +89,9 @@ class Spectra(Metric):
     """Per-layer heavy-tailed spectral metrics of WᵀW, and their mean over the layers that fit."""
 
     name = "spectra"
-    defaults = {"min_evals": 10, "min_tail": 5, "farms": False, "aspect_ratio": 1.0, "max_blocks": 64,
-                "max_candidates": 1000}
-    identity = tuple(defaults)
+    identity = tuple(SETTINGS["spectra"].__dataclass_fields__)
     per_layer = ("alpha", "alpha_hat", "log_spectral_norm", "stable_rank", "num_evals")
     summarized = ("alpha", "alpha_hat", "log_spectral_norm", "stable_rank")
-
-    def check(self, s):
-        self._int(s, "min_evals", 2)
-        self._int(s, "min_tail", 2)
-        self._bool(s, "farms")
-        self._float(s, "aspect_ratio", 0.0)
-        self._int(s, "max_blocks", 1)
-        self._int(s, "max_candidates", 2)
 
     def compute(self, net, params, buffers, data, s):
         first = {k: v[0] for k, v in params.items()}
@@ -164,12 +122,6 @@ def _short(layer: str) -> str:
 class _PairMetric(Metric):
     scope = "cell"
 
-    def _check_common(self, s):
-        self._choice(s, "split", SPLITS)
-        self._int(s, "num_samples", 1, allow_none=True)
-        self._int(s, "sample_seed", 0)
-        self._int(s, "max_pairs", 0)
-
     def samples(self, s):
         out = [(s["split"], s["num_samples"], s["sample_seed"])]
         if s["split"] != "train":  # BatchNorm statistics are always reset on train data
@@ -181,13 +133,7 @@ class Barrier(_PairMetric):
     """Loss barrier on the straight line between two seed replicas."""
 
     name = "barrier"
-    defaults = {"split": "train", **SAMPLING, "points": 11, "max_pairs": 3, "batch_size": 4096}
     identity = ("split", "num_samples", "sample_seed", "points", "max_pairs")
-
-    def check(self, s):
-        self._check_common(s)
-        self._int(s, "points", 2)
-        self._int(s, "batch_size", 1)
 
     def compute_pairs(self, net, a, b, data, s):
         x, y = data[s["split"]]
@@ -200,18 +146,7 @@ class ModeConnectivity(_PairMetric):
     """Mode connectivity along a trained quadratic Bézier curve between two seed replicas."""
 
     name = "mode_connectivity"
-    defaults = {"split": "train", **SAMPLING, "steps": 200, "lr": 0.01, "batch_size": 128, "points": 21,
-                "max_pairs": 3, "seed": 0, "eval_batch_size": 4096}
     identity = ("split", "num_samples", "sample_seed", "steps", "lr", "batch_size", "points", "max_pairs", "seed")
-
-    def check(self, s):
-        self._check_common(s)
-        self._int(s, "steps", 0)
-        self._float(s, "lr", 0.0)
-        self._int(s, "batch_size", 1)
-        self._int(s, "points", 3)
-        self._int(s, "seed", 0)
-        self._int(s, "eval_batch_size", 1)
 
     def compute_pairs(self, net, a, b, data, s):
         x, y = data[s["split"]]
@@ -225,13 +160,7 @@ class CKA(_PairMetric):
     """Linear CKA between two seed replicas' outputs (logits or penultimate features) on held-out inputs."""
 
     name = "cka"
-    defaults = {"split": "test", **SAMPLING, "representation": "logits", "max_pairs": 10, "batch_size": 4096}
     identity = ("split", "num_samples", "sample_seed", "representation", "max_pairs")
-
-    def check(self, s):
-        self._check_common(s)
-        self._choice(s, "representation", ("logits", "features"))
-        self._int(s, "batch_size", 1)
 
     def samples(self, s):
         return [(s["split"], s["num_samples"], s["sample_seed"])]

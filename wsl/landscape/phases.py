@@ -23,24 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-from wsl.errors import ConfigError
+from wsl.landscape.schema import PhaseThresholds, group_name
+from wsl.zoo.annotations import stored_columns, write_rows
+from wsl.zoo.reader import Zoo
 
 PHASES = ("I", "II", "III", "IV-A", "IV-B")
-
-
-@dataclass(frozen=True)
-class PhaseThresholds:
-    loss: float = 0.1  # train loss above this is "high"
-    mc_tolerance: float = 0.05  # |mc| <= this is "≈ 0"
-    cka: float = 0.9  # CKA at or above this is "large"
-
-    def __post_init__(self):
-        for k in ("loss", "mc_tolerance", "cka"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"phase.{k} must be a finite number >= 0, got {v!r}")
 
 
 def _nan(v) -> bool:
@@ -63,19 +52,6 @@ def phase_label(train_loss, mc=None, cka=None, t: PhaseThresholds = PhaseThresho
     if _nan(cka):
         return "IV"
     return "IV-B" if cka >= t.cka else "IV-A"
-
-
-def _thresholds(t) -> PhaseThresholds:
-    if t is None:
-        return PhaseThresholds()
-    if isinstance(t, PhaseThresholds):
-        return t
-    if not isinstance(t, dict):
-        raise ConfigError(f"phase thresholds must be a mapping with keys loss, mc_tolerance, cka; got {t!r}")
-    unknown = sorted(set(t) - {"loss", "mc_tolerance", "cka"})
-    if unknown:
-        raise ConfigError(f"phase: unknown key(s) {unknown}; valid: ['cka', 'loss', 'mc_tolerance']")
-    return PhaseThresholds(**t)
 
 
 def cell_phase(train_loss, mc=None, cka=None, t: PhaseThresholds = PhaseThresholds(),
@@ -102,9 +78,11 @@ def cell_phase(train_loss, mc=None, cka=None, t: PhaseThresholds = PhaseThreshol
     return label, ""
 
 
-def annotate_phases(zoo_path, thresholds=None, epoch: int = -1, model_ids=None, rebuild_index: bool = True) -> int:
+def annotate_phases(zoo_path, thresholds: PhaseThresholds | None = None, epoch: int = -1, model_ids=None,
+                    rebuild_index: bool = True) -> int:
     """Store the phase label of the cells of `model_ids` (default: all) on every member's row.
-    `zoo_path`: a zoo directory, or an open Zoo (its rows; annotations are read from their files).
+    `zoo_path`: a zoo directory, or an open Zoo (its rows; annotations are read from their files);
+    `thresholds`: None for the defaults.
 
     Inputs, averaged over a cell's non-diverged seed replicas (as the phase diagrams do): the train
     loss at the analyzed checkpoint epoch (from the training history), `mode_connectivity/value`
@@ -114,13 +92,7 @@ def annotate_phases(zoo_path, thresholds=None, epoch: int = -1, model_ids=None, 
     labels are read from the annotation files (the index may lag behind them); `rebuild_index=False`
     leaves the index rebuild to the caller (annotate_zoo: once per run).
     """
-    import numpy as np
-
-    from wsl.landscape.annotate import stored_columns
-    from wsl.landscape.plan import group_name
-    from wsl.zoo import Zoo, write_annotation
-
-    t = _thresholds(thresholds)
+    t = thresholds if thresholds is not None else PhaseThresholds()
     zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)  # annotate_zoo passes its open zoo
     group = group_name("phase", epoch)
     ids = list(zoo.ids) if model_ids is None else [str(m) for m in model_ids]
@@ -187,15 +159,11 @@ def annotate_phases(zoo_path, thresholds=None, epoch: int = -1, model_ids=None, 
     todo = [m for m in rows if have.get(m) != (rows[m]["label"], rows[m]["note"], rows[m]["settings"])]
     if not todo:
         return 0
-    cols = {c: [rows[m][c] for m in todo] for c in ("label", "note", "settings", "members")}
-    cols["epoch"] = np.asarray([rows[m]["epoch"] for m in todo], dtype=np.int64)
-    for c in ("train_loss", "mode_connectivity", "cka"):
-        cols[c] = np.asarray([rows[m][c] for m in todo], dtype=np.float64)
     attrs = {"metric": "phase", "scope": "cell", "settings": settings,
              **{f"threshold:{k}": float(v) for k, v in asdict(t).items()},
              "description": "phase of the loss-landscape taxonomy (Yang et al. 2021) of the model's cell, "
                             "from seed-averaged train loss, mode connectivity and CKA (wsl/landscape/phases.py)"}
-    write_annotation(zoo.path, group, todo, cols, attrs, rebuild_index=rebuild_index)
+    write_rows(zoo.path, group, {m: rows[m] for m in todo}, attrs, rebuild_index=rebuild_index)
     return len(todo)
 
 

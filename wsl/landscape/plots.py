@@ -19,6 +19,7 @@ import pandas as pd
 
 from wsl.errors import ConfigError, printable
 from wsl.landscape.phases import PHASES, PhaseThresholds, phase_label
+from wsl.landscape.schema import PLOT_FORMATS
 from wsl.zoo.atomic import write_bytes_atomic
 from wsl.zoo.atomic import write_marker
 from wsl.zoo.safe_paths import claim_output_dir, inside, make_dirs, remove_temp_files
@@ -202,8 +203,8 @@ def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None,
     """Draw the phase diagrams of a zoo; returns the written files (PNGs and a CSV of cell values)."""
     from wsl.zoo import Zoo
 
-    if fmt not in ("png", "pdf", "svg"):
-        raise ConfigError(f"plot.format={fmt!r} is not allowed; valid: png, pdf, svg")
+    if fmt not in PLOT_FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(PLOT_FORMATS)}, got {fmt!r}")
     zoo = Zoo(zoo_path)
     table = zoo.table()
     if not len(table):

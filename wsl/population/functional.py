@@ -1,10 +1,16 @@
-"""Stacked parameters and the vmapped forward pass every population computation uses."""
+"""Stacked parameters and the vmapped forward pass every population computation uses.
+
+Parameters of a population are stacked: {name: Tensor[P, ...]} (P members, same architecture).
+Training, landscape metrics, alignment and evaluation all compute every member in one vmapped program.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -18,8 +24,29 @@ def stack_state_dicts(state_dicts: list[dict]) -> dict[str, torch.Tensor]:
 
 def unstack(params: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """{name: T[P, ...]} -> [{name: T}] * P (views, no copies)."""
-    n = next(iter(params.values())).shape[0]
-    return [{k: v[i] for k, v in params.items()} for i in range(n)]
+    return [{k: v[i] for k, v in params.items()} for i in range(num_members(params))]
+
+
+def num_members(params: dict[str, torch.Tensor]) -> int:
+    return next(iter(params.values())).shape[0]
+
+
+def split_state(net: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """A (stacked) state dict -> (parameters, buffers) by the names of `net`'s parameters."""
+    names = {k for k, _ in net.named_parameters()}
+    return {k: v for k, v in state.items() if k in names}, {k: v for k, v in state.items() if k not in names}
+
+
+def float_keys(params: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating tensors (parameters and BN running statistics; not integer counters)."""
+    return [k for k, v in params.items() if v.is_floating_point()]
+
+
+def batches(n: int, batch_size: int | None) -> Iterator[slice]:
+    """Contiguous slices covering range(n); batch_size None or <= 0 means one batch."""
+    step = n if not batch_size or batch_size <= 0 else int(batch_size)
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
 
 
 def psnr(mse: torch.Tensor, value_range: float = 2.0) -> torch.Tensor:
@@ -40,7 +67,7 @@ def population_forward(net: nn.Module, params: dict[str, torch.Tensor], x: torch
     `net` may be a real module or a meta skeleton; only its structure is used. `method="features"`
     returns penultimate activations instead of logits.
     """
-    p = next(iter(params.values())).shape[0]
+    p = num_members(params)
     if shared_input is None:
         shared_input = not (x.dim() >= 2 and x.shape[0] == p and x.dim() == len(getattr(net, "in_shape", ())) + 2)
 
@@ -64,3 +91,35 @@ class _MethodAdapter(nn.Module):
 
     def forward(self, x):
         return getattr(self.net, self.method)(x)
+
+
+def member_loss(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean cross-entropy of one member: params {name: T}, x [N, ...], y [N] -> scalar.
+
+    Buffers (e.g. BatchNorm running statistics) are passed apart so that derivatives are taken
+    with respect to the parameters only.
+    """
+    return F.cross_entropy(functional_call(net, {**params, **(buffers or {})}, (x,)), y)
+
+
+@torch.no_grad()
+def population_loss(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    batch_size: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of every member over shared (x [N, ...], y [N]) -> [P] (float64 accumulation)."""
+    total = torch.zeros(num_members(params), dtype=torch.float64)
+    for sl in batches(x.shape[0], batch_size):
+        logits = population_forward(net, params, x[sl], shared_input=True)  # [P, n, C]
+        nll = F.cross_entropy(logits.flatten(0, 1), y[sl].repeat(logits.shape[0]), reduction="none")
+        total += nll.view(logits.shape[0], -1).double().sum(1)
+    return total / x.shape[0]
+
+
+@torch.no_grad()
+def population_outputs(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+                       representation: str = "logits", batch_size: int | None = None) -> torch.Tensor:
+    """Outputs of every member on shared inputs: [P, N, C] logits or [P, N, width] features."""
+    method = {"logits": "forward", "features": "features"}[representation]
+    outs = [population_forward(net, params, x[sl], shared_input=True, method=method)
+            for sl in batches(x.shape[0], batch_size)]
+    return torch.cat(outs, dim=1)
