@@ -93,6 +93,7 @@ def run_one(name: str, zoo: Path, out: Path, epochs: int, seeds: list, extra: li
     from hydra import compose, initialize_config_dir
 
     from wsl.apps.common import CONF_DIR
+    from wsl.apps.train_encoder import typed_config
     from wsl.encoders.experiment import run_experiment
 
     torch.set_num_threads(1)
@@ -102,7 +103,7 @@ def run_one(name: str, zoo: Path, out: Path, epochs: int, seeds: list, extra: li
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train_encoder", overrides=overrides)
     factory = NFNReference() if name == "nfn_reference" else None
-    run_experiment(cfg, out, encoder_factory=factory)
+    run_experiment(typed_config(cfg), out, encoder_factory=factory)
 
 
 def step_costs(zoo: Path, names: list, batch_size: int = 32, rounds: int = 5) -> dict:

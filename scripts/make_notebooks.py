@@ -213,6 +213,7 @@ for name in ("flat", "deepsets", "nfn"):
     print(f"{name:9s} invariant={enc.invariant!s:5s} output {a:+.5f} -> permuted {b:+.5f}")'''),
         new_markdown_cell("## Train and compare\nTwo seeds per encoder, 25 epochs each (QUICK: 3); half of the cells train, a quarter validates, a quarter tests."),
         new_code_cell('''\
+from wsl.apps.train_encoder import typed_config
 from wsl.encoders.experiment import run_experiment
 
 rows = []
@@ -220,7 +221,7 @@ for name in ("flat", "stats", "deepsets", "nfn"):
     cfg = config("train_encoder", f"zoo.path={GRID}", f"encoder={name}", "task=test_acc", "seeds=[0,1]",
                  "split.fractions=[0.5,0.25,0.25]", f"trainer.max_epochs={3 if QUICK else 25}", "logger=none",
                  "trainer.accelerator=cpu")
-    df = run_experiment(cfg, WORK / "encoders" / name)
+    df = run_experiment(typed_config(cfg), WORK / "encoders" / name)
     per_seed = df[~df["seed"].isin(["mean", "std"])]
     rows.append({"encoder": name, "params": int(per_seed["params"].iloc[0]),
                  "tau": per_seed["test/tau"].mean(), "tau_std": per_seed["test/tau"].std(ddof=1),

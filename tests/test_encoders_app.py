@@ -42,8 +42,11 @@ def mlp_zoo(tmp_path_factory) -> Path:
 
 
 def config(*overrides: str):
+    """wsl-train-encoder's typed config, as the app makes it from the command line."""
+    from wsl.apps.train_encoder import typed_config
+
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train_encoder", overrides=["logger=none", *overrides])
+        return typed_config(compose(config_name="train_encoder", overrides=["logger=none", *overrides]))
 
 
 def test_console_script_writes_the_results_table(mlp_zoo, tmp_path):
@@ -138,3 +141,35 @@ def test_cnn_zoo_is_read_with_kernels_as_edge_features(tmp_path, encoder):
     df = run_experiment(config(f"zoo.path={tmp_path / 'cnn'}", f"encoder={encoder}", "seeds=[0]",
                                "trainer.max_epochs=1", "split.fractions=[0.5,0.25,0.25]"), tmp_path / "out")
     assert df.loc[0, "params"] > 0 and pd.notna(df.loc[0, "test/r2"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("encoder.channels=0", r"^encoder\.channels must be an integer >= 1, got 0$"),
+    ("encoder.mode=xx", r"^encoder\.mode='xx' is not allowed; valid: hnp, np$"),
+    ("encoder._target_=my.Encoder", r"^encoder\._target_='my\.Encoder' is not an encoder of wsl"),
+    ("+encoder.width=3", r"^unknown config key 'encoder\.width'; valid keys under encoder: _target_, channels"),
+    ("task.columns=[]", r"^task=test_acc: task\.columns is empty"),
+    ("task.kind=ranking", r"^task\.kind='ranking' is not allowed"),
+    ("split.fractions=[0.5,0.6,0.1]", r"^split\.fractions must be three non-negative numbers summing to 1"),
+    ("optim.lr=0", r"^optim\.lr must be a number in \(0, inf\)"),
+    ("augment.noise.sigma=-1", r"^augment\.noise\.sigma must be a number in \[0, inf\)"),
+    ("augment.dropout.p=1", r"^augment\.dropout\.p must be a number in \[0, 1\)"),
+    ("augment.mixup=3", r"^augment\.mixup must be null or an augmentation config with a _target_"),
+    ("trainer.max_epochs=-1", r"^trainer\.max_epochs must be an integer >= 1, got -1$"),
+    ("seeds=[0,true]", r"^seeds must be a non-empty list of integers"),
+])
+def test_the_schema_names_the_key_of_a_bad_option(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config("zoo.path=x", override)
+
+
+def test_every_encoder_and_task_is_typed_by_its_schema():
+    from wsl.encoders.schema import ENCODER_SCHEMAS, TaskConfig
+
+    for enc in ("deepsets", "flat", "graph", "nfn", "stats", "transformer"):
+        job = config("zoo.path=x", f"encoder={enc}", "task=hparams", "encoder.num_layers=0" if enc in
+                     ("graph", "nfn", "transformer") else "encoder.dropout=0.5")
+        assert isinstance(job.encoder, ENCODER_SCHEMAS) and job.encoder.name == enc
+        assert isinstance(job.task, TaskConfig) and job.task.log == ["lr", "weight_decay"] and job.task.drop_constant
+    assert config("zoo.path=x", "augment=null").augment is None
+    assert set(config("zoo.path=x", "~augment.noise").augment) == {"permutation", "dropout", "mixup"}

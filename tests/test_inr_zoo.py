@@ -93,6 +93,7 @@ def test_inr_class_reads_the_digits(inr_zoo, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from wsl.apps.common import CONF_DIR
+    from wsl.apps.train_encoder import typed_config
     from wsl.encoders.experiment import run_experiment
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -100,7 +101,7 @@ def test_inr_class_reads_the_digits(inr_zoo, tmp_path):
             "logger=none", f"zoo.path={inr_zoo}", "task=inr_class", "encoder=transformer", "encoder.dim=16",
             "encoder.num_layers=1", "seeds=[0]", "trainer.max_epochs=2", "trainer.accelerator=cpu",
             "split.fractions=[0.5,0.25,0.25]"])
-    df = run_experiment(cfg, tmp_path / "out")
+    df = run_experiment(typed_config(cfg), tmp_path / "out")
     assert 0.0 <= df.loc[0, "test/acc"] <= 1.0 and "test/tau" not in df
     assert (df["task"] == "inr_class").all() and df.loc[0, "params"] > 0
 
@@ -162,6 +163,7 @@ def test_inr_classification_beats_chance_on_a_wsl_zoo_inr_zoo(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from wsl.apps.common import CONF_DIR
+    from wsl.apps.train_encoder import typed_config
     from wsl.encoders.experiment import run_experiment
 
     root = make_inr_zoo(tmp_path / "inr", ["dataset.per_class=30", "net.width=32", "train.epochs=100",
@@ -170,5 +172,5 @@ def test_inr_classification_beats_chance_on_a_wsl_zoo_inr_zoo(tmp_path):
         cfg = compose(config_name="train_encoder", overrides=[
             "logger=none", f"zoo.path={root}", "task=inr_class", "encoder=stats", "seeds=[0]",
             "trainer.max_epochs=30", "trainer.accelerator=cpu"])
-    df = run_experiment(cfg, tmp_path / "out")
+    df = run_experiment(typed_config(cfg), tmp_path / "out")
     assert df.loc[0, "test/acc"] > 0.3, df.to_string()

@@ -10,16 +10,24 @@ the table's mean and std rows are logged last (<run dir>/logs/ with logger=csv).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hydra
 from omegaconf import DictConfig
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight, run_dir
+from wsl.apps.config import typed
+
+if TYPE_CHECKING:
+    from wsl.encoders.schema import TrainEncoderConfig
+
+EXAMPLES = {"zoo.path": "wsl-train-encoder zoo.path=zoos/<name> encoder=nfn task=test_acc"}
 
 
-def _validate(cfg: DictConfig) -> None:
-    from wsl.apps.validate import validate_train_encoder
+def typed_config(cfg: DictConfig) -> TrainEncoderConfig:
+    from wsl.encoders.schema import TrainEncoderConfig  # registers the encoder, task and augment schemas
 
-    validate_train_encoder(cfg)
+    return typed(cfg, TrainEncoderConfig, EXAMPLES)
 
 
 def summary_of(df) -> dict:
@@ -38,16 +46,16 @@ def summary_of(df) -> dict:
 def _main(cfg: DictConfig) -> None:
     from wsl.encoders.experiment import run_experiment
 
-    _validate(cfg)
+    job = typed_config(cfg)
     out_dir = run_dir()
-    df = run_experiment(cfg, out_dir)
+    df = run_experiment(job, out_dir)
     print((out_dir / "results.md").read_text(), end="")
     print(f"results: {out_dir / 'results.csv'}")
     log_summary(cfg, summary_of(df), out_dir)
 
 
 def main() -> None:
-    preflight("train_encoder", _validate)  # bad values stop before any zoo is read, in every job of a sweep
+    preflight("train_encoder", typed_config)  # bad values stop before any zoo is read, in every job of a sweep
     _main()
 
 

@@ -1,6 +1,6 @@
 """One property-prediction experiment: a zoo, a task, an encoder, several seeds, a results table.
 
-    run_experiment(cfg, out_dir)   # what wsl-train-encoder calls
+    run_experiment(job, out_dir)   # what wsl-train-encoder calls (job: a wsl.encoders.schema.TrainEncoderConfig)
 
 Order of work, so that bad input fails before any training: read the table and check the task's
 columns; check that the encoder can read every selected net (structure and widths, from the
@@ -12,7 +12,7 @@ time and peak memory go into results.csv / results.md in the run directory, with
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import logging
 import math
@@ -21,20 +21,19 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
-import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import wsl.nets.siren  # noqa: F401  (registers net=siren so INR zoos can be read)
 from wsl.encoders.module import PropertyPredictor, WeightSet
+from wsl.encoders.schema import GaussianNoiseAugmentConfig, Split, TrainEncoderConfig, WeightDropoutAugmentConfig
 from wsl.encoders.tasks import Task, score
 from wsl.encoders.weightspace import WeightSpace
 from wsl.errors import ConfigError, printable
-from wsl.tracking import quiet_lightning
+from wsl.tracking import make_logger
+from wsl.trainer import barrier, global_rank, make_trainer
 from wsl.zoo.epochs import check_epoch
 from wsl.zoo.finite import some_ids
 
@@ -82,14 +81,14 @@ def select_models(zoo, table: pd.DataFrame, statuses=("trained",)) -> list:
     return ids
 
 
-def split_models(zoo, cfg: DictConfig, ids: list) -> dict:
-    """Train/val/test split by cells (cfg.split); each part needs at least two models."""
-    split = zoo.split(tuple(cfg.split.fractions), seed=int(cfg.split.seed), ids=ids)
+def split_models(zoo, split: Split, ids: list) -> dict:
+    """Train/val/test split by cells; each part needs at least two models."""
+    parts = zoo.split(tuple(split.fractions), seed=split.seed, ids=ids)
     for s in ("train", "val", "test"):
-        if len(split[s]) < 2:
-            raise ConfigError(f"the {s} split has {len(split[s])} models ({len(ids)} usable, "
+        if len(parts[s]) < 2:
+            raise ConfigError(f"the {s} split has {len(parts[s])} models ({len(ids)} usable, "
                               f"{len(zoo.cells(ids))} cells); use a larger zoo or other split.fractions")
-    return split
+    return parts
 
 
 def finite_models(params: dict) -> torch.Tensor:
@@ -148,30 +147,25 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
 
 
-def train_one(cfg: DictConfig, seed: int, space: WeightSpace, task: Task, targets, sets: dict, encoder_factory,
-              out_dir: Path) -> dict:
+def train_one(job: TrainEncoderConfig, seed: int, space: WeightSpace, task: Task, targets, sets: dict,
+              encoder_factory, out_dir: Path) -> dict:
     """Train one encoder with `seed`; return its metrics on val and test and its costs."""
     L.seed_everything(seed, workers=True, verbose=False)
-    out_dim = task.output_dim(targets)
-    encoder = encoder_factory(space=space, out_dim=out_dim)
-    augments = [instantiate(a) for a in (cfg.augment or {}).values() if a is not None]
-    augments = [a for a in augments if not _is_noop(a)]
+    encoder = encoder_factory(space=space, out_dim=task.output_dim(targets))
+    augments = [instantiate(a, _convert_="all") for a in (job.augment or {}).values() if a is not None and not _off(a)]
     if space.padded and any(type(a).__name__ == "AlignedMixUp" for a in augments):
         raise ConfigError("augment.mixup aligns nets of one width; it cannot mix padded nets (zoo.pad=true)")
-    o = cfg.optim
-    module = PropertyPredictor(encoder, space, task, targets.names, sets["train"], augments, lr=float(o.lr),
-                               weight_decay=float(o.weight_decay), epochs=int(cfg.trainer.max_epochs),
-                               warmup_epochs=int(o.warmup_epochs), num_classes=len(targets.classes))
-    bs = int(cfg.batch_size)
+    o = job.optim
+    module = PropertyPredictor(encoder, space, task, targets.names, sets["train"], augments, lr=o.lr,
+                               weight_decay=o.weight_decay, epochs=job.trainer["max_epochs"],
+                               warmup_epochs=o.warmup_epochs, num_classes=len(targets.classes))
+    bs = job.batch_size
     train_loader = DataLoader(sets["train"], batch_size=bs, shuffle=True, drop_last=len(sets["train"]) > bs)
-    val_loader = DataLoader(sets["val"], batch_size=int(cfg.eval_batch_size))
+    val_loader = DataLoader(sets["val"], batch_size=job.eval_batch_size)
     best = BestState("val/loss", "min") if task.is_regression else BestState("val/acc", "max")
-    logger = False
-    if cfg.get("logger"):
-        logger = instantiate(cfg.logger, save_dir=str(out_dir), name="encoder", version=f"seed{seed}")
-    quiet_lightning()
-    trainer = L.Trainer(callbacks=[best], logger=logger, enable_checkpointing=False, num_sanity_val_steps=0,
-                        **OmegaConf.to_container(cfg.trainer, resolve=True))
+    logger = make_logger(job.logger, out_dir, name="encoder", version=f"seed{seed}")
+    trainer = make_trainer(job.trainer, logger=logger, callbacks=[best], enable_checkpointing=False,
+                           num_sanity_val_steps=0)
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
     t0 = time.perf_counter()
@@ -191,10 +185,10 @@ def train_one(cfg: DictConfig, seed: int, space: WeightSpace, task: Task, target
     return row
 
 
-def _is_noop(aug) -> bool:
+def _off(node) -> bool:
     """Augmentations configured to do nothing (noise sigma 0, dropout p 0) are skipped."""
-    return (type(aug).__name__ == "GaussianNoiseAugment" and aug.sigma == 0.0) or \
-        (type(aug).__name__ == "WeightDropoutAugment" and aug.p == 0.0)
+    return (isinstance(node, GaussianNoiseAugmentConfig) and node.sigma == 0.0) or \
+        (isinstance(node, WeightDropoutAugmentConfig) and node.p == 0.0)
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -232,87 +226,46 @@ def markdown_table(df: pd.DataFrame, task: Task) -> str:
     return head + "| " + " | ".join(line) + " |\n" + note
 
 
-def _global_rank() -> int:
-    """This process's rank under Lightning's DDP (0 without it; set by the strategy and the launcher's env)."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
-
-
-def _barrier() -> None:
-    """Wait for every DDP rank (no-op without a process group)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def write_results(df: pd.DataFrame, task: Task, out_dir: Path) -> None:
     """results.csv / results.md, written by rank 0 only; under DDP every rank waits until they exist
     (every rank computed the same table: DDP keeps the parameters equal and the test sets are not split)."""
-    if _global_rank() == 0:
+    if global_rank() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, text in (("results.csv", df.to_csv(index=False)), ("results.md", markdown_table(df, task))):
             tmp = out_dir / f".{name}.tmp"
             tmp.write_text(text)
             tmp.replace(out_dir / name)
-    _barrier()
+    barrier()
 
 
 # ------------------------------------------------------------------------------------------ entry
-def check_config(cfg: DictConfig) -> None:
-    """Checks that need no zoo: run by the app's preflight on every job of a sweep, before any work."""
-    if "zoo" not in cfg or OmegaConf.is_missing(cfg.zoo, "path") or not cfg.zoo.get("path"):
-        raise ConfigError("zoo.path is required: the zoo whose nets the encoder reads (zoo.path=zoos/<name>)")
-    seeds = list(cfg.seeds) if OmegaConf.is_list(cfg.get("seeds")) else None
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"seeds must be a non-empty list of integers, got {cfg.get('seeds')}")
-    for key, lo in (("batch_size", 1), ("eval_batch_size", 1), ("trainer.max_epochs", 1), ("zoo.epoch", -1)):
-        v = OmegaConf.select(cfg, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ConfigError(f"{key} must be an integer >= {lo}, got {v!r}")
-    instantiate(cfg.task, _convert_="all")  # Task checks its own fields
-    enc = OmegaConf.to_container(cfg.encoder, resolve=True)
-    enc.pop("name", None)
-    target = enc.pop("_target_", None)
-    if not target:
-        raise ConfigError("encoder._target_ is missing; choose an encoder with encoder=<name>")
-    try:
-        cls = hydra.utils.get_class(target)
-    except Exception as e:  # hydra wraps import errors in several types
-        raise ConfigError(f"encoder._target_={target!r} cannot be imported ({e})") from e
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "space", "out_dim"}
-    unknown = sorted(set(enc) - allowed)
-    if unknown:
-        raise ConfigError(f"encoder {target}: unknown option(s) {unknown}; valid: {sorted(allowed)}")
+def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None) -> pd.DataFrame:
+    """Train `job.encoder` on `job.task` for every seed in `job.seeds`; write and return the table.
 
-
-def run_experiment(cfg: DictConfig, out_dir, encoder_factory=None) -> pd.DataFrame:
-    """Train `cfg.encoder` on `cfg.task` for every seed in `cfg.seeds`; write and return the table.
-
-    encoder_factory(space=, out_dim=) -> nn.Module overrides cfg.encoder (the benchmark uses it for an
+    encoder_factory(space=, out_dim=) -> nn.Module overrides job.encoder (the benchmark uses it for an
     outside reference implementation).
     """
     from wsl.zoo import Zoo
 
-    check_config(cfg)
     out_dir = Path(out_dir)
-    task: Task = instantiate(cfg.task, _convert_="all")
-    zoo = Zoo(cfg.zoo.path)
+    task: Task = instantiate(job.task, _convert_="all")
+    zoo = Zoo(job.zoo.path)
     table = zoo.table()
     task.check_columns(table, where=f"the index of {zoo.path}")
     ids = select_models(zoo, table)
-    check_epoch(zoo, ids, int(cfg.zoo.epoch), "zoo.epoch")
-    space = read_space(zoo, ids, pad=bool(cfg.zoo.pad))
-    enc_cfg = OmegaConf.to_container(cfg.encoder, resolve=True)
-    name = str(enc_cfg.pop("name", None) or enc_cfg.get("_target_", "encoder").rsplit(".", 1)[-1])
+    check_epoch(zoo, ids, job.zoo.epoch, "zoo.epoch")
+    space = read_space(zoo, ids, pad=job.zoo.pad)
+    options = dataclasses.asdict(job.encoder)
+    name = options.pop("name")
     if encoder_factory is None:
-        encoder_factory = instantiate(enc_cfg, _partial_=True, _convert_="all")
-    split = split_models(zoo, cfg, ids)
+        encoder_factory = instantiate(options, _partial_=True, _convert_="all")
+    split = split_models(zoo, job.split, ids)
     targets = task.targets(table, ids)
-    params, masks = load_weights(zoo, ids, space, int(cfg.zoo.epoch))
+    params, masks = load_weights(zoo, ids, space, job.zoo.epoch)
     weights_ok, targets_ok = finite_models(params), torch.isfinite(targets.y.reshape(len(ids), -1).float()).all(1)
     if not (weights_ok & targets_ok).all():  # such nets are not data: excluded, the rest is split again
-        ids, params, masks = exclude_nonfinite(zoo, ids, params, masks, weights_ok, targets_ok, int(cfg.zoo.epoch))
-        split = split_models(zoo, cfg, ids)
+        ids, params, masks = exclude_nonfinite(zoo, ids, params, masks, weights_ok, targets_ok, job.zoo.epoch)
+        split = split_models(zoo, job.split, ids)
         targets = task.targets(table, ids)
     full = WeightSet(params, masks, targets.y)
     pos = {mid: i for i, mid in enumerate(ids)}
@@ -320,8 +273,8 @@ def run_experiment(cfg: DictConfig, out_dir, encoder_factory=None) -> pd.DataFra
     log.info("%s on %s: %d nets (%d/%d/%d), space %s", name, task.name, len(ids), len(sets["train"]),
              len(sets["val"]), len(sets["test"]), space.describe())
     rows = []
-    for seed in cfg.seeds:
-        row = train_one(cfg, int(seed), space, task, targets, sets, encoder_factory, out_dir)
+    for seed in job.seeds:
+        row = train_one(job, seed, space, task, targets, sets, encoder_factory, out_dir)
         rows.append({"encoder": name, "task": task.name, **row})
         key = "test/tau" if task.is_regression else "test/acc"
         log.info("%s seed %d: %s=%.4f (%.2fs/epoch)", name, seed, key, row[key], row["s_per_epoch"])

@@ -39,9 +39,6 @@ from torch import nn
 from wsl.encoders.common import mlp
 from wsl.encoders.weightspace import WeightSpace, WSBatch, masked_mean
 
-MODES = ("hnp", "np")
-
-
 class _Structure:
     """Which neuron layers are sets and which weight layers stay edge tensors."""
 
@@ -112,10 +109,6 @@ class NFN(nn.Module):
     def __init__(self, space: WeightSpace, out_dim: int, mode: str = "hnp", channels: int = 32,
                  num_layers: int = 3, head_hidden: int = 128, dropout: float = 0.0, io_embed: bool = True):
         super().__init__()
-        if mode not in MODES:
-            from wsl.errors import ConfigError
-
-            raise ConfigError(f"encoder.mode={mode!r} is unknown; valid: {', '.join(MODES)}")
         self.mode, self.channels = mode, channels
         st = self.st = _Structure(space, mode)
         n, K, L, C = space.sizes, space.kernel_numels, space.num_layers, channels

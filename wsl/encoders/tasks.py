@@ -18,8 +18,6 @@ from scipy.stats import kendalltau
 
 from wsl.errors import ConfigError
 
-KINDS = ("regression", "classification")
-
 # columns computed from other columns: name -> (needed columns, function of the table)
 DERIVED = {
     "generalization_gap": (("train_acc", "test_acc"), lambda t: t["train_acc"] - t["test_acc"]),
@@ -38,23 +36,13 @@ class Targets:
 
 @dataclass
 class Task:
+    """What an encoder predicts (conf/task/*.yaml; wsl.encoders.schema.TaskConfig checks the options)."""
+
     name: str
     kind: str = "regression"
     columns: list = field(default_factory=list)
     log: list = field(default_factory=list)  # regression columns predicted as log10 (lr, weight decay)
     drop_constant: bool = False  # regression: skip columns with one value in the zoo (with a warning)
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ConfigError(f"task.kind={self.kind!r} is unknown; valid: {', '.join(KINDS)}")
-        self.columns, self.log = list(self.columns), list(self.log)
-        if not self.columns:
-            raise ConfigError(f"task={self.name}: task.columns is empty; name the column(s) to predict")
-        if self.kind == "classification" and len(self.columns) != 1:
-            raise ConfigError(f"task={self.name}: classification predicts one column, got {self.columns}")
-        unknown = [c for c in self.log if c not in self.columns]
-        if unknown:
-            raise ConfigError(f"task={self.name}: task.log names {unknown}, which are not in task.columns")
 
     @property
     def is_regression(self) -> bool:

@@ -31,10 +31,6 @@ class RelationalBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, edge_dim: int, dropout: float = 0.0):
         super().__init__()
-        if dim % heads:
-            from wsl.errors import ConfigError
-
-            raise ConfigError(f"encoder.dim={dim} must be divisible by encoder.heads={heads}")
         self.h, self.dh = heads, dim // heads
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
