@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from wsl.apps.common import CONF_DIR  # noqa: E402
+from wsl.apps.config import stored  # noqa: E402
+from wsl.apps.train_generator import typed_config  # noqa: E402
 from wsl.generators.sample import sample_vectors, write_sample_zoo  # noqa: E402
 from wsl.generators.train import train_generator  # noqa: E402
 from wsl.nets import build_net  # noqa: E402
@@ -119,12 +121,12 @@ def main() -> None:
         if steps:
             overrides.append(f"trainer.max_steps={steps}")
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(config_name="train_generator", overrides=overrides)
+            job = typed_config(compose(config_name="train_generator", overrides=overrides))
         run_dir = out / f"{name}-run"
         shutil.rmtree(run_dir, ignore_errors=True)
         load_train = os.getloadavg()[0]
         t = time.perf_counter()
-        run = train_generator(cfg, run_dir)
+        run = train_generator(job, run_dir, config=stored(job))
         t_train = time.perf_counter() - t
         load_train = max(load_train, os.getloadavg()[0])
         tr = run.training

@@ -250,22 +250,26 @@ per-coordinate Gaussian). A generator is only interesting where it is both accur
         new_code_cell(BUILD_ZOO),
         new_markdown_cell("## Train a generator (`wsl-train-generator`)\nOne architecture: the width-16 nets."),
         new_code_cell('''\
+from wsl.apps.train_generator import typed_config
 from wsl.generators.train import train_generator
 
-run = train_generator(config("train_generator", f"zoo.path={ZOO}", "+zoo.filter.width=16", "generator=flow",
-                             f"trainer.max_steps={30 if QUICK else 300}", "batch_size=16", "logger=none",
-                             "progress_refresh_rate=0", "trainer.accelerator=cpu"), run_dir=WORK / "generator")
+job = typed_config(config("train_generator", f"zoo.path={ZOO}", "+zoo.filter.width=16", "generator=flow",
+                          f"trainer.max_steps={30 if QUICK else 300}", "batch_size=16", "logger=none",
+                          "progress_refresh_rate=0", "trainer.accelerator=cpu"))
+run = train_generator(job, run_dir=WORK / "generator")
 print(f"{run.training['n_train']} training nets, {run.training['steps']} steps, "
       f"spread ratio {run.training['spread_ratio']:.3f}")'''),
         new_markdown_cell("## Sample nets into a zoo (`wsl-sample`)"),
         new_code_cell('''\
 import shutil
 
-from wsl.generators.sample import sample_run
+from wsl.apps.sample import typed_config as typed_sample
+from wsl.generators.sample import sample_zoo
 
 shutil.rmtree(WORK / "generated", ignore_errors=True)
 N = 8 if QUICK else 32  # nets sampled; each baseline draws half as many
-generated = sample_run(config("sample", f"run={WORK / 'generator'}", f"n={N}", f"zoo.path={WORK / 'generated'}"))
+generated = sample_zoo(typed_sample(config("sample", f"run={WORK / 'generator'}", f"n={N}",
+                                           f"zoo.path={WORK / 'generated'}")))
 print(generated)'''),
         new_markdown_cell("## Evaluate (`wsl-evaluate`)\nEvery baseline setting is evaluated and reported; nothing is selected on the test split."),
         new_code_cell('''\

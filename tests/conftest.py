@@ -39,6 +39,13 @@ def compose_cfg(config_name: str, overrides: list[str]):
         return compose(config_name=config_name, overrides=overrides)
 
 
+def typed_gen(app: str, overrides: list[str]):
+    """The typed config of wsl-train-generator or wsl-sample (`app`), as the console script makes it."""
+    import importlib
+
+    return importlib.import_module(f"wsl.apps.{app}").typed_config(compose_cfg(app, overrides))
+
+
 def fit_nets(make, x, y, n: int, steps: int, lr: float, seed: int) -> list:
     """n nets from `make()` (seeds seed, seed+1, ...) fitted with Adam to (x, y) by cross-entropy, in eval mode:
     Hessians far from zero for the curvature tests."""

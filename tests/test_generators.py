@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
 
+from conftest import typed_gen
 from wsl.errors import ConfigError
 from wsl.generators.denoisers import MLPDenoiser, TransformerDenoiser, guided, split_segments
 from wsl.generators.diffusion import Diffusion
@@ -247,17 +249,31 @@ def test_representation_round_trips_and_alignment_keeps_every_function():
 
 def test_representation_rejects_an_impossible_reference():
     sds = [n.state_dict() for n in _nets(2)]
-    with pytest.raises(ConfigError, match="representation.reference"):
+    with pytest.raises(ConfigError, match="reference=5 must index one of the 2 nets"):
         WeightRepresentation.fit(sds, Layout.from_state_dict(sds[0]), _nets(1)[0].permutation_spec(), reference=5)
 
 
 def test_bad_generator_settings_name_their_key():
-    with pytest.raises(ConfigError, match="solver"):
-        FlowMatching(solver="rk45")
-    with pytest.raises(ConfigError, match="prediction"):
-        Diffusion(prediction="score")
-    with pytest.raises(ConfigError, match="steps"):
-        Diffusion(timesteps=10, steps=20)
+    """The generator group's schemas (wsl.generators.schema) check the methods' and denoisers' options
+    and name the user's key; the same schemas check a loaded run's description."""
+    flow = ["zoo.path=z", "trainer.accelerator=cpu"]
+    diffusion = [*flow, "generator=diffusion", "generator/denoiser=transformer"]
+    for base, bad, msg in [
+            (flow, "generator.method.solver=rk45", "generator.method.solver='rk45' is not allowed"),
+            (flow, "generator.method.steps=0", "generator.method.steps must be an integer in [1, 10000], got 0"),
+            (flow, "generator.method.sigma_min=1", "generator.method.sigma_min must be a number in [0, 1)"),
+            (flow, "generator.denoiser.depth=0", "generator.denoiser.depth must be an integer in [1, 1024], got 0"),
+            (flow, "generator.ema=1.5", "generator.ema must be a number in (0, 1) or null"),
+            (flow, "generator.optimizer.lr=0", "generator.optimizer.lr must be a number in (0, inf)"),
+            (flow, "representation.latent={depth:0}", "representation.latent.depth must be an integer"),
+            (flow, "representation.latent={width:3}", "representation.latent: unknown key(s) ['width']"),
+            (diffusion, "generator.method.prediction=score", "generator.method.prediction='score' is not allowed"),
+            (diffusion, "generator.method.steps=20", "generator.method.steps=20 exceeds generator.method.timesteps=10"),
+            (diffusion, "generator.denoiser.nhead=3",
+             "generator.denoiser.d_model=128 must be divisible by generator.denoiser.nhead=3")]:
+        extra = ["generator.method.timesteps=10"] if "exceeds" in msg else []
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            typed_gen("train_generator", [*base, *extra, bad])
     assert math.isfinite(Diffusion(schedule="linear").abar[-1].item())
 
 

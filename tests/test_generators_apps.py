@@ -20,9 +20,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import compose_cfg, run_cli
+from conftest import run_cli, typed_gen
 from wsl.errors import ConfigError, WslError, ZooFormatError
-from wsl.generators.run import load_run
+from wsl.generators.generator_run import load_run
 from wsl.generators.sample import check_target_zoo, condition_tensor, sample_weights
 from wsl.generators.train import train_generator
 from wsl.nets import MLP, build_net
@@ -99,14 +99,14 @@ def test_trained_flow_samples_a_zoo_of_working_nets(flow_run, tiny_zoo, tmp_path
 
 
 def test_diffusion_transformer_latent_and_guidance_paths(tiny_zoo, tmp_path):
-    cfg = compose_cfg("train_generator", [
+    job = typed_gen("train_generator", [
         f"zoo.path={tiny_zoo}", "generator=diffusion", "generator/denoiser=transformer",
         "generator.denoiser.d_model=16", "generator.denoiser.nhead=2", "generator.denoiser.layers=1",
         "generator.denoiser.max_token=64", "condition.columns=[val_acc]", "trainer.max_steps=20",
         "spread.every_n_steps=10", "spread.n=16", "generator.method.steps=5",
         "representation.latent={latent_dim:8,hidden:32,depth:1,steps:20}",
         *QUIET])
-    run = train_generator(cfg, tmp_path / "run")
+    run = train_generator(job, tmp_path / "run")
     again = load_run(tmp_path / "run")
     assert again.representation.dim == 8 and again.condition_keys == ["val_acc"] and again.method.name == "diffusion"
     assert again.denoiser.name == "transformer" and again.representation.segments() is None
@@ -147,15 +147,15 @@ def test_bad_input_is_refused_before_any_work(flow_run, tiny_zoo, tmp_path):
     (broken / "generator.safetensors").unlink()
     with pytest.raises(ZooFormatError, match="missing"):
         load_run(broken)
-    # training refuses conditioning on the test split and a missing zoo
-    with pytest.raises(ConfigError, match="test split"):
-        train_generator(compose_cfg("train_generator", [f"zoo.path={tiny_zoo}", "condition.columns=[test_acc]", *QUIET]),
-                        tmp_path / "r1")
+    # training refuses conditioning on the test split (its schema) and a missing zoo
+    with pytest.raises(ConfigError, match="condition.columns: 'test_acc' is measured on the test split"):
+        typed_gen("train_generator", [f"zoo.path={tiny_zoo}", "condition.columns=[test_acc]", *QUIET])
     with pytest.raises(WslError, match="not a"):
-        train_generator(compose_cfg("train_generator", [f"zoo.path={tmp_path / 'nowhere'}", *QUIET]), tmp_path / "r2")
+        train_generator(typed_gen("train_generator", [f"zoo.path={tmp_path / 'nowhere'}", *QUIET]), tmp_path / "r2")
     with pytest.raises(ConfigError, match="no_such_column"):
-        train_generator(compose_cfg("train_generator", [f"zoo.path={tiny_zoo}", "condition.columns=[no_such_column]",
-                                                        *QUIET]), tmp_path / "r3")
+        train_generator(typed_gen("train_generator", [f"zoo.path={tiny_zoo}", "condition.columns=[no_such_column]",
+                                                      *QUIET]), tmp_path / "r3")
+    assert not any((tmp_path / r).exists() for r in ("r2", "r3"))
 
 
 def test_wsl_sample_exits_with_one_line_on_a_mismatched_output_zoo(flow_run, tmp_path):
@@ -182,8 +182,8 @@ def test_a_zoo_of_two_architectures_needs_a_filter_and_the_hint_is_a_working_ove
     w.commit()
     base = [f"zoo.path={tmp_path / 'mixed'}", *QUIET]
     with pytest.raises(ConfigError, match=r"holds 2 architectures.*\+zoo\.filter\.width=32") as e:
-        select_zoo(compose_cfg("train_generator", base))
+        select_zoo(typed_gen("train_generator", base).zoo)
     # the override the message suggests composes (the old hint zoo.filter={width:32} did not) and selects
     hint = str(e.value).split("(e.g. ", 1)[1].split(")", 1)[0].replace("32", "7")
-    sel = select_zoo(compose_cfg("train_generator", [*base, hint]))
+    sel = select_zoo(typed_gen("train_generator", [*base, hint]).zoo)
     assert sel.train_ids == ["w7-0", "w7-1"] and sel.arch["width"] == 7

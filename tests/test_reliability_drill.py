@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, compose_cfg
+from conftest import ROOT, compose_cfg, typed_gen
 from wsl.zoo import Zoo
 from wsl.zoo.verify import verify_zoo
 
@@ -157,19 +157,19 @@ def tiny_generator(tiny_zoo, tmp_path_factory):
     from wsl.generators.train import train_generator
 
     run_dir = tmp_path_factory.mktemp("drill-gen") / "generator"
-    train_generator(compose_cfg("train_generator", [f"zoo.path={tiny_zoo}", *_drill().GENERATOR_ARGS[1:]]), run_dir)
+    train_generator(typed_gen("train_generator", [f"zoo.path={tiny_zoo}", *_drill().GENERATOR_ARGS[1:]]), run_dir)
     return run_dir
 
 
 def test_killed_sample_resumes_without_drawing_twice(tiny_generator, tmp_path):
-    from wsl.generators.sample import sample_run
+    from wsl.generators.sample import sample_zoo
 
     drill = _drill()
     drill.HOLD = 0.6
     n, batch = 6, 2  # three batches, each committed (shard + index) once written
     ref = tmp_path / "reference"  # an uninterrupted draw with the same seed
-    sample_run(compose_cfg("sample", [f"run={tiny_generator}", f"n={n}", f"batch_size={batch}", f"zoo.path={ref}",
-                                      "threads=1", "logger=none"]))
+    sample_zoo(typed_gen("sample", [f"run={tiny_generator}", f"n={n}", f"batch_size={batch}", f"zoo.path={ref}",
+                                    "threads=1", "logger=none"]))
     # run 1: killed inside the 2nd shard commit (nets 2-3 written, not committed: run 2 draws them again);
     # run 2: killed inside its first index merge (nets 0-3 in the shard, the index shows 0-1: run 3 must
     # skip 0-3 and draw only 4-5); run 3 finishes

@@ -26,10 +26,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, compose_cfg, make_zoo
+from conftest import ROOT, make_zoo, typed_gen
 from wsl.errors import ConfigError, ZooFormatError
 from wsl.generators.limits import MAX_SAMPLES
-from wsl.generators.run import load_run
+from wsl.generators.generator_run import load_run
 from wsl.generators.sample import condition_tensor
 from wsl.zoo import ShardWriter, Zoo
 
@@ -87,7 +87,7 @@ def flow_run(tiny_zoo, tmp_path_factory) -> Path:
     from wsl.generators.train import train_generator
 
     run_dir = tmp_path_factory.mktemp("rel-gen") / "flow"
-    train_generator(compose_cfg("train_generator", [
+    train_generator(typed_gen("train_generator", [
         f"zoo.path={tiny_zoo}", "generator=flow", "trainer.max_steps=30", "generator.denoiser.hidden=64",
         "generator.denoiser.depth=1", "spread.every_n_steps=15", "spread.n=8", *QUIET]), run_dir)
     return run_dir

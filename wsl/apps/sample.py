@@ -15,31 +15,34 @@ import hydra
 from omegaconf import DictConfig
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight
+from wsl.apps.config import stored, typed
+from wsl.generators.schema import SampleConfig
+
+_EXAMPLE = "wsl-sample run=runs/train_generator/<date> zoo.path=zoos/<name>-gen"
+EXAMPLES = {"run": _EXAMPLE, "zoo.path": _EXAMPLE}
 
 
-def _validate(cfg: DictConfig) -> None:
-    from wsl.apps.validate import validate_sample
-
-    validate_sample(cfg)
+def typed_config(cfg: DictConfig) -> SampleConfig:
+    return typed(cfg, SampleConfig, EXAMPLES)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="sample", version_base="1.3")
 @fail_cleanly
 def _main(cfg: DictConfig) -> None:
-    from wsl.generators.sample import sample_run
+    from wsl.generators.sample import sample_zoo
     from wsl.zoo import Zoo
 
-    _validate(cfg)
+    job = typed_config(cfg)
     t = time.perf_counter()
-    root = sample_run(cfg)  # it leaves the logger node (run-time paths) out of what the zoo stores
+    root = sample_zoo(job, config=stored(job))  # the zoo stores the settings without the logger (run-time paths)
     seconds = time.perf_counter() - t
     print(f"zoo: {root}")
-    log_summary(cfg, {"n": int(cfg.n), "zoo_models": len(Zoo(root).ids), "seconds": seconds,
-                      "nets_per_minute": 60 * int(cfg.n) / max(seconds, 1e-9)})
+    log_summary(cfg, {"n": job.n, "zoo_models": len(Zoo(root).ids), "seconds": seconds,
+                      "nets_per_minute": 60 * job.n / max(seconds, 1e-9)})
 
 
 def main() -> None:
-    preflight("sample", _validate)  # bad values stop before the generator is loaded
+    preflight("sample", typed_config)  # bad values stop before the generator is loaded
     _main()
 
 

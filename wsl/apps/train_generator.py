@@ -14,12 +14,14 @@ import hydra
 from omegaconf import DictConfig
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, log_summary, preflight, run_dir
+from wsl.apps.config import stored, typed
+from wsl.generators.schema import TrainGeneratorConfig
+
+EXAMPLES = {"zoo.path": "wsl-train-generator zoo.path=zoos/<name>"}
 
 
-def _validate(cfg: DictConfig) -> None:
-    from wsl.apps.validate import validate_train_generator
-
-    validate_train_generator(cfg)
+def typed_config(cfg: DictConfig) -> TrainGeneratorConfig:
+    return typed(cfg, TrainGeneratorConfig, EXAMPLES)
 
 
 def summary_of(training: dict) -> dict:
@@ -32,9 +34,9 @@ def summary_of(training: dict) -> dict:
 def _main(cfg: DictConfig) -> None:
     from wsl.generators.train import train_generator
 
-    _validate(cfg)
+    job = typed_config(cfg)
     out = run_dir()
-    run = train_generator(cfg, run_dir=out)
+    run = train_generator(job, run_dir=out, config=stored(job))
     print(f"generator run: {run.path} (spread ratio {run.training['spread_ratio']:.3f})")
     # the trainer's logger writes where this one does (same logger config, same run directory): the
     # final entry follows its per-step rows, and the job's W&B run is the one the trainer used
@@ -42,7 +44,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    preflight("train_generator", _validate)  # bad values stop before any zoo is read
+    preflight("train_generator", typed_config)  # bad values stop before any zoo is read
     _main()
 
 

@@ -18,13 +18,7 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
-from wsl.generators.limits import MAX_DEPTH, MAX_PARAMS, MAX_TOKENS, MAX_WIDTH, bounded_int
-
-
-def _check_positive(key: str, value, hi: int = MAX_WIDTH) -> int:
-    """A positive integer up to `hi`: sizes from a run file are untrusted (a width of 10^9 would
-    allocate terabytes, a depth of 10^9 would hang while the module is built)."""
-    return bounded_int(key, value, 1, hi)
+from wsl.generators.limits import MAX_TOKENS
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -90,7 +84,8 @@ class MLPDenoiser(nn.Module):
     """Residual MLP over the whole flat weight vector.
 
     `segments` (per-layer slices of the vector) is accepted for a common signature with the
-    transformer and ignored: the MLP sees every coordinate at once.
+    transformer and ignored: the MLP sees every coordinate at once. The sizes are checked (and
+    capped) by wsl.generators.schema.MLPDenoiserConfig, for a config and a loaded run alike.
     """
 
     name = "mlp"
@@ -98,11 +93,7 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, segments=None, hidden: int = 512, depth: int = 3,
                  emb_dim: int = 128, dropout: float = 0.0):
         super().__init__()
-        self.dim = _check_positive("generator.denoiser.dim", dim, MAX_PARAMS)
-        bounded_int("generator.denoiser.cond_dim", cond_dim, 0, MAX_WIDTH)
-        _check_positive("generator.denoiser.hidden", hidden)
-        _check_positive("generator.denoiser.depth", depth, MAX_DEPTH)
-        _check_positive("generator.denoiser.emb_dim", emb_dim)
+        self.dim = dim
         self.kwargs = {"dim": dim, "cond_dim": cond_dim, "segments": None, "hidden": hidden, "depth": depth,
                        "emb_dim": emb_dim, "dropout": dropout}  # what rebuilds it from a generator run
         self.inp = nn.Linear(dim, hidden)
@@ -128,7 +119,7 @@ def split_segments(segments, dim: int, max_token: int | None):
         raise ConfigError(f"denoiser segments {str(segments)[:200]} do not tile the weight vector of {dim} coordinates")
     count = sum(-(-(b - a) // (int(max_token) if max_token else max(b - a, 1))) for a, b in covered)
     if count > MAX_TOKENS:  # counted first: a run file's max_token=1 on a huge vector would hang the loop below
-        raise ConfigError(f"generator.denoiser.max_token={max_token} cuts the {dim} weights into {count} tokens; "
+        raise ConfigError(f"max_token={max_token} cuts the {dim} weights into {count} tokens; "
                           f"at most {MAX_TOKENS} (raise max_token)")
     tokens = []
     for a, b in covered:
@@ -143,6 +134,7 @@ class TransformerDenoiser(nn.Module):
     Each layer's slice of the weight vector (cut into chunks of at most `max_token` coordinates)
     is projected to one token by its own linear map; a time+condition token is prepended and the
     same embedding is added to every token; each output token is projected back to its slice.
+    The sizes are checked by wsl.generators.schema.TransformerDenoiserConfig.
     """
 
     name = "transformer"
@@ -150,15 +142,7 @@ class TransformerDenoiser(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, segments=None, d_model: int = 128, nhead: int = 4,
                  layers: int = 4, max_token: int | None = 1024, dropout: float = 0.0):
         super().__init__()
-        self.dim = _check_positive("generator.denoiser.dim", dim, MAX_PARAMS)
-        bounded_int("generator.denoiser.cond_dim", cond_dim, 0, MAX_WIDTH)
-        _check_positive("generator.denoiser.d_model", d_model)
-        _check_positive("generator.denoiser.nhead", nhead, d_model)
-        _check_positive("generator.denoiser.layers", layers, MAX_DEPTH)
-        if max_token is not None:
-            _check_positive("generator.denoiser.max_token", max_token, MAX_PARAMS)
-        if d_model % nhead:
-            raise ConfigError(f"generator.denoiser.d_model={d_model} must be divisible by nhead={nhead}")
+        self.dim = dim
         self.tokens = split_segments(segments, dim, max_token)
         self.kwargs = {"dim": dim, "cond_dim": cond_dim, "segments": [list(s) for s in segments] if segments else None,
                        "d_model": d_model, "nhead": nhead, "layers": layers, "max_token": max_token,

@@ -24,10 +24,7 @@ import torch
 
 from wsl.errors import ConfigError
 from wsl.generators.denoisers import guided
-from wsl.generators.limits import MAX_SAMPLER_STEPS, MAX_TIMESTEPS, bounded_int
-
-SCHEDULES = ("linear", "cosine")
-PREDICTIONS = ("eps", "v", "x0")
+from wsl.generators.schema import DIFFUSION_SCHEDULES as SCHEDULES
 
 
 def alphas_cumprod(timesteps: int, schedule: str) -> torch.Tensor:
@@ -41,26 +38,18 @@ def alphas_cumprod(timesteps: int, schedule: str) -> torch.Tensor:
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
     else:
-        raise ConfigError(f"generator.method.schedule={schedule!r} is unknown; valid: {', '.join(SCHEDULES)}")
+        raise ConfigError(f"schedule={schedule!r} is unknown; valid: {', '.join(SCHEDULES)}")
     return torch.cumprod(1 - betas, dim=0)
 
 
 class Diffusion:
-    """DDPM with x_0-, ε- or v-prediction; `steps` and `eta` are the DDIM sampler's defaults."""
+    """DDPM with x_0-, ε- or v-prediction; `steps` and `eta` are the DDIM sampler's defaults.
+    Its options are checked by wsl.generators.schema.DiffusionConfig (a config, a loaded run)."""
 
     name = "diffusion"
 
     def __init__(self, timesteps: int = 1000, schedule: str = "cosine", steps: int = 20, eta: float = 0.0,
                  prediction: str = "x0", clip: float | None = None):
-        # capped: a run file's timesteps=10^12 would allocate the schedule table, steps=10^9 would hang sampling
-        bounded_int("generator.method.timesteps", timesteps, 1, MAX_TIMESTEPS)
-        bounded_int("generator.method.steps", steps, 1, MAX_SAMPLER_STEPS)
-        if steps > timesteps:
-            raise ConfigError(f"generator.method.steps={steps} exceeds timesteps={timesteps}")
-        if not 0.0 <= eta <= 1.0:
-            raise ConfigError(f"generator.method.eta must be in [0, 1], got {eta}")
-        if prediction not in PREDICTIONS:
-            raise ConfigError(f"generator.method.prediction={prediction!r} is unknown; valid: {', '.join(PREDICTIONS)}")
         self.timesteps, self.schedule, self.steps, self.eta = timesteps, schedule, steps, float(eta)
         self.prediction = prediction
         self.clip = None if clip is None else float(clip)  # optional clamp of x̂_0 (normalized units)

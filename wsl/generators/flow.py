@@ -26,10 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 from wsl.errors import ConfigError
 from wsl.generators.denoisers import guided
-from wsl.generators.limits import MAX_SAMPLER_STEPS, bounded_int
-
-SOLVERS = ("euler", "heun")
-PREDICTIONS = ("velocity", "data")
+from wsl.generators.schema import FLOW_SOLVERS as SOLVERS
 
 
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,27 +61,16 @@ def condition_groups(cond: torch.Tensor | None, drop: torch.Tensor | None, batch
     return torch.unique(key, dim=0, return_inverse=True)[1]
 
 
-def _check_steps(steps) -> int:
-    # capped: a run file's steps=10^9 would hang every sampling batch
-    return bounded_int("generator.method.steps", steps, 1, MAX_SAMPLER_STEPS)
-
-
 class FlowMatching:
-    """Rectified flow / conditional flow matching; `steps` and `solver` are the sampler's defaults."""
+    """Rectified flow / conditional flow matching; `steps` and `solver` are the sampler's defaults.
+    Its options are checked by wsl.generators.schema.FlowMatchingConfig (a config, a loaded run)."""
 
     name = "flow"
 
     def __init__(self, ot_pairing: bool = True, sigma_min: float = 0.0, steps: int = 10, solver: str = "heun",
                  prediction: str = "data"):
-        if prediction not in PREDICTIONS:
-            raise ConfigError(f"generator.method.prediction={prediction!r} is unknown; valid: {', '.join(PREDICTIONS)}")
-        self.prediction = prediction
-        if solver not in SOLVERS:
-            raise ConfigError(f"generator.method.solver={solver!r} is unknown; valid: {', '.join(SOLVERS)}")
-        if not 0.0 <= sigma_min < 1.0:
-            raise ConfigError(f"generator.method.sigma_min must be in [0, 1), got {sigma_min}")
-        self.ot_pairing, self.sigma_min = bool(ot_pairing), float(sigma_min)
-        self.steps, self.solver = _check_steps(steps), solver
+        self.prediction, self.ot_pairing, self.sigma_min = prediction, bool(ot_pairing), float(sigma_min)
+        self.steps, self.solver = steps, solver
 
     def loss(self, net, x1: torch.Tensor, cond=None, drop=None) -> torch.Tensor:
         """Mean squared error of the predicted velocity (or data) on random points of the paths. x1: [B, D]."""
@@ -114,7 +100,7 @@ class FlowMatching:
 
         `generator` is unused (the ODE is deterministic); accepted for a common signature with DDIM.
         """
-        steps = _check_steps(self.steps if steps is None else steps)
+        steps = self.steps if steps is None else steps
         solver = self.solver if solver is None else solver
         if solver not in SOLVERS:
             raise ConfigError(f"solver={solver!r} is unknown; valid: {', '.join(SOLVERS)}")

@@ -2,13 +2,11 @@
 
 A run directory is data from disk (possibly a stranger's): its description names widths, depths and
 step counts that the loader would otherwise build and loop over blindly. Every cap is far above any
-useful value, so it only refuses what would exhaust memory or hang; each message names the key and
-the cap.
+useful value, so it only refuses what would exhaust memory or hang. The schemas
+(wsl.generators.schema) apply them to a config and to a loaded run's description alike.
 """
 
 from __future__ import annotations
-
-from wsl.errors import ConfigError
 
 MAX_WIDTH = 1 << 20  # hidden sizes, embedding sizes (a 2^20-wide linear layer is already 10^12 parameters)
 MAX_DEPTH = 1024  # residual blocks / transformer layers: building the module must stay quick
@@ -21,9 +19,3 @@ MAX_PARAMS = 2_000_000_000  # parameters of a denoiser, an autoencoder or a zoo 
 MAX_SAMPLES = 1_000_000
 MAX_BATCH_BYTES = 1 << 30  # float32 generator vectors of one sampling batch held at once
 
-
-def bounded_int(key: str, value, lo: int, hi: int) -> int:
-    """`value` as an int in [lo, hi], or a ConfigError naming `key` and the range."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
-    return value

@@ -13,8 +13,6 @@ import lightning as L
 import torch
 from torch import nn
 
-from wsl.errors import ConfigError
-
 
 def spread_ratio(samples: torch.Tensor, reference: torch.Tensor) -> float:
     """RMS over coordinates of the per-coordinate std of `samples` [n, D], over the same for `reference`.
@@ -34,9 +32,7 @@ class WarmupEMA:
     run would save a nearly untrained generator; the ramp makes the average track early training.
     """
 
-    def __init__(self, decay: float = 0.999):
-        if not 0.0 < decay < 1.0:
-            raise ConfigError(f"generator.ema must be in (0, 1) or null, got {decay}")
+    def __init__(self, decay: float = 0.999):  # in (0, 1): wsl.generators.schema.GeneratorConfig.ema
         self.decay = float(decay)
 
     def __call__(self, averaged: list, current: list, n_averaged) -> None:
@@ -46,13 +42,10 @@ class WarmupEMA:
 
 
 def _optimizers(module: L.LightningModule, params, lr: float, weight_decay: float, schedule: str):
-    if not lr > 0:
-        raise ConfigError(f"generator.optimizer.lr must be positive, got {lr}")
+    """AdamW with a `constant` or `cosine` learning rate (wsl.generators.schema.OptimizerConfig)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if schedule == "constant":
         return opt
-    if schedule != "cosine":
-        raise ConfigError(f"generator.optimizer.schedule={schedule!r} is unknown; valid: constant, cosine")
     total = max(1, int(module.trainer.estimated_stepping_batches))
     warmup = min(100, total // 10)
 
@@ -79,8 +72,6 @@ class GeneratorModule(L.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.0, schedule: str = "cosine", cond_dropout: float = 0.1,
                  spread_every: int = 500, spread_n: int = 256):
         super().__init__()
-        if not 0.0 <= cond_dropout < 1.0:
-            raise ConfigError(f"condition.dropout must be in [0, 1), got {cond_dropout}")
         self.denoiser, self.method = denoiser, method
         self.register_buffer("train_x", train_x.detach().float(), persistent=False)  # [M, D]
         cond = train_cond if train_cond is not None and train_cond.numel() else None

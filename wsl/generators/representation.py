@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError, ZooFormatError
-from wsl.generators.limits import MAX_DEPTH, MAX_PARAMS, MAX_WIDTH, bounded_int
 from wsl.nets.spec import PermutationSpec
 from wsl.zoo.layout import Layout
 
@@ -55,17 +54,14 @@ def align_to_reference(reference: dict, state_dicts: list[dict], spec: Permutati
 class WeightAutoencoder(nn.Module):
     """MLP autoencoder of normalized weight vectors (p-diff's latent, for nets too large to model directly).
 
-    encode: [B, D] -> [B, latent]; decode: [B, latent] -> [B, D].
+    encode: [B, D] -> [B, latent]; decode: [B, latent] -> [B, D]. The sizes are checked (and capped)
+    by wsl.generators.schema.LatentConfig, for a config and a loaded run alike.
     """
 
     name = "mlp_autoencoder"
 
     def __init__(self, dim: int, latent_dim: int = 64, hidden: int = 512, depth: int = 2):
         super().__init__()
-        # capped: sizes read from a run file are untrusted (see wsl.generators.limits)
-        for key, v, hi in (("dim", dim, MAX_PARAMS), ("latent_dim", latent_dim, MAX_WIDTH), ("hidden", hidden, MAX_WIDTH),
-                           ("depth", depth, MAX_DEPTH)):
-            bounded_int(f"representation.autoencoder.{key}", v, 1, hi)
         self.kwargs = {"dim": dim, "latent_dim": latent_dim, "hidden": hidden, "depth": depth}
 
         def mlp(i, o):
@@ -112,18 +108,13 @@ class WeightRepresentation:
         iterations > 1 re-aligns every net to the mean of the previous alignment (closer to a
         barycenter than any single net, so later nets pay less for an atypical first reference).
         """
-        if not state_dicts:
-            raise ConfigError("representation: no networks to fit on")
-        if isinstance(reference, bool) or not isinstance(reference, int) or not 0 <= reference < len(state_dicts):
-            raise ConfigError(f"representation.reference={reference!r} must index one of the "
-                              f"{len(state_dicts)} training nets")
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ConfigError(f"representation.iterations must be a positive integer, got {iterations!r}")
+        if not 0 <= reference < len(state_dicts):
+            raise ConfigError(f"reference={reference!r} must index one of the {len(state_dicts)} nets")
         sds = [{k: v.detach().double() for k, v in sd.items()} for sd in state_dicts]
         ref = None
         if align:
             if spec is None:
-                raise ConfigError("representation.align=true needs the nets' permutation spec")
+                raise ConfigError("align=True needs the nets' permutation spec")
             ref = sds[reference]
             for it in range(iterations):
                 sds = align_to_reference(ref, sds, spec, max_iter=max_iter)

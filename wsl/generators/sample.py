@@ -16,14 +16,17 @@ from pathlib import Path
 import torch
 
 from wsl.errors import ConfigError, printable
-from wsl.generators.limits import MAX_BATCH_BYTES, MAX_SAMPLER_STEPS, MAX_SAMPLES
-from wsl.generators.run import GeneratorRun
+from wsl.generators.generator_run import GeneratorRun, load_run
+from wsl.generators.limits import MAX_BATCH_BYTES, MAX_SAMPLES
+from wsl.generators.schema import SampleConfig
+from wsl.schema import is_int, positive
 
 log = logging.getLogger("wsl.generators")
 
 
 def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch.Tensor | None:
-    """Raw condition values {key: value} -> normalized [n, C] (None: unconditional)."""
+    """Raw condition values {key: number} -> normalized [n, C] (None: unconditional). The keys must be
+    the run's condition keys (wsl-sample's schema checked that the values are finite numbers)."""
     if condition is not None and not isinstance(condition, dict):
         raise ConfigError(f"condition must be a mapping of the run's condition keys to numbers (e.g. "
                           f"condition={{val_acc:0.9}}), got {printable(condition)[:80]}")
@@ -37,41 +40,39 @@ def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch
         raise ConfigError(f"condition keys {printable(sorted(map(str, condition)))[:200]} do not match the keys the "
                           f"generator was conditioned on, {printable(run.condition_keys)[:200]} (give all of them, or "
                           "none for unconditional sampling)")
-    vals = []
-    for k in run.condition_keys:
-        v = condition[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"condition.{printable(k)} must be a finite number, got {printable(repr(v))[:80]}")
-        vals.append(float(v))
-    raw = torch.tensor(vals, dtype=torch.float64)[None].expand(n, -1)
+    raw = torch.tensor([float(condition[k]) for k in run.condition_keys], dtype=torch.float64)[None].expand(n, -1)
     return run.normalize_condition(raw)
 
 
-@torch.no_grad()
 def sample_vectors(run: GeneratorRun, n: int, seed: int = 0, condition: dict | None = None, guidance: float = 1.0,
                    steps: int | None = None, batch_size: int = 1000, device: str = "cpu",
                    start: int = 0) -> torch.Tensor:
     """n generator-space vectors [n, D]: samples start .. start+n-1 of a draw. The noise of sample i depends only
     on (seed, i // batch_size), so a draw is reproducible for a given batch size, and any of its batches can be
     drawn alone (start: a multiple of batch_size; what a resumed wsl-sample does)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0 or start % batch_size:
+    positive("n", n)
+    positive("batch_size", batch_size)
+    if not is_int(start) or start < 0 or start % batch_size:
         raise ConfigError(f"start must be a non-negative multiple of batch_size ({batch_size}), got {start!r}")
     if not math.isfinite(guidance) or guidance < 0:
         raise ConfigError(f"guidance must be a non-negative number, got {guidance!r}")
+    return _draw(run, n, seed, condition_tensor(run, condition, 1), guidance, steps, batch_size, device, start)
+
+
+@torch.no_grad()
+def _draw(run: GeneratorRun, n: int, seed: int, cond: torch.Tensor | None, guidance: float, steps: int | None,
+          batch_size: int, device: str, start: int) -> torch.Tensor:
+    """sample_vectors with its arguments checked; cond: the normalized condition [1, C] or None."""
     net = run.denoiser.to(device).eval()
     dim = run.representation.dim
+    cond = None if cond is None else cond.to(device)
     out = []
     for first in range(start, start + n, batch_size):
         b = min(batch_size, start + n - first)
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + first)
         noise = torch.randn(b, dim, generator=g).to(device)
-        cond = condition_tensor(run, condition, b)
-        cond = None if cond is None else cond.to(device)
-        out.append(run.method.sample(net, noise, cond=cond, guidance=float(guidance), steps=steps, generator=g).cpu())
+        c = None if cond is None else cond.expand(b, -1)
+        out.append(run.method.sample(net, noise, cond=c, guidance=float(guidance), steps=steps, generator=g).cpu())
     return torch.cat(out)
 
 
@@ -272,43 +273,25 @@ def _safe(name: str) -> str:
     return s[:120]
 
 
-def sample_run(cfg) -> Path:
-    """The whole of `wsl-sample` (cfg: the composed `sample` config). Every check precedes the sampling."""
+def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
+    """The whole of `wsl-sample`: draw job.n nets from the generator run in job.run into the zoo at
+    job.zoo.path; returns that path. `config`: the draw's settings the zoo stores with its nets (the
+    app's typed config as plain types). What depends on the run (condition keys, the sampler's steps,
+    a batch's memory, the output zoo, the disk's room) is checked here, before anything is written."""
     import time
 
-    from omegaconf import DictConfig, OmegaConf
-
-    from wsl.generators.run import load_run
-
-    if isinstance(cfg, DictConfig):
-        if OmegaConf.is_missing(cfg, "run"):
-            raise ConfigError("run=<a wsl-train-generator run directory> is required")
-        if OmegaConf.is_missing(cfg.zoo, "path"):
-            raise ConfigError("zoo.path=<the output zoo> is required")
-        cfg = OmegaConf.to_container(cfg, resolve=False)
-        cfg.pop("logger", None)  # run-time paths of the app's logger (Hydra interpolations) are not sampling settings
-        cfg = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
-    from wsl.generators.threads import set_threads
-
-    set_threads(cfg.get("threads"))
-    run = load_run(cfg["run"])
-    n, seed = cfg["n"], cfg["seed"]
-    condition = cfg.get("condition")
-    condition_tensor(run, condition, 1)  # key and value checks before anything is written
-    condition = dict(condition or {})
-    steps = cfg.get("steps")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_SAMPLER_STEPS):
-        raise ConfigError(f"steps must be an integer in [1, {MAX_SAMPLER_STEPS}] or null, got {steps!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    batch_size = cfg.get("batch_size", 1000)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if job.threads is not None:  # wsl.generators.schema: one thread is often faster on a shared machine
+        torch.set_num_threads(job.threads)
+    run = load_run(job.run)
+    cond = condition_tensor(run, job.condition, 1)
+    condition = dict(job.condition or {})
+    n, seed, batch_size, steps = job.n, job.seed, job.batch_size, job.steps
+    if steps is not None and hasattr(run.method, "schedule_steps"):
+        run.method.schedule_steps(steps)  # a diffusion takes at most its `timesteps` steps
     _check_batch(run, min(batch_size, n), batch_size)
-    check_target_zoo(run, cfg["zoo"]["path"])
-    guidance = float(cfg.get("guidance", 1.0))
-    sink = _SampleSink(run, cfg["zoo"]["path"], seed, condition, guidance, steps, job_id=cfg.get("job_id"),
-                       zoo_name=cfg["zoo"].get("name"), config=cfg, batch_size=batch_size)
+    check_target_zoo(run, job.zoo.path)
+    sink = _SampleSink(run, job.zoo.path, seed, condition, job.guidance, steps, job_id=job.job_id,
+                       zoo_name=job.zoo.name, config=config, batch_size=batch_size)
     # each batch is committed (shard + index) once written: a killed run loses at most the batch in progress,
     # and a rerun of the same draw skips every net already committed, without drawing it again
     done = _check_room(run, sink, n)
@@ -321,8 +304,8 @@ def sample_run(cfg) -> Path:
         if all(i in done for i in idx):
             continue
         t = time.perf_counter()
-        flat = sample_weights(run, len(idx), seed=seed, condition=condition, guidance=guidance, steps=steps,
-                              batch_size=batch_size, device=cfg.get("device", "cpu"), start=start)
+        flat = run.representation.decode(_draw(run, len(idx), seed, cond, job.guidance, steps, batch_size,
+                                               job.device, start))
         t_sample += time.perf_counter() - t
         log.info("sample: drew nets %d..%d", idx[0], idx[-1])
         if not torch.isfinite(flat).all():

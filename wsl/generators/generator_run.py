@@ -1,4 +1,4 @@
-"""A generator run on disk: everything `wsl-sample` needs, readable without pickle.
+"""A generator run directory on disk: everything `wsl-sample` needs, readable without pickle.
 
     <run>/generator.safetensors   tensors: denoiser.*, representation.* (per-tensor statistics,
                                   reference weights), autoencoder.* (latent runs), condition.*;
@@ -7,13 +7,15 @@
     <run>/config.json             the resolved training config (Hydra also keeps .hydra/)
 
 The description names the method and the denoiser by registry name (never a class path: a run
-file cannot make the reader import anything), with their constructor arguments; the zoo's net
+file cannot make the reader import anything), with their constructor arguments (checked by the
+classes' schemas in wsl.generators.schema when a run is loaded, as a config is); the zoo's net
 architecture; the zoo path, its dataset config and fingerprint, the training model ids and
 checkpoint epoch; the condition keys with their normalization.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ from wsl.generators.diffusion import Diffusion
 from wsl.generators.flow import FlowMatching
 from wsl.generators.limits import MAX_PARAMS
 from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
+from wsl.generators.schema import LatentConfig
+from wsl.schema import TARGETS, FieldError
 from wsl.zoo.atomic import write_bytes_atomic
 from wsl.zoo.layout import Layout
 
@@ -45,16 +49,24 @@ def register_denoiser(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
-def _build(registry: dict, kind: str, name: str, kwargs: dict, source):
+def _build(registry: dict, kind: str, name: str, kwargs: dict, source, spec: type | None = None):
+    """registry[name](**kwargs), its arguments first checked by `spec` (default: the schema registered
+    for the class, wsl.generators.schema): the sizes a run file names are capped before anything is built."""
     if name not in registry:
         raise ZooFormatError(f"{source}: {kind} {printable(name)[:80]!r} is unknown; known: {', '.join(sorted(registry))}")
     if not isinstance(kwargs, dict):
         raise ZooFormatError(f"{source}: key {kind}.kwargs must be a mapping, got {printable(kwargs)[:80]}")
+    cls = registry[name]
+    spec = spec or TARGETS.get(f"{cls.__module__}.{cls.__qualname__}")
     try:
-        return registry[name](**kwargs)
+        if spec is not None:
+            options = {f.name for f in dataclasses.fields(spec)}
+            spec(**{k: v for k, v in kwargs.items() if k in options})
+        return cls(**kwargs)
     except (TypeError, ValueError, ConfigError) as e:
+        shown = e.at("") if isinstance(e, FieldError) else e
         raise ZooFormatError(f"{source}: key {kind}.kwargs cannot rebuild {kind} {name!r} "
-                             f"({printable(e)[:300]})") from e
+                             f"({printable(shown)[:300]})") from e
 
 
 @dataclass
@@ -77,8 +89,8 @@ class GeneratorRun:
         for kind, obj, registry in (("denoiser", self.denoiser, DENOISERS), ("method", self.method, METHODS)):
             name = getattr(obj, "name", None)
             if registry.get(name) is not type(obj):
-                raise ConfigError(f"{kind} {type(obj).__name__} is not registered in wsl.generators.run, so a run "
-                                  "could not be reloaded; register it (register_denoiser) or use a built-in one")
+                raise ConfigError(f"{kind} {type(obj).__name__} is not registered in wsl.generators.generator_run, so "
+                                  "a run could not be reloaded; register it (register_denoiser) or use a built-in one")
         return {"format": RUN_FORMAT, "format_version": RUN_VERSION,
                 "method": {"name": self.method.name, "kwargs": self.method.kwargs()},
                 "denoiser": {"name": self.denoiser.name, "kwargs": self.denoiser.kwargs},
@@ -235,7 +247,7 @@ def load_run(run_dir) -> GeneratorRun:
                                  f"the layout's {layout.numel} weights")
         kw = {k: v for k, v in ae_meta.items() if k != "name"}
         ae = _on_meta(lambda: _build({WeightAutoencoder.name: WeightAutoencoder}, "representation.autoencoder",
-                                     ae_meta.get("name"), kw, ckpt))
+                                     ae_meta.get("name"), kw, ckpt, spec=LatentConfig))
         if _count(ae) > MAX_PARAMS:
             raise ZooFormatError(f"{ckpt}: key representation.autoencoder makes {_count(ae)} parameters; "
                                  f"at most {MAX_PARAMS}")
