@@ -55,6 +55,7 @@ def compose_cfg(name: str, overrides: list[str]):
 
 
 def train_population(path: Path, members: int, epochs: int, width: int) -> float:
+    from wsl.apps.zoo import typed_config
     from wsl.apps.zoo_job import run_zoo_job
 
     cfg = compose_cfg("zoo", [f"zoo.path={path}", f"population.size={members}", f"train.epochs={epochs}",
@@ -62,7 +63,7 @@ def train_population(path: Path, members: int, epochs: int, width: int) -> float
                               "zoo.checkpoint_epochs=[0]", "progress_refresh_rate=0",
                               "trainer.accelerator=cpu"])
     t = _clock()
-    run_zoo_job(cfg)
+    run_zoo_job(typed_config(cfg))
     return _clock() - t
 
 
