@@ -23,6 +23,7 @@ population trainer, then in the same run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -34,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from wsl.apps.common import CONF_DIR
+from wsl.apps.landscape import typed_config
 
 
 def _clock() -> np.ndarray:
@@ -55,6 +56,7 @@ def compose_cfg(name: str, overrides: list[str]):
 
 
 def train_population(path: Path, members: int, epochs: int, width: int) -> float:
+    from wsl.apps.zoo import typed_config as zoo_config
     from wsl.apps.zoo_job import run_zoo_job
 
     cfg = compose_cfg("zoo", [f"zoo.path={path}", f"population.size={members}", f"train.epochs={epochs}",
@@ -62,7 +64,7 @@ def train_population(path: Path, members: int, epochs: int, width: int) -> float
                               "zoo.checkpoint_epochs=[0]", "progress_refresh_rate=0",
                               "trainer.accelerator=cpu"])
     t = _clock()
-    run_zoo_job(cfg)
+    run_zoo_job(zoo_config(cfg))
     return _clock() - t
 
 
@@ -73,8 +75,7 @@ def time_metrics(path: Path, option: str, extra: tuple = ()) -> tuple[np.ndarray
     from wsl.landscape import annotate_zoo
     from wsl.landscape.metrics import METRICS
 
-    cfg = OmegaConf.to_container(compose_cfg("landscape", [f"zoo.path={path}", f"landscape={option}", *extra]).landscape,
-                                 resolve=True)
+    cfg = typed_config(compose_cfg("landscape", [f"zoo.path={path}", f"landscape={option}", *extra])).landscape
     spent: dict[str, float] = {}
     patched = []
 
@@ -87,7 +88,7 @@ def time_metrics(path: Path, option: str, extra: tuple = ()) -> tuple[np.ndarray
                 spent[name] = spent.get(name, 0.0) + _clock() - t
         return wrapper
 
-    for m in cfg["metrics"]:
+    for m in cfg.metrics:
         metric = METRICS[m]
         attr = "compute" if metric.scope == "model" else "compute_pairs"
         patched.append((metric, attr))
@@ -338,8 +339,7 @@ def main() -> None:
             r = total / t_train
             print(f"    landscape={option}: all metrics {_fmt(total)} (one wsl-landscape call) -> metrics / training = "
                   f"{r[0]:.2f}x wall, {r[1]:.2f}x CPU (target <= 1x)")
-        full = OmegaConf.to_container(compose_cfg("landscape", [f"zoo.path={path}", "landscape=full"]).landscape,
-                                      resolve=True)
+        full = dataclasses.asdict(typed_config(compose_cfg("landscape", [f"zoo.path={path}", "landscape=full"])).landscape)
         compare_curvature(path, args.max_iters, args.tol, args.probes, args.exact, args.loader_batch, args.repeats, full)
         print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
     finally:

@@ -86,6 +86,7 @@ def run_population(args, zoo: Path) -> float:
     from hydra import compose, initialize_config_dir
 
     from wsl.apps.common import CONF_DIR
+    from wsl.apps.zoo import typed_config
     from wsl.apps.zoo_job import run_zoo_job
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -95,7 +96,7 @@ def run_population(args, zoo: Path) -> float:
                               f"train.lr={args.lr}", "train.schedule=constant", "logger=none",
                               "progress_refresh_rate=0", "trainer.accelerator=cpu"])
     t = time.perf_counter()
-    run_zoo_job(cfg)
+    run_zoo_job(typed_config(cfg))
     return time.perf_counter() - t
 
 

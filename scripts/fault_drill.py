@@ -309,6 +309,7 @@ def expected_zoo(sweep=ZOO_SWEEP) -> tuple[list[str], dict[str, list[int]]]:
     from hydra import compose, initialize_config_dir
 
     from wsl.apps.common import CONF_DIR, _variants
+    from wsl.apps.zoo import typed_config
     from wsl.apps.zoo_job import checkpoint_schedule, job_identity
     from wsl.population import make_members
 
@@ -316,7 +317,7 @@ def expected_zoo(sweep=ZOO_SWEEP) -> tuple[list[str], dict[str, list[int]]]:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         variants = _variants([*sweep, *QUIET])
         for ov in variants:
-            cfg = compose(config_name="zoo", overrides=[*ov, "zoo.path=x"])
+            cfg = typed_config(compose(config_name="zoo", overrides=[*ov, "zoo.path=x"]))
             job = job_identity(cfg)
             for m in make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed):
                 ids.append(f"{job}-{m.key()}")

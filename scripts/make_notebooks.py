@@ -54,6 +54,7 @@ def config(app: str, *overrides: str):
         return compose(config_name=app, overrides=list(overrides))'''
 
 BUILD_ZOO = '''\
+from wsl.apps.zoo import typed_config
 from wsl.apps.zoo_job import run_zoo_job
 
 # A small phase-diagram zoo on the embedded digits data: width (load axis) x batch size
@@ -64,14 +65,15 @@ REPLICAS, EPOCHS = (2, 1) if QUICK else (4, 4)
 if not (ZOO / "index.h5").exists():
     for width in (8, 16):
         for batch_size in (32, 128):
-            run_zoo_job(config("zoo", f"zoo.path={ZOO}", "zoo.name=notebook_phase", f"net.width={width}",
-                               f"train.batch_size={batch_size}", "train.lr=[0.1,0.03]",
-                               f"population.size={2 * REPLICAS}", f"train.epochs={EPOCHS}", "logger=none",
-                               "progress_refresh_rate=0"))
+            run_zoo_job(typed_config(config(
+                "zoo", f"zoo.path={ZOO}", "zoo.name=notebook_phase", f"net.width={width}",
+                f"train.batch_size={batch_size}", "train.lr=[0.1,0.03]", f"population.size={2 * REPLICAS}",
+                f"train.epochs={EPOCHS}", "logger=none", "progress_refresh_rate=0")))
 print(ZOO)'''
 
 
 BUILD_GRID_ZOO = '''\
+from wsl.apps.zoo import typed_config
 from wsl.apps.zoo_job import run_zoo_job
 
 # 48 digits MLPs in one vmapped population: 6 learning rates x 2 weight decays (12 cells) x 4 seed
@@ -81,9 +83,10 @@ from wsl.apps.zoo_job import run_zoo_job
 GRID = Path(os.environ.get("WSL_NB_GRID_ZOO", BASE / "zoos" / f"notebook_lr_grid{QUICK_SUFFIX}"))
 REPLICAS = 2 if QUICK else 4
 if not (GRID / "index.h5").exists():
-    run_zoo_job(config("zoo", f"zoo.path={GRID}", "zoo.name=notebook_lr_grid", "net.width=8",
-                       f"population.size={12 * REPLICAS}", "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]",
-                       "train.weight_decay=[0,0.001]", "train.epochs=2", "logger=none", "progress_refresh_rate=0"))
+    run_zoo_job(typed_config(config(
+        "zoo", f"zoo.path={GRID}", "zoo.name=notebook_lr_grid", "net.width=8", f"population.size={12 * REPLICAS}",
+        "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.001]", "train.epochs=2", "logger=none",
+        "progress_refresh_rate=0")))
 print(GRID)'''
 
 
@@ -155,11 +158,12 @@ Hessian-vector products), linear barrier between seed replicas, CKA of replicas'
 values and their estimator settings go into the zoo's index (reruns skip what is stored).
 The phase of a cell follows Yang et al. 2021 (train loss, mode connectivity, CKA)."""),
         new_code_cell('''\
+from wsl.apps.landscape import typed_config as landscape_config
 from wsl.landscape import annotate_zoo
 
 lcfg = config("landscape", f"zoo.path={ZOO}", "landscape.metrics=[hessian_eig,barrier,cka]",
               f"landscape.num_samples={128 if QUICK else 512}", f"landscape.hessian_eig.max_iters={5 if QUICK else 30}")
-print(annotate_zoo(ZOO, lcfg.landscape))
+print(annotate_zoo(ZOO, landscape_config(lcfg).landscape))
 zoo = Zoo(ZOO)
 cols = ["hessian_eig/train", "barrier/value", "cka/value"]  # the values; their settings sit beside them
 zoo.table().groupby(["width", "batch_size", "lr"])[cols].mean().round(3)'''),

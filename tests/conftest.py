@@ -68,11 +68,17 @@ TINY_ZOO = ["net.width=8", "population.size=4", "train.epochs=2", "train.batch_s
             "logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
 
 
+def typed_zoo(overrides: list[str]):
+    """wsl-zoo's typed job config (ZooJobConfig) for `overrides`, as the app builds it."""
+    from wsl.apps.zoo import typed_config
+
+    return typed_config(compose_cfg("zoo", overrides))
+
+
 def make_zoo(path: Path, extra: list[str] = ()) -> Path:
     from wsl.apps.zoo_job import run_zoo_job
 
-    cfg = compose_cfg("zoo", [f"zoo.path={path}", *TINY_ZOO, *extra])
-    return run_zoo_job(cfg)
+    return run_zoo_job(typed_zoo([f"zoo.path={path}", *TINY_ZOO, *extra]))
 
 
 @pytest.fixture(scope="session")

@@ -71,3 +71,19 @@ def test_inr_dataset_gives_shared_coordinates_and_one_target_row_per_image():
         load_dataset("digits_inr")
     with pytest.raises(ConfigError, match="not an INR dataset"):
         load_inr_dataset("digits")
+
+
+def test_dataset_schemas_know_every_dataset_and_its_shapes():
+    """The schemas size the nets before any data is loaded: their shapes must be the loaded data's."""
+    from wsl.data import DATASETS, INR_DATASETS, load_inr_dataset
+    from wsl.data.schema import INR_SHAPES, SHAPES, ClassificationDatasetConfig, INRDatasetConfig
+
+    assert set(SHAPES) == set(DATASETS) and set(INR_SHAPES) == set(INR_DATASETS)
+    for name in ("digits", "mnist1d"):
+        node = ClassificationDatasetConfig(name=name)
+        d = node.load()
+        assert (d.input_shape, d.num_classes) == node.shape() == SHAPES[name]
+    node = INRDatasetConfig(per_class=2)
+    d = node.load()
+    assert (d.input_shape, d.num_classes) == node.shape() and d.num_images == node.max_targets() == 20
+    assert load_inr_dataset("digits_inr").num_images == INRDatasetConfig().max_targets() == INR_SHAPES["digits_inr"][2]

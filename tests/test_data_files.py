@@ -18,7 +18,7 @@ import torch
 
 from wsl.data import load_dataset
 from wsl.data.files import CIFAR_BINARY_URL, CIFAR_FILES, read_cifar_dataset, read_idx_dataset
-from wsl.data.task import split_indices
+from wsl.data.classification import split_indices
 from wsl.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parent.parent

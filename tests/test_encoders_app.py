@@ -30,6 +30,7 @@ def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def mlp_zoo(tmp_path_factory) -> Path:
     """48 digits MLPs: 6 learning rates x 2 weight decays x 4 seed replicas, 2 epochs (accuracies 0.1-0.9),
     trained by wsl-zoo's job function on its real config."""
+    from wsl.apps.zoo import typed_config
     from wsl.apps.zoo_job import run_zoo_job
 
     d = tmp_path_factory.mktemp("zoo")
@@ -38,7 +39,7 @@ def mlp_zoo(tmp_path_factory) -> Path:
             "dataset=digits", "net=mlp", "net.width=8", "population.size=48", "train.epochs=2",
             "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.001]", f"zoo.path={d / 'mlp'}",
             "progress_refresh_rate=0", "logger=none", "trainer.accelerator=cpu"])
-    return run_zoo_job(cfg)
+    return run_zoo_job(typed_config(cfg))
 
 
 def config(*overrides: str):

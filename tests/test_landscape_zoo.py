@@ -18,7 +18,8 @@ import pytest
 from conftest import ROOT, compose_cfg, make_zoo, run_cli
 from wsl.errors import ConfigError
 from wsl.apps.landscape import typed_config
-from wsl.landscape import annotate_zoo, landscape_config
+from wsl.apps.config import typed
+from wsl.landscape import LandscapeConfig, annotate_zoo
 from wsl.landscape.exact_trace import exact_trace
 from wsl.landscape.hessian import top_eigenvalue
 from wsl.landscape.phases import PhaseThresholds, phase_label
@@ -46,6 +47,11 @@ def _copy(src, tmp_path):
     dst = tmp_path / "zoo"
     shutil.copytree(src, dst)
     return dst
+
+
+def landscape_config(node) -> LandscapeConfig:
+    """A `landscape:` mapping typed as the apps type it (messages name `landscape.<key>`)."""
+    return typed(node, LandscapeConfig, path="landscape")
 
 
 def _landscape_cfg(*extra):
@@ -221,7 +227,7 @@ def test_wsl_landscape_resumes_after_a_kill(zoo_base, tmp_path):
 def test_unknown_metric_fails_before_any_work(tmp_path):
     missing = tmp_path / "no-such-zoo"
     with pytest.raises(ConfigError, match="unknown metric.*'hessian'.*valid: hessian_eig, hessian_trace"):
-        annotate_zoo(missing, {"metrics": ["hessian", "cka"]})  # the zoo is never opened
+        annotate_zoo(missing, landscape_config({"metrics": ["hessian", "cka"]}))  # the zoo is never opened
     with pytest.raises(ConfigError, match="landscape.hessian_eig.max_iters must be an integer >= 1, got 0"):
         _landscape_cfg("landscape.hessian_eig.max_iters=0")
     with pytest.raises(ConfigError, match="unknown config key 'landscape.hessian_eig.iters'"):  # a plain dict too
@@ -238,7 +244,7 @@ def test_landscape_group_composes_into_the_zoo_config():
     for option, n in (("none", 0), ("basic", 5), ("full", 6)):
         cfg = compose_cfg("zoo", [f"{'' if has else '+'}landscape={option}"])
         assert len(landscape_config(cfg.landscape).metrics) == n
-    assert annotate_zoo("/nonexistent", compose_cfg("landscape", ["zoo.path=x", "landscape=none"]).landscape) == {}
+    assert annotate_zoo("/nonexistent", landscape_config(compose_cfg("landscape", ["zoo.path=x", "landscape=none"]).landscape)) == {}
 
 
 def test_wsl_plot_draws_phase_diagrams_into_the_zoo(annotated):

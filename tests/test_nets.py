@@ -41,6 +41,6 @@ def test_build_net_round_trips_and_refuses_unknown():
         build_net({"name": "os.system"})
     with pytest.raises(ConfigError, match="unknown argument"):
         build_net({**m.arch, "evil": 1})
-    with pytest.raises(ConfigError, match="net.width"):
+    with pytest.raises(ConfigError, match="width must be an integer >= 1, got 0"):
         MLP((1, 8, 8), 10, width=0)
     assert {"mlp", "cnn"} <= set(NETS)

@@ -312,7 +312,7 @@ def test_absurd_architecture_in_the_index_is_refused_quickly(tmp_path, tiny_zoo)
     problems = verify_zoo(root)
     assert time.perf_counter() - t < 20
     _find(problems, "error", root / "index.h5", "depth=1000000000 is absurd")
-    _find(problems, "error", root / "index.h5", "net.width must be a positive integer")
+    _find(problems, "error", root / "index.h5", "width must be an integer >= 1, got 'wide'")
 
 
 def test_hdf5_links_to_other_files_and_huge_datasets_are_refused(tmp_path, tiny_zoo):

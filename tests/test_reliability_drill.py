@@ -127,13 +127,14 @@ LANDSCAPE = ["landscape.metrics=[hessian_trace,cka]", "landscape.chunk_size=1", 
 
 
 def test_killed_landscape_resumes_without_recomputing(tiny_zoo, tmp_path):
+    from wsl.apps.landscape import typed_config
     from wsl.landscape import annotate_zoo
 
     drill = _drill()
     drill.HOLD = 0.6  # seconds a targeted write window is held open (the drill polls every 20 ms)
     ref = tmp_path / "reference"  # the same metrics, computed without faults (in this process: faster)
     shutil.copytree(tiny_zoo, ref)
-    annotate_zoo(ref, compose_cfg("landscape", [f"zoo.path={ref}", *LANDSCAPE]).landscape)
+    annotate_zoo(ref, typed_config(compose_cfg("landscape", [f"zoo.path={ref}", *LANDSCAPE])).landscape)
     # run 1: killed inside the 2nd annotation write (the 2nd model's hessian_trace row: redone by run 2;
     # the 1st row is in annotations/ only: the index is rebuilt once per run, at its end);
     # run 2: killed inside its 2nd and last index merge (start-up merge, then every row committed to

@@ -118,11 +118,11 @@ def test_presets_compose_for_every_app():
 def preflight_error(capsys, *argv: str) -> str:
     """What `wsl-zoo <argv>` says before any work: one line on stderr, exit status 2."""
     from wsl.apps.common import preflight
-    from wsl.apps.zoo_config import validate_zoo_config
+    from wsl.apps.zoo import typed_config
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        preflight("zoo", validate_zoo_config, argv=list(argv))
+        preflight("zoo", typed_config, argv=list(argv))
     assert e.value.code == 2
     return capsys.readouterr().err.strip()
 

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import TINY_ZOO, compose_cfg, make_zoo, run_cli, ROOT
+from conftest import TINY_ZOO, make_zoo, run_cli, typed_zoo, ROOT
 from wsl.errors import ConfigError, ZooFormatError
 from wsl.nets import build_net
 from wsl.zoo import ShardWriter, Zoo, merge_index
@@ -178,7 +178,7 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_rerun_completes(tmp_p
 
 def test_bad_overrides_fail_before_any_work_with_one_line(tmp_path):
     from wsl.apps.common import preflight
-    from wsl.apps.zoo_config import validate_zoo_config
+    from wsl.apps.zoo import typed_config
 
     cases = {
         "net.widht=3": "unknown config key 'net.widht'; valid keys under net: .*width",
@@ -186,7 +186,7 @@ def test_bad_overrides_fail_before_any_work_with_one_line(tmp_path):
         "net.width=0": "net.width must be an integer >= 1, got 0",
         "population.size=-1": "population.size must be an integer >= 1, got -1",
         "train.optimizer=rmsprop": "valid: sgd, adam, adamw",
-        "dataset.train_fraction=0": r"dataset.train_fraction must be in \(0.0, 1.0\]",
+        "dataset.train_fraction=0": r"dataset.train_fraction must be a number in \(0, 1\], got 0",
         "net.width=8,0": "net.width must be an integer >= 1, got 0",  # any job of a sweep
     }
     import re
@@ -198,7 +198,7 @@ def test_bad_overrides_fail_before_any_work_with_one_line(tmp_path):
 
             err = io.StringIO()
             with contextlib.redirect_stderr(err):
-                preflight("zoo", validate_zoo_config, argv=["-m", f"zoo.path={tmp_path / 'x'}", override])
+                preflight("zoo", typed_config, argv=["-m", f"zoo.path={tmp_path / 'x'}", override])
         assert e.value.code == 2
         msg = err.getvalue().strip()
         assert "\n" not in msg and re.search(pattern, msg), (override, msg)
@@ -272,3 +272,36 @@ def test_a_rerun_with_nothing_to_train_does_not_import_lightning(tiny_zoo, tmp_p
     assert "nothing to train" in p.stdout + p.stderr and f"zoo: {path}" in p.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" in imported and "lightning" not in imported
+
+
+# job ids and stored configs as the wsl-zoo of before typed configs computed them: existing zoos resume
+OLD_JOB_IDS = {(): "digits-mlp-w32-d1-bs32-tf1-913279e0",
+               ("net=cnn", "dataset=mnist1d", "net.width=4"): "mnist1d-cnn-w4-d3-bs32-tf1-9e6cc414",
+               ("experiment=inr_digits",): "digits_inr-siren-w32-d2-bs64-14c46379",
+               ("experiment=phase_mlp_digits", "train.batch_size=8"): "digits-mlp-w32-d1-bs8-tf1-24be85ee",
+               ("dataset.train_fraction=0.5", "zoo.checkpoint_epochs=[0,2]", "train.lr=[0.1,0.01]"):
+                   "digits-mlp-w32-d1-bs32-tf0.5-b3cfa4e1",
+               ("landscape=basic",): "digits-mlp-w32-d1-bs32-tf1-913279e0"}
+OLD_STORED_DEFAULT = {
+    "dataset": {"_target_": "wsl.data.load_dataset", "name": "digits", "root": None, "train_fraction": 1.0,
+                "subset_seed": 0, "split_seed": 0, "val_fraction": 0.2, "test_fraction": 0.2},
+    "net": {"_target_": "wsl.nets.MLP", "_partial_": True, "width": 32, "depth": 1, "activation": "relu",
+            "init": "default"},
+    "population": {"size": 8, "seed": 0},
+    "train": {"epochs": 10, "batch_size": 32, "lr": 0.05, "weight_decay": 0.0, "optimizer": "sgd", "momentum": 0.9,
+              "nesterov": False, "betas": [0.9, 0.999], "eps": 1e-08, "schedule": "cosine", "warmup_epochs": 0,
+              "step_epochs": 1, "gamma": 0.1, "eval_batch_size": 4096},
+    "landscape": {"metrics": []},
+    "zoo": {"name": "quickstart", "path": "/tmp/zz", "checkpoint_every": 1, "checkpoint_epochs": None},
+    "progress_refresh_rate": 10,
+    "trainer": {"accelerator": "auto", "devices": 1, "enable_model_summary": False}}
+
+
+def test_job_ids_and_stored_config_are_those_of_existing_zoos():
+    from wsl.apps.config import stored
+    from wsl.apps.zoo_job import job_identity
+
+    for overrides, job_id in OLD_JOB_IDS.items():
+        job = typed_zoo(["zoo.path=/tmp/zz", *overrides])
+        assert job_identity(job) == job_id, overrides
+    assert stored(typed_zoo(["zoo.path=/tmp/zz"])) == OLD_STORED_DEFAULT

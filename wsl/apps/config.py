@@ -10,6 +10,7 @@ logger, a baseline, ...) is typed by that class's schema wherever it appears.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from typing import Any
@@ -44,6 +45,7 @@ def plain(cfg) -> dict:
 def typed(cfg: DictConfig | dict, schema: type, examples: dict[str, str] | None = None, path: str = ""):
     """An instance of `schema` (a dataclass) from the config; a ConfigError naming the key otherwise.
     `examples`: key -> example command, shown when that required key (`???`) is not set."""
+    load_schemas()
     try:
         return _build(plain(cfg), schema, path)
     except _Missing as e:
@@ -135,9 +137,39 @@ def stored(job) -> dict:
     return json.loads(json.dumps(data, default=str))
 
 
-def register(name: str, schema: type) -> None:
-    """Store an app's schema in Hydra's ConfigStore (group `schema`): `--cfg`-style tools and
-    users composing configs in Python can validate against it."""
+# Each app's schema, and the modules whose `_target_` schemas type group options wherever they appear
+APP_SCHEMAS = {"zoo": "wsl.population.schema:ZooJobConfig", "verify": "wsl.zoo.schema:VerifyConfig",
+               "landscape": "wsl.landscape.schema:LandscapeApp", "plot": "wsl.landscape.schema:PlotApp",
+               "align": "wsl.align.schema:AlignConfig", "train_encoder": "wsl.encoders.schema:TrainEncoderConfig",
+               "train_generator": "wsl.generators.schema:TrainGeneratorConfig",
+               "sample": "wsl.generators.schema:SampleConfig", "evaluate": "wsl.evaluate.schema:EvaluateConfig"}
+TARGET_MODULES = ("wsl.tracking", "wsl.data.schema", "wsl.nets.schema", "wsl.encoders.schema", "wsl.generators.schema",
+                  "wsl.evaluate.schema")
+
+
+def app_schema(app: str) -> type:
+    """The schema class of an app (by its config name, e.g. "zoo"), with every target schema loaded."""
+    import importlib
+
+    load_schemas()
+    module, _, name = APP_SCHEMAS[app].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@functools.cache
+def load_schemas() -> None:
+    """Import every room's schemas (registering the `_target_` ones) and store them in Hydra's
+    ConfigStore: group `schema` holds each app's (`schema/<app>`), group `schema/target` each option
+    class's, so that Python users composing configs can validate against them."""
+    import importlib
+
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(group="schema", name=name, node=schema)
+    for m in TARGET_MODULES:
+        importlib.import_module(m)
+    cs = ConfigStore.instance()
+    for app, ref in APP_SCHEMAS.items():
+        module, _, name = ref.partition(":")
+        cs.store(group="schema", name=app, node=getattr(importlib.import_module(module), name))
+    for target, cls in TARGETS.items():
+        cs.store(group="schema/target", name=target, node=cls)

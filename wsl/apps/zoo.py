@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,25 +16,31 @@ from omegaconf import DictConfig
 
 from wsl.apps.common import CONF_DIR, fail_cleanly, preflight
 
+if TYPE_CHECKING:
+    from wsl.population.schema import ZooJobConfig
+
+
+def typed_config(cfg: DictConfig) -> ZooJobConfig:
+    """The job's typed config; every value checked before any data is loaded or any net trained."""
+    from wsl.apps.config import typed
+    from wsl.population.schema import ZooJobConfig  # imports torch: not for --help
+
+    return typed(cfg, ZooJobConfig)
+
 
 @hydra.main(config_path=CONF_DIR, config_name="zoo", version_base="1.3")
 @fail_cleanly
 def _main(cfg: DictConfig) -> None:
     from wsl.apps.zoo_job import run_zoo_job
 
+    job = typed_config(cfg)
     hc = HydraConfig.get()
-    root = run_zoo_job(cfg, run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+    root = run_zoo_job(job, run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
     print(f"zoo: {root}")
 
 
-def _validate(cfg: DictConfig) -> None:
-    from wsl.apps.zoo_config import validate_zoo_config  # imports torch: not for --help
-
-    validate_zoo_config(cfg)
-
-
 def main() -> None:
-    preflight("zoo", _validate)
+    preflight("zoo", typed_config)
     _main()
 
 

@@ -13,37 +13,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
-from wsl.apps.zoo_config import check_population_fits, check_zoo_writable, validate_zoo_config
-from wsl.errors import WslError
+from wsl.apps.config import stored
+from wsl.errors import ConfigError, WslError
+from wsl.nets import build_net
 from wsl.population.functional import stack_state_dicts
 from wsl.population.members import Member, derive_seed, make_members
+from wsl.population.schema import ZooJobConfig
 from wsl.zoo import ShardWriter, merge_index
 
 log = logging.getLogger("wsl.zoo")
 
-JOB_KEYS = ("dataset", "net", "train", "zoo.checkpoint_every", "zoo.checkpoint_epochs", "population.seed")
 MEMBER_KEYS = ("lr", "weight_decay")  # vary inside a population: not part of the job identity
 
 
-def job_identity(cfg: DictConfig) -> str:
+def job_identity(job: ZooJobConfig) -> str:
     """A stable, readable job id: rerunning the same command finds the same shard (resume)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c = stored(job)
     ident = {"dataset": {k: v for k, v in c["dataset"].items() if k != "root"}, "net": c["net"],
              "train": {k: v for k, v in c["train"].items() if k not in MEMBER_KEYS and k != "eval_batch_size"},
              "ckpt": [c["zoo"]["checkpoint_every"], c["zoo"]["checkpoint_epochs"]],
              "seed": c["population"]["seed"]}
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
-    net = c["net"]["_target_"].rsplit(".", 1)[-1].lower()
-    tf = c["dataset"].get("train_fraction")  # INR datasets have none: every net fits all of its image
-    return (f"{c['dataset']['name']}-{net}-w{c['net']['width']}-d{c['net']['depth']}"
-            f"-bs{c['train']['batch_size']}{'' if tf is None else f'-tf{tf:g}'}-{h}")
+    tf = getattr(job.dataset, "train_fraction", None)  # INR datasets have none: every net fits all of its image
+    return (f"{job.dataset.name}-{job.net.name}-w{job.net.width}-d{job.net.depth}"
+            f"-bs{job.train.batch_size}{'' if tf is None else f'-tf{tf:g}'}-{h}")
 
 
 class Fit:
@@ -67,104 +66,85 @@ class Fit:
 
 
 def make_fits(members: list[Member], data, job_id: str) -> list[Fit]:
-    if getattr(data, "kind", "classification") != "inr":
+    if data.kind != "inr":
         return [Fit(m, job_id) for m in members]
     return [Fit.for_image(m, data, job_id, r) for m in members for r in range(data.num_images)]
 
 
-def inr_recipe(cfg: DictConfig, data, arch: dict, steps_per_epoch: int) -> dict:
+def inr_recipe(job: ZooJobConfig, data, arch: dict, steps_per_epoch: int) -> dict:
     """The INR fitting recipe, stored with the zoo (INR results depend on the exact SIREN variant)."""
-    t = cfg.train
+    t = job.train
     return {"net": arch["name"], **{k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")},
             "init": "siren (Sitzmann et al. 2020)" if arch["name"] == "siren" else arch.get("init", "default"),
-            "shared_init": bool(data.shared_init), "loss": "mse", "optimizer": str(t.optimizer),
-            "lr": OmegaConf.to_container(t.lr) if OmegaConf.is_list(t.lr) else float(t.lr),
-            "betas": list(t.betas), "schedule": str(t.schedule), "epochs": int(t.epochs),
-            "steps": int(t.epochs) * steps_per_epoch, "batch_size": int(t.batch_size),
-            "pixels": int(data.coords.shape[0]), "full_batch": int(t.batch_size) >= int(data.coords.shape[0]),
+            "shared_init": bool(data.shared_init), "loss": "mse", "optimizer": t.optimizer,
+            "lr": list(t.lr) if isinstance(t.lr, list) else float(t.lr),
+            "betas": list(t.betas), "schedule": t.schedule, "epochs": t.epochs,
+            "steps": t.epochs * steps_per_epoch, "batch_size": t.batch_size,
+            "pixels": int(data.coords.shape[0]), "full_batch": t.batch_size >= int(data.coords.shape[0]),
             "coords": data.info.get("coords", ""), "values": data.info.get("values", "")}
 
 
-def checkpoint_schedule(cfg: DictConfig) -> set[int]:
-    e = int(cfg.train.epochs)
-    if cfg.zoo.checkpoint_epochs is not None:
-        return {int(x) for x in cfg.zoo.checkpoint_epochs} | {0, e}
-    return set(range(0, e + 1, int(cfg.zoo.checkpoint_every))) | {e}
+def checkpoint_schedule(job: ZooJobConfig) -> set[int]:
+    e, z = job.train.epochs, job.zoo
+    if z.checkpoint_epochs is not None:
+        return set(z.checkpoint_epochs) | {0, e}
+    return set(range(0, e + 1, z.checkpoint_every)) | {e}
 
 
-def init_member(net_factory, data, seed: int) -> torch.nn.Module:
+def init_member(job: ZooJobConfig, data, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return net_factory(in_shape=data.input_shape, num_classes=data.num_classes)
+        return build_net(job.net.arch(data.input_shape, data.num_classes))
 
 
-def _stored_config(cfg: DictConfig) -> dict:
-    c = OmegaConf.to_container(cfg, resolve=False)
-    c.pop("logger", None)  # holds run-time paths; not part of what the zoo is
-    return json.loads(json.dumps(OmegaConf.to_container(OmegaConf.create(c), resolve=True), default=str))
-
-
-def _make_logger(cfg: DictConfig, run_dir: Path | None):
-    from wsl.tracking import make_logger
-
-    if not cfg.get("logger") or "_target_" not in cfg.logger:
-        return False
-    return make_logger(cfg.logger, str(run_dir or Path.cwd()))
-
-
-def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> Path:
+def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) -> Path:
     """Train (or resume) the job's population and commit it. Returns the zoo directory."""
-    validate_zoo_config(cfg)
-    root = Path(cfg.zoo.path).expanduser().resolve()
-    data = instantiate(cfg.dataset)
-    members = make_members(cfg.population.size, cfg.train.lr, cfg.train.weight_decay, cfg.population.seed)
-    inr = getattr(data, "kind", "classification") == "inr"
-    job_id = job_identity(cfg)
+    root = Path(job.zoo.path).expanduser().resolve()
+    data = job.dataset.load()
+    members = make_members(job.population.size, job.train.lr, job.train.weight_decay, job.population.seed)
+    inr = data.kind == "inr"
+    job_id = job_identity(job)
     fits = make_fits(members, data, job_id)
-    check_population_fits(cfg, data.input_shape, data.num_classes, len(fits))  # the real shapes and net count
-    net_factory = instantiate(cfg.net)
-    probe = init_member(net_factory, data, 0)  # constructor checks before any training
+    probe = init_member(job, data, 0)  # constructor checks before any training
     arch = probe.arch
-    config = _stored_config(cfg)
+    config = stored(job)
     n_train = data.x_train.shape[0]
-    bs = int(cfg.train.batch_size)
-    steps = -(-n_train // bs)
+    t = job.train
+    steps = -(-n_train // t.batch_size)
     if inr:
-        config["inr"] = inr_recipe(cfg, data, arch, steps)
-    writer = ShardWriter(root, job_id, config=config, zoo_name=cfg.zoo.name, overrides=list(overrides))
+        config["inr"] = inr_recipe(job, data, arch, steps)
+    writer = ShardWriter(root, job_id, config=config, zoo_name=job.zoo.name, overrides=list(overrides))
     done = writer.finished_ids()
     todo = [f for f in fits if f.model_id not in done]
     if not todo:
         log.info("job %s: all %d models already in the zoo; nothing to train", job_id, len(fits))
         if not index_is_current(root, [f.model_id for f in fits]):  # a commit killed before its merge
             merge_index(root)
-        _annotate(cfg, root, [f.model_id for f in fits])
+        _annotate(job, root, [f.model_id for f in fits])
         return root
-    if root.exists():
-        check_zoo_writable(root)
+    if root.exists() and not os.access(root, os.W_OK | os.X_OK):  # an existing zoo this job must add to
+        raise ConfigError(f"zoo.path={root} is read-only; this job has models to train and commit")
     log.info("job %s: training %d models (%d already done) on %s", job_id, len(todo), len(fits) - len(todo),
              data.name)
 
     # Lightning only now: a rerun with nothing to train never imports it (seconds)
-    import lightning as L
-    from lightning.pytorch.callbacks import TQDMProgressBar
     from torch.utils.data import DataLoader
 
     from wsl.population import PopulationBatchSampler, PopulationModule
     from wsl.population.recording import EpochRecorder
     from wsl.population.sampler import IndexDataset
-    from wsl.tracking import quiet_lightning
+    from wsl.tracking import make_logger
+    from wsl.trainer import make_trainer
 
-    nets = [init_member(net_factory, data, f.seed_init) for f in todo]
+    nets = [init_member(job, data, f.seed_init) for f in todo]
     params = stack_state_dicts([n.state_dict() for n in nets])
-    t = cfg.train
     module = PopulationModule(
         probe, params, data, [f.member.lr for f in todo], [f.member.weight_decay for f in todo],
         optimizer=t.optimizer, momentum=t.momentum, nesterov=t.nesterov, betas=tuple(t.betas), eps=t.eps,
         schedule=t.schedule, warmup_epochs=t.warmup_epochs, step_epochs=t.step_epochs, gamma=t.gamma,
         epochs=t.epochs, steps_per_epoch=steps, eval_batch_size=t.eval_batch_size,
         target_rows=[f.row for f in todo] if inr else None)
-    save_at = checkpoint_schedule(cfg)
+    save_at = checkpoint_schedule(job)
 
     def sink(epoch, metrics, mod):
         if epoch not in save_at:
@@ -176,30 +156,24 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
 
     recorder = EpochRecorder(sink)
     loader = DataLoader(IndexDataset(), batch_size=None,
-                        sampler=PopulationBatchSampler(n_train, bs, [f.seed_data for f in todo]))
-    callbacks = [recorder]
-    refresh = int(cfg.get("progress_refresh_rate", 10))
-    if refresh > 0:
-        callbacks.append(TQDMProgressBar(refresh_rate=refresh))
-    quiet_lightning()
-    trainer = L.Trainer(max_epochs=int(t.epochs), logger=_make_logger(cfg, run_dir), callbacks=callbacks,
-                        enable_progress_bar=refresh > 0,
-                        enable_checkpointing=False, use_distributed_sampler=False, log_every_n_steps=max(1, steps),
-                        **OmegaConf.to_container(cfg.trainer, resolve=True))
+                        sampler=PopulationBatchSampler(n_train, t.batch_size, [f.seed_data for f in todo]))
+    trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir or Path.cwd()),
+                           callbacks=[recorder], progress_refresh_rate=job.progress_refresh_rate,
+                           max_epochs=t.epochs, use_distributed_sampler=False, log_every_n_steps=max(1, steps))
     trainer.fit(module, loader)
 
+    d = job.dataset
     if inr:
-        data_hp = {"dataset": data.name, "subset_seed": int(cfg.dataset.subset_seed),
-                   "shared_init": bool(data.shared_init), "loss": "mse", "init": config["inr"]["init"],
-                   "steps": int(t.epochs) * steps}
+        data_hp = {"dataset": data.name, "subset_seed": d.subset_seed, "shared_init": bool(data.shared_init),
+                   "loss": "mse", "init": config["inr"]["init"], "steps": t.epochs * steps}
     else:
-        data_hp = {"dataset": data.name, "train_fraction": float(cfg.dataset.train_fraction),
-                   "subset_seed": int(cfg.dataset.subset_seed), "split_seed": int(cfg.dataset.split_seed)}
+        data_hp = {"dataset": data.name, "train_fraction": d.train_fraction, "subset_seed": d.subset_seed,
+                   "split_seed": d.split_seed}
     shared = {**data_hp,
               "net": arch["name"], "n_params": sum(p.numel() for p in probe.parameters()),
               **{k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")},
-              "batch_size": bs, "epochs": int(t.epochs), "optimizer": t.optimizer, "momentum": float(t.momentum),
-              "schedule": t.schedule, "warmup_epochs": int(t.warmup_epochs), "population_seed": int(cfg.population.seed)}
+              "batch_size": t.batch_size, "epochs": t.epochs, "optimizer": t.optimizer, "momentum": t.momentum,
+              "schedule": t.schedule, "warmup_epochs": t.warmup_epochs, "population_seed": job.population.seed}
     div = module.diverged_epoch.cpu()
     for k, f in enumerate(todo):
         m = f.member
@@ -218,7 +192,7 @@ def run_zoo_job(cfg: DictConfig, run_dir: Path | None = None, overrides=()) -> P
         final = {k: float(np.nanmean(v[-1])) if np.isfinite(v[-1]).any() else float("nan")
                  for k, v in recorder.history.items()}
         log_run(trainer.logger, config, {"trained": len(todo) - n_div, "diverged": n_div, "mean": final})
-    _annotate(cfg, root, [f.model_id for f in fits])
+    _annotate(job, root, [f.model_id for f in fits])
     return root
 
 
@@ -241,9 +215,9 @@ def index_is_current(root: Path, model_ids: list[str]) -> bool:
         return False
 
 
-def _annotate(cfg: DictConfig, root: Path, model_ids: list[str]) -> None:
+def _annotate(job: ZooJobConfig, root: Path, model_ids: list[str]) -> None:
     """Landscape metrics of this job's models (landscape=basic|full); skips what is already there."""
-    if cfg.get("landscape") and cfg.landscape.get("metrics"):
+    if job.landscape.metrics:
         from wsl.landscape import annotate_zoo
 
-        annotate_zoo(root, cfg.landscape, model_ids)
+        annotate_zoo(root, job.landscape, model_ids)

@@ -1,10 +1,10 @@
-"""Digits as implicit-neural-representation tasks: each 8x8 image of scikit-learn's digits becomes a
+"""Digits as implicit-neural-representation targets: each 8x8 image of scikit-learn's digits becomes a
 coordinate -> intensity regression problem (the data an INR zoo is fitted to, one net per image).
 
 coords [64, 2]: pixel centres on a regular grid in [-1, 1]^2, (row, column) order;
 values [M, 64, 1]: intensities scaled from 0..16 to [-1, 1] (the range a SIREN's sine layers suit);
 labels [M]: the digit each image shows (the class an INR classifier predicts from the weights).
-Every image is its own task, so member k of an INR population fits image k (per-member targets,
+Every image is its own target, so member k of an INR population fits image k (per-member targets,
 unlike a classification zoo where every member sees the same data).
 
 INRData speaks the population trainer's data interface (`split`, `x_train`, `input_shape`,
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from wsl.errors import ConfigError
+from wsl.schema import positive
 
 SIDE = 8  # sklearn digits are 8x8
 MAX_INTENSITY = 16.0
@@ -37,7 +38,7 @@ class INRData:
     info: dict = field(default_factory=dict)
     shared_init: bool = True  # recipe: every image's net starts from one initialization (per seed replica)
     value_range: float = 2.0  # values span [-1, 1]: the peak of the PSNR
-    kind: ClassVar[str] = "inr"  # per-image targets, mean-squared-error fits (TaskData.kind: "classification")
+    kind: ClassVar[str] = "inr"  # per-image targets, mean-squared-error fits (ClassificationData: "classification")
 
     @property
     def num_images(self) -> int:
@@ -84,14 +85,12 @@ def pixel_grid(side: int = SIDE) -> torch.Tensor:
 
 def digits_inr(root=None, num_images: int | None = None, per_class: int | None = None, seed: int = 0,
                shared_init: bool = True) -> INRData:
-    """The digits images as INR tasks.
+    """The digits images as INR targets.
 
     num_images: a random subset of that many images (None: all 1,797); per_class: instead, that
     many images of every digit (a balanced subset). The subset is drawn with `seed` and recorded.
     shared_init: the fitting recipe's choice, carried with the data (see INRData.shared_init).
     """
-    if not isinstance(shared_init, bool):
-        raise ConfigError(f"dataset.shared_init must be true or false, got {shared_init!r}")
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -99,21 +98,20 @@ def digits_inr(root=None, num_images: int | None = None, per_class: int | None =
     n = len(labels)
     rng = np.random.default_rng(seed)
     if num_images is not None and per_class is not None:
-        raise ConfigError("dataset.num_images and dataset.per_class are alternatives; set one")
+        raise ConfigError("num_images and per_class are alternatives; set one")
     if per_class is not None:
-        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-            raise ConfigError(f"dataset.per_class must be a positive integer, got {per_class!r}")
+        positive("per_class", per_class)
         idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(10)])
         idx.sort()
     elif num_images is not None:
         if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= n:
-            raise ConfigError(f"dataset.num_images must be an integer in [1, {n}], got {num_images!r}")
+            raise ConfigError(f"num_images must be an integer in [1, {n}], got {num_images!r}")
         idx = np.sort(rng.permutation(n)[:num_images])
     else:
         idx = np.arange(n)
     vals = images[idx].reshape(len(idx), -1, 1) / MAX_INTENSITY * 2.0 - 1.0
     info = {"source": "sklearn.datasets.load_digits", "side": SIDE, "coords": "pixel centres in [-1,1]^2, row-major",
             "values": "intensity/16*2-1 in [-1,1]", "num_images": num_images, "per_class": per_class,
-            "subset_seed": seed, "n_images": int(len(idx)), "shared_init": shared_init}
+            "subset_seed": seed, "n_images": int(len(idx)), "shared_init": bool(shared_init)}
     return INRData("digits_inr", pixel_grid(SIDE), torch.from_numpy(np.ascontiguousarray(vals)),
-                   torch.from_numpy(labels[idx]), torch.from_numpy(idx.astype(np.int64)), info, shared_init)
+                   torch.from_numpy(labels[idx]), torch.from_numpy(idx.astype(np.int64)), info, bool(shared_init))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsl.data.task import TaskData, split_indices
+from wsl.data.classification import ClassificationData, split_indices
 
 
 def _standardize(x_train, *others):
@@ -18,15 +18,15 @@ def _standardize(x_train, *others):
     return [(a - mean) / std for a in (x_train, *others)]
 
 
-def _build(name, x, y, tr, va, te, shape, num_classes, info) -> TaskData:
+def _build(name, x, y, tr, va, te, shape, num_classes, info) -> ClassificationData:
     xs = _standardize(x[tr], x[va], x[te])
     xs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(-1, *shape) for a in xs]
     ys = [torch.from_numpy(y[i].astype(np.int64)) for i in (tr, va, te)]
     info = dict(info, n_train=len(tr), n_val=len(va), n_test=len(te), input_shape=list(shape))
-    return TaskData(name, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], num_classes, info)
+    return ClassificationData(name, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], num_classes, info)
 
 
-def digits(root=None, split_seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> TaskData:
+def digits(root=None, split_seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> ClassificationData:
     """scikit-learn's 1,797 8×8 handwritten digits, as [N, 1, 8, 8]."""
     from sklearn.datasets import load_digits
 
@@ -70,7 +70,7 @@ def _mnist1d_arrays(seed: int, num_samples: int):
 
 
 def mnist1d(root=None, split_seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
-            generator_seed: int = 42, num_samples: int = 5000) -> TaskData:
+            generator_seed: int = 42, num_samples: int = 5000) -> ClassificationData:
     """MNIST-1D (Greydanus 2020) generated locally: 40-sample 1-D signals, 10 classes, as [N, 1, 40]."""
     x, y = _mnist1d_arrays(generator_seed, num_samples)
     tr, va, te = split_indices(len(y), val_fraction, test_fraction, split_seed)

@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-from wsl.data import digits_inr as _inr
-from wsl.data import embedded, vision
-from wsl.data.task import TaskData, subsample_train
+from wsl.data.classification import ClassificationData, subsample_train
+from wsl.data.digits_inr import digits_inr
+from wsl.data.embedded import digits, mnist1d
+from wsl.data.vision import cifar10, fashion_mnist, mnist
 from wsl.errors import ConfigError
 
-DATASETS = {
-    "digits": embedded.digits,
-    "mnist1d": embedded.mnist1d,
-    "mnist": vision.mnist,
-    "fashion_mnist": vision.fashion_mnist,
-    "cifar10": vision.cifar10,
-}
-
+DATASETS = {"digits": digits, "mnist1d": mnist1d, "mnist": mnist, "fashion_mnist": fashion_mnist, "cifar10": cifar10}
 # INR datasets: one regression target (an image) per net, inputs = the coordinate grid shared by all
-INR_DATASETS = {
-    "digits_inr": _inr.digits_inr,
-}
+INR_DATASETS = {"digits_inr": digits_inr}
 
 
 def load_dataset(name: str, root: str | None = None, train_fraction: float = 1.0,
                  subset_seed: int = 0, split_seed: int = 0, val_fraction: float = 0.2,
-                 test_fraction: float = 0.2) -> TaskData:
-    """Build a TaskData by name. Unknown names raise ConfigError listing the valid ones."""
+                 test_fraction: float = 0.2) -> ClassificationData:
+    """Build a ClassificationData by name. Unknown names raise ConfigError listing the valid ones."""
     if name in INR_DATASETS:
-        raise ConfigError(f"dataset.name={name!r} is an INR dataset (one image per net); it is read by "
+        raise ConfigError(f"name={name!r} is an INR dataset (one image per net); it is read by "
                           f"wsl.data.load_inr_dataset")
     if name not in DATASETS:
-        raise ConfigError(f"dataset.name={name!r} is unknown; valid: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(f"name={name!r} is unknown; valid: {', '.join(sorted(DATASETS))}")
     if not (0.0 <= val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise ConfigError("dataset.val_fraction and dataset.test_fraction must be in [0, 1) and sum to < 1, "
+        raise ConfigError("val_fraction and test_fraction must be in [0, 1) and sum to < 1, "
                           f"got {val_fraction} and {test_fraction}")
     data = DATASETS[name](root=root, split_seed=split_seed, val_fraction=val_fraction,
                           test_fraction=test_fraction)
@@ -43,6 +35,6 @@ def load_inr_dataset(name: str, root: str | None = None, num_images: int | None 
                      per_class: int | None = None, subset_seed: int = 0, shared_init: bool = True):
     """Build an INRData by name (`dataset=digits_inr`). Unknown names raise ConfigError listing the valid ones."""
     if name not in INR_DATASETS:
-        raise ConfigError(f"dataset.name={name!r} is not an INR dataset; valid: {', '.join(sorted(INR_DATASETS))}")
+        raise ConfigError(f"name={name!r} is not an INR dataset; valid: {', '.join(sorted(INR_DATASETS))}")
     return INR_DATASETS[name](root=root, num_images=num_images, per_class=per_class, seed=subset_seed,
                               shared_init=shared_init)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wsl.data import files
-from wsl.data.task import TaskData, split_indices
+from wsl.data.files import NUM_CLASSES, read_cifar_dataset, read_idx_dataset
+from wsl.data.classification import ClassificationData, split_indices
 
 SOURCES = {"mnist": "MNIST IDX files", "fashion_mnist": "Fashion-MNIST IDX files",
            "cifar10": "CIFAR-10 binary version"}
 
 
-def _task(name, train, test, directory, root, split_seed, val_fraction) -> TaskData:
-    """uint8 images [N, C, H, W] and labels [N] -> TaskData. The official test split stays the test split;
+def _splits(name, train, test, directory, root, split_seed, val_fraction) -> ClassificationData:
+    """uint8 images [N, C, H, W] and labels [N] -> ClassificationData. The official test split stays the test split;
     val is carved out of train with the recorded split seed; per-channel standardization with the
     statistics of the train split alone."""
     (x_tr, y_tr), (x_te, y_te) = train, test
@@ -39,20 +39,20 @@ def _task(name, train, test, directory, root, split_seed, val_fraction) -> TaskD
     info = {"source": SOURCES[name], "root": str(root), "files": str(directory), "split_seed": split_seed,
             "val_fraction": val_fraction, "test_split": "official", "n_train": len(tr), "n_val": len(va),
             "n_test": len(y_te), "input_shape": list(x_tr.shape[1:])}
-    return TaskData(name, norm(x_fit), lab(y_tr[tr]), norm(x_tr[va]), lab(y_tr[va]), norm(x_te), lab(y_te),
-                    files.NUM_CLASSES, info)
+    return ClassificationData(name, norm(x_fit), lab(y_tr[tr]), norm(x_tr[va]), lab(y_tr[va]), norm(x_te), lab(y_te),
+                    NUM_CLASSES, info)
 
 
 def mnist(root=None, split_seed=0, val_fraction=0.1, test_fraction=None):
     """MNIST as [N, 1, 28, 28] from its four IDX files (raw or .gz)."""
-    return _task("mnist", *files.read_idx_dataset("mnist", root), root, split_seed, val_fraction)
+    return _splits("mnist", *read_idx_dataset("mnist", root), root, split_seed, val_fraction)
 
 
 def fashion_mnist(root=None, split_seed=0, val_fraction=0.1, test_fraction=None):
     """Fashion-MNIST as [N, 1, 28, 28] from its four IDX files (raw or .gz)."""
-    return _task("fashion_mnist", *files.read_idx_dataset("fashion_mnist", root), root, split_seed, val_fraction)
+    return _splits("fashion_mnist", *read_idx_dataset("fashion_mnist", root), root, split_seed, val_fraction)
 
 
 def cifar10(root=None, split_seed=0, val_fraction=0.1, test_fraction=None):
     """CIFAR-10 as [N, 3, 32, 32] from the binary version's six batches (the pickled version is refused)."""
-    return _task("cifar10", *files.read_cifar_dataset(root), root, split_seed, val_fraction)
+    return _splits("cifar10", *read_cifar_dataset(root), root, split_seed, val_fraction)

@@ -60,7 +60,7 @@ def phase_rows(gen_cols: dict, ref_cols: dict, nearest: np.ndarray, ref_cells: n
     """One row: how many generated nets carry a phase label consistent with their training cell's."""
     from wsl.landscape.phases import PhaseThresholds, phase_label  # imported only when annotations exist
 
-    t = thresholds if isinstance(thresholds, PhaseThresholds) else PhaseThresholds(**(thresholds or {}))
+    t = thresholds if thresholds is not None else PhaseThresholds()
     members = _members(ref_cells)
     col = lambda cols, k, n: np.asarray(cols[PHASE_INPUTS[k]], dtype=float) if PHASE_INPUTS[k] in cols \
         else np.full(n, np.nan)  # noqa: E731

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -247,7 +247,7 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
         ref_loss, gen_loss = _train_losses(net, p, ref_sds, gen_sds, gen_audit.nearest, s.chunk)
         cells = np.array([p.ref.cell_key(m) for m in p.ref_ids], dtype=object)
         phases = compare_phases(_annotation_columns(p.gen, p.gen_ids), ref_cols, gen_audit.nearest, cells,
-                                gen_loss, ref_loss, asdict(s.phases) if s.phases is not None else None)
+                                gen_loss, ref_loss, s.phases)
         timings["phases"] = time.perf_counter() - t
 
     conditions = _conditions(p, gen_sds, gen_scores, net, s)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from wsl import schema
+from wsl.landscape.schema import PhaseThresholds
 from wsl.schema import MISSING, fail
 from wsl.zoo.schema import ZooPath
 
@@ -39,19 +40,6 @@ class NoveltyConfig:
         schema.integer(self, "top_k", 0)
         schema.integer(self, "max_iter", 1)
         schema.number(self, "memorized_below", 0.0, lo_open=True)
-
-
-@dataclass
-class PhaseLimits:
-    """`phases:` thresholds of the phase taxonomy rule (the fields of wsl.landscape.phases.PhaseThresholds)."""
-
-    loss: float = 0.1  # train loss above this is "high"
-    mc_tolerance: float = 0.05  # |mode connectivity| at most this is "≈ 0"
-    cka: float = 0.9  # CKA at least this is "large"
-
-    def __post_init__(self):
-        for name in ("loss", "mc_tolerance", "cka"):
-            schema.number(self, name, 0.0)
 
 
 # ---- baselines.<name>: {_target_: <class>, ...} ----------------------------------------------------
@@ -111,7 +99,7 @@ class EvaluateConfig:
     seed: int = 0  # random draws of the baselines
     failure: FailureConfig = field(default_factory=FailureConfig)
     novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
-    phases: Optional[PhaseLimits] = field(default_factory=PhaseLimits)  # None: the taxonomy's defaults
+    phases: Optional[PhaseThresholds] = field(default_factory=PhaseThresholds)  # None: the taxonomy's defaults
     baselines: Optional[dict[str, Any]] = None  # name -> a baseline node ({_target_: ..., ...}) or None (off)
     logger: Any = None
 

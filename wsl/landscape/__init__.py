@@ -10,8 +10,8 @@ from wsl.landscape.cka import linear_cka
 from wsl.landscape.connectivity import linear_barrier, mode_connectivity
 from wsl.landscape.hessian import hutchinson_trace, top_eigenvalue
 from wsl.landscape.metrics import METRICS
-from wsl.landscape.schema import LandscapeConfig, PhaseThresholds, landscape_config
+from wsl.landscape.schema import LandscapeConfig, PhaseThresholds
 from wsl.landscape.spectra import fit_power_law, layer_spectrum
 
-__all__ = ["annotate_zoo", "LandscapeConfig", "landscape_config", "PhaseThresholds", "METRICS", "top_eigenvalue",
+__all__ = ["annotate_zoo", "LandscapeConfig", "PhaseThresholds", "METRICS", "top_eigenvalue",
            "hutchinson_trace", "linear_barrier", "mode_connectivity", "linear_cka", "fit_power_law", "layer_spectrum", "reset_bn_stats", "has_batchnorm"]

@@ -28,7 +28,7 @@ from wsl.landscape.cka import replica_pairs
 from wsl.landscape.metrics import METRICS
 from wsl.landscape.phases import annotate_phases
 from wsl.landscape.sampling import make_sample_set
-from wsl.landscape.schema import LandscapeConfig, group_name, landscape_config
+from wsl.landscape.schema import LandscapeConfig, group_name
 from wsl.population.functional import split_state, stack_state_dicts
 from wsl.zoo.annotations import done_rows, open_for_annotation, write_rows
 from wsl.zoo.finite import all_finite
@@ -272,9 +272,8 @@ def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used
 
 
 # ---- entry point ------------------------------------------------------------------------------
-def annotate_zoo(zoo_path, landscape: LandscapeConfig | dict | None, model_ids=None) -> dict[str, int]:
-    """Compute the metrics `landscape` lists (a LandscapeConfig, or a `landscape:` mapping checked as
-    one) for `model_ids` (default: all) of a zoo.
+def annotate_zoo(zoo_path, landscape: LandscapeConfig | None, model_ids=None) -> dict[str, int]:
+    """Compute the metrics `landscape` lists (a LandscapeConfig; None: nothing) for `model_ids` (default: all) of a zoo.
 
     Returns {group: rows (re)computed}; a group is the metric's name at the final checkpoint and
     '<metric>_epoch<E>' at an explicit epoch E. After the metrics, the group `phase` (`phase_epoch<E>`)
@@ -282,8 +281,8 @@ def annotate_zoo(zoo_path, landscape: LandscapeConfig | dict | None, model_ids=N
     None: skipped). The config is checked before the zoo is even opened;
     a metric that does not apply to a model or cell records why in its `note` column.
     """
-    cfg = landscape_config(landscape)
-    if not cfg.metrics:
+    cfg = landscape
+    if cfg is None or not cfg.metrics:
         return {}
     # a run killed after committing annotations and before rebuilding the index leaves the index
     # behind its files: brought up to date first (what is done is read from the files themselves)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wsl.data import TaskData
+from wsl.data import ClassificationData
 
 
 def sample_indices(n: int, num_samples: int | None, seed: int) -> np.ndarray:
@@ -59,13 +59,13 @@ class SampleSet:
                            "encoding": "bitmask over the split, numpy packbits (big-endian), base64",
                            "indices": encode_indices(self.indices, self.n_split)}, sort_keys=True)
 
-    def tensors(self, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self, data: ClassificationData) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = data.split(self.split)
         idx = torch.from_numpy(self.indices)
         return x[idx], y[idx]
 
 
-def make_sample_set(data: TaskData, split: str, num_samples: int | None, seed: int,
+def make_sample_set(data: ClassificationData, split: str, num_samples: int | None, seed: int,
                     fingerprint: str | None = None) -> SampleSet:
     n = data.split(split)[0].shape[0]
     return SampleSet(split, int(n), int(seed), sample_indices(n, num_samples, seed),

@@ -1,21 +1,17 @@
 """Schemas of the `landscape` config group (conf/landscape/*.yaml) and of the wsl-landscape and wsl-plot apps.
 
 Every metric has its settings dataclass; its values are stored with the metric's values in the zoo
-(`dataclasses.asdict`: the same dict a rerun compares). `landscape_config` also types a plain dict
-(Python callers, or a config passed on unchanged), with the same checks and messages as the apps.
+(`dataclasses.asdict`: the same dict a rerun compares).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from wsl import schema
-from wsl.errors import ConfigError
-from wsl.schema import FieldError, fail, is_int
+from wsl.schema import fail, is_int
 from wsl.zoo.schema import ZooPath
 
 SPLITS = ("train", "val", "test")
@@ -224,49 +220,6 @@ class LandscapeConfig:
     def settings(self, metric: str) -> dict:
         """A metric's settings as stored with its values."""
         return dataclasses.asdict(getattr(self, metric))
-
-
-def landscape_config(node) -> LandscapeConfig:
-    """A `landscape:` node as its typed object: a LandscapeConfig is returned as it is, None means no
-    metrics, and a mapping (e.g. a plain dict) is checked like the apps check it (unknown keys refused,
-    messages naming `landscape.<key>`)."""
-    if isinstance(node, LandscapeConfig):
-        return node
-    if node is None:
-        return LandscapeConfig()
-    return _build(LandscapeConfig, node, "landscape")
-
-
-def _plain(v):
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, Sequence) and not isinstance(v, (str, bytes)):
-        return [_plain(x) for x in v]
-    return v
-
-
-def _build(cls: type, node, path: str):
-    """A dataclass from a mapping, nested dataclass fields first (the mapping twin of wsl.apps.config.typed)."""
-    if not isinstance(node, Mapping):
-        raise ConfigError(f"{path} must be a mapping, got {node!r}")
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(node) - set(hints))
-    if unknown:
-        raise ConfigError(f"unknown config key {f'{path}.{unknown[0]}'!r}; valid keys under {path}: "
-                          f"{', '.join(sorted(hints))}")
-    data = {}
-    for k, v in node.items():
-        tp = hints[k]
-        sub = next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
-        if sub is not None and v is not None:
-            v = _build(sub, v, f"{path}.{k}")
-        elif tp is bool and not isinstance(v, bool):
-            raise ConfigError(f"{path}.{k} must be true or false, got {v!r}")
-        data[k] = _plain(v)
-    try:
-        return cls(**data)
-    except FieldError as e:
-        raise e.at(path) from None
 
 
 @dataclass

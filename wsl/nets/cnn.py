@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
-from wsl.nets.common import PIECEWISE_LINEAR, activation as make_activation, as_shape, check_positive_int, init_weights
+from wsl.nets.common import PIECEWISE_LINEAR, activation as make_activation, as_shape, init_weights
+from wsl.nets.schema import POOLINGS
 from wsl.nets.spec import PermutationSpec, chain_spec
-
-POOLINGS = ("stride", "max", "avg")
+from wsl.schema import positive
 
 
 class CNN(nn.Module):
@@ -32,13 +32,13 @@ class CNN(nn.Module):
         super().__init__()
         self.in_shape = as_shape(in_shape)
         if len(self.in_shape) not in (2, 3):
-            raise ConfigError(f"net=cnn needs inputs [C, L] or [C, H, W], got shape {self.in_shape}")
-        self.num_classes = check_positive_int("dataset.num_classes", num_classes)
-        self.width = check_positive_int("net.width", width)
-        self.depth = check_positive_int("net.depth", depth)
-        self.kernel = check_positive_int("net.kernel", kernel)
+            raise ConfigError(f"CNN needs inputs [C, L] or [C, H, W], got in_shape {self.in_shape}")
+        self.num_classes = positive("num_classes", num_classes)
+        self.width = positive("width", width)
+        self.depth = positive("depth", depth)
+        self.kernel = positive("kernel", kernel)
         if pooling not in POOLINGS:
-            raise ConfigError(f"net.pooling={pooling!r} is unknown; valid: {', '.join(POOLINGS)}")
+            raise ConfigError(f"pooling={pooling!r} is unknown; valid: {', '.join(POOLINGS)}")
         self.pooling, self.activation_name, self.init = pooling, activation, init
         self.act = make_activation(activation)
         ndim = len(self.in_shape) - 1

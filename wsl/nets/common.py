@@ -8,32 +8,25 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
+from wsl.nets.schema import ACTIVATIONS, INITS
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
-               "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+_ACTIVATIONS = dict(zip(ACTIVATIONS, (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.SiLU, nn.LeakyReLU)))
 # activations under which each parameter enters the output affinely once the activation pattern is
 # fixed (so the Hessian's diagonal has no second-derivative-of-the-net term: wsl.landscape.exact_trace)
 PIECEWISE_LINEAR = ("relu", "leaky_relu")
-INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
 
 
 def activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"net.activation={name!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
-
-
-def check_positive_int(key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return value
+    if name not in _ACTIVATIONS:
+        raise ConfigError(f"activation={name!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
 
 
 def init_weights(module: nn.Module, scheme: str) -> None:
     """(Re)initialize the weights of every Linear/Conv layer with `scheme`, biases with zeros
     (except `default`, which keeps PyTorch's own layer initialization)."""
     if scheme not in INITS:
-        raise ConfigError(f"net.init={scheme!r} is unknown; valid: {', '.join(INITS)}")
+        raise ConfigError(f"init={scheme!r} is unknown; valid: {', '.join(INITS)}")
     if scheme == "default":
         return
     for m in module.modules():

@@ -7,8 +7,9 @@ import math
 import torch
 from torch import nn
 
-from wsl.nets.common import PIECEWISE_LINEAR, activation as make_activation, as_shape, check_positive_int, init_weights
+from wsl.nets.common import PIECEWISE_LINEAR, activation as make_activation, as_shape, init_weights
 from wsl.nets.spec import PermutationSpec, chain_spec
+from wsl.schema import positive
 
 
 class MLP(nn.Module):
@@ -24,9 +25,9 @@ class MLP(nn.Module):
                  activation: str = "relu", init: str = "default"):
         super().__init__()
         self.in_shape = as_shape(in_shape)
-        self.num_classes = check_positive_int("dataset.num_classes", num_classes)
-        self.width = check_positive_int("net.width", width)
-        self.depth = check_positive_int("net.depth", depth)
+        self.num_classes = positive("num_classes", num_classes)
+        self.width = positive("width", width)
+        self.depth = positive("depth", depth)
         self.activation_name = activation
         self.init = init
         self.act = make_activation(activation)

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
-from wsl.nets.common import as_shape, check_positive_int
+from wsl.nets.common import as_shape
 from wsl.nets.registry import register_net
 from wsl.nets.spec import PermutationSpec, chain_spec
+from wsl.schema import is_num, positive
 
 
 @register_net
@@ -37,14 +38,13 @@ class SIREN(nn.Module):
                  w0_initial: float | None = None):
         super().__init__()
         self.in_shape = as_shape(in_shape)
-        self.num_classes = check_positive_int("net.num_classes", num_classes)
-        self.width = check_positive_int("net.width", width)
-        self.depth = check_positive_int("net.depth", depth)
-        if isinstance(w0, bool) or not isinstance(w0, (int, float)) or not w0 > 0:
-            raise ConfigError(f"net.w0 must be a positive number, got {w0!r}")
+        self.num_classes = positive("num_classes", num_classes)
+        self.width = positive("width", width)
+        self.depth = positive("depth", depth)
         w0_initial = w0 if w0_initial is None else w0_initial
-        if isinstance(w0_initial, bool) or not isinstance(w0_initial, (int, float)) or not w0_initial > 0:
-            raise ConfigError(f"net.w0_initial must be a positive number, got {w0_initial!r}")
+        for name, v in (("w0", w0), ("w0_initial", w0_initial)):
+            if not is_num(v) or not v > 0:
+                raise ConfigError(f"{name} must be a positive number, got {v!r}")
         self.w0, self.w0_initial = float(w0), float(w0_initial)
         fan_in = math.prod(self.in_shape)
         self.hidden = nn.ModuleList()

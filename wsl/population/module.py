@@ -20,7 +20,7 @@ class PopulationModule(L.LightningModule):
     member losses gives each member exactly its own gradient. A member whose loss turns NaN/inf
     is marked diverged and frozen; the others go on.
 
-    data.kind "classification" (TaskData): every member sees the same data; loss cross-entropy,
+    data.kind "classification" (ClassificationData): every member sees the same data; loss cross-entropy,
     metrics <split>_loss and <split>_acc. data.kind "inr" (INRData): inputs (coordinates) are shared,
     targets are one row per image ([T, N, C]) and member k fits row `target_rows[k]`; loss mean
     squared error, metrics <split>_loss (the MSE) and <split>_psnr (dB, peak = data.value_range).

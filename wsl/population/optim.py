@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+from wsl.population.schema import OPTIMIZERS
 
 
 class PopulationOptimizer(torch.optim.Optimizer):
@@ -19,7 +19,7 @@ class PopulationOptimizer(torch.optim.Optimizer):
                  momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999), eps: float = 1e-8,
                  active=None):
         if kind not in OPTIMIZERS:
-            raise ValueError(f"train.optimizer={kind!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
+            raise ValueError(f"kind={kind!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
         defaults = dict(lr=1.0, kind=kind, momentum=momentum, nesterov=nesterov, betas=tuple(betas), eps=eps)
         super().__init__(params, defaults)
         self.member_lr = member_lr  # [P]

@@ -1,4 +1,4 @@
-"""A task dataset held in memory as tensors, with fixed and recorded splits."""
+"""A classification dataset held in memory as tensors, with fixed and recorded splits."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from wsl.errors import ConfigError
 
 
 @dataclass
-class TaskData:
-    """Train/val/test tensors of one classification task.
+class ClassificationData:
+    """Train/val/test tensors of one classification dataset.
 
     x_*: [N, C, *spatial] float32 (C=1 for grey images and 1-D signals); y_*: [N] int64.
     `info` holds everything needed to rebuild the same splits (and is stored with every zoo).
@@ -59,10 +59,10 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
     return perm[n_test + n_val :], perm[n_test : n_test + n_val], perm[:n_test]
 
 
-def subsample_train(data: TaskData, fraction: float, seed: int) -> TaskData:
+def subsample_train(data: ClassificationData, fraction: float, seed: int) -> ClassificationData:
     """Keep a class-agnostic random `fraction` of the training split (the 'load' axis of a phase diagram)."""
     if not (0.0 < fraction <= 1.0):
-        raise ConfigError(f"dataset.train_fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"train_fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return data
     n = data.x_train.shape[0]
@@ -70,7 +70,7 @@ def subsample_train(data: TaskData, fraction: float, seed: int) -> TaskData:
     g = torch.Generator().manual_seed(int(seed))
     keep = torch.randperm(n, generator=g)[:k].sort().values
     info = dict(data.info, train_fraction=fraction, subset_seed=int(seed), n_train=k)
-    return TaskData(
+    return ClassificationData(
         data.name, data.x_train[keep], data.y_train[keep], data.x_val, data.y_val,
         data.x_test, data.y_test, data.num_classes, info,
     )

@@ -1,0 +1,244 @@
+"""Schemas of the `population=` and `train=` groups, and of a wsl-zoo job (conf/zoo.yaml): one
+population of `net` trained on `dataset`, stored as a zoo. `ZooJobConfig` checks what only the whole
+job knows, before any data is loaded: the net reads the dataset, the lr x weight_decay grid divides
+the population, `trainer:` leaves what is trained alone, the zoo can be written, the population fits
+in this machine's memory."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from wsl import schema
+from wsl.data.schema import MAX_SEED, ClassificationDatasetConfig, DatasetConfig
+from wsl.errors import ConfigError
+from wsl.landscape.schema import LandscapeConfig
+from wsl.nets.schema import NETS, MLPConfig, NetConfig
+from wsl.schema import fail
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "linear", "step")
+
+
+def grid(lr, weight_decay) -> list[tuple[float, float]]:
+    """The (lr, weight_decay) cells of a population: each may be a number or a list of them."""
+    def values(v):
+        return [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)]
+
+    return list(itertools.product(values(lr), values(weight_decay)))
+
+
+@dataclass
+class PopulationConfig:
+    """One population = one vmapped program (conf/population/default.yaml)."""
+
+    size: int = 8
+    seed: int = 0  # base of every member's init and data-order seeds
+
+    def __post_init__(self):
+        schema.integer(self, "size", 1)
+        schema.integer(self, "seed", 0, MAX_SEED)
+
+
+@dataclass
+class TrainConfig:
+    """How every member is trained (conf/train/default.yaml). `lr` and `weight_decay` are a number
+    or a list of them: the members cover the grid lr x weight_decay."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: Any = 0.05
+    weight_decay: Any = 0.0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    step_epochs: int = 1
+    gamma: float = 0.1
+    eval_batch_size: int = 4096
+
+    def __post_init__(self):
+        schema.integer(self, "epochs", 1)
+        schema.integer(self, "batch_size", 1)
+        # a non-finite learning rate would commit a population of diverged nets
+        schema.number(self, "lr", 0.0, lo_open=True, many=True)
+        schema.number(self, "weight_decay", 0.0, many=True)
+        schema.choice(self, "optimizer", OPTIMIZERS)
+        schema.choice(self, "schedule", SCHEDULES)
+        schema.number(self, "momentum", 0.0, 1.0)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            fail(f"@betas must be two numbers in [0, 1), got {list(self.betas)!r}")
+        schema.number(self, "eps", 0.0, lo_open=True)
+        schema.integer(self, "step_epochs", 1)
+        schema.number(self, "gamma", 0.0, lo_open=True)
+        schema.integer(self, "warmup_epochs", 0)
+        schema.integer(self, "eval_batch_size", 1)
+
+
+@dataclass
+class ZooOutputConfig:
+    """wsl-zoo's `zoo:` node: the zoo the job adds its models to, and which epochs are checkpointed."""
+
+    name: str = "quickstart"
+    path: str = "zoos/quickstart"
+    checkpoint_every: int = 1  # every n-th epoch; epoch 0 (init) and the final epoch always
+    checkpoint_epochs: Optional[list[int]] = None  # or an explicit list; overrides checkpoint_every
+
+    def __post_init__(self):
+        schema.text(self, "path")
+        schema.integer(self, "checkpoint_every", 1)
+
+
+# lightning.Trainer options wsl-zoo passes on from `trainer:`: where and how precisely it runs, and
+# what it reports. Every other option changes what is trained (max_steps, limit_train_batches, ...)
+# while the zoo records train.epochs, or is set by the job itself (max_epochs, logger, callbacks).
+ZOO_TRAINER_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "enable_model_summary",
+                    "deterministic", "benchmark", "profiler", "detect_anomaly", "default_root_dir")
+_TRAINER_HINTS = {"max_epochs": "train.epochs", "min_epochs": "train.epochs", "max_steps": "train.epochs",
+                  "min_steps": "train.epochs", "max_time": "train.epochs",
+                  "enable_progress_bar": "progress_refresh_rate", "logger": "logger=csv|tensorboard|wandb|none",
+                  "callbacks": None, "log_every_n_steps": None, "enable_checkpointing": None,
+                  "use_distributed_sampler": None}
+
+
+@dataclass
+class ZooJobConfig:
+    """One wsl-zoo job (conf/zoo.yaml). `landscape`: the metrics computed after training (wsl.landscape.annotate_zoo).
+    `dataset` and `net` are typed Any: OmegaConf would hold a field typed by one dataset (net)
+    class to that class; None is the YAML's default (dataset=digits, net=mlp)."""
+
+    dataset: Any = None
+    net: Any = None
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    zoo: ZooOutputConfig = field(default_factory=ZooOutputConfig)
+    progress_refresh_rate: int = 10  # progress bar update every n steps (0: no bar)
+    trainer: dict[str, Any] = field(default_factory=lambda: {"accelerator": "auto", "devices": 1,
+                                                             "enable_model_summary": False})
+    logger: Any = None
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+
+    def __post_init__(self):
+        self.dataset = ClassificationDatasetConfig() if self.dataset is None else self.dataset
+        self.net = MLPConfig() if self.net is None else self.net
+        check_zoo_path(self.zoo.path)
+        for key, node, base, valid in (("dataset", self.dataset, DatasetConfig, DATASET_TARGETS),
+                                       ("net", self.net, NetConfig, [n._target_ for n in NETS])):
+            if not isinstance(node, base):
+                target = node.get("_target_") if isinstance(node, dict) else node
+                fail(f"@{key}._target_={target!r} is not allowed; valid: {', '.join(valid)}")
+        self._check_net_reads_dataset()
+        schema.integer(self, "progress_refresh_rate", 0)
+        epochs = self.zoo.checkpoint_epochs
+        if epochs is not None and not all(0 <= e <= self.train.epochs for e in epochs):
+            fail(f"@zoo.checkpoint_epochs must be null or a list of epochs in [0, @train.epochs], got {epochs!r}")
+        self._check_trainer()
+        if self.dataset.kind == "inr" and self.landscape.metrics:
+            fail(f"@landscape.metrics with dataset={self.dataset.name}: landscape metrics need a classification "
+                 "dataset (cross-entropy, accuracy, held-out splits); use landscape=none for an INR zoo")
+        self._check_population_fits()
+        cells = len(grid(self.train.lr, self.train.weight_decay))
+        if self.population.size % cells:
+            fail(f"@population.size={self.population.size} must be a multiple of the {cells} (@train.lr × "
+                 "@train.weight_decay) combinations, so every combination gets the same seeds")
+
+    def _check_net_reads_dataset(self) -> None:
+        net, data, kind = self.net.name, self.dataset.name, self.dataset.kind
+        if kind in self.net.reads:
+            return
+        fits = sorted(n.name for n in NETS if kind in n.reads)
+        if net == "siren":
+            fail(f"net=siren with dataset={data}: a SIREN is an implicit neural representation (coordinates -> "
+                 f"values) and is fitted to an INR dataset (dataset=digits_inr); dataset={data} is a "
+                 f"classification dataset (nets: {', '.join(fits)})")
+        if kind == "inr":
+            fail(f"net={net} with dataset={data}: an INR dataset feeds coordinates (one image per net), which "
+                 f"net={net} cannot read; use net={' or net='.join(fits)}")
+        fail(f"net={net} with dataset={data}: net={net} is not trained on classification datasets; "
+             f"use net={' or net='.join(fits)}")
+
+    def _check_trainer(self) -> None:
+        """Only ZOO_TRAINER_KEYS may be given under `trainer:` (a shorter run committed as `trained`
+        would contradict the epochs the zoo records); devices and accelerator must exist here."""
+        from wsl.trainer import check_trainer
+
+        for k in self.trainer:
+            if k not in ZOO_TRAINER_KEYS:
+                use = _TRAINER_HINTS.get(k, "train.epochs, train.batch_size or dataset.train_fraction")
+                fail(f"@trainer.{k} cannot be set in wsl-zoo: it would change what is trained while the zoo "
+                     "records train.* as the recipe" + (f"; use {use} instead" if use else "; the job sets it")
+                     + f" (trainer options wsl-zoo takes: {', '.join(ZOO_TRAINER_KEYS)})")
+        check_trainer(self.trainer)
+
+    def _check_population_fits(self) -> None:
+        """Every net's weights and gradients (float32) are held at once: a population too large for
+        this machine stops here, before any data is loaded."""
+        mem, width, depth, size = memory_bytes(), self.net.width, self.net.depth, self.population.size
+        nets = size * self.dataset.max_targets()
+        floor = depth * (width * nets + 512) * 8  # its biases' weights and gradients, ~4 kB of objects per layer
+        n = None if floor > mem else parameter_count(self.net.arch(*self.dataset.shape()))
+        need = floor if n is None else n * nets * 8
+        if need > mem:
+            fail(f"@net.width={width} @net.depth={depth} @population.size={size}: "
+                 + (f"{nets} nets need more than {gb(need)}" if n is None else f"{n} parameters per net x {nets} "
+                    f"nets need {gb(need)} (weights and gradients, float32)")
+                 + f", more than this machine's {gb(mem)} of memory; lower @net.width, @net.depth or @population.size")
+
+
+DATASET_TARGETS = ("wsl.data.load_dataset", "wsl.data.load_inr_dataset")
+
+
+def memory_bytes() -> int:
+    """Memory this process may use: physical memory, or its cgroup's limit where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            total = min(total, int(Path(f).read_text().strip()))
+        except (OSError, ValueError):  # absent, or "max"
+            continue
+    return total
+
+
+def parameter_count(arch: dict) -> int | None:
+    """Parameters of the net `arch` describes, counted on the meta device (nothing is allocated);
+    None where its init cannot run there (building it for real then reports any problem)."""
+    import torch
+
+    from wsl.nets import build_net
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_net(arch).parameters())
+    except ConfigError:
+        raise
+    except Exception:
+        return None
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB"
+
+
+def check_zoo_path(path: str) -> None:
+    """zoo.path must be a directory or creatable as one: a file there, or a parent that is a file
+    or cannot be written, stops the job before any data is loaded (not after training). (A
+    ConfigError, not a schema error: the message holds the user's path as it is.)"""
+    p = Path(os.path.abspath(Path(path).expanduser()))
+    if p.exists() or p.is_symlink():
+        if not p.is_dir():
+            raise ConfigError(f"zoo.path={path} is {'a dangling link' if not p.exists() else 'a file'}, "
+                              "not a zoo directory")
+        return  # an existing zoo: whether it must be written is known once the job knows what to train
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"zoo.path={path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"zoo.path={path} cannot be created: {parent} is not writable")
