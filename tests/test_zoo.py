@@ -298,10 +298,9 @@ OLD_STORED_DEFAULT = {
 
 
 def test_job_ids_and_stored_config_are_those_of_existing_zoos():
-    from wsl.apps.config import stored
-    from wsl.apps.zoo_job import job_identity
+    from wsl.apps.zoo_job import job_identity, stored_config
 
     for overrides, job_id in OLD_JOB_IDS.items():
         job = typed_zoo(["zoo.path=/tmp/zz", *overrides])
         assert job_identity(job) == job_id, overrides
-    assert stored(typed_zoo(["zoo.path=/tmp/zz"])) == OLD_STORED_DEFAULT
+    assert stored_config(typed_zoo(["zoo.path=/tmp/zz"])) == OLD_STORED_DEFAULT

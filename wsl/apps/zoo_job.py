@@ -32,6 +32,14 @@ log = logging.getLogger("wsl.zoo")
 MEMBER_KEYS = ("lr", "weight_decay")  # vary inside a population: not part of the job identity
 
 
+def stored_config(job: ZooJobConfig) -> dict:
+    """The config stored with the zoo (without the logger; landscape=none stores no metric settings)."""
+    config = stored(job)
+    if not job.landscape.metrics:
+        config["landscape"] = {"metrics": []}
+    return config
+
+
 def job_identity(job: ZooJobConfig) -> str:
     """A stable, readable job id: rerunning the same command finds the same shard (resume)."""
     c = stored(job)
@@ -107,7 +115,7 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     fits = make_fits(members, data, job_id)
     probe = init_member(job, data, 0)  # constructor checks before any training
     arch = probe.arch
-    config = stored(job)
+    config = stored_config(job)
     n_train = data.x_train.shape[0]
     t = job.train
     steps = -(-n_train // t.batch_size)
