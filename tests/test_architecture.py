@@ -98,3 +98,19 @@ def test_only_the_apps_read_omegaconf():
             if any(m.split(".")[0] == "omegaconf" for m in mods):
                 offenders.append(name)
     assert not offenders, f"omegaconf imported below wsl/apps: {sorted(set(offenders))}"
+
+
+def test_every_app_has_a_schema_stored_in_hydras_config_store():
+    """Each app module types its config (`typed_config`) with a schema that Hydra's ConfigStore holds."""
+    from hydra.core.config_store import ConfigStore
+
+    from wsl.apps.config import APP_SCHEMAS, app_schema, load_schemas
+
+    apps = sorted(p.stem for p in (PKG / "apps").glob("*.py")
+                  if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in ast.parse(p.read_text()).body))
+    assert sorted(APP_SCHEMAS) == apps
+    load_schemas()
+    stored = ConfigStore.instance().repo["schema"]
+    for app in apps:
+        assert f"{app}.yaml" in stored and stored[f"{app}.yaml"].node._metadata.object_type is app_schema(app)
+        assert "def typed_config" in (PKG / "apps" / f"{app}.py").read_text()

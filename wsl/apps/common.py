@@ -138,11 +138,6 @@ def remove_empty_run_dir() -> None:
         pass
 
 
-def to_container(cfg: DictConfig) -> dict:
-    """The resolved config as plain Python types (what is stored next to every output)."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-
-
 def _variants(args: list[str], extra_sweeps: dict | None = None) -> list[list[str]]:
     """Override lists to check: every sweep value once, the other sweeps at their first value.
 
@@ -324,43 +319,18 @@ def run_dir() -> Path:
         return Path.cwd()
 
 
-def tracked_config(cfg) -> dict:
-    """The resolved config as it is logged and stored: plain types, the `logger` node (run-time
-    paths) left out. `cfg`: a typed config (an app's schema) or the composed DictConfig."""
-    from wsl.apps.config import plain, stored
-
-    if isinstance(cfg, DictConfig):
-        cfg = plain(cfg)
-    return stored(cfg)
-
-
-def without_logger(cfg: DictConfig) -> DictConfig:
-    """A copy of the config without its `logger` node."""
-    from omegaconf import open_dict
-
-    c = cfg.copy()
-    with open_dict(c):
-        c.pop("logger", None)
-    return c
-
-
 def log_summary(cfg, summary: dict, out_dir: str | Path | None = None, **logger_kwargs) -> dict:
     """End an app's job: its resolved config and final metrics (`summary`, nested dicts of numbers)
     go through the configured `logger=` into the run directory (`out_dir`, default Hydra's), and the
     logger is finished (W&B: the job's run is closed). logger=none logs nothing. Returns what was logged.
     `cfg`: the app's typed config (or the composed DictConfig)."""
-    import dataclasses
-
-    from wsl.apps.config import plain
-
-    data = plain(cfg) if isinstance(cfg, DictConfig) else cfg
-    node = data.get("logger") if isinstance(data, dict) else getattr(data, "logger", None)
-    if dataclasses.is_dataclass(node):
-        node = dataclasses.asdict(node)
-    if not node or "_target_" not in node:
-        return {}
+    from wsl.apps.config import plain, stored
     from wsl.tracking import keep_csv_rows, log_run, make_logger
 
+    data = plain(cfg) if isinstance(cfg, DictConfig) else cfg
+    node = data.get("logger") if isinstance(data, dict) else data.logger
     logger = make_logger(node, str(out_dir if out_dir is not None else run_dir()), **logger_kwargs)
+    if not logger:
+        return {}
     keep_csv_rows(logger)  # a trainer of this job may have logged its steps there already
-    return log_run(logger, tracked_config(data), summary)
+    return log_run(logger, stored(data), summary)
