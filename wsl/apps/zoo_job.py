@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,42 +54,40 @@ def job_identity(job: ZooJobConfig) -> str:
             f"-bs{job.train.batch_size}{'' if tf is None else f'-tf{tf:g}'}-{h}")
 
 
+@dataclass
 class Fit:
     """One model of the job: a member configuration and, for INR datasets, the image it fits."""
 
-    def __init__(self, member: Member, job_id: str):
-        self.member = member
-        self.row = None  # classification: shared data
-        self.seed_init, self.seed_data = member.seed_init, member.seed_data
-        self.model_id = f"{job_id}-{member.key()}"
-
-    @classmethod
-    def for_image(cls, member: Member, data, job_id: str, row: int) -> "Fit":
-        f = cls(member, job_id)
-        f.row = row
-        f.image_index, f.label = int(data.image_index[row]), int(data.labels[row])
-        if not data.shared_init:  # an init of its own per image, derived from the member's seed
-            f.seed_init = derive_seed(member.seed_init, f.image_index)
-        f.model_id = f"{job_id}-img{f.image_index:04d}-{member.key()}"
-        return f
+    member: Member
+    model_id: str
+    seed_init: int
+    row: int | None = None  # INR: the target row (image) it fits; classification: shared data
+    image_index: int = -1
+    label: int = -1
 
 
 def make_fits(members: list[Member], data, job_id: str) -> list[Fit]:
     if data.kind != "inr":
-        return [Fit(m, job_id) for m in members]
-    return [Fit.for_image(m, data, job_id, r) for m in members for r in range(data.num_images)]
+        return [Fit(m, f"{job_id}-{m.key()}", m.seed_init) for m in members]
+    fits = []
+    for m in members:
+        for r in range(data.num_images):
+            i = int(data.image_index[r])
+            # without a shared init, an init of its own per image, derived from the member's seed
+            seed = m.seed_init if data.shared_init else derive_seed(m.seed_init, i)
+            fits.append(Fit(m, f"{job_id}-img{i:04d}-{m.key()}", seed, r, i, int(data.labels[r])))
+    return fits
 
 
-def inr_recipe(job: ZooJobConfig, data, arch: dict, steps_per_epoch: int) -> dict:
+def inr_recipe(job: ZooJobConfig, data, arch: dict, net_hp: dict, steps_per_epoch: int) -> dict:
     """The INR fitting recipe, stored with the zoo (INR results depend on the exact SIREN variant)."""
-    t = job.train
-    return {"net": arch["name"], **{k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")},
+    t, pixels = job.train, int(data.coords.shape[0])
+    return {"net": arch["name"], **net_hp,
             "init": "siren (Sitzmann et al. 2020)" if arch["name"] == "siren" else arch.get("init", "default"),
             "shared_init": bool(data.shared_init), "loss": "mse", "optimizer": t.optimizer,
-            "lr": list(t.lr) if isinstance(t.lr, list) else float(t.lr),
-            "betas": list(t.betas), "schedule": t.schedule, "epochs": t.epochs,
-            "steps": t.epochs * steps_per_epoch, "batch_size": t.batch_size,
-            "pixels": int(data.coords.shape[0]), "full_batch": t.batch_size >= int(data.coords.shape[0]),
+            "lr": list(t.lr) if isinstance(t.lr, list) else float(t.lr), "betas": list(t.betas),
+            "schedule": t.schedule, "epochs": t.epochs, "steps": t.epochs * steps_per_epoch,
+            "batch_size": t.batch_size, "pixels": pixels, "full_batch": t.batch_size >= pixels,
             "coords": data.info.get("coords", ""), "values": data.info.get("values", "")}
 
 
@@ -110,17 +109,15 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     root = Path(job.zoo.path).expanduser().resolve()
     data = job.dataset.load()
     members = make_members(job.population.size, job.train.lr, job.train.weight_decay, job.population.seed)
-    inr = data.kind == "inr"
-    job_id = job_identity(job)
+    inr, job_id, t = data.kind == "inr", job_identity(job), job.train
     fits = make_fits(members, data, job_id)
     probe = init_member(job, data, 0)  # constructor checks before any training
-    arch = probe.arch
-    config = stored_config(job)
+    arch, config = probe.arch, stored_config(job)
+    net_hp = {k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")}  # its options
     n_train = data.x_train.shape[0]
-    t = job.train
     steps = -(-n_train // t.batch_size)
     if inr:
-        config["inr"] = inr_recipe(job, data, arch, steps)
+        config["inr"] = inr_recipe(job, data, arch, net_hp, steps)
     writer = ShardWriter(root, job_id, config=config, zoo_name=job.zoo.name, overrides=list(overrides))
     done = writer.finished_ids()
     todo = [f for f in fits if f.model_id not in done]
@@ -144,14 +141,11 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     from wsl.tracking import make_logger
     from wsl.trainer import make_trainer
 
-    nets = [init_member(job, data, f.seed_init) for f in todo]
-    params = stack_state_dicts([n.state_dict() for n in nets])
-    module = PopulationModule(
-        probe, params, data, [f.member.lr for f in todo], [f.member.weight_decay for f in todo],
-        optimizer=t.optimizer, momentum=t.momentum, nesterov=t.nesterov, betas=tuple(t.betas), eps=t.eps,
-        schedule=t.schedule, warmup_epochs=t.warmup_epochs, step_epochs=t.step_epochs, gamma=t.gamma,
-        epochs=t.epochs, steps_per_epoch=steps, eval_batch_size=t.eval_batch_size,
-        target_rows=[f.row for f in todo] if inr else None)
+    params = stack_state_dicts([init_member(job, data, f.seed_init).state_dict() for f in todo])
+    recipe = {k: getattr(t, k) for k in ("optimizer", "momentum", "nesterov", "betas", "eps", "schedule",
+                                         "warmup_epochs", "step_epochs", "gamma", "epochs", "eval_batch_size")}
+    module = PopulationModule(probe, params, data, [f.member.lr for f in todo], [f.member.weight_decay for f in todo],
+                              steps_per_epoch=steps, target_rows=[f.row for f in todo] if inr else None, **recipe)
     save_at = checkpoint_schedule(job)
 
     def sink(epoch, metrics, mod):
@@ -164,7 +158,7 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
 
     recorder = EpochRecorder(sink)
     loader = DataLoader(IndexDataset(), batch_size=None,
-                        sampler=PopulationBatchSampler(n_train, t.batch_size, [f.seed_data for f in todo]))
+                        sampler=PopulationBatchSampler(n_train, t.batch_size, [f.member.seed_data for f in todo]))
     trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir or Path.cwd()),
                            callbacks=[recorder], progress_refresh_rate=job.progress_refresh_rate,
                            max_epochs=t.epochs, use_distributed_sampler=False, log_every_n_steps=max(1, steps))
@@ -177,20 +171,16 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     else:
         data_hp = {"dataset": data.name, "train_fraction": d.train_fraction, "subset_seed": d.subset_seed,
                    "split_seed": d.split_seed}
-    shared = {**data_hp,
-              "net": arch["name"], "n_params": sum(p.numel() for p in probe.parameters()),
-              **{k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")},
+    shared = {**data_hp, "net": arch["name"], "n_params": sum(p.numel() for p in probe.parameters()), **net_hp,
               "batch_size": t.batch_size, "epochs": t.epochs, "optimizer": t.optimizer, "momentum": t.momentum,
               "schedule": t.schedule, "warmup_epochs": t.warmup_epochs, "population_seed": job.population.seed}
     div = module.diverged_epoch.cpu()
     for k, f in enumerate(todo):
         m = f.member
-        hp = dict(shared, lr=m.lr, weight_decay=m.weight_decay, seed_init=f.seed_init, seed_data=f.seed_data,
-                  replica=m.replica)
-        if inr:
-            hp.update(label=f.label, image_index=f.image_index)
-        status = "diverged" if div[k] >= 0 else "trained"
-        writer.add_model(f.model_id, arch, hp, status, recorder.member_history(k), diverged_epoch=int(div[k]))
+        hp = dict(shared, lr=m.lr, weight_decay=m.weight_decay, seed_init=f.seed_init, seed_data=m.seed_data,
+                  replica=m.replica, **(dict(label=f.label, image_index=f.image_index) if inr else {}))
+        writer.add_model(f.model_id, arch, hp, "diverged" if div[k] >= 0 else "trained", recorder.member_history(k),
+                         diverged_epoch=int(div[k]))
     writer.commit()
     n_div = int((div >= 0).sum())
     log.info("job %s: %d trained, %d diverged -> %s", job_id, len(todo) - n_div, n_div, root)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -44,9 +44,8 @@ class ClassificationData:
         """sha256 over all split tensors: two zoos trained on the same data share it."""
         h = hashlib.sha256()
         for s in ("train", "val", "test"):
-            x, y = self.split(s)
-            h.update(x.contiguous().numpy().tobytes())
-            h.update(y.contiguous().numpy().tobytes())
+            for t in self.split(s):
+                h.update(t.contiguous().numpy().tobytes())
         return h.hexdigest()
 
 
@@ -70,7 +69,4 @@ def subsample_train(data: ClassificationData, fraction: float, seed: int) -> Cla
     g = torch.Generator().manual_seed(int(seed))
     keep = torch.randperm(n, generator=g)[:k].sort().values
     info = dict(data.info, train_fraction=fraction, subset_seed=int(seed), n_train=k)
-    return ClassificationData(
-        data.name, data.x_train[keep], data.y_train[keep], data.x_val, data.y_val,
-        data.x_test, data.y_test, data.num_classes, info,
-    )
+    return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep], info=info)

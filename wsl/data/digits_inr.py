@@ -21,7 +21,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from wsl.errors import ConfigError
 from wsl.schema import positive
 
 SIDE = 8  # sklearn digits are 8x8
@@ -49,12 +48,8 @@ class INRData:
         return tuple(self.coords.shape[1:])
 
     @property
-    def out_channels(self) -> int:
+    def num_classes(self) -> int:  # the net's number of outputs, the values' channels (as the zoo job passes it)
         return self.values.shape[-1]
-
-    @property
-    def num_classes(self) -> int:  # the net's number of outputs (what the zoo job passes as num_classes)
-        return self.out_channels
 
     @property
     def x_train(self) -> torch.Tensor:
@@ -97,16 +92,11 @@ def digits_inr(root=None, num_images: int | None = None, per_class: int | None =
     images, labels = d.images.astype(np.float32), d.target.astype(np.int64)
     n = len(labels)
     rng = np.random.default_rng(seed)
-    if num_images is not None and per_class is not None:
-        raise ConfigError("num_images and per_class are alternatives; set one")
     if per_class is not None:
         positive("per_class", per_class)
-        idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(10)])
-        idx.sort()
+        idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(10)]))
     elif num_images is not None:
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= n:
-            raise ConfigError(f"num_images must be an integer in [1, {n}], got {num_images!r}")
-        idx = np.sort(rng.permutation(n)[:num_images])
+        idx = np.sort(rng.permutation(n)[:positive("num_images", num_images)])
     else:
         idx = np.arange(n)
     vals = images[idx].reshape(len(idx), -1, 1) / MAX_INTENSITY * 2.0 - 1.0

@@ -38,13 +38,9 @@ def digits(root=None, split_seed: int = 0, val_fraction: float = 0.2, test_fract
     return _build("digits", x, y, tr, va, te, (1, 8, 8), 10, info)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("WSL_CACHE", Path.home() / ".cache" / "wsl"))
-
-
 def _mnist1d_arrays(seed: int, num_samples: int):
     """Generate MNIST-1D with the package's own generator (never its downloader); cache as .npz."""
-    path = _cache_dir() / f"mnist1d_seed{seed}_n{num_samples}.npz"
+    path = Path(os.environ.get("WSL_CACHE", Path.home() / ".cache" / "wsl")) / f"mnist1d_seed{seed}_n{num_samples}.npz"
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as f:

@@ -80,19 +80,19 @@ def read_idx(path, shape: tuple[int | None, ...]) -> np.ndarray:
     ndim = len(shape)
     magic_expected = 0x0800 | ndim  # 0x08: unsigned byte; low byte: number of dims
     kind = "images" if ndim == 3 else "labels"
-    head = _read_upto(path, 4 + 4 * ndim - 1)
-    if len(head) < 4 + 4 * ndim:
-        raise DatasetError(f"{_p(path)}: {len(head)} bytes, shorter than the {4 + 4 * ndim}-byte header of an IDX "
+    header = 4 + 4 * ndim
+    head = _read_upto(path, header - 1)
+    if len(head) < header:
+        raise DatasetError(f"{_p(path)}: {len(head)} bytes, shorter than the {header}-byte header of an IDX "
                            f"{kind} file (magic 0x{magic_expected:08x} and {ndim} big-endian dims)")
     magic = int.from_bytes(head[:4], "big")
     if magic != magic_expected:
         raise DatasetError(f"{_p(path)}: magic number 0x{magic:08x}, expected 0x{magic_expected:08x} "
                            f"(IDX unsigned-byte {kind}, {ndim}-D)")
     dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
-    want = " x ".join("N" if s is None else str(s) for s in shape)
     if any(s is not None and s != d for s, d in zip(shape, dims)):
+        want = " x ".join("N" if s is None else str(s) for s in shape)
         raise DatasetError(f"{_p(path)}: IDX dims {' x '.join(map(str, dims))}, expected {want}")
-    header = 4 + 4 * ndim
     size = header + math.prod(dims)  # Python ints: a forged header cannot overflow
     raw = _read_upto(path, size)
     if len(raw) != size:
@@ -104,10 +104,7 @@ def read_idx(path, shape: tuple[int | None, ...]) -> np.ndarray:
 
 def _find(directory: Path, name: str, gz: bool) -> Path | None:
     """`name` (or with `gz`, `name.gz`) in `directory`: the uncompressed file first, as torchvision leaves both."""
-    for candidate in (directory / name, directory / f"{name}.gz")[: 2 if gz else 1]:
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((c for c in (directory / name, directory / f"{name}.gz")[: 2 if gz else 1] if c.is_file()), None)
 
 
 def _locate(root: Path, subdirs: list[Path], names, label: str, expected: str, gz: bool) -> dict[str, Path]:
@@ -124,14 +121,6 @@ def _locate(root: Path, subdirs: list[Path], names, label: str, expected: str, g
         raise DatasetError(f"dataset {label}: {_p(d)} lacks {', '.join(missing)} (expected {expected})")
     where = " or ".join(_p(d) for d in [*subdirs, root])
     raise DatasetError(f"dataset {label}: found none of {expected} in {where}")
-
-
-def idx_files(name: str, root) -> dict[str, Path]:
-    """The four IDX files of `name` (mnist | fashion_mnist) under the torchvision root or root itself."""
-    expected = f"{', '.join(IDX_FILES)} (each raw or .gz)"
-    root = _check_root(root, name, expected)
-    sub = root / IDX_SUBDIR[name]
-    return _locate(root, [sub / "raw", root / "raw"], IDX_FILES, name, expected, gz=True)
 
 
 def _labels(path: Path, y: np.ndarray) -> np.ndarray:
@@ -153,10 +142,12 @@ def read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_idx_dataset(name: str, root):
-    """((x_train, y_train), (x_test, y_test), directory): x [N, 28, 28] uint8, y [N] uint8."""
-    files = idx_files(name, root)
-    train = read_idx_pair(files[IDX_IMAGES[0]], files[IDX_LABELS[0]])
-    test = read_idx_pair(files[IDX_IMAGES[1]], files[IDX_LABELS[1]])
+    """((x_train, y_train), (x_test, y_test), directory) of `name` (mnist | fashion_mnist) from its four IDX
+    files under the torchvision root or root itself: x [N, 28, 28] uint8, y [N] uint8."""
+    expected = f"{', '.join(IDX_FILES)} (each raw or .gz)"
+    root = _check_root(root, name, expected)
+    files = _locate(root, [root / IDX_SUBDIR[name] / "raw", root / "raw"], IDX_FILES, name, expected, gz=True)
+    train, test = (read_idx_pair(files[x], files[y]) for x, y in zip(IDX_IMAGES, IDX_LABELS))
     return train, test, files[IDX_IMAGES[0]].parent
 
 
@@ -176,31 +167,19 @@ def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
     return rec[:, 1:].reshape(-1, 3, 32, 32), y
 
 
-def _pickled_cifar(root: Path) -> Path | None:
-    """The directory of the pickled Python version of CIFAR-10 under root, if that is what root holds."""
-    for d in (root / "cifar-10-batches-py", root):
-        if (d / "data_batch_1").is_file() and not (d / "data_batch_1.bin").is_file():
-            return d
-    return None
-
-
-def cifar_files(root) -> dict[str, Path]:
+def read_cifar_dataset(root):
+    """((x_train, y_train), (x_test, y_test), directory): x [N, 3, 32, 32] uint8, y [N] uint8;
+    train = data_batch_1 ... data_batch_5 in order."""
     expected = f"the CIFAR-10 binary batches {', '.join(CIFAR_FILES)}"
     root = _check_root(root, "cifar10", expected)
     bin_dir = root / CIFAR_SUBDIR
     if not (bin_dir.is_dir() or _find(root, CIFAR_TEST, gz=False)):
-        pickled = _pickled_cifar(root)
-        if pickled is not None:
-            raise DatasetError(f"dataset cifar10: {_p(pickled)} is the pickled Python version of CIFAR-10, which "
-                               f"wsl never unpickles; download the binary version {CIFAR_BINARY_URL} and set "
-                               f"dataset.root to the directory holding {CIFAR_SUBDIR}/")
-    return _locate(root, [bin_dir], CIFAR_FILES, "cifar10", expected, gz=False)  # the tar holds them unzipped
-
-
-def read_cifar_dataset(root):
-    """((x_train, y_train), (x_test, y_test), directory): x [N, 3, 32, 32] uint8, y [N] uint8;
-    train = data_batch_1 ... data_batch_5 in order."""
-    files = cifar_files(root)
+        for d in (root / "cifar-10-batches-py", root):  # the pickled Python version?
+            if (d / "data_batch_1").is_file() and not (d / "data_batch_1.bin").is_file():
+                raise DatasetError(f"dataset cifar10: {_p(d)} is the pickled Python version of CIFAR-10, which "
+                                   f"wsl never unpickles; download the binary version {CIFAR_BINARY_URL} and set "
+                                   f"dataset.root to the directory holding {CIFAR_SUBDIR}/")
+    files = _locate(root, [bin_dir], CIFAR_FILES, "cifar10", expected, gz=False)  # the tar holds them unzipped
     parts = [read_cifar_batch(files[n]) for n in CIFAR_TRAIN]
     train = (np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
     return train, read_cifar_batch(files[CIFAR_TEST]), files[CIFAR_TEST].parent

@@ -22,9 +22,6 @@ def load_dataset(name: str, root: str | None = None, train_fraction: float = 1.0
                           f"wsl.data.load_inr_dataset")
     if name not in DATASETS:
         raise ConfigError(f"name={name!r} is unknown; valid: {', '.join(sorted(DATASETS))}")
-    if not (0.0 <= val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise ConfigError("val_fraction and test_fraction must be in [0, 1) and sum to < 1, "
-                          f"got {val_fraction} and {test_fraction}")
     data = DATASETS[name](root=root, split_seed=split_seed, val_fraction=val_fraction,
                           test_fraction=test_fraction)
     data.info.update(train_fraction=1.0, subset_seed=int(subset_seed), split_seed=int(split_seed))

@@ -46,11 +46,8 @@ class CNN(nn.Module):
         self._pool = {1: {"max": nn.functional.max_pool1d, "avg": nn.functional.avg_pool1d},
                       2: {"max": nn.functional.max_pool2d, "avg": nn.functional.avg_pool2d}}[ndim].get(pooling)
         stride = 2 if pooling == "stride" else 1
-        c_in = self.in_shape[0]
-        self.convs = nn.ModuleList()
-        for _ in range(depth):
-            self.convs.append(conv(c_in, width, kernel, stride=stride, padding=kernel // 2))
-            c_in = width
+        self.convs = nn.ModuleList(conv(width if i else self.in_shape[0], width, kernel, stride=stride,
+                                        padding=kernel // 2) for i in range(depth))
         self.head = nn.Linear(width, num_classes)
         init_weights(self, init)
 

@@ -22,6 +22,12 @@ def activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+_INITS = {"kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, a=math.sqrt(5)),
+          "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+          "xavier_uniform": nn.init.xavier_uniform_, "xavier_normal": nn.init.xavier_normal_,
+          "orthogonal": nn.init.orthogonal_}
+
+
 def init_weights(module: nn.Module, scheme: str) -> None:
     """(Re)initialize the weights of every Linear/Conv layer with `scheme`, biases with zeros
     (except `default`, which keeps PyTorch's own layer initialization)."""
@@ -31,17 +37,7 @@ def init_weights(module: nn.Module, scheme: str) -> None:
         return
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            w = m.weight
-            if scheme == "kaiming_uniform":
-                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            elif scheme == "kaiming_normal":
-                nn.init.kaiming_normal_(w, nonlinearity="relu")
-            elif scheme == "xavier_uniform":
-                nn.init.xavier_uniform_(w)
-            elif scheme == "xavier_normal":
-                nn.init.xavier_normal_(w)
-            elif scheme == "orthogonal":
-                nn.init.orthogonal_(w)
+            _INITS[scheme](m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 

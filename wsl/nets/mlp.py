@@ -28,22 +28,14 @@ class MLP(nn.Module):
         self.num_classes = positive("num_classes", num_classes)
         self.width = positive("width", width)
         self.depth = positive("depth", depth)
-        self.activation_name = activation
-        self.init = init
+        self.activation_name, self.init = activation, init
         self.act = make_activation(activation)
-        fan_in = math.prod(self.in_shape)
-        self.hidden = nn.ModuleList()
-        for _ in range(depth):
-            self.hidden.append(nn.Linear(fan_in, width))
-            fan_in = width
-        self.head = nn.Linear(fan_in, num_classes)
+        self.hidden = nn.ModuleList(nn.Linear(width if i else math.prod(self.in_shape), width) for i in range(depth))
+        self.head = nn.Linear(width, num_classes)
         init_weights(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, *in_shape] -> [N, num_classes]
-        h = x.flatten(1)
-        for layer in self.hidden:
-            h = self.act(layer(h))
-        return self.head(h)
+        return self.head(self.features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations [N, width] (for CKA and probing)."""

@@ -46,12 +46,8 @@ class SIREN(nn.Module):
             if not is_num(v) or not v > 0:
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
         self.w0, self.w0_initial = float(w0), float(w0_initial)
-        fan_in = math.prod(self.in_shape)
-        self.hidden = nn.ModuleList()
-        for _ in range(depth):
-            self.hidden.append(nn.Linear(fan_in, width))
-            fan_in = width
-        self.head = nn.Linear(fan_in, self.num_classes)
+        self.hidden = nn.ModuleList(nn.Linear(width if i else math.prod(self.in_shape), width) for i in range(depth))
+        self.head = nn.Linear(width, self.num_classes)
         with torch.no_grad():
             first = self.hidden[0]
             first.weight.uniform_(-1 / first.in_features, 1 / first.in_features)

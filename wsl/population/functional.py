@@ -74,14 +74,10 @@ def population_forward(net: nn.Module, params: dict[str, torch.Tensor], x: torch
     def one(prm, xb):
         if method == "forward":
             return functional_call(net, prm, (xb,))
-        return _call_method(net, prm, xb, method)
+        # functional_call only calls forward(); swap params in and call another method with the same trick
+        return functional_call(_MethodAdapter(net, method), {f"net.{k}": v for k, v in prm.items()}, (xb,))
 
     return vmap(one, in_dims=(0, None if shared_input else 0))(params, x)
-
-
-def _call_method(net, prm, xb, method):
-    # functional_call only calls forward(); swap params in and call another method with the same trick
-    return functional_call(_MethodAdapter(net, method), {f"net.{k}": v for k, v in prm.items()}, (xb,))
 
 
 class _MethodAdapter(nn.Module):

@@ -26,12 +26,9 @@ class Member:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _seed(*parts: int) -> int:
-    """A 31-bit seed derived from parts (independent streams for init and data order)."""
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed derived from parts (independent streams for init and data order; a per-image init)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint32)[0] >> 1)
-
-
-derive_seed = _seed  # public name: e.g. a per-image init seed derived from (member seed, image index)
 
 
 def make_members(size: int, lr, weight_decay, seed: int = 0) -> list[Member]:
@@ -42,9 +39,6 @@ def make_members(size: int, lr, weight_decay, seed: int = 0) -> list[Member]:
     size, so every cell gets the same seeds (wsl.population.schema.ZooJobConfig checks it).
     """
     cells = grid(lr, weight_decay)
-    members = []
-    for k in range(size):
-        lr_k, wd_k = cells[k % len(cells)]
-        r = k // len(cells)
-        members.append(Member(k, r, lr_k, wd_k, _seed(seed, r, 0), _seed(seed, r, 1)))
-    return members
+    n = len(cells)
+    return [Member(k, k // n, *cells[k % n], derive_seed(seed, k // n, 0), derive_seed(seed, k // n, 1))
+            for k in range(size)]

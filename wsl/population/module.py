@@ -36,24 +36,16 @@ class PopulationModule(L.LightningModule):
         object.__setattr__(self, "net", skeleton(net))
         self.names = list(init_params)
         self.stacked = nn.ParameterList([nn.Parameter(init_params[k].clone()) for k in self.names])
-        self.population_size = init_params[self.names[0]].shape[0]
-        p = self.population_size
+        self.population_size = p = init_params[self.names[0]].shape[0]
         self.register_buffer("member_lr", torch.as_tensor(lr, dtype=torch.float32).expand(p).clone())
         self.register_buffer("member_wd", torch.as_tensor(weight_decay, dtype=torch.float32).expand(p).clone())
         self.register_buffer("alive", torch.ones(p, dtype=torch.bool))
         self.register_buffer("diverged_epoch", torch.full((p,), -1, dtype=torch.long))
-        self.kind = getattr(data, "kind", "classification")
-        if self.kind not in ("classification", "inr"):
-            raise ValueError(f"data.kind={self.kind!r}: expected classification or inr")
+        self.kind = data.kind
         self.value_range = float(getattr(data, "value_range", 2.0))
-        if self.kind == "inr":
-            n_targets = data.split("train")[1].shape[0]
+        if self.kind == "inr":  # member k fits target row target_rows[k] (default: row k)
             rows = torch.arange(p) if target_rows is None else torch.as_tensor(target_rows, dtype=torch.long)
-            if rows.shape != (p,) or (rows.numel() and (rows.min() < 0 or rows.max() >= n_targets)):
-                raise ValueError(f"target_rows must give each of the {p} members a row in [0, {n_targets})")
             self.register_buffer("target_rows", rows.clone(), persistent=False)
-        elif target_rows is not None:
-            raise ValueError("target_rows applies to per-member targets (data.kind 'inr') only")
         for split in ("train", "val", "test"):
             x, y = data.split(split)
             self.register_buffer(f"x_{split}", x, persistent=False)
@@ -124,8 +116,8 @@ class PopulationModule(L.LightningModule):
         was_training = self.net.training
         self.net.eval()
         loss_sum = torch.zeros(self.population_size, device=x.device, dtype=torch.float64)
-        correct = torch.zeros(self.population_size, device=x.device, dtype=torch.float64)
-        chunk = max(1, self.eval_batch_size)
+        correct = torch.zeros_like(loss_sum)
+        chunk = self.eval_batch_size
         if self.kind == "inr":
             y = y[self.target_rows]  # [P, N, C]: each member's own image
         for s in range(0, x.shape[0], chunk):
@@ -142,15 +134,9 @@ class PopulationModule(L.LightningModule):
         n = max(1, x.shape[0])
         loss = loss_sum / n
         second = psnr(loss, self.value_range) if self.kind == "inr" else correct / n
-        dead = ~self.alive
         nan = torch.full_like(loss, float("nan"))
-        return torch.where(dead, nan, loss), torch.where(dead, nan, second)
+        return torch.where(self.alive, loss, nan), torch.where(self.alive, second, nan)
 
     def evaluate_all(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for split in ("train", "val", "test"):
-            if getattr(self, f"x_{split}").shape[0] == 0:
-                continue
-            loss_name, second_name = self.metric_names
-            out[f"{split}_{loss_name}"], out[f"{split}_{second_name}"] = self.evaluate(split)
-        return out
+        return {f"{split}_{name}": v for split in ("train", "val", "test") if getattr(self, f"x_{split}").shape[0]
+                for name, v in zip(self.metric_names, self.evaluate(split))}

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from wsl.population.schema import OPTIMIZERS
-
 
 class PopulationOptimizer(torch.optim.Optimizer):
     def __init__(self, params, member_lr: torch.Tensor, member_wd: torch.Tensor, kind: str = "sgd",
                  momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999), eps: float = 1e-8,
                  active=None):
-        if kind not in OPTIMIZERS:
-            raise ValueError(f"kind={kind!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
         defaults = dict(lr=1.0, kind=kind, momentum=momentum, nesterov=nesterov, betas=tuple(betas), eps=eps)
         super().__init__(params, defaults)
         self.member_lr = member_lr  # [P]
@@ -42,43 +38,28 @@ class PopulationOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 lr = self._bcast(self.member_lr, p) * group["lr"]
-                wd = self._bcast(self.member_wd, p)
-                new = self._update(p, p.grad, lr, wd, group, self.state[p])
-                if active is None:
-                    p.copy_(new)
-                else:
-                    p.copy_(torch.where(self._bcast(active, p).bool(), new, p))
+                new = self._update(p, p.grad, lr, self._bcast(self.member_wd, p), group, self.state[p])
+                p.copy_(new if active is None else torch.where(self._bcast(active, p).bool(), new, p))
         return loss
 
     def _update(self, p, grad, lr, wd, group, state):
         kind = group["kind"]
+        g = grad if kind == "adamw" else grad + wd * p  # coupled weight decay (L2); AdamW's is decoupled
         if kind == "sgd":
-            g = grad + wd * p
             mom = group["momentum"]
             if mom:
-                if "momentum_buffer" not in state:
-                    buf = state["momentum_buffer"] = g.clone()
-                else:
-                    buf = state["momentum_buffer"]
-                    buf.mul_(mom).add_(g)
+                buf = state.get("momentum_buffer")
+                buf = state["momentum_buffer"] = g.clone() if buf is None else buf.mul_(mom).add_(g)
                 g = g + mom * buf if group["nesterov"] else buf
             return p - lr * g
-        beta1, beta2 = group["betas"]
         if kind == "adamw":
             p = p * (1 - lr * wd)
-            g = grad
-        else:
-            g = grad + wd * p
         if "step" not in state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         state["step"] += 1
         t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+        (beta1, beta2), m, v = group["betas"], state["exp_avg"], state["exp_avg_sq"]
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        bc1 = 1 - beta1**t
-        bc2_sqrt = (1 - beta2**t) ** 0.5
-        denom = v.sqrt() / bc2_sqrt + group["eps"]
-        return p - (lr / bc1) * m / denom
+        denom = v.sqrt() / (1 - beta2**t) ** 0.5 + group["eps"]
+        return p - (lr / (1 - beta1**t)) * m / denom

@@ -35,8 +35,7 @@ class EpochRecorder(L.Callback):
         if trainer.logger is not None:
             summary = {f"{k}_mean": float(np.nanmean(v.cpu().numpy())) if torch.isfinite(v).any() else float("nan")
                        for k, v in metrics.items()}
-            summary["alive"] = float(module.alive.sum())
-            summary["epoch"] = epoch
+            summary.update(alive=float(module.alive.sum()), epoch=epoch)
             trainer.logger.log_metrics(summary, step=epoch)
         if self.sink is not None:
             self.sink(epoch, metrics, module)

@@ -64,21 +64,19 @@ class TrainConfig:
     eval_batch_size: int = 4096
 
     def __post_init__(self):
-        schema.integer(self, "epochs", 1)
-        schema.integer(self, "batch_size", 1)
+        for name in ("epochs", "batch_size", "step_epochs", "eval_batch_size"):
+            schema.integer(self, name, 1)
+        schema.integer(self, "warmup_epochs", 0)
         # a non-finite learning rate would commit a population of diverged nets
         schema.number(self, "lr", 0.0, lo_open=True, many=True)
         schema.number(self, "weight_decay", 0.0, many=True)
+        for name in ("eps", "gamma"):
+            schema.number(self, name, 0.0, lo_open=True)
+        schema.number(self, "momentum", 0.0, 1.0)
         schema.choice(self, "optimizer", OPTIMIZERS)
         schema.choice(self, "schedule", SCHEDULES)
-        schema.number(self, "momentum", 0.0, 1.0)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             fail(f"@betas must be two numbers in [0, 1), got {list(self.betas)!r}")
-        schema.number(self, "eps", 0.0, lo_open=True)
-        schema.integer(self, "step_epochs", 1)
-        schema.number(self, "gamma", 0.0, lo_open=True)
-        schema.integer(self, "warmup_epochs", 0)
-        schema.integer(self, "eval_batch_size", 1)
 
 
 @dataclass
@@ -128,11 +126,11 @@ class ZooJobConfig:
         self.dataset = ClassificationDatasetConfig() if self.dataset is None else self.dataset
         self.net = MLPConfig() if self.net is None else self.net
         check_zoo_path(self.zoo.path)
-        for key, node, base, valid in (("dataset", self.dataset, DatasetConfig, DATASET_TARGETS),
-                                       ("net", self.net, NetConfig, [n._target_ for n in NETS])):
+        for key, node, base, valid in (("dataset", self.dataset, DatasetConfig, DatasetConfig.__subclasses__()),
+                                       ("net", self.net, NetConfig, NETS)):
             if not isinstance(node, base):
                 target = node.get("_target_") if isinstance(node, dict) else node
-                fail(f"@{key}._target_={target!r} is not allowed; valid: {', '.join(valid)}")
+                fail(f"@{key}._target_={target!r} is not allowed; valid: {', '.join(c._target_ for c in valid)}")
         self._check_net_reads_dataset()
         schema.integer(self, "progress_refresh_rate", 0)
         epochs = self.zoo.checkpoint_epochs
@@ -164,8 +162,7 @@ class ZooJobConfig:
              f"use net={' or net='.join(fits)}")
 
     def _check_trainer(self) -> None:
-        """Only ZOO_TRAINER_KEYS may be given under `trainer:` (a shorter run committed as `trained`
-        would contradict the epochs the zoo records); devices and accelerator must exist here."""
+        """Only ZOO_TRAINER_KEYS may be given under `trainer:`; devices and accelerator must exist here."""
         from wsl.trainer import check_trainer
 
         for k in self.trainer:
@@ -189,9 +186,6 @@ class ZooJobConfig:
                  + (f"{nets} nets need more than {gb(need)}" if n is None else f"{n} parameters per net x {nets} "
                     f"nets need {gb(need)} (weights and gradients, float32)")
                  + f", more than this machine's {gb(mem)} of memory; lower @net.width, @net.depth or @population.size")
-
-
-DATASET_TARGETS = ("wsl.data.load_dataset", "wsl.data.load_inr_dataset")
 
 
 def memory_bytes() -> int:
