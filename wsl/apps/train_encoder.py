@@ -31,14 +31,10 @@ def typed_config(cfg: DictConfig) -> TrainEncoderConfig:
 
 
 def summary_of(df) -> dict:
-    """The mean and std rows of a results table, numeric columns only."""
-    out = {}
-    for label in ("mean", "std"):
-        rows = df[df["seed"].astype(str) == label]
-        if len(rows):
-            out[label] = {str(k): v for k, v in rows.iloc[0].items() if k != "seed"}
-    out["seeds"] = int((~df["seed"].astype(str).isin(["mean", "std"])).sum())
-    return out
+    """The mean and std rows of a results table, and the number of seeds."""
+    seed = df["seed"].astype(str)
+    out = {label: {str(k): v for k, v in df[seed == label].iloc[0].items() if k != "seed"} for label in ("mean", "std")}
+    return {**out, "seeds": int((~seed.isin(["mean", "std"])).sum())}
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train_encoder", version_base="1.3")
@@ -46,9 +42,8 @@ def summary_of(df) -> dict:
 def _main(cfg: DictConfig) -> None:
     from wsl.encoders.experiment import run_experiment
 
-    job = typed_config(cfg)
     out_dir = run_dir()
-    df = run_experiment(job, out_dir)
+    df = run_experiment(typed_config(cfg), out_dir)
     print((out_dir / "results.md").read_text(), end="")
     print(f"results: {out_dir / 'results.csv'}")
     log_summary(cfg, summary_of(df), out_dir)

@@ -12,9 +12,7 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, dropout: float 
     """`layers` Linear layers with ReLU (and dropout) between them."""
     mods, d = [], in_dim
     for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden), nn.ReLU()]
-        if dropout > 0:
-            mods.append(nn.Dropout(dropout))
+        mods += [nn.Linear(d, hidden), nn.ReLU(), *([nn.Dropout(dropout)] if dropout > 0 else [])]
         d = hidden
     mods.append(nn.Linear(d, out_dim))
     return nn.Sequential(*mods)
@@ -66,24 +64,17 @@ class NeuronEmbedding(nn.Module):
         self.out_pos = nn.Parameter(torch.randn(space.sizes[-1], dim) * 0.1)
 
     def forward(self, batch: WSBatch) -> list:
-        bsz = batch.batch_size
-        w0 = batch.weights[0]
+        bsz, w0 = batch.batch_size, batch.weights[0]
         out = [(self.layer_emb[0] + self.in_pos).expand(bsz, -1, -1)
                + self.bias_proj(w0.new_zeros(bsz, w0.shape[2], 1))]
-        last = len(batch.biases)
-        for m, b in enumerate(batch.biases, start=1):
-            h = self.bias_proj(b[..., None]) + self.layer_emb[m]
-            if m == last:
-                h = h + self.out_pos
-            out.append(h)
+        out += [self.bias_proj(b[..., None]) + self.layer_emb[m] for m, b in enumerate(batch.biases, start=1)]
+        out[-1] = out[-1] + self.out_pos
         return out
 
 
 def pad_kernel(w: torch.Tensor, k_max: int) -> torch.Tensor:
     """[..., K] -> [..., k_max] with zeros (Neural Graphs pad every kernel to the largest one)."""
-    if w.shape[-1] == k_max:
-        return w
-    return torch.nn.functional.pad(w, (0, k_max - w.shape[-1]))
+    return w if w.shape[-1] == k_max else torch.nn.functional.pad(w, (0, k_max - w.shape[-1]))
 
 
 def pooled_layers(feats: list, masks: list) -> torch.Tensor:

@@ -27,9 +27,8 @@ class DeepSets(nn.Module):
     def __init__(self, space: WeightSpace, out_dim: int, hidden: int = 64, head_hidden: int = 128,
                  dropout: float = 0.0):
         super().__init__()
-        L, n = space.num_layers, space.sizes
-        K = space.kernel_numels
-        self.L = L
+        self.L = L = space.num_layers
+        n, K = space.sizes, space.kernel_numels
         self.edge_in, self.edge_out, self.phi = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         for m in range(1, L):  # hidden neuron layers
             d = 1  # the bias

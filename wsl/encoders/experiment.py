@@ -6,8 +6,9 @@ Order of work, so that bad input fails before any training: read the table and c
 columns; check that the encoder can read every selected net (structure and widths, from the
 architectures alone); then load the weights, split by cells (seed replicas of one hyperparameter
 cell never straddle splits), and train one encoder per seed. The model of each seed is its best
-validation epoch (lowest loss, or highest accuracy for classification; never selected on test); its test metrics, parameter count, wall
-time and peak memory go into results.csv / results.md in the run directory, with mean ± std.
+validation epoch (lowest loss, or highest accuracy for classification; never selected on test); its
+test metrics, parameter count, wall time and peak memory go into results.csv / results.md in the run
+directory, with mean ± std.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from torch.utils.data import DataLoader
 
 import wsl.nets.siren  # noqa: F401  (registers net=siren so INR zoos can be read)
 from wsl.encoders.module import PropertyPredictor, WeightSet
-from wsl.encoders.schema import GaussianNoiseAugmentConfig, Split, TrainEncoderConfig, WeightDropoutAugmentConfig
+from wsl.encoders.schema import Split, TrainEncoderConfig
 from wsl.encoders.tasks import Task, score
 from wsl.encoders.weightspace import WeightSpace
 from wsl.errors import ConfigError, printable
 from wsl.tracking import make_logger
 from wsl.trainer import barrier, global_rank, make_trainer
+from wsl.zoo.atomic import write_bytes_atomic
 from wsl.zoo.epochs import check_epoch
 from wsl.zoo.finite import some_ids
 
@@ -44,41 +46,22 @@ log = logging.getLogger("wsl.encoders")
 def read_space(zoo, ids: list, pad: bool = False) -> WeightSpace:
     """The weight space of the selected nets, from their architectures alone (no checkpoint read).
     Raises ConfigError naming the model and layer an encoder cannot read."""
-    cache: dict = {}
-    models = []
+    archs: set = set()
+    firsts: dict = {}  # one model per set of parameter shapes is enough to find the first that does not fit
     for mid in ids:
         key = json.dumps(zoo.arch(mid), sort_keys=True)
-        if key not in cache:
+        if key not in archs:
+            archs.add(key)
             net = zoo.skeleton(mid)
-            cache[key] = (net.permutation_spec(), {k: tuple(v.shape) for k, v in net.state_dict().items()})
-        spec, shapes = cache[key]
-        models.append((mid, spec, shapes))
-    # one representative per architecture is enough to find the first model that does not fit
-    firsts: dict = {}
-    for mid, spec, shapes in models:
-        firsts.setdefault(json.dumps({k: list(v) for k, v in shapes.items()}, sort_keys=True), (mid, spec, shapes))
+            shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+            firsts.setdefault(json.dumps(shapes, sort_keys=True), (mid, net.permutation_spec(), shapes))
     return WeightSpace.from_models(list(firsts.values()), pad=pad)
 
 
 def load_weights(zoo, ids: list, space: WeightSpace, epoch: int = -1) -> tuple[dict, dict]:
     """Stacked, zero-padded parameters {name: [M, ...]} and neuron masks {mask name: [M, n]}."""
-    params = {k: [] for k in space.shapes}
-    masks: dict = {}
-    for mid in ids:
-        p, m = space.pad_state_dict(zoo.state_dict(mid, epoch))
-        for k, v in p.items():
-            params[k].append(v)
-        for k, v in m.items():
-            masks.setdefault(k, []).append(v)
-    return {k: torch.stack(v) for k, v in params.items()}, {k: torch.stack(v) for k, v in masks.items()}
-
-
-def select_models(zoo, table: pd.DataFrame, statuses=("trained",)) -> list:
-    """Ids of the models with a usable status (diverged nets have no meaningful targets)."""
-    ids = [mid for mid in zoo.ids if table.loc[mid, "status"] in statuses]
-    if not ids:
-        raise ConfigError(f"{zoo.path}: no model has status {list(statuses)}")
-    return ids
+    params, masks = zip(*(space.pad_state_dict(zoo.state_dict(mid, epoch)) for mid in ids))
+    return tuple({k: torch.stack([d[k] for d in dicts]) for k in dicts[0]} for dicts in (params, masks))
 
 
 def split_models(zoo, split: Split, ids: list) -> dict:
@@ -91,34 +74,23 @@ def split_models(zoo, split: Split, ids: list) -> dict:
     return parts
 
 
-def finite_models(params: dict) -> torch.Tensor:
-    """[M] bool: whether every parameter of model m is finite (params: {name: [M, ...]})."""
-    ok = torch.ones(next(iter(params.values())).shape[0], dtype=torch.bool)
-    for v in params.values():
-        ok &= torch.isfinite(v.reshape(v.shape[0], -1)).all(1)
-    return ok
-
-
-def exclude_nonfinite(zoo, ids: list, params: dict, masks: dict, weights_ok: torch.Tensor, targets_ok: torch.Tensor,
-                      epoch: int):
-    """Drop the models whose weights (a wsl-verify ERROR) or task targets are not all finite, with one warning
-    each naming them: one such net makes every loss it enters, and the metrics of its split, nan. Refuses when
-    none is left. Returns (ids, params, masks) of the rest."""
-    def names(ok):
-        bad = [m for m, good in zip(ids, ok.tolist()) if not good]
-        return len(bad), some_ids(bad)
-
+def finite_models(zoo, ids: list, data: WeightSet, epoch: int) -> list:
+    """Indices of the models whose weights (a wsl-verify ERROR) and task targets are all finite; one warning
+    per kind names the others: one such net makes every loss it enters, and the metrics of its split, nan.
+    Refuses when none is left."""
+    weights_ok = torch.stack([torch.isfinite(v.reshape(len(ids), -1)).all(1) for v in data.params.values()]).all(0)
+    targets_ok = torch.isfinite(data.y.reshape(len(ids), -1).float()).all(1)
     keep = weights_ok & targets_ok
     for ok, what in ((weights_ok, f"non-finite weights at epoch {epoch}"), (targets_ok, "non-finite task targets")):
         if not ok.all():
-            n, shown = names(ok)
+            bad = [m for m, good in zip(ids, ok.tolist()) if not good]
             if not keep.any():
                 raise ConfigError(f"{printable(zoo.path)}: all {len(ids)} usable models have {what} or other "
-                                  f"non-finite data (e.g. {shown}); nothing to learn from (check the zoo with wsl-verify)")
-            log.warning("excluding %d of %d models of %s with %s: %s", n, len(ids), printable(zoo.path), what, shown)
-    idx = keep.nonzero().flatten()
-    return ([ids[i] for i in idx.tolist()], {k: v[idx] for k, v in params.items()},
-            {k: v[idx] for k, v in masks.items()})
+                                  f"non-finite data (e.g. {some_ids(bad)}); nothing to learn from (check the zoo "
+                                  "with wsl-verify)")
+            log.warning("excluding %d of %d models of %s with %s: %s", len(bad), len(ids), printable(zoo.path), what,
+                        some_ids(bad))
+    return keep.nonzero().flatten().tolist()
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -140,19 +112,14 @@ class BestState(L.Callback):
             self.state = {k: t.detach().clone() for k, t in module.state_dict().items()}
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """CUDA: peak allocated by torch; CPU: the process's peak resident set size (a high-water mark)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
-
-
 def train_one(job: TrainEncoderConfig, seed: int, space: WeightSpace, task: Task, targets, sets: dict,
               encoder_factory, out_dir: Path) -> dict:
     """Train one encoder with `seed`; return its metrics on val and test and its costs."""
     L.seed_everything(seed, workers=True, verbose=False)
-    encoder = encoder_factory(space=space, out_dim=task.output_dim(targets))
-    augments = [instantiate(a, _convert_="all") for a in (job.augment or {}).values() if a is not None and not _off(a)]
+    encoder = encoder_factory(space=space, out_dim=len(targets.classes) or len(targets.names))  # no classes: regression
+    # augmentations configured to do nothing (noise sigma 0, dropout p 0) are skipped
+    augments = [instantiate(a, _convert_="all") for a in (job.augment or {}).values()
+                if a is not None and 0 not in (getattr(a, "sigma", None), getattr(a, "p", None))]
     if space.padded and any(type(a).__name__ == "AlignedMixUp" for a in augments):
         raise ConfigError("augment.mixup aligns nets of one width; it cannot mix padded nets (zoo.pad=true)")
     o = job.optim
@@ -166,61 +133,53 @@ def train_one(job: TrainEncoderConfig, seed: int, space: WeightSpace, task: Task
     logger = make_logger(job.logger, out_dir, name="encoder", version=f"seed{seed}")
     trainer = make_trainer(job.trainer, logger=logger, callbacks=[best], enable_checkpointing=False,
                            num_sanity_val_steps=0)
-    if trainer.strategy.root_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     trainer.fit(module, train_loader, val_loader)
     fit_s = time.perf_counter() - t0
     epochs_run = max(1, trainer.current_epoch)
     if best.state is not None:
         module.load_state_dict(best.state)
-    mem, mem_kind = peak_memory_mb(trainer.strategy.root_device)
+    if device.type == "cuda":  # peak memory allocated by torch
+        mem, mem_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    else:  # the process's peak resident set size (a high-water mark)
+        mem, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
     row = {"seed": seed, "params": sum(p.numel() for p in encoder.parameters()), "best_epoch": best.epoch,
            "epochs": epochs_run, "fit_s": fit_s, "s_per_epoch": fit_s / epochs_run, "peak_mem_mb": mem,
            "mem_kind": mem_kind}
     for split in ("val", "test"):
-        pred = module.predict_set(sets[split])
-        for k, v in score(task, targets.names, pred, sets[split].y).items():
-            row[f"{split}/{k}"] = v
+        scores = score(task, targets.names, module.predict_set(sets[split]), sets[split].y)
+        row.update({f"{split}/{k}": v for k, v in scores.items()})
     return row
 
 
-def _off(node) -> bool:
-    """Augmentations configured to do nothing (noise sigma 0, dropout p 0) are skipped."""
-    return (isinstance(node, GaussianNoiseAugmentConfig) and node.sigma == 0.0) or \
-        (isinstance(node, WeightDropoutAugmentConfig) and node.p == 0.0)
-
-
 # ------------------------------------------------------------------------------------------ results
-def summarize(rows: list, task: Task) -> pd.DataFrame:
+def summarize(rows: list) -> pd.DataFrame:
     """Per-seed rows + a 'mean' and a 'std' row."""
     df = pd.DataFrame(rows)
     num = df.select_dtypes("number")
-    mean, std = num.mean(), num.std(ddof=1) if len(df) > 1 else num.std(ddof=0)
+    mean, std = num.mean(), num.std(ddof=1 if len(df) > 1 else 0)
     out = pd.concat([df, pd.DataFrame([{**mean.to_dict(), "seed": "mean"}, {**std.to_dict(), "seed": "std"}])],
                     ignore_index=True)
-    for c in ("encoder", "task", "mem_kind"):
-        if c in df:
-            out[c] = df[c].iloc[0]
+    for c in ("encoder", "task", "mem_kind"):  # text: the same in every row
+        out[c] = df[c].iloc[0]
     return out
-
-
-def _pm(values: pd.Series, fmt: str = "{:.3f}") -> str:
-    std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{fmt.format(values.mean())} ± {fmt.format(std)}"
 
 
 def markdown_table(df: pd.DataFrame, task: Task) -> str:
     """One line per results table: mean ± std over seeds of the headline metrics and of the costs."""
     per_seed = df[~df["seed"].isin(["mean", "std"])]
+    mean, std = (df[df["seed"] == s].iloc[0] for s in ("mean", "std"))  # summarize's rows
+    pm = lambda k, fmt="{:.3f}": f"{fmt.format(mean[k])} ± {fmt.format(std[k])}"  # noqa: E731
     keys = ["test/tau", "test/r2"] if task.is_regression else ["test/acc"]
-    cols = ["encoder", "task", *(k.replace("/", " ") for k in keys), "params", "s/epoch", "wall s", "peak MB",
-            "seeds"]
-    line = [str(per_seed["encoder"].iloc[0]), str(per_seed["task"].iloc[0]), *(_pm(per_seed[k]) for k in keys),
-            f"{int(per_seed['params'].iloc[0]):,}", _pm(per_seed["s_per_epoch"], "{:.2f}"),
-            _pm(per_seed["fit_s"], "{:.1f}"), f"{per_seed['peak_mem_mb'].max():.0f}", str(len(per_seed))]
+    cols = ["encoder", "task", *(k.replace("/", " ") for k in keys), "params", "s/epoch", "wall s", "peak MB", "seeds"]
+    line = [str(mean["encoder"]), str(mean["task"]), *(pm(k) for k in keys), f"{int(per_seed['params'].iloc[0]):,}",
+            pm("s_per_epoch", "{:.2f}"), pm("fit_s", "{:.1f}"), f"{per_seed['peak_mem_mb'].max():.0f}",
+            str(len(per_seed))]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    note = (f"\npeak MB: {per_seed['mem_kind'].iloc[0]}; wall s: fit time per seed (training + validation); "
+    note = (f"\npeak MB: {mean['mem_kind']}; wall s: fit time per seed (training + validation); "
             "each seed's model is its best validation epoch "
             f"({'lowest loss' if task.is_regression else 'highest accuracy'})\n")
     return head + "| " + " | ".join(line) + " |\n" + note
@@ -230,11 +189,8 @@ def write_results(df: pd.DataFrame, task: Task, out_dir: Path) -> None:
     """results.csv / results.md, written by rank 0 only; under DDP every rank waits until they exist
     (every rank computed the same table: DDP keeps the parameters equal and the test sets are not split)."""
     if global_rank() == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
         for name, text in (("results.csv", df.to_csv(index=False)), ("results.md", markdown_table(df, task))):
-            tmp = out_dir / f".{name}.tmp"
-            tmp.write_text(text)
-            tmp.replace(out_dir / name)
+            write_bytes_atomic(out_dir / name, text.encode(), what="results", root=out_dir)
     barrier()
 
 
@@ -252,22 +208,22 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None) -> pd
     zoo = Zoo(job.zoo.path)
     table = zoo.table()
     task.check_columns(table, where=f"the index of {zoo.path}")
-    ids = select_models(zoo, table)
+    ids = [mid for mid in zoo.ids if table.loc[mid, "status"] == "trained"]  # diverged nets have no meaningful targets
+    if not ids:
+        raise ConfigError(f"{zoo.path}: no model has status ['trained']")
     check_epoch(zoo, ids, job.zoo.epoch, "zoo.epoch")
     space = read_space(zoo, ids, pad=job.zoo.pad)
     options = dataclasses.asdict(job.encoder)
     name = options.pop("name")
-    if encoder_factory is None:
-        encoder_factory = instantiate(options, _partial_=True, _convert_="all")
+    encoder_factory = encoder_factory or instantiate(options, _partial_=True, _convert_="all")
     split = split_models(zoo, job.split, ids)
     targets = task.targets(table, ids)
-    params, masks = load_weights(zoo, ids, space, job.zoo.epoch)
-    weights_ok, targets_ok = finite_models(params), torch.isfinite(targets.y.reshape(len(ids), -1).float()).all(1)
-    if not (weights_ok & targets_ok).all():  # such nets are not data: excluded, the rest is split again
-        ids, params, masks = exclude_nonfinite(zoo, ids, params, masks, weights_ok, targets_ok, job.zoo.epoch)
-        split = split_models(zoo, job.split, ids)
-        targets = task.targets(table, ids)
-    full = WeightSet(params, masks, targets.y)
+    full = WeightSet(*load_weights(zoo, ids, space, job.zoo.epoch), targets.y)
+    keep = finite_models(zoo, ids, full, job.zoo.epoch)
+    if len(keep) < len(ids):  # such nets are not data: excluded, the rest is split again
+        ids, full = [ids[i] for i in keep], full.subset(keep)
+        split, targets = split_models(zoo, job.split, ids), task.targets(table, ids)
+        full.y = targets.y  # recomputed: the classes and log offsets of the models kept
     pos = {mid: i for i, mid in enumerate(ids)}
     sets = {s: full.subset([pos[m] for m in split[s]]) for s in ("train", "val", "test")}
     log.info("%s on %s: %d nets (%d/%d/%d), space %s", name, task.name, len(ids), len(sets["train"]),
@@ -278,6 +234,6 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None) -> pd
         rows.append({"encoder": name, "task": task.name, **row})
         key = "test/tau" if task.is_regression else "test/acc"
         log.info("%s seed %d: %s=%.4f (%.2fs/epoch)", name, seed, key, row[key], row["s_per_epoch"])
-    df = summarize(rows, task)
+    df = summarize(rows)
     write_results(df, task, out_dir)
     return df

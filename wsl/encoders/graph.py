@@ -51,11 +51,9 @@ class MessagePassing(nn.Module):
     def forward(self, h: list, e: list, masks: list):
         # h: L+1 x [B, n_m, C]; e: L x [B, n_{l+1}, n_l, C] (edges from neuron layer l to l+1)
         e = [self.norm_e(x + self.edge(h[l + 1], h[l], x)) for l, x in enumerate(e)]
-        incoming = [torch.zeros_like(x) for x in h]
-        outgoing = [torch.zeros_like(x) for x in h]
-        for l, x in enumerate(e):
-            incoming[l + 1] = masked_mean(x, masks[l], dim=2)  # over the sources in layer l
-            outgoing[l] = masked_mean(x, masks[l + 1], dim=1)  # over the targets in layer l+1
+        # edges from layer l to l+1: their mean over the sources (layer l) reaches the targets, and vice versa
+        incoming = [torch.zeros_like(h[0])] + [masked_mean(x, masks[l], dim=2) for l, x in enumerate(e)]
+        outgoing = [masked_mean(x, masks[l + 1], dim=1) for l, x in enumerate(e)] + [torch.zeros_like(h[-1])]
         h = [self.norm_h(x + self.node(torch.cat([x, i, o], dim=-1))) for x, i, o in zip(h, incoming, outgoing)]
         return h, e
 

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from wsl.encoders.common import LayerScale
 from wsl.encoders.tasks import Task, score
-from wsl.encoders.weightspace import MASK_PREFIX, WeightSpace
+from wsl.encoders.weightspace import WeightSpace
 from wsl.symmetry import AlignedMixUp, PermutationAugment
 
 
@@ -32,9 +32,7 @@ class WeightSet(Dataset):
         return {k: v[i] for k, v in self.params.items()}, {k: v[i] for k, v in self.masks.items()}, self.y[i]
 
     def subset(self, idx) -> "WeightSet":
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return WeightSet({k: v[idx] for k, v in self.params.items()}, {k: v[idx] for k, v in self.masks.items()},
-                         self.y[idx])
+        return WeightSet(*self[torch.as_tensor(idx, dtype=torch.long)])
 
 
 class PropertyPredictor(L.LightningModule):
@@ -73,8 +71,7 @@ class PropertyPredictor(L.LightningModule):
         self.eval()
         outs = []
         for s in range(0, len(data), batch_size):
-            p = {k: v[s:s + batch_size].to(self.device) for k, v in data.params.items()}
-            m = {k: v[s:s + batch_size].to(self.device) for k, v in data.masks.items()}
+            p, m = ({k: v.to(self.device) for k, v in d.items()} for d in data[s:s + batch_size][:2])
             outs.append(self.to_target_units(self(p, m)).cpu())
         self.train(was)
         return torch.cat(outs)
@@ -124,19 +121,14 @@ class PropertyPredictor(L.LightningModule):
     def on_validation_epoch_end(self):
         if not self._val_preds:
             return
-        pred = torch.cat([p for p, _ in self._val_preds])
-        true = torch.cat([t for _, t in self._val_preds])
+        pred, true = (torch.cat(x) for x in zip(*self._val_preds))
         self._val_preds = []
         if self.trainer.world_size > 1:  # DDP: score the whole validation set, identically on every rank
-            pred, true = self._gather(pred), self._gather(true)
+            # rows of every rank, [W, n, ...] -> [W * n, ...] (DistributedSampler gives every rank equally many)
+            pred, true = (self.all_gather(t.to(self.device)).reshape(-1, *t.shape[1:]).cpu() for t in (pred, true))
         metrics = score(self.task, self.target_names, pred, true)
         key = "tau" if self.task.is_regression else "acc"
         self.log(f"val/{key}", metrics[key], prog_bar=True)
-
-    def _gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Rows of every rank, concatenated ([W * n, ...]; DistributedSampler gives every rank equally many)."""
-        g = self.all_gather(t.to(self.device))  # [W, n, ...]
-        return g.reshape(-1, *t.shape[1:]).cpu()
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -43,8 +43,7 @@ class _Structure:
     """Which neuron layers are sets and which weight layers stay edge tensors."""
 
     def __init__(self, space: WeightSpace, mode: str):
-        L = space.num_layers
-        self.L = L
+        self.L = L = space.num_layers
         self.sets = [m for m in range(L + 1) if mode == "np" or 0 < m < L]
         self.edges = [l for l in range(1, L + 1) if (l - 1) in self.sets and l in self.sets]
         # channels of the neuron summary S[m], in units of C
@@ -113,8 +112,7 @@ class NFN(nn.Module):
         st = self.st = _Structure(space, mode)
         n, K, L, C = space.sizes, space.kernel_numels, space.num_layers, channels
         # input embedding: each weight layer lands on edges, on one of its neuron layers, or on g
-        self.w_in = nn.ModuleDict()
-        self.w_kind = {}
+        self.w_in, self.w_kind = nn.ModuleDict(), {}
         for l in range(1, L + 1):
             out_set, in_set = l in st.sets, (l - 1) in st.sets
             if out_set and in_set:
@@ -138,13 +136,9 @@ class NFN(nn.Module):
         self.head = mlp(st.g_units * C, head_hidden, out_dim, 3, dropout)
 
     def embed(self, batch: WSBatch):
-        st, W, b = self.st, batch.weights, batch.biases
-        bsz = batch.batch_size
-        E, V = {}, {}
+        st, W, b, bsz = self.st, batch.weights, batch.biases, batch.batch_size
+        E, V = {}, {m: self.v_const[str(m)].expand(bsz, batch.masks[m].shape[1], -1) for m in st.sets}
         g = W[0].new_zeros(bsz, self.channels)
-        for m in st.sets:
-            n_m = batch.masks[m].shape[1]
-            V[m] = self.v_const[str(m)].expand(bsz, n_m, -1)
         for l in range(1, st.L + 1):
             w, lin, kind = W[l - 1], self.w_in[str(l)], self.w_kind[l]  # w [B, n_l, n_{l-1}, K]
             if kind == "edge":

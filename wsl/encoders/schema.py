@@ -106,15 +106,15 @@ ENCODER_SCHEMAS = (FlatConfig, StatsConfig, DeepSetsConfig, GraphConfig, NFNConf
 @target_schema
 @dataclass
 class TaskConfig:
-    """Every task (gen_gap, hparams, inr_class, phase, test_acc) is a wsl.encoders.tasks.Task;
-    conf/task/<name>.yaml sets which columns it predicts and how."""
+    """Every task (gen_gap, hparams, inr_class, phase, test_acc) is a wsl.encoders.tasks.Task (a subclass:
+    these options, in this order); conf/task/<name>.yaml sets which columns it predicts and how."""
 
-    _target_: str = "wsl.encoders.tasks.Task"
     name: str = MISSING
     kind: str = "regression"
     columns: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)  # regression columns predicted as log10
     drop_constant: bool = False  # regression: skip columns with one value in the zoo
+    _target_: str = "wsl.encoders.tasks.Task"
 
     def __post_init__(self):
         schema.text(self, "name")
@@ -245,11 +245,10 @@ class TrainEncoderConfig:
             names = ", ".join(sorted(c.name for c in ENCODER_SCHEMAS))
             fail(f"@encoder._target_={target!r} is not an encoder of wsl; choose one with encoder=<name> ({names})"
                  if target else f"@encoder._target_ is missing; choose an encoder with encoder=<name> ({names})")
-        s = self.seeds
-        if not isinstance(s, list) or not s or not all(schema.is_int(x) for x in s):
-            fail(f"@seeds must be a non-empty list of integers, got {s!r}")
-        schema.integer(self, "batch_size", 1)
-        schema.integer(self, "eval_batch_size", 1)
+        if not isinstance(self.seeds, list) or not self.seeds or not all(schema.is_int(x) for x in self.seeds):
+            fail(f"@seeds must be a non-empty list of integers, got {self.seeds!r}")
+        for name in ("batch_size", "eval_batch_size"):
+            schema.integer(self, name, 1)
         for name, node in (self.augment or {}).items():
             if node is not None and not (hasattr(node, "_target_") or isinstance(node, dict) and "_target_" in node):
                 fail(f"@augment.{name} must be null or an augmentation config with a _target_, got {node!r}")

@@ -44,8 +44,7 @@ class StatNN(nn.Module):
         for l, (w, b) in enumerate(zip(batch.weights, batch.biases)):
             m_out, m_in = batch.masks[l + 1], batch.masks[l]
             wm = (m_out[:, :, None, None] * m_in[:, None, :, None]).expand_as(w)
-            feats.append(tensor_stats(w.flatten(1), wm.flatten(1)))
-            feats.append(tensor_stats(b, m_out))
+            feats += [tensor_stats(w.flatten(1), wm.flatten(1)), tensor_stats(b, m_out)]
         return torch.cat(feats, dim=1)
 
     def forward(self, batch: WSBatch) -> torch.Tensor:  # -> [B, out_dim]

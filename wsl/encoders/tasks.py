@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau
 
+from wsl.encoders.schema import TaskConfig
 from wsl.errors import ConfigError
 
 # columns computed from other columns: name -> (needed columns, function of the table)
@@ -35,14 +36,8 @@ class Targets:
 
 
 @dataclass
-class Task:
-    """What an encoder predicts (conf/task/*.yaml; wsl.encoders.schema.TaskConfig checks the options)."""
-
-    name: str
-    kind: str = "regression"
-    columns: list = field(default_factory=list)
-    log: list = field(default_factory=list)  # regression columns predicted as log10 (lr, weight decay)
-    drop_constant: bool = False  # regression: skip columns with one value in the zoo (with a warning)
+class Task(TaskConfig):
+    """What an encoder predicts: the options of its schema (conf/task/*.yaml), the targets and the scores."""
 
     @property
     def is_regression(self) -> bool:
@@ -71,11 +66,10 @@ class Task:
         if self.kind == "classification":
             col = self.columns[0]
             vals = self.column_values(sub, col)
-            classes = sorted({v for v in vals.tolist()}, key=lambda v: (str(type(v)), v))
+            classes = sorted(set(vals.tolist()), key=lambda v: (str(type(v)), v))
             if len(classes) < 2:
                 raise ConfigError(f"task={self.name}: column {col!r} has a single value {classes}; nothing to classify")
-            index = {v: i for i, v in enumerate(classes)}
-            return Targets(torch.tensor([index[v] for v in vals.tolist()], dtype=torch.long), [col], classes)
+            return Targets(torch.tensor([classes.index(v) for v in vals.tolist()], dtype=torch.long), [col], classes)
         cols, ys, offsets = [], [], {}
         for c in self.columns:
             v = np.asarray(self.column_values(sub, c), dtype=np.float64)
@@ -86,17 +80,13 @@ class Task:
                                   "(set task.drop_constant=true to skip such columns)")
             if c in self.log:
                 pos = v[v > 0]
-                off = 0.0 if v.min() > 0 else (float(pos.min()) if pos.size else 1.0)
-                v = np.log10(v + off)
-                offsets[c] = off
+                offsets[c] = 0.0 if v.min() > 0 else (float(pos.min()) if pos.size else 1.0)
+                v = np.log10(v + offsets[c])
             cols.append(c)
             ys.append(v)
         if not cols:
             raise ConfigError(f"task={self.name}: every column of {self.columns} is constant in this zoo")
         return Targets(torch.tensor(np.stack(ys, 1), dtype=torch.float32), cols, [], offsets)
-
-    def output_dim(self, targets: Targets) -> int:
-        return len(targets.classes) if self.kind == "classification" else len(targets.names)
 
 
 # ------------------------------------------------------------------------------------------ metrics

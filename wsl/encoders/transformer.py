@@ -14,6 +14,7 @@ neuron layer's tokens) is invariant. Padded neurons are excluded as keys and fro
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -74,9 +75,7 @@ class NeuronTransformer(nn.Module):
     @staticmethod
     def _kinds(sizes) -> torch.Tensor:
         """[N, N] kind of every token pair (row = receiving token i, column = sending token j)."""
-        off = [0]
-        for s in sizes:
-            off.append(off[-1] + s)
+        off = [0, *itertools.accumulate(sizes)]
         kinds = torch.full((off[-1], off[-1]), UNCONNECTED, dtype=torch.long)
         kinds.fill_diagonal_(SELF)
         for m in range(1, len(sizes)):
@@ -87,22 +86,19 @@ class NeuronTransformer(nn.Module):
     def edges(self, batch: WSBatch) -> torch.Tensor:
         """Dense token-pair features [B, N, N, D]: assembled block by block with cat (in-place writes
         into one big tensor would cost a full copy per block in the backward pass)."""
-        bsz, L = batch.batch_size, len(batch.weights)
         w = [pad_kernel(x, self.k_max) for x in batch.weights]  # [B, n_l, n_{l-1}, K]
         e_in = [self.edge_in(x) for x in w]  # row layer l, column layer l-1
         e_out = [self.edge_out(x.transpose(1, 2)) for x in w]  # row layer l-1, column layer l
-        d = e_in[0].shape[-1]
-        rows = []
-        for m, n_m in enumerate(self.sizes):
-            blocks = []
-            for c, n_c in enumerate(self.sizes):
-                if c == m - 1:
-                    blocks.append(e_in[m - 1])
-                elif c == m + 1 and m < L:
-                    blocks.append(e_out[m])
-                else:
-                    blocks.append(e_in[0].new_zeros(bsz, n_m, n_c, d))
-            rows.append(torch.cat(blocks, dim=2))
+
+        def block(m: int, c: int) -> torch.Tensor:  # rows: neuron layer m, columns: neuron layer c
+            if c == m - 1:
+                return e_in[m - 1]
+            if c == m + 1:
+                return e_out[m]
+            return e_in[0].new_zeros(batch.batch_size, self.sizes[m], self.sizes[c], e_in[0].shape[-1])
+
+        layers = range(len(self.sizes))
+        rows = [torch.cat([block(m, c) for c in layers], dim=2) for m in layers]
         return torch.cat(rows, dim=1) + self.kind_emb(self.kinds)
 
     def forward(self, batch: WSBatch) -> torch.Tensor:  # -> [B, out_dim]

@@ -60,10 +60,6 @@ class WSBatch:
     def batch_size(self) -> int:
         return self.weights[0].shape[0]
 
-    def map(self, fn_w, fn_b=None) -> "WSBatch":
-        fn_b = fn_b or fn_w
-        return WSBatch([fn_w(w) for w in self.weights], [fn_b(b) for b in self.biases], self.masks)
-
 
 @dataclass
 class WeightSpace:
@@ -113,10 +109,9 @@ class WeightSpace:
                 if p is not None and spec.sizes.get(p) != wshape[ax]:
                     raise ConfigError(f"model {model}: layer {w!r} axis {ax} has {wshape[ax]} entries but permutation "
                                       f"{p!r} permutes {spec.sizes.get(p)} units (a flattening layer is unsupported)")
-            if b is not None:
-                if shapes[b] != (wshape[0],) or tuple(spec.axes[b]) != (out_p,):
-                    raise ConfigError(f"model {model}: layer {b!r} with shape {shapes[b]} does not match the "
-                                      f"output axis of {w!r} {wshape} (unsupported layer type)")
+            if b is not None and (shapes[b] != (wshape[0],) or tuple(spec.axes[b]) != (out_p,)):
+                raise ConfigError(f"model {model}: layer {b!r} with shape {shapes[b]} does not match the "
+                                  f"output axis of {w!r} {wshape} (unsupported layer type)")
             slots.append(LayerSlot(w, b, out_p, in_p, wshape[2:]))
         layers = cls._chain(slots, model)
         sizes = [shapes[layers[0].weight][1]] + [shapes[s.weight][0] for s in layers]
@@ -163,37 +158,31 @@ class WeightSpace:
             raise ConfigError("no models to read")
         first_id, spec0, shapes0 = models[0]
         ref = cls.from_spec(spec0, shapes0, first_id)
-        sizes = list(ref.sizes)
-        any_diff = False
+        sizes, padded = list(ref.sizes), False
         for mid, spec, shapes in models[1:]:
             ws = cls.from_spec(spec, shapes, mid)
-            if [(s.weight, s.bias, s.kernel) for s in ws.layers] != [(s.weight, s.bias, s.kernel) for s in ref.layers]:
-                diff = next((b.weight for a, b in zip(ref.layers, ws.layers) if (a.weight, a.bias, a.kernel)
-                             != (b.weight, b.bias, b.kernel)), ws.layers[-1].weight)
+            kinds = [[(s.weight, s.bias, s.kernel) for s in x.layers] for x in (ref, ws)]
+            if kinds[0] != kinds[1]:
+                diff = next((b[0] for a, b in zip(*kinds) if a != b), ws.layers[-1].weight)
                 raise ConfigError(f"model {mid}: layer {diff!r} differs in type or kernel from model {first_id} "
                                   "(mixed architectures cannot share one encoder)")
             for m, (a, b) in enumerate(zip(ref.sizes, ws.sizes)):
                 if a == b:
                     continue
-                layer = ws.layers[max(m - 1, 0)].weight if m > 0 else ws.layers[0].weight
+                layer = ws.layers[max(m - 1, 0)].weight
                 if m in (0, len(sizes) - 1):
                     raise ConfigError(f"model {mid}: layer {layer!r} has {b} {'inputs' if m == 0 else 'outputs'}, "
                                       f"model {first_id} has {a} (nets of different tasks cannot share one encoder)")
                 if not pad:
                     raise ConfigError(f"model {mid}: layer {layer!r} has {b} units, model {first_id} has {a}; "
                                       "mixed widths need the padding option (zoo.pad=true)")
-                any_diff = True
-                sizes[m] = max(sizes[m], b)
-        out_sizes = dict(ref.spec.sizes)
-        padded_shapes = {}
-        for l, s in enumerate(ref.layers, start=1):
-            padded_shapes[s.weight] = (sizes[l], sizes[l - 1], *s.kernel)
-            if s.bias is not None:
-                padded_shapes[s.bias] = (sizes[l],)
-            if s.out_perm is not None:
-                out_sizes[s.out_perm] = sizes[l]
-        spec = PermutationSpec(dict(ref.spec.axes), out_sizes)
-        return cls(ref.layers, sizes, spec, padded_shapes, padded=any_diff)
+                sizes[m], padded = max(sizes[m], b), True
+        # every permuted axis takes its layer's padded width; the fixed axes (inputs, outputs, kernels) match already
+        perm_sizes = {**ref.spec.sizes, **{s.out_perm: sizes[l] for l, s in enumerate(ref.layers, 1) if s.out_perm}}
+        padded_shapes = {k: tuple(d if p is None else perm_sizes[p] for p, d in zip(ref.spec.axes[k], shape))
+                         for k, shape in ref.shapes.items()}
+        spec = PermutationSpec(dict(ref.spec.axes), perm_sizes)
+        return cls(ref.layers, sizes, spec, padded_shapes, padded=padded)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -209,18 +198,11 @@ class WeightSpace:
         """Number of (padded) parameters per net."""
         return sum(math.prod(shape) for shape in self.shapes.values())
 
-    def hidden_perms(self) -> list:
-        """Permutation name of each neuron layer (None for the input and output layers)."""
-        return [None] + [s.out_perm for s in self.layers]
-
     def mask_spec(self) -> PermutationSpec:
         """The spec extended by one mask pseudo-parameter per hidden layer, so that a permutation
         augmentation moves the masks with the neurons they describe."""
-        axes = dict(self.spec.axes)
-        for p in self.hidden_perms():
-            if p is not None:
-                axes[MASK_PREFIX + p] = (p,)
-        return PermutationSpec(axes, dict(self.spec.sizes))
+        masks = {MASK_PREFIX + s.out_perm: (s.out_perm,) for s in self.layers if s.out_perm is not None}
+        return PermutationSpec({**self.spec.axes, **masks}, dict(self.spec.sizes))
 
     def describe(self) -> dict:
         return {"layers": [s.weight for s in self.layers], "sizes": list(self.sizes),
@@ -229,38 +211,26 @@ class WeightSpace:
     # ---------------------------------------------------------------- data
     def pad_state_dict(self, state_dict: dict) -> tuple:
         """Zero-pad one net to the space's sizes -> (params {name: Tensor}, masks {mask name: Tensor[n]})."""
-        params, masks = {}, {}
+        params = {}
         for name, shape in self.shapes.items():
             t = state_dict[name].detach().to(torch.float32)
-            if tuple(t.shape) != tuple(shape):
-                out = torch.zeros(shape, dtype=torch.float32)
-                out[tuple(slice(0, s) for s in t.shape)] = t
-                t = out
-            params[name] = t
-        for l, s in enumerate(self.layers, start=1):
-            if s.out_perm is not None:
-                n = state_dict[s.weight].shape[0]
-                m = torch.zeros(self.sizes[l])
-                m[:n] = 1.0
-                masks[MASK_PREFIX + s.out_perm] = m
+            params[name] = torch.zeros(shape)
+            params[name][tuple(slice(0, s) for s in t.shape)] = t
+        masks = {MASK_PREFIX + s.out_perm: (torch.arange(self.sizes[l]) < state_dict[s.weight].shape[0]).float()
+                 for l, s in enumerate(self.layers, start=1) if s.out_perm is not None}
         return params, masks
 
     def to_batch(self, params: dict, masks: dict | None = None) -> WSBatch:
         """Stacked parameters {name: Tensor[B, *shape]} (+ mask pseudo-parameters) -> WSBatch."""
         first = params[self.layers[0].weight]
-        bsz = first.shape[0]
-        weights, biases, out_masks = [], [], []
-        full = lambda n: torch.ones(bsz, n, dtype=first.dtype, device=first.device)  # noqa: E731
-        out_masks.append(full(self.sizes[0]))
+        bsz, masks = first.shape[0], masks or {}
+        weights, biases, out_masks = [], [], [first.new_ones(bsz, self.sizes[0])]
         for l, s in enumerate(self.layers, start=1):
             w = params[s.weight]  # [B, n_l, n_{l-1}, *kernel]
             weights.append(w.reshape(bsz, w.shape[1], w.shape[2], -1))
             biases.append(params[s.bias] if s.bias is not None else w.new_zeros(bsz, w.shape[1]))
-            key = MASK_PREFIX + s.out_perm if s.out_perm is not None else None
-            if masks is not None and key in masks:
-                out_masks.append(masks[key].to(first.dtype))
-            else:
-                out_masks.append(full(self.sizes[l]))
+            m = masks.get(MASK_PREFIX + s.out_perm) if s.out_perm is not None else None
+            out_masks.append(m.to(first.dtype) if m is not None else first.new_ones(bsz, self.sizes[l]))
         return WSBatch(weights, biases, out_masks)
 
 
