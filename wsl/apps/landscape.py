@@ -34,11 +34,10 @@ def _main(cfg: DictConfig) -> None:
     job = typed_config(cfg)
     t = time.perf_counter()
     done = annotate_zoo(job.zoo.path, job.landscape, job.model_ids)
-    seconds = time.perf_counter() - t
     print("landscape: " + (", ".join(f"{k} {v} rows" for k, v in done.items()) or "no metrics configured")
           + f" -> {job.zoo.path}")
     log_summary(cfg, {"rows": dict(done), "rows_total": sum(done.values()), "groups": len(done),
-                      "seconds": seconds})
+                      "seconds": time.perf_counter() - t})
 
 
 def main() -> None:

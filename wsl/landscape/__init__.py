@@ -13,5 +13,6 @@ from wsl.landscape.metrics import METRICS
 from wsl.landscape.schema import LandscapeConfig, PhaseThresholds
 from wsl.landscape.spectra import fit_power_law, layer_spectrum
 
-__all__ = ["annotate_zoo", "LandscapeConfig", "PhaseThresholds", "METRICS", "top_eigenvalue",
-           "hutchinson_trace", "linear_barrier", "mode_connectivity", "linear_cka", "fit_power_law", "layer_spectrum", "reset_bn_stats", "has_batchnorm"]
+__all__ = ["annotate_zoo", "LandscapeConfig", "PhaseThresholds", "METRICS", "top_eigenvalue", "hutchinson_trace",
+           "linear_barrier", "mode_connectivity", "linear_cka", "fit_power_law", "layer_spectrum", "reset_bn_stats",
+           "has_batchnorm"]

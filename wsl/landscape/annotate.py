@@ -1,9 +1,10 @@
 """Compute the configured landscape metrics of a zoo's models and store them in its index.
 
 Each metric is one annotation group (`<zoo>/annotations/<metric>.h5`, columns "<metric>/<column>"
-in Zoo.table(); at an explicit checkpoint epoch E the group is "<metric>_epoch<E>"). Every row carries the estimator settings that produced it (column `settings`,
-JSON, including the keys of the data sample sets whose indices are group attributes
-`samples:<key>`), the checkpoint epoch used (`epoch`) and a `note` saying why a value is missing.
+in Zoo.table(); at an explicit checkpoint epoch E the group is "<metric>_epoch<E>"). Every row carries the
+estimator settings that produced it (column `settings`, JSON, including the keys of the data sample sets whose
+indices are group attributes `samples:<key>`), the checkpoint epoch used (`epoch`) and a `note` saying why a
+value is missing.
 Work is committed in chunks; a rerun skips rows whose stored settings equal the current ones,
 so a killed run resumes where it stopped and a changed setting recomputes only what it changes.
 A chunk's commit is its annotation file: what is done is read from `annotations/`, and `index.h5`
@@ -18,6 +19,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from wsl.errors import ConfigError
 from wsl.landscape.batchnorm import has_batchnorm
 from wsl.landscape.cka import replica_pairs
 from wsl.landscape.metrics import METRICS
-from wsl.landscape.phases import annotate_phases
+from wsl.landscape.phases import annotate_phases, checkpoint_epoch
 from wsl.landscape.sampling import make_sample_set
 from wsl.landscape.schema import LandscapeConfig, group_name
 from wsl.population.functional import split_state, stack_state_dicts
@@ -49,9 +51,8 @@ class _Context:
     def arch_key(self, mid: str) -> str:
         return json.dumps(self.zoo.arch(mid), sort_keys=True)
 
-    def data_key(self, mid: str) -> str:
-        cfg = dict(self.zoo.job_config(mid).get("dataset") or {})
-        cfg.pop("root", None)  # where files live does not change the data
+    def data_key(self, mid: str) -> str:  # where files live (dataset.root) does not change the data
+        cfg = {k: v for k, v in (self.zoo.job_config(mid).get("dataset") or {}).items() if k != "root"}
         return json.dumps(cfg, sort_keys=True, default=str)
 
     def data(self, mid: str):
@@ -64,13 +65,10 @@ class _Context:
     def sample_sets(self, mid: str, specs) -> dict:
         """{split: SampleSet} for (split, num_samples, seed) specs, on the data `mid` was trained on."""
         data, k = self.data(mid), self.data_key(mid)
-        out = {}
         for split, n, seed in specs:
-            key = (k, split, n, seed)
-            if key not in self._samples:
-                self._samples[key] = make_sample_set(data, split, n, seed, self._fp[k])
-            out[split] = self._samples[key]
-        return out
+            if (k, split, n, seed) not in self._samples:
+                self._samples[(k, split, n, seed)] = make_sample_set(data, split, n, seed, self._fp[k])
+        return {split: self._samples[(k, split, n, seed)] for split, n, seed in specs}
 
     def net(self, mid: str) -> torch.nn.Module:
         k = self.arch_key(mid)
@@ -84,10 +82,7 @@ class _Context:
         return self._nets[k]
 
     def epoch_of(self, mid: str) -> int | None:
-        eps = self.zoo.checkpoint_epochs(mid)
-        if self.epoch == -1:
-            return eps[-1] if eps else None
-        return self.epoch if self.epoch in eps else None
+        return checkpoint_epoch(self.zoo, mid, self.epoch)
 
     def skip_reason(self, mid: str) -> str:
         """Why a model cannot be analyzed at the chosen epoch ('' if it can)."""
@@ -110,23 +105,20 @@ class _Context:
 
 
 def _settings_json(metric, s: dict, epoch: int, samples: dict) -> str:
-    ident = {k: s[k] for k in metric.identity}
-    return json.dumps({"metric": metric.name, "epoch": epoch, **ident,
+    return json.dumps({"metric": metric.name, "epoch": epoch, **{k: s[k] for k in metric.identity},
                        "samples": {sp: ss.key for sp, ss in sorted(samples.items())}}, sort_keys=True)
 
 
 def _attrs(metric, s: dict, samples_used: dict) -> dict:
     """A group's attributes: the metric, its full settings, the sample sets its rows name."""
-    attrs = {"metric": metric.name, "scope": metric.scope, "settings": json.dumps(s, sort_keys=True),
-             "description": type(metric).__doc__ or ""}
-    attrs.update({f"samples:{ss.key}": ss.describe() for ss in samples_used.values()})
-    return attrs
+    return {"metric": metric.name, "scope": metric.scope, "settings": json.dumps(s, sort_keys=True),
+            "description": type(metric).__doc__ or "",
+            **{f"samples:{ss.key}": ss.describe() for ss in samples_used.values()}}
 
 
 # ---- model-scope metrics ----------------------------------------------------------------------
 def _annotate_models(ctx: _Context, chunk_size: int, group: str, metric, s: dict, ids: list[str]) -> int:
-    zoo = ctx.zoo
-    have = done_rows(zoo, group)
+    have = done_rows(ctx.zoo, group)
     want = {}
     for mid in ids:
         samples = ctx.sample_sets(mid, metric.samples(s)) if not ctx.skip_reason(mid) else {}
@@ -134,7 +126,6 @@ def _annotate_models(ctx: _Context, chunk_size: int, group: str, metric, s: dict
     todo = [m for m in ids if have.get(m, ("",))[0] != want[m][0]]
     todo.sort(key=lambda m: (ctx.arch_key(m), ctx.data_key(m)))  # chunks of one architecture stack well
     log.info("%s: %d of %d models to compute (the rest are stored with these settings)", group, len(todo), len(ids))
-    done = 0
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
         t0 = time.perf_counter()
@@ -169,31 +160,28 @@ def _annotate_models(ctx: _Context, chunk_size: int, group: str, metric, s: dict
             for i, m in enumerate(members):
                 rows[m] = {**{c: float(v[i]) for c, v in cols.items()}, "epoch": ctx.epoch_of(m),
                            "settings": want[m][0], "note": notes[i]}
-        write_rows(zoo.path, group, {m: rows[m] for m in chunk}, _attrs(metric, s, used))
-        done += len(chunk)
-        log.info("%s: %d/%d models (%.1fs for this chunk)", group, done, len(todo), time.perf_counter() - t0)
+        write_rows(ctx.zoo.path, group, {m: rows[m] for m in chunk}, _attrs(metric, s, used))
+        log.info("%s: %d/%d models (%.1fs for this chunk)", group, start + len(chunk), len(todo),
+                 time.perf_counter() - t0)
     return len(todo)
 
 
 # ---- cell-scope metrics -----------------------------------------------------------------------
 def _annotate_cells(ctx: _Context, chunk_size: int, group: str, metric, s: dict, ids: list[str]) -> int:
-    zoo = ctx.zoo
     wanted = set(ids)
-    cells = [sorted(c) for c in zoo.cells().values() if wanted.intersection(c)]
-    have = done_rows(zoo, group, ("settings", "members"))
+    cells = [sorted(c) for c in ctx.zoo.cells().values() if wanted.intersection(c)]
+    have = done_rows(ctx.zoo, group, ("settings", "members"))
     todo = []  # (cell members, usable members, pairs, settings json, members string, samples)
     for cell in cells:
         usable = [m for m in cell if not ctx.skip_reason(m)]
         pairs = replica_pairs(len(usable), s["max_pairs"])
-        used_members = sorted({usable[i] for p in pairs for i in p})
         samples = ctx.sample_sets(usable[0], metric.samples(s)) if usable else {}
         sj = _settings_json(metric, s, ctx.epoch, samples)
-        mstr = ",".join(used_members)
+        mstr = ",".join(sorted({usable[i] for p in pairs for i in p}))  # the members the pairs use
         if any(have.get(m) != (sj, mstr) for m in cell):
             todo.append((cell, usable, pairs, sj, mstr, samples))
     todo.sort(key=lambda p: (ctx.arch_key(p[0][0]), ctx.data_key(p[0][0])))
     log.info("%s: %d of %d cells to compute (the rest are stored with these settings)", group, len(todo), len(cells))
-    done = 0
     i = 0
     while i < len(todo):
         chunk, n = [], 0
@@ -217,26 +205,18 @@ def _annotate_cells(ctx: _Context, chunk_size: int, group: str, metric, s: dict,
             groups[(ctx.arch_key(cell[0]), ctx.data_key(cell[0]))].append(cp)
         for same_arch in groups.values():
             _compute_cells(ctx, metric, s, same_arch, rows, used)
-        write_rows(zoo.path, group, rows, _attrs(metric, s, used), int_columns=("epoch", "pairs"))
-        done += len(chunk)
-        log.info("%s: %d/%d cells (%.1fs for this chunk)", group, done, len(todo), time.perf_counter() - t0)
+        write_rows(ctx.zoo.path, group, rows, _attrs(metric, s, used), int_columns=("epoch", "pairs"))
+        log.info("%s: %d/%d cells (%.1fs for this chunk)", group, i, len(todo), time.perf_counter() - t0)
     return sum(len(p[0]) for p in todo)
 
 
 def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used: dict) -> None:
     """Stack every pair of every cell in `group` (one architecture and data) and compute them at once."""
-    states, bad = {}, set()
-    for cell, usable, *_ in group:
-        for m in usable:
-            states[m] = ctx.state(m)
-            if not all_finite(states[m]):
-                bad.add(m)
-    a_ids, b_ids, owner = [], [], []
-    for k, (cell, usable, pairs, sj, mstr, samples) in enumerate(group):
-        for i, j in pairs:
-            a_ids.append(usable[i])
-            b_ids.append(usable[j])
-            owner.append(k)
+    states = {m: ctx.state(m) for _, usable, *_ in group for m in usable}
+    bad = {m for m, sd in states.items() if not all_finite(sd)}
+    # every pair (usable[i], usable[j]) of every cell k, side by side
+    a_ids, b_ids, owner = zip(*[(usable[i], usable[j], k) for k, (_, usable, pairs, *_) in enumerate(group)
+                                for i, j in pairs])
     first = group[0][1][0]
     net, samples = ctx.net(first), group[0][5]
     used.update({ss.key: ss for ss in samples.values()})
@@ -256,8 +236,7 @@ def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used
         if result is None:
             note = error or f"non-finite weights in {sorted(bad & set(usable))}; not analyzed"
             for m in usable:
-                rows[m] = {**common, "epoch": ctx.epoch_of(m), "note": note,
-                           "settings": "" if error else sj}
+                rows[m] = {**common, "epoch": ctx.epoch_of(m), "note": note, "settings": "" if error else sj}
             continue
         sel = owner == k
         agg = {}
@@ -281,8 +260,7 @@ def annotate_zoo(zoo_path, landscape: LandscapeConfig | None, model_ids=None) ->
     None: skipped). The config is checked before the zoo is even opened;
     a metric that does not apply to a model or cell records why in its `note` column.
     """
-    cfg = landscape
-    if cfg is None or not cfg.metrics:
+    if landscape is None or not landscape.metrics:
         return {}
     # a run killed after committing annotations and before rebuilding the index leaves the index
     # behind its files: brought up to date first (what is done is read from the files themselves)
@@ -293,15 +271,15 @@ def annotate_zoo(zoo_path, landscape: LandscapeConfig | None, model_ids=None) ->
         raise ConfigError(f"model id(s) not in {zoo.path}: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     out = {}
     try:
-        for epoch in cfg.epochs:
+        for epoch in landscape.epochs:
             ctx = _Context(zoo, epoch)
-            for name in cfg.metrics:
+            for name in landscape.metrics:
                 metric = METRICS[name]
                 annotate = _annotate_models if metric.scope == "model" else _annotate_cells
                 group = group_name(name, epoch)
-                out[group] = annotate(ctx, cfg.chunk_size, group, metric, cfg.settings(name), ids)
-            if cfg.phase is not None:  # the taxonomy label of every cell, from the committed annotations
-                out[group_name("phase", epoch)] = annotate_phases(zoo, cfg.phase, epoch, ids, rebuild_index=False)
+                out[group] = annotate(ctx, landscape.chunk_size, group, metric, asdict(getattr(landscape, name)), ids)
+            if landscape.phase is not None:  # the taxonomy label of every cell, from the committed annotations
+                out[group_name("phase", epoch)] = annotate_phases(zoo, landscape.phase, epoch, ids, rebuild_index=False)
     except BaseException:
         with contextlib.suppress(Exception):  # what was committed before the error: in the index now
             merge_index(zoo.path)

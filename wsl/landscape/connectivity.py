@@ -18,7 +18,7 @@ from torch.func import functional_call, vmap
 
 from wsl.errors import ConfigError
 from wsl.landscape.batchnorm import has_batchnorm, reset_bn_stats
-from wsl.population.functional import float_keys, member_loss, num_members, population_loss, unstack
+from wsl.population.functional import float_keys, member_loss, population_loss, unstack
 
 
 def lerp(a: dict, b: dict, alpha: float) -> dict:
@@ -27,30 +27,17 @@ def lerp(a: dict, b: dict, alpha: float) -> dict:
 
 
 def bezier(a: dict, c: dict, b: dict, t: torch.Tensor) -> dict:
-    """Quadratic Bézier point per pair: (1-t)² a + 2t(1-t) c + t² b, t [P]."""
-    out = {}
+    """Quadratic Bézier point per pair: (1-t)² a + 2t(1-t) c + t² b, t [P] (or [1]: the same point for every
+    pair). The weights are computed once per dtype, not per tensor."""
+    weights, out = {}, {}
     for k in a:
         if not a[k].is_floating_point():
             out[k] = a[k]
             continue
-        tt = t.view(-1, *[1] * (a[k].dim() - 1)).to(a[k].dtype)
-        out[k] = (1 - tt) ** 2 * a[k] + 2 * tt * (1 - tt) * c[k] + tt ** 2 * b[k]
-    return out
-
-
-def _bezier_shared_t(a: dict, c: dict, b: dict, t: torch.Tensor) -> dict:
-    """bezier() with one t [1] for every pair: the same values, its weights computed once, not per tensor."""
-    w = {}
-    out = {}
-    for k in a:
-        if not a[k].is_floating_point():
-            out[k] = a[k]
-            continue
-        dt = a[k].dtype
-        if dt not in w:
-            tt = t.to(dt)
-            w[dt] = ((1 - tt) ** 2, 2 * tt * (1 - tt), tt ** 2)
-        w0, w1, w2 = w[dt]
+        if a[k].dtype not in weights:
+            tt = t.to(a[k].dtype)
+            weights[a[k].dtype] = ((1 - tt) ** 2, 2 * tt * (1 - tt), tt ** 2)
+        w0, w1, w2 = (w.view(-1, *[1] * (a[k].dim() - 1)) for w in weights[a[k].dtype])
         out[k] = w0 * a[k] + w1 * c[k] + w2 * b[k]
     return out
 
@@ -85,8 +72,6 @@ class BarrierResult:
 def linear_barrier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tensor, points: int = 11,
                    bn_x: torch.Tensor | None = None, batch_size: int | None = None) -> BarrierResult:
     """Loss barrier on the straight line between A and B for every stacked pair."""
-    if points < 2:
-        raise ConfigError(f"landscape.barrier.points must be >= 2, got {points}")
     alphas = torch.linspace(0, 1, int(points), dtype=torch.float64)
     losses = torch.stack([path_losses(net, lerp(a, b, al), x, y, bn_x, batch_size) for al in alphas.tolist()])
     chord = torch.lerp(losses[0].expand_as(losses), losses[-1].expand_as(losses), alphas.view(-1, 1))
@@ -106,17 +91,16 @@ def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tenso
     c = {k: ((a[k] + b[k]) / 2).clone().requires_grad_(k in keys) if a[k].is_floating_point() else a[k]
          for k in a}
     opt = torch.optim.Adam([c[k] for k in keys], lr=lr, foreach=True)  # one call per step for all tensors
-    p, n = num_members(a), x.shape[0]
-    bn = has_batchnorm(net)
-    model = copy.deepcopy(net).train() if bn else None
+    n = x.shape[0]
+    model = copy.deepcopy(net).train() if has_batchnorm(net) else None
     loss_all = vmap(lambda prm, xb, yb: member_loss(net, prm, xb, yb), in_dims=(0, None, None))
     for _ in range(int(steps)):
         idx = torch.randint(0, n, (min(int(batch_size), n),), generator=g)
         # one point of the curve per step, shared by all pairs: a pair's trajectory is then the
         # same whether it is trained alone or stacked with others
         t = torch.rand(1, generator=g)
-        theta = _bezier_shared_t(a, c, b, t)
-        if bn:  # batch statistics in train mode, pair by pair (BN buffers cannot be vmapped in place)
+        theta = bezier(a, c, b, t)
+        if model is not None:  # batch statistics in train mode, pair by pair (BN buffers cannot be vmapped in place)
             loss = sum(F.cross_entropy(functional_call(model, {k: v for k, v in th.items() if k in param_names},
                                                        (x[idx],)), y[idx]) for th in unstack(theta))
         else:
@@ -140,12 +124,9 @@ def mode_connectivity(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torc
                       lr: float = 1e-2, batch_size: int = 128, points: int = 21, seed: int = 0,
                       bn_x: torch.Tensor | None = None, eval_batch_size: int | None = None) -> ModeConnectivityResult:
     """Mode connectivity along a trained quadratic Bézier curve (Yang et al. 2021 definition)."""
-    if points < 3:
-        raise ConfigError(f"landscape.mode_connectivity.points must be >= 3, got {points}")
     c = fit_bezier(net, a, b, x, y, steps, lr, batch_size, seed)
     ts = torch.linspace(0, 1, int(points), dtype=torch.float64)
-    p = num_members(a)
-    losses = torch.stack([path_losses(net, bezier(a, c, b, torch.full((p,), t)), x, y, bn_x, eval_batch_size)
+    losses = torch.stack([path_losses(net, bezier(a, c, b, torch.tensor([t])), x, y, bn_x, eval_batch_size)
                           for t in ts.tolist()])  # [T, P]
     mid = (losses[0] + losses[-1]) / 2
     j = (mid - losses).abs().argmax(dim=0)  # [P]

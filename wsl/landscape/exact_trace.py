@@ -40,10 +40,8 @@ def exact_trace_support(net: nn.Module, params: dict) -> str:
         act = getattr(net, "activation_name", None)
         return (f"{type(net).__name__} (activation {act!r}) is not piecewise linear in its parameters"
                 if act else f"{type(net).__name__} does not declare itself piecewise linear")
-    owners = {}
-    for name, mod in net.named_modules():
-        for pname, _ in mod.named_parameters(recurse=False):
-            owners[f"{name}.{pname}" if name else pname] = mod
+    owners = {f"{name}.{pname}" if name else pname: mod for name, mod in net.named_modules()
+              for pname, _ in mod.named_parameters(recurse=False)}
     for k in params:
         mod = owners.get(k)
         if not isinstance(mod, LAYERS):
@@ -124,7 +122,8 @@ class _Taps:
                 h.remove()
         for name, mod in self.layers:
             if calls[name] != 1:
-                raise ValueError(f"exact Hessian trace does not apply: layer {name} runs {calls[name]} times per forward")
+                raise ValueError(f"exact Hessian trace does not apply: layer {name} runs {calls[name]} times per "
+                                 "forward")
             if isinstance(mod, nn.Linear) and len(out[name]) != 1:
                 raise ValueError(f"exact Hessian trace does not apply: Linear layer {name} maps inputs with extra "
                                  f"dimensions (output {list(out[name])} per sample)")

@@ -81,16 +81,12 @@ def dense_hessian(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor
                   buffers: dict | None = None) -> torch.Tensor:
     """The whole Hessian [n, n] (float64) of one member's mean cross-entropy over its parameters {name: T},
     flattened in dict order, by torch.autograd.functional.hessian: the ground truth for tiny nets (n² memory)."""
-    names = list(params)
-    flat = torch.cat([params[k].detach().flatten() for k in names]).double()
+    flat = torch.cat([t.detach().flatten() for t in params.values()]).double()
     buf = {k: v.double() if v.is_floating_point() else v for k, v in (buffers or {}).items()}
 
     def loss(theta):
-        d, o = {}, 0
-        for k in names:
-            d[k] = theta[o:o + params[k].numel()].view(params[k].shape)
-            o += params[k].numel()
-        return member_loss(net, d, x.double(), y, buf)
+        parts = theta.split([t.numel() for t in params.values()])
+        return member_loss(net, {k: t.view(params[k].shape) for k, t in zip(params, parts)}, x.double(), y, buf)
 
     return torch.autograd.functional.hessian(loss, flat)
 
@@ -102,7 +98,7 @@ def _dot(a: dict, b: dict) -> torch.Tensor:
 
 def _normalize(v: dict) -> dict:
     norm = _dot(v, v).sqrt().clamp_min(1e-30)  # [P]
-    return {k: t / norm.view(-1, *[1] * (t.dim() - 1)) for k, t in v.items()}
+    return {k: t / _bcast(norm, t) for k, t in v.items()}
 
 
 def _rows(d: dict | None, idx: torch.Tensor) -> dict | None:
@@ -160,12 +156,10 @@ class _Lanczos:
                 w = {k: w[k] - _bcast(c, w[k]) * qim[k] for k in w}
         b = _dot(w, w).sqrt()
         ex = self.exhausted[members] | (b <= 1e-6 * hn) | (len(self.basis) >= self.n)
-        alpha = torch.zeros(self.p, dtype=torch.float64)
-        beta = torch.zeros(self.p, dtype=torch.float64)
-        alpha[members] = torch.where(self.exhausted[members], torch.zeros_like(a), a).double()
-        beta[members] = torch.where(ex, torch.zeros_like(b), b).double()
-        self.alpha.append(alpha)
-        self.beta.append(beta)
+        for out, val, zero in ((self.alpha, a, self.exhausted[members]), (self.beta, b, ex)):
+            full = torch.zeros(self.p, dtype=torch.float64)
+            full[members] = val.masked_fill(zero, 0).double()
+            out.append(full)
         self.exhausted[members] = ex
         scale = torch.where(ex, torch.zeros_like(b), 1.0 / b.clamp_min(1e-30))
         q = {k: torch.zeros_like(v) for k, v in self.q.items()}

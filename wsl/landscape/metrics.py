@@ -12,7 +12,6 @@ import math
 import numpy as np
 import torch
 
-from wsl.landscape.base import Metric
 from wsl.landscape.batchnorm import has_batchnorm
 from wsl.landscape.cka import linear_cka
 from wsl.landscape.connectivity import linear_barrier, mode_connectivity
@@ -27,14 +26,34 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().double().cpu().numpy()
 
 
-class HessianEig(Metric):
+class Metric:
+    """One metric of the `landscape.metrics` list (its settings: wsl.landscape.schema.SETTINGS[name]).
+
+    scope "model": computed per member of a stacked population; scope "cell": computed on pairs of
+    seed replicas of one hyperparameter cell and stored (mean over pairs) on every member's row.
+    `identity` lists the settings that define the value (they are stored with it and compared on
+    resume); the others only change speed or memory.
+    """
+
+    name: str = ""
+    scope: str = "model"
+    identity: tuple = ()
+
+    def samples(self, s: dict) -> list[tuple[str, int | None, int]]:
+        """(split, num_samples, seed) of every data sample set the metric reads."""
+        return []
+
+
+class _Curvature(Metric):
+    def samples(self, s):
+        return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
+
+
+class HessianEig(_Curvature):
     """Dominant Hessian eigenvalue by Lanczos (or power iteration) on Hessian-vector products (model in eval mode)."""
 
     name = "hessian_eig"
     identity = ("splits", "num_samples", "sample_seed", "method", "max_iters", "tol", "seed")
-
-    def samples(self, s):
-        return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
 
     def compute(self, net, params, buffers, data, s):
         cols = {}
@@ -42,14 +61,13 @@ class HessianEig(Metric):
             x, y = data[sp]
             r = top_eigenvalue(net, params, x, y, s["max_iters"], s["tol"], s["seed"], s["batch_size"], buffers,
                                retain=s["retain_graphs"], method=s["method"])
-            cols[sp], cols[f"{sp}_iters"], cols[f"{sp}_converged"] = _np(r.eigenvalue), _np(r.iterations), _np(r.converged)
-        p = len(cols[s["splits"][0]])
-        notes = ["" if all(cols[f"{sp}_converged"][i] for sp in s["splits"]) else
-                 f"{s['method']} did not reach tol={s['tol']} in {s['max_iters']} iterations" for i in range(p)]
-        return cols, notes
+            cols.update({sp: _np(r.eigenvalue), f"{sp}_iters": _np(r.iterations), f"{sp}_converged": _np(r.converged)})
+        return cols, ["" if all(cols[f"{sp}_converged"][i] for sp in s["splits"]) else
+                      f"{s['method']} did not reach tol={s['tol']} in {s['max_iters']} iterations"
+                      for i in range(num_members(params))]
 
 
-class HessianTrace(Metric):
+class HessianTrace(_Curvature):
     """Hessian trace: exact for piecewise-linear nets (tr H = tr GGN; wsl.landscape.exact_trace), else by
     Hutchinson's estimator with Rademacher probes (optionally Krylov-deflated). Column `<split>_exact` is 1
     where the value is exact (its `_stderr` and `_samples` are then 0)."""
@@ -57,9 +75,6 @@ class HessianTrace(Metric):
     name = "hessian_trace"
     identity = ("splits", "num_samples", "sample_seed", "method", "samples", "min_samples", "rel_stderr",
                 "deflation", "seed")
-
-    def samples(self, s):
-        return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
 
     def compute(self, net, params, buffers, data, s):
         p = num_members(params)
@@ -72,9 +87,8 @@ class HessianTrace(Metric):
         for sp in s["splits"]:
             x, y = data[sp]
             if not why:
-                tr = _np(exact_trace(net, params, x, y, s["batch_size"], buffers))
-                cols[sp], cols[f"{sp}_stderr"], cols[f"{sp}_samples"] = tr, np.zeros(p), np.zeros(p)
-                cols[f"{sp}_exact"] = np.ones(p)
+                cols.update({sp: _np(exact_trace(net, params, x, y, s["batch_size"], buffers)),
+                             f"{sp}_stderr": np.zeros(p), f"{sp}_samples": np.zeros(p), f"{sp}_exact": np.ones(p)})
                 continue
             r = hutchinson_trace(net, params, x, y, s["samples"], s["seed"], s["batch_size"], buffers,
                                  s["rel_stderr"], s["min_samples"], retain=s["retain_graphs"], deflation=s["deflation"])
@@ -94,39 +108,31 @@ class Spectra(Metric):
     summarized = ("alpha", "alpha_hat", "log_spectral_norm", "stable_rank")
 
     def compute(self, net, params, buffers, data, s):
-        first = {k: v[0] for k, v in params.items()}
-        layers = weight_layers({k: first[k] for k, _ in net.named_parameters() if k in first})  # the net's order
-        p = next(iter(params.values())).shape[0]
-        cols = {f"{m}[{_short(l)}]": np.full(p, np.nan) for l in layers for m in self.per_layer}
-        cols.update({f"{m}_mean": np.full(p, np.nan) for m in self.summarized})
-        cols["layers_fit"] = np.zeros(p)
+        layers = weight_layers({k: params[k][0] for k, _ in net.named_parameters() if k in params})  # the net's order
+        short = {l: l.removesuffix(".weight") for l in layers}
+        p = num_members(params)
+        cols = {f"{m}[{short[l]}]": np.full(p, np.nan) for l in layers for m in self.per_layer}
+        cols.update({f"{m}_mean": np.full(p, np.nan) for m in self.summarized}, layers_fit=np.zeros(p))
         notes = []
         for i in range(p):
             fits = [layer_spectrum(l, params[l][i], s["min_evals"], s["min_tail"], s["farms"], s["aspect_ratio"],
                                    s["max_blocks"], s["max_candidates"]) for l in layers]
             for l, r in zip(layers, fits):
                 for m in self.per_layer:
-                    cols[f"{m}[{_short(l)}]"][i] = getattr(r, m)
+                    cols[f"{m}[{short[l]}]"][i] = getattr(r, m)
             for m in self.summarized:  # mean over the layers where the value exists
                 vals = [getattr(r, m) for r in fits if math.isfinite(getattr(r, m))]
                 cols[f"{m}_mean"][i] = np.mean(vals) if vals else np.nan
             cols["layers_fit"][i] = sum(math.isfinite(r.alpha) for r in fits)
-            notes.append("; ".join(f"{_short(r.name)}: {r.note}" for r in fits if r.note))
+            notes.append("; ".join(f"{short[r.name]}: {r.note}" for r in fits if r.note))
         return cols, notes
-
-
-def _short(layer: str) -> str:
-    return layer[: -len(".weight")] if layer.endswith(".weight") else layer
 
 
 class _PairMetric(Metric):
     scope = "cell"
 
-    def samples(self, s):
-        out = [(s["split"], s["num_samples"], s["sample_seed"])]
-        if s["split"] != "train":  # BatchNorm statistics are always reset on train data
-            out.append(("train", s["num_samples"], s["sample_seed"]))
-        return out
+    def samples(self, s):  # and train data: BatchNorm statistics are always reset on it
+        return [(sp, s["num_samples"], s["sample_seed"]) for sp in dict.fromkeys([s["split"], "train"])]
 
 
 class Barrier(_PairMetric):

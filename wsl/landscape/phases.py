@@ -26,10 +26,18 @@ import math
 from dataclasses import asdict
 
 from wsl.landscape.schema import PhaseThresholds, group_name
-from wsl.zoo.annotations import stored_columns, write_rows
+from wsl.zoo.annotations import done_rows, stored_columns, write_rows
 from wsl.zoo.reader import Zoo
 
 PHASES = ("I", "II", "III", "IV-A", "IV-B")
+
+
+def checkpoint_epoch(zoo, mid: str, epoch: int) -> int | None:
+    """The checkpoint of `mid` analyzed at `epoch` (-1: its last one); None if it has none there."""
+    eps = zoo.checkpoint_epochs(mid)
+    if epoch == -1:
+        return eps[-1] if eps else None
+    return epoch if epoch in eps else None
 
 
 def _nan(v) -> bool:
@@ -66,12 +74,10 @@ def cell_phase(train_loss, mc=None, cka=None, t: PhaseThresholds = PhaseThreshol
     label = phase_label(train_loss, mc, cka, t)
     if label == "?":
         return label, missing("train_loss")
-    if label == "I/II":
-        if _nan(mc):
-            return label, f"coarse: {missing('mode_connectivity')}"
+    if label == "I/II" and not _nan(mc):
         return label, (f"coarse: high train loss with |mode connectivity| {abs(mc):.3g} <= {t.mc_tolerance} "
                        "(neither I nor II)")
-    if label == "III/IV":
+    if label in ("I/II", "III/IV"):
         return label, f"coarse: {missing('mode_connectivity')}"
     if label == "IV":
         return label, f"coarse: {missing('cka')}"
@@ -92,38 +98,22 @@ def annotate_phases(zoo_path, thresholds: PhaseThresholds | None = None, epoch: 
     labels are read from the annotation files (the index may lag behind them); `rebuild_index=False`
     leaves the index rebuild to the caller (annotate_zoo: once per run).
     """
-    t = thresholds if thresholds is not None else PhaseThresholds()
+    t = thresholds or PhaseThresholds()
     zoo = zoo_path if isinstance(zoo_path, Zoo) else Zoo(zoo_path)  # annotate_zoo passes its open zoo
     group = group_name("phase", epoch)
-    ids = list(zoo.ids) if model_ids is None else [str(m) for m in model_ids]
-    wanted = set(ids)
+    wanted = set(zoo.ids if model_ids is None else map(str, model_ids))
     inputs = {"mode_connectivity": group_name("mode_connectivity", epoch), "cka": group_name("cka", epoch)}
-    anns = {}
-    for name, g in inputs.items():
-        anns[name] = stored_columns(zoo, g)
+    anns = {name: stored_columns(zoo, g) for name, g in inputs.items()}
     pos = {m: i for i, m in enumerate(zoo.ids)}
-    old = stored_columns(zoo, group)
-    try:
-        have = {m: (str(old["label"][i]), str(old["note"][i]), str(old["settings"][i])) for m, i in pos.items()}
-    except (KeyError, TypeError):
-        have = {}
+    have = done_rows(zoo, group, ("label", "note", "settings"))
     settings = json.dumps({"thresholds": asdict(t), "epoch": epoch,
                            "inputs": {"train_loss": "history train_loss at the checkpoint epoch",
                                       **{k: f"{g}/value" for k, g in inputs.items()}}}, sort_keys=True)
 
-    def checkpoint_epoch(mid):
-        eps = zoo.checkpoint_epochs(mid)
-        if epoch == -1:
-            return eps[-1] if eps else None
-        return epoch if epoch in eps else None
-
-    def train_loss(mid):
-        e = checkpoint_epoch(mid)
+    def train_loss(mid):  # non-finite values are left out by _nanmean
+        e = checkpoint_epoch(zoo, mid, epoch)
         h = zoo.history(mid).get("train_loss")
-        if e is None or h is None or e >= len(h):
-            return math.nan
-        v = float(h[e])
-        return v if math.isfinite(v) else math.nan
+        return math.nan if e is None or h is None or e >= len(h) else float(h[e])
 
     rows = {}
     for cell in zoo.cells().values():
@@ -131,21 +121,19 @@ def annotate_phases(zoo_path, thresholds: PhaseThresholds | None = None, epoch: 
             continue
         ok = [m for m in cell if zoo.row(m).status != "diverged"]
         n_div = len(cell) - len(ok)
-        loss = [train_loss(m) for m in ok]
-        vals, why = {"train_loss": _nanmean(loss)}, {}
+        vals, why = {"train_loss": _nanmean([train_loss(m) for m in ok])}, {}
         if not ok:
             why["train_loss"] = "every member diverged"
-        elif all(checkpoint_epoch(m) is None for m in ok):
+        elif all(checkpoint_epoch(zoo, m, epoch) is None for m in ok):
             why["train_loss"] = f"no checkpoint at epoch {epoch}"
         elif _nan(vals["train_loss"]):
             why["train_loss"] = "no finite train loss at the checkpoint epoch in the history"
         for name, col in anns.items():
+            has = col is not None and "value" in col
+            vals[name] = _nanmean([float(col["value"][pos[m]]) for m in ok]) if has else math.nan
             if col is None:
-                vals[name] = math.nan
                 why[name] = f"annotation group {inputs[name]!r} not computed"
-                continue
-            vals[name] = _nanmean([float(col["value"][pos[m]]) for m in ok]) if "value" in col else math.nan
-            if _nan(vals[name]):
+            elif _nan(vals[name]):
                 notes = sorted({str(col["note"][pos[m]]) for m in ok if "note" in col and str(col["note"][pos[m]])})
                 why[name] = "; ".join(notes) or f"no value in {inputs[name]!r}"
         label, note = cell_phase(vals["train_loss"], vals["mode_connectivity"], vals["cka"], t, why)
@@ -153,7 +141,7 @@ def annotate_phases(zoo_path, thresholds: PhaseThresholds | None = None, epoch: 
             div = f"{n_div} of {len(cell)} members diverged (averaged over the rest)"
             note = f"{note}; {div}" if note else div
         for m in cell:
-            e = checkpoint_epoch(m)
+            e = checkpoint_epoch(zoo, m, epoch)
             rows[m] = {"label": label, "note": note, "settings": settings, "epoch": -1 if e is None else e,
                        "members": ",".join(sorted(cell)), **vals}
     todo = [m for m in rows if have.get(m) != (rows[m]["label"], rows[m]["note"], rows[m]["settings"])]

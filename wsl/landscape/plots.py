@@ -19,9 +19,7 @@ import pandas as pd
 
 from wsl.errors import ConfigError, printable
 from wsl.landscape.phases import PHASES, PhaseThresholds, phase_label
-from wsl.landscape.schema import PLOT_FORMATS
-from wsl.zoo.atomic import write_bytes_atomic
-from wsl.zoo.atomic import write_marker
+from wsl.zoo.atomic import write_bytes_atomic, write_marker
 from wsl.zoo.safe_paths import claim_output_dir, inside, make_dirs, remove_temp_files
 
 # hyperparameters that are never axes: seeds (averaged over) and quantities derived from others
@@ -31,19 +29,7 @@ TEMPERATURE_AXES = ("batch_size", "lr", "weight_decay", "momentum")  # preferred
 DEFAULT_METRICS = ("train_loss", "test_acc", "hessian_eig/train", "hessian_eig/test", "hessian_trace/train",
                    "hessian_trace/test", "barrier/value", "mode_connectivity/value", "cka/value", "spectra/alpha_mean",
                    "spectra/alpha_hat_mean", "spectra/log_spectral_norm_mean", "spectra/stable_rank_mean")
-PHASE_INPUTS = {"loss": "train_loss", "mc": "mode_connectivity/value", "cka": "cka/value"}
-
-
-def hyperparameters(zoo) -> list[str]:
-    names: list[str] = []
-    for mid in zoo.ids:
-        names += [k for k in zoo.hparams(mid) if k not in names]
-    return names
-
-
-def swept_axes(table: pd.DataFrame, hparams: list[str]) -> list[str]:
-    """Hyperparameters (not seeds) that take more than one value in the zoo."""
-    return [h for h in hparams if h not in NON_AXES and h in table and table[h].astype(str).nunique() > 1]
+PHASE_INPUTS = ("train_loss", "mode_connectivity/value", "cka/value")  # phase_label's arguments
 
 
 def choose_axes(swept: list[str], x: str | None, y: str | None, hparams: list[str]) -> tuple[str | None, str | None]:
@@ -66,20 +52,15 @@ def cell_table(table: pd.DataFrame, x: str | None, y: str | None, others: list[s
                thresholds: PhaseThresholds) -> pd.DataFrame:
     """One row per (others, y, x) cell: seed-averaged metrics of trained members, divergence counts, phase."""
     keys = [k for k in (*others, y, x) if k is not None]
-    df = table.copy()
-    df["_diverged"] = df["status"].astype(str) == "diverged"
+    df = table.assign(_diverged=table["status"].astype(str) == "diverged")
     recs = []
     groups = df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         ok = g[~g["_diverged"]]
-        rec = dict(zip(keys, key))
-        rec.update(n_members=len(g), n_diverged=int(g["_diverged"].sum()))
-        for m in metrics:
-            vals = pd.to_numeric(ok[m], errors="coerce") if m in ok else pd.Series(dtype=float)
-            rec[m] = float(vals.mean()) if vals.notna().any() else math.nan
-        rec["phase"] = phase_label(*(rec.get(PHASE_INPUTS[k], _mean(ok, PHASE_INPUTS[k])) for k in ("loss", "mc", "cka")),
-                                   t=thresholds)
+        rec = {**dict(zip(keys, key)), "n_members": len(g), "n_diverged": int(g["_diverged"].sum())}
+        rec.update({m: _mean(ok, m) for m in metrics})
+        rec["phase"] = phase_label(*(_mean(ok, c) for c in PHASE_INPUTS), t=thresholds)
         recs.append(rec)
     return pd.DataFrame.from_records(recs)
 
@@ -92,9 +73,7 @@ def _mean(df: pd.DataFrame, col: str) -> float:
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float) and not math.isnan(v):
-        return f"{v:.3g}"
-    return str(v)
+    return f"{v:.3g}" if isinstance(v, float) and not math.isnan(v) else str(v)
 
 
 def _safe(name: str) -> str:
@@ -126,23 +105,6 @@ def plot_dir(out_dir, zoo_path) -> Path:
     return claim_output_dir(out_dir, APP, "plot.out_dir", PLOT_FILES)
 
 
-def _grid(cells: pd.DataFrame, x, y, column):
-    xs = sorted(cells[x].unique(), key=_sort_key) if x else [""]
-    ys = sorted(cells[y].unique(), key=_sort_key) if y else [""]
-    grid = np.full((len(ys), len(xs)), np.nan)
-    text = [["" for _ in xs] for _ in ys]
-    div = np.zeros((len(ys), len(xs)), dtype=int)
-    tot = np.zeros((len(ys), len(xs)), dtype=int)  # 0: no model has these hyperparameters
-    for _, r in cells.iterrows():
-        i = ys.index(r[y]) if y else 0
-        j = xs.index(r[x]) if x else 0
-        if column is not None:
-            grid[i, j] = r[column]
-        text[i][j] = r["phase"]
-        div[i, j], tot[i, j] = r["n_diverged"], r["n_members"]
-    return xs, ys, grid, text, div, tot
-
-
 def _sort_key(v):
     try:
         return (0, float(v), "")
@@ -157,27 +119,36 @@ def _ink(im, value) -> str:
 
 
 def _heatmap(cells, x, y, column, title, categorical=False):
+    from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    xs, ys, grid, phase, div, tot = _grid(cells, x, y, None if categorical else column)
+    xs = sorted(cells[x].unique(), key=_sort_key) if x else [""]
+    ys = sorted(cells[y].unique(), key=_sort_key) if y else [""]
+    grid = np.full((len(ys), len(xs)), np.nan)
+    phase = [["" for _ in xs] for _ in ys]
+    div, tot = np.zeros((2, len(ys), len(xs)), dtype=int)  # tot 0: no model has these hyperparameters
+    for _, r in cells.iterrows():
+        i = ys.index(r[y]) if y else 0
+        j = xs.index(r[x]) if x else 0
+        if column is not None:
+            grid[i, j] = r[column]
+        phase[i][j] = r["phase"]
+        div[i, j], tot[i, j] = r["n_diverged"], r["n_members"]
     fig = Figure(figsize=(1.2 + 1.1 * len(xs), 1.2 + 0.8 * len(ys)))
     ax = fig.add_subplot(1, 1, 1)
     if categorical:
         names = list(PHASES) + ["I/II", "III/IV", "IV", "?"]
         grid = np.array([[names.index(p) if p in names else len(names) - 1 for p in row] for row in phase], float)
-        grid[tot == 0] = np.nan  # no such cell: left blank
         cmap = ListedColormap(["#d7301f", "#fc8d59", "#fdcc8a", "#9ecae1", "#3182bd", "#fdae6b", "#c6dbef",
                                "#6baed6", "#dddddd"]).with_extremes(bad="white")
-        ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, vmin=-0.5,
-                  vmax=len(names) - 0.5)
+        scale = {"vmin": -0.5, "vmax": len(names) - 0.5}
     else:
-        import matplotlib
-
-        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
-        im = ax.imshow(np.ma.masked_invalid(np.where(tot == 0, np.nan, grid)), origin="lower", aspect="auto",
-                       cmap=cmap)
+        cmap, scale = colormaps["viridis"].with_extremes(bad="#dddddd"), {}
+    grid[tot == 0] = np.nan  # no such cell: left blank
+    im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, **scale)
+    if not categorical:
         fig.colorbar(im, ax=ax, label=column)
     for i in range(len(ys)):
         for j in range(len(xs)):
@@ -192,8 +163,7 @@ def _heatmap(cells, x, y, column, title, categorical=False):
                     color="black" if categorical or math.isnan(grid[i, j]) else _ink(im, grid[i, j]))
     ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
     ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
-    ax.set_xlabel(x or "")
-    ax.set_ylabel(y or "")
+    ax.set(xlabel=x or "", ylabel=y or "")
     ax.set_title(title, fontsize=9)
     return fig
 
@@ -203,24 +173,20 @@ def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None,
     """Draw the phase diagrams of a zoo; returns the written files (PNGs and a CSV of cell values)."""
     from wsl.zoo import Zoo
 
-    if fmt not in PLOT_FORMATS:
-        raise ValueError(f"fmt must be one of {', '.join(PLOT_FORMATS)}, got {fmt!r}")
     zoo = Zoo(zoo_path)
     table = zoo.table()
     if not len(table):
         raise ConfigError(f"{zoo.path} has no models to plot")
-    hp = hyperparameters(zoo)
-    swept = swept_axes(table, hp)
+    hp = list(dict.fromkeys(k for mid in zoo.ids for k in zoo.hparams(mid)))
+    # the axes to choose from: hyperparameters (not seeds) that take more than one value in the zoo
+    swept = [h for h in hp if h not in NON_AXES and h in table and table[h].astype(str).nunique() > 1]
     x, y = choose_axes(swept, x, y, hp)
     others = [h for h in swept if h not in (x, y)]
-    if metrics is None:
-        metrics = [m for m in DEFAULT_METRICS if m in table]
-    else:
-        metrics = list(metrics)
-        unknown = [m for m in metrics if m not in table]
-        if unknown:
-            numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
-            raise ConfigError(f"plot.metrics: {unknown} not in {zoo.path}'s table; available: {numeric}")
+    metrics = [m for m in DEFAULT_METRICS if m in table] if metrics is None else list(metrics)
+    unknown = [m for m in metrics if m not in table]
+    if unknown:
+        numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+        raise ConfigError(f"plot.metrics: {unknown} not in {zoo.path}'s table; available: {numeric}")
     out = plot_dir(out_dir or None, zoo.path)
     try:
         return _draw(out, bool(out_dir), zoo, table, x, y, others, metrics, thresholds, dpi, fmt)
@@ -238,13 +204,10 @@ def _draw(out: Path, own_dir: bool, zoo, table, x, y, others, metrics, threshold
     remove_temp_files(out, out, ".*.tmp", dead_only=True)  # temp files of a killed earlier run
     cells = cell_table(table, x, y, others, metrics, thresholds)
     axes_name = f"{_safe(x or 'none')}_vs_{_safe(y or 'none')}"
-    written = []
     csv = out / f"cells__{axes_name}.csv"
     write_bytes_atomic(csv, cells.to_csv(index=False).encode(), what="plot", root=out)
-    written.append(csv)
-    slices = [()] if not others else list(itertools.product(*[sorted(cells[o].unique(), key=_sort_key)
-                                                                 for o in others]))
-    for sl in slices:
+    written = [csv]
+    for sl in itertools.product(*[sorted(cells[o].unique(), key=_sort_key) for o in others]):  # (): no others
         part = cells
         for o, v in zip(others, sl):
             part = part[part[o] == v]
@@ -252,9 +215,10 @@ def _draw(out: Path, own_dir: bool, zoo, table, x, y, others, metrics, threshold
             continue
         suffix = "".join(f"__{_safe(o)}={_safe(v)}" for o, v in zip(others, sl))
         where = ", ".join(f"{o}={_fmt(v)}" for o, v in zip(others, sl))
+        where = f" — {where}" if where else ""
         for m in metrics:
-            fig = _heatmap(part, x, y, m, f"{m} (seeds averaged){' — ' + where if where else ''}")
+            fig = _heatmap(part, x, y, m, f"{m} (seeds averaged){where}")
             written.append(_save(fig, out / f"{_safe(m)}__{axes_name}{suffix}.{fmt}", dpi))
-        fig = _heatmap(part, x, y, None, f"phase (Yang et al. 2021){' — ' + where if where else ''}", categorical=True)
+        fig = _heatmap(part, x, y, None, f"phase (Yang et al. 2021){where}", categorical=True)
         written.append(_save(fig, out / f"phase__{axes_name}{suffix}.{fmt}", dpi))
     return written

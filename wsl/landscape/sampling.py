@@ -18,13 +18,6 @@ import torch
 from wsl.data import ClassificationData
 
 
-def sample_indices(n: int, num_samples: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of min(num_samples, n) samples of range(n); all of them when num_samples is None/0."""
-    if not num_samples or num_samples >= n:
-        return np.arange(n, dtype=np.int64)
-    return np.sort(np.random.default_rng(int(seed)).choice(n, size=int(num_samples), replace=False)).astype(np.int64)
-
-
 def encode_indices(indices: np.ndarray, n: int) -> str:
     mask = np.zeros(n, dtype=bool)
     mask[indices] = True
@@ -67,6 +60,8 @@ class SampleSet:
 
 def make_sample_set(data: ClassificationData, split: str, num_samples: int | None, seed: int,
                     fingerprint: str | None = None) -> SampleSet:
+    """min(num_samples, n) samples of the split's n, drawn with `seed` (all of them when num_samples is None/0)."""
     n = data.split(split)[0].shape[0]
-    return SampleSet(split, int(n), int(seed), sample_indices(n, num_samples, seed),
-                     fingerprint or data.fingerprint())
+    k = n if not num_samples else min(int(num_samples), n)
+    idx = np.arange(n) if k == n else np.sort(np.random.default_rng(int(seed)).choice(n, k, replace=False))
+    return SampleSet(split, int(n), int(seed), idx.astype(np.int64), fingerprint or data.fingerprint())

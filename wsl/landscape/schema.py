@@ -6,7 +6,6 @@ Every metric has its settings dataclass; its values are stored with the metric's
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -21,10 +20,10 @@ REPRESENTATIONS = ("logits", "features")
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 
-def _splits(obj) -> None:
-    v = obj.splits
-    if not isinstance(v, (list, tuple)) or not v or any(x not in SPLITS for x in v) or len(set(v)) != len(v):
-        fail(f"@splits must be a non-empty list of distinct splits from {', '.join(SPLITS)}, got {v!r}")
+def _integers(obj, **lows) -> None:
+    """Each obj.<name> is an integer >= lows[name]."""
+    for k, lo in lows.items():
+        schema.integer(obj, k, lo)
 
 
 def _sampling(obj) -> None:
@@ -47,59 +46,57 @@ class PhaseThresholds:
 
 
 @dataclass
-class HessianEigSettings:
+class _CurvatureSettings:
+    """What the Hessian metrics share."""
+
     splits: list[str] = field(default_factory=lambda: ["train"])
     num_samples: Optional[int] = 2048
     sample_seed: int = 0
-    method: str = "lanczos"
-    max_iters: int = 100
-    tol: float = 1e-3
     seed: int = 0
     batch_size: int = 256
     retain_graphs: bool = True
 
     def __post_init__(self):
-        _splits(self)
+        v = self.splits
+        if not isinstance(v, (list, tuple)) or not v or any(x not in SPLITS for x in v) or len(set(v)) != len(v):
+            fail(f"@splits must be a non-empty list of distinct splits from {', '.join(SPLITS)}, got {v!r}")
         _sampling(self)
-        schema.choice(self, "method", EIG_METHODS)
-        schema.integer(self, "max_iters", 1)
-        schema.number(self, "tol", 0.0)
-        schema.integer(self, "seed", 0)
-        schema.integer(self, "batch_size", 1)
+        _integers(self, seed=0, batch_size=1)
 
 
 @dataclass
-class HessianTraceSettings:
-    splits: list[str] = field(default_factory=lambda: ["train"])
-    num_samples: Optional[int] = 2048
-    sample_seed: int = 0
+class HessianEigSettings(_CurvatureSettings):
+    method: str = "lanczos"
+    max_iters: int = 100
+    tol: float = 1e-3
+
+    def __post_init__(self):
+        super().__post_init__()
+        schema.choice(self, "method", EIG_METHODS)
+        schema.integer(self, "max_iters", 1)
+        schema.number(self, "tol", 0.0)
+
+
+@dataclass
+class HessianTraceSettings(_CurvatureSettings):
     method: str = "auto"
     samples: int = 100
     min_samples: int = 10
     rel_stderr: float = 0.05
     deflation: int = 10
-    seed: int = 0
-    batch_size: int = 256
-    retain_graphs: bool = True
 
     def __post_init__(self):
-        _splits(self)
-        _sampling(self)
+        super().__post_init__()
         schema.choice(self, "method", TRACE_METHODS)
-        schema.integer(self, "samples", 1)
-        schema.integer(self, "min_samples", 2)
+        _integers(self, samples=1, min_samples=2, deflation=0)
         schema.number(self, "rel_stderr", 0.0)
-        schema.integer(self, "deflation", 0)
-        schema.integer(self, "seed", 0)
-        schema.integer(self, "batch_size", 1)
 
 
-def _pairs(obj) -> None:
-    """What the metrics on pairs of seed replicas share."""
+def _pairs(obj, **integers) -> None:
+    """What the metrics on pairs of seed replicas share, and their own `integers` (as _integers)."""
     schema.choice(obj, "split", SPLITS)
     _sampling(obj)
-    schema.integer(obj, "max_pairs", 0)
-    schema.integer(obj, "batch_size", 1)
+    _integers(obj, max_pairs=0, batch_size=1, **integers)
 
 
 @dataclass
@@ -112,8 +109,7 @@ class BarrierSettings:
     batch_size: int = 4096
 
     def __post_init__(self):
-        _pairs(self)
-        schema.integer(self, "points", 2)
+        _pairs(self, points=2)
 
 
 @dataclass
@@ -130,12 +126,8 @@ class ModeConnectivitySettings:
     eval_batch_size: int = 4096
 
     def __post_init__(self):
-        _pairs(self)
-        schema.integer(self, "steps", 0)
+        _pairs(self, steps=0, points=3, seed=0, eval_batch_size=1)
         schema.number(self, "lr", 0.0, lo_open=True)
-        schema.integer(self, "points", 3)
-        schema.integer(self, "seed", 0)
-        schema.integer(self, "eval_batch_size", 1)
 
 
 @dataclass
@@ -162,11 +154,8 @@ class SpectraSettings:
     max_candidates: int = 1000
 
     def __post_init__(self):
-        schema.integer(self, "min_evals", 2)
-        schema.integer(self, "min_tail", 2)
+        _integers(self, min_evals=2, min_tail=2, max_blocks=1, max_candidates=2)
         schema.number(self, "aspect_ratio", 0.0, lo_open=True)
-        schema.integer(self, "max_blocks", 1)
-        schema.integer(self, "max_candidates", 2)
 
 
 def group_name(metric: str, epoch: int) -> str:
@@ -217,10 +206,6 @@ class LandscapeConfig:
         """The checkpoint epochs to analyze, in order (-1: each model's final one)."""
         return list(self.epoch) if isinstance(self.epoch, (list, tuple)) else [self.epoch]
 
-    def settings(self, metric: str) -> dict:
-        """A metric's settings as stored with its values."""
-        return dataclasses.asdict(getattr(self, metric))
-
 
 @dataclass
 class LandscapeApp:
@@ -247,10 +232,9 @@ class PlotOptions:
     dpi: int = 120
 
     def __post_init__(self):
-        schema.text(self, "x", null=True)
-        schema.text(self, "y", null=True)
+        for k in ("x", "y", "out_dir"):
+            schema.text(self, k, null=True)
         schema.names(self, "metrics", null=True, empty=False)
-        schema.text(self, "out_dir", null=True)
         schema.choice(self, "format", PLOT_FORMATS)
         schema.integer(self, "dpi", 10, 2400)
 

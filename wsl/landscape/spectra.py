@@ -14,8 +14,9 @@ aspect ratio instead (here: their eigenvalues are pooled, which is averaging the
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -63,11 +64,6 @@ def fit_power_law(evals, min_tail: int = 5, max_candidates: int = 1000) -> Power
     return best
 
 
-def as_matrix(w: torch.Tensor) -> torch.Tensor:
-    """Weight [out, in, *k] -> [out, in·k] (conv kernels unfolded into the input dimension)."""
-    return w.reshape(w.shape[0], -1)
-
-
 def esd(w: torch.Tensor) -> np.ndarray:
     """Eigenvalues of WᵀW for W [m, n] (the min(m, n) nonzero ones), ascending, float64."""
     sv = torch.linalg.svdvals(w.double())
@@ -85,9 +81,7 @@ def farms_esd(w: torch.Tensor, aspect_ratio: float = 1.0, max_blocks: int = 64) 
     m, n = w.shape
     rows = min(m, max(1, int(n / aspect_ratio)))
     cols = min(n, max(1, int(round(rows * aspect_ratio))))
-    starts_r = _window_starts(m, rows)
-    starts_c = _window_starts(n, cols)
-    blocks = [(r, c) for r in starts_r for c in starts_c]
+    blocks = list(itertools.product(_window_starts(m, rows), _window_starts(n, cols)))
     if len(blocks) > max_blocks:
         keep = np.linspace(0, len(blocks) - 1, max_blocks).round().astype(int)
         blocks = [blocks[i] for i in keep]
@@ -117,28 +111,23 @@ class LayerSpectrum:
 def layer_spectrum(name: str, w: torch.Tensor, min_evals: int = 10, min_tail: int = 5, farms: bool = False,
                    aspect_ratio: float = 1.0, max_blocks: int = 64, max_candidates: int = 1000) -> LayerSpectrum:
     """All spectral metrics of one weight tensor; a layer too small to fit says why in `note`."""
-    mat = as_matrix(w.detach())
+    mat = w.detach().reshape(w.shape[0], -1)  # [out, in, *k] -> [out, in·k]: conv kernels unfolded into the input
     out = LayerSpectrum(name, tuple(w.shape), int(min(mat.shape)))
     if not torch.isfinite(mat).all():
-        out.note = "non-finite weights"
-        return out
+        return replace(out, note="non-finite weights")
     lam = esd(mat)
     lam_max = float(lam[-1])
     if lam_max <= 0:
-        out.note = "all-zero weights"
-        return out
+        return replace(out, note="all-zero weights")
     # Norm-type metrics use the full matrix; only α comes from the (optionally FARMS) ESD.
     out.log_spectral_norm = math.log10(lam_max)
     out.stable_rank = float(lam.sum() / lam_max)
     if out.num_evals < min_evals:
-        out.note = f"too small to fit a power law: {out.num_evals} eigenvalues < min_evals={min_evals}"
-        return out
-    fit_on = farms_esd(mat, aspect_ratio, max_blocks) if farms else lam
+        return replace(out, note=f"too small to fit a power law: {out.num_evals} eigenvalues < min_evals={min_evals}")
     try:
-        fit = fit_power_law(fit_on, min_tail, max_candidates)
+        fit = fit_power_law(farms_esd(mat, aspect_ratio, max_blocks) if farms else lam, min_tail, max_candidates)
     except ValueError as e:
-        out.note = f"power-law fit failed: {e}"
-        return out
+        return replace(out, note=f"power-law fit failed: {e}")
     out.alpha, out.xmin, out.ks, out.n_tail = fit.alpha, fit.xmin, fit.ks, fit.n_tail
     out.alpha_hat = fit.alpha * out.log_spectral_norm
     return out

@@ -29,18 +29,16 @@ def open_for_annotation(zoo_path) -> Zoo:
     root = Path(zoo_path).expanduser()
     if not (root / INDEX_FILE).is_file() and not (root / SHARD_DIR).is_dir():
         raise ZooFormatError(f"{root}: not a zoo (no {INDEX_FILE} and no {SHARD_DIR}/)")
-    zoo = None
     try:
         zoo = Zoo(root)
-        zoo = zoo if index_is_current(zoo) else None  # unchanged since the last rebuild: skip it (it reads all)
+        current = index_is_current(zoo)  # unchanged since the last rebuild: skip it (it reads all)
     except (ZooFormatError, OSError):
-        pass
-    if zoo is None:
+        current = False
+    if not current:
         merge_index(root)
         zoo = Zoo(root)
-    inside(zoo.path, ANNOTATION_DIR, "write")
-    inside(zoo.path, SHARD_DIR, "remove files")
-    inside(zoo.path, INDEX_FILE, "write")
+    for sub, what in ((ANNOTATION_DIR, "write"), (SHARD_DIR, "remove files"), (INDEX_FILE, "write")):
+        inside(zoo.path, sub, what)
     return zoo
 
 
@@ -68,18 +66,14 @@ def stored_columns(zoo: Zoo, group: str) -> dict | None:
         return None
     ann = read_annotation_file(path)
     pos = {m: j for j, m in enumerate(ann.model_ids)}
-    where = [(i, pos[m]) for i, m in enumerate(zoo.ids) if m in pos]
-    out = {}
+    src = {i: pos[m] for i, m in enumerate(zoo.ids) if m in pos}  # row of zoo.ids[i] in the file
+    n, out = len(zoo.ids), {}
     for name, col in ann.columns.items():
         if isinstance(col, np.ndarray) and col.dtype != object:
-            a = np.full((len(zoo.ids), *col.shape[1:]), np.nan if col.dtype.kind == "f" else -1, dtype=col.dtype)
-            for i, j in where:
-                a[i] = col[j]
+            out[name] = np.full((n, *col.shape[1:]), np.nan if col.dtype.kind == "f" else -1, dtype=col.dtype)
+            out[name][list(src)] = col[list(src.values())]
         else:
-            a = [""] * len(zoo.ids)
-            for i, j in where:
-                a[i] = str(col[j])
-        out[name] = a
+            out[name] = [str(col[src[i]]) if i in src else "" for i in range(n)]
     return out
 
 
@@ -98,11 +92,8 @@ def write_rows(zoo_path, group: str, rows: dict[str, dict], attrs: dict | None =
     A column whose values are all numbers (or None) is numeric: int64 for `int_columns` (None: -1),
     else float64 (None: NaN); any other column is text (None: ""). The index is left behind the file
     unless `rebuild_index`: rebuild it once when the run is done (merge_index)."""
-    names = []
-    for r in rows.values():
-        names += [c for c in r if c not in names]
     cols = {}
-    for c in names:
+    for c in dict.fromkeys(c for r in rows.values() for c in r):  # every column, in order of appearance
         vals = [r.get(c) for r in rows.values()]
         if all(v is None or isinstance(v, (int, float, np.integer, np.floating)) for v in vals):
             ints = c in int_columns
