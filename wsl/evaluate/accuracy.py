@@ -111,14 +111,6 @@ def score_logits(logits: torch.Tensor, y: torch.Tensor, min_accuracy: float) -> 
                   failed=~fin | (acc_np < min_accuracy), min_accuracy=float(min_accuracy))
 
 
-def _concat(parts: list[Scores], thr: float, n: int) -> Scores:
-    if not parts:
-        e = np.zeros(0)
-        return Scores(e, e.copy(), np.zeros((0, n), dtype=np.int64), e.astype(bool), e.astype(bool), thr)
-    return Scores(*(np.concatenate([getattr(p, f) for p in parts])
-                    for f in ("accuracy", "loss", "predictions", "finite", "failed")), min_accuracy=thr)
-
-
 def score_nets(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torch.Tensor, num_classes: int,
                x_train: torch.Tensor | None = None, min_accuracy: float | None = None, min_gain: float = 0.1,
                chunk: int = 256, bn_batch_size: int = 1024) -> Scores:
@@ -126,7 +118,11 @@ def score_nets(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torc
     on (x [n, ...], y [n]). BatchNorm nets get train-split statistics first (x_train required)."""
     thr = failure_threshold(y, num_classes, min_accuracy, min_gain)
     parts = [score_logits(lg, y, thr) for lg in iter_logits(net, state_dicts, x, x_train, chunk, bn_batch_size)]
-    return _concat(parts, thr, len(y))
+    if not parts:
+        e = np.zeros(0)
+        return Scores(e, e.copy(), np.zeros((0, len(y)), dtype=np.int64), e.astype(bool), e.astype(bool), thr)
+    return Scores(*(np.concatenate([getattr(p, f) for p in parts])
+                    for f in ("accuracy", "loss", "predictions", "finite", "failed")), min_accuracy=thr)
 
 
 def ensemble_scores(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torch.Tensor,

@@ -178,11 +178,7 @@ def _provenance(zoo: Zoo, ids: list, limit: int = 5) -> dict:
 def _annotation_columns(zoo: Zoo, ids: list) -> dict:
     """Annotation columns ("<group>/<column>") of the given models, as arrays in `ids` order."""
     table = zoo.table()
-    cols = [c for c in table.columns if "/" in str(c)]
-    if not cols:
-        return {}
-    sub = table.loc[ids]
-    return {c: np.asarray(sub[c].tolist()) for c in cols}
+    return {c: np.asarray(table.loc[ids, c].tolist()) for c in table.columns if "/" in str(c)}
 
 
 def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Evaluation, Path]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wsl.errors import ConfigError
+from wsl.evaluate.accuracy import mean_std
 from wsl.evaluate.plots import accuracy_novelty_plot, distance_histogram, figure_bytes
 from wsl.evaluate.results import Evaluation
 from wsl.zoo.atomic import fault_point, fsync_dir
@@ -62,18 +63,12 @@ def noise_at_equal_novelty(ev: Evaluation, novelty: float, attr: str = "weight_n
     """Mean accuracy of the noise baseline interpolated (linearly in its σ sweep) at a given mean
     novelty; None outside the swept range. A comparison of curves, not a selection: every σ stays
     in the tables. with_error: (accuracy, its standard error interpolated alike) or None."""
-    pts = []
-    for s in ev.by_method("noise"):
-        x = getattr(s, attr)
-        x = x[np.isfinite(x)]
-        if len(x):
-            acc = s.scores.accuracy
-            pts.append((float(x.mean()), float(acc.mean()), _sem(acc)))
+    pts = sorted((mean_std(getattr(s, attr))[0], float(s.scores.accuracy.mean()), _sem(s.scores.accuracy))
+                 for s in ev.by_method("noise") if np.isfinite(getattr(s, attr)).any())
     if len(pts) < 2 or not math.isfinite(novelty):
         return None
-    pts.sort()
-    xs, ys, es = (np.array([p[i] for p in pts]) for i in range(3))
-    if novelty < xs[0] or novelty > xs[-1]:
+    xs, ys, es = np.array(pts).T
+    if not xs[0] <= novelty <= xs[-1]:
         return None
     acc = float(np.interp(novelty, xs, ys))
     return (acc, float(np.interp(novelty, xs, es))) if with_error else acc
@@ -91,11 +86,10 @@ def compare_with_noise(ev: Evaluation) -> list[dict]:
     g, out = ev.by_method("generated")[0], []
     acc, acc_se = float(g.scores.accuracy.mean()), _sem(g.scores.accuracy)
     for axis, attr in (("weight", "weight_novelty"), ("behavioural", "behaviour_novelty")):
-        x = getattr(g, attr)
-        nov = float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+        nov = mean_std(getattr(g, attr))[0]
         hit = noise_at_equal_novelty(ev, nov, attr, with_error=True)
         ref, ref_se = hit if hit is not None else (None, None)
-        sweep = [float(np.nanmean(getattr(n, attr))) for n in ev.by_method("noise") if np.isfinite(getattr(n, attr)).any()]
+        sweep = [mean_std(getattr(n, attr))[0] for n in ev.by_method("noise") if np.isfinite(getattr(n, attr)).any()]
         diff = None if ref is None else acc - ref
         se = None if ref is None else math.sqrt(acc_se**2 + ref_se**2)
         verdict = None if ref is None else ("better" if diff > 2 * se else "worse" if diff < -2 * se
