@@ -26,14 +26,14 @@ import json
 import logging
 import math
 import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from wsl.align.schema import AlignConfig
-from wsl.errors import ConfigError, WslError, ZooFormatError
+from wsl.apps.config import stored
+from wsl.errors import ConfigError, ZooFormatError
 from wsl.symmetry.matching import match
 from wsl.symmetry.permute import permute
 from wsl.zoo.finite import all_finite
@@ -58,30 +58,13 @@ def _check_output(src_path: Path, out: Path) -> None:
         raise ConfigError(f"out={out} already holds a zoo; remove it or choose another directory")
 
 
-class _DataCache:
-    """Barrier data per dataset config (models of one cell share it; a train-fraction sweep does not)."""
-
-    def __init__(self, zoo, split: str, samples: int | None):
-        self.zoo, self.split, self.samples = zoo, split, samples
-        self._cache: dict = {}
-
-    def get(self, model_id: str):
-        key = json.dumps(self.zoo.job_config(model_id).get("dataset"), sort_keys=True, default=str)
-        if key not in self._cache:
-            data = self.zoo.task_data(model_id)
-            x, y = data.split(self.split)
-            n = x.shape[0] if self.samples is None else min(self.samples, x.shape[0])
-            self._cache[key] = (x[:n], y[:n], data.x_train[: max(n, 1)])  # train inputs reset BatchNorm, if any
-        return key, self._cache[key]
-
-
 def _references(zoo, ids: list[str], job: AlignConfig, alignable: dict) -> dict:
     """model id -> its reference's id (a reference maps to itself); None for nets that cannot be aligned."""
     ref_of = {m: None for m in ids}
     if job.reference == "cell":
         groups = zoo.cells(ids).values()
     else:
-        by_arch: dict = OrderedDict()
+        by_arch: dict = {}
         for m in ids:
             by_arch.setdefault(json.dumps(zoo.arch(m), sort_keys=True), []).append(m)
         groups = list(by_arch.values())
@@ -107,27 +90,31 @@ def _references(zoo, ids: list[str], job: AlignConfig, alignable: dict) -> dict:
     return ref_of
 
 
-def _barriers(zoo, pairs: list[tuple[str, str]], matched: dict, aligned: dict, points: int, chunk_size: int,
-              data: _DataCache) -> dict:
-    """(barrier before, barrier after) per model of `pairs` [(model, reference)], in vmapped chunks."""
+def _barriers(zoo, plan: "AlignmentPlan", b) -> dict:
+    """(barrier before, barrier after) per aligned model, against its reference, in vmapped chunks."""
     from wsl.landscape.connectivity import linear_barrier
     from wsl.population.functional import stack_state_dicts
 
-    groups: dict = OrderedDict()  # pairs sharing architecture and data are evaluated together
-    for m, r in pairs:
-        key, _ = data.get(m)
-        groups.setdefault((json.dumps(zoo.arch(m), sort_keys=True), key), []).append((m, r))
-    out = {}
-    for members in groups.values():
+    groups: dict = {}  # pairs sharing architecture and data are evaluated together
+    for m in plan.results:
+        data = json.dumps(zoo.job_config(m).get("dataset"), sort_keys=True, default=str)
+        groups.setdefault((json.dumps(zoo.arch(m), sort_keys=True), data), []).append((m, plan.ref_of[m]))
+    tasks, out = {}, {}  # barrier data per dataset config (one cell shares it; a train-fraction sweep does not)
+    for (_, data), members in groups.items():
+        if data not in tasks:
+            task = zoo.task_data(members[0][0])
+            x, y = task.split(b.split)
+            n = x.shape[0] if b.samples is None else min(b.samples, x.shape[0])
+            tasks[data] = (x[:n], y[:n], task.x_train[: max(n, 1)])  # train inputs reset BatchNorm, if any
+        x, y, bn_x = tasks[data]
         net = zoo.skeleton(members[0][0])
-        _, (x, y, bn_x) = data.get(members[0][0])
-        for i in range(0, len(members), chunk_size):
-            chunk = members[i:i + chunk_size]
-            refs = stack_state_dicts([matched[r] for _, r in chunk])
-            before = stack_state_dicts([matched[m] for m, _ in chunk])
-            after = stack_state_dicts([aligned[m] for m, _ in chunk])
-            b0 = linear_barrier(net, refs, before, x, y, points=points, bn_x=bn_x).barrier
-            b1 = linear_barrier(net, refs, after, x, y, points=points, bn_x=bn_x).barrier
+        for i in range(0, len(members), b.chunk):
+            chunk = members[i:i + b.chunk]
+            refs = stack_state_dicts([plan.matched[r] for _, r in chunk])
+            before = stack_state_dicts([plan.matched[m] for m, _ in chunk])
+            after = stack_state_dicts([plan.aligned[m] for m, _ in chunk])
+            b0 = linear_barrier(net, refs, before, x, y, points=b.points, bn_x=bn_x).barrier
+            b1 = linear_barrier(net, refs, after, x, y, points=b.points, bn_x=bn_x).barrier
             for j, (m, _) in enumerate(chunk):
                 out[m] = (float(b0[j]), float(b1[j]))
     return out
@@ -195,8 +182,8 @@ def _write_copy(src, out: Path, plan: AlignmentPlan, job: AlignConfig) -> None:
     from wsl.zoo import ShardWriter
 
     name = job.name or f"{src.attrs.get('zoo_name', src.path.name)}-aligned"
-    record = {"source": str(src.path), **{k: v for k, v in asdict(job).items() if k != "logger"}}
-    by_job: dict = OrderedDict()
+    record = {"source": str(src.path), **stored(job)}
+    by_job: dict = {}
     for m in plan.ids:
         by_job.setdefault(src.row(m).job_id, []).append(m)
     for job_id, members in by_job.items():
@@ -210,7 +197,7 @@ def _write_copy(src, out: Path, plan: AlignmentPlan, job: AlignConfig) -> None:
                 sd = plan.matched[m] if e == plan.epoch_of[m] else src.state_dict(m, e)
                 if perms is not None:
                     sd = permute(sd, plan.specs[m], perms)
-                meta = {k: v for k, v in _source_meta(src, m, e).items() if k not in _OWN_META}
+                meta = _source_meta(src, m, e)
                 meta[GROUP] = {"reference": plan.ref_of[m] or "", "matched_epoch": plan.epoch_of[m],
                                "source_zoo": str(src.path),
                                "permutation": {p: v.tolist() for p, v in perms.items()} if perms else None}
@@ -265,9 +252,7 @@ def align_zoo(job: AlignConfig) -> Path:
     plan = _load(src, job)
     _match_all(plan, job)
     b = job.barrier
-    data = _DataCache(src, b.split, b.samples)
-    barriers = _barriers(src, [(m, plan.ref_of[m]) for m in plan.results], plan.matched, plan.aligned, b.points,
-                         b.chunk, data)
+    barriers = _barriers(src, plan, b)
 
     _write_copy(src, out, plan, job)
     if job.annotations == "copy":
@@ -282,19 +267,18 @@ def align_zoo(job: AlignConfig) -> Path:
              "source_zoo": str(src.path), "seconds": round(time.perf_counter() - started, 3)}
     write_annotation(out, GROUP, plan.ids, cols, attrs)
     if barriers:
-        before = np.asarray([v[0] for v in barriers.values()])
-        after = np.asarray([v[1] for v in barriers.values()])
+        before, after = np.asarray(list(barriers.values())).T
         log.info("barrier to reference: before %.4f, after %.4f (mean over %d nets)", before.mean(), after.mean(),
                  len(before))
     return out
 
 
 def _source_meta(src, model_id: str, epoch: int) -> dict:
+    """The source checkpoint's metadata, without the keys the writer sets itself."""
     from wsl.zoo import read_checkpoint_metadata
 
+    path = src.checkpoint_path(model_id, epoch)
     try:
-        return read_checkpoint_metadata(src.checkpoint_path(model_id, epoch))
-    except WslError:
-        raise
+        return {k: v for k, v in read_checkpoint_metadata(path).items() if k not in _OWN_META}
     except OSError as e:
-        raise ZooFormatError(f"{src.checkpoint_path(model_id, epoch)}: unreadable ({e})") from e
+        raise ZooFormatError(f"{path}: unreadable ({e})") from e

@@ -19,9 +19,8 @@ class MatchingConfig:
     restarts: int = 1  # descents: the first from the identity, each further one from random permutations
 
     def __post_init__(self):
-        schema.integer(self, "max_iter", 1)
-        schema.integer(self, "seed", 0)
-        schema.integer(self, "restarts", 1)
+        for name, lo in (("max_iter", 1), ("seed", 0), ("restarts", 1)):
+            schema.integer(self, name, lo)
 
 
 @dataclass
@@ -35,9 +34,8 @@ class BarrierConfig:
 
     def __post_init__(self):
         schema.choice(self, "split", ("train", "val", "test"))
-        schema.integer(self, "samples", 1, null=True)
-        schema.integer(self, "points", 2)
-        schema.integer(self, "chunk", 1)
+        for name, lo, null in (("samples", 1, True), ("points", 2, False), ("chunk", 1, False)):
+            schema.integer(self, name, lo, null=null)
 
 
 @dataclass
@@ -57,12 +55,11 @@ class AlignConfig:
     logger: Any = None
 
     def __post_init__(self):
-        schema.text(self, "out", null=True)
-        schema.text(self, "name", null=True)
-        schema.choice(self, "reference", ("cell", "global"))
-        schema.text(self, "reference_id", null=True)
+        for name in ("out", "name", "reference_id"):
+            schema.text(self, name, null=True)
+        for name, allowed in (("reference", ("cell", "global")), ("epochs", ("all", "matched")),
+                              ("annotations", ("copy", "drop"))):
+            schema.choice(self, name, allowed)
         schema.integer(self, "epoch", -1)
-        schema.choice(self, "epochs", ("all", "matched"))
-        schema.choice(self, "annotations", ("copy", "drop"))
         if self.reference_id is not None and self.reference != "global":
             fail("@reference_id is only used with reference=global")

@@ -32,10 +32,8 @@ def typed_config(cfg: DictConfig):
 
 def summary_of(ev) -> dict:
     """The numbers logged at the end: every set's summary under its label, the ensemble, the timings."""
-    sets = {}
-    for s in ev.sets:
-        key = s.method if not s.setting else f"{s.method}[{s.setting}]"
-        sets[key] = {k: v for k, v in s.summary().items() if k not in ("method", "setting")}
+    sets = {s.method if not s.setting else f"{s.method}[{s.setting}]":
+            {k: v for k, v in s.summary().items() if k not in ("method", "setting")} for s in ev.sets}
     info = {k: v for k, v in ev.info.items() if not isinstance(v, (str, list))}
     return {"sets": sets, "ensemble": dict(ev.ensemble), "info": info}
 

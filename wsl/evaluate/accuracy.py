@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
+from wsl.landscape.batchnorm import has_batchnorm, reset_bn_stats
 from wsl.population.functional import population_forward, stack_state_dicts
-
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -42,52 +41,23 @@ class Scores:
     def summary(self) -> dict:
         """Mean ± std over *all* nets (failed ones included: a generator owns its failures), plus
         the same over the nets that did not fail, and the failure rate."""
-        ok = ~self.failed
-        fin = np.isfinite(self.loss)
-        return {
-            "n": int(len(self)),
-            "failure_rate": float(self.failed.mean()) if len(self) else float("nan"),
-            "acc_mean": _mean(self.accuracy), "acc_std": _std(self.accuracy),
-            "acc_ok_mean": _mean(self.accuracy[ok]), "acc_ok_std": _std(self.accuracy[ok]),
-            "loss_mean": _mean(self.loss[fin]), "loss_std": _std(self.loss[fin]),
-            "n_finite": int(fin.sum()),
-        }
+        out = {"n": int(len(self)), "failure_rate": float(self.failed.mean()) if len(self) else float("nan")}
+        for key, v in (("acc", self.accuracy), ("acc_ok", self.accuracy[~self.failed]), ("loss", self.loss)):
+            out[f"{key}_mean"], out[f"{key}_std"] = mean_std(v)
+        return {**out, "n_finite": int(np.isfinite(self.loss).sum())}
 
 
-def _mean(a) -> float:
-    return float(np.mean(a)) if len(a) else float("nan")
+def mean_std(v) -> tuple[float, float]:
+    """Mean and standard deviation (ddof=1) of the finite values of `v`; nan where there are too few."""
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan"), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
-def _std(a) -> float:
-    return float(np.std(a, ddof=1)) if len(a) > 1 else float("nan")
-
-
-def has_batchnorm(net: nn.Module) -> bool:
-    return any(isinstance(m, _BN) for m in net.modules())
-
-
-@torch.no_grad()
 def reestimate_batchnorm(net: nn.Module, x_train: torch.Tensor, batch_size: int = 1024) -> nn.Module:
-    """Replace every BatchNorm's running mean/var by the exact average over `x_train`.
-
-    momentum=None makes BatchNorm keep a cumulative average over the batches seen, so after one pass
-    the statistics are those of the whole train split (per-batch variance averaged, as PyTorch's
-    cumulative mode defines it; one batch covering the split gives the exact split statistics).
-    The net is returned in eval mode with its original momenta restored.
-    """
-    bns = [m for m in net.modules() if isinstance(m, _BN)]
-    if not bns:
-        return net.eval()
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    net.train()
-    for i in range(0, x_train.shape[0], batch_size):
-        net(x_train[i : i + batch_size])
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    return net.eval()
+    """Replace every BatchNorm's running mean/var by the average over `x_train` (per-batch variance
+    averaged; one batch covering the split gives its exact statistics); the net is returned in eval mode."""
+    return reset_bn_stats(net, x_train, batch_size)
 
 
 def failure_threshold(y: torch.Tensor, num_classes: int, min_accuracy: float | None, min_gain: float) -> float:
@@ -103,14 +73,6 @@ def failure_threshold(y: torch.Tensor, num_classes: int, min_accuracy: float | N
     return float(majority + min_gain * (1.0 - majority))
 
 
-@torch.no_grad()
-def population_logits(net: nn.Module, state_dicts: list[dict], x: torch.Tensor) -> torch.Tensor:
-    """Outputs of every net on x: [S, n, C], in one vmapped call over the shared skeleton `net`
-    (put in eval mode). Callers chunk the nets to bound memory."""
-    net.eval()
-    return population_forward(net, stack_state_dicts(state_dicts), x, shared_input=True)
-
-
 def iter_logits(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, x_train: torch.Tensor | None = None,
                 chunk: int = 256, bn_batch_size: int = 1024):
     """Yield outputs [s, n, C] for consecutive chunks of `state_dicts` (s <= chunk).
@@ -123,15 +85,14 @@ def iter_logits(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, x_trai
     with torch.no_grad():
         for i in range(0, len(state_dicts), chunk):
             part = state_dicts[i : i + chunk]
-            if not bn:
-                yield population_logits(net, part, x).float()
-                continue
-            outs = []
-            for sd in part:
-                net.load_state_dict(sd)
-                reestimate_batchnorm(net, x_train, bn_batch_size)
-                outs.append(net(x))
-            yield torch.stack(outs).float()
+            if bn:
+                outs = []
+                for sd in part:
+                    net.load_state_dict(sd)
+                    outs.append(reestimate_batchnorm(net, x_train, bn_batch_size)(x))
+                yield torch.stack(outs).float()
+            else:
+                yield population_forward(net.eval(), stack_state_dicts(part), x, shared_input=True).float()
 
 
 def score_logits(logits: torch.Tensor, y: torch.Tensor, min_accuracy: float) -> Scores:
@@ -150,14 +111,6 @@ def score_logits(logits: torch.Tensor, y: torch.Tensor, min_accuracy: float) -> 
                   failed=~fin | (acc_np < min_accuracy), min_accuracy=float(min_accuracy))
 
 
-def _concat(parts: list[Scores], thr: float, n: int) -> Scores:
-    if not parts:
-        e = np.zeros(0)
-        return Scores(e, e.copy(), np.zeros((0, n), dtype=np.int64), e.astype(bool), e.astype(bool), thr)
-    return Scores(*(np.concatenate([getattr(p, f) for p in parts])
-                    for f in ("accuracy", "loss", "predictions", "finite", "failed")), min_accuracy=thr)
-
-
 def score_nets(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torch.Tensor, num_classes: int,
                x_train: torch.Tensor | None = None, min_accuracy: float | None = None, min_gain: float = 0.1,
                chunk: int = 256, bn_batch_size: int = 1024) -> Scores:
@@ -165,7 +118,11 @@ def score_nets(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torc
     on (x [n, ...], y [n]). BatchNorm nets get train-split statistics first (x_train required)."""
     thr = failure_threshold(y, num_classes, min_accuracy, min_gain)
     parts = [score_logits(lg, y, thr) for lg in iter_logits(net, state_dicts, x, x_train, chunk, bn_batch_size)]
-    return _concat(parts, thr, len(y))
+    if not parts:
+        e = np.zeros(0)
+        return Scores(e, e.copy(), np.zeros((0, len(y)), dtype=np.int64), e.astype(bool), e.astype(bool), thr)
+    return Scores(*(np.concatenate([getattr(p, f) for p in parts])
+                    for f in ("accuracy", "loss", "predictions", "finite", "failed")), min_accuracy=thr)
 
 
 def ensemble_scores(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torch.Tensor,

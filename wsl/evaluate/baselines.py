@@ -35,9 +35,7 @@ class BaselineSet:
 
 def _draw(T: int, n: int, g: torch.Generator) -> list[int]:
     """n indices into T checkpoints, each used as evenly as possible, in random order."""
-    reps = -(-n // T)
-    idx = torch.cat([torch.randperm(T, generator=g) for _ in range(reps)])[:n]
-    return idx.tolist()
+    return torch.cat([torch.randperm(T, generator=g) for _ in range(-(-n // T))])[:n].tolist()
 
 
 class NoiseBaseline:
@@ -53,18 +51,12 @@ class NoiseBaseline:
 
     def generate(self, ref: AlignedReference, align: Callable | None, g: torch.Generator) -> list[BaselineSet]:
         out = []
-        for sigma in self.sigmas:
-            sds = []
-            for i in _draw(len(ref), self.n, g):
-                src = ref.state_dicts[i]
-                sds.append({k: v + sigma * _rms(v) * torch.randn(v.shape, generator=g, dtype=v.dtype)
-                            if v.is_floating_point() else v.clone() for k, v in src.items()})
+        for sigma in self.sigmas:  # noise of std sigma x the tensor's RMS
+            sds = [{k: v + sigma * v.detach().pow(2).mean().sqrt() * torch.randn(v.shape, generator=g, dtype=v.dtype)
+                    if v.is_floating_point() else v.clone() for k, v in ref.state_dicts[i].items()}
+                   for i in _draw(len(ref), self.n, g)]
             out.append(BaselineSet(self.method, f"sigma={sigma:g}", sigma, sds))
         return out
-
-
-def _rms(v: torch.Tensor) -> torch.Tensor:
-    return v.detach().pow(2).mean().sqrt()
 
 
 class AverageBaseline:
@@ -110,14 +102,11 @@ class GaussianFitBaseline:
 
     def generate(self, ref: AlignedReference, align: Callable | None, g: torch.Generator) -> list[BaselineSet]:
         self.check(len(ref))
-        keys = list(ref.state_dicts[0])
-        sds = []
-        stacked = {k: torch.stack([sd[k] for sd in ref.state_dicts]) for k in keys}  # {name: [T, ...]}
+        stacked = {k: torch.stack([sd[k] for sd in ref.state_dicts]) for k in ref.state_dicts[0]}  # {name: [T, ...]}
         mean = {k: v.mean(0) for k, v in stacked.items() if v.is_floating_point()}
         std = {k: v.std(0) for k, v in stacked.items() if v.is_floating_point()}
-        for _ in range(self.n):
-            sds.append({k: mean[k] + std[k] * torch.randn(mean[k].shape, generator=g, dtype=mean[k].dtype)
-                        if k in mean else stacked[k][0].clone() for k in keys})
+        sds = [{k: mean[k] + std[k] * torch.randn(mean[k].shape, generator=g, dtype=mean[k].dtype)
+                if k in mean else v[0].clone() for k, v in stacked.items()} for _ in range(self.n)]
         return [BaselineSet(self.method, "per-coordinate", None, sds)]
 
 
@@ -150,11 +139,6 @@ def check_baselines(baselines: dict, n_reference: int) -> None:
 
 
 def generate_baselines(baselines: dict, ref: AlignedReference, align: Callable | None, seed: int) -> list[BaselineSet]:
-    """Every set of every configured baseline, in configuration order."""
-    check_baselines(baselines, len(ref))
+    """Every set of every configured baseline (checked by check_baselines), in configuration order."""
     g = torch.Generator().manual_seed(int(seed))
-    out = []
-    for b in baselines.values():
-        if b is not None:
-            out.extend(b.generate(ref, align, g))
-    return out
+    return [s for b in baselines.values() if b is not None for s in b.generate(ref, align, g)]

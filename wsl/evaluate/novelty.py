@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from wsl.errors import ConfigError
+from wsl.evaluate.accuracy import mean_std
 from wsl.zoo.finite import all_finite
 
 AlignFn = Callable[[dict, dict], dict]  # (reference state dict, state dict) -> aligned state dict
@@ -60,7 +61,6 @@ class Neighbours:
     l2: np.ndarray  # [S] L2 distance to the nearest one after alignment
     l2_index: np.ndarray  # [S] (-1 for a net with non-finite weights)
     cosine: np.ndarray  # [S] cosine distance (1 - cosine similarity) to the nearest one by cosine
-    cosine_index: np.ndarray  # [S]
 
 
 class AlignedReference:
@@ -101,29 +101,26 @@ class AlignedReference:
         """Nearest training checkpoint of each query. exclude[s] = a reference index query s may not
         match (itself, for training-to-training distances); -1 for none. in_anchor_frame: the
         queries are already aligned to the anchor (the training checkpoints themselves)."""
-        S, T = len(state_dicts), len(self)
+        S = len(state_dicts)
         if S == 0:
-            e = np.zeros(0)
-            return Neighbours(e, e.astype(np.int64), e.copy(), e.astype(np.int64))
+            return Neighbours(np.zeros(0), np.zeros(0, np.int64), np.zeros(0))
         q_sds = list(state_dicts) if in_anchor_frame else self.to_anchor(state_dicts)
         q = self._flat(q_sds)  # [S, N]
         d2 = torch.cdist(q, self.flat)  # [S, T]
         cos = 1.0 - _cosine(q, self.flat)  # [S, T]
         if exclude is not None:
-            rows = torch.arange(S)[torch.as_tensor(exclude) >= 0]
-            cols = torch.as_tensor(exclude)[torch.as_tensor(exclude) >= 0]
-            d2[rows, cols] = float("inf")
-            cos[rows, cols] = float("inf")
+            ex = torch.as_tensor(exclude)
+            rows, cols = torch.arange(S)[ex >= 0], ex[ex >= 0]
+            d2[rows, cols] = cos[rows, cols] = float("inf")
         bad = ~torch.isfinite(q).all(1)  # [S] nets with non-finite weights have no neighbour
         d2[bad], cos[bad] = float("inf"), float("inf")
         if self.align is not None and self.top_k > 0:
             with one_thread():
                 self._refine(q_sds, d2, cos)
         l2, l2_i = d2.min(1)
-        c, c_i = cos.min(1)
-        l2[bad], c[bad] = float("nan"), float("nan")
-        l2_i[bad], c_i[bad] = -1, -1
-        return Neighbours(l2.numpy(), l2_i.numpy(), c.clamp_min(0).numpy(), c_i.numpy())
+        c = cos.min(1).values
+        l2[bad], c[bad], l2_i[bad] = float("nan"), float("nan"), -1
+        return Neighbours(l2.numpy(), l2_i.numpy(), c.clamp_min(0).numpy())
 
     def _refine(self, q_sds: list[dict], d2: torch.Tensor, cos: torch.Tensor) -> None:
         """Pairwise re-alignment of each query to its top-k candidates (in place, never larger)."""
@@ -139,7 +136,6 @@ class AlignedReference:
                 cos[s, t] = torch.minimum(cos[s, t], 1.0 - _cosine(a, r)[0, 0])
 
 
-
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [S, N], [T, N] -> [S, T]
     an = a / a.norm(dim=1, keepdim=True).clamp_min(1e-30)
     bn = b / b.norm(dim=1, keepdim=True).clamp_min(1e-30)
@@ -153,7 +149,6 @@ class Overlap:
     agreement: np.ndarray  # [S] max fraction of inputs with the same predicted class
     agreement_index: np.ndarray  # [S]
     wrong_iou: np.ndarray  # [S] max IoU of the sets of misclassified inputs
-    wrong_iou_index: np.ndarray  # [S]
 
 
 def prediction_overlap(pred: np.ndarray, ref_pred: np.ndarray, y: np.ndarray, num_classes: int,
@@ -163,13 +158,11 @@ def prediction_overlap(pred: np.ndarray, ref_pred: np.ndarray, y: np.ndarray, nu
     Agreement counts class by class as a sum of C matrix products (never an [S, T, n] tensor).
     Two nets that both get nothing wrong have identical (empty) error sets: IoU 1.
     """
-    p = torch.as_tensor(pred)
-    r = torch.as_tensor(ref_pred)
+    p, r = torch.as_tensor(pred), torch.as_tensor(ref_pred)
     S, n = p.shape
-    T = r.shape[0]
-    if T == 0:
+    if r.shape[0] == 0:
         raise ConfigError("prediction overlap needs at least one training checkpoint")
-    agree = torch.zeros(S, T, dtype=torch.float64)
+    agree = torch.zeros(S, r.shape[0], dtype=torch.float64)
     for c in range(num_classes):
         agree += (p == c).double() @ (r == c).double().T
     agree /= max(1, n)
@@ -181,12 +174,10 @@ def prediction_overlap(pred: np.ndarray, ref_pred: np.ndarray, y: np.ndarray, nu
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
     if exclude is not None:
         ex = torch.as_tensor(exclude)
-        rows = torch.arange(S)[ex >= 0]
-        agree[rows, ex[ex >= 0]] = -1.0
-        iou[rows, ex[ex >= 0]] = -1.0
+        rows, cols = torch.arange(S)[ex >= 0], ex[ex >= 0]
+        agree[rows, cols] = iou[rows, cols] = -1.0
     a, ai = agree.max(1)
-    w, wi = iou.max(1)
-    return Overlap(a.numpy(), ai.numpy(), w.numpy(), wi.numpy())
+    return Overlap(a.numpy(), ai.numpy(), iou.max(1).values.numpy())
 
 
 @dataclass
@@ -204,14 +195,10 @@ class Audit:
 
     def summary(self, mask: np.ndarray | None = None) -> dict:
         """Mean ± std of every column over the nets in `mask` (default: all)."""
-        out = {}
         keep = np.ones(len(self.l2), bool) if mask is None else np.asarray(mask, bool)
-        out["n_audited"] = int(keep.sum())
+        out = {"n_audited": int(keep.sum())}
         for f in ("l2", "cosine", "l2_ratio", "cosine_ratio", "agreement", "wrong_iou"):
-            v = getattr(self, f)[keep]
-            v = v[np.isfinite(v)]
-            out[f + "_mean"] = float(v.mean()) if len(v) else float("nan")
-            out[f + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+            out[f + "_mean"], out[f + "_std"] = mean_std(getattr(self, f)[keep])
         out["memorized_rate"] = float(self.memorized[keep].mean()) if keep.any() else float("nan")
         return out
 
@@ -228,10 +215,13 @@ class Yardstick:
 
     def as_audit(self, memorized_below: float) -> "Audit":
         """The training checkpoints' own audit (each against the others): novelty about 1 by construction."""
-        l2_ratio = self.l2 / max(self.l2_median, 1e-30)
-        return Audit(l2=self.l2, cosine=self.cosine, l2_ratio=l2_ratio,
-                     cosine_ratio=self.cosine / max(self.cosine_median, 1e-30), nearest=self.nearest,
-                     agreement=self.agreement, wrong_iou=self.wrong_iou, memorized=l2_ratio < memorized_below)
+        return self.audit(self.l2, self.cosine, self.nearest, self.agreement, self.wrong_iou, memorized_below)
+
+    def audit(self, l2, cosine, nearest, agreement, wrong_iou, memorized_below: float) -> "Audit":
+        """Nearest-neighbour results read against this yardstick (novelty = distance / its median)."""
+        l2_ratio = l2 / max(self.l2_median, 1e-30)
+        return Audit(l2=l2, cosine=cosine, l2_ratio=l2_ratio, cosine_ratio=cosine / max(self.cosine_median, 1e-30),
+                     nearest=nearest, agreement=agreement, wrong_iou=wrong_iou, memorized=l2_ratio < memorized_below)
 
     @property
     def l2_median(self) -> float:
@@ -263,7 +253,4 @@ def audit(ref: AlignedReference, yard: Yardstick, state_dicts: list[dict], pred:
     gap between two independently trained ones)."""
     nb = ref.nearest(state_dicts)
     ov = prediction_overlap(pred, ref_pred, y, num_classes)
-    l2_ratio = nb.l2 / max(yard.l2_median, 1e-30)
-    cos_ratio = nb.cosine / max(yard.cosine_median, 1e-30)
-    return Audit(l2=nb.l2, cosine=nb.cosine, l2_ratio=l2_ratio, cosine_ratio=cos_ratio, nearest=nb.l2_index,
-                 agreement=ov.agreement, wrong_iou=ov.wrong_iou, memorized=l2_ratio < memorized_below)
+    return yard.audit(nb.l2, nb.cosine, nb.l2_index, ov.agreement, ov.wrong_iou, memorized_below)

@@ -17,8 +17,11 @@ Columns absent from either zoo are not compared (the report says none were found
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
+
+from wsl.evaluate.accuracy import mean_std
 
 PHASE_INPUTS = {"mc": "mode_connectivity/value", "cka": "cka/value"}  # as wsl-landscape names them
 # bookkeeping columns of landscape annotations: settings, notes, iteration counts, not metrics
@@ -50,11 +53,6 @@ def consistent(label_a: str, label_b: str) -> bool:
     return bool(_ALLOWED.get(label_a, set()) & _ALLOWED.get(label_b, set()))
 
 
-def _mean(v: np.ndarray) -> float:
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else math.nan
-
-
 def phase_rows(gen_cols: dict, ref_cols: dict, nearest: np.ndarray, ref_cells: np.ndarray,
                gen_train_loss: np.ndarray, ref_train_loss: np.ndarray, thresholds=None) -> list[dict]:
     """One row: how many generated nets carry a phase label consistent with their training cell's."""
@@ -66,21 +64,18 @@ def phase_rows(gen_cols: dict, ref_cols: dict, nearest: np.ndarray, ref_cells: n
         else np.full(n, np.nan)  # noqa: E731
     r_mc, r_cka = col(ref_cols, "mc", len(ref_train_loss)), col(ref_cols, "cka", len(ref_train_loss))
     g_mc, g_cka = col(gen_cols, "mc", len(gen_train_loss)), col(gen_cols, "cka", len(gen_train_loss))
-    cell_label = {c: phase_label(_mean(ref_train_loss[m]), _mean(r_mc[m]), _mean(r_cka[m]), t=t)
-                  for c, m in ((c, np.asarray(m)) for c, m in members.items())}
-    hits, n, gen_labels = 0, 0, {}
+    cell_label = {c: phase_label(*(mean_std(v[m])[0] for v in (ref_train_loss, r_mc, r_cka)), t=t)
+                  for c, m in members.items()}
+    hits, gen_labels = 0, Counter()
     for s, i in enumerate(nearest):
         if not (0 <= i < len(ref_cells)) or not np.isfinite(gen_train_loss[s]):
             continue
         g = phase_label(float(gen_train_loss[s]), float(g_mc[s]), float(g_cka[s]), t=t)
-        gen_labels[g] = gen_labels.get(g, 0) + 1
-        n += 1
+        gen_labels[g] += 1
         hits += consistent(g, cell_label[ref_cells[i]])
-    cells = {}
-    for c, lab in cell_label.items():
-        cells[lab] = cells.get(lab, 0) + 1
+    n = sum(gen_labels.values())
     return [{"column": "phase", "kind": "label", "n": n, "same_as_cell": hits / n if n else math.nan,
-             "generated": gen_labels, "training": cells,
+             "generated": dict(gen_labels), "training": dict(Counter(cell_label.values())),
              "thresholds": {"loss": t.loss, "mc_tolerance": t.mc_tolerance, "cka": t.cka}}]
 
 
@@ -104,9 +99,9 @@ def metric_rows(gen_cols: dict, ref_cols: dict, nearest: np.ndarray, ref_cells: 
             inside.append(cell.min() <= g[s] <= cell.max())
             sd = cell.std(ddof=1) if len(cell) > 1 else 0.0
             zs.append(abs(g[s] - cell.mean()) / sd if sd > 0 else (0.0 if g[s] == cell.mean() else math.inf))
-        gf, rf = g[np.isfinite(g)], r[np.isfinite(r)]
+        (gm, gs), (rm, rs) = mean_std(g), mean_std(r)
         rows.append({"column": c, "kind": "numeric", "n": len(inside),
-                     "generated_mean": _m(gf), "generated_std": _s(gf), "training_mean": _m(rf), "training_std": _s(rf),
+                     "generated_mean": gm, "generated_std": gs, "training_mean": rm, "training_std": rs,
                      "inside_cell_range": float(np.mean(inside)) if inside else math.nan,
                      "median_cell_z": float(np.median(zs)) if zs else math.nan})
     return rows
@@ -126,11 +121,3 @@ def compare_phases(gen_cols: dict, ref_cols: dict, nearest: np.ndarray, ref_cell
         rows += phase_rows(gen_cols, ref_cols, nearest, ref_cells, np.asarray(gen_train_loss, float),
                            np.asarray(ref_train_loss, float), thresholds)
     return rows + metric_rows(gen_cols, ref_cols, nearest, ref_cells)
-
-
-def _m(a):
-    return float(a.mean()) if len(a) else math.nan
-
-
-def _s(a):
-    return float(a.std(ddof=1)) if len(a) > 1 else math.nan

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from wsl.errors import ConfigError, ZooFormatError, printable
-from wsl.evaluate.accuracy import ensemble_scores, has_batchnorm, score_nets
+from wsl.evaluate.accuracy import ensemble_scores, has_batchnorm, mean_std, score_nets
 from wsl.evaluate.baselines import build_baselines, check_baselines, generate_baselines
 from wsl.evaluate.novelty import AlignedReference, audit, prediction_overlap, training_yardstick
 from wsl.evaluate.phases import compare_phases
@@ -131,7 +131,6 @@ def plan_evaluation(job: EvaluateConfig) -> EvaluationPlan:
     return EvaluationPlan(gen, ref, gen_ids, ref_ids, arch, ref_task, ref_epoch, how)
 
 
-
 def _exclude_nonfinite(p: EvaluationPlan, ref_sds: list, anchor: int) -> list:
     """Training checkpoints with non-finite weights are no yardstick (a verify ERROR; weight matching cannot
     align them): dropped from `p.ref_ids` and `ref_sds` with one warning naming them; refused when fewer than
@@ -179,11 +178,7 @@ def _provenance(zoo: Zoo, ids: list, limit: int = 5) -> dict:
 def _annotation_columns(zoo: Zoo, ids: list) -> dict:
     """Annotation columns ("<group>/<column>") of the given models, as arrays in `ids` order."""
     table = zoo.table()
-    cols = [c for c in table.columns if "/" in str(c)]
-    if not cols:
-        return {}
-    sub = table.loc[ids]
-    return {c: np.asarray(sub[c].tolist()) for c in cols}
+    return {c: np.asarray(table.loc[ids, c].tolist()) for c in table.columns if "/" in str(c)}
 
 
 def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Evaluation, Path]:
@@ -192,36 +187,33 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     s, nov, fail = job, job.novelty, job.failure
     baselines = build_baselines(job.baselines) if baselines is None else baselines
     p = plan_evaluation(job)
-    report_dir(job.out, p.gen.path)  # before any work: out= may only be this app's own earlier report
+    out_dir = report_dir(job.out, p.gen.path)  # before any work: out= may only be this app's own earlier report
     check_baselines(baselines, len(p.ref_ids))
     timings: dict = {}
     t0 = time.perf_counter()
     net = build_net(p.arch)
     spec = net.permutation_spec()
     gen_sds = _load(p.gen, p.gen_ids, s.epoch)
-    ref_sds = _load(p.ref, p.ref_ids, p.reference_epoch)
-    ref_sds = _exclude_nonfinite(p, ref_sds, nov.anchor)
+    ref_sds = _exclude_nonfinite(p, _load(p.ref, p.ref_ids, p.reference_epoch), nov.anchor)
     check_baselines(baselines, len(p.ref_ids))  # again: fewer training checkpoints may be left
     timings["load checkpoints"] = time.perf_counter() - t0
 
     x, y = p.task.split(s.split)
-    x_train = p.task.x_train
-    C = p.task.num_classes
-    score = partial(score_nets, net, x=x, y=y, num_classes=C, x_train=x_train, min_accuracy=fail.min_accuracy,
+    y_np, C = y.numpy(), p.task.num_classes
+    score = partial(score_nets, net, x=x, y=y, num_classes=C, x_train=p.task.x_train, min_accuracy=fail.min_accuracy,
                     min_gain=fail.min_gain, chunk=s.chunk)
     t = time.perf_counter()
     gen_scores = score(state_dicts=gen_sds)
     timings["score generated nets"] = time.perf_counter() - t
     ref_scores = score(state_dicts=ref_sds)
-    ens = ensemble_scores(net, ref_sds, x, y, x_train=x_train, chunk=s.chunk)
+    ens = ensemble_scores(net, ref_sds, x, y, x_train=p.task.x_train, chunk=s.chunk)
 
     t = time.perf_counter()
     align = partial(_align, spec=spec, max_iter=nov.max_iter) if nov.align else None
     ref = AlignedReference(ref_sds, p.ref.layout(p.ref_ids[0]).flatten, align, anchor=nov.anchor, top_k=nov.top_k)
-    yard = training_yardstick(ref, ref_scores.predictions, y.numpy(), C)
+    yard = training_yardstick(ref, ref_scores.predictions, y_np, C)
     timings["align training zoo + yardstick"] = time.perf_counter() - t
     t = time.perf_counter()
-    y_np = y.numpy()
     run_audit = partial(audit, ref, yard, ref_pred=ref_scores.predictions, y=y_np, num_classes=C,
                         memorized_below=nov.memorized_below)
     gen_audit = run_audit(gen_sds, pred=gen_scores.predictions)
@@ -250,7 +242,7 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
                                 gen_loss, ref_loss, s.phases)
         timings["phases"] = time.perf_counter() - t
 
-    conditions = _conditions(p, gen_sds, gen_scores, net, s)
+    conditions = _conditions(p, gen_sds, gen_scores, score)
     timings["total"] = time.perf_counter() - t0
     info = {"zoo": str(p.gen.path), "reference": str(p.ref.path), "zoo_name": p.gen.attrs.get("zoo_name", p.gen.path.name),
             "reference_name": p.ref.attrs.get("zoo_name", p.ref.path.name), "arch": p.arch,
@@ -267,7 +259,6 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     yd = {"l2_median": yard.l2_median, "cosine_median": yard.cosine_median,
           "agreement_mean": float(np.mean(yard.agreement)), "wrong_iou_mean": float(np.mean(yard.wrong_iou))}
     ev = Evaluation(sets=sets, ensemble=ens, yardstick=yd, phases=phases, info=info)
-    out_dir = Path(job.out) if job.out is not None else p.gen.path / "report"
     try:
         path = write_report(ev, out_dir)
     except OSError as e:
@@ -278,7 +269,7 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
 _METRIC = re.compile(r"^(train|val|test)_(acc|loss)$")
 
 
-def _conditions(p: EvaluationPlan, gen_sds: list, gen_scores, net, s: EvaluateConfig) -> list[dict]:
+def _conditions(p: EvaluationPlan, gen_sds: list, gen_scores, score) -> list[dict]:
     """For conditionally sampled nets (wsl-sample records each condition as hparam "cond_<key>"):
     per condition value, how many nets, and what they reach — the conditioned metric itself when it
     is one of train/val/test acc/loss (measured here on that split), and the evaluation accuracy."""
@@ -293,19 +284,14 @@ def _conditions(p: EvaluationPlan, gen_sds: list, gen_scores, net, s: EvaluateCo
         mt = _METRIC.match(metric)
         if mt and mt.group(1) not in measured:
             xs, ys = p.task.split(mt.group(1))
-            measured[mt.group(1)] = score_nets(net, gen_sds, xs, ys, p.task.num_classes, x_train=p.task.x_train,
-                                               min_accuracy=s.failure.min_accuracy, min_gain=s.failure.min_gain,
-                                               chunk=s.chunk)
+            measured[mt.group(1)] = score(state_dicts=gen_sds, x=xs, y=ys)
         for target, idx in sorted(groups.items()):
-            row = {"condition": key, "target": target, "n": len(idx),
-                   "eval_acc_mean": float(np.mean(gen_scores.accuracy[idx])),
-                   "eval_acc_std": float(np.std(gen_scores.accuracy[idx], ddof=1)) if len(idx) > 1 else float("nan")}
+            acc, acc_std = mean_std(gen_scores.accuracy[idx])
+            row = {"condition": key, "target": target, "n": len(idx), "eval_acc_mean": acc, "eval_acc_std": acc_std}
             if mt:
                 sc = measured[mt.group(1)]
-                v = (sc.accuracy if mt.group(2) == "acc" else sc.loss)[idx]
-                v = v[np.isfinite(v)]
-                row.update(metric=metric, achieved_mean=float(v.mean()) if len(v) else float("nan"),
-                           achieved_std=float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
+                achieved_mean, achieved_std = mean_std((sc.accuracy if mt.group(2) == "acc" else sc.loss)[idx])
+                row.update(metric=metric, achieved_mean=achieved_mean, achieved_std=achieved_std)
             rows.append(row)
     return rows
 

@@ -9,7 +9,7 @@ nets are also shown one by one. The ensemble of the training zoo is the dashed u
 from __future__ import annotations
 
 import io
-from pathlib import Path
+import math
 
 import matplotlib
 
@@ -17,8 +17,8 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from wsl.evaluate.accuracy import mean_std  # noqa: E402
 from wsl.evaluate.results import Evaluation  # noqa: E402
-from wsl.zoo.atomic import write_bytes_atomic  # noqa: E402
 
 STYLE = {  # method -> (colour, marker)
     "generated": ("tab:red", "*"),
@@ -29,15 +29,13 @@ STYLE = {  # method -> (colour, marker)
 }
 
 
-def _mean_std(v: np.ndarray) -> tuple[float, float]:
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+def _mean_std(v: np.ndarray) -> tuple[float, float]:  # error bar 0 for a single net
+    m, s = mean_std(v)
+    return m, 0.0 if math.isnan(s) else s
 
 
-def accuracy_novelty_plot(ev: Evaluation, path: str | Path | None = None):
-    """Draw the plane into `path` (PNG, written atomically) and return the path; no path: the figure."""
+def accuracy_novelty_plot(ev: Evaluation):
+    """The figure of the plane."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     panels = [("weight_novelty", "weight novelty: aligned NN L2 / training-to-training median"),
               ("behaviour_novelty", "behavioural novelty: 1 − max IoU of wrong-prediction sets")]
@@ -71,24 +69,21 @@ def accuracy_novelty_plot(ev: Evaluation, path: str | Path | None = None):
     axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle(f"accuracy vs novelty: {ev.info.get('zoo_name', '')} against {ev.info.get('reference_name', '')}")
     fig.tight_layout()
-    return fig if path is None else _save(fig, Path(path))
+    return fig
 
 
-def distance_histogram(ev: Evaluation, path: str | Path | None = None):
-    """Nearest-neighbour L2 of the generated nets next to the training-to-training distances (written to
-    `path` and the path returned; no path: the figure)."""
+def distance_histogram(ev: Evaluation):
+    """The figure of the nearest-neighbour L2 of the generated nets next to the training-to-training distances."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    gen = [s for s in ev.by_method("generated")]
-    train = [s for s in ev.by_method("training")]
-    for s, colour in [(t, "black") for t in train] + [(g, "tab:red") for g in gen]:
+    for s in ev.by_method("training") + ev.by_method("generated"):
         v = s.audit.l2[np.isfinite(s.audit.l2)]
         if len(v):
-            ax.hist(v, bins=30, alpha=0.5, color=colour, label=f"{s.label} (n={len(v)})")
+            ax.hist(v, bins=30, alpha=0.5, color=STYLE[s.method][0], label=f"{s.label} (n={len(v)})")
     ax.set_xlabel("L2 distance to the nearest training checkpoint (after alignment)")
     ax.set_ylabel("nets")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig if path is None else _save(fig, Path(path))
+    return fig
 
 
 def figure_bytes(fig, dpi: int = 110) -> bytes:
@@ -97,8 +92,3 @@ def figure_bytes(fig, dpi: int = 110) -> bytes:
     fig.savefig(buf, dpi=dpi, format="png")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _save(fig, path: Path) -> Path:
-    write_bytes_atomic(path, figure_bytes(fig), what="plot", root=path.parent)  # temp + rename, no link followed
-    return path

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wsl.errors import ConfigError
+from wsl.evaluate.accuracy import mean_std
 from wsl.evaluate.plots import accuracy_novelty_plot, distance_histogram, figure_bytes
 from wsl.evaluate.results import Evaluation
 from wsl.zoo.atomic import fault_point, fsync_dir
@@ -28,15 +29,11 @@ REPORT_FILE = "report.md"
 
 
 def _f(v, digits: int = 4) -> str:
-    if v is None:
-        return "–"
     if isinstance(v, str):
         return v
-    if isinstance(v, (float, np.floating)) and not math.isfinite(v):
+    if v is None or (isinstance(v, (float, np.floating)) and not math.isfinite(v)):
         return "–"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    return f"{float(v):.{digits}f}"
+    return str(int(v)) if isinstance(v, (int, np.integer)) else f"{float(v):.{digits}f}"
 
 
 def _pm(m, s, digits: int = 4) -> str:
@@ -66,18 +63,12 @@ def noise_at_equal_novelty(ev: Evaluation, novelty: float, attr: str = "weight_n
     """Mean accuracy of the noise baseline interpolated (linearly in its σ sweep) at a given mean
     novelty; None outside the swept range. A comparison of curves, not a selection: every σ stays
     in the tables. with_error: (accuracy, its standard error interpolated alike) or None."""
-    pts = []
-    for s in ev.by_method("noise"):
-        x = getattr(s, attr)
-        x = x[np.isfinite(x)]
-        if len(x):
-            acc = s.scores.accuracy
-            pts.append((float(x.mean()), float(acc.mean()), _sem(acc)))
+    pts = sorted((mean_std(getattr(s, attr))[0], float(s.scores.accuracy.mean()), _sem(s.scores.accuracy))
+                 for s in ev.by_method("noise") if np.isfinite(getattr(s, attr)).any())
     if len(pts) < 2 or not math.isfinite(novelty):
         return None
-    pts.sort()
-    xs, ys, es = (np.array([p[i] for p in pts]) for i in range(3))
-    if novelty < xs[0] or novelty > xs[-1]:
+    xs, ys, es = np.array(pts).T
+    if not xs[0] <= novelty <= xs[-1]:
         return None
     acc = float(np.interp(novelty, xs, ys))
     return (acc, float(np.interp(novelty, xs, es))) if with_error else acc
@@ -90,19 +81,15 @@ def compare_with_noise(ev: Evaluation) -> list[dict]:
     (the two sets' standard errors of the mean, combined); `verdict` is "better", "worse" or
     "indistinguishable" (within two standard errors), None outside the noise sweep's novelty range.
     """
-    out = []
-    gen = ev.by_method("generated")
-    if not gen:
-        return out
-    g = gen[0]
-    acc = float(g.scores.accuracy.mean())
-    acc_se = _sem(g.scores.accuracy)
+    if not ev.by_method("generated"):
+        return []
+    g, out = ev.by_method("generated")[0], []
+    acc, acc_se = float(g.scores.accuracy.mean()), _sem(g.scores.accuracy)
     for axis, attr in (("weight", "weight_novelty"), ("behavioural", "behaviour_novelty")):
-        x = getattr(g, attr)
-        nov = float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+        nov = mean_std(getattr(g, attr))[0]
         hit = noise_at_equal_novelty(ev, nov, attr, with_error=True)
         ref, ref_se = hit if hit is not None else (None, None)
-        sweep = [float(np.nanmean(getattr(n, attr))) for n in ev.by_method("noise") if np.isfinite(getattr(n, attr)).any()]
+        sweep = [mean_std(getattr(n, attr))[0] for n in ev.by_method("noise") if np.isfinite(getattr(n, attr)).any()]
         diff = None if ref is None else acc - ref
         se = None if ref is None else math.sqrt(acc_se**2 + ref_se**2)
         verdict = None if ref is None else ("better" if diff > 2 * se else "worse" if diff < -2 * se
@@ -173,8 +160,7 @@ def markdown(ev: Evaluation, plots: dict) -> str:
     lines += [_table(["set", "nets audited", "NN L2", "L2 novelty", "NN cosine dist.", "cosine novelty", "max agreement",
                       "max wrong-set IoU", "memorized"], rows), ""]
 
-    gen = ev.by_method("generated")
-    if gen and ev.by_method("noise"):
+    if ev.by_method("generated") and ev.by_method("noise"):
         lines += ["**Against the noise baseline at equal novelty** (its σ sweep interpolated; a comparison of "
                   "curves, no σ is picked):", ""]
         for c in compare_with_noise(ev):
@@ -309,14 +295,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_file(d: Path, name: str, data: bytes) -> None:
-    fd = open_new(d / name)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
     """Write the report into `out_dir`, replacing this app's earlier report there as a whole; returns
     report.md's path. The new report is written into a temporary sibling and swapped into place in one
@@ -331,28 +309,30 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
     os.mkdir(tmp)  # new (fails if anything has that name), with the usual permissions
     try:
         plots = {"accuracy vs novelty": "accuracy_novelty.png", "nearest-neighbour distances": "nn_distances.png"}
-        _write_file(tmp, plots["accuracy vs novelty"], figure_bytes(accuracy_novelty_plot(ev)))
-        _write_file(tmp, plots["nearest-neighbour distances"], figure_bytes(distance_histogram(ev)))
-        _write_file(tmp, "sets.csv", _csv_bytes([s.summary() for s in ev.sets]))
-        _write_file(tmp, "nets.csv", _csv_bytes(_nets_rows(ev)))
         summary = {"info": ev.info, "sets": [s.summary() for s in ev.sets],
                    "ensemble": {k: v for k, v in ev.ensemble.items() if k != "predictions"},
                    "yardstick": ev.yardstick, "phases": ev.phases, "against_noise": compare_with_noise(ev)}
-        _write_file(tmp, "summary.json", json.dumps(_jsonable(summary), indent=2, sort_keys=True).encode())
-        _write_file(tmp, REPORT_FILE, markdown(ev, plots).encode())
-        _write_file(tmp, MARKER, f"{APP}\n".encode())
+        files = {plots["accuracy vs novelty"]: figure_bytes(accuracy_novelty_plot(ev)),
+                 plots["nearest-neighbour distances"]: figure_bytes(distance_histogram(ev)),
+                 "sets.csv": _csv_bytes([s.summary() for s in ev.sets]), "nets.csv": _csv_bytes(_nets_rows(ev)),
+                 "summary.json": json.dumps(_jsonable(summary), indent=2, sort_keys=True).encode(),
+                 REPORT_FILE: markdown(ev, plots).encode(), MARKER: f"{APP}\n".encode()}  # the marker last
+        for name, data in files.items():
+            with os.fdopen(open_new(tmp / name), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         fsync_dir(tmp)
         fault_point("report")
         claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=REPORT_FILES)  # again: the work took a while
-        if os.path.lexists(out_dir) and exchange(tmp, out_dir):
-            pass  # tmp now holds the old report: removed below
-        elif os.path.lexists(out_dir):  # no atomic exchange here: old aside, new in (a short gap)
+        if not os.path.lexists(out_dir):
+            os.rename(tmp, out_dir)  # fails on a directory that appeared meanwhile with files in it
+        elif not exchange(tmp, out_dir):  # (exchanged: tmp now holds the old report, removed below)
+            # no atomic exchange on this file system: old aside, new in (a short gap)
             old = tmp.with_name(tmp.name[: -len(".tmp")] + "old.tmp")
             os.rename(out_dir, old)
             os.rename(tmp, out_dir)
             tmp = old
-        else:
-            os.rename(tmp, out_dir)  # fails on a directory that appeared meanwhile with files in it
         fsync_dir(out_dir.parent)
     finally:
         if tmp.is_dir() and not tmp.is_symlink():

@@ -36,17 +36,12 @@ class NoveltyConfig:
     memorized_below: float = 0.5  # novelty under which a net counts as memorized
 
     def __post_init__(self):
-        schema.integer(self, "anchor", 0)
-        schema.integer(self, "top_k", 0)
-        schema.integer(self, "max_iter", 1)
+        for name, lo in (("anchor", 0), ("top_k", 0), ("max_iter", 1)):
+            schema.integer(self, name, lo)
         schema.number(self, "memorized_below", 0.0, lo_open=True)
 
 
 # ---- baselines.<name>: {_target_: <class>, ...} ----------------------------------------------------
-def _n(obj) -> None:
-    schema.integer(obj, "n", 1)
-
-
 @schema.target_schema
 @dataclass
 class NoiseBaselineConfig:
@@ -57,7 +52,7 @@ class NoiseBaselineConfig:
     def __post_init__(self):
         if not self.sigmas or not all(schema.is_num(s) and 0.0 <= s < float("inf") for s in self.sigmas):
             fail(f"@sigmas must be a non-empty list of finite numbers >= 0, got {list(self.sigmas)}")
-        _n(self)
+        schema.integer(self, "n", 1)
 
 
 @schema.target_schema
@@ -70,7 +65,7 @@ class AverageBaselineConfig:
     def __post_init__(self):
         if not self.ks or not all(schema.is_int(k) and k >= 2 for k in self.ks):
             fail(f"@ks must be a non-empty list of integers >= 2, got {list(self.ks)}")
-        _n(self)
+        schema.integer(self, "n", 1)
 
 
 @schema.target_schema
@@ -80,7 +75,7 @@ class GaussianFitBaselineConfig:
     n: int = 100
 
     def __post_init__(self):
-        _n(self)
+        schema.integer(self, "n", 1)
 
 
 @dataclass
@@ -106,13 +101,11 @@ class EvaluateConfig:
     def __post_init__(self):
         schema.text(self, "reference")
         schema.text(self, "out", null=True)
-        schema.integer(self, "epoch", -1)
-        schema.integer(self, "reference_epoch", -1, null=True)
+        for name, lo, null in (("epoch", -1, False), ("reference_epoch", -1, True), ("max_nets", 1, True),
+                               ("chunk", 1, False), ("seed", 0, False)):
+            schema.integer(self, name, lo, null=null)
         schema.names(self, "reference_ids", null=True, empty=False)
         schema.choice(self, "split", SPLITS)
-        schema.integer(self, "max_nets", 1, null=True)
-        schema.integer(self, "chunk", 1)
-        schema.integer(self, "seed", 0)
         for name, node in (self.baselines or {}).items():
             target = node.get("_target_") if isinstance(node, dict) else getattr(node, "_target_", None)
             if node is not None and not (isinstance(target, str) and target):

@@ -21,7 +21,7 @@ from torch import nn
 
 from wsl.errors import ConfigError
 from wsl.nets.spec import PermutationSpec
-from wsl.symmetry.matching import weight_matching
+from wsl.symmetry.matching import align
 from wsl.symmetry.permute import permute, random_permutations
 
 
@@ -44,18 +44,8 @@ class _Augment(nn.Module):
                               "(pass spec= to the constructor or the call)")
         return spec
 
-    def _randn(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.randn(t.shape, generator=self.generator, dtype=t.dtype).to(t.device)
-
-    def _rand(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.rand(t.shape, generator=self.generator, dtype=t.dtype).to(t.device)
-
-
-def _check_prob(key: str, value: float, upper_open: bool = True) -> float:
-    value = float(value)
-    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
-        raise ConfigError(f"{key} must be in [0, 1{')' if upper_open else ']'}, got {value}")
-    return value
+    def _draw(self, fn, t: torch.Tensor) -> torch.Tensor:  # fn: torch.randn or torch.rand, shaped like t
+        return fn(t.shape, generator=self.generator, dtype=t.dtype).to(t.device)
 
 
 class PermutationAugment(_Augment):
@@ -87,7 +77,7 @@ class GaussianNoiseAugment(_Augment):
         return self.sigma * t.pow(2).mean().sqrt()
 
     def forward(self, state_dict: dict, spec: PermutationSpec | None = None) -> dict:
-        return {k: t + self.scale(t) * self._randn(t) if t.is_floating_point() else t for k, t in state_dict.items()}
+        return {k: t + self.scale(t) * self._draw(torch.randn, t) if t.is_floating_point() else t for k, t in state_dict.items()}
 
 
 class WeightDropoutAugment(_Augment):
@@ -96,12 +86,14 @@ class WeightDropoutAugment(_Augment):
 
     def __init__(self, p: float, rescale: bool = True, batched: bool = False, seed: int | None = None):
         super().__init__(batched=batched, seed=seed)
-        self.p, self.rescale = _check_prob("augment.p", p), bool(rescale)
+        if not 0.0 <= float(p) < 1.0:
+            raise ConfigError(f"augment.p must be in [0, 1), got {float(p)}")
+        self.p, self.rescale = float(p), bool(rescale)
 
     def forward(self, state_dict: dict, spec: PermutationSpec | None = None) -> dict:
         keep = 1.0 - self.p
         factor = 1.0 / keep if self.rescale else 1.0
-        return {k: t * (self._rand(t) < keep).to(t.dtype) * factor if t.is_floating_point() else t
+        return {k: t * (self._draw(torch.rand, t) < keep).to(t.dtype) * factor if t.is_floating_point() else t
                 for k, t in state_dict.items()}
 
 
@@ -128,14 +120,12 @@ class AlignedMixUp(_Augment):
     def forward(self, sd_a: dict, sd_b: dict, spec: PermutationSpec | None = None):
         spec = self._spec(spec)
         if not self.batched:
-            b = permute(sd_b, spec, weight_matching(sd_a, sd_b, spec, max_iter=self.max_iter))
+            b = align(sd_a, sd_b, spec, max_iter=self.max_iter)
             lam = float(self._lam(1)[0])
             return {k: lam * sd_a[k] + (1 - lam) * b[k] for k in sd_a}, lam
         members = next(iter(sd_a.values())).shape[0]
-        aligned = [permute({k: v[i] for k, v in sd_b.items()}, spec,
-                           weight_matching({k: v[i] for k, v in sd_a.items()}, {k: v[i] for k, v in sd_b.items()},
-                                           spec, max_iter=self.max_iter))
-                   for i in range(members)]
+        aligned = [align({k: v[i] for k, v in sd_a.items()}, {k: v[i] for k, v in sd_b.items()}, spec,
+                         max_iter=self.max_iter) for i in range(members)]
         lam = self._lam(members)  # [P]
         out = {}
         for k, a in sd_a.items():

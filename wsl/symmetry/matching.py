@@ -42,6 +42,21 @@ def _as_float64(sd: dict, spec: PermutationSpec) -> dict:
     return {k: sd[k].detach().to("cpu", torch.float64) for k in spec.axes}
 
 
+def _checked(sd_ref: dict, sd: dict, spec: PermutationSpec) -> tuple[dict, dict]:
+    """Both nets' tensors as float64, refused (ConfigError) unless each fits the spec and the other."""
+    check_state_dict(sd_ref, spec, what="reference state dict")
+    check_state_dict(sd, spec, what="state dict to align")
+    for k in spec.axes:
+        if sd_ref[k].shape != sd[k].shape:
+            raise ConfigError(f"weight matching: parameter {k!r} has shape {tuple(sd[k].shape)}, "
+                              f"the reference {tuple(sd_ref[k].shape)}")
+    return _as_float64(sd_ref, spec), _as_float64(sd, spec)
+
+
+def _inner(ref: dict, moved: dict) -> float:  # J of float64 tensors
+    return float(sum((ref[k] * moved[k]).sum() for k in ref))
+
+
 def _units(t: torch.Tensor, axis: int) -> torch.Tensor:  # [*shape] -> [n units along axis, rest]
     return t.movedim(axis, 0).reshape(t.shape[axis], -1)
 
@@ -80,9 +95,7 @@ class _Similarity:
 
 def objective(sd_ref: dict, sd: dict, spec: PermutationSpec, perms: Perms) -> float:
     """J = sum over tensors of <W_ref, permute(W, perms)> (higher is closer)."""
-    moved = permute(_as_float64(sd, spec), spec, perms)
-    ref = _as_float64(sd_ref, spec)
-    return float(sum((ref[k] * moved[k]).sum() for k in spec.axes))
+    return _inner(_as_float64(sd_ref, spec), permute(_as_float64(sd, spec), spec, perms))
 
 
 def _descend(similarity: _Similarity, spec: PermutationSpec, perms: Perms, max_iter: int,
@@ -117,24 +130,17 @@ def match(sd_ref: dict, sd: dict, spec: PermutationSpec, max_iter: int = 100, se
     """
     positive("max_iter", max_iter)
     positive("restarts", restarts)
-    check_state_dict(sd_ref, spec, what="reference state dict")
-    check_state_dict(sd, spec, what="state dict to align")
-    for k in spec.axes:
-        if sd_ref[k].shape != sd[k].shape:
-            raise ConfigError(f"weight matching: parameter {k!r} has shape {tuple(sd[k].shape)}, "
-                              f"the reference {tuple(sd_ref[k].shape)}")
-    similarity = _Similarity(_as_float64(sd_ref, spec), _as_float64(sd, spec), spec)
+    ref, w = _checked(sd_ref, sd, spec)
+    similarity = _Similarity(ref, w, spec)
     rng = np.random.default_rng(seed)
+    start = identity_permutations(spec)
+    start.update({p: torch.as_tensor(v, dtype=torch.long).clone() for p, v in (init or {}).items()})
     best = None
     for r in range(restarts):
-        if r == 0:
-            start = identity_permutations(spec)
-            if init is not None:
-                start.update({p: torch.as_tensor(v, dtype=torch.long).clone() for p, v in init.items()})
-        else:
+        if r > 0:
             start = random_permutations(spec, torch.Generator().manual_seed(int(rng.integers(2**62))))
         perms, passes, converged = _descend(similarity, spec, start, max_iter, rng)
-        result = MatchResult(perms, objective(sd_ref, sd, spec, perms), passes, converged)
+        result = MatchResult(perms, _inner(ref, permute(w, spec, perms)), passes, converged)
         if best is None or result.objective > best.objective:
             best = result
     return best
@@ -158,14 +164,11 @@ def brute_force_matching(sd_ref: dict, sd: dict, spec: PermutationSpec, limit: i
     count = math.prod(math.factorial(spec.sizes[p]) for p in names)
     if count > limit:
         raise ConfigError(f"brute-force matching would try {count} permutations (limit {limit})")
-    check_state_dict(sd_ref, spec, what="reference state dict")
-    check_state_dict(sd, spec, what="state dict to align")
-    ref, w = _as_float64(sd_ref, spec), _as_float64(sd, spec)
+    ref, w = _checked(sd_ref, sd, spec)
     best, best_j = None, -math.inf
     for combo in itertools.product(*(itertools.permutations(range(spec.sizes[p])) for p in names)):
         perms = {p: torch.tensor(c, dtype=torch.long) for p, c in zip(names, combo)}
-        moved = permute(w, spec, perms)
-        j = float(sum((ref[k] * moved[k]).sum() for k in spec.axes))
+        j = _inner(ref, permute(w, spec, perms))
         if j > best_j:
             best, best_j = perms, j
     return MatchResult(best, best_j, passes=count, converged=True)

@@ -105,13 +105,8 @@ def permute(state_dict: dict, spec: PermutationSpec, perms: Perms, batched: bool
 def random_permutations(spec: PermutationSpec, generator: torch.Generator | None = None,
                         batch: int | None = None) -> Perms:
     """One uniformly random permutation per name in the spec ([n], or [batch, n] with `batch`)."""
-    out = {}
-    for p, n in spec.sizes.items():
-        if batch is None:
-            out[p] = torch.randperm(n, generator=generator)
-        else:
-            out[p] = torch.argsort(torch.rand(batch, n, generator=generator), dim=-1)
-    return out
+    return {p: torch.randperm(n, generator=generator) if batch is None
+            else torch.argsort(torch.rand(batch, n, generator=generator), dim=-1) for p, n in spec.sizes.items()}
 
 
 def identity_permutations(spec: PermutationSpec) -> Perms:
