@@ -239,7 +239,7 @@ def compare_curvature(path: Path, max_iters: int, tol: float, probes: int, exact
 
     zoo = Zoo(path)
     ids = [m for m in zoo.ids if zoo.row(m).status == "trained"]
-    data = zoo.task_data(ids[0])
+    data = zoo.training_data(ids[0])
     ss = make_sample_set(data, "train", 2048, 0)  # the samples landscape=full uses (here: all of train)
     x, y = ss.tensors(data)
     states = [zoo.state_dict(m) for m in ids]

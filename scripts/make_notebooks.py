@@ -145,7 +145,7 @@ plt.tight_layout()'''),
         new_code_cell('''\
 mid = wide[0]
 net = zoo.load_model(mid)
-data = zoo.task_data(mid)
+data = zoo.training_data(mid)
 x, y = data.split("test")
 with torch.no_grad():
     acc = (net(x).argmax(1) == y).float().mean().item()
@@ -204,7 +204,7 @@ net, spec, sd = zoo.load_model(mid), zoo.permutation_spec(mid), zoo.state_dict(m
 psd = permute(sd, spec, random_permutations(spec, torch.Generator().manual_seed(0)))
 twin = zoo.load_model(mid)
 twin.load_state_dict(psd)  # the same net, hidden units re-ordered
-x, _ = zoo.task_data(mid).split("test")
+x, _ = zoo.training_data(mid).split("test")
 with torch.no_grad():
     print("same function after permuting:", torch.allclose(net(x), twin(x), atol=1e-5))
 space = WeightSpace.from_spec(spec, {k: tuple(v.shape) for k, v in sd.items()})

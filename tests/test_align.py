@@ -60,12 +60,12 @@ def test_wsl_align_writes_canonical_copy(source, tmp_path):
         for k, h in source.history(m).items():
             np.testing.assert_array_equal(new.history(m)[k], h)
     assert new.cells().keys() == source.cells().keys()
-    assert new.task_data(new.ids[0]).fingerprint() == source.task_data(source.ids[0]).fingerprint()
+    assert new.training_data(new.ids[0]).fingerprint() == source.training_data(source.ids[0]).fingerprint()
 
     ann = new.annotation("alignment")
     cols = {k: (np.asarray(v) if not isinstance(v, list) else v) for k, v in ann["columns"].items()}
     row = {m: i for i, m in enumerate(new.ids)}
-    x = source.task_data().x_test
+    x = source.training_data().x_test
     aligned = []
     for cell in source.cells().values():
         statuses = {source.row(m).status for m in cell}
@@ -103,7 +103,7 @@ def test_wsl_align_writes_canonical_copy(source, tmp_path):
     # the recorded barriers are the real ones: recompute one pair on the recorded data (first 2000 train)
     m = aligned[0]
     ref = cols["reference"][row[m]]
-    data = source.task_data(m)
+    data = source.training_data(m)
     xs, ys = data.x_train[:2000], data.y_train[:2000]
     pair = lambda u, v: (stack_state_dicts([u]), stack_state_dicts([v]))  # noqa: E731
     net = source.skeleton(m)
@@ -135,7 +135,7 @@ def test_global_reference_and_matched_epoch(source, tmp_path):
     for m in trained:
         first.setdefault(source.arch(m)["width"], m)
     assert len(first) == 2
-    x = source.task_data().x_test
+    x = source.training_data().x_test
     for i, m in enumerate(new.ids):
         if m in trained:
             assert cols["reference"][i] == first[source.arch(m)["width"]]

@@ -279,7 +279,7 @@ def test_wsl_zoo_trains_on_the_files(tmp_path, name):
 
     z = Zoo(zoo)
     assert len(z.ids) == 2
-    data = z.task_data()  # the zoo records dataset.root: its data rebuilds from the same files
+    data = z.training_data()  # the zoo records dataset.root: its data rebuilds from the same files
     assert list(data.input_shape) == shape and data.x_test.shape[0] == (N_TEST if name == "mnist" else 8)
     assert data.fingerprint() == load_dataset(name, root=str(tmp_path / "data"), val_fraction=0.1).fingerprint()
 

@@ -32,7 +32,7 @@ def test_each_checkpoint_redraws_its_own_image_and_the_index_holds_labels_and_re
     from wsl.zoo import Zoo
 
     zoo = Zoo(inr_zoo)
-    data = zoo.task_data()  # the exact images the zoo was fitted to
+    data = zoo.training_data()  # the exact images the zoo was fitted to
     assert isinstance(data, INRData) and data.num_images == 20
     t = zoo.table()
     assert len(t) == 20 and (t["status"] == "trained").all()
@@ -70,7 +70,7 @@ def test_member_equals_one_siren_fitted_alone_with_torch_optim(inr_zoo):
     from wsl.zoo import Zoo
 
     zoo = Zoo(inr_zoo)
-    data = zoo.task_data()
+    data = zoo.training_data()
     t = zoo.table()
     for mid in (t.index[0], t.index[-1]):
         hp = zoo.hparams(mid)

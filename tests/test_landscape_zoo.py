@@ -114,7 +114,7 @@ def test_stored_settings_and_sample_indices_recompute_the_value(annotated):
     assert settings["num_samples"] == 300 and settings["splits"] == ["train", "test"]
     ann = zoo.annotation("hessian_eig")
     described = json.loads(ann["attrs"][f"samples:{settings['samples']['train']}"])
-    data = zoo.task_data(mid)
+    data = zoo.training_data(mid)
     idx = decode_indices(described["indices"], described["n_split"])
     assert described["n_split"] == data.x_train.shape[0] and idx.size == 300 and np.all(np.diff(idx) > 0)
     assert described["data_fingerprint"] == data.fingerprint()

@@ -61,7 +61,7 @@ def test_format_is_readable_with_h5py_and_safetensors_only(tiny_zoo):
             assert arch["name"] == "mlp" and arch["width"] == 8
     # the final checkpoint reproduces the recorded test accuracy
     z = Zoo(tiny_zoo)
-    data = z.task_data(ids[0])
+    data = z.training_data(ids[0])
     net = build_net(arch)
     net.load_state_dict(load_file(str(tiny_zoo / paths[0, -1])))
     acc = (net(data.x_test).argmax(1) == data.y_test).double().mean().item()

@@ -102,7 +102,7 @@ def _barriers(zoo, plan: "AlignmentPlan", b) -> dict:
     tasks, out = {}, {}  # barrier data per dataset config (one cell shares it; a train-fraction sweep does not)
     for (_, data), members in groups.items():
         if data not in tasks:
-            task = zoo.task_data(members[0][0])
+            task = zoo.training_data(members[0][0])
             x, y = task.split(b.split)
             n = x.shape[0] if b.samples is None else min(b.samples, x.shape[0])
             tasks[data] = (x[:n], y[:n], task.x_train[: max(n, 1)])  # train inputs reset BatchNorm, if any

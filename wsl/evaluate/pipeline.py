@@ -118,7 +118,7 @@ def plan_evaluation(job: EvaluateConfig) -> EvaluationPlan:
     if len(ref_ids) < 2:
         raise ConfigError(f"reference zoo {ref.path} has {len(ref_ids)} trained checkpoint(s) of architecture "
                           f"{arch_key}; the audit needs at least 2")
-    gen_task, ref_task = gen.task_data(gen_ids[0]), ref.task_data(ref_ids[0])
+    gen_task, ref_task = gen.training_data(gen_ids[0]), ref.training_data(ref_ids[0])
     if _eval_fingerprint(gen_task) != _eval_fingerprint(ref_task):
         raise ConfigError(f"dataset mismatch: the generated zoo {gen.path} was made for dataset {gen_task.name!r} "
                           f"({_ds(gen_task)}), the reference zoo {ref.path} for {ref_task.name!r} ({_ds(ref_task)}); "
@@ -308,7 +308,7 @@ def _train_losses(net, p: EvaluationPlan, ref_sds: list, gen_sds: list, nearest:
     tasks: dict = {}
     ref_loss, gen_loss = np.full(len(ref_sds), np.nan), np.full(len(gen_sds), np.nan)
     for k in dict.fromkeys(keys):
-        task = tasks.setdefault(k, p.ref.task_data(p.ref_ids[keys.index(k)]))
+        task = tasks.setdefault(k, p.ref.training_data(p.ref_ids[keys.index(k)]))
         for sds, idx, out in ((ref_sds, [i for i, kk in enumerate(keys) if kk == k], ref_loss),
                               (gen_sds, [i for i, n in enumerate(nearest) if n >= 0 and keys[n] == k], gen_loss)):
             if idx:

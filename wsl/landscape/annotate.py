@@ -58,7 +58,7 @@ class _Context:
     def data(self, mid: str):
         k = self.data_key(mid)
         if k not in self._data:
-            self._data[k] = self.zoo.task_data(mid)
+            self._data[k] = self.zoo.training_data(mid)
             self._fp[k] = self._data[k].fingerprint()
         return self._data[k]
 

@@ -184,7 +184,7 @@ class Zoo:
     def job_config(self, model_id: str) -> dict:
         return self._table.jobs.get(self.row(model_id).job_id, {}).get("config", {})
 
-    def task_data(self, model_id: str | None = None):
+    def training_data(self, model_id: str | None = None):
         """The exact train/val/test data (splits, train fraction) `model_id` was trained on; for an INR
         zoo (dataset=digits_inr), the INRData of its images (row k: image_index[k], label[k])."""
         from wsl.data import INR_DATASETS, load_dataset, load_inr_dataset
