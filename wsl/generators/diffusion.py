@@ -62,9 +62,7 @@ class Diffusion:
         ab = self.abar.to(x0.device)[t].to(x0.dtype)[:, None]  # [B, 1]
         eps = torch.randn_like(x0)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        target = {"eps": eps, "x0": x0}.get(self.prediction)
-        if target is None:
-            target = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+        target = {"eps": eps, "x0": x0}.get(self.prediction, ab.sqrt() * eps - (1 - ab).sqrt() * x0)  # else v
         return torch.nn.functional.mse_loss(net(xt, t.to(x0.dtype) / self.timesteps, cond, drop), target)
 
     def schedule_steps(self, steps: int) -> list[int]:
@@ -81,8 +79,7 @@ class Diffusion:
         eta = self.eta if eta is None else float(eta)
         tau = self.schedule_steps(self.steps if steps is None else steps)
         abar = self.abar.tolist()
-        x = noise
-        n = x.shape[0]
+        x, n = noise, noise.shape[0]
         for i, t in enumerate(tau):
             ab_t = abar[t]
             ab_s = abar[tau[i + 1]] if i + 1 < len(tau) else 1.0  # after the last step: clean data

@@ -134,14 +134,11 @@ def _header(ckpt: Path) -> tuple[dict, dict]:
 
     try:
         with safe_open(str(ckpt), "pt") as f:
-            meta = f.metadata() or {}
-            index = {}
-            for k in f.keys():
-                sl = f.get_slice(k)
-                index[k] = (str(sl.get_dtype()), tuple(int(d) for d in sl.get_shape()))
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            return f.metadata() or {}, {k: (str(s.get_dtype()), tuple(map(int, s.get_shape())))
+                                        for k, s in slices.items()}
     except Exception as e:  # safetensors raises several error types on damaged files
         raise ZooFormatError(f"{ckpt}: not a readable safetensors file ({type(e).__name__}: {printable(e)[:200]})") from e
-    return meta, index
 
 
 def _expected(module: nn.Module, prefix: str, key: str) -> dict:
@@ -169,14 +166,15 @@ def _check_tensors(ckpt: Path, expected: dict, found: dict) -> None:
             raise ZooFormatError(f"{ckpt}: tensor {k!r} has dtype {dtype}, expected a float dtype")
 
 
-def _on_meta(build):
-    """`build()` on the meta device: shapes and parameter counts without allocating any memory."""
+def _on_meta(build, too_big: str) -> nn.Module:
+    """`build()` on the meta device (shapes and parameter counts without allocating any memory); refused,
+    with the message `too_big` followed by the count, when it has more than MAX_PARAMS parameters."""
     with torch.device("meta"):
-        return build()
-
-
-def _count(module: nn.Module) -> int:
-    return sum(v.numel() for v in module.state_dict().values())
+        module = build()
+    n = sum(v.numel() for v in module.state_dict().values())
+    if n > MAX_PARAMS:
+        raise ZooFormatError(f"{too_big} {n} parameters; at most {MAX_PARAMS}")
+    return module
 
 
 def load_run(run_dir) -> GeneratorRun:
@@ -220,13 +218,10 @@ def load_run(run_dir) -> GeneratorRun:
     # the zoo net: capped sizes, built without memory; its tensors are what the representation's layout lists
     arch = check_arch_limits(arch, f"{ckpt}: key arch")
     try:
-        skeleton = _on_meta(lambda: build_net(arch))
+        skeleton = _on_meta(lambda: build_net(arch), f"{ckpt}: key arch makes nets of")
     except (ConfigError, TypeError, ValueError, RuntimeError) as e:
         raise ZooFormatError(f"{ckpt}: key arch records an unusable net architecture "
                              f"{printable(arch)[:200]} ({printable(e)[:200]})") from e
-    n_net = _count(skeleton)
-    if n_net > MAX_PARAMS:
-        raise ZooFormatError(f"{ckpt}: key arch makes nets of {n_net} parameters; at most {MAX_PARAMS}")
     net_layout = Layout.from_state_dict(skeleton.state_dict())
     if layout != net_layout:
         have = dict((n, s) for n, s, _, _ in layout.entries)
@@ -236,8 +231,7 @@ def load_run(run_dir) -> GeneratorRun:
                              f"tensor {name!r} is {list(shape or [])} by the arch, "
                              f"{list(have.get(name, [])) or 'absent'} by the layout")
     # every tensor the description implies, with the key that implies it
-    expected = {"representation.mean": ((len(layout.entries),), "representation.layout"),
-                "representation.std": ((len(layout.entries),), "representation.layout")}
+    expected = {f"representation.{s}": ((len(layout.entries),), "representation.layout") for s in ("mean", "std")}
     if rmeta.get("align"):
         expected.update({f"representation.reference.{n}": (s, "representation.layout") for n, s, _, _ in layout.entries})
     dim = layout.numel
@@ -247,10 +241,8 @@ def load_run(run_dir) -> GeneratorRun:
                                  f"the layout's {layout.numel} weights")
         kw = {k: v for k, v in ae_meta.items() if k != "name"}
         ae = _on_meta(lambda: _build({WeightAutoencoder.name: WeightAutoencoder}, "representation.autoencoder",
-                                     ae_meta.get("name"), kw, ckpt, spec=LatentConfig))
-        if _count(ae) > MAX_PARAMS:
-            raise ZooFormatError(f"{ckpt}: key representation.autoencoder makes {_count(ae)} parameters; "
-                                 f"at most {MAX_PARAMS}")
+                                     ae_meta.get("name"), kw, ckpt, spec=LatentConfig),
+                      f"{ckpt}: key representation.autoencoder makes")
         expected.update(_expected(ae, "autoencoder.", "representation.autoencoder"))
         dim = int(kw["latent_dim"])
         expected.update({f"representation.latent_{s}": ((dim,), "representation.autoencoder.latent_dim")
@@ -260,10 +252,8 @@ def load_run(run_dir) -> GeneratorRun:
                              f"cond_dim={printable(dkw.get('cond_dim'))[:20]}; the representation has {dim} "
                              f"coordinates and condition.keys names {len(keys)}")
     method = _build(METHODS, "method", mname, mkw, ckpt)
-    denoiser = _on_meta(lambda: _build(DENOISERS, "denoiser", dname, dkw, ckpt))
-    if _count(denoiser) > MAX_PARAMS:
-        raise ZooFormatError(f"{ckpt}: key denoiser.kwargs makes a denoiser of {_count(denoiser)} parameters; "
-                             f"at most {MAX_PARAMS}")
+    denoiser = _on_meta(lambda: _build(DENOISERS, "denoiser", dname, dkw, ckpt),
+                        f"{ckpt}: key denoiser.kwargs makes a denoiser of")
     expected.update(_expected(denoiser, "denoiser.", "denoiser.kwargs"))
     if keys:
         expected.update({f"condition.{s}": ((len(keys),), "condition.keys") for s in ("mean", "std")})
@@ -276,15 +266,9 @@ def load_run(run_dir) -> GeneratorRun:
     except Exception as e:  # safetensors raises several error types on damaged files
         raise ZooFormatError(f"{ckpt}: not a readable safetensors file ({type(e).__name__}: {printable(e)[:200]})") from e
     _check_tensors(ckpt, expected, {k: (_FLOATS.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in tensors.items()})
-    denoiser = _build(DENOISERS, "denoiser", dname, dkw, ckpt)
-    try:
-        denoiser.load_state_dict({k[len("denoiser."):]: v for k, v in tensors.items() if k.startswith("denoiser.")})
-    except RuntimeError as e:
-        raise ZooFormatError(f"{ckpt}: denoiser weights do not fit key denoiser.kwargs ({printable(e)[:200]})") from e
-    denoiser.eval()
+    denoiser = _build(DENOISERS, "denoiser", dname, dkw, ckpt).eval()
+    denoiser.load_state_dict({k[len("denoiser."):]: v for k, v in tensors.items() if k.startswith("denoiser.")})
     rep = WeightRepresentation.load(rmeta, tensors, source=str(ckpt))
-    if rep.dim != getattr(denoiser, "dim", rep.dim):
-        raise ZooFormatError(f"{ckpt}: denoiser works on {denoiser.dim} coordinates, the representation has {rep.dim}")
     cm = cs = None
     if keys:
         cm, cs = tensors["condition.mean"].double(), tensors["condition.std"].double()

@@ -1,9 +1,6 @@
-"""LightningModules of the generators room: they own the losses, the collapse monitor and the optimizers.
-
-The networks (denoisers, autoencoder) are plain nn.Modules; the generative methods (FlowMatching,
-Diffusion) are plain objects with `loss` and `sample`. The modules here only wire them to a
-Lightning Trainer.
-"""
+"""LightningModules of the generators room: they wire the plain networks (denoisers, autoencoder: nn.Modules)
+and methods (FlowMatching, Diffusion: plain objects with `loss` and `sample`) to a Lightning Trainer, and own
+the losses' logging, the collapse monitor and the optimizers."""
 
 from __future__ import annotations
 
@@ -80,11 +77,9 @@ class GeneratorModule(L.LightningModule):
         self.cond_dropout, self.spread_every, self.spread_n = cond_dropout, int(spread_every), int(spread_n)
         self.spread_history: list[tuple[int, float]] = []  # (optimizer step, ratio)
 
-    def _split(self, batch):
-        x, cond = batch if isinstance(batch, (tuple, list)) else (batch, None)
-        if cond is not None and cond.numel() == 0:
-            cond = None
-        return x, cond
+    def _split(self, batch):  # (x [B, D], cond [B, C]); C = 0: unconditional
+        x, cond = batch
+        return x, (cond if cond.numel() else None)
 
     def training_step(self, batch, batch_idx):
         x, cond = self._split(batch)
@@ -121,7 +116,8 @@ class GeneratorModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.trainer.global_step
         if self.spread_every > 0 and step % self.spread_every == 0:
-            self._log_spread(step, log=True)
+            self.spread_history.append((step, self.measure_spread()))
+            self.log("spread_ratio", self.spread_history[-1][1], prog_bar=True)
 
     def on_train_end(self):
         # measured again after the weight-averaging callback (whose hook runs first) has swapped in the
@@ -129,13 +125,7 @@ class GeneratorModule(L.LightningModule):
         if self.spread_every > 0:
             if self.spread_history and self.spread_history[-1][0] == self.trainer.global_step:
                 self.spread_history.pop()
-            self._log_spread(self.trainer.global_step, log=False)
-
-    def _log_spread(self, step: int, log: bool) -> None:
-        ratio = self.measure_spread()
-        self.spread_history.append((step, ratio))
-        if log:
-            self.log("spread_ratio", ratio, prog_bar=True)
+            self.spread_history.append((self.trainer.global_step, self.measure_spread()))
 
     def configure_optimizers(self):
         return _optimizers(self, self.denoiser.parameters(), self.lr, self.weight_decay, self.schedule)
@@ -156,7 +146,7 @@ class AutoencoderModule(L.LightningModule):
         self.input_noise, self.latent_noise = float(input_noise), float(latent_noise)
 
     def training_step(self, batch, batch_idx):
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = batch[0]
         z = self.autoencoder.encode(x + self.input_noise * torch.randn_like(x))
         recon = self.autoencoder.decode(z + self.latent_noise * torch.randn_like(z))
         loss = nn.functional.mse_loss(recon, x)

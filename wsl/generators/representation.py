@@ -43,12 +43,11 @@ def layer_segments(layout: Layout) -> list[tuple[int, int]]:
     return out
 
 
-def align_to_reference(reference: dict, state_dicts: list[dict], spec: PermutationSpec, max_iter: int = 100,
-                       seed: int = 0) -> list[dict]:
+def align_to_reference(reference: dict, state_dicts: list[dict], spec: PermutationSpec, max_iter: int = 100) -> list:
     """Every state dict permuted (function-preserving) to be closest in L2 to `reference`."""
     from wsl.symmetry import align
 
-    return [align(reference, sd, spec, max_iter=max_iter, seed=seed) for sd in state_dicts]
+    return [align(reference, sd, spec, max_iter=max_iter) for sd in state_dicts]
 
 
 class WeightAutoencoder(nn.Module):
@@ -119,8 +118,7 @@ class WeightRepresentation:
             for it in range(iterations):
                 sds = align_to_reference(ref, sds, spec, max_iter=max_iter)
                 if it + 1 < iterations:
-                    flat = torch.stack([layout.flatten(sd) for sd in sds])
-                    ref = layout.unflatten(flat.mean(0))
+                    ref = layout.unflatten(torch.stack([layout.flatten(sd) for sd in sds]).mean(0))
         flat = torch.stack([layout.flatten(sd) for sd in sds])  # [M, N]
         means, stds = [], []
         for _, _, a, b in layout.entries:
@@ -136,15 +134,10 @@ class WeightRepresentation:
         autoencoder.eval()
         with torch.no_grad():
             z = autoencoder.encode(normalized.float()).double()  # [M, L]
-        self.autoencoder = autoencoder
-        self.latent_mean = z.mean(0)
+        self.autoencoder, self.latent_mean = autoencoder, z.mean(0)
         self.latent_std = z.std(0, unbiased=False).clamp_min(1e-6)
 
     # ---- transforms --------------------------------------------------------------------------------
-    @property
-    def aligned(self) -> bool:
-        return self.reference is not None
-
     @property
     def dim(self) -> int:
         """Dimension of the generator's vectors."""
@@ -199,7 +192,7 @@ class WeightRepresentation:
         return out
 
     def meta(self) -> dict:
-        return {"layout": self.layout.to_json(), "align": self.aligned, "max_iter": self.max_iter,
+        return {"layout": self.layout.to_json(), "align": self.reference is not None, "max_iter": self.max_iter,
                 "spec": None if self.spec is None else self.spec.to_json(),
                 "autoencoder": None if self.autoencoder is None else dict(self.autoencoder.kwargs,
                                                                            name=WeightAutoencoder.name)}
@@ -209,20 +202,13 @@ class WeightRepresentation:
         """Rebuild from `meta()` and `tensors()` (as read back from a generator run)."""
         try:
             layout = Layout.from_json(meta["layout"])
-            ref = None
-            if meta["align"]:
-                pre = "representation.reference."
-                ref = {name: tensors[pre + name] for name in layout.names}
+            ref = {n: tensors[f"representation.reference.{n}"] for n in layout.names} if meta["align"] else None
             spec = PermutationSpec.from_json(meta["spec"]) if meta.get("spec") else None
             ae = lm = ls = None
-            if meta.get("autoencoder"):
-                kw = {k: v for k, v in meta["autoencoder"].items() if k != "name"}
-                if meta["autoencoder"].get("name") != WeightAutoencoder.name:
-                    raise ValueError(f"unknown autoencoder {meta['autoencoder'].get('name')!r}")
-                ae = WeightAutoencoder(**kw)
+            if meta.get("autoencoder"):  # its name and sizes were checked by wsl.generators.generator_run.load_run
+                ae = WeightAutoencoder(**{k: v for k, v in meta["autoencoder"].items() if k != "name"}).eval()
                 ae.load_state_dict({k[len("autoencoder."):]: v for k, v in tensors.items()
                                     if k.startswith("autoencoder.")})
-                ae.eval()
                 lm, ls = tensors["representation.latent_mean"], tensors["representation.latent_std"]
             return cls(layout, tensors["representation.mean"], tensors["representation.std"], reference=ref,
                        spec=spec, autoencoder=ae, latent_mean=lm, latent_std=ls, max_iter=meta.get("max_iter", 100))
