@@ -88,7 +88,6 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, segments=None, hidden: int = 512, depth: int = 3,
                  emb_dim: int = 128, dropout: float = 0.0):
         super().__init__()
-        self.dim = dim
         self.kwargs = {"dim": dim, "cond_dim": cond_dim, "segments": None, "hidden": hidden, "depth": depth,
                        "emb_dim": emb_dim, "dropout": dropout}  # what rebuilds it from a generator run
         self.inp = nn.Linear(dim, hidden)
@@ -133,7 +132,6 @@ class TransformerDenoiser(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, segments=None, d_model: int = 128, nhead: int = 4,
                  layers: int = 4, max_token: int | None = 1024, dropout: float = 0.0):
         super().__init__()
-        self.dim = dim
         self.tokens = split_segments(segments, dim, max_token)
         self.kwargs = {"dim": dim, "cond_dim": cond_dim, "segments": [list(s) for s in segments] if segments else None,
                        "d_model": d_model, "nhead": nhead, "layers": layers, "max_token": max_token,

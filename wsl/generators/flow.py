@@ -114,8 +114,7 @@ class FlowMatching:
             if solver == "euler" or (last and self.prediction == "data" and self.sigma_min == 0.0):
                 x = x + h * v0  # (a data-predicting flow ends with an Euler step, like EDM's last step)
             else:  # Heun: trapezoid of the slopes at both ends (second order)
-                x_e = x + h * v0
-                v1 = self.velocity(net, x_e, t1.expand(n), cond, guidance, final=last)
+                v1 = self.velocity(net, x + h * v0, t1.expand(n), cond, guidance, final=last)
                 x = x + 0.5 * h * (v0 + v1)
         return x
 

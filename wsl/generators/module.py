@@ -83,9 +83,8 @@ class GeneratorModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, cond = self._split(batch)
-        drop = None
-        if cond is not None and self.cond_dropout > 0:
-            drop = torch.rand(x.shape[0], device=x.device) < self.cond_dropout
+        dropping = cond is not None and self.cond_dropout > 0  # classifier-free guidance: hide some conditions
+        drop = torch.rand(x.shape[0], device=x.device) < self.cond_dropout if dropping else None
         loss = self.method.loss(self.denoiser, x, cond, drop)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
@@ -96,15 +95,12 @@ class GeneratorModule(L.LightningModule):
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)  # DDP: one number
 
     @torch.no_grad()
-    def measure_spread(self, n: int | None = None, seed: int = 0) -> float:
-        """Sample `n` vectors (conditions drawn from the training rows) and return their spread ratio."""
-        n = self.spread_n if n is None else n
-        g = torch.Generator().manual_seed(seed)
+    def measure_spread(self, seed: int = 0) -> float:
+        """Sample `spread_n` vectors (conditions drawn from the training rows) and return their spread ratio."""
+        n, g = self.spread_n, torch.Generator().manual_seed(seed)
         noise = torch.randn(n, self.train_x.shape[1], generator=g).to(self.train_x)
-        cond = None
-        if self.train_cond is not None:
-            rows = torch.randint(0, self.train_cond.shape[0], (n,), generator=g)
-            cond = self.train_cond[rows.to(self.train_cond.device)]
+        rows = None if self.train_cond is None else torch.randint(0, len(self.train_cond), (n,), generator=g)
+        cond = None if rows is None else self.train_cond[rows.to(self.train_cond.device)]
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
@@ -147,8 +143,8 @@ class AutoencoderModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x = batch[0]
-        z = self.autoencoder.encode(x + self.input_noise * torch.randn_like(x))
-        recon = self.autoencoder.decode(z + self.latent_noise * torch.randn_like(z))
+        z = self.autoencoder.encoder(x + self.input_noise * torch.randn_like(x))
+        recon = self.autoencoder.decoder(z + self.latent_noise * torch.randn_like(z))
         loss = nn.functional.mse_loss(recon, x)
         self.log("ae_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss

@@ -23,6 +23,9 @@ from wsl.generators.generator_run import GeneratorRun, load_run
 from wsl.generators.limits import MAX_BATCH_BYTES, MAX_SAMPLES
 from wsl.generators.schema import SampleConfig
 from wsl.schema import is_int, positive
+from wsl.zoo import ShardWriter, Zoo, merge_index
+from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, LOCK_FILE, MODEL_DIR, SHARD_DIR
+from wsl.zoo.table import read_table
 
 log = logging.getLogger("wsl.generators")
 
@@ -43,7 +46,7 @@ def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch
                           f"generator was conditioned on, {printable(run.condition_keys)[:200]} (give all of them, or "
                           "none for unconditional sampling)")
     raw = torch.tensor([float(condition[k]) for k in run.condition_keys], dtype=torch.float64)[None].expand(n, -1)
-    return run.normalize_condition(raw)
+    return ((raw - run.cond_mean) / run.cond_std).float()
 
 
 @torch.no_grad()
@@ -60,14 +63,13 @@ def sample_vectors(run: GeneratorRun, n: int, seed: int = 0, condition: dict | N
     if not math.isfinite(guidance) or guidance < 0:
         raise ConfigError(f"guidance must be a non-negative number, got {guidance!r}")
     cond = condition_tensor(run, condition, 1)
-    cond = None if cond is None else cond.to(device)
     net = run.denoiser.to(device).eval()
     out = []
     for first in range(start, start + n, batch_size):
         b = min(batch_size, start + n - first)
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + first)
         noise = torch.randn(b, run.representation.dim, generator=g).to(device)
-        c = None if cond is None else cond.expand(b, -1)
+        c = None if cond is None else cond.to(device).expand(b, -1)
         out.append(run.method.sample(net, noise, cond=c, guidance=float(guidance), steps=steps, generator=g).cpu())
     return torch.cat(out)
 
@@ -81,13 +83,8 @@ def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
     """Refuse an output zoo that holds anything but this generator run's own samples, before any work: the
     training zoo (or a copy of it, or any zoo of trained nets), a zoo of another architecture or dataset, a
     file, a directory of other files. Only a zoo of this run's samples is resumed or extended."""
-    from wsl.zoo import Zoo
-    from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, LOCK_FILE, MODEL_DIR, SHARD_DIR
-    from wsl.zoo.table import read_table
-
-    root = Path(zoo_path).expanduser()
+    root, source = Path(zoo_path).expanduser(), run.zoo.get("path")
     shown = printable(root)
-    source = run.zoo.get("path")
     if source and root.resolve() == Path(source).resolve():
         raise ConfigError(f"zoo.path={shown} is the zoo the generator learned from; write the samples to "
                           "another zoo (evaluation compares the two)")
@@ -135,8 +132,6 @@ class _SampleSink:
     def __init__(self, run: GeneratorRun, zoo_path, seed: int, condition: dict | None = None, guidance: float = 1.0,
                  steps: int | None = None, job_id: str | None = None, zoo_name: str | None = None,
                  config: dict | None = None, batch_size: int | None = None):
-        from wsl.zoo import ShardWriter
-
         self.run, self.condition = run, dict(condition or {})
         self.root = Path(zoo_path).expanduser().resolve()
         run_name = re.sub(r"[^A-Za-z0-9._=-]", "-", Path(run.path).name if run.path else "").strip(".-")[:120]
@@ -165,8 +160,6 @@ class _SampleSink:
     def finished(self) -> set[int]:
         """Sample indices whose nets this zoo already holds from an earlier run of the same draw (committed rows
         of this job with equal provenance); a rerun after a kill skips them."""
-        from wsl.zoo.table import read_table
-
         path, arch, out = self.writer.shard_path, json.dumps(self.run.arch, sort_keys=True), set()
         for r in read_table(path).rows if path.exists() else []:
             i = r.hparams.get("sample_index")
@@ -274,8 +267,6 @@ def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
         t_write += time.perf_counter() - t
         drawn += len(idx)
     if not drawn:  # all committed earlier; that run may have died between its shard commit and index merge
-        from wsl.zoo import merge_index
-
         merge_index(sink.root)
     log.info("sampled %d nets in %.2f s (%.0f per minute), wrote them in %.2f s to %s", drawn, t_sample,
              60 * drawn / max(t_sample, 1e-9), t_write, sink.root)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.generators.generator_run import CHECKPOINT, GeneratorRun
@@ -18,6 +19,7 @@ from wsl.generators.representation import WeightAutoencoder, WeightRepresentatio
 from wsl.generators.schema import TrainGeneratorConfig, TrainZoo
 from wsl.schema import positive
 from wsl.trainer import barrier, global_rank, make_trainer
+from wsl.zoo import Zoo
 from wsl.zoo.epochs import check_epoch
 from wsl.zoo.finite import all_finite, some_ids
 
@@ -42,8 +44,6 @@ def select_zoo(settings: TrainZoo, columns: list[str] = ()) -> ZooSelection:
     """Open the zoo (`settings`: the `zoo` node), pick the trained nets of one architecture, read the
     condition `columns`. Every check against the zoo runs here, before any weight is loaded.
     """
-    from wsl.zoo import Zoo
-
     zoo = Zoo(settings.path)
     filt = settings.filter or {}
     ids = zoo.filter(status="trained", **filt)
@@ -127,11 +127,8 @@ def per_rank_batch(batch_size: int, n: int, world_size: int = 1, what: str = "tr
 
 
 def _loader(x: torch.Tensor, cond: torch.Tensor, batch_size: int, shuffle: bool, seed: int, world_size: int = 1):
-    from torch.utils.data import DataLoader, TensorDataset
-
-    bs = per_rank_batch(batch_size, x.shape[0], world_size)
-    return DataLoader(TensorDataset(x, cond.float()), batch_size=bs, shuffle=shuffle, drop_last=shuffle,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(TensorDataset(x, cond.float()), batch_size=per_rank_batch(batch_size, x.shape[0], world_size),
+                      shuffle=shuffle, drop_last=shuffle, generator=torch.Generator().manual_seed(seed))
 
 
 def fit_autoencoder(job: TrainGeneratorConfig, x: torch.Tensor, run_dir: Path | None) -> WeightAutoencoder:
@@ -199,14 +196,13 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
     module = GeneratorModule(denoiser, method, x, norm(sel.cond_train), lr=opt.lr, weight_decay=opt.weight_decay,
                              schedule=opt.schedule, cond_dropout=job.condition.dropout,
                              spread_every=job.spread.every_n_steps, spread_n=job.spread.n)
-    callbacks = [WeightAveraging(multi_avg_fn=WarmupEMA(g.ema))] if g.ema else []
-    trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir), callbacks=callbacks,
-                           progress_refresh_rate=job.progress_refresh_rate, run_dir=run_dir)
+    trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir), run_dir=run_dir,
+                           callbacks=[WeightAveraging(multi_avg_fn=WarmupEMA(g.ema))] if g.ema else [],
+                           progress_refresh_rate=job.progress_refresh_rate)
     world = int(trainer.world_size)
-    train_loader = _loader(x, norm(sel.cond_train), job.batch_size, True, job.seed, world)
-    val_loader = _loader(val_x, norm(sel.cond_val), job.batch_size, False, 0, world) if sel.val_ids else None
     t = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
+    trainer.fit(module, _loader(x, norm(sel.cond_train), job.batch_size, True, job.seed, world),
+                _loader(val_x, norm(sel.cond_val), job.batch_size, False, 0, world) if sel.val_ids else None)
     t_fit = time.perf_counter() - t
     _check_trained(trainer, "generator")
     denoiser.eval()
