@@ -1,11 +1,6 @@
-"""wsl-sample: draw networks from a trained generator and write them as a zoo.
-
-    wsl-sample run=runs/train_generator/<date> n=1000 zoo.path=zoos/mlp_digits-gen
-    wsl-sample run=... n=100 condition={val_acc:0.95} guidance=2 zoo.path=zoos/mlp_digits-gen-acc95
-
-The resolved config and what was drawn (nets, seconds, the output zoo's size) are logged
-(logger=csv by default) in the run directory.
-"""
+"""wsl-sample (conf/sample.yaml, with its examples): draw networks from a trained generator and write them as
+a zoo. The resolved config and what was drawn (nets, seconds, the output zoo's size) are logged (logger=csv by
+default) in the run directory."""
 
 from __future__ import annotations
 

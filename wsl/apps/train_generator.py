@@ -1,12 +1,7 @@
-"""wsl-train-generator: learn a generator of network weights from a zoo.
-
-    wsl-train-generator zoo.path=zoos/mlp_digits generator=flow
-    wsl-train-generator zoo.path=zoos/mlp_digits generator=diffusion generator/denoiser=transformer
-
-The run directory receives generator.safetensors (+ generator.json, config.json); the trainer's
-logger (logger=csv by default) gets the per-step losses, then the resolved config and the final
-metrics (losses, spread ratio, steps, timings) as its last entry.
-"""
+"""wsl-train-generator (conf/train_generator.yaml, with its examples): learn a generator of network weights
+from a zoo. The run directory receives generator.safetensors (+ generator.json, config.json); the trainer's
+logger (logger=csv by default) gets the per-step losses, then the resolved config and the final metrics
+(losses, spread ratio, steps, timings) as its last entry."""
 
 from __future__ import annotations
 
@@ -24,11 +19,6 @@ def typed_config(cfg: DictConfig) -> TrainGeneratorConfig:
     return typed(cfg, TrainGeneratorConfig, EXAMPLES)
 
 
-def summary_of(training: dict) -> dict:
-    """The numbers of a generator run's `training` record (histories left out: the logger has them)."""
-    return {k: v for k, v in training.items() if k != "spread_history"}
-
-
 @hydra.main(config_path=CONF_DIR, config_name="train_generator", version_base="1.3")
 @fail_cleanly
 def _main(cfg: DictConfig) -> None:
@@ -39,8 +29,9 @@ def _main(cfg: DictConfig) -> None:
     run = train_generator(job, run_dir=out, config=stored(job))
     print(f"generator run: {run.path} (spread ratio {run.training['spread_ratio']:.3f})")
     # the trainer's logger writes where this one does (same logger config, same run directory): the
-    # final entry follows its per-step rows, and the job's W&B run is the one the trainer used
-    log_summary(cfg, summary_of(run.training), out)
+    # final entry follows its per-step rows, and the job's W&B run is the one the trainer used; the spread
+    # history is left out (the logger has it)
+    log_summary(cfg, {k: v for k, v in run.training.items() if k != "spread_history"}, out)
 
 
 def main() -> None:

@@ -34,10 +34,7 @@ class SinusoidalEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         args = t.float()[:, None] * self.freqs[None]  # [B, half]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        if self.dim % 2:
-            emb = torch.nn.functional.pad(emb, (0, 1))
-        return emb
+        return nn.functional.pad(torch.cat([torch.cos(args), torch.sin(args)], dim=-1), (0, self.dim % 2))
 
 
 class Conditioning(nn.Module):
@@ -57,9 +54,7 @@ class Conditioning(nn.Module):
         if cond.shape != (batch, self.cond_dim):
             raise ConfigError(f"condition has shape {tuple(cond.shape)}, the generator expects ({batch}, {self.cond_dim})")
         emb = self.proj(cond)
-        if drop is not None:
-            emb = torch.where(drop[:, None], null, emb)
-        return emb
+        return emb if drop is None else torch.where(drop[:, None], null, emb)
 
 
 class _ResBlock(nn.Module):
@@ -93,7 +88,6 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, segments=None, hidden: int = 512, depth: int = 3,
                  emb_dim: int = 128, dropout: float = 0.0):
         super().__init__()
-        self.dim = dim
         self.kwargs = {"dim": dim, "cond_dim": cond_dim, "segments": None, "hidden": hidden, "depth": depth,
                        "emb_dim": emb_dim, "dropout": dropout}  # what rebuilds it from a generator run
         self.inp = nn.Linear(dim, hidden)
@@ -113,19 +107,15 @@ class MLPDenoiser(nn.Module):
 
 def split_segments(segments, dim: int, max_token: int | None):
     """Per-layer (start, stop) slices, each cut into tokens of at most `max_token` coordinates."""
-    segments = [(0, dim)] if not segments else [(int(a), int(b)) for a, b in segments]
-    covered = sorted(segments)
+    covered = sorted((int(a), int(b)) for a, b in segments) if segments else [(0, dim)]
     if covered[0][0] != 0 or covered[-1][1] != dim or any(a[1] != b[0] for a, b in zip(covered, covered[1:])):
         raise ConfigError(f"denoiser segments {str(segments)[:200]} do not tile the weight vector of {dim} coordinates")
-    count = sum(-(-(b - a) // (int(max_token) if max_token else max(b - a, 1))) for a, b in covered)
+    steps = [int(max_token) if max_token else max(b - a, 1) for a, b in covered]
+    count = sum(-(-(b - a) // step) for (a, b), step in zip(covered, steps))
     if count > MAX_TOKENS:  # counted first: a run file's max_token=1 on a huge vector would hang the loop below
         raise ConfigError(f"max_token={max_token} cuts the {dim} weights into {count} tokens; "
                           f"at most {MAX_TOKENS} (raise max_token)")
-    tokens = []
-    for a, b in covered:
-        step = (b - a) if not max_token else int(max_token)
-        tokens += [(s, min(s + step, b)) for s in range(a, b, step)]
-    return tokens
+    return [(s, min(s + step, b)) for (a, b), step in zip(covered, steps) for s in range(a, b, step)]
 
 
 class TransformerDenoiser(nn.Module):
@@ -142,7 +132,6 @@ class TransformerDenoiser(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, segments=None, d_model: int = 128, nhead: int = 4,
                  layers: int = 4, max_token: int | None = 1024, dropout: float = 0.0):
         super().__init__()
-        self.dim = dim
         self.tokens = split_segments(segments, dim, max_token)
         self.kwargs = {"dim": dim, "cond_dim": cond_dim, "segments": [list(s) for s in segments] if segments else None,
                        "d_model": d_model, "nhead": nhead, "layers": layers, "max_token": max_token,
@@ -176,9 +165,6 @@ def guided(net: nn.Module, x, t, cond=None, scale: float = 1.0):
         return net(x, t, None)
     if scale == 1.0:
         return net(x, t, cond)
-    b = x.shape[0]
-    drop = torch.cat([torch.zeros(b, dtype=torch.bool, device=x.device),
-                      torch.ones(b, dtype=torch.bool, device=x.device)])
-    out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), drop)  # one batched pass
-    c, u = out[:b], out[b:]
+    drop = torch.arange(2 * x.shape[0], device=x.device) >= x.shape[0]  # the second copy is unconditional
+    c, u = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), drop).chunk(2)  # one batched pass
     return u + scale * (c - u)

@@ -57,14 +57,11 @@ class Diffusion:
 
     def loss(self, net, x0: torch.Tensor, cond=None, drop=None) -> torch.Tensor:
         """Mean squared error of the ε (or v) prediction at uniformly drawn steps. x0: [B, D]."""
-        b = x0.shape[0]
-        t = torch.randint(0, self.timesteps, (b,), device=x0.device)
+        t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device)
         ab = self.abar.to(x0.device)[t].to(x0.dtype)[:, None]  # [B, 1]
         eps = torch.randn_like(x0)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        target = {"eps": eps, "x0": x0}.get(self.prediction)
-        if target is None:
-            target = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+        target = {"eps": eps, "x0": x0}.get(self.prediction, ab.sqrt() * eps - (1 - ab).sqrt() * x0)  # else v
         return torch.nn.functional.mse_loss(net(xt, t.to(x0.dtype) / self.timesteps, cond, drop), target)
 
     def schedule_steps(self, steps: int) -> list[int]:
@@ -81,30 +78,26 @@ class Diffusion:
         eta = self.eta if eta is None else float(eta)
         tau = self.schedule_steps(self.steps if steps is None else steps)
         abar = self.abar.tolist()
-        x = noise
-        n = x.shape[0]
+        x, n = noise, noise.shape[0]
         for i, t in enumerate(tau):
             ab_t = abar[t]
             ab_s = abar[tau[i + 1]] if i + 1 < len(tau) else 1.0  # after the last step: clean data
             tt = torch.full((n,), t / self.timesteps, device=x.device, dtype=x.dtype)
             out = guided(net, x, tt, cond, guidance)
+            a, s = math.sqrt(ab_t), math.sqrt(1 - ab_t)
             if self.prediction == "eps":
-                eps = out
-                x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+                x0, eps = (x - s * out) / a, out
             elif self.prediction == "x0":
-                x0 = out
-                eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
-            else:
-                x0 = math.sqrt(ab_t) * x - math.sqrt(1 - ab_t) * out
-                eps = math.sqrt(1 - ab_t) * x + math.sqrt(ab_t) * out
+                x0, eps = out, (x - a * out) / s
+            else:  # v
+                x0, eps = a * x - s * out, s * x + a * out
             if self.clip is not None:
                 x0 = x0.clamp(-self.clip, self.clip)
-                eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
+                eps = (x - a * x0) / s
             sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
             x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
             if sigma > 0:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = x + sigma * z
+                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x
 
     def kwargs(self) -> dict:

@@ -55,9 +55,9 @@ def condition_groups(cond: torch.Tensor | None, drop: torch.Tensor | None, batch
     if cond is None:
         return None
     key = cond.detach().cpu().double()
-    if drop is not None:
-        key = torch.where(drop.detach().cpu()[:, None], torch.full_like(key, float("nan")), key)
-        key = torch.cat([drop.detach().cpu().double()[:, None], torch.nan_to_num(key, nan=0.0)], dim=1)
+    if drop is not None:  # a dropped row's key: (1, 0, ..., 0); a kept row's: (0, its condition)
+        d = drop.detach().cpu()[:, None]
+        key = torch.cat([d.double(), torch.where(d, 0.0, key)], dim=1)
     return torch.unique(key, dim=0, return_inverse=True)[1]
 
 
@@ -104,8 +104,7 @@ class FlowMatching:
         solver = self.solver if solver is None else solver
         if solver not in SOLVERS:
             raise ConfigError(f"solver={solver!r} is unknown; valid: {', '.join(SOLVERS)}")
-        x = noise
-        n = x.shape[0]
+        x, n = noise, noise.shape[0]
         ts = torch.linspace(0.0, 1.0, steps + 1, device=x.device, dtype=x.dtype)
         for i in range(steps):
             t0, t1 = ts[i], ts[i + 1]
@@ -115,8 +114,7 @@ class FlowMatching:
             if solver == "euler" or (last and self.prediction == "data" and self.sigma_min == 0.0):
                 x = x + h * v0  # (a data-predicting flow ends with an Euler step, like EDM's last step)
             else:  # Heun: trapezoid of the slopes at both ends (second order)
-                x_e = x + h * v0
-                v1 = self.velocity(net, x_e, t1.expand(n), cond, guidance, final=last)
+                v1 = self.velocity(net, x + h * v0, t1.expand(n), cond, guidance, final=last)
                 x = x + 0.5 * h * (v0 + v1)
         return x
 

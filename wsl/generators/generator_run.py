@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as st_load, save as st_save
 from torch import nn
 
@@ -32,8 +33,10 @@ from wsl.generators.flow import FlowMatching
 from wsl.generators.limits import MAX_PARAMS
 from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
 from wsl.generators.schema import LatentConfig
+from wsl.nets import build_net
 from wsl.schema import TARGETS, FieldError
 from wsl.zoo.atomic import write_bytes_atomic
+from wsl.zoo.format import check_arch_limits
 from wsl.zoo.layout import Layout
 
 RUN_FORMAT = "wsl-generator"
@@ -59,14 +62,12 @@ def _build(registry: dict, kind: str, name: str, kwargs: dict, source, spec: typ
     cls = registry[name]
     spec = spec or TARGETS.get(f"{cls.__module__}.{cls.__qualname__}")
     try:
-        if spec is not None:
-            options = {f.name for f in dataclasses.fields(spec)}
-            spec(**{k: v for k, v in kwargs.items() if k in options})
+        if spec is not None:  # the class's options only (dim, cond_dim, segments come from the zoo)
+            spec(**{k: v for k, v in kwargs.items() if k in {f.name for f in dataclasses.fields(spec)}})
         return cls(**kwargs)
     except (TypeError, ValueError, ConfigError) as e:
-        shown = e.at("") if isinstance(e, FieldError) else e
         raise ZooFormatError(f"{source}: key {kind}.kwargs cannot rebuild {kind} {name!r} "
-                             f"({printable(shown)[:300]})") from e
+                             f"({printable(e.at('') if isinstance(e, FieldError) else e)[:300]})") from e
 
 
 @dataclass
@@ -87,8 +88,7 @@ class GeneratorRun:
 
     def describe(self) -> dict:
         for kind, obj, registry in (("denoiser", self.denoiser, DENOISERS), ("method", self.method, METHODS)):
-            name = getattr(obj, "name", None)
-            if registry.get(name) is not type(obj):
+            if registry.get(getattr(obj, "name", None)) is not type(obj):
                 raise ConfigError(f"{kind} {type(obj).__name__} is not registered in wsl.generators.generator_run, so "
                                   "a run could not be reloaded; register it (register_denoiser) or use a built-in one")
         return {"format": RUN_FORMAT, "format_version": RUN_VERSION,
@@ -103,9 +103,6 @@ class GeneratorRun:
         if self.condition_keys:
             out.update({"condition.mean": self.cond_mean, "condition.std": self.cond_std})
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
-
-    def normalize_condition(self, values: torch.Tensor) -> torch.Tensor:  # [n, C] raw -> [n, C]
-        return ((values.double() - self.cond_mean) / self.cond_std).float()
 
     def save(self, run_dir, config: dict | None = None) -> Path:
         """Write the run's files atomically (temp file + rename); returns the checkpoint path."""
@@ -130,31 +127,20 @@ _FLOATS = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", t
 def _header(ckpt: Path) -> tuple[dict, dict]:
     """The checkpoint's metadata and {tensor name: (dtype, shape)}, from its header alone: nothing is
     allocated for the tensors before they are known to match the description."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(ckpt), "pt") as f:
-            meta = f.metadata() or {}
-            index = {}
-            for k in f.keys():
-                sl = f.get_slice(k)
-                index[k] = (str(sl.get_dtype()), tuple(int(d) for d in sl.get_shape()))
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            return f.metadata() or {}, {k: (str(s.get_dtype()), tuple(map(int, s.get_shape())))
+                                        for k, s in slices.items()}
     except Exception as e:  # safetensors raises several error types on damaged files
         raise ZooFormatError(f"{ckpt}: not a readable safetensors file ({type(e).__name__}: {printable(e)[:200]})") from e
-    return meta, index
-
-
-def _expected(module: nn.Module, prefix: str, key: str) -> dict:
-    """{tensor name: (shape, description key)} of a module (built on the meta device)."""
-    return {f"{prefix}{k}": (tuple(v.shape), key) for k, v in module.state_dict().items()}
 
 
 def _check_tensors(ckpt: Path, expected: dict, found: dict) -> None:
     """The checkpoint holds exactly the tensors its description implies: names, shapes, float dtypes."""
     missing = [k for k in expected if k not in found]
     if missing:
-        k = missing[0]
-        raise ZooFormatError(f"{ckpt}: lacks tensor {k!r} that key {expected[k][1]} implies "
+        raise ZooFormatError(f"{ckpt}: lacks tensor {missing[0]!r} that key {expected[missing[0]][1]} implies "
                              f"({len(missing)} missing); the run is incomplete or was edited")
     extra = [k for k in found if k not in expected]
     if extra:
@@ -169,14 +155,15 @@ def _check_tensors(ckpt: Path, expected: dict, found: dict) -> None:
             raise ZooFormatError(f"{ckpt}: tensor {k!r} has dtype {dtype}, expected a float dtype")
 
 
-def _on_meta(build):
-    """`build()` on the meta device: shapes and parameter counts without allocating any memory."""
+def _on_meta(build, too_big: str) -> nn.Module:
+    """`build()` on the meta device (shapes and parameter counts without allocating any memory); refused,
+    with the message `too_big` followed by the count, when it has more than MAX_PARAMS parameters."""
     with torch.device("meta"):
-        return build()
-
-
-def _count(module: nn.Module) -> int:
-    return sum(v.numel() for v in module.state_dict().values())
+        module = build()
+    n = sum(v.numel() for v in module.state_dict().values())
+    if n > MAX_PARAMS:
+        raise ZooFormatError(f"{too_big} {n} parameters; at most {MAX_PARAMS}")
+    return module
 
 
 def load_run(run_dir) -> GeneratorRun:
@@ -186,9 +173,6 @@ def load_run(run_dir) -> GeneratorRun:
     (wsl.generators.limits), the net architecture, layout, denoiser, autoencoder and condition it
     records are built on the meta device and checked against the tensors the header lists (names,
     shapes, dtypes, count) before any tensor is read or any module allocated."""
-    from wsl.nets import build_net
-    from wsl.zoo.format import check_arch_limits
-
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"run={printable(run_dir)}: not a directory (expected a wsl-train-generator run directory)")
@@ -220,13 +204,10 @@ def load_run(run_dir) -> GeneratorRun:
     # the zoo net: capped sizes, built without memory; its tensors are what the representation's layout lists
     arch = check_arch_limits(arch, f"{ckpt}: key arch")
     try:
-        skeleton = _on_meta(lambda: build_net(arch))
+        skeleton = _on_meta(lambda: build_net(arch), f"{ckpt}: key arch makes nets of")
     except (ConfigError, TypeError, ValueError, RuntimeError) as e:
         raise ZooFormatError(f"{ckpt}: key arch records an unusable net architecture "
                              f"{printable(arch)[:200]} ({printable(e)[:200]})") from e
-    n_net = _count(skeleton)
-    if n_net > MAX_PARAMS:
-        raise ZooFormatError(f"{ckpt}: key arch makes nets of {n_net} parameters; at most {MAX_PARAMS}")
     net_layout = Layout.from_state_dict(skeleton.state_dict())
     if layout != net_layout:
         have = dict((n, s) for n, s, _, _ in layout.entries)
@@ -236,8 +217,7 @@ def load_run(run_dir) -> GeneratorRun:
                              f"tensor {name!r} is {list(shape or [])} by the arch, "
                              f"{list(have.get(name, [])) or 'absent'} by the layout")
     # every tensor the description implies, with the key that implies it
-    expected = {"representation.mean": ((len(layout.entries),), "representation.layout"),
-                "representation.std": ((len(layout.entries),), "representation.layout")}
+    expected = {f"representation.{s}": ((len(layout.entries),), "representation.layout") for s in ("mean", "std")}
     if rmeta.get("align"):
         expected.update({f"representation.reference.{n}": (s, "representation.layout") for n, s, _, _ in layout.entries})
     dim = layout.numel
@@ -247,11 +227,10 @@ def load_run(run_dir) -> GeneratorRun:
                                  f"the layout's {layout.numel} weights")
         kw = {k: v for k, v in ae_meta.items() if k != "name"}
         ae = _on_meta(lambda: _build({WeightAutoencoder.name: WeightAutoencoder}, "representation.autoencoder",
-                                     ae_meta.get("name"), kw, ckpt, spec=LatentConfig))
-        if _count(ae) > MAX_PARAMS:
-            raise ZooFormatError(f"{ckpt}: key representation.autoencoder makes {_count(ae)} parameters; "
-                                 f"at most {MAX_PARAMS}")
-        expected.update(_expected(ae, "autoencoder.", "representation.autoencoder"))
+                                     ae_meta.get("name"), kw, ckpt, spec=LatentConfig),
+                      f"{ckpt}: key representation.autoencoder makes")
+        expected.update({f"autoencoder.{k}": (tuple(v.shape), "representation.autoencoder")
+                         for k, v in ae.state_dict().items()})
         dim = int(kw["latent_dim"])
         expected.update({f"representation.latent_{s}": ((dim,), "representation.autoencoder.latent_dim")
                          for s in ("mean", "std")})
@@ -260,11 +239,9 @@ def load_run(run_dir) -> GeneratorRun:
                              f"cond_dim={printable(dkw.get('cond_dim'))[:20]}; the representation has {dim} "
                              f"coordinates and condition.keys names {len(keys)}")
     method = _build(METHODS, "method", mname, mkw, ckpt)
-    denoiser = _on_meta(lambda: _build(DENOISERS, "denoiser", dname, dkw, ckpt))
-    if _count(denoiser) > MAX_PARAMS:
-        raise ZooFormatError(f"{ckpt}: key denoiser.kwargs makes a denoiser of {_count(denoiser)} parameters; "
-                             f"at most {MAX_PARAMS}")
-    expected.update(_expected(denoiser, "denoiser.", "denoiser.kwargs"))
+    denoiser = _on_meta(lambda: _build(DENOISERS, "denoiser", dname, dkw, ckpt),
+                        f"{ckpt}: key denoiser.kwargs makes a denoiser of")
+    expected.update({f"denoiser.{k}": (tuple(v.shape), "denoiser.kwargs") for k, v in denoiser.state_dict().items()})
     if keys:
         expected.update({f"condition.{s}": ((len(keys),), "condition.keys") for s in ("mean", "std")})
     _check_tensors(ckpt, expected, index)
@@ -276,15 +253,9 @@ def load_run(run_dir) -> GeneratorRun:
     except Exception as e:  # safetensors raises several error types on damaged files
         raise ZooFormatError(f"{ckpt}: not a readable safetensors file ({type(e).__name__}: {printable(e)[:200]})") from e
     _check_tensors(ckpt, expected, {k: (_FLOATS.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in tensors.items()})
-    denoiser = _build(DENOISERS, "denoiser", dname, dkw, ckpt)
-    try:
-        denoiser.load_state_dict({k[len("denoiser."):]: v for k, v in tensors.items() if k.startswith("denoiser.")})
-    except RuntimeError as e:
-        raise ZooFormatError(f"{ckpt}: denoiser weights do not fit key denoiser.kwargs ({printable(e)[:200]})") from e
-    denoiser.eval()
+    denoiser = _build(DENOISERS, "denoiser", dname, dkw, ckpt).eval()
+    denoiser.load_state_dict({k[len("denoiser."):]: v for k, v in tensors.items() if k.startswith("denoiser.")})
     rep = WeightRepresentation.load(rmeta, tensors, source=str(ckpt))
-    if rep.dim != getattr(denoiser, "dim", rep.dim):
-        raise ZooFormatError(f"{ckpt}: denoiser works on {denoiser.dim} coordinates, the representation has {rep.dim}")
     cm = cs = None
     if keys:
         cm, cs = tensors["condition.mean"].double(), tensors["condition.std"].double()

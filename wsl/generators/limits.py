@@ -6,8 +6,6 @@ useful value, so it only refuses what would exhaust memory or hang. The schemas
 (wsl.generators.schema) apply them to a config and to a loaded run's description alike.
 """
 
-from __future__ import annotations
-
 MAX_WIDTH = 1 << 20  # hidden sizes, embedding sizes (a 2^20-wide linear layer is already 10^12 parameters)
 MAX_DEPTH = 1024  # residual blocks / transformer layers: building the module must stay quick
 MAX_TOKENS = 1 << 16  # tokens of the transformer denoiser (one linear map each)

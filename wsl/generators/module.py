@@ -1,9 +1,6 @@
-"""LightningModules of the generators room: they own the losses, the collapse monitor and the optimizers.
-
-The networks (denoisers, autoencoder) are plain nn.Modules; the generative methods (FlowMatching,
-Diffusion) are plain objects with `loss` and `sample`. The modules here only wire them to a
-Lightning Trainer.
-"""
+"""LightningModules of the generators room: they wire the plain networks (denoisers, autoencoder: nn.Modules)
+and methods (FlowMatching, Diffusion: plain objects with `loss` and `sample`) to a Lightning Trainer, and own
+the losses' logging, the collapse monitor and the optimizers."""
 
 from __future__ import annotations
 
@@ -80,17 +77,14 @@ class GeneratorModule(L.LightningModule):
         self.cond_dropout, self.spread_every, self.spread_n = cond_dropout, int(spread_every), int(spread_n)
         self.spread_history: list[tuple[int, float]] = []  # (optimizer step, ratio)
 
-    def _split(self, batch):
-        x, cond = batch if isinstance(batch, (tuple, list)) else (batch, None)
-        if cond is not None and cond.numel() == 0:
-            cond = None
-        return x, cond
+    def _split(self, batch):  # (x [B, D], cond [B, C]); C = 0: unconditional
+        x, cond = batch
+        return x, (cond if cond.numel() else None)
 
     def training_step(self, batch, batch_idx):
         x, cond = self._split(batch)
-        drop = None
-        if cond is not None and self.cond_dropout > 0:
-            drop = torch.rand(x.shape[0], device=x.device) < self.cond_dropout
+        dropping = cond is not None and self.cond_dropout > 0  # classifier-free guidance: hide some conditions
+        drop = torch.rand(x.shape[0], device=x.device) < self.cond_dropout if dropping else None
         loss = self.method.loss(self.denoiser, x, cond, drop)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
@@ -101,15 +95,12 @@ class GeneratorModule(L.LightningModule):
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)  # DDP: one number
 
     @torch.no_grad()
-    def measure_spread(self, n: int | None = None, seed: int = 0) -> float:
-        """Sample `n` vectors (conditions drawn from the training rows) and return their spread ratio."""
-        n = self.spread_n if n is None else n
-        g = torch.Generator().manual_seed(seed)
+    def measure_spread(self, seed: int = 0) -> float:
+        """Sample `spread_n` vectors (conditions drawn from the training rows) and return their spread ratio."""
+        n, g = self.spread_n, torch.Generator().manual_seed(seed)
         noise = torch.randn(n, self.train_x.shape[1], generator=g).to(self.train_x)
-        cond = None
-        if self.train_cond is not None:
-            rows = torch.randint(0, self.train_cond.shape[0], (n,), generator=g)
-            cond = self.train_cond[rows.to(self.train_cond.device)]
+        rows = None if self.train_cond is None else torch.randint(0, len(self.train_cond), (n,), generator=g)
+        cond = None if rows is None else self.train_cond[rows.to(self.train_cond.device)]
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
@@ -121,7 +112,8 @@ class GeneratorModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.trainer.global_step
         if self.spread_every > 0 and step % self.spread_every == 0:
-            self._log_spread(step, log=True)
+            self.spread_history.append((step, self.measure_spread()))
+            self.log("spread_ratio", self.spread_history[-1][1], prog_bar=True)
 
     def on_train_end(self):
         # measured again after the weight-averaging callback (whose hook runs first) has swapped in the
@@ -129,13 +121,7 @@ class GeneratorModule(L.LightningModule):
         if self.spread_every > 0:
             if self.spread_history and self.spread_history[-1][0] == self.trainer.global_step:
                 self.spread_history.pop()
-            self._log_spread(self.trainer.global_step, log=False)
-
-    def _log_spread(self, step: int, log: bool) -> None:
-        ratio = self.measure_spread()
-        self.spread_history.append((step, ratio))
-        if log:
-            self.log("spread_ratio", ratio, prog_bar=True)
+            self.spread_history.append((self.trainer.global_step, self.measure_spread()))
 
     def configure_optimizers(self):
         return _optimizers(self, self.denoiser.parameters(), self.lr, self.weight_decay, self.schedule)
@@ -156,9 +142,9 @@ class AutoencoderModule(L.LightningModule):
         self.input_noise, self.latent_noise = float(input_noise), float(latent_noise)
 
     def training_step(self, batch, batch_idx):
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        z = self.autoencoder.encode(x + self.input_noise * torch.randn_like(x))
-        recon = self.autoencoder.decode(z + self.latent_noise * torch.randn_like(z))
+        x = batch[0]
+        z = self.autoencoder.encoder(x + self.input_noise * torch.randn_like(x))
+        recon = self.autoencoder.decoder(z + self.latent_noise * torch.randn_like(z))
         loss = nn.functional.mse_loss(recon, x)
         self.log("ae_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss

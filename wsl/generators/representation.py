@@ -16,8 +16,6 @@ Per-tensor standardization puts layers of different scales on an equal footing.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
@@ -25,14 +23,11 @@ from wsl.errors import ConfigError, ZooFormatError
 from wsl.nets.spec import PermutationSpec
 from wsl.zoo.layout import Layout
 
-log = logging.getLogger(__name__)
-
 
 def layer_segments(layout: Layout) -> list[tuple[int, int]]:
     """(start, stop) of each layer in the flat vector: tensors sharing a module prefix
     (e.g. hidden.0.weight and hidden.0.bias) form one layer, i.e. one group of tokens."""
-    out: list = []
-    prev = None
+    out, prev = [], None
     for name, _, a, b in layout.entries:
         prefix = name.rsplit(".", 1)[0]
         if out and prefix == prev and out[-1][1] == a:
@@ -43,18 +38,17 @@ def layer_segments(layout: Layout) -> list[tuple[int, int]]:
     return out
 
 
-def align_to_reference(reference: dict, state_dicts: list[dict], spec: PermutationSpec, max_iter: int = 100,
-                       seed: int = 0) -> list[dict]:
+def align_to_reference(reference: dict, state_dicts: list[dict], spec: PermutationSpec, max_iter: int = 100) -> list:
     """Every state dict permuted (function-preserving) to be closest in L2 to `reference`."""
     from wsl.symmetry import align
 
-    return [align(reference, sd, spec, max_iter=max_iter, seed=seed) for sd in state_dicts]
+    return [align(reference, sd, spec, max_iter=max_iter) for sd in state_dicts]
 
 
 class WeightAutoencoder(nn.Module):
     """MLP autoencoder of normalized weight vectors (p-diff's latent, for nets too large to model directly).
 
-    encode: [B, D] -> [B, latent]; decode: [B, latent] -> [B, D]. The sizes are checked (and capped)
+    encoder: [B, D] -> [B, latent]; decoder: [B, latent] -> [B, D]. The sizes are checked (and capped)
     by wsl.generators.schema.LatentConfig, for a config and a loaded run alike.
     """
 
@@ -72,12 +66,6 @@ class WeightAutoencoder(nn.Module):
             return nn.Sequential(*layers, nn.Linear(d, o))
 
         self.encoder, self.decoder = mlp(dim, latent_dim), mlp(latent_dim, dim)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
 
 
 class WeightRepresentation:
@@ -119,32 +107,23 @@ class WeightRepresentation:
             for it in range(iterations):
                 sds = align_to_reference(ref, sds, spec, max_iter=max_iter)
                 if it + 1 < iterations:
-                    flat = torch.stack([layout.flatten(sd) for sd in sds])
-                    ref = layout.unflatten(flat.mean(0))
+                    ref = layout.unflatten(torch.stack([layout.flatten(sd) for sd in sds]).mean(0))
         flat = torch.stack([layout.flatten(sd) for sd in sds])  # [M, N]
-        means, stds = [], []
-        for _, _, a, b in layout.entries:
-            block = flat[:, a:b]
-            means.append(block.mean())
-            stds.append(block.std(unbiased=False).clamp_min(min_std) if block.numel() > 1 else torch.tensor(1.0))
-        rep = cls(layout, torch.stack(means), torch.stack(stds), reference=None if ref is None else
-                  {k: v.clone() for k, v in ref.items()}, spec=spec if align else None, max_iter=max_iter)
-        return rep, flat
+        blocks = [flat[:, a:b] for _, _, a, b in layout.entries]
+        means = [x.mean() for x in blocks]
+        stds = [x.std(unbiased=False).clamp_min(min_std) if x.numel() > 1 else torch.tensor(1.0) for x in blocks]
+        return cls(layout, torch.stack(means), torch.stack(stds), reference=None if ref is None else
+                   {k: v.clone() for k, v in ref.items()}, spec=spec if align else None, max_iter=max_iter), flat
 
     def fit_latent(self, autoencoder: WeightAutoencoder, normalized: torch.Tensor) -> None:
         """Attach a trained autoencoder; its latents of the training set fix the latent standardization."""
         autoencoder.eval()
         with torch.no_grad():
-            z = autoencoder.encode(normalized.float()).double()  # [M, L]
-        self.autoencoder = autoencoder
-        self.latent_mean = z.mean(0)
+            z = autoencoder.encoder(normalized.float()).double()  # [M, L]
+        self.autoencoder, self.latent_mean = autoencoder, z.mean(0)
         self.latent_std = z.std(0, unbiased=False).clamp_min(1e-6)
 
     # ---- transforms --------------------------------------------------------------------------------
-    @property
-    def aligned(self) -> bool:
-        return self.reference is not None
-
     @property
     def dim(self) -> int:
         """Dimension of the generator's vectors."""
@@ -155,17 +134,12 @@ class WeightRepresentation:
         return None if self.autoencoder is not None else layer_segments(self.layout)
 
     def align(self, state_dicts: list[dict]) -> list[dict]:
-        if self.reference is None:
-            return state_dicts
-        return align_to_reference(self.reference, state_dicts, self.spec, max_iter=self.max_iter)
+        return state_dicts if self.reference is None else align_to_reference(self.reference, state_dicts, self.spec,
+                                                                             max_iter=self.max_iter)
 
     def normalize(self, flat: torch.Tensor) -> torch.Tensor:  # [..., N] -> [..., N]
         mu, sd = self.mean[self._index], self.std[self._index]
         return ((flat.double() - mu) / sd).to(torch.float32)
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:  # [..., N] -> [..., N]
-        mu, sd = self.mean[self._index].to(z.device), self.std[self._index].to(z.device)
-        return (z.double() * sd + mu).to(torch.float32)
 
     def encode(self, flat: torch.Tensor) -> torch.Tensor:
         """Flat (already aligned) weights [M, N] -> generator vectors [M, D]."""
@@ -173,7 +147,7 @@ class WeightRepresentation:
         if self.autoencoder is None:
             return x
         with torch.no_grad():
-            z = self.autoencoder.encode(x).double()
+            z = self.autoencoder.encoder(x).double()
         return ((z - self.latent_mean) / self.latent_std).float()
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,8 +155,9 @@ class WeightRepresentation:
         if self.autoencoder is not None:
             z = (x.double() * self.latent_std.to(x.device) + self.latent_mean.to(x.device)).float()
             with torch.no_grad():
-                x = self.autoencoder.decode(z)
-        return self.denormalize(x)
+                x = self.autoencoder.decoder(z)
+        mu, sd = self.mean[self._index].to(x.device), self.std[self._index].to(x.device)
+        return (x.double() * sd + mu).to(torch.float32)
 
     def state_dicts(self, flat: torch.Tensor) -> list[dict]:
         """[M, N] -> M state dicts (contiguous copies, ready for safetensors)."""
@@ -199,7 +174,7 @@ class WeightRepresentation:
         return out
 
     def meta(self) -> dict:
-        return {"layout": self.layout.to_json(), "align": self.aligned, "max_iter": self.max_iter,
+        return {"layout": self.layout.to_json(), "align": self.reference is not None, "max_iter": self.max_iter,
                 "spec": None if self.spec is None else self.spec.to_json(),
                 "autoencoder": None if self.autoencoder is None else dict(self.autoencoder.kwargs,
                                                                            name=WeightAutoencoder.name)}
@@ -209,20 +184,13 @@ class WeightRepresentation:
         """Rebuild from `meta()` and `tensors()` (as read back from a generator run)."""
         try:
             layout = Layout.from_json(meta["layout"])
-            ref = None
-            if meta["align"]:
-                pre = "representation.reference."
-                ref = {name: tensors[pre + name] for name in layout.names}
+            ref = {n: tensors[f"representation.reference.{n}"] for n in layout.names} if meta["align"] else None
             spec = PermutationSpec.from_json(meta["spec"]) if meta.get("spec") else None
             ae = lm = ls = None
-            if meta.get("autoencoder"):
-                kw = {k: v for k, v in meta["autoencoder"].items() if k != "name"}
-                if meta["autoencoder"].get("name") != WeightAutoencoder.name:
-                    raise ValueError(f"unknown autoencoder {meta['autoencoder'].get('name')!r}")
-                ae = WeightAutoencoder(**kw)
+            if meta.get("autoencoder"):  # its name and sizes were checked by wsl.generators.generator_run.load_run
+                ae = WeightAutoencoder(**{k: v for k, v in meta["autoencoder"].items() if k != "name"}).eval()
                 ae.load_state_dict({k[len("autoencoder."):]: v for k, v in tensors.items()
                                     if k.startswith("autoencoder.")})
-                ae.eval()
                 lm, ls = tensors["representation.latent_mean"], tensors["representation.latent_std"]
             return cls(layout, tensors["representation.mean"], tensors["representation.std"], reference=ref,
                        spec=spec, autoencoder=ae, latent_mean=lm, latent_std=ls, max_iter=meta.get("max_iter", 100))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +23,9 @@ from wsl.generators.generator_run import GeneratorRun, load_run
 from wsl.generators.limits import MAX_BATCH_BYTES, MAX_SAMPLES
 from wsl.generators.schema import SampleConfig
 from wsl.schema import is_int, positive
+from wsl.zoo import ShardWriter, Zoo, merge_index
+from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, LOCK_FILE, MODEL_DIR, SHARD_DIR
+from wsl.zoo.table import read_table
 
 log = logging.getLogger("wsl.generators")
 
@@ -30,7 +36,6 @@ def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch
     if condition is not None and not isinstance(condition, dict):
         raise ConfigError(f"condition must be a mapping of the run's condition keys to numbers (e.g. "
                           f"condition={{val_acc:0.9}}), got {printable(condition)[:80]}")
-    condition = dict(condition or {})
     if not condition:
         return None
     if not run.condition_keys:
@@ -41,9 +46,10 @@ def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch
                           f"generator was conditioned on, {printable(run.condition_keys)[:200]} (give all of them, or "
                           "none for unconditional sampling)")
     raw = torch.tensor([float(condition[k]) for k in run.condition_keys], dtype=torch.float64)[None].expand(n, -1)
-    return run.normalize_condition(raw)
+    return ((raw - run.cond_mean) / run.cond_std).float()
 
 
+@torch.no_grad()
 def sample_vectors(run: GeneratorRun, n: int, seed: int = 0, condition: dict | None = None, guidance: float = 1.0,
                    steps: int | None = None, batch_size: int = 1000, device: str = "cpu",
                    start: int = 0) -> torch.Tensor:
@@ -56,22 +62,14 @@ def sample_vectors(run: GeneratorRun, n: int, seed: int = 0, condition: dict | N
         raise ConfigError(f"start must be a non-negative multiple of batch_size ({batch_size}), got {start!r}")
     if not math.isfinite(guidance) or guidance < 0:
         raise ConfigError(f"guidance must be a non-negative number, got {guidance!r}")
-    return _draw(run, n, seed, condition_tensor(run, condition, 1), guidance, steps, batch_size, device, start)
-
-
-@torch.no_grad()
-def _draw(run: GeneratorRun, n: int, seed: int, cond: torch.Tensor | None, guidance: float, steps: int | None,
-          batch_size: int, device: str, start: int) -> torch.Tensor:
-    """sample_vectors with its arguments checked; cond: the normalized condition [1, C] or None."""
+    cond = condition_tensor(run, condition, 1)
     net = run.denoiser.to(device).eval()
-    dim = run.representation.dim
-    cond = None if cond is None else cond.to(device)
     out = []
     for first in range(start, start + n, batch_size):
         b = min(batch_size, start + n - first)
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + first)
-        noise = torch.randn(b, dim, generator=g).to(device)
-        c = None if cond is None else cond.expand(b, -1)
+        noise = torch.randn(b, run.representation.dim, generator=g).to(device)
+        c = None if cond is None else cond.to(device).expand(b, -1)
         out.append(run.method.sample(net, noise, cond=c, guidance=float(guidance), steps=steps, generator=g).cpu())
     return torch.cat(out)
 
@@ -81,22 +79,12 @@ def sample_weights(run: GeneratorRun, n: int, **kw) -> torch.Tensor:
     return run.representation.decode(sample_vectors(run, n, **kw))
 
 
-def _own_sample(run: GeneratorRun, row) -> bool:
-    """Whether an index row is a net this generator run drew (status sampled, the run's checkpoint sha256)."""
-    return row.status == "sampled" and row.hparams.get("generator_sha256") == run.sha256
-
-
 def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
     """Refuse an output zoo that holds anything but this generator run's own samples, before any work: the
     training zoo (or a copy of it, or any zoo of trained nets), a zoo of another architecture or dataset, a
     file, a directory of other files. Only a zoo of this run's samples is resumed or extended."""
-    from wsl.zoo import Zoo
-    from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, LOCK_FILE, MODEL_DIR, SHARD_DIR
-    from wsl.zoo.table import read_table
-
-    root = Path(zoo_path).expanduser()
+    root, source = Path(zoo_path).expanduser(), run.zoo.get("path")
     shown = printable(root)
-    source = run.zoo.get("path")
     if source and root.resolve() == Path(source).resolve():
         raise ConfigError(f"zoo.path={shown} is the zoo the generator learned from; write the samples to "
                           "another zoo (evaluation compares the two)")
@@ -128,7 +116,8 @@ def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
                                   f"{run.zoo.get('dataset')}, zoo {zoo.path} holds nets for {printable(ds)}; "
                                   "write the samples to another zoo.path")
         rows = [zoo.row(m) for m in zoo.ids]
-    foreign = [r for r in rows if not _own_sample(run, r)]
+    # this run's own samples: status sampled, the run's checkpoint sha256
+    foreign = [r for r in rows if r.status != "sampled" or r.hparams.get("generator_sha256") != run.sha256]
     if foreign:
         r = foreign[0]
         raise ConfigError(f"zoo.path={shown} holds {len(foreign)} net(s) that are not samples of this generator run "
@@ -143,22 +132,20 @@ class _SampleSink:
     def __init__(self, run: GeneratorRun, zoo_path, seed: int, condition: dict | None = None, guidance: float = 1.0,
                  steps: int | None = None, job_id: str | None = None, zoo_name: str | None = None,
                  config: dict | None = None, batch_size: int | None = None):
-        from wsl.zoo import ShardWriter
-
         self.run, self.condition = run, dict(condition or {})
         self.root = Path(zoo_path).expanduser().resolve()
-        run_name = Path(run.path).name if run.path else "generator"
-        self.job_id = job_id or f"gen-{_safe(run_name)}-s{int(seed)}"
-        steps_used = steps if steps is not None else run.method.steps
+        run_name = re.sub(r"[^A-Za-z0-9._=-]", "-", Path(run.path).name if run.path else "").strip(".-")[:120]
+        self.job_id = job_id or f"gen-{run_name or 'generator'}-s{int(seed)}"
         self.provenance = {"generator_run": str(run.path),
                            "generator_checkpoint": str(Path(run.path) / "generator.safetensors"),
                            "generator_sha256": run.sha256, "generator_method": run.method.name,
                            "generator_denoiser": run.denoiser.name, "sample_seed": int(seed),
-                           "guidance": float(guidance), "sampler_steps": int(steps_used),
+                           "guidance": float(guidance), "sampler_steps": int(run.method.steps if steps is None else steps),
                            "source_zoo": run.zoo.get("path", "")}
         if batch_size is not None:  # the noise of a sample depends on it (sample_vectors)
             self.provenance["sample_batch_size"] = int(batch_size)
-        self.cond = {f"cond_{_column(k)}": float(v) for k, v in self.condition.items()}
+        # index columns are HDF5 paths: condition key 'landscape/trace' -> column cond_landscape_trace
+        self.cond = {f"cond_{re.sub(r'[^A-Za-z0-9_]', '_', k)}": float(v) for k, v in self.condition.items()}
         stored = {"dataset": run.zoo.get("dataset"), "generator": {**self.provenance, "condition": self.condition},
                   "source_zoo": {k: run.zoo.get(k) for k in ("path", "name", "dataset_fingerprint", "epoch", "train_ids")},
                   "sample": config or {}}
@@ -173,13 +160,8 @@ class _SampleSink:
     def finished(self) -> set[int]:
         """Sample indices whose nets this zoo already holds from an earlier run of the same draw (committed rows
         of this job with equal provenance); a rerun after a kill skips them."""
-        from wsl.zoo.table import read_table
-
-        if not self.writer.shard_path.exists():
-            return set()
-        arch = json.dumps(self.run.arch, sort_keys=True)
-        out = set()
-        for r in read_table(self.writer.shard_path).rows:
+        path, arch, out = self.writer.shard_path, json.dumps(self.run.arch, sort_keys=True), set()
+        for r in read_table(path).rows if path.exists() else []:
             i = r.hparams.get("sample_index")
             if (isinstance(i, int) and r.model_id == self.model_id(i) and r.status == "sampled" and r.checkpoints
                     and json.dumps(r.arch, sort_keys=True) == arch
@@ -188,15 +170,13 @@ class _SampleSink:
         return out
 
     def write(self, flat: torch.Tensor, indices) -> None:
-        """Checkpoints and rows of nets flat [k, N] with sample indices `indices` (committed by commit())."""
+        """Write and commit the checkpoints and rows of nets flat [k, N] with sample indices `indices`."""
         for i, sd in zip(indices, self.run.representation.state_dicts(flat)):
             mid = self.model_id(int(i))
             meta = {"provenance": json.dumps({**self.provenance, "sample_index": int(i), "condition": self.condition},
                                              sort_keys=True)}
             self.writer.write_checkpoint(mid, 0, sd, self.run.arch, extra_meta=meta)
             self.writer.add_model(mid, self.run.arch, self.hparams(int(i)), status="sampled")
-
-    def commit(self) -> None:
         self.writer.commit()
 
 
@@ -207,39 +187,21 @@ def write_sample_zoo(run: GeneratorRun, flat: torch.Tensor, zoo_path, seed: int,
     checkpoint each) and commit them. Returns the zoo path."""
     sink = _SampleSink(run, zoo_path, seed, condition, guidance, steps, job_id, zoo_name, config)
     sink.write(flat, range(first, first + len(flat)))
-    sink.commit()
     return sink.root
-
-
-def _check_batch(run: GeneratorRun, batch: int, batch_size: int) -> None:
-    """One batch of samples is what a draw holds in memory at a time (generator vectors and flat weights, float32)."""
-    need = 4 * batch * max(run.representation.dim, run.representation.layout.numel)
-    if need > MAX_BATCH_BYTES:
-        raise ConfigError(f"batch_size={batch_size}: one batch of nets of {run.representation.layout.numel} weights "
-                          f"holds {_size(need)} in memory; at most {_size(MAX_BATCH_BYTES)} (lower batch_size to "
-                          f"{max(1, MAX_BATCH_BYTES // (need // batch))} or less)")
-
-
-def _net_bytes(run: GeneratorRun, sink: "_SampleSink") -> int:
-    """About how many bytes one sampled net takes on disk: its float32 checkpoint (tensors, a header of ~100
-    bytes per tensor plus the arch and provenance JSON), rounded up to whole 4 KiB blocks, and its index rows
-    (in the shard and in the merged index)."""
-    header = 100 * len(run.representation.layout.entries) + 2 * len(json.dumps(sink.hparams(0))) + \
-        len(json.dumps(run.arch)) + 512
-    ckpt = 4 * run.representation.layout.numel + header
-    return -(-ckpt // 4096) * 4096 + 2 * (len(json.dumps(sink.hparams(0))) + 512)
 
 
 def _check_room(run: GeneratorRun, sink: "_SampleSink", n: int) -> set[int]:
     """n is bounded by what can be written: a hard cap on nets per run, and the free space at the output zoo
     for the nets not yet committed there. Returns the sample indices an earlier run of this draw committed."""
-    import shutil
-
     where = sink.root
     while not where.exists() and where != where.parent:
         where = where.parent
     free = shutil.disk_usage(where).free
-    per_net = _net_bytes(run, sink)
+    # one net on disk: its float32 checkpoint (tensors, a header of ~100 bytes per tensor plus the arch and
+    # provenance JSON) rounded up to whole 4 KiB blocks, and its index rows (in the shard and in the merged index)
+    layout, row = run.representation.layout, len(json.dumps(sink.hparams(0)))
+    ckpt = 4 * layout.numel + 100 * len(layout.entries) + 2 * row + len(json.dumps(run.arch)) + 512
+    per_net = -(-ckpt // 4096) * 4096 + 2 * (row + 512)
     room = f"each net takes about {_size(per_net)} on disk and {printable(where)} has {_size(free)} free " \
            f"(room for about {free // per_net:,} nets)"
     if n > MAX_SAMPLES:
@@ -259,53 +221,41 @@ def _size(b: float) -> str:
         b /= 1024
 
 
-def _column(key: str) -> str:
-    """A condition key as an index column name ('landscape/trace' -> 'landscape_trace': HDF5 paths)."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_]", "_", key)
-
-
-def _safe(name: str) -> str:
-    import re
-
-    s = re.sub(r"[^A-Za-z0-9._=-]", "-", name).strip(".-") or "generator"
-    return s[:120]
-
-
 def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
     """The whole of `wsl-sample`: draw job.n nets from the generator run in job.run into the zoo at
     job.zoo.path; returns that path. `config`: the draw's settings the zoo stores with its nets (the
     app's typed config as plain types). What depends on the run (condition keys, the sampler's steps,
     a batch's memory, the output zoo, the disk's room) is checked here, before anything is written."""
-    import time
-
     if job.threads is not None:  # wsl.generators.schema: one thread is often faster on a shared machine
         torch.set_num_threads(job.threads)
     run = load_run(job.run)
-    cond = condition_tensor(run, job.condition, 1)
-    condition = dict(job.condition or {})
+    condition_tensor(run, job.condition, 1)
     n, seed, batch_size, steps = job.n, job.seed, job.batch_size, job.steps
     if steps is not None and hasattr(run.method, "schedule_steps"):
         run.method.schedule_steps(steps)  # a diffusion takes at most its `timesteps` steps
-    _check_batch(run, min(batch_size, n), batch_size)
+    # one batch is what a draw holds in memory at a time (generator vectors and flat weights, float32)
+    rep = run.representation
+    per_net = 4 * max(rep.dim, rep.layout.numel)
+    if per_net * min(batch_size, n) > MAX_BATCH_BYTES:
+        raise ConfigError(f"batch_size={batch_size}: one batch of nets of {rep.layout.numel} weights holds "
+                          f"{_size(per_net * min(batch_size, n))} in memory; at most {_size(MAX_BATCH_BYTES)} "
+                          f"(lower batch_size to {max(1, MAX_BATCH_BYTES // per_net)} or less)")
     check_target_zoo(run, job.zoo.path)
-    sink = _SampleSink(run, job.zoo.path, seed, condition, job.guidance, steps, job_id=job.job_id,
+    sink = _SampleSink(run, job.zoo.path, seed, job.condition, job.guidance, steps, job_id=job.job_id,
                        zoo_name=job.zoo.name, config=config, batch_size=batch_size)
     # each batch is committed (shard + index) once written: a killed run loses at most the batch in progress,
     # and a rerun of the same draw skips every net already committed, without drawing it again
     done = _check_room(run, sink, n)
     if done:
         log.info("resuming: %d of %d nets of this draw are already in %s; drawing the rest", len(done), n, sink.root)
-    t_sample = t_write = 0.0
-    drawn = 0
+    t_sample, t_write, drawn = 0.0, 0.0, 0
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
         if all(i in done for i in idx):
             continue
         t = time.perf_counter()
-        flat = run.representation.decode(_draw(run, len(idx), seed, cond, job.guidance, steps, batch_size,
-                                               job.device, start))
+        flat = sample_weights(run, len(idx), seed=seed, condition=job.condition, guidance=job.guidance, steps=steps,
+                              batch_size=batch_size, device=job.device, start=start)
         t_sample += time.perf_counter() - t
         log.info("sample: drew nets %d..%d", idx[0], idx[-1])
         if not torch.isfinite(flat).all():
@@ -314,12 +264,9 @@ def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
         t = time.perf_counter()
         keep = [j for j, i in enumerate(idx) if i not in done]
         sink.write(flat[keep], [idx[j] for j in keep])
-        sink.commit()
         t_write += time.perf_counter() - t
         drawn += len(idx)
     if not drawn:  # all committed earlier; that run may have died between its shard commit and index merge
-        from wsl.zoo import merge_index
-
         merge_index(sink.root)
     log.info("sampled %d nets in %.2f s (%.0f per minute), wrote them in %.2f s to %s", drawn, t_sample,
              60 * drawn / max(t_sample, 1e-9), t_write, sink.root)

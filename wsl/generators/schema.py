@@ -1,10 +1,10 @@
-"""Schemas of the generators room: the `generator` group (conf/generator/: method, denoiser,
-optimizer, ema), wsl-train-generator (conf/train_generator.yaml) and wsl-sample (conf/sample.yaml).
+"""Schemas of the generators room: the `generator` group (conf/generator/: method, denoiser, optimizer, ema),
+wsl-train-generator (conf/train_generator.yaml) and wsl-sample (conf/sample.yaml).
 
-The method and denoiser schemas are registered targets: a `generator.method` or
-`generator.denoiser` node is typed by the schema of the class its `_target_` names, and a
-generator run's stored constructor arguments are checked by the same schema when the run is
-loaded (wsl.generators.generator_run). Plain Python: `--help` must not wait for torch.
+The method and denoiser schemas are registered targets: a `generator.method` or `generator.denoiser` node is
+typed by the schema of the class its `_target_` names, and a generator run's stored constructor arguments are
+checked by the same schema when the run is loaded (wsl.generators.generator_run). Plain Python: `--help` must
+not wait for torch.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from wsl.schema import MISSING, FieldError, fail, target_schema
 from wsl.trainer import check_device, check_trainer
 
 FLOW_SOLVERS = ("euler", "heun")
-FLOW_PREDICTIONS = ("velocity", "data")
 DIFFUSION_SCHEDULES = ("linear", "cosine")
-DIFFUSION_PREDICTIONS = ("eps", "v", "x0")
-LR_SCHEDULES = ("constant", "cosine")
+
+
+def _sizes(obj, **caps) -> None:
+    """Each named field of obj is an integer in [1, cap] (cap None: no upper bound)."""
+    for name, cap in caps.items():
+        schema.integer(obj, name, 1, cap)
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -40,7 +43,7 @@ class FlowMatchingConfig:
     solver: str = "heun"
 
     def __post_init__(self):
-        schema.choice(self, "prediction", FLOW_PREDICTIONS)
+        schema.choice(self, "prediction", ("velocity", "data"))
         schema.number(self, "sigma_min", 0.0, 1.0, hi_open=True)
         schema.integer(self, "steps", 1, MAX_SAMPLER_STEPS)
         schema.choice(self, "solver", FLOW_SOLVERS)
@@ -60,10 +63,9 @@ class DiffusionConfig:
     clip: Optional[float] = None
 
     def __post_init__(self):
-        schema.integer(self, "timesteps", 1, MAX_TIMESTEPS)
+        _sizes(self, timesteps=MAX_TIMESTEPS, steps=MAX_SAMPLER_STEPS)
         schema.choice(self, "schedule", DIFFUSION_SCHEDULES)
-        schema.choice(self, "prediction", DIFFUSION_PREDICTIONS)
-        schema.integer(self, "steps", 1, MAX_SAMPLER_STEPS)
+        schema.choice(self, "prediction", ("eps", "v", "x0"))
         if self.steps > self.timesteps:
             fail(f"@steps={self.steps} exceeds @timesteps={self.timesteps}")
         schema.number(self, "eta", 0.0, 1.0)
@@ -86,9 +88,7 @@ class MLPDenoiserConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        schema.integer(self, "hidden", 1, MAX_WIDTH)
-        schema.integer(self, "depth", 1, MAX_DEPTH)
-        schema.integer(self, "emb_dim", 1, MAX_WIDTH)
+        _sizes(self, hidden=MAX_WIDTH, depth=MAX_DEPTH, emb_dim=MAX_WIDTH)
         schema.number(self, "dropout", 0.0, 1.0, hi_open=True)
 
 
@@ -105,11 +105,9 @@ class TransformerDenoiserConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        schema.integer(self, "d_model", 1, MAX_WIDTH)
-        schema.integer(self, "nhead", 1, self.d_model)
+        _sizes(self, d_model=MAX_WIDTH, nhead=self.d_model, layers=MAX_DEPTH)
         if self.d_model % self.nhead:
             fail(f"@d_model={self.d_model} must be divisible by @nhead={self.nhead}")
-        schema.integer(self, "layers", 1, MAX_DEPTH)
         schema.integer(self, "max_token", 1, MAX_PARAMS, null=True)
         schema.number(self, "dropout", 0.0, 1.0, hi_open=True)
 
@@ -124,7 +122,7 @@ class OptimizerConfig:
     def __post_init__(self):
         schema.number(self, "lr", 0.0, lo_open=True)
         schema.number(self, "weight_decay", 0.0)
-        schema.choice(self, "schedule", LR_SCHEDULES)
+        schema.choice(self, "schedule", ("constant", "cosine"))
 
 
 @dataclass
@@ -148,8 +146,6 @@ class GeneratorConfig:
 # ------------------------------------------------------------------------------------------ wsl-train-generator
 @dataclass
 class TrainZoo:
-    """zoo: the nets a generator learns from."""
-
     path: str = MISSING
     epoch: int = -1  # which checkpoint of every net (-1: its last)
     filter: Optional[dict[str, Any]] = None  # hyperparameter equalities; only status=trained nets are used
@@ -177,10 +173,7 @@ class LatentConfig:
     latent_noise: float = 0.1
 
     def __post_init__(self):
-        schema.integer(self, "latent_dim", 1, MAX_WIDTH)
-        schema.integer(self, "hidden", 1, MAX_WIDTH)
-        schema.integer(self, "depth", 1, MAX_DEPTH)
-        schema.integer(self, "steps", 1)
+        _sizes(self, latent_dim=MAX_WIDTH, hidden=MAX_WIDTH, depth=MAX_DEPTH, steps=None)
         schema.number(self, "lr", 0.0, lo_open=True)
         for name in ("weight_decay", "input_noise", "latent_noise"):
             schema.number(self, name, 0.0)
@@ -196,15 +189,13 @@ class RepresentationConfig:
 
     def __post_init__(self):
         schema.integer(self, "reference", 0)
-        schema.integer(self, "iterations", 1)
-        schema.integer(self, "max_iter", 1)
-        given = self.latent
-        if given is None or given is False or isinstance(given, LatentConfig):
+        _sizes(self, iterations=None, max_iter=None)
+        if self.latent is None or self.latent is False or isinstance(self.latent, LatentConfig):
             return
+        given = {} if self.latent is True else self.latent
         valid = [f.name for f in dataclasses.fields(LatentConfig)]
-        if not (given is True or isinstance(given, dict)):
+        if not isinstance(given, dict):
             fail(f"@latent must be null, true or a mapping of {valid}, got {given!r}")
-        given = {} if given is True else given
         unknown = sorted(set(map(str, given)) - set(valid))
         if unknown:
             fail(f"@latent: unknown key(s) {unknown}; valid: {valid}")
@@ -236,8 +227,7 @@ class SpreadConfig:
     n: int = 256
 
     def __post_init__(self):
-        schema.integer(self, "every_n_steps", 1)
-        schema.integer(self, "n", 1)
+        _sizes(self, every_n_steps=None, n=None)
 
 
 @dataclass
@@ -260,19 +250,17 @@ class TrainGeneratorConfig:
 
     def __post_init__(self):
         schema.integer(self, "batch_size", 1)
-        schema.integer(self, "seed", 0)
         schema.integer(self, "threads", 1, null=True)
-        schema.integer(self, "progress_refresh_rate", 0)
+        for name in ("seed", "progress_refresh_rate"):
+            schema.integer(self, name, 0)
         check_trainer(self.trainer, steps=True)
 
 
 # ------------------------------------------------------------------------------------------ wsl-sample
 @dataclass
 class SampleZoo:
-    """zoo: the output zoo (created, or extended with more samples of the same generator run)."""
-
-    path: str = MISSING
-    name: Optional[str] = None  # default: the directory name
+    path: str = MISSING  # the output zoo (created, or extended with more samples of the same generator run)
+    name: Optional[str] = None
 
     def __post_init__(self):
         schema.text(self, "path")
@@ -299,14 +287,13 @@ class SampleConfig:
 
     def __post_init__(self):
         schema.text(self, "run")
-        schema.integer(self, "n", 1)  # the cap (nets per run, disk space) needs the run: wsl.generators.sample
+        _sizes(self, n=None, batch_size=None)  # n's cap (nets per run, disk space) needs the run: wsl.generators.sample
         schema.integer(self, "seed", 0)
         for k, v in (self.condition or {}).items():
             if not schema.is_num(v) or not math.isfinite(v):
                 fail(f"@condition.{k} must be a finite number, got {v!r}")
         schema.number(self, "guidance", 0.0)
         schema.integer(self, "steps", 1, MAX_SAMPLER_STEPS, null=True)
-        schema.integer(self, "batch_size", 1)
         check_device(self, "device")
         schema.integer(self, "threads", 1, null=True)
         schema.text(self, "job_id", null=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -12,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from wsl.errors import ConfigError, ZooFormatError, printable
-from wsl.generators.generator_run import GeneratorRun
+from wsl.generators.generator_run import CHECKPOINT, GeneratorRun
 from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
 from wsl.generators.schema import TrainGeneratorConfig, TrainZoo
 from wsl.schema import positive
 from wsl.trainer import barrier, global_rank, make_trainer
+from wsl.zoo import Zoo
 from wsl.zoo.epochs import check_epoch
 from wsl.zoo.finite import all_finite, some_ids
 
@@ -43,8 +44,6 @@ def select_zoo(settings: TrainZoo, columns: list[str] = ()) -> ZooSelection:
     """Open the zoo (`settings`: the `zoo` node), pick the trained nets of one architecture, read the
     condition `columns`. Every check against the zoo runs here, before any weight is loaded.
     """
-    from wsl.zoo import Zoo
-
     zoo = Zoo(settings.path)
     filt = settings.filter or {}
     ids = zoo.filter(status="trained", **filt)
@@ -72,28 +71,23 @@ def select_zoo(settings: TrainZoo, columns: list[str] = ()) -> ZooSelection:
                               f"nets of {len(ids)}; change it (0 trains on every net)")
     else:
         train_ids, val_ids = ids, []
-    keys = list(columns)
-    cond_train, cond_val = torch.zeros(len(train_ids), 0), torch.zeros(len(val_ids), 0)
+    keys, both = list(columns), train_ids + val_ids
+    cond = torch.zeros(len(both), 0)
     if keys:
         table = zoo.table()
         missing = [k for k in keys if k not in table.columns]
         if missing:
             raise ConfigError(f"condition.columns: {missing} are not columns of zoo {zoo.path}; "
                               f"have {sorted(str(c) for c in table.columns)}")
-
-        def values(sel):
-            try:
-                arr = torch.tensor(table.loc[sel, keys].to_numpy(dtype="float64"), dtype=torch.float64)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"condition.columns={keys}: not numeric in zoo {zoo.path} ({e})") from e
-            if sel and not torch.isfinite(arr).all():
-                bad = [sel[i] for i in (~torch.isfinite(arr)).any(1).nonzero().flatten().tolist()[:3]]
-                raise ConfigError(f"condition.columns={keys}: missing or infinite values for models {bad}")
-            return arr.reshape(len(sel), len(keys))
-
-        cond_train, cond_val = values(train_ids), values(val_ids)
-    check_epoch(zoo, train_ids + val_ids, settings.epoch, "zoo.epoch")
-    return ZooSelection(zoo, train_ids, val_ids, arch, dataset, keys, cond_train, cond_val)
+        try:
+            cond = torch.tensor(table.loc[both, keys].to_numpy(dtype="float64"), dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"condition.columns={keys}: not numeric in zoo {zoo.path} ({e})") from e
+        if not torch.isfinite(cond).all():
+            bad = [both[i] for i in (~torch.isfinite(cond)).any(1).nonzero().flatten().tolist()[:3]]
+            raise ConfigError(f"condition.columns={keys}: missing or infinite values for models {bad}")
+    check_epoch(zoo, both, settings.epoch, "zoo.epoch")
+    return ZooSelection(zoo, train_ids, val_ids, arch, dataset, keys, cond[:len(train_ids)], cond[len(train_ids):])
 
 
 def exclude_nonfinite(sel: ZooSelection, train_sds: list, val_sds: list, epoch: int) -> tuple[list, list]:
@@ -133,11 +127,8 @@ def per_rank_batch(batch_size: int, n: int, world_size: int = 1, what: str = "tr
 
 
 def _loader(x: torch.Tensor, cond: torch.Tensor, batch_size: int, shuffle: bool, seed: int, world_size: int = 1):
-    from torch.utils.data import DataLoader, TensorDataset
-
-    bs = per_rank_batch(batch_size, x.shape[0], world_size)
-    return DataLoader(TensorDataset(x, cond.float()), batch_size=bs, shuffle=shuffle, drop_last=shuffle,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(TensorDataset(x, cond.float()), batch_size=per_rank_batch(batch_size, x.shape[0], world_size),
+                      shuffle=shuffle, drop_last=shuffle, generator=torch.Generator().manual_seed(seed))
 
 
 def fit_autoencoder(job: TrainGeneratorConfig, x: torch.Tensor, run_dir: Path | None) -> WeightAutoencoder:
@@ -176,14 +167,11 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
         raise ConfigError(f"representation.reference={r.reference} must index one of the {len(sel.train_ids)} "
                           "training nets")
     L.seed_everything(job.seed, workers=True, verbose=False)
-    zoo = sel.zoo
-    spec = zoo.permutation_spec(sel.train_ids[0])
-    layout = zoo.layout(sel.train_ids[0])
-    epoch = job.zoo.epoch
+    zoo, epoch = sel.zoo, job.zoo.epoch
+    spec, layout = zoo.permutation_spec(sel.train_ids[0]), zoo.layout(sel.train_ids[0])
     log.info("loading %d nets (+%d validation) from %s", len(sel.train_ids), len(sel.val_ids), zoo.path)
-    train_sds = [zoo.state_dict(m, epoch) for m in sel.train_ids]
-    val_sds = [zoo.state_dict(m, epoch) for m in sel.val_ids]
-    train_sds, val_sds = exclude_nonfinite(sel, train_sds, val_sds, epoch)
+    train_sds, val_sds = exclude_nonfinite(sel, [zoo.state_dict(m, epoch) for m in sel.train_ids],
+                                           [zoo.state_dict(m, epoch) for m in sel.val_ids], epoch)
     t = time.perf_counter()
     rep, flat = WeightRepresentation.fit(train_sds, layout, spec, align=r.align, reference=r.reference,
                                          iterations=r.iterations, max_iter=r.max_iter)
@@ -192,35 +180,29 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
     if r.latent:
         rep.fit_latent(fit_autoencoder(job, x, run_dir), x)
         x = rep.encode(flat)  # [M, L]
-    val_x = None
-    if sel.val_ids:
-        val_flat = torch.stack([layout.flatten(sd) for sd in rep.align(val_sds)])
-        val_x = rep.encode(val_flat)
+    val_x = rep.encode(torch.stack([layout.flatten(sd) for sd in rep.align(val_sds)])) if sel.val_ids else None
 
     c = len(sel.cond_keys)
-    cond_mean = sel.cond_train.mean(0) if c else None
-    cond_std = sel.cond_train.std(0, unbiased=False).clamp_min(1e-8) if c else None
+    cond_mean = cond_std = None  # float64 [C], as select_zoo reads the columns
+    if c:
+        cond_mean, cond_std = sel.cond_train.mean(0), sel.cond_train.std(0, unbiased=False).clamp_min(1e-8)
     norm = (lambda v: ((v - cond_mean) / cond_std).float()) if c else (lambda v: v.float())
-    node = (lambda n: dataclasses.asdict(n) if dataclasses.is_dataclass(n) else n)
-    try:
-        denoiser = instantiate(node(g.denoiser), dim=rep.dim, cond_dim=c, segments=rep.segments())
-        method = instantiate(node(g.method))
+    try:  # a node is a schema instance (or a mapping naming an unregistered class): Hydra instantiates either
+        denoiser = instantiate(g.denoiser, dim=rep.dim, cond_dim=c, segments=rep.segments())
+        method = instantiate(g.method)
     except Exception as e:  # Hydra wraps the constructors' errors (e.g. too many tokens for this zoo)
-        cause = e.__cause__ or e
-        raise ConfigError(f"generator: {cause}") from e
+        raise ConfigError(f"generator: {e.__cause__ or e}") from e
     opt = g.optimizer
     module = GeneratorModule(denoiser, method, x, norm(sel.cond_train), lr=opt.lr, weight_decay=opt.weight_decay,
                              schedule=opt.schedule, cond_dropout=job.condition.dropout,
                              spread_every=job.spread.every_n_steps, spread_n=job.spread.n)
-    callbacks = [WeightAveraging(multi_avg_fn=WarmupEMA(g.ema))] if g.ema else []
-    trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir), callbacks=callbacks,
-                           progress_refresh_rate=job.progress_refresh_rate, run_dir=run_dir)
+    trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir), run_dir=run_dir,
+                           callbacks=[WeightAveraging(multi_avg_fn=WarmupEMA(g.ema))] if g.ema else [],
+                           progress_refresh_rate=job.progress_refresh_rate)
     world = int(trainer.world_size)
-    train_loader = _loader(x, norm(sel.cond_train), job.batch_size, True, job.seed, world)
-    val_loader = (_loader(val_x, norm(sel.cond_val), job.batch_size, False, 0, world)
-                  if val_x is not None else None)
     t = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
+    trainer.fit(module, _loader(x, norm(sel.cond_train), job.batch_size, True, job.seed, world),
+                _loader(val_x, norm(sel.cond_val), job.batch_size, False, 0, world) if sel.val_ids else None)
     t_fit = time.perf_counter() - t
     _check_trained(trainer, "generator")
     denoiser.eval()
@@ -235,8 +217,7 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
     zinfo = {"path": str(zoo.path), "name": zoo.attrs.get("zoo_name", zoo.path.name), "dataset": sel.dataset,
              "dataset_fingerprint": zoo.task_data(sel.train_ids[0]).fingerprint(), "epoch": epoch,
              "train_ids": list(sel.train_ids), "val_ids": list(sel.val_ids), "filter": job.zoo.filter or {}}
-    run = GeneratorRun(denoiser, method, rep, sel.arch, zinfo, sel.cond_keys,
-                       cond_mean.double() if c else None, cond_std.double() if c else None, training)
+    run = GeneratorRun(denoiser, method, rep, sel.arch, zinfo, sel.cond_keys, cond_mean, cond_std, training)
     rank = global_rank(trainer)
     log.info("generator trained on rank %d of %d (spread ratio %.3f, %d steps, %.1f s)", rank, world, final_spread,
              trainer.global_step, t_fit)
@@ -245,8 +226,7 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
         log.info("generator run saved to %s", run_dir)
     barrier()
     if rank != 0:  # the other ranks return what rank 0 wrote
-        data = (run_dir / "generator.safetensors").read_bytes()
-        run.path, run.sha256 = run_dir.resolve(), hashlib.sha256(data).hexdigest()
+        run.path, run.sha256 = run_dir.resolve(), hashlib.sha256((run_dir / CHECKPOINT).read_bytes()).hexdigest()
     return run
 
 
