@@ -93,7 +93,7 @@ def main() -> None:
         build_zoo(zoo_path, args.members, args.epochs)
     ref = Zoo(zoo_path)
     ids = ref.filter(status="trained")
-    task = ref.task_data(ids[0])
+    task = ref.training_data(ids[0])
     x, y = task.split("test")
     w_ref, layout = ref.weights(ids)
     arch = ref.arch(ids[0])

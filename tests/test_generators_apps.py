@@ -70,8 +70,8 @@ def test_trained_flow_samples_a_zoo_of_working_nets(flow_run, tiny_zoo, tmp_path
     src = gen.job_config(gen.ids[0])["source_zoo"]
     assert src["train_ids"] == desc["zoo"]["train_ids"] == Zoo(tiny_zoo).filter(status="trained")
     assert src["path"] == str(Path(tiny_zoo).resolve()) and src["epoch"] == -1
-    task = gen.task_data()  # the sampled zoo knows the exact data splits of its source
-    assert task.fingerprint() == ref.task_data().fingerprint()
+    task = gen.training_data()  # the sampled zoo knows the exact data splits of its source
+    assert task.fingerprint() == ref.training_data().fingerprint()
 
     # every checkpoint loads with safetensors alone and runs through the net it names
     x, y = task.split("val")

@@ -215,7 +215,7 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
     if not math.isfinite(metrics.get("train_loss", 0.0)):
         raise ConfigError(f"generator training diverged (train_loss={metrics['train_loss']}); lower generator.optimizer.lr")
     zinfo = {"path": str(zoo.path), "name": zoo.attrs.get("zoo_name", zoo.path.name), "dataset": sel.dataset,
-             "dataset_fingerprint": zoo.task_data(sel.train_ids[0]).fingerprint(), "epoch": epoch,
+             "dataset_fingerprint": zoo.training_data(sel.train_ids[0]).fingerprint(), "epoch": epoch,
              "train_ids": list(sel.train_ids), "val_ids": list(sel.val_ids), "filter": job.zoo.filter or {}}
     run = GeneratorRun(denoiser, method, rep, sel.arch, zinfo, sel.cond_keys, cond_mean, cond_std, training)
     rank = global_rank(trainer)
