@@ -16,6 +16,7 @@ import re
 from wsl.errors import ConfigError
 
 MISSING = "???"  # a required value (what OmegaConf reads as missing)
+MAX_SEED = 2**63 - 1  # seeds are int64: what torch's generators take and the zoo index stores
 
 _KEY = re.compile(r"@([A-Za-z_][\w.]*)")
 

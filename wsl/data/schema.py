@@ -8,9 +8,8 @@ from dataclasses import dataclass, fields
 from typing import ClassVar, Optional
 
 from wsl import schema
-from wsl.schema import MISSING, fail, target_schema
+from wsl.schema import MAX_SEED, MISSING, fail, target_schema
 
-MAX_SEED = 2**63 - 1  # seeds are int64: what torch's generators take and the zoo index stores
 # (input shape, outputs) of the nets each dataset trains: known before the data is loaded
 SHAPES = {"digits": ((1, 8, 8), 10), "mnist1d": ((1, 40), 10), "mnist": ((1, 28, 28), 10),
           "fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}

@@ -8,6 +8,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from wsl.errors import ZooFormatError
+from wsl.schema import MAX_SEED
 
 FORMAT_NAME = "wsl-zoo"
 # 2: every table and annotation file carries content checksums (/integrity + attribute content_sha256);
@@ -22,7 +23,6 @@ METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_
 STATUSES = ("trained", "diverged", "sampled", "aligned")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 MAX_DIM = 1 << 20  # largest size an architecture of an untrusted zoo may name (width, channels, input side)
-MAX_SEED = 2**63 - 1  # seeds are stored as int64 hyperparameters
 MAX_LAYERS = 1024  # largest depth: building the net's skeleton must stay quick
 
 

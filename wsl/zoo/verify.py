@@ -99,7 +99,7 @@ def check_zoo(path, checksums: bool = True) -> Verification:
     """Like verify_zoo, with the counts of what was checked (for the report of wsl-verify)."""
     root = Path(path).expanduser().resolve()
     v = Verification(root, checksums=checksums)
-    _Checker(root, v).run()
+    _Checker(root, v).check()
     return v
 
 
@@ -174,7 +174,7 @@ class _Checker:
         self.v.problems.append(Problem(WARNING, str(path), msg))
 
     # ------------------------------------------------------------------------------------------
-    def run(self) -> None:
+    def check(self) -> None:
         root = self.root
         if not root.is_dir():
             self.error(root, "not a directory, so not a zoo")
