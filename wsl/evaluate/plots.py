@@ -11,13 +11,10 @@ from __future__ import annotations
 import io
 import math
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # figures for files only: no pyplot state, the user's backend is left alone
 
-matplotlib.use("Agg")  # files only, never a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from wsl.evaluate.accuracy import mean_std  # noqa: E402
+from wsl.evaluate.accuracy import mean_std
 from wsl.evaluate.results import Evaluation  # noqa: E402
 
 STYLE = {  # method -> (colour, marker)
@@ -36,7 +33,8 @@ def _mean_std(v: np.ndarray) -> tuple[float, float]:  # error bar 0 for a single
 
 def accuracy_novelty_plot(ev: Evaluation):
     """The figure of the plane."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    fig = Figure(figsize=(12, 4.8))
+    axes = fig.subplots(1, 2, sharey=True)
     panels = [("weight_novelty", "weight novelty: aligned NN L2 / training-to-training median"),
               ("behaviour_novelty", "behavioural novelty: 1 − max IoU of wrong-prediction sets")]
     for ax, (attr, xlabel) in zip(axes, panels):
@@ -74,7 +72,8 @@ def accuracy_novelty_plot(ev: Evaluation):
 
 def distance_histogram(ev: Evaluation):
     """The figure of the nearest-neighbour L2 of the generated nets next to the training-to-training distances."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for s in ev.by_method("training") + ev.by_method("generated"):
         v = s.audit.l2[np.isfinite(s.audit.l2)]
         if len(v):
@@ -87,8 +86,7 @@ def distance_histogram(ev: Evaluation):
 
 
 def figure_bytes(fig, dpi: int = 110) -> bytes:
-    """The figure as PNG bytes (closed afterwards): the caller writes them where it checked it may."""
+    """The figure as PNG bytes: the caller writes them where it checked it may."""
     buf = io.BytesIO()
     fig.savefig(buf, dpi=dpi, format="png")
-    plt.close(fig)
     return buf.getvalue()
