@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import re
 import typing
 from typing import Any
@@ -45,7 +46,6 @@ def plain(cfg) -> dict:
 def typed(cfg: DictConfig | dict, schema: type, examples: dict[str, str] | None = None, path: str = ""):
     """An instance of `schema` (a dataclass) from the config; a ConfigError naming the key otherwise.
     `examples`: key -> example command, shown when that required key (`???`) is not set."""
-    load_schemas()
     try:
         return _build(plain(cfg), schema, path)
     except _Missing as e:
@@ -73,8 +73,20 @@ def _dataclass_in(tp) -> type | None:
     return None
 
 
+def _target_schema(value) -> type | None:
+    """The schema registered for a node's `_target_`, its room's schema module imported on first use
+    (an app pays only for the rooms its config names)."""
+    target = value.get("_target_") if isinstance(value, dict) else None
+    if isinstance(target, str) and target not in TARGETS:
+        module = next((m for prefix, m in TARGET_MODULES.items() if target.startswith(prefix)), None)
+        if module is not None:
+            importlib.import_module(module)
+    return TARGETS.get(target)
+
+
 def _convert(value, tp, key: str):
     """A field's value with every nested schema built first (so that its errors name its own key)."""
+    _target_schema(value)
     sub = _dataclass_in(tp)
     if sub is not None and isinstance(value, dict):
         return _build(value, TARGETS.get(value.get("_target_"), sub), key)
@@ -143,14 +155,16 @@ APP_SCHEMAS = {"zoo": "wsl.population.schema:ZooJobConfig", "verify": "wsl.zoo.s
                "align": "wsl.align.schema:AlignConfig", "train_encoder": "wsl.encoders.schema:TrainEncoderConfig",
                "train_generator": "wsl.generators.schema:TrainGeneratorConfig",
                "sample": "wsl.generators.schema:SampleConfig", "evaluate": "wsl.evaluate.schema:EvaluateConfig"}
-TARGET_MODULES = ("wsl.tracking", "wsl.data.schema", "wsl.nets.schema", "wsl.encoders.schema", "wsl.generators.schema",
-                  "wsl.evaluate.schema")
+# `_target_` prefix -> the schema module that registers its options (wsl.symmetry's augmentations are
+# configured by the encoder room, which applies them)
+TARGET_MODULES = {"lightning.pytorch.loggers.": "wsl.tracking", "wsl.tracking.": "wsl.tracking",
+                  "wsl.data.": "wsl.data.schema", "wsl.nets.": "wsl.nets.schema", "wsl.encoders.": "wsl.encoders.schema",
+                  "wsl.symmetry.": "wsl.encoders.schema", "wsl.generators.": "wsl.generators.schema",
+                  "wsl.evaluate.": "wsl.evaluate.schema"}
 
 
 def app_schema(app: str) -> type:
     """The schema class of an app (by its config name, e.g. "zoo"), with every target schema loaded."""
-    import importlib
-
     load_schemas()
     module, _, name = APP_SCHEMAS[app].partition(":")
     return getattr(importlib.import_module(module), name)
@@ -160,12 +174,11 @@ def app_schema(app: str) -> type:
 def load_schemas() -> None:
     """Import every room's schemas (registering the `_target_` ones) and store them in Hydra's
     ConfigStore: group `schema` holds each app's (`schema/<app>`), group `schema/target` each option
-    class's, so that Python users composing configs can validate against them."""
-    import importlib
-
+    class's, so that Python users composing configs can validate against them. (`typed` does not
+    need it: it imports only the schema modules of the targets a config names.)"""
     from hydra.core.config_store import ConfigStore
 
-    for m in TARGET_MODULES:
+    for m in set(TARGET_MODULES.values()):
         importlib.import_module(m)
     cs = ConfigStore.instance()
     for app, ref in APP_SCHEMAS.items():
