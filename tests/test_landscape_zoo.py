@@ -326,3 +326,12 @@ def test_phase_labels_follow_the_taxonomy_table():
     assert phase_label(float("nan"), 0.0, 0.9, t) == "?"
     with pytest.raises(ConfigError, match=r"cka must be a number in \[0, inf\), got -1"):
         PhaseThresholds(cka=-1)
+
+
+def test_a_shared_setting_is_named_where_the_user_sets_it():
+    """Every metric copies landscape.num_samples / sample_seed (`${..num_samples}`): a bad value names the
+    shared key; a metric's own override names the metric's key."""
+    with pytest.raises(ConfigError, match=r"^landscape\.num_samples must be an integer >= 1 or null, got 0$"):
+        _landscape_cfg("landscape.num_samples=0")
+    with pytest.raises(ConfigError, match=r"^landscape\.cka\.num_samples must be an integer >= 1 or null, got 0$"):
+        _landscape_cfg("landscape.cka.num_samples=0")

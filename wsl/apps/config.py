@@ -48,10 +48,38 @@ def typed(cfg: DictConfig | dict, schema: type, examples: dict[str, str] | None 
     `examples`: key -> example command, shown when that required key (`???`) is not set."""
     try:
         return _build(plain(cfg), schema, path)
+    except ConfigError as e:  # a value that came from an interpolation: name the key the user sets
+        msg = str(e)
+        for key, source in _interpolated(cfg, path).items():
+            msg = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w])", source, msg)
+        if msg == str(e):
+            raise
+        raise ConfigError(msg) from None
     except _Missing as e:
         ex = (examples or {}).get(e.key)
         raise ConfigError(f"{e.key} is required, e.g. {ex}" if ex else f"{e.key} is required (set {e.key}=...)") \
             from None
+
+
+_INTERPOLATION = re.compile(r"\$\{(\.*)([\w.]+)\}")
+
+
+def _interpolated(cfg, path: str) -> dict[str, str]:
+    """Keys whose value is a plain relative interpolation (`num_samples: ${..num_samples}`) -> the key
+    they copy (`landscape.hessian_eig.num_samples` -> `landscape.num_samples`)."""
+    found: dict[str, str] = {}
+
+    def walk(node, keys: list[str]) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, [*keys, str(k)])
+        elif isinstance(node, str) and (m := _INTERPOLATION.fullmatch(node)) and m.group(1):
+            up = len(m.group(1))  # one dot: a sibling, each further dot one level up
+            found[".".join(keys)] = ".".join([*keys[:len(keys) - up], m.group(2)])
+
+    data = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    walk(data, path.split(".") if path else [])
+    return found
 
 
 class _Missing(Exception):
