@@ -1,6 +1,7 @@
-"""The vocabulary every room's config schema checks its values with (plain Python, no omegaconf).
+"""The vocabulary every room's config schema checks its values with (plain Python: the config
+library itself stays in wsl/apps).
 
-A room describes its config group as a dataclass (`wsl/<room>/schema.py`); OmegaConf checks the
+A room describes its config group as a dataclass (`wsl/<room>/schema.py`); the apps' typing checks the
 types when the app turns the composed config into that dataclass (`wsl.apps.config.typed`), and
 the dataclass's `__post_init__` checks ranges and cross-field rules with the functions below.
 They raise `FieldError` with the field written as `@name`; `typed` replaces `@name` by the key the
@@ -15,7 +16,7 @@ import re
 
 from wsl.errors import ConfigError
 
-MISSING = "???"  # a required value (what OmegaConf reads as missing)
+MISSING = "???"  # a required value (`???`: what the config library reads as missing)
 MAX_SEED = 2**63 - 1  # seeds are int64: what torch's generators take and the zoo index stores
 
 _KEY = re.compile(r"@([A-Za-z_][\w.]*)")

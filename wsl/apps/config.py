@@ -186,9 +186,9 @@ APP_SCHEMAS = {"zoo": "wsl.population.schema:ZooJobConfig", "verify": "wsl.zoo.s
 # `_target_` prefix -> the schema module that registers its options (wsl.symmetry's augmentations are
 # configured by the encoder room, which applies them)
 TARGET_MODULES = {"lightning.pytorch.loggers.": "wsl.tracking", "wsl.tracking.": "wsl.tracking",
-                  "wsl.data.": "wsl.data.schema", "wsl.nets.": "wsl.nets.schema", "wsl.encoders.": "wsl.encoders.schema",
-                  "wsl.symmetry.": "wsl.encoders.schema", "wsl.generators.": "wsl.generators.schema",
-                  "wsl.evaluate.": "wsl.evaluate.schema"}
+                  "wsl.data.": "wsl.data.schema", "wsl.nets.": "wsl.nets.schema",
+                  "wsl.encoders.": "wsl.encoders.schema", "wsl.symmetry.": "wsl.encoders.schema",
+                  "wsl.generators.": "wsl.generators.schema", "wsl.evaluate.": "wsl.evaluate.schema"}
 
 
 def app_schema(app: str) -> type:

@@ -107,9 +107,10 @@ _TRAINER_HINTS = {"max_epochs": "train.epochs", "min_epochs": "train.epochs", "m
 
 @dataclass
 class ZooJobConfig:
-    """One wsl-zoo job (conf/zoo.yaml). `landscape`: the metrics computed after training (wsl.landscape.annotate_zoo).
-    `dataset` and `net` are typed Any: OmegaConf would hold a field typed by one dataset (net)
-    class to that class; None is the YAML's default (dataset=digits, net=mlp)."""
+    """One wsl-zoo job (conf/zoo.yaml). `landscape`: the metrics computed after training
+    (wsl.landscape.annotate_zoo). `dataset` and `net` are typed Any: the typing (wsl.apps.config) would
+    hold a field typed by one dataset (net) class to that class; None is the YAML's default
+    (dataset=digits, net=mlp)."""
 
     dataset: Any = None
     net: Any = None
