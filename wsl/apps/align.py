@@ -52,9 +52,10 @@ def summary_of(out) -> dict:
 def _main(cfg: DictConfig) -> None:
     from wsl.align import align_zoo
 
-    out = align_zoo(typed_config(cfg))
+    job = typed_config(cfg)
+    out = align_zoo(job)
     print(f"aligned zoo: {out}")
-    log_summary(cfg, summary_of(out))
+    log_summary(job, summary_of(out))
 
 
 def main() -> None:

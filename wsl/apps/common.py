@@ -319,18 +319,16 @@ def run_dir() -> Path:
         return Path.cwd()
 
 
-def log_summary(cfg, summary: dict, out_dir: str | Path | None = None, **logger_kwargs) -> dict:
+def log_summary(job, summary: dict, out_dir: str | Path | None = None, **logger_kwargs) -> dict:
     """End an app's job: its resolved config and final metrics (`summary`, nested dicts of numbers)
     go through the configured `logger=` into the run directory (`out_dir`, default Hydra's), and the
     logger is finished (W&B: the job's run is closed). logger=none logs nothing. Returns what was logged.
-    `cfg`: the app's typed config (or the composed DictConfig)."""
-    from wsl.apps.config import plain, stored
+    `job`: the app's typed config (its `logger` node says where to; the rest is logged as the config)."""
+    from wsl.apps.config import stored
     from wsl.tracking import keep_csv_rows, log_run, make_logger
 
-    data = plain(cfg) if isinstance(cfg, DictConfig) else cfg
-    node = data.get("logger") if isinstance(data, dict) else data.logger
-    logger = make_logger(node, str(out_dir if out_dir is not None else run_dir()), **logger_kwargs)
+    logger = make_logger(job.logger, str(out_dir if out_dir is not None else run_dir()), **logger_kwargs)
     if not logger:
         return {}
     keep_csv_rows(logger)  # a trainer of this job may have logged its steps there already
-    return log_run(logger, stored(data), summary)
+    return log_run(logger, stored(job), summary)

@@ -114,16 +114,13 @@ def _target_schema(value) -> type | None:
 
 def _convert(value, tp, key: str):
     """A field's value with every nested schema built first (so that its errors name its own key)."""
-    _target_schema(value)
-    sub = _dataclass_in(tp)
-    if sub is not None and isinstance(value, dict):
-        return _build(value, TARGETS.get(value.get("_target_"), sub), key)
-    if isinstance(value, dict) and value.get("_target_") in TARGETS:
-        return _build(value, TARGETS[value["_target_"]], key)
-    if isinstance(value, dict) and typing.get_origin(tp) in (dict, typing.Dict) or tp is Any or \
-            typing.get_origin(tp) is typing.Union:
-        if isinstance(value, dict):  # a mapping of named nodes (baselines, augmentations)
-            return {k: _convert(v, Any, _join(key, str(k))) if isinstance(v, dict) else v for k, v in value.items()}
+    if not isinstance(value, dict):
+        return value
+    schema = _target_schema(value) or _dataclass_in(tp)
+    if schema is not None:
+        return _build(value, schema, key)
+    if tp is Any or typing.get_origin(tp) in (dict, typing.Dict, typing.Union):  # a mapping of named nodes
+        return {k: _convert(v, Any, _join(key, str(k))) for k, v in value.items()}
     return value
 
 

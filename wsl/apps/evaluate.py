@@ -43,10 +43,11 @@ def summary_of(ev) -> dict:
 def _main(cfg: DictConfig) -> None:
     from wsl.evaluate.pipeline import evaluate_zoo
 
-    ev, report = evaluate_zoo(typed_config(cfg))
+    job = typed_config(cfg)
+    ev, report = evaluate_zoo(job)
     log.info("report: %s", report)
     print(report)
-    log_summary(cfg, summary_of(ev))
+    log_summary(job, summary_of(ev))
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def _main(cfg: DictConfig) -> None:
     done = annotate_zoo(job.zoo.path, job.landscape, job.model_ids)
     print("landscape: " + (", ".join(f"{k} {v} rows" for k, v in done.items()) or "no metrics configured")
           + f" -> {job.zoo.path}")
-    log_summary(cfg, {"rows": dict(done), "rows_total": sum(done.values()), "groups": len(done),
+    log_summary(job, {"rows": dict(done), "rows_total": sum(done.values()), "groups": len(done),
                       "seconds": time.perf_counter() - t})
 
 

@@ -34,7 +34,7 @@ def _main(cfg: DictConfig) -> None:
     files = plot_zoo(job.zoo.path, x=p.x, y=p.y, metrics=p.metrics, out_dir=p.out_dir, thresholds=job.phase,
                      dpi=p.dpi, fmt=p.format)
     print(f"plot: {len(files)} files in {files[0].parent}")
-    log_summary(cfg, {"files": len(files)})
+    log_summary(job, {"files": len(files)})
 
 
 def main() -> None:

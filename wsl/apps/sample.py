@@ -32,7 +32,7 @@ def _main(cfg: DictConfig) -> None:
     root = sample_zoo(job, config=stored(job))  # the zoo stores the settings without the logger (run-time paths)
     seconds = time.perf_counter() - t
     print(f"zoo: {root}")
-    log_summary(cfg, {"n": job.n, "zoo_models": len(Zoo(root).ids), "seconds": seconds,
+    log_summary(job, {"n": job.n, "zoo_models": len(Zoo(root).ids), "seconds": seconds,
                       "nets_per_minute": 60 * job.n / max(seconds, 1e-9)})
 
 

@@ -43,10 +43,11 @@ def _main(cfg: DictConfig) -> None:
     from wsl.encoders.experiment import run_experiment
 
     out_dir = run_dir()
-    df = run_experiment(typed_config(cfg), out_dir)
+    job = typed_config(cfg)
+    df = run_experiment(job, out_dir)
     print((out_dir / "results.md").read_text(), end="")
     print(f"results: {out_dir / 'results.csv'}")
-    log_summary(cfg, summary_of(df), out_dir)
+    log_summary(job, summary_of(df), out_dir)
 
 
 def main() -> None:

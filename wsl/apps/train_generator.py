@@ -31,7 +31,7 @@ def _main(cfg: DictConfig) -> None:
     # the trainer's logger writes where this one does (same logger config, same run directory): the
     # final entry follows its per-step rows, and the job's W&B run is the one the trainer used; the spread
     # history is left out (the logger has it)
-    log_summary(cfg, {k: v for k, v in run.training.items() if k != "spread_history"}, out)
+    log_summary(job, {k: v for k, v in run.training.items() if k != "spread_history"}, out)
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def _main(cfg: DictConfig) -> None:
         print(p)
     failed = result.errors or (job.strict and result.warnings)
     print(("FAILED " if failed else "OK ") + result.summary())
-    log_summary(cfg, {"errors": len(result.errors), "warnings": len(result.warnings), "models": result.models,
+    log_summary(job, {"errors": len(result.errors), "warnings": len(result.warnings), "models": result.models,
                       "checkpoints": result.checkpoints, "files": result.files, "failed": int(bool(failed))})
     if failed:
         sys.exit(1)
