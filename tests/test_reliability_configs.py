@@ -154,7 +154,7 @@ def test_valid_configs_pass_the_checks(app, tmp_path, capfd):
 
     required = [a.format(zoo=tmp_path / "zoo", tmp=tmp_path) for a in CASES[app][0]]
     module = importlib.import_module(f"wsl.apps.{app}")
-    validate = getattr(module, "typed_config", None) or getattr(module, "_validate")
+    validate = module.typed_config
     for extra in [[], *VALID[app]]:
         try:
             preflight(app, validate, argv=[*required, *extra])

@@ -44,6 +44,12 @@ def check_trainer(t: dict, steps: bool = False) -> None:
             raise FieldError("@trainer.max_steps=-1 with @trainer.max_epochs=-1 would train forever; set one of them")
 
 
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _accelerator(name: str, devices) -> None:
     """trainer.accelerator must exist on this machine (Lightning's own error is a traceback)."""
     import torch
@@ -52,7 +58,7 @@ def _accelerator(name: str, devices) -> None:
     if acc not in ACCELERATORS:
         raise FieldError(f"@trainer.accelerator={name!r} is not supported; valid: {', '.join(ACCELERATORS)}")
     if acc in ("gpu", "cuda"):
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        n = _cuda_devices()
         if n == 0:
             raise FieldError(f"@trainer.accelerator={name} but this machine has no CUDA GPU; use "
                              "@trainer.accelerator=cpu (or auto)")
@@ -77,7 +83,7 @@ def check_device(obj, name: str = "device") -> None:
     except (RuntimeError, ValueError):
         raise FieldError(f"@{name}={v!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
     if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        n = _cuda_devices()
         if n == 0:
             raise FieldError(f"@{name}={v} but this machine has no CUDA GPU; use @{name}=cpu")
         if dev.index is not None and dev.index >= n:
