@@ -4,7 +4,8 @@ from wsl.nets.cnn import CNN
 from wsl.nets.common import count_parameters
 from wsl.nets.mlp import MLP
 from wsl.nets.registry import NETS, build_net, register_net
+from wsl.nets.resnet import ResNet
 from wsl.nets.siren import SIREN
 from wsl.nets.spec import PermutationSpec
 
-__all__ = ["MLP", "CNN", "SIREN", "NETS", "build_net", "register_net", "PermutationSpec", "count_parameters"]
+__all__ = ["MLP", "CNN", "SIREN", "ResNet", "NETS", "build_net", "register_net", "PermutationSpec", "count_parameters"]

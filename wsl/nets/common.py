@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
-from wsl.nets.schema import ACTIVATIONS, INITS
+from wsl.nets.schema import ACTIVATIONS, INITS, NORMS
 
 _ACTIVATIONS = dict(zip(ACTIVATIONS, (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.SiLU, nn.LeakyReLU)))
 # activations under which each parameter enters the output affinely once the activation pattern is
@@ -52,3 +52,34 @@ def as_shape(in_shape) -> tuple[int, ...]:
 @torch.no_grad()
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def conv_layer(ndim: int, c_in: int, c_out: int, kernel: int, stride: int, bias: bool) -> nn.Module:
+    return (nn.Conv1d if ndim == 1 else nn.Conv2d)(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=bias)
+
+
+def norm_layer(ndim: int, channels: int, norm: str) -> nn.Module:
+    """BatchNorm over `channels` (norm="batch") or nothing (norm="none")."""
+    if norm not in NORMS:
+        raise ConfigError(f"norm={norm!r} is unknown; valid: {', '.join(NORMS)}")
+    if norm == "none":
+        return nn.Identity()
+    return (nn.BatchNorm1d if ndim == 1 else nn.BatchNorm2d)(channels)
+
+
+def norm_axes(prefix: str, perm: str, norm: str) -> dict:
+    """Spec entries of a BatchNorm over channels permuted by `perm` (none without BatchNorm)."""
+    if norm == "none":
+        return {}
+    return {f"{prefix}.weight": (perm,), f"{prefix}.bias": (perm,), f"{prefix}.running_mean": (perm,),
+            f"{prefix}.running_var": (perm,), f"{prefix}.num_batches_tracked": ()}
+
+
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def conv_axes(prefix: str, out: str, inp: str | None, spatial: int, bias: bool) -> dict:
+    axes = {f"{prefix}.weight": (out, inp, *(None,) * spatial)}
+    if bias:
+        axes[f"{prefix}.bias"] = (out,)
+    return axes

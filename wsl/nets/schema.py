@@ -14,6 +14,7 @@ from wsl.schema import MISSING, target_schema
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "silu", "leaky_relu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
 POOLINGS = ("stride", "max", "avg")
+NORMS = ("none", "batch")  # normalization after each conv: none, or BatchNorm (running statistics stored)
 
 
 @dataclass
@@ -30,7 +31,7 @@ class NetConfig:
     def __post_init__(self):
         schema.integer(self, "width", 1)
         schema.integer(self, "depth", 1)
-        for name, allowed in (("activation", ACTIVATIONS), ("init", INITS), ("pooling", POOLINGS)):
+        for name, allowed in (("activation", ACTIVATIONS), ("init", INITS), ("pooling", POOLINGS), ("norm", NORMS)):
             if hasattr(self, name):
                 schema.choice(self, name, allowed)
 
@@ -57,6 +58,7 @@ class CNNConfig(NetConfig):
     depth: int = 3
     kernel: int = 3
     pooling: str = "stride"
+    norm: str = "none"
     activation: str = "relu"
     init: str = "default"
     name: ClassVar[str] = "cnn"
@@ -82,4 +84,24 @@ class SIRENConfig(NetConfig):
         schema.number(self, "w0_initial", 0.0, lo_open=True, null=True)
 
 
-NETS = (MLPConfig, CNNConfig, SIRENConfig)
+@target_schema
+@dataclass
+class ResNetConfig(NetConfig):
+    """CIFAR-style ResNet: `width` channels in the first stage (doubled by each later one), `depth`
+    residual blocks per stage (1: ResNet-8, 3: ResNet-20 with 3 stages)."""
+
+    _target_: str = "wsl.nets.ResNet"
+    width: int = 16
+    depth: int = 1
+    stages: int = 3
+    norm: str = "batch"
+    activation: str = "relu"
+    init: str = "default"
+    name: ClassVar[str] = "resnet"
+
+    def __post_init__(self):
+        super().__post_init__()
+        schema.integer(self, "stages", 1, 6)
+
+
+NETS = (MLPConfig, CNNConfig, SIRENConfig, ResNetConfig)

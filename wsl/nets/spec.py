@@ -5,6 +5,11 @@ permutation acting on that axis, or None. Permuting every axis named "P0" by the
 permutation (and likewise for every other name) leaves the function the network computes
 unchanged. This is the declaration that weight matching, augmentation and equivariant encoders
 read (the convention of Git Re-Basin, Ainsworth et al. 2023).
+
+`buffers` names the tensors that ride on the permuted channels but are not weights (BatchNorm's
+running statistics and batch counter): they are permuted with the rest, never matched, encoded or
+generated (a sampled net gets them re-estimated on train data). `parameters()` is the spec
+without them: the structure of a net's learnable weights.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 class PermutationSpec:
     axes: dict  # param name -> tuple[str | None, ...], one entry per tensor axis
     sizes: dict  # permutation name -> number of units it permutes
+    buffers: frozenset = frozenset()  # names in `axes` that are buffers (BatchNorm statistics), not weights
 
     @property
     def perm_to_axes(self) -> dict:
@@ -27,12 +33,22 @@ class PermutationSpec:
                     out[p].append((name, i))
         return out
 
+    def parameters(self) -> "PermutationSpec":
+        """The spec of the weights alone (buffers left out)."""
+        if not self.buffers:
+            return self
+        return PermutationSpec({k: v for k, v in self.axes.items() if k not in self.buffers}, dict(self.sizes))
+
     def to_json(self) -> dict:
-        return {"axes": {k: list(v) for k, v in self.axes.items()}, "sizes": dict(self.sizes)}
+        out = {"axes": {k: list(v) for k, v in self.axes.items()}, "sizes": dict(self.sizes)}
+        if self.buffers:
+            out["buffers"] = sorted(self.buffers)
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> "PermutationSpec":
-        return cls({k: tuple(v) for k, v in d["axes"].items()}, {k: int(v) for k, v in d["sizes"].items()})
+        return cls({k: tuple(v) for k, v in d["axes"].items()}, {k: int(v) for k, v in d["sizes"].items()},
+                   frozenset(d.get("buffers", ())))
 
 
 def chain_spec(depth: int, width: int, layers: str = "hidden", spatial_axes: int = 0,

@@ -39,14 +39,15 @@ class MatchResult:
 
 
 def _as_float64(sd: dict, spec: PermutationSpec) -> dict:
-    return {k: sd[k].detach().to("cpu", torch.float64) for k in spec.axes}
+    """The weights of `sd` as float64 (BatchNorm statistics describe data, not the net: never matched)."""
+    return {k: sd[k].detach().to("cpu", torch.float64) for k in spec.parameters().axes}
 
 
 def _checked(sd_ref: dict, sd: dict, spec: PermutationSpec) -> tuple[dict, dict]:
-    """Both nets' tensors as float64, refused (ConfigError) unless each fits the spec and the other."""
+    """Both nets' weights as float64, refused (ConfigError) unless each fits the spec and the other."""
     check_state_dict(sd_ref, spec, what="reference state dict")
     check_state_dict(sd, spec, what="state dict to align")
-    for k in spec.axes:
+    for k in spec.parameters().axes:
         if sd_ref[k].shape != sd[k].shape:
             raise ConfigError(f"weight matching: parameter {k!r} has shape {tuple(sd[k].shape)}, "
                               f"the reference {tuple(sd_ref[k].shape)}")
@@ -95,7 +96,7 @@ class _Similarity:
 
 def objective(sd_ref: dict, sd: dict, spec: PermutationSpec, perms: Perms) -> float:
     """J = sum over tensors of <W_ref, permute(W, perms)> (higher is closer)."""
-    return _inner(_as_float64(sd_ref, spec), permute(_as_float64(sd, spec), spec, perms))
+    return _inner(_as_float64(sd_ref, spec), permute(_as_float64(sd, spec), spec.parameters(), perms))
 
 
 def _descend(similarity: _Similarity, spec: PermutationSpec, perms: Perms, max_iter: int,
@@ -131,6 +132,7 @@ def match(sd_ref: dict, sd: dict, spec: PermutationSpec, max_iter: int = 100, se
     positive("max_iter", max_iter)
     positive("restarts", restarts)
     ref, w = _checked(sd_ref, sd, spec)
+    spec = spec.parameters()
     similarity = _Similarity(ref, w, spec)
     rng = np.random.default_rng(seed)
     start = identity_permutations(spec)
@@ -165,6 +167,7 @@ def brute_force_matching(sd_ref: dict, sd: dict, spec: PermutationSpec, limit: i
     if count > limit:
         raise ConfigError(f"brute-force matching would try {count} permutations (limit {limit})")
     ref, w = _checked(sd_ref, sd, spec)
+    spec = spec.parameters()
     best, best_j = None, -math.inf
     for combo in itertools.product(*(itertools.permutations(range(spec.sizes[p])) for p in names)):
         perms = {p: torch.tensor(c, dtype=torch.long) for p, c in zip(names, combo)}

@@ -25,10 +25,11 @@ def check_state_dict(state_dict: dict, spec: PermutationSpec, batched: bool = Fa
 
     Every tensor must be declared in the spec (an undeclared tensor, e.g. BatchNorm statistics,
     would silently keep the old unit order and break the function), have one spec entry per axis
-    and the declared number of units on each permuted axis.
+    and the declared number of units on each permuted axis. Buffers the spec declares may be absent
+    (the weights of a net alone: a flat weight vector, a generated net).
     """
     off = 1 if batched else 0
-    missing = [k for k in spec.axes if k not in state_dict]
+    missing = [k for k in spec.axes if k not in state_dict and k not in spec.buffers]
     if missing:
         raise ConfigError(f"{what} lacks parameter(s) {missing} declared by the permutation spec")
     members = None

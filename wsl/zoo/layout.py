@@ -21,6 +21,13 @@ class Layout:
             start += n
         return cls(tuple(entries))
 
+    @classmethod
+    def of(cls, net) -> "Layout":
+        """The layout of a net's weights: its parameters, in state-dict order. Buffers (BatchNorm
+        running statistics) are left out: they describe the data a net saw, and are re-estimated
+        rather than learned, encoded or generated."""
+        return cls.from_state_dict(dict(net.named_parameters()))
+
     @property
     def numel(self) -> int:
         return self.entries[-1][3] if self.entries else 0

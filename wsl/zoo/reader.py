@@ -300,14 +300,15 @@ class Zoo:
         return net.eval()
 
     def layout(self, model_id: str | None = None) -> Layout:
+        """Where each weight (parameter) sits in a flat vector; BatchNorm statistics are not weights."""
         mid = model_id or self.ids[0]
         key = json.dumps(self.arch(mid), sort_keys=True)
         if key not in self._layouts:
-            self._layouts[key] = Layout.from_state_dict(self.skeleton(mid).state_dict())
+            self._layouts[key] = Layout.of(self.skeleton(mid))
         return self._layouts[key]
 
     def weights(self, ids=None, epoch: int = -1) -> tuple[torch.Tensor, Layout]:
-        """Flat weights [M, N] of the given models (one architecture) and their layout."""
+        """Flat weights [M, N] of the given models (one architecture; parameters only) and their layout."""
         ids = list(self.ids if ids is None else ids)
         if not ids:
             raise ValueError("no models selected")
