@@ -243,8 +243,55 @@ def test_memory_estimate_counts_buffers_and_activations(restore_hydra_and_loggin
     assert fp.buffers == sum(2 * c + 1 for c in (8, 8, 8, 16, 16, 16, 32, 32, 32))  # one BatchNorm per conv
     assert fp.train_activations > 2 * 8 * 64 * 6 and fp.eval_activations >= 8 * 64  # stage 0 holds 8x8x8 maps
     base = ["zoo.path=z", "net=resnet", "net.width=2", "population.size=2"]
-    for key in ("train.batch_size", "train.eval_batch_size"):
-        with pytest.raises(Exception, match=rf"{key}=1000000000 samples per net.*memory.*{key}") as e:
-            typed_zoo([*base, f"{key}=1000000000"])
-        assert "\n" not in str(e.value)
+    with pytest.raises(Exception, match=r"train.batch_size=1000000000 samples per net.*memory.*train.batch_size") as e:
+        typed_zoo([*base, "train.batch_size=1000000000"])
+    assert "\n" not in str(e.value)
     typed_zoo([*base, "train.batch_size=1000"])  # a large but possible batch is fine
+    # evaluation goes in chunks that stay in cache, whatever train.eval_batch_size says
+    typed_zoo([*base, "train.eval_batch_size=1000000000"])
+
+
+def test_evaluation_in_small_chunks_gives_the_same_numbers(data):
+    nets = [_init(resnet, s) for s in range(3)]
+    for i, net in enumerate(nets):
+        with torch.no_grad():
+            net.train()(data.x_train[:100] * (i + 1))
+    pop = PopulationModule(nets[0], stack_state_dicts([n.state_dict() for n in nets]), data, 0.1, 0.0,
+                           eval_batch_size=10**9)
+    assert pop.eval_chunk == 2**21 // (3 * 2 * 8 * 8)  # 3 ResNets: the stem holds 2 channels of 8x8
+    pop.eval_chunk = 50  # uneven chunks
+    small = pop.evaluate("test")
+    pop.eval_chunk = 10**9
+    whole = pop.evaluate("test")
+    for a, b in zip(small, whole):
+        torch.testing.assert_close(a, b)
+
+
+def test_experiment_phase_resnet_digits_composes_and_one_shrunk_job_trains(tmp_path, restore_hydra_and_logging):
+    """The real experiment config: ResNet-8 on digits, lr varied inside the population (3 seeds per lr),
+    width swept by the Hydra sweeper; one of its jobs, shrunk, trains and stores BatchNorm nets."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import typed_zoo
+
+    from wsl.apps.common import CONF_DIR
+    from wsl.apps.zoo_job import run_zoo_job
+    from wsl.zoo import Zoo
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("zoo", ["experiment=phase_resnet_digits"], return_hydra_config=True)
+    assert [int(w) for w in str(cfg.hydra.sweeper.params["net.width"]).split(",")] == [2, 4, 8]
+    job = typed_zoo(["experiment=phase_resnet_digits", f"zoo.path={tmp_path / 'z'}"])
+    assert (job.net.name, job.net.depth, job.net.norm, job.dataset.name) == ("resnet", 1, "batch", "digits")
+    lrs = list(job.train.lr)
+    assert len(lrs) == 4 and job.population.size == 3 * len(lrs)  # 3 seeds per (width, lr) cell
+    # one job of the sweep, shrunk: the smallest width, one seed per lr, one epoch
+    root = run_zoo_job(typed_zoo(["experiment=phase_resnet_digits", f"zoo.path={tmp_path / 'z'}", "net.width=2",
+                                  "population.size=4", "train.epochs=1", "logger=none", "progress_refresh_rate=0",
+                                  "trainer.accelerator=cpu"]))
+    zoo = Zoo(root)
+    assert sorted(zoo.hparams(m)["lr"] for m in zoo.ids) == sorted(lrs)
+    for mid in zoo.ids:
+        assert zoo.checkpoint_epochs(mid) == [0, 1]
+        assert zoo.arch(mid)["name"] == "resnet" and zoo.arch(mid)["width"] == 2
+        assert any(k.endswith("num_batches_tracked") for k in zoo.state_dict(mid))
