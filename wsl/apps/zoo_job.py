@@ -31,6 +31,9 @@ from wsl.zoo import ShardWriter, merge_index
 log = logging.getLogger("wsl.zoo")
 
 MEMBER_KEYS = ("lr", "weight_decay")  # vary inside a population: not part of the job identity
+# net options added after zoos were made, at the value that gives the nets of before: left out of the
+# job identity, so that those zoos keep their job ids (a rerun resumes them)
+NET_KEYS_ADDED = {"norm": "none"}
 
 
 def stored_config(job: ZooJobConfig) -> dict:
@@ -44,7 +47,8 @@ def stored_config(job: ZooJobConfig) -> dict:
 def job_identity(job: ZooJobConfig) -> str:
     """A stable, readable job id: rerunning the same command finds the same shard (resume)."""
     c = stored(job)
-    ident = {"dataset": {k: v for k, v in c["dataset"].items() if k != "root"}, "net": c["net"],
+    net = {k: v for k, v in c["net"].items() if not (k in NET_KEYS_ADDED and v == NET_KEYS_ADDED[k])}
+    ident = {"dataset": {k: v for k, v in c["dataset"].items() if k != "root"}, "net": net,
              "train": {k: v for k, v in c["train"].items() if k not in MEMBER_KEYS and k != "eval_batch_size"},
              "ckpt": [c["zoo"]["checkpoint_every"], c["zoo"]["checkpoint_epochs"]],
              "seed": c["population"]["seed"]}
