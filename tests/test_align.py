@@ -163,6 +163,11 @@ def test_bad_settings_name_the_key(source, tmp_path):
         typed("barrier.split=holdout")
     with pytest.raises(ConfigError, match=r"^barrier\.points must be an integer >= 2, got 1"):
         typed("barrier.points=1")
+    assert typed().barrier.bn_reset is True and typed("barrier.bn_reset=false").barrier.bn_reset is False
+    with pytest.raises(ConfigError, match=r"^barrier\.bn_reset must be true or false, got 'maybe'"):
+        typed("barrier.bn_reset=maybe")
+    with pytest.raises(ConfigError, match=r"^barrier\.bn_batch_size must be an integer >= 2 or null, got 1"):
+        typed("barrier.bn_batch_size=1")
     with pytest.raises(ConfigError, match="^zoo.path is required, e.g. wsl-align"):
         typed_config(compose_cfg("align", []))
     with pytest.raises(ConfigError, match="epoch=9: model .* has no checkpoint there"):
@@ -195,7 +200,11 @@ def test_wsl_align_on_a_batchnorm_resnet_zoo(resnets, tmp_path):
 
     source = resnets
     assert has_batchnorm(source.load_model(source.ids[0]))
-    out = align_zoo(_job(source, tmp_path / "aligned", barrier=BarrierConfig(bn_batch_size=400)))
+    out = tmp_path / "aligned"
+    r = run_cli("align", f"zoo.path={source.path}", f"out={out}", "barrier.bn_batch_size=400", "logger=none",
+                f"hydra.run.dir={tmp_path / 'run'}", check=True)
+    assert f"aligned zoo: {out}" in r.stdout
+    assert "BatchNorm statistics reset at every point on" in r.stdout + r.stderr  # the log says it too
     new = Zoo(out)
     ann = new.annotation("alignment")
     cols, attrs = ann["columns"], ann["attrs"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsl.data import load_dataset
-from wsl.landscape.batchnorm import reset_bn_stats
+from wsl.landscape.batchnorm import reset_bn_stats, reset_record
 from wsl.landscape.connectivity import bezier, lerp, linear_barrier, mode_connectivity, path_losses
 from wsl.nets import MLP
 from wsl.population.functional import population_loss, stack_state_dicts
@@ -113,6 +113,14 @@ def test_reset_bn_stats_are_exact_train_statistics():
     assert not net.training and net[2].momentum == 0.1  # restored
     reset_bn_stats(net, x, batch_size=100)  # equal batches: average of batch means = mean
     torch.testing.assert_close(net[2].running_mean, h.mean(0), rtol=1e-5, atol=1e-5)
+    # unequal batches (128, 128, 44) are weighted by their sizes: still the exact mean
+    reset_bn_stats(net, x, batch_size=128)
+    torch.testing.assert_close(net[2].running_mean, h.mean(0), rtol=1e-5, atol=1e-5)
+    # one input left over (100, 100, 1) joins the batch before it (no variance of one value in train mode)
+    reset_bn_stats(net, x[:201], batch_size=100)
+    torch.testing.assert_close(net[2].running_mean, h[:201].mean(0), rtol=1e-5, atol=1e-5)
+    assert reset_record(201, 100) == {"reset": True, "samples": 201, "batch_size": 100, "batches": 2}
+    assert reset_record(300, None)["batches"] == 1 and int(net[2].num_batches_tracked) == 2
 
 
 def test_barrier_with_batchnorm_uses_reset_statistics(bn_pair):

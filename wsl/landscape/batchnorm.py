@@ -14,7 +14,6 @@ variance the size-weighted average of the batches' unbiased variances (exact wit
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -35,9 +34,13 @@ def has_batchnorm(net: nn.Module) -> bool:
 
 def _schedule(n: int, batch_size: int | None) -> list[tuple[slice, float]]:
     """(batch, momentum) pairs: momentum n_i / (inputs seen so far) makes the running mean the exact
-    mean over all n inputs, whatever the size of the last batch."""
+    mean over all n inputs, whatever the size of the last batch (one input left over joins the batch
+    before it: train-mode BatchNorm has no variance of a single value)."""
+    slices = list(batches(n, batch_size))
+    if len(slices) > 1 and slices[-1].stop - slices[-1].start == 1:
+        slices[-2:] = [slice(slices[-2].start, n)]
     out, seen = [], 0
-    for sl in batches(n, batch_size):
+    for sl in slices:
         seen += sl.stop - sl.start
         out.append((sl, (sl.stop - sl.start) / seen))
     return out
@@ -47,7 +50,7 @@ def reset_record(n: int, batch_size: int | None) -> dict:
     """What a reset on n train inputs in batches of `batch_size` (None: one batch) does, for provenance:
     {"reset": True, "samples": n, "batch_size": ..., "batches": ...}."""
     size = n if not batch_size or batch_size <= 0 else min(int(batch_size), n)
-    return {"reset": True, "samples": int(n), "batch_size": int(size), "batches": math.ceil(n / max(size, 1))}
+    return {"reset": True, "samples": int(n), "batch_size": int(size), "batches": len(_schedule(n, batch_size))}
 
 
 def _check_inputs(x: torch.Tensor) -> None:

@@ -80,8 +80,8 @@ def path_points(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor, 
             bn = {"reset": False}
     model = copy.deepcopy(net).eval()
     members = next(iter(points.values())).shape[0]
-    total = torch.zeros(members, dtype=torch.float64)
-    correct = torch.zeros(members, dtype=torch.float64)
+    total = torch.zeros(members, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(members, dtype=torch.float64, device=x.device)
     for sl in batches(x.shape[0], batch_size):
         logits = population_forward(model, points, x[sl], shared_input=True)  # [P, n, C]
         nll = F.cross_entropy(logits.flatten(0, 1), y[sl].repeat(members), reduction="none")
