@@ -13,6 +13,7 @@ import torch
 
 from conftest import compose_cfg, make_zoo, run_cli
 from wsl.align import AlignConfig, align_zoo
+from wsl.align.schema import BarrierConfig
 from wsl.apps.align import typed_config
 from wsl.errors import ConfigError
 from wsl.landscape.connectivity import linear_barrier
@@ -162,6 +163,11 @@ def test_bad_settings_name_the_key(source, tmp_path):
         typed("barrier.split=holdout")
     with pytest.raises(ConfigError, match=r"^barrier\.points must be an integer >= 2, got 1"):
         typed("barrier.points=1")
+    assert typed().barrier.bn_reset is True and typed("barrier.bn_reset=false").barrier.bn_reset is False
+    with pytest.raises(ConfigError, match=r"^barrier\.bn_reset must be true or false, got 'maybe'"):
+        typed("barrier.bn_reset=maybe")
+    with pytest.raises(ConfigError, match=r"^barrier\.bn_batch_size must be an integer >= 2 or null, got 1"):
+        typed("barrier.bn_batch_size=1")
     with pytest.raises(ConfigError, match="^zoo.path is required, e.g. wsl-align"):
         typed_config(compose_cfg("align", []))
     with pytest.raises(ConfigError, match="epoch=9: model .* has no checkpoint there"):
@@ -176,3 +182,78 @@ def test_bad_settings_name_the_key(source, tmp_path):
     with pytest.raises(ConfigError, match="inside the source zoo"):
         align_zoo(_job(source, source.path / "copy"))
     assert not any((tmp_path / d).exists() for d in ("a", "b", "c", "d"))
+
+
+# ---- ResNets with BatchNorm -----------------------------------------------------------------
+RESNET = ["net=resnet", "net.width=4", "net.depth=1", "population.size=3", "train.epochs=3", "train.lr=0.02",
+          "train.optimizer=adam"]
+
+
+@pytest.fixture(scope="module")
+def resnets(tmp_path_factory):
+    """A real wsl-zoo ResNet-8 zoo (width 4, BatchNorm: running statistics in every checkpoint), 3 seed replicas."""
+    return Zoo(make_zoo(tmp_path_factory.mktemp("align-resnet") / "src", RESNET))
+
+
+def test_wsl_align_on_a_batchnorm_resnet_zoo(resnets, tmp_path):
+    from wsl.landscape.batchnorm import has_batchnorm
+
+    source = resnets
+    assert has_batchnorm(source.load_model(source.ids[0]))
+    out = tmp_path / "aligned"
+    r = run_cli("align", f"zoo.path={source.path}", f"out={out}", "barrier.bn_batch_size=400", "logger=none",
+                f"hydra.run.dir={tmp_path / 'run'}", check=True)
+    assert f"aligned zoo: {out}" in r.stdout
+    assert "BatchNorm statistics reset at every point on" in r.stdout + r.stderr  # the log says it too
+    new = Zoo(out)
+    ann = new.annotation("alignment")
+    cols, attrs = ann["columns"], ann["attrs"]
+    data = source.training_data()
+    x, n_train = data.x_test, data.x_train.shape[0]
+    ref = source.ids[0]
+    for m in source.ids:
+        spec = source.permutation_spec(m)
+        assert spec.buffers  # BatchNorm statistics are declared, so permuted along
+        for e in source.checkpoint_epochs(m):
+            a, b = source.load_model(m, e), new.load_model(m, e)  # eval mode, each with its own stored statistics
+            with torch.no_grad():
+                assert torch.allclose(a(x), b(x), atol=1e-5, rtol=0), (m, e)
+                assert torch.allclose(a.train()(x), b.train()(x), atol=1e-5, rtol=0), (m, e)  # batch statistics
+            meta = json.loads(read_checkpoint_metadata(new.checkpoint_path(m, e))["alignment"])
+            perms = {p: torch.tensor(v) for p, v in (meta["permutation"] or {}).items()}
+            moved = permute(source.state_dict(m, e), spec, perms)  # weights and buffers alike
+            assert moved.keys() == new.state_dict(m, e).keys()
+            assert all(torch.equal(moved[k], v) for k, v in new.state_dict(m, e).items())
+        if m != ref:  # matched on the weights alone: canonical against the reference
+            found = weight_matching(new.state_dict(ref), new.state_dict(m), spec)
+            assert all(torch.equal(found[p], q) for p, q in identity_permutations(spec).items())
+    row = {m: i for i, m in enumerate(new.ids)}
+    others = [row[m] for m in source.ids[1:]]
+    before, after = np.asarray(cols["barrier_before"])[others], np.asarray(cols["barrier_after"])[others]
+    assert after.mean() <= before.mean() + 1e-9, (before, after)
+    assert np.isfinite(np.asarray(cols["acc_barrier_after"])[others]).all()
+
+    # the reset is recorded: where (train), how many examples, batches and their size
+    n = min(2000, n_train)
+    assert attrs["bn_reset"] == 1 and attrs["bn_reset_split"] == "train"
+    assert (attrs["bn_reset_samples"], attrs["bn_reset_batch_size"], attrs["bn_reset_batches"]) == (n, 400, -(-n // 400))
+    record = new.job_config(ref)["align"]
+    assert record["barrier"]["bn_reset"] is True
+    assert record["batchnorm"] == [{"arch": "resnet", "models": 2, "reset": True, "samples": n, "batch_size": 400,
+                                    "batches": -(-n // 400), "split": "train"}]
+
+    # the recorded barrier is the one computed by hand: statistics reset on the first n train inputs
+    m = source.ids[1]
+    xs, ys = data.x_train[:2000], data.y_train[:2000]
+    pair = lambda u, v: (stack_state_dicts([u]), stack_state_dicts([v]))  # noqa: E731
+    b1 = linear_barrier(source.skeleton(m), *pair(source.state_dict(ref), new.state_dict(m)), xs, ys,
+                        bn_x=data.x_train[:n], bn_batch_size=400)
+    assert cols["barrier_after"][row[m]] == pytest.approx(float(b1.barrier[0]), rel=1e-6, abs=1e-9)
+
+    # without the reset: recorded as such, and other barriers (the stored statistics' collapse)
+    stale = Zoo(align_zoo(_job(source, tmp_path / "stale", barrier=BarrierConfig(bn_reset=False),
+                               annotations="drop")))
+    s_ann = stale.annotation("alignment")
+    assert s_ann["attrs"]["bn_reset"] == 0 and "bn_reset_batches" not in s_ann["attrs"]
+    assert stale.job_config(ref)["align"]["batchnorm"] == [{"arch": "resnet", "models": 2, "reset": False}]
+    assert not np.allclose(np.asarray(s_ann["columns"]["barrier_before"])[others], before)

@@ -11,13 +11,18 @@ The permutations are found on one checkpoint (`epoch`) and applied to every chec
 (`epochs="all"`) so a training trajectory stays one consistent net; permutations preserve the
 function, so histories (loss, accuracy) and hyperparameters are copied unchanged, and so is
 each model's status. Diverged nets and nets with non-finite weights are copied as they are.
+Matching reads the weights only; BatchNorm running statistics ride along with their channels
+(wsl.symmetry.permute), so every aligned checkpoint computes what it computed, in eval mode too.
 
 Recorded per model in the annotation group "alignment" of the new zoo: the reference, the linear
-loss barrier to it before and after alignment (wsl.landscape.connectivity.linear_barrier on the
-chosen data split), the L2 distance before and after, and the coordinate-descent passes. The
-permutation applied is in each checkpoint's metadata ("alignment"), so the original can be
-recovered. Annotation groups of the source (e.g. landscape metrics) are copied with a note that
-they were computed on the source nets.
+loss and accuracy barriers to it before and after alignment (wsl.landscape.connectivity.linear_barrier
+on the chosen data split; for nets with BatchNorm the running statistics are recomputed on train
+inputs at every point of the line unless barrier.bn_reset=false), the L2 distance of the weights
+before and after, and the coordinate-descent passes. The record's attributes say how BatchNorm was
+handled (bn_reset, and the train examples, batch size and number of batches of the reset), as does
+the "align" entry of every shard's job config. The permutation applied is in each checkpoint's
+metadata ("alignment"), so the original can be recovered. Annotation groups of the source (e.g.
+landscape metrics) are copied with a note that they were computed on the source nets.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ GROUP = "alignment"
 _OWN_META = {"format", "format_version", "zoo", "job_id", "model_id", "epoch", "arch"}
 
 
-def _l2(a: dict, b: dict) -> float:
-    return math.sqrt(sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a))
+def _l2(a: dict, b: dict, spec) -> float:
+    """L2 distance between two nets' weights (BatchNorm statistics describe data: left out)."""
+    return math.sqrt(sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in spec.parameters().axes))
 
 
 def _check_output(src_path: Path, out: Path) -> None:
@@ -90,8 +96,12 @@ def _references(zoo, ids: list[str], job: AlignConfig, alignable: dict) -> dict:
     return ref_of
 
 
-def _barriers(zoo, plan: "AlignmentPlan", b) -> dict:
-    """(barrier before, barrier after) per aligned model, against its reference, in vmapped chunks."""
+def _barriers(zoo, plan: "AlignmentPlan", b) -> tuple[dict, list]:
+    """Per aligned model {"before", "after", "acc_before", "acc_after"}: the linear loss and accuracy barriers
+    to its reference, in vmapped chunks; and the BatchNorm records of the evaluations (one per
+    architecture and data, for nets with BatchNorm: whether the statistics were reset on train data, on
+    how many examples, in how many batches of what size)."""
+    from wsl.landscape.batchnorm import has_batchnorm
     from wsl.landscape.connectivity import linear_barrier
     from wsl.population.functional import stack_state_dicts
 
@@ -99,25 +109,32 @@ def _barriers(zoo, plan: "AlignmentPlan", b) -> dict:
     for m in plan.results:
         data = json.dumps(zoo.job_config(m).get("dataset"), sort_keys=True, default=str)
         groups.setdefault((json.dumps(zoo.arch(m), sort_keys=True), data), []).append((m, plan.ref_of[m]))
-    tasks, out = {}, {}  # barrier data per dataset config (one cell shares it; a train-fraction sweep does not)
-    for (_, data), members in groups.items():
+    tasks, out, records = {}, {}, []  # barrier data per dataset config (a train-fraction sweep has several)
+    for (arch, data), members in groups.items():
         if data not in tasks:
             task = zoo.training_data(members[0][0])
             x, y = task.split(b.split)
             n = x.shape[0] if b.samples is None else min(b.samples, x.shape[0])
-            tasks[data] = (x[:n], y[:n], task.x_train[: max(n, 1)])  # train inputs reset BatchNorm, if any
+            n_bn = task.x_train.shape[0] if b.bn_samples is None else min(b.bn_samples, task.x_train.shape[0])
+            tasks[data] = (x[:n], y[:n], task.x_train[:n_bn])  # train inputs reset BatchNorm statistics
         x, y, bn_x = tasks[data]
         net = zoo.skeleton(members[0][0])
+        kw = dict(points=b.points, bn_x=bn_x if has_batchnorm(net) else None, batch_size=b.batch_size,
+                  bn_reset=b.bn_reset, bn_batch_size=b.bn_batch_size)
+        bn = None
         for i in range(0, len(members), b.chunk):
             chunk = members[i:i + b.chunk]
             refs = stack_state_dicts([plan.matched[r] for _, r in chunk])
-            before = stack_state_dicts([plan.matched[m] for m, _ in chunk])
-            after = stack_state_dicts([plan.aligned[m] for m, _ in chunk])
-            b0 = linear_barrier(net, refs, before, x, y, points=b.points, bn_x=bn_x).barrier
-            b1 = linear_barrier(net, refs, after, x, y, points=b.points, bn_x=bn_x).barrier
+            before = linear_barrier(net, refs, stack_state_dicts([plan.matched[m] for m, _ in chunk]), x, y, **kw)
+            after = linear_barrier(net, refs, stack_state_dicts([plan.aligned[m] for m, _ in chunk]), x, y, **kw)
+            bn = after.bn
             for j, (m, _) in enumerate(chunk):
-                out[m] = (float(b0[j]), float(b1[j]))
-    return out
+                out[m] = {"before": float(before.barrier[j]), "after": float(after.barrier[j]),
+                          "acc_before": float(before.acc_barrier[j]), "acc_after": float(after.acc_barrier[j])}
+        if bn is not None:
+            records.append({"arch": json.loads(arch).get("name"), "models": len(members), **bn,
+                            **({"split": "train"} if bn.get("reset") else {})})
+    return out, records
 
 
 @dataclass
@@ -177,12 +194,13 @@ def _match_all(plan: AlignmentPlan, job: AlignConfig) -> None:
     log.info("weight matching: %d models in %.1fs", len(plan.results), time.perf_counter() - started)
 
 
-def _write_copy(src, out: Path, plan: AlignmentPlan, job: AlignConfig) -> None:
-    """One shard per source job, so each job's config (hence its dataset) travels with its models."""
+def _write_copy(src, out: Path, plan: AlignmentPlan, job: AlignConfig, batchnorm: list) -> None:
+    """One shard per source job, so each job's config (hence its dataset) travels with its models, with
+    the align job's config and the BatchNorm records of its barriers."""
     from wsl.zoo import ShardWriter
 
     name = job.name or f"{src.attrs.get('zoo_name', src.path.name)}-aligned"
-    record = {"source": str(src.path), **stored(job)}
+    record = {"source": str(src.path), **stored(job), "batchnorm": batchnorm}
     by_job: dict = {}
     for m in plan.ids:
         by_job.setdefault(src.row(m).job_id, []).append(m)
@@ -230,10 +248,14 @@ def _record(plan: AlignmentPlan, barriers: dict) -> dict:
         "reference": [ref_of[m] or "" for m in ids],
         "is_reference": np.asarray([float(ref_of[m] == m) for m in ids]),
         "matched_epoch": np.asarray([float(plan.epoch_of[m]) for m in ids]),
-        "barrier_before": np.asarray([barrier(m, 0) for m in ids]),
-        "barrier_after": np.asarray([barrier(m, 1) for m in ids]),
-        "l2_before": np.asarray([_l2(plan.matched[ref_of[m]], plan.matched[m]) if ref_of[m] else nan for m in ids]),
-        "l2_after": np.asarray([_l2(plan.matched[ref_of[m]], plan.aligned[m]) if ref_of[m] else nan for m in ids]),
+        "barrier_before": np.asarray([barrier(m, "before") for m in ids]),
+        "barrier_after": np.asarray([barrier(m, "after") for m in ids]),
+        "acc_barrier_before": np.asarray([barrier(m, "acc_before") for m in ids]),
+        "acc_barrier_after": np.asarray([barrier(m, "acc_after") for m in ids]),
+        "l2_before": np.asarray([_l2(plan.matched[ref_of[m]], plan.matched[m], plan.specs[m]) if ref_of[m] else nan
+                                 for m in ids]),
+        "l2_after": np.asarray([_l2(plan.matched[ref_of[m]], plan.aligned[m], plan.specs[m]) if ref_of[m] else nan
+                                for m in ids]),
         "passes": np.asarray([float(res[m].passes) if m in res else nan for m in ids]),
         "objective": np.asarray([res[m].objective if m in res else nan for m in ids]),
     }
@@ -252,24 +274,47 @@ def align_zoo(job: AlignConfig) -> Path:
     plan = _load(src, job)
     _match_all(plan, job)
     b = job.barrier
-    barriers = _barriers(src, plan, b)
+    barriers, batchnorm = _barriers(src, plan, b)
 
-    _write_copy(src, out, plan, job)
+    _write_copy(src, out, plan, job, batchnorm)
     if job.annotations == "copy":
         _copy_annotations(src, out, plan.ids)
     cols = _record(plan, barriers)
-    attrs = {"method": "weight matching (Git Re-Basin coordinate descent, scipy linear_sum_assignment)",
+    attrs = {"method": "weight matching (Git Re-Basin coordinate descent, scipy linear_sum_assignment) on the "
+                       "weights; BatchNorm running statistics permuted with their channels, never matched",
              "barrier": "max_alpha L((1-a) ref + a net) - ((1-a) L(ref) + a L(net)), cross-entropy",
+             "acc_barrier": "max_alpha ((1-a) acc(ref) + a acc(net)) - acc((1-a) ref + a net)",
              "barrier_points": b.points, "barrier_split": b.split,
              "barrier_samples": -1 if b.samples is None else b.samples,
+             **_batchnorm_attrs(b, batchnorm),
              "reference_mode": job.reference, "epochs_written": job.epochs,
              "max_iter": job.matching.max_iter, "seed": job.matching.seed, "restarts": job.matching.restarts,
              "source_zoo": str(src.path), "seconds": round(time.perf_counter() - started, 3)}
     write_annotation(out, GROUP, plan.ids, cols, attrs)
     if barriers:
-        before, after = np.asarray(list(barriers.values())).T
-        log.info("barrier to reference: before %.4f, after %.4f (mean over %d nets)", before.mean(), after.mean(),
-                 len(before))
+        means = {k: float(np.mean([v[k] for v in barriers.values()])) for k in ("before", "after", "acc_before",
+                                                                                  "acc_after")}
+        log.info("barrier to reference (mean over %d nets): loss %.4f before, %.4f after; accuracy %.4f before, "
+                 "%.4f after; %s", len(barriers), means["before"], means["after"], means["acc_before"],
+                 means["acc_after"], attrs["bn_reset_note"])
+    return out
+
+
+def _batchnorm_attrs(b, records: list) -> dict:
+    """How BatchNorm statistics were set along the paths: `bn_reset` 1 (reset on train data at every point),
+    0 (the interpolated stored statistics) or -1 (no net with BatchNorm); with a reset, the train
+    examples, batch size and number of batches (one value, or a list when the data differ by job), and a
+    sentence for the log."""
+    if not records:
+        return {"bn_reset": -1, "bn_reset_note": "no BatchNorm"}
+    if not b.bn_reset:
+        return {"bn_reset": 0, "bn_reset_note": "BatchNorm: interpolated stored statistics, no reset"}
+    out = {"bn_reset": 1, "bn_reset_split": "train"}
+    for k in ("samples", "batch_size", "batches"):
+        values = sorted({r[k] for r in records})
+        out[f"bn_reset_{k}"] = values[0] if len(values) == 1 else values
+    out["bn_reset_note"] = (f"BatchNorm statistics reset at every point on {out['bn_reset_samples']} train examples "
+                            f"in {out['bn_reset_batches']} batches of {out['bn_reset_batch_size']}")
     return out
 
 

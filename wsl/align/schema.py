@@ -25,16 +25,21 @@ class MatchingConfig:
 
 @dataclass
 class BarrierConfig:
-    """`barrier:` the linear loss barrier to the reference, before and after alignment."""
+    """`barrier:` the linear loss (and accuracy) barrier to the reference, before and after alignment."""
 
     split: str = "train"  # data of the loss along the straight line
     samples: Optional[int] = 2000  # first N examples of that split (splits are already shuffled); None: all
     points: int = 11  # interpolation points, both ends included
     chunk: int = 64  # model pairs per vmapped evaluation
+    batch_size: Optional[int] = 1000  # examples per forward pass of the evaluation (no effect on the result); None: all
+    bn_reset: bool = True  # BatchNorm nets: recompute running statistics on train inputs at every point
+    bn_samples: Optional[int] = 2000  # first N train examples for the reset; None: the whole train split
+    bn_batch_size: Optional[int] = 500  # train examples per forward pass of the reset; None: all at once
 
     def __post_init__(self):
         schema.choice(self, "split", ("train", "val", "test"))
-        for name, lo, null in (("samples", 1, True), ("points", 2, False), ("chunk", 1, False)):
+        for name, lo, null in (("samples", 1, True), ("points", 2, False), ("chunk", 1, False),
+                               ("batch_size", 1, True), ("bn_samples", 2, True), ("bn_batch_size", 2, True)):
             schema.integer(self, name, lo, null=null)
 
 

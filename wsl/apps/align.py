@@ -3,8 +3,9 @@
     wsl-align zoo.path=zoos/x out=zoos/x-aligned
     wsl-align zoo.path=zoos/x out=zoos/x-global reference=global epoch=10
 
-The resolved config and the copy's alignment record (mean barrier to the reference before and
-after, per numeric column) are logged (logger=csv by default) in the run directory.
+The resolved config and the copy's alignment record (mean loss and accuracy barriers to the
+reference before and after, per numeric column, and the BatchNorm reset's batches) are logged
+(logger=csv by default) in the run directory.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ def typed_config(cfg: DictConfig):
 
 
 def summary_of(out) -> dict:
-    """Model count and the mean of every numeric column of the copy's `alignment` record."""
+    """Model count, the mean of every numeric column of the copy's `alignment` record, and how BatchNorm
+    statistics were set along the barriers' lines (the record's bn_reset* attributes)."""
     import numpy as np
 
     from wsl.align import GROUP
     from wsl.zoo import Zoo
 
-    table = Zoo(out).table()
+    zoo = Zoo(out)
+    table = zoo.table()
     means = {}
     for col in table.columns:
         if str(col).startswith(f"{GROUP}/"):
@@ -44,7 +47,8 @@ def summary_of(out) -> dict:
             except (TypeError, ValueError):
                 continue  # a text column (e.g. the reference id)
             means[str(col).split("/", 1)[1]] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-    return {"models": len(table), GROUP: means}
+    attrs = zoo.annotation(GROUP)["attrs"]
+    return {"models": len(table), GROUP: means, "batchnorm": {k: v for k, v in attrs.items() if k.startswith("bn_reset")}}
 
 
 @hydra.main(config_path=CONF_DIR, config_name="align", version_base="1.3")

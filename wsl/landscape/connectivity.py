@@ -1,9 +1,12 @@
 """Connectivity of seed replicas: linear-interpolation barrier and Bézier mode connectivity.
 
 Pairs are stacked like a population: endpoint A {name: [P, ...]} and endpoint B {name: [P, ...]}
-hold P pairs, and every point of every path is evaluated for all pairs in one vmapped call.
-Nets with BatchNorm take a per-pair path instead (their running statistics must be recomputed
-on train data at every point, see batchnorm.py), which is slower but exact.
+hold P pairs, and every point of every path is evaluated for all pairs in one vmapped call, in
+eval mode. Nets with BatchNorm first get their running statistics recomputed on train inputs at
+every point (`bn_reset=True`, the default: batchnorm.population_reset_bn_stats, vmapped over the
+pairs too); with `bn_reset=False` a point keeps the interpolated stored statistics, which is what
+a reset avoids: the variance collapse REPAIR (Jordan et al. 2023) describes then shows up as a
+barrier. Results carry `bn`, the record of the reset (None for nets without BatchNorm).
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from wsl.errors import ConfigError
-from wsl.landscape.batchnorm import has_batchnorm, reset_bn_stats
-from wsl.population.functional import float_keys, member_loss, population_loss, unstack
+from wsl.landscape.batchnorm import fresh_buffers, has_batchnorm, population_reset_bn_stats, reset_record
+from wsl.population.functional import batches, float_keys, member_loss, population_forward
 
 
 def lerp(a: dict, b: dict, alpha: float) -> dict:
@@ -42,24 +45,56 @@ def bezier(a: dict, c: dict, b: dict, t: torch.Tensor) -> dict:
     return out
 
 
-def path_losses(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor,
-                bn_x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
-    """Loss of each stacked point {name: [P, ...]} on (x, y) -> [P] float64.
+@dataclass
+class PathPoints:
+    """Loss and accuracy of P stacked points, and how their BatchNorm statistics were set."""
 
-    With BatchNorm, each point's running statistics are first recomputed on train inputs bn_x.
+    loss: torch.Tensor  # [P] float64 mean cross-entropy
+    accuracy: torch.Tensor  # [P] float64
+    bn: dict | None  # None: no BatchNorm; {"reset": False}; or reset_record(...) of the train inputs used
+
+
+@torch.no_grad()
+def path_points(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor, bn_x: torch.Tensor | None = None,
+                batch_size: int | None = None, *, bn_reset: bool = True,
+                bn_batch_size: int | None = None) -> PathPoints:
+    """Loss and accuracy of each stacked point {name: [P, ...]} on (x, y), in eval mode.
+
+    With BatchNorm and bn_reset, each point's running statistics are first recomputed on train inputs
+    bn_x, in batches of bn_batch_size (None: batch_size; both None: all at once); without bn_reset the
+    point's own (interpolated) statistics are used. `net` may be a meta skeleton.
     """
-    if not has_batchnorm(net):
-        return population_loss(net, points, x, y, batch_size)
-    if bn_x is None:
-        raise ConfigError("this net has BatchNorm: path losses need train inputs to reset its statistics")
-    model = copy.deepcopy(net)
-    out = []
-    for state in unstack(points):
-        model.load_state_dict(state)
-        reset_bn_stats(model, bn_x, batch_size)
-        with torch.no_grad():
-            out.append(F.cross_entropy(model(x), y).double())
-    return torch.stack(out)
+    bn = None
+    if has_batchnorm(net):
+        if bn_reset:
+            if bn_x is None:
+                raise ConfigError("this net has BatchNorm: path losses need train inputs to reset its statistics")
+            size = batch_size if bn_batch_size is None else bn_batch_size
+            points = population_reset_bn_stats(net, points, bn_x, size)
+            bn = reset_record(bn_x.shape[0], size)
+        else:
+            missing = [k for k, _ in net.named_buffers() if k not in points]
+            if missing:
+                raise ConfigError(f"bn_reset=false evaluates the stored BatchNorm statistics, but the state lacks "
+                                  f"{missing[0]!r}: reset them on train data instead")
+            bn = {"reset": False}
+    model = copy.deepcopy(net).eval()
+    members = next(iter(points.values())).shape[0]
+    total = torch.zeros(members, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(members, dtype=torch.float64, device=x.device)
+    for sl in batches(x.shape[0], batch_size):
+        logits = population_forward(model, points, x[sl], shared_input=True)  # [P, n, C]
+        nll = F.cross_entropy(logits.flatten(0, 1), y[sl].repeat(members), reduction="none")
+        total += nll.view(members, -1).double().sum(1)
+        correct += (logits.argmax(-1) == y[sl]).double().sum(1)
+    return PathPoints(total / x.shape[0], correct / x.shape[0], bn)
+
+
+def path_losses(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor,
+                bn_x: torch.Tensor | None = None, batch_size: int | None = None, *, bn_reset: bool = True,
+                bn_batch_size: int | None = None) -> torch.Tensor:
+    """Loss of each stacked point {name: [P, ...]} on (x, y) -> [P] float64 (see path_points)."""
+    return path_points(net, points, x, y, bn_x, batch_size, bn_reset=bn_reset, bn_batch_size=bn_batch_size).loss
 
 
 @dataclass
@@ -67,15 +102,28 @@ class BarrierResult:
     barrier: torch.Tensor  # [P] max_α L(α) - ((1-α) L(0) + α L(1))
     alphas: torch.Tensor  # [A]
     losses: torch.Tensor  # [A, P] loss along the straight line
+    accuracies: torch.Tensor | None = None  # [A, P] accuracy along the straight line
+    acc_barrier: torch.Tensor | None = None  # [P] max_α ((1-α) acc(0) + α acc(1)) - acc(α): the accuracy lost
+    bn: dict | None = None  # the BatchNorm record of every point (path_points), None without BatchNorm
+
+
+def _above_chord(values: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """max over the path of values [A, P] minus the chord between its ends -> [P]."""
+    chord = torch.lerp(values[0].expand_as(values), values[-1].expand_as(values), alphas.view(-1, 1))
+    return (values - chord).max(dim=0).values
 
 
 def linear_barrier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tensor, points: int = 11,
-                   bn_x: torch.Tensor | None = None, batch_size: int | None = None) -> BarrierResult:
-    """Loss barrier on the straight line between A and B for every stacked pair."""
+                   bn_x: torch.Tensor | None = None, batch_size: int | None = None, *, bn_reset: bool = True,
+                   bn_batch_size: int | None = None) -> BarrierResult:
+    """Loss (and accuracy) barrier on the straight line between A and B for every stacked pair; with
+    BatchNorm, statistics reset on bn_x at every point unless bn_reset=False (see path_points)."""
     alphas = torch.linspace(0, 1, int(points), dtype=torch.float64)
-    losses = torch.stack([path_losses(net, lerp(a, b, al), x, y, bn_x, batch_size) for al in alphas.tolist()])
-    chord = torch.lerp(losses[0].expand_as(losses), losses[-1].expand_as(losses), alphas.view(-1, 1))
-    return BarrierResult((losses - chord).max(dim=0).values, alphas, losses)
+    evals = [path_points(net, lerp(a, b, al), x, y, bn_x, batch_size, bn_reset=bn_reset, bn_batch_size=bn_batch_size)
+             for al in alphas.tolist()]
+    losses = torch.stack([e.loss for e in evals])
+    accs = torch.stack([e.accuracy for e in evals])
+    return BarrierResult(_above_chord(losses, alphas), alphas, losses, accs, _above_chord(-accs, alphas), evals[0].bn)
 
 
 def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
@@ -86,25 +134,25 @@ def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tenso
     (x, y); C starts at the midpoint (A+B)/2, i.e. on the straight line. Returns C {name: [P, ...]}.
     """
     g = torch.Generator().manual_seed(int(seed))
-    param_names = {k for k, _ in net.named_parameters()}
+    model = copy.deepcopy(net).train()  # BatchNorm: batch statistics of each pair's own point
+    param_names = {k for k, _ in model.named_parameters()}
     keys = [k for k in float_keys(a) if k in param_names]  # BN buffers are recomputed, never trained
     c = {k: ((a[k] + b[k]) / 2).clone().requires_grad_(k in keys) if a[k].is_floating_point() else a[k]
          for k in a}
     opt = torch.optim.Adam([c[k] for k in keys], lr=lr, foreach=True)  # one call per step for all tensors
     n = x.shape[0]
-    model = copy.deepcopy(net).train() if has_batchnorm(net) else None
-    loss_all = vmap(lambda prm, xb, yb: member_loss(net, prm, xb, yb), in_dims=(0, None, None))
+    members = next(iter(a.values())).shape[0]
+    # running statistics are updated in train mode but never read there: scratch buffers, per pair
+    scratch = fresh_buffers({k: torch.empty((members, *v.shape), dtype=v.dtype, device=x.device)
+                             for k, v in model.named_buffers()})
+    loss_all = vmap(lambda prm, buf, xb, yb: member_loss(model, prm, xb, yb, buf), in_dims=(0, 0, None, None))
     for _ in range(int(steps)):
         idx = torch.randint(0, n, (min(int(batch_size), n),), generator=g)
         # one point of the curve per step, shared by all pairs: a pair's trajectory is then the
         # same whether it is trained alone or stacked with others
         t = torch.rand(1, generator=g)
         theta = bezier(a, c, b, t)
-        if model is not None:  # batch statistics in train mode, pair by pair (BN buffers cannot be vmapped in place)
-            loss = sum(F.cross_entropy(functional_call(model, {k: v for k, v in th.items() if k in param_names},
-                                                       (x[idx],)), y[idx]) for th in unstack(theta))
-        else:
-            loss = loss_all({k: theta[k] for k in param_names}, x[idx], y[idx]).sum()  # pairs are independent
+        loss = loss_all({k: theta[k] for k in param_names}, scratch, x[idx], y[idx]).sum()  # pairs are independent
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -118,17 +166,22 @@ class ModeConnectivityResult:
     ts: torch.Tensor  # [T]
     losses: torch.Tensor  # [T, P] loss along the trained curve
     control: dict  # C {name: [P, ...]}
+    bn: dict | None = None  # the BatchNorm record of every evaluated point (path_points), None without BatchNorm
 
 
 def mode_connectivity(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
                       lr: float = 1e-2, batch_size: int = 128, points: int = 21, seed: int = 0,
-                      bn_x: torch.Tensor | None = None, eval_batch_size: int | None = None) -> ModeConnectivityResult:
-    """Mode connectivity along a trained quadratic Bézier curve (Yang et al. 2021 definition)."""
+                      bn_x: torch.Tensor | None = None, eval_batch_size: int | None = None, *, bn_reset: bool = True,
+                      bn_batch_size: int | None = None) -> ModeConnectivityResult:
+    """Mode connectivity along a trained quadratic Bézier curve (Yang et al. 2021 definition). The curve is
+    trained with BatchNorm in train mode (batch statistics); each evaluated point gets its statistics
+    reset on bn_x unless bn_reset=False (see path_points)."""
     c = fit_bezier(net, a, b, x, y, steps, lr, batch_size, seed)
     ts = torch.linspace(0, 1, int(points), dtype=torch.float64)
-    losses = torch.stack([path_losses(net, bezier(a, c, b, torch.tensor([t])), x, y, bn_x, eval_batch_size)
-                          for t in ts.tolist()])  # [T, P]
+    evals = [path_points(net, bezier(a, c, b, torch.tensor([t])), x, y, bn_x, eval_batch_size, bn_reset=bn_reset,
+                         bn_batch_size=bn_batch_size) for t in ts.tolist()]
+    losses = torch.stack([e.loss for e in evals])  # [T, P]
     mid = (losses[0] + losses[-1]) / 2
     j = (mid - losses).abs().argmax(dim=0)  # [P]
     at = losses.gather(0, j.view(1, -1)).squeeze(0)
-    return ModeConnectivityResult(mid - at, ts[j], ts, losses, c)
+    return ModeConnectivityResult(mid - at, ts[j], ts, losses, c, evals[0].bn)
