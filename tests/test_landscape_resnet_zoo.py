@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_zoo
 from wsl.zoo import Zoo
 
 SHRINK = ["landscape.num_samples=256", "landscape.hessian_eig.max_iters=40", "landscape.hessian_trace.samples=8",
@@ -37,13 +37,13 @@ def console(script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def bn_zoo(tmp_path_factory):
-    """ResNets (width 2, two stages: a projection shortcut) with BatchNorm, 2 learning rates x 2 seeds, and
-    BatchNorm CNNs, 1 cell x 2 seeds, in one zoo; then landscape=full on all of it."""
+    """ResNets (width 2, two stages: a projection shortcut) with BatchNorm, 2 learning rates x 2 seeds (wsl-zoo),
+    and BatchNorm CNNs, 1 cell x 2 seeds (the same job code, in this process: one start-up less), in one zoo;
+    then wsl-landscape landscape=full on all of it."""
     path = tmp_path_factory.mktemp("resnet_landscape") / "zoo"
     console("wsl-zoo", f"zoo.path={path}", "net=resnet", "net.width=2", "net.stages=2", "train.lr=[0.1,0.05]",
             *COMMON)
-    console("wsl-zoo", f"zoo.path={path}", "net=cnn", "net.norm=batch", "net.width=4", "net.depth=2",
-            "population.size=2", *COMMON[1:])
+    make_zoo(path, ["net=cnn", "net.norm=batch", "net.width=4", "net.depth=2", "population.size=2"])  # in process
     run = console("wsl-landscape", f"zoo.path={path}", "landscape=full", *SHRINK, "logger=none")
     return path, run
 
