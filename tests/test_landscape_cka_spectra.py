@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wsl.landscape.cka import linear_cka, pairwise_cka, replica_pairs
-from wsl.landscape.spectra import esd, farms_esd, fit_power_law, layer_spectrum
+from wsl.landscape.spectra import esd, farms_esd, fit_power_law, layer_matrices, layer_spectrum
 
 # ---- CKA --------------------------------------------------------------------------------------
 
@@ -113,10 +113,54 @@ def test_small_layers_say_why_instead_of_failing():
         fit_power_law([1.0, 2.0, 3.0])
 
 
-def test_conv_kernels_are_unfolded_into_the_input_dimension():
-    w = torch.randn(16, 4, 3, 3)
-    conv, mat = layer_spectrum("c", w), layer_spectrum("m", w.reshape(16, 36))
-    assert conv.num_evals == 16 and conv.alpha == mat.alpha and conv.stable_rank == mat.stable_rank
+def _with_singular_values(sv, rows, cols, seed):
+    """A [rows, cols] matrix U diag(sv) Vᵀ with random orthonormal U, V."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.normal(size=(rows, len(sv))))
+    v, _ = np.linalg.qr(rng.normal(size=(cols, len(sv))))
+    return (u * sv) @ v.T
+
+
+def test_conv_kernels_are_one_matrix_per_kernel_position_with_pooled_eigenvalues():
+    """WeightWatcher's reading (conv="slices"): kernel position (i, j) is the matrix W[:, :, i, j] [c_out, c_in];
+    the layer's ESD is the union of their squared singular values, planted here: 9 x 12 power-law values."""
+    lam = _quantile_power_law(2.5, 9 * 12, xmin=0.5)
+    rng = np.random.default_rng(1)
+    rng.shuffle(lam)
+    w = np.zeros((20, 12, 3, 3))
+    for pos in range(9):
+        w[:, :, pos // 3, pos % 3] = _with_singular_values(np.sqrt(lam[pos * 12:(pos + 1) * 12]), 20, 12, pos)
+    w = torch.tensor(w)
+    mats = layer_matrices(w)
+    assert len(mats) == 9 and all(m.shape == (20, 12) for m in mats)
+    torch.testing.assert_close(mats[5], w[:, :, 1, 2])
+    r = layer_spectrum("conv", w)
+    assert r.note == "" and r.num_evals == 9 * 12
+    assert r.log_spectral_norm == pytest.approx(np.log10(lam.max()))
+    assert r.stable_rank == pytest.approx(lam.sum() / lam.max())  # ||W||_F² / the largest slice's ||W_ij||_2²
+    assert r.alpha == pytest.approx(fit_power_law(lam).alpha) and abs(r.alpha - 2.5) < 0.3
+    # the other reading of the same kernel: one [20, 108] matrix, 20 other eigenvalues
+    other = layer_spectrum("conv", w, conv="unfold")
+    assert other.num_evals == 20 and other.stable_rank != pytest.approx(r.stable_rank)
+    # a 1x1 kernel (projection shortcut) is its single matrix either way; Conv1d kernels have k positions
+    sq = torch.tensor(_with_singular_values(np.arange(1.0, 13.0), 16, 12, 7))
+    for conv in ("slices", "unfold"):
+        one = layer_spectrum("short", sq[:, :, None, None], conv=conv)
+        np.testing.assert_allclose(10 ** one.log_spectral_norm, 144.0, rtol=1e-9)
+        assert one.num_evals == 12 and one.alpha == layer_spectrum("m", sq).alpha
+    assert [m.shape for m in layer_matrices(torch.randn(5, 3, 4))] == [(5, 3)] * 4
+    with pytest.raises(ValueError, match="conv must be one of"):
+        layer_matrices(w, "fft")
+
+
+def test_unfold_reads_a_conv_kernel_as_one_matrix_over_input_and_kernel():
+    """conv="unfold": the kernel is the matrix [c_out, c_in·k·k], whose planted singular values come back."""
+    sv = np.linspace(0.5, 3.0, 16)
+    m = _with_singular_values(sv, 16, 36, 3)
+    w = torch.tensor(m).reshape(16, 4, 3, 3)
+    np.testing.assert_allclose(esd(layer_matrices(w, "unfold")[0]), np.sort(sv**2), rtol=1e-9)
+    conv, mat = layer_spectrum("c", w, conv="unfold"), layer_spectrum("m", torch.tensor(m))
+    assert conv.num_evals == 16 and conv.alpha == mat.alpha and conv.stable_rank == pytest.approx(mat.stable_rank)
 
 
 def test_farms_blocks_tile_the_matrix():

@@ -9,7 +9,7 @@ import torch
 from conftest import fit_nets
 from wsl.landscape.exact_trace import exact_trace, exact_trace_support
 from wsl.landscape.hessian import dense_hessian
-from wsl.nets import CNN, MLP
+from wsl.nets import CNN, MLP, ResNet
 from wsl.population.functional import split_state, stack_state_dicts
 
 
@@ -20,7 +20,8 @@ def _fitted(make, x, y, n=2, steps=60):
 
 
 def _hessian_trace(net, state, x, y) -> float:
-    return dense_hessian(net, state, x, y).trace().item()
+    params, buffers = split_state(net, state)  # BatchNorm statistics: constants of the eval-mode loss
+    return dense_hessian(net, params, x, y, buffers).trace().item()
 
 
 CASES = {
@@ -30,6 +31,11 @@ CASES = {
     "cnn1d max": (lambda: CNN([2, 9], 4, width=3, depth=2, pooling="max"), [2, 9]),
     "cnn2d avg": (lambda: CNN([1, 5, 5], 4, width=3, depth=2, pooling="avg"), [1, 5, 5]),
     "cnn2d stride": (lambda: CNN([2, 6, 6], 4, width=2, depth=2), [2, 6, 6]),
+    # BatchNorm in eval mode: its γ and β enter affinely too (their own term in exact_trace)
+    "cnn2d batchnorm": (lambda: CNN([2, 6, 6], 4, width=2, depth=2, norm="batch"), [2, 6, 6]),
+    "resnet1d batchnorm": (lambda: ResNet([2, 8], 4, width=2, stages=2), [2, 8]),
+    "resnet2d batchnorm": (lambda: ResNet([1, 6, 6], 4, width=2, stages=2), [1, 6, 6]),
+    "resnet2d no norm": (lambda: ResNet([1, 6, 6], 4, width=2, stages=2, norm="none"), [1, 6, 6]),
 }
 
 
@@ -45,8 +51,9 @@ def test_exact_trace_equals_the_trace_of_the_dense_hessian(case):
     for i, st in enumerate(states):
         want = _hessian_trace(net, st, x, y)
         assert abs(got[i].item() - want) <= 1e-4 * abs(want) + 1e-7, (case, i, got[i].item(), want)
-        alone = exact_trace(net, {k: v[i:i + 1] for k, v in params.items()}, x, y, batch_size=40)
-        assert abs(alone.item() - got[i].item()) <= 1e-5 * abs(want)  # population == per member
+        alone = exact_trace(net, {k: v[i:i + 1] for k, v in params.items()}, x, y, batch_size=40,
+                            buffers={k: v[i:i + 1] for k, v in buffers.items()})
+        assert abs(alone.item() - got[i].item()) <= 5e-5 * abs(want)  # population == per member (float32 sums)
 
 
 def test_the_conv_layer_term_agrees_in_both_of_its_forms():
@@ -81,7 +88,11 @@ def test_nets_that_are_not_piecewise_linear_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="tanh"):
         exact_trace(net, params, torch.randn(4, 1, 6), torch.zeros(4, dtype=torch.long))
     bn = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
-    assert "does not declare" in exact_trace_support(bn, {})
+    assert "train mode" in exact_trace_support(bn, {})  # batch statistics: checked first, whatever the net says
+    assert "does not declare" in exact_trace_support(bn.eval(), {})
+    res = ResNet([1, 6, 6], 3, width=2, stages=2)  # BatchNorm: piecewise linear in eval mode only
+    assert not res.train().piecewise_linear and "BatchNorm stem.bn" in exact_trace_support(res, {})
+    assert res.eval().piecewise_linear and exact_trace_support(res, {"stem.bn.weight": None}) == ""
     assert exact_trace_support(MLP([1, 6], 3, width=5), {"head.weight": None}) == ""
 
 

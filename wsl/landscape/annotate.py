@@ -27,7 +27,7 @@ import torch
 from wsl.errors import ConfigError
 from wsl.landscape.batchnorm import has_batchnorm
 from wsl.landscape.cka import replica_pairs
-from wsl.landscape.metrics import METRICS
+from wsl.landscape.metrics import METRICS, refusal
 from wsl.landscape.phases import annotate_phases, checkpoint_epoch
 from wsl.landscape.sampling import make_sample_set
 from wsl.landscape.schema import LandscapeConfig, group_name
@@ -146,9 +146,15 @@ def _annotate_models(ctx: _Context, chunk_size: int, group: str, metric, s: dict
             if not members:
                 continue
             samples = want[members[0]][1]
-            used.update({ss.key: ss for ss in samples.values()})
-            data = {sp: ss.tensors(ctx.data(members[0])) for sp, ss in samples.items()}
+            used.update({ss.key: ss for ss in samples.values()})  # the settings name them, computed or not
             net = ctx.net(members[0])
+            why = refusal(metric, net, s, states[members[0]])
+            if why:  # the same for every later run with these settings: stored, not retried
+                log.warning("%s not computed for %d %s models: %s", metric.name, len(members), type(net).__name__, why)
+                for m in members:
+                    rows[m] = {"epoch": ctx.epoch_of(m), "settings": want[m][0], "note": f"not computed: {why}"}
+                continue
+            data = {sp: ss.tensors(ctx.data(members[0])) for sp, ss in samples.items()}
             params, buffers = split_state(net, stack_state_dicts([states[m] for m in members]))
             try:
                 cols, notes = metric.compute(net, params, buffers, data, s)
@@ -219,10 +225,14 @@ def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used
                                 for i, j in pairs])
     first = group[0][1][0]
     net, samples = ctx.net(first), group[0][5]
-    used.update({ss.key: ss for ss in samples.values()})
-    data = {sp: ss.tensors(ctx.data(first)) for sp, ss in samples.items()}
     result, error = None, ""
-    if not bad:
+    refused = refusal(metric, net, s, states[first])
+    if refused:  # the same for every later run with these settings: stored, not retried
+        log.warning("%s not computed for %d %s pairs: %s", metric.name, len(a_ids), type(net).__name__, refused)
+        refused = f"not computed: {refused}"
+    used.update({ss.key: ss for ss in samples.values()})  # the settings name them, computed or not
+    data = {} if refused else {sp: ss.tensors(ctx.data(first)) for sp, ss in samples.items()}
+    if not bad and not refused:
         try:
             a = stack_state_dicts([states[m] for m in a_ids])
             b = stack_state_dicts([states[m] for m in b_ids])
@@ -234,7 +244,7 @@ def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used
     for k, (cell, usable, pairs, sj, mstr, _) in enumerate(group):
         common = {"pairs": len(pairs), "members": mstr, "settings": sj}
         if result is None:
-            note = error or f"non-finite weights in {sorted(bad & set(usable))}; not analyzed"
+            note = refused or error or f"non-finite weights in {sorted(bad & set(usable))}; not analyzed"
             for m in usable:
                 rows[m] = {**common, "epoch": ctx.epoch_of(m), "note": note, "settings": "" if error else sj}
             continue
@@ -258,7 +268,10 @@ def annotate_zoo(zoo_path, landscape: LandscapeConfig | None, model_ids=None) ->
     '<metric>_epoch<E>' at an explicit epoch E. After the metrics, the group `phase` (`phase_epoch<E>`)
     gets every analyzed cell's taxonomy label (phases.annotate_phases; thresholds `landscape.phase`,
     None: skipped). The config is checked before the zoo is even opened;
-    a metric that does not apply to a model or cell records why in its `note` column.
+    a metric that does not apply to a model or cell records why in its `note` column. A metric that does not
+    apply to an architecture (Metric.refusal, or BatchNorm statistics missing from checkpoints it evaluates
+    the net with) is logged once per chunk and its rows say "not computed: <why>" (kept with the settings:
+    not retried until they change); an error while computing is recorded as "failed: ..." and retried.
     """
     if landscape is None or not landscape.metrics:
         return {}

@@ -4,10 +4,13 @@ For the mean cross-entropy L = (1/N) Σ_n ℓ(z_n) of the logits z_n = f(θ, x_n
 
     H = (1/N) Σ_n [ J_nᵀ ∇²ℓ_n J_n  +  Σ_c (∂ℓ_n/∂z_c) ∇²_θ z_{n,c} ].
 
-When every parameter enters one Linear or Conv layer and every nonlinearity is piecewise linear
-(ReLU, leaky ReLU, max / average pooling), each logit is affine in each single parameter once the
-activation pattern is fixed, so ∂²z/∂θ_i² = 0 (autograd's Hessian, PyHessian's included, is this
-one): the second term has a zero diagonal and, with ∇²ℓ_n = diag(p_n) − p_n p_nᵀ,
+When every parameter enters one Linear or Conv layer, or one BatchNorm in eval mode (the affine map
+γ (u − μ)/√(σ² + ε) + β of its stored statistics μ, σ²), each is used once per forward pass, and every
+nonlinearity is piecewise linear (ReLU, leaky ReLU, max / average pooling), each logit is affine in
+each single parameter once the activation pattern is fixed: the layer's output is affine in it and the
+rest of the net, skip connections included, is linear in that output. So ∂²z/∂θ_i² = 0 (autograd's
+Hessian, PyHessian's included, is this one): the second term has a zero diagonal (not zero: its
+off-diagonal, e.g. between a conv weight and the γ after it) and, with ∇²ℓ_n = diag(p_n) − p_n p_nᵀ,
 
     tr(H) = (1/N) Σ_n [ Σ_c p_{n,c} |∇_θ z_{n,c}|²  −  |Σ_c p_{n,c} ∇_θ z_{n,c}|² ].
 
@@ -15,7 +18,8 @@ The per-sample, per-logit gradients are never formed whole. In a layer with inpu
 u = W a + b, the gradient of z_c is Σ_pos δ_c[pos] ⊗ a[pos] (δ_c = ∂z_c/∂u, positions: 1 for a
 Linear layer, the output positions of a conv with a[pos] its input patch), so its squared norm is
 Σ_{pos,pos'} ⟨δ_c[pos], δ_c[pos']⟩ (⟨a[pos], a[pos']⟩ + 1) — for a Linear layer |δ_c|² (|a|² + 1);
-a conv layer uses this Gram form or forms the gradient, whichever costs less. δ comes from one
+a conv layer uses this Gram form or forms the gradient, whichever costs less; a BatchNorm's are
+Σ_pos δ_c[pos] û[pos] (γ) and Σ_pos δ_c[pos] (β), per channel, with û its normalized input. δ comes from one
 backward pass per class through zero taps added to every layer's output, on the forward pass
 vmapped over members. Cost: about C backward passes of the data (~2 Hessian-vector products on
 the benchmark MLPs) and no estimator noise, against tens of Hutchinson probes.
@@ -31,11 +35,17 @@ from torch.func import functional_call, vmap
 from wsl.population.functional import batches, num_members
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 MEMORY_FLOATS = 2**25  # per-sample Jacobian work kept in memory at once (128 MiB of float32)
 
 
 def exact_trace_support(net: nn.Module, params: dict) -> str:
     """'' if the exact trace applies to `net`, else why not (the Hutchinson estimator still does)."""
+    for name, mod in net.named_modules():  # batch statistics depend on every earlier parameter: not affine
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and (mod.training or mod.running_mean is None):
+            how = "train mode" if mod.training else "no running statistics"
+            return (f"BatchNorm {name} normalizes with batch statistics ({how}), which are not affine in the "
+                    "parameters; the Hessian metrics need eval mode")
     if not getattr(net, "piecewise_linear", False):
         act = getattr(net, "activation_name", None)
         return (f"{type(net).__name__} (activation {act!r}) is not piecewise linear in its parameters"
@@ -44,8 +54,8 @@ def exact_trace_support(net: nn.Module, params: dict) -> str:
               for pname, _ in mod.named_parameters(recurse=False)}
     for k in params:
         mod = owners.get(k)
-        if not isinstance(mod, LAYERS):
-            return f"parameter {k} is not in a Linear or Conv layer ({type(mod).__name__})"
+        if not isinstance(mod, LAYERS + NORMS):
+            return f"parameter {k} is not in a Linear, Conv or BatchNorm layer ({type(mod).__name__})"
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and (mod.groups != 1 or isinstance(mod.padding, str)
                                                          or mod.padding_mode != "zeros"):
             return f"conv layer of {k} uses groups, string padding or non-zero padding mode"
@@ -84,18 +94,36 @@ def _layer_term(delta: torch.Tensor, patches: torch.Tensor, p: torch.Tensor, bia
     return s
 
 
+def _norm_term(delta: torch.Tensor, normed: torch.Tensor, p: torch.Tensor, weight: bool, bias: bool) -> torch.Tensor:
+    """_layer_term of an eval-mode BatchNorm: g_c = (Σ_pos δ_c û, Σ_pos δ_c) per channel (γ, β).
+
+    delta [C, n, ch, L], normed [n, ch, L] (û, the input normalized by the running statistics), p [n, C] -> [n].
+    """
+    pt = p.T
+    s = torch.zeros(delta.shape[1], dtype=delta.dtype, device=delta.device)
+    for g in ([(delta * normed).sum(3)] if weight else []) + ([delta.sum(3)] if bias else []):  # [C, n, ch]
+        s = s + (pt * g.pow(2).sum(2)).sum(0) - torch.einsum("cn,cnh->nh", pt, g).pow(2).sum(1)
+    return s
+
+
 class _Taps:
-    """Runs `net` with a zero tensor added to each Linear/Conv output, recording each layer's input."""
+    """Runs `net` with a zero tensor added to each Linear/Conv/BatchNorm output, recording each layer's input
+    (a BatchNorm's normalized by its running statistics: û, what γ multiplies)."""
 
     def __init__(self, net: nn.Module):
         self.net = net
-        self.layers = [(n, m) for n, m in net.named_modules() if isinstance(m, LAYERS)]
+        self.layers = [(n, m) for n, m in net.named_modules()
+                       if isinstance(m, LAYERS) or (isinstance(m, NORMS) and m.affine)]
 
     def __call__(self, state: dict, x: torch.Tensor, taps: dict, inputs: dict) -> torch.Tensor:
         handles = []
         for name, mod in self.layers:
-            def hook(_m, inp, out, name=name):
-                inputs[name] = inp[0]
+            def hook(m, inp, out, name=name):
+                if isinstance(m, NORMS):  # the module's buffers here are the member's (functional_call)
+                    shape = (1, -1) + (1,) * (inp[0].dim() - 2)
+                    inputs[name] = (inp[0] - m.running_mean.view(shape)) * torch.rsqrt(m.running_var.view(shape) + m.eps)
+                else:
+                    inputs[name] = inp[0]
                 return out + taps[name]
             handles.append(mod.register_forward_hook(hook))
         try:
@@ -148,6 +176,9 @@ def exact_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, 
     mods = dict(taps_net.layers)
     per_sample = 0  # floats of per-sample work: output Jacobians, formed conv gradients, input patches
     for k, s in shapes.items():
+        if isinstance(mods[k], NORMS):  # output Jacobians and û
+            per_sample += (num_classes + 1) * s.numel()
+            continue
         positions = s[1:].numel() if len(s) > 1 else 1
         w = mods[k].weight
         per_sample += num_classes * (s.numel() + (w.numel() if positions > 1 else 0)) + w[0].numel() * positions
@@ -166,8 +197,15 @@ def exact_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, 
         grads = [torch.autograd.grad(z[..., c].sum(), list(taps.values()), retain_graph=c + 1 < num_classes)
                  for c in range(num_classes)]
         total = torch.zeros(p_count, dtype=z.dtype, device=z.device)
-        for i, (name, mod) in enumerate(taps_net.layers):
-            d = torch.stack([g[i] for g in grads], 1)  # [P, C, n, out, *positions]
+        slot = {k: i for i, k in enumerate(taps)}  # taps are in forward order, layers in module order
+        for name, mod in taps_net.layers:
+            d = torch.stack([g[slot[name]] for g in grads], 1)  # [P, C, n, out, *positions]
+            if isinstance(mod, NORMS):
+                normed = inputs[name].detach()
+                total += vmap(_norm_term, in_dims=(0, 0, 0, None, None))(
+                    d.reshape(*d.shape[:4], -1), normed.reshape(*normed.shape[:3], -1), p,
+                    mod.weight is not None, mod.bias is not None).sum(1)
+                continue
             d = d[..., None] if isinstance(mod, nn.Linear) else d.flatten(4)
             patches = vmap(lambda a, mod=mod: _patches(mod, a))(inputs[name].detach())
             total += vmap(_layer_term, in_dims=(0, 0, 0, None))(d, patches, p, mod.bias is not None).sum(1)

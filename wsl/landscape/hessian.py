@@ -80,7 +80,9 @@ def population_hvp(net: nn.Module, params: dict, v: dict, x: torch.Tensor, y: to
 def dense_hessian(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor,
                   buffers: dict | None = None) -> torch.Tensor:
     """The whole Hessian [n, n] (float64) of one member's mean cross-entropy over its parameters {name: T},
-    flattened in dict order, by torch.autograd.functional.hessian: the ground truth for tiny nets (n² memory)."""
+    flattened in dict order, by torch.autograd.functional.hessian: the ground truth for tiny nets (n² memory;
+    its n backward passes vectorized by vmap). Buffers (BatchNorm running statistics) are constants: the
+    net's mode decides whether they are used (eval) or batch statistics are (train)."""
     flat = torch.cat([t.detach().flatten() for t in params.values()]).double()
     buf = {k: v.double() if v.is_floating_point() else v for k, v in (buffers or {}).items()}
 
@@ -88,7 +90,7 @@ def dense_hessian(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor
         parts = theta.split([t.numel() for t in params.values()])
         return member_loss(net, {k: t.view(params[k].shape) for k, t in zip(params, parts)}, x.double(), y, buf)
 
-    return torch.autograd.functional.hessian(loss, flat)
+    return torch.autograd.functional.hessian(loss, flat, vectorize=True)
 
 
 def _dot(a: dict, b: dict) -> torch.Tensor:

@@ -26,6 +26,26 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().double().cpu().numpy()
 
 
+def missing_running_stats(net, names) -> str:
+    """'' if the state dict keys `names` hold the running statistics of every BatchNorm of `net`, else
+    which are missing (eval mode would silently use a fresh layer's mean 0 and variance 1)."""
+    names = set(names)
+    missing = [f"{n}.{b}" for n, m in net.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats for b in ("running_mean", "running_var") if f"{n}.{b}" not in names]
+    if not missing:
+        return ""
+    return (f"the checkpoints hold no BatchNorm running statistics ({', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}), which this metric evaluates the net with")
+
+
+def refusal(metric, net, s: dict, names) -> str:
+    """Why `metric` is not computed for `net` (its state dict keys `names`) with settings s; '' if it is."""
+    why = metric.refusal(net, s)
+    if not why and metric.uses_running_stats:
+        why = missing_running_stats(net, names)
+    return why
+
+
 class Metric:
     """One metric of the `landscape.metrics` list (its settings: wsl.landscape.schema.SETTINGS[name]).
 
@@ -38,13 +58,21 @@ class Metric:
     name: str = ""
     scope: str = "model"
     identity: tuple = ()
+    uses_running_stats: bool = False  # runs the net in eval mode with the BatchNorm statistics stored with it
 
     def samples(self, s: dict) -> list[tuple[str, int | None, int]]:
         """(split, num_samples, seed) of every data sample set the metric reads."""
         return []
 
+    def refusal(self, net, s: dict) -> str:
+        """Why the metric does not apply to this architecture with settings s ('' if it does): annotate
+        logs it once and records it as every row's note instead of computing."""
+        return ""
+
 
 class _Curvature(Metric):
+    uses_running_stats = True  # the Hessian of the eval-mode loss: BatchNorm statistics are constants
+
     def samples(self, s):
         return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
 
@@ -100,7 +128,8 @@ class HessianTrace(_Curvature):
 
 
 class Spectra(Metric):
-    """Per-layer heavy-tailed spectral metrics of WᵀW, and their mean over the layers that fit."""
+    """Per-layer heavy-tailed spectral metrics of WᵀW, and their mean over the layers that fit (conv kernels:
+    one matrix per kernel position, eigenvalues pooled, by default; BatchNorm parameters are not matrices)."""
 
     name = "spectra"
     identity = tuple(SETTINGS["spectra"].__dataclass_fields__)
@@ -116,7 +145,7 @@ class Spectra(Metric):
         notes = []
         for i in range(p):
             fits = [layer_spectrum(l, params[l][i], s["min_evals"], s["min_tail"], s["farms"], s["aspect_ratio"],
-                                   s["max_blocks"], s["max_candidates"]) for l in layers]
+                                   s["max_blocks"], s["max_candidates"], s["conv"]) for l in layers]
             for l, r in zip(layers, fits):
                 for m in self.per_layer:
                     cols[f"{m}[{short[l]}]"][i] = getattr(r, m)
@@ -167,6 +196,13 @@ class CKA(_PairMetric):
 
     name = "cka"
     identity = ("split", "num_samples", "sample_seed", "representation", "max_pairs")
+    uses_running_stats = True
+
+    def refusal(self, net, s):
+        if s["representation"] == "features" and not callable(getattr(net, "features", None)):
+            return (f"{type(net).__name__} has no features() (penultimate activations); "
+                    "use landscape.cka.representation=logits")
+        return ""
 
     def samples(self, s):
         return [(s["split"], s["num_samples"], s["sample_seed"])]

@@ -17,6 +17,7 @@ SPLITS = ("train", "val", "test")
 EIG_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("auto", "exact", "hutchinson")
 REPRESENTATIONS = ("logits", "features")
+CONV_CONVENTIONS = ("slices", "unfold")  # how spectra read a conv kernel as matrices (spectra.layer_matrices)
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 
@@ -152,9 +153,11 @@ class SpectraSettings:
     aspect_ratio: float = 1.0
     max_blocks: int = 64
     max_candidates: int = 1000
+    conv: str = "slices"
 
     def __post_init__(self):
         _integers(self, min_evals=2, min_tail=2, max_blocks=1, max_candidates=2)
+        schema.choice(self, "conv", CONV_CONVENTIONS)
         schema.number(self, "aspect_ratio", 0.0, lo_open=True)
 
 

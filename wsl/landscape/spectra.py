@@ -1,12 +1,19 @@
 """Heavy-tailed spectral analysis of weight matrices (Martin & Mahoney 2021).
 
-Each layer's weight W [out, in, *k] is read as the matrix [out, in·k] and its empirical spectral
-density (ESD) is the set of eigenvalues of WᵀW (the squared singular values of W). A power law
+A Linear layer's weight W [out, in] is one matrix. A conv layer's weight [c_out, c_in, *k] is read as
+WeightWatcher reads it (conv="slices", the default): one [c_out, c_in] matrix per kernel position
+(k·k matrices for a k x k Conv2d, k for a Conv1d; a 1x1 projection shortcut is a single [c_out, c_in]
+matrix, like a Linear layer), whose eigenvalues are pooled into the layer's one ESD; conv="unfold"
+reads it as the single matrix [c_out, c_in·k·k] instead. Either way the empirical spectral density
+(ESD) is the set of eigenvalues of WᵀW (the squared singular values of W). BatchNorm's γ and β are
+vectors, not matrices: no spectrum. A power law
 p(λ) ∝ λ^(-α) is fitted to the tail λ >= xmin by maximum likelihood,
     α = 1 + n / Σ ln(λ_i / xmin),
 with xmin chosen to minimize the Kolmogorov-Smirnov distance between the tail's empirical CDF
 and the fitted one (Clauset, Shalizi & Newman 2009). Derived: α-hat = α·log10 λmax,
-log spectral norm = log10 λmax, stable rank = Σλ / λmax = ||W||_F² / ||W||_2².
+log spectral norm = log10 λmax, stable rank = Σλ / λmax = ||W||_F² / ||W||_2² (with slices, λmax is
+the largest over the kernel positions and Σλ = ||W||_F² of the whole kernel). Kernels are not rescaled
+(a rescaling would change the norm metrics, never α).
 
 Aspect ratio biases α; the FARMS correction (2025) averages the ESDs of submatrices of one fixed
 aspect ratio instead (here: their eigenvalues are pooled, which is averaging the densities).
@@ -20,6 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+
+from wsl.landscape.schema import CONV_CONVENTIONS
 
 
 @dataclass
@@ -108,24 +117,44 @@ class LayerSpectrum:
     note: str = ""
 
 
+def layer_matrices(w: torch.Tensor, conv: str = "slices") -> list[torch.Tensor]:
+    """The matrices whose pooled ESD is a layer's: [W] for a matrix; for a conv kernel [c_out, c_in, *k]
+    one [c_out, c_in] matrix per kernel position (conv="slices", WeightWatcher's reading), or the single
+    [c_out, c_in·prod(k)] matrix (conv="unfold")."""
+    if conv not in CONV_CONVENTIONS:
+        raise ValueError(f"conv must be one of {CONV_CONVENTIONS}, got {conv!r}")
+    w = w.detach()
+    if w.dim() <= 2:
+        return [w.reshape(w.shape[0], -1)]
+    if conv == "unfold":
+        return [w.reshape(w.shape[0], -1)]
+    flat = w.reshape(w.shape[0], w.shape[1], -1)  # [c_out, c_in, positions]
+    return [flat[:, :, i] for i in range(flat.shape[2])]
+
+
 def layer_spectrum(name: str, w: torch.Tensor, min_evals: int = 10, min_tail: int = 5, farms: bool = False,
-                   aspect_ratio: float = 1.0, max_blocks: int = 64, max_candidates: int = 1000) -> LayerSpectrum:
-    """All spectral metrics of one weight tensor; a layer too small to fit says why in `note`."""
-    mat = w.detach().reshape(w.shape[0], -1)  # [out, in, *k] -> [out, in·k]: conv kernels unfolded into the input
-    out = LayerSpectrum(name, tuple(w.shape), int(min(mat.shape)))
-    if not torch.isfinite(mat).all():
+                   aspect_ratio: float = 1.0, max_blocks: int = 64, max_candidates: int = 1000,
+                   conv: str = "slices") -> LayerSpectrum:
+    """All spectral metrics of one weight tensor; a layer too small to fit says why in `note`.
+
+    `conv`: how a conv kernel becomes matrices (layer_matrices); their eigenvalues are pooled into one ESD
+    (with FARMS, each matrix's submatrix eigenvalues are)."""
+    mats = layer_matrices(w, conv)
+    out = LayerSpectrum(name, tuple(w.shape), int(sum(min(m.shape) for m in mats)))
+    if not all(torch.isfinite(m).all() for m in mats):
         return replace(out, note="non-finite weights")
-    lam = esd(mat)
+    lam = np.sort(np.concatenate([esd(m) for m in mats]))
     lam_max = float(lam[-1])
     if lam_max <= 0:
         return replace(out, note="all-zero weights")
-    # Norm-type metrics use the full matrix; only α comes from the (optionally FARMS) ESD.
+    # Norm-type metrics use the full matrices; only α comes from the (optionally FARMS) ESD.
     out.log_spectral_norm = math.log10(lam_max)
     out.stable_rank = float(lam.sum() / lam_max)
     if out.num_evals < min_evals:
         return replace(out, note=f"too small to fit a power law: {out.num_evals} eigenvalues < min_evals={min_evals}")
     try:
-        fit = fit_power_law(farms_esd(mat, aspect_ratio, max_blocks) if farms else lam, min_tail, max_candidates)
+        evals = np.sort(np.concatenate([farms_esd(m, aspect_ratio, max_blocks) for m in mats])) if farms else lam
+        fit = fit_power_law(evals, min_tail, max_candidates)
     except ValueError as e:
         return replace(out, note=f"power-law fit failed: {e}")
     out.alpha, out.xmin, out.ks, out.n_tail = fit.alpha, fit.xmin, fit.ks, fit.n_tail
@@ -134,5 +163,6 @@ def layer_spectrum(name: str, w: torch.Tensor, min_evals: int = 10, min_tail: in
 
 
 def weight_layers(state_dict: dict) -> list[str]:
-    """Names of the tensors that are layer weight matrices (>= 2 dims), in state-dict order."""
+    """Names of the tensors that are layer weight matrices or conv kernels (>= 2 dims), in state-dict order
+    (BatchNorm's γ, β and statistics, and biases, are vectors: left out)."""
     return [k for k, v in state_dict.items() if v.dim() >= 2 and v.is_floating_point()]

@@ -107,8 +107,13 @@ class ResNet(nn.Module):
 
     @property
     def piecewise_linear(self) -> bool:
-        """ReLU-family activations; BatchNorm in eval mode is an affine map of fixed statistics."""
-        return self.activation_name in PIECEWISE_LINEAR
+        """Each logit is affine in each single parameter once the activation pattern is fixed (the Hessian's
+        diagonal is the Gauss-Newton one: wsl.landscape.exact_trace): ReLU-family activations, and BatchNorm,
+        if any, in eval mode, where it is the affine map γ (u - μ)/√(σ² + ε) + β of its stored statistics. Each
+        parameter (conv, γ, β, head) is used once per forward pass and the skip connections only add paths
+        that are linear in a layer's output. In train mode BatchNorm divides by batch statistics that depend
+        on the earlier weights, which is not affine: False."""
+        return self.activation_name in PIECEWISE_LINEAR and (self.norm == "none" or not self.training)
 
     @property
     def arch(self) -> dict:
