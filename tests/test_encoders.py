@@ -151,6 +151,30 @@ def test_encoders_are_invariant_to_function_preserving_permutations(net, enc):
         torch.testing.assert_close(y_perm, y, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("enc", ["stats", "deepsets", "nfn", "graph", "transformer"])
+def test_running_statistics_read_on_request_move_with_their_units(enc):
+    """bn_stats=True: running mean and variance are two more features of their units, permuted with them."""
+    torch.manual_seed(0)
+    nets = [_spread_batchnorm(ResNet([1, 8, 8], 10, width=2, depth=1)) for _ in range(3)]
+    for i, net in enumerate(nets):
+        net.train()
+        with torch.no_grad():
+            net(torch.randn(16, 1, 8, 8) * (i + 1) + i)  # running statistics away from 0 and 1
+    spec = nets[0].permutation_spec()
+    sd = {k: torch.stack([n.state_dict()[k] for n in nets]).float() for k in nets[0].state_dict()}
+    space = WeightSpace.from_models([(f"m{i}", spec, {k: tuple(v.shape[1:]) for k, v in sd.items()}) for i in range(3)],
+                                    bn_stats=True)
+    params = {k: sd[k] for k in space.shapes}
+    encoder = encoder_cls(enc)(space, 2, **ENCODER_KWARGS[enc]).eval()
+    moved = _random_permutation(params, space)
+    with torch.no_grad():
+        y, y_perm = encoder(space.to_batch(params)), encoder(space.to_batch(moved))
+        stats_only = {k: v.flip(0) if "running" in k else v for k, v in params.items()}  # other nets' statistics
+        y_other = encoder(space.to_batch(stats_only))
+    torch.testing.assert_close(y_perm, y, atol=1e-5, rtol=1e-4)
+    assert (y_other - y).abs().max() > 1e-4, "the statistics are read"
+
+
 def _half_a_stream(params, space):
     """Re-order the outputs of ONE tensor that writes stage 0's stream (block 1's conv2 and its
     BatchNorm) and nothing else: the skip connection ties them to the others, so this changes the

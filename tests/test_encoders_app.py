@@ -185,7 +185,7 @@ def console(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
-RESNET_ZOO = ["dataset=digits", "net=resnet", "net.norm=none", "net.width=2", "net.depth=1", "population.size=12",
+RESNET_ZOO = ["dataset=digits", "net=resnet", "net.width=2", "net.depth=1", "population.size=12",
               "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.epochs=1", "progress_refresh_rate=0", "logger=none",
               "trainer.accelerator=cpu"]
 
@@ -221,12 +221,13 @@ def test_every_encoder_reads_a_resnet_zoo(resnet_zoo, tmp_path):
     assert [s.name for s in space.sets] == ["in", "S0", "B0.0", "B1.0", "S1", "B2.0", "S2", "out"]
     assert space.sizes == [1, 2, 2, 4, 4, 8, 8, 10] and space.numel == sum(p.numel() for p in zoo.load_model(
         zoo.ids[0]).parameters())
-    if False:  # TEMP until BN zoos train
-        stats = read_space(zoo, zoo.ids, bn_stats=True)
-        assert len(stats.nodes) == 2 * len(space.nodes) and not any(k.endswith("num_batches_tracked") for k in stats.shapes)
-    for enc in ("flat", "stats", "deepsets", "nfn", "transformer"):
+    stats = read_space(zoo, zoo.ids, bn_stats=True)
+    assert {n.name for n in stats.nodes} - {n.name for n in space.nodes} == {
+        k for k in zoo.state_dict(zoo.ids[0]) if k.endswith(("running_mean", "running_var"))}
+    for enc in ("flat", "stats", "deepsets", "nfn", "transformer"):  # (graph: the console script above)
         df = run_experiment(config(f"zoo.path={resnet_zoo}", f"encoder={enc}", "seeds=[0]", "trainer.max_epochs=1",
-                                   "split.fractions=[0.5,0.25,0.25]", "batch_size=4"), tmp_path / enc)
+                                   "split.fractions=[0.5,0.25,0.25]", "batch_size=4",
+                                   f"zoo.bn_stats={enc == 'stats'}"), tmp_path / enc)
         assert df.loc[0, "params"] > 0 and pd.notna(df.loc[0, "test/r2"]), enc
 
 
