@@ -1,12 +1,16 @@
 """Benchmark: every encoder on the same zoo and the same split, task test_acc, 3 seeds each, plus the
 `nfn` PyPI package's NP layers (Zhou et al.'s own implementation) on the same data as an outside
-reference. Prints Kendall tau ± std (test split), R², parameters, seconds per epoch, peak memory.
+reference (MLP zoo only: it reads chains of layers). Prints Kendall tau ± std (test split), R²,
+parameters, seconds per epoch, peak memory.
 
     python scripts/bench_encoders.py                       # builds zoos/bench_encoders_mlp with wsl-zoo
     python scripts/bench_encoders.py --epochs 40 --encoders stats nfn nfn_reference
+    python scripts/bench_encoders.py --net resnet          # ResNet-8 (width 4, BatchNorm): zoos/bench_encoders_resnet
+    python scripts/bench_encoders.py --net resnet --override zoo.bn_stats=true   # + BatchNorm running statistics
 
-The zoo: digits MLPs (one hidden layer of 16 units), 6 learning rates x 3 weight decays x 3 seed
-replicas, trained 5 epochs, on 3 training-set fractions (one wsl-zoo job each): 162 nets. Each
+The zoo: digits MLPs (one hidden layer of 16 units) or ResNet-8s (width 4: stages of 4/8/16 channels,
+BatchNorm, 5,142 parameters), 6 learning rates x 3 weight decays x 3 seed replicas, trained 5
+epochs, on 3 training-set fractions (one wsl-zoo job each): 162 nets. Each
 encoder runs in its own process (so the peak memory is its own) with one intra-op thread (the nets
 are tiny; on a shared machine extra threads only spin), all under identical settings.
 Per-epoch seconds come from separate processes run one after another, so on a shared machine they
@@ -33,14 +37,17 @@ OVERRIDES = {  # encoder name -> config overrides
 }
 
 
-def build_zoo(path: Path, epochs: int) -> None:
+NETS = {"mlp": ["net=mlp", "net.width=16"], "resnet": ["net=resnet", "net.width=4", "net.depth=1"]}
+
+
+def build_zoo(path: Path, epochs: int, net: str = "mlp", extra: tuple = ()) -> None:
     if (path / "index.h5").exists():
         print(f"zoo: reusing {path}")
         return
-    cmd = [sys.executable, "-m", "wsl.apps.zoo", "-m", "dataset=digits", "net=mlp", "net.width=16",
-           "population.size=54", "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.0003,0.003]",
-           f"train.epochs={epochs}", "dataset.train_fraction=0.25,0.5,1.0", f"zoo.path={path}", "zoo.name=bench_encoders",
-           "progress_refresh_rate=0", "logger=none", f"hydra.sweep.dir={path.parent / (path.name + '-runs')}"]
+    cmd = [sys.executable, "-m", "wsl.apps.zoo", "-m", "dataset=digits", *NETS[net], *extra, "population.size=54",
+           "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.0003,0.003]", f"train.epochs={epochs}",
+           "dataset.train_fraction=0.25,0.5,1.0", f"zoo.path={path}", "zoo.name=bench_encoders", "progress_refresh_rate=0",
+           "logger=none", f"hydra.sweep.dir={path.parent / (path.name + '-runs')}"]
     print("zoo: building with", " ".join(cmd[2:]))
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -53,6 +60,13 @@ class NFNReference:
 
     def __call__(self, space, out_dim):
         import torch
+
+        from wsl.errors import ConfigError
+
+        chain = [(e.out, e.inp) for e in space.edges] == [(m + 1, m) for m in range(len(space.edges))]
+        if not chain:
+            raise ConfigError("nfn_reference: the nfn package's NPLinear reads chains of layers only")
+        bias = {n.name: j for j, n in enumerate(space.nodes)}
         from nfn.common import WeightSpaceFeatures, network_spec_from_wsfeat
         from nfn.layers import NPLinear, NPPool, TupleOp
         from torch import nn
@@ -60,11 +74,13 @@ class NFNReference:
         from wsl.encoders.common import mlp
 
         def to_wsfeat(batch):
-            ws = []
-            for w, s in zip(batch.weights, space.layers):
-                w = w.reshape(*w.shape[:3], *s.kernel) if s.kernel else w[..., 0]  # [B, out, in(, h, w)]
+            ws, bs = [], []
+            for w, e in zip(batch.edges, space.edges):
+                j = bias.get(e.name.rpartition(".")[0] + ".bias")
+                bs.append((batch.nodes[j] if j is not None else w.new_zeros(w.shape[:2]))[:, None])
+                w = w.reshape(*w.shape[:3], *e.kernel) if e.kernel else w[..., 0]  # [B, out, in(, h, w)]
                 ws.append(w[:, None])  # one channel
-            return WeightSpaceFeatures(ws, [b[:, None] for b in batch.biases])
+            return WeightSpaceFeatures(ws, bs)
 
         class Reference(nn.Module):
             invariant = True
@@ -173,21 +189,26 @@ def print_table(args, rows: list) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--zoo", type=Path, default=ROOT / "zoos" / "bench_encoders_mlp")
+    ap.add_argument("--net", choices=sorted(NETS), default="mlp", help="the zoo's architecture")
+    ap.add_argument("--zoo", type=Path, help="default: zoos/bench_encoders_<net>")
     ap.add_argument("--zoo-epochs", type=int, default=5)
+    ap.add_argument("--zoo-override", nargs="*", default=[], help="extra wsl-zoo overrides (e.g. net.norm=none)")
     ap.add_argument("--epochs", type=int, default=60, help="encoder training epochs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--encoders", nargs="+", default=ENCODERS, choices=ENCODERS)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_encoders")
+    ap.add_argument("--encoders", nargs="+", choices=ENCODERS, help="default: all (no nfn_reference on ResNets)")
+    ap.add_argument("--out", type=Path, help="default: runs/bench_encoders_<net>")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides for every encoder")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side step costs")
     args = ap.parse_args()
+    args.zoo = (args.zoo or ROOT / "zoos" / f"bench_encoders_{args.net}").resolve()
+    args.out = (args.out or ROOT / "runs" / f"bench_encoders_{args.net}").resolve()
+    args.encoders = args.encoders or [e for e in ENCODERS if args.net == "mlp" or e != "nfn_reference"]
     if args.one:
         run_one(args.one, args.zoo, args.out, args.epochs, args.seeds, args.override)
         return
 
-    build_zoo(args.zoo.resolve(), args.zoo_epochs)
+    build_zoo(args.zoo.resolve(), args.zoo_epochs, args.net, tuple(args.zoo_override))
     rows = []
     for name in ([] if args.speed_only else args.encoders):
         out = args.out / name

@@ -1,4 +1,5 @@
-"""Encoders room: weight-space representation, encoder invariance, padding, tasks, metrics, SIREN/INR data.
+"""Encoders room: weight-space representation (chains and residual nets), encoder invariance, padding, tasks,
+metrics, SIREN/INR data.
 
 Everything here runs on real nets (freshly initialized or fitted in the test), never on mocks.
 """
@@ -18,7 +19,7 @@ from wsl.encoders.nfn import EquivariantLayer, _Structure
 from wsl.encoders.tasks import Task, kendall_tau, r2, score
 from wsl.encoders.weightspace import MASK_PREFIX
 from wsl.errors import ConfigError
-from wsl.nets import CNN, MLP, PermutationSpec, build_net, register_net
+from wsl.nets import CNN, MLP, PermutationSpec, ResNet, build_net, register_net
 from wsl.nets.siren import SIREN
 from wsl.symmetry import PermutationAugment, permute, random_permutations
 
@@ -28,7 +29,10 @@ NETS = {
     "mlp": lambda: MLP([1, 8, 8], 10, width=12, depth=2),
     "cnn2d": lambda: CNN([1, 8, 8], 10, width=6, depth=3),
     "cnn1d": lambda: CNN([1, 40], 10, width=6, depth=2, kernel=5),
+    "cnn_bn": lambda: CNN([1, 8, 8], 10, width=4, depth=2, norm="batch"),
     "siren": lambda: SIREN([2], 1, width=10, depth=3, w0=30.0),
+    "resnet_bn": lambda: ResNet([1, 8, 8], 10, width=2, depth=2),  # two blocks per stage: streams shared by 5+ tensors
+    "resnet1d": lambda: ResNet([1, 16], 10, width=2, depth=1, norm="none"),
 }
 ENCODER_KWARGS = {  # small but complete configurations of every encoder
     "flat": dict(hidden=32), "stats": dict(hidden=32), "deepsets": dict(hidden=16, head_hidden=32),
@@ -43,46 +47,101 @@ def encoder_cls(name):
     return ENCODERS["nfn" if name == "nfn_np" else name]
 
 
+def _spread_batchnorm(net):
+    """BatchNorm scales and shifts away from their initial 1 and 0 (which every permutation leaves alone)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.3)
+    return net
+
+
 def population(make, n=3, seed=0):
-    """n independently initialized nets of one architecture, stacked: ({name: [n, ...]}, spec, space)."""
+    """n independently initialized nets of one architecture, stacked: ({name: [n, ...]}, nets, space)."""
     torch.manual_seed(seed)
-    nets = [make() for _ in range(n)]
+    nets = [_spread_batchnorm(make()) for _ in range(n)]
     # spread the weights a little beyond the init so layers are not all alike
-    sds = [{k: v.detach() * (1 + 0.3 * i) for k, v in net.state_dict().items()} for i, net in enumerate(nets)]
+    sds = [{k: v.detach() * (1 + 0.3 * i) for k, v in net.named_parameters()} for i, net in enumerate(nets)]
     spec = nets[0].permutation_spec()
-    shapes = {k: tuple(v.shape) for k, v in sds[0].items()}
+    shapes = {k: tuple(v.shape) for k, v in nets[0].state_dict().items()}  # buffers included: the space skips them
     space = WeightSpace.from_models([(f"m{i}", spec, shapes) for i in range(n)])
     return {k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}, nets, space
 
 
 # ------------------------------------------------------------------------------------------ representation
 @pytest.mark.parametrize("net", list(NETS))
-def test_weight_space_chain_follows_the_permutation_spec(net):
+def test_weight_space_follows_the_permutation_spec(net):
     params, nets, space = population(NETS[net], n=2)
-    n0 = nets[0]
+    n0, spec = nets[0], nets[0].permutation_spec()
+    assert (space.sets[0].name, space.sets[-1].name) == ("in", "out") and space.sets[0].fixed and space.sets[-1].fixed
     assert space.sizes[0] == (np.prod(n0.in_shape) if net in ("mlp", "siren") else n0.in_shape[0])
     assert space.sizes[-1] == n0.num_classes
-    assert [s.weight for s in space.layers][-1] == "head.weight"
+    # one set per permutation of the spec, of its size; BatchNorm buffers are not read
+    assert {s.name: n for s, n in zip(space.sets[1:-1], space.sizes[1:-1])} == spec.sizes
+    assert set(space.shapes) == {k for k, _ in n0.named_parameters()} == set(params)
     batch = space.to_batch(params)
-    for l, (w, s) in enumerate(zip(batch.weights, space.layers), start=1):
-        assert w.shape == (2, space.sizes[l], space.sizes[l - 1], s.kernel_numel)
+    for w, e in zip(batch.edges, space.edges):
+        assert w.shape == (2, space.sizes[e.out], space.sizes[e.inp], e.kernel_numel)
         # the representation is a reshape of the state dict, entry for entry
-        assert torch.equal(w.reshape(params[s.weight].shape), params[s.weight])
+        assert torch.equal(w.reshape(params[e.name].shape), params[e.name])
+    for b, v in zip(batch.nodes, space.nodes):
+        assert b.shape == (2, space.sizes[v.set]) and torch.equal(b, params[v.name])
     assert space.numel == sum(p.numel() for p in n0.parameters())
 
 
-@pytest.mark.parametrize("net,enc", list(itertools.product(NETS, ENCODER_KWARGS)))
-def test_encoders_are_invariant_to_hidden_permutations(net, enc):
+def test_a_residual_stream_is_one_set_of_nodes():
+    """ResNet depth 2, read against the architecture's definition: every tensor that reads or writes
+    stage 0's stream is an edge into or out of ONE set S0; a block's inner channels are their own set;
+    BatchNorm scale and shift are features of the units they act on; running statistics only on request."""
+    net = ResNet([1, 8, 8], 10, width=2, depth=2)
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    space = WeightSpace.from_spec(net.permutation_spec(), shapes)
+    idx = {s.name: m for m, s in enumerate(space.sets)}
+    names = lambda ls, what: sorted(getattr(space, what)[l].name.rsplit(".", 2)[0] for l in ls)  # noqa: E731
+    s0, b01 = idx["S0"], idx["B0.1"]
+    assert names(space.incoming(s0), "edges") == ["stages.0.0.conv2", "stages.0.1.conv2", "stem"]
+    assert names(space.outgoing(s0), "edges") == ["stages.0.0.conv1", "stages.0.1.conv1", "stages.1.0.conv1",
+                                                   "stages.1.0.shortcut"]
+    assert sorted(space.nodes[j].name for j in space.features(s0)) == sorted(
+        f"{p}.bn.{w}" for p in ("stem", "stages.0.0.conv2", "stages.0.1.conv2") for w in ("weight", "bias"))
+    assert names(space.incoming(b01), "edges") == ["stages.0.1.conv1"]
+    assert names(space.outgoing(b01), "edges") == ["stages.0.1.conv2"]
+    assert names(space.incoming(idx["S2"]), "edges") == ["stages.2.0.conv2", "stages.2.0.shortcut", "stages.2.1.conv2"]
+    assert names(space.outgoing(idx["S2"]), "edges") == ["head", "stages.2.1.conv1"]
+    assert space.sizes[s0] == 2 and space.sizes[idx["S2"]] == 8 and len(space.sets) == 2 + 3 + 6
+    assert not any("running" in k or "num_batches" in k for k in space.shapes)
+    with_stats = WeightSpace.from_spec(net.permutation_spec(), shapes, bn_stats=True)
+    assert {k for k in with_stats.shapes if k not in space.shapes} == {
+        k for k in shapes if k.endswith(("running_mean", "running_var"))}
+    assert with_stats.spec.buffers == {k for k in with_stats.shapes if k not in space.shapes}
+    plain = ResNet([1, 8, 8], 10, width=2, depth=1, norm="none")
+    with pytest.raises(ConfigError, match=r"model m: zoo\.bn_stats=true but the net has no BatchNorm running"):
+        WeightSpace.from_spec(plain.permutation_spec(), {k: tuple(v.shape) for k, v in plain.state_dict().items()},
+                              "m", bn_stats=True)
+
+
+def _predict_both(net, enc, move):
+    """An encoder's predictions on a population and on `move(params, space)` of it."""
     params, _, space = population(NETS[net])
     torch.manual_seed(1)
     encoder = encoder_cls(enc)(space, 3, **ENCODER_KWARGS[enc]).eval()
-    perms = random_permutations(space.spec, torch.Generator().manual_seed(2), batch=3)
-    permuted = permute(params, space.spec, perms, batched=True)
-    assert any(not torch.equal(permuted[k], params[k]) for k in params), "the permutation must move weights"
+    moved = move(params, space)
+    assert any(not torch.equal(moved[k], params[k]) for k in params), "the permutation must move weights"
     with torch.no_grad():
-        y, y_perm = encoder(space.to_batch(params)), encoder(space.to_batch(permuted))
+        y, y_moved = encoder(space.to_batch(params)), encoder(space.to_batch(moved))
     assert y.shape == (3, 3) and torch.isfinite(y).all()
     assert y.std(0).max() > 1e-4, "different nets must give different predictions"
+    return encoder, y, y_moved
+
+
+def _random_permutation(params, space):
+    perms = random_permutations(space.spec, torch.Generator().manual_seed(2), batch=3)
+    return permute(params, space.spec, perms, batched=True)
+
+
+@pytest.mark.parametrize("net,enc", list(itertools.product(NETS, ENCODER_KWARGS)))
+def test_encoders_are_invariant_to_function_preserving_permutations(net, enc):
+    encoder, y, y_perm = _predict_both(net, enc, _random_permutation)
     if enc == "flat":
         # the flattened-weights MLP is the one encoder that is NOT invariant: it sees a different vector
         assert not encoder.invariant
@@ -92,32 +151,120 @@ def test_encoders_are_invariant_to_hidden_permutations(net, enc):
         torch.testing.assert_close(y_perm, y, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("enc", ["stats", "deepsets", "nfn", "graph", "transformer"])
+def test_running_statistics_read_on_request_move_with_their_units(enc):
+    """bn_stats=True: running mean and variance are two more features of their units, permuted with them."""
+    torch.manual_seed(0)
+    nets = [_spread_batchnorm(ResNet([1, 8, 8], 10, width=2, depth=1)) for _ in range(3)]
+    for i, net in enumerate(nets):
+        net.train()
+        with torch.no_grad():
+            net(torch.randn(16, 1, 8, 8) * (i + 1) + i)  # running statistics away from 0 and 1
+    spec = nets[0].permutation_spec()
+    sd = {k: torch.stack([n.state_dict()[k] for n in nets]).float() for k in nets[0].state_dict()}
+    space = WeightSpace.from_models([(f"m{i}", spec, {k: tuple(v.shape[1:]) for k, v in sd.items()}) for i in range(3)],
+                                    bn_stats=True)
+    params = {k: sd[k] for k in space.shapes}
+    encoder = encoder_cls(enc)(space, 2, **ENCODER_KWARGS[enc]).eval()
+    moved = _random_permutation(params, space)
+    with torch.no_grad():
+        y, y_perm = encoder(space.to_batch(params)), encoder(space.to_batch(moved))
+        stats_only = {k: v.flip(0) if "running" in k else v for k, v in params.items()}  # other nets' statistics
+        y_other = encoder(space.to_batch(stats_only))
+    torch.testing.assert_close(y_perm, y, atol=1e-5, rtol=1e-4)
+    assert (y_other - y).abs().max() > 1e-4, "the statistics are read"
+
+
+def _half_a_stream(params, space):
+    """Re-order the outputs of ONE tensor that writes stage 0's stream (block 1's conv2 and its
+    BatchNorm) and nothing else: the skip connection ties them to the others, so this changes the
+    function; an encoder that gave each layer its own nodes would not notice."""
+    perm = torch.tensor([1, 0])
+    return {k: v.index_select(1, perm) if k.startswith("stages.0.1.conv2.") else v for k, v in params.items()}
+
+
+@pytest.mark.parametrize("enc", ["deepsets", "nfn", "nfn_np", "graph", "transformer"])
+def test_structured_encoders_tie_the_units_of_a_residual_stream(enc):
+    _, y, y_moved = _predict_both("resnet_bn", enc, _half_a_stream)
+    assert (y - y_moved).abs().max() > 1e-4
+
+
+def test_half_a_stream_is_not_a_symmetry_of_the_net():
+    params, nets, _ = population(NETS["resnet_bn"], n=1)  # net 0 is the population's first, unscaled
+    moved = {k: v[0] for k, v in _half_a_stream(params, None).items()}
+    other = build_net(nets[0].arch)
+    other.load_state_dict({**nets[0].state_dict(), **moved})
+    x = torch.randn(8, 1, 8, 8)
+    nets[0].eval(), other.eval()
+    with torch.no_grad():
+        assert (nets[0](x) - other(x)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("net", ["cnn2d", "resnet_bn"])
 @pytest.mark.parametrize("mode", ["hnp", "np"])
-def test_nfn_layer_is_equivariant(mode):
+def test_nfn_layer_is_equivariant(net, mode):
     """Stronger than invariance: permuting the input's neurons permutes every output the same way."""
-    params, _, space = population(NETS["cnn2d"])
+    params, _, space = population(NETS[net])
     torch.manual_seed(0)
     enc = NFN(space, 2, mode=mode, channels=4, num_layers=1)
-    layer = EquivariantLayer(_Structure(space, mode), 4, 5)
+    st = _Structure(space, mode)
+    if net == "resnet_bn":  # conv1 (stream -> block) and conv2 (block -> stream) meet reversed
+        assert any(st.reversed.values())
+    layer = EquivariantLayer(st, 4, 5)
     perms = random_permutations(space.spec, torch.Generator().manual_seed(3))
     batch, batch_p = space.to_batch(params), space.to_batch(permute(params, space.spec, perms, batched=True))
     with torch.no_grad():
         E, V, g = layer(*enc.embed(batch), batch.masks)
         Ep, Vp, gp = layer(*enc.embed(batch_p), batch_p.masks)
-    neuron_perm = [None] + [perms[s.out_perm] if s.out_perm else None for s in space.layers]
+    set_perm = [None if s.fixed else perms[s.name] for s in space.sets]
     take = lambda t, ax, p: t if p is None else t.index_select(ax, p)  # noqa: E731
     assert E and V
     for l, e in E.items():
-        torch.testing.assert_close(Ep[l], take(take(e, 1, neuron_perm[l]), 2, neuron_perm[l - 1]), atol=1e-5, rtol=1e-4)
+        o, i = space.edges[l].out, space.edges[l].inp
+        torch.testing.assert_close(Ep[l], take(take(e, 1, set_perm[o]), 2, set_perm[i]), atol=1e-5, rtol=1e-4)
     for m, v in V.items():
-        torch.testing.assert_close(Vp[m], take(v, 1, neuron_perm[m]), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(Vp[m], take(v, 1, set_perm[m]), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(gp, g, atol=1e-5, rtol=1e-4)
 
 
-# ------------------------------------------------------------------------------------------ padding
-def _mixed_width_models():
+# ------------------------------------------------------------------------------------------ flat vectors
+@pytest.mark.parametrize("batched", [False, True])
+def test_permutation_augment_on_flat_resnet_weights(batched):
+    """Flat weight vectors hold parameters only (no BatchNorm statistics); a permutation drawn from the
+    ResNet's full spec moves them so that every net computes the same function (train mode: batch
+    statistics, which need no running ones), and it equals the state-dict augmentation drawn alike."""
+    from wsl.zoo import Layout
+
     torch.manual_seed(0)
-    narrow, wide = MLP([1, 8, 8], 10, width=5, depth=2), MLP([1, 8, 8], 10, width=9, depth=2)
+    nets = [_spread_batchnorm(ResNet([1, 8, 8], 10, width=2, depth=2)) for _ in range(3 if batched else 1)]
+    layout, spec = Layout.of(nets[0]), nets[0].permutation_spec()
+    assert spec.buffers and not any(k in spec.buffers for k in layout.names)
+    flat = torch.stack([layout.flatten(dict(n.named_parameters())) for n in nets]).detach()
+    x = torch.randn(16, 1, 8, 8)
+    moved = PermutationAugment(spec=spec, batched=batched, seed=3, layout=layout)(flat if batched else flat[0])
+    moved = moved if batched else moved[None]
+    assert moved.shape == flat.shape and not torch.equal(moved, flat)
+    same = PermutationAugment(spec=spec, batched=batched, seed=3)(layout.unflatten(flat if batched else flat[0]))
+    assert torch.equal(moved, torch.cat([same[k].reshape(len(nets), -1) for k in layout.names], 1))
+    for net, row in zip(nets, moved):
+        other = build_net(net.arch)
+        other.load_state_dict({**net.state_dict(), **layout.unflatten(row)})
+        net.train(), other.train()
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), net(x), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"PermutationAugment: flat weight vectors need their layout"):
+        PermutationAugment(spec=spec)(flat[0])
+    with pytest.raises(ConfigError, match=r"PermutationAugment: expected flat weights \[\d+\] in the given layout"):
+        PermutationAugment(spec=spec, layout=layout)(flat[0, :-1])
+
+
+# ------------------------------------------------------------------------------------------ padding
+def _mixed_width_models(kind="mlp"):
+    torch.manual_seed(0)
+    if kind == "mlp":
+        narrow, wide = MLP([1, 8, 8], 10, width=5, depth=2), MLP([1, 8, 8], 10, width=9, depth=2)
+    else:  # every stream and block of a ResNet is padded: stages 2/4/8 channels to 3/6/12
+        narrow, wide = (_spread_batchnorm(ResNet([1, 8, 8], 10, width=w, depth=1)) for w in (2, 3))
     sds = {"narrow": narrow.state_dict(), "wide": wide.state_dict()}
     models = [(k, n.permutation_spec(), {p: tuple(t.shape) for p, t in sds[k].items()})
               for k, n in (("narrow", narrow), ("wide", wide))]
@@ -136,11 +283,12 @@ def test_padding_keeps_the_function_and_marks_the_padding():
     assert masks[MASK_PREFIX + "P0"].tolist() == [1.0] * 5 + [0.0] * 4
 
 
+@pytest.mark.parametrize("kind", ["mlp", "resnet"])
 @pytest.mark.parametrize("enc", [e for e in ENCODER_KWARGS if e != "flat"])
-def test_masked_encoders_ignore_padding(enc):
+def test_masked_encoders_ignore_padding(enc, kind):
     """A narrow net read in a padded space (with a random permutation moving padding and masks
     together) gets exactly the prediction it gets in its own, unpadded space."""
-    _, sds, models = _mixed_width_models()
+    _, sds, models = _mixed_width_models(kind)
     own = WeightSpace.from_models(models[:1])
     padded = WeightSpace.from_models(models, pad=True)
     torch.manual_seed(0)
@@ -152,43 +300,44 @@ def test_masked_encoders_ignore_padding(enc):
     stacked = {k: v[None] for k, v in {**p, **m}.items()}
     moved = PermutationAugment(batched=True, seed=0)(stacked, padded.mask_spec())
     with torch.no_grad():
-        ref = encoder(own.to_batch({k: v[None] for k, v in sds["narrow"].items()}))
+        ref = encoder(own.to_batch({k: sds["narrow"][k][None] for k in own.shapes}))
         out = encoder_p(padded.to_batch({k: moved[k] for k in p}, {k: moved[k] for k in m}))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ bad input
-class BNNet(nn.Module):
-    """A net with a BatchNorm layer: a layer type the weight-space encoders do not read."""
+class ScaledNet(nn.Module):
+    """An MLP with a learned output temperature: a scalar parameter no encoder reads."""
 
-    name = "test_bn_mlp"
+    name = "test_scaled_mlp"
 
     def __init__(self, in_shape=(4,), num_classes=3, width=5):
         super().__init__()
         self.in_shape, self.num_classes, self.width = tuple(in_shape), num_classes, width
         self.fc = nn.Linear(in_shape[0], width)
-        self.bn = nn.BatchNorm1d(width, track_running_stats=False)
         self.head = nn.Linear(width, num_classes)
+        self.temperature = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, x):
-        return self.head(torch.relu(self.bn(self.fc(x))))
+        return self.head(torch.relu(self.fc(x))) / self.temperature
 
     @property
     def arch(self):
         return {"name": self.name, "in_shape": list(self.in_shape), "num_classes": self.num_classes, "width": self.width}
 
     def permutation_spec(self):
-        return PermutationSpec({"fc.weight": ("P0", None), "fc.bias": ("P0",), "bn.weight": ("P0",),
-                                "bn.bias": ("P0",), "head.weight": (None, "P0"), "head.bias": (None,)}, {"P0": 5})
+        return PermutationSpec({"fc.weight": ("P0", None), "fc.bias": ("P0",), "head.weight": (None, "P0"),
+                                "head.bias": (None,), "temperature": ()}, {"P0": self.width})
 
 
-register_net(BNNet)
+register_net(ScaledNet)
 
 
 def test_unsupported_layer_is_named_with_the_model():
-    net = BNNet()
+    net = ScaledNet()
     shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    with pytest.raises(ConfigError, match=r"model zoo-m7: layer 'bn\.(weight|bias)'.*unsupported layer type"):
+    with pytest.raises(ConfigError, match=r"model zoo-m7: layer 'temperature' is a scalar parameter, an unsupported "
+                                          r"layer type"):
         WeightSpace.from_spec(net.permutation_spec(), shapes, model="zoo-m7")
 
 
@@ -325,7 +474,7 @@ def test_training_augmentations_move_masks_with_their_neurons():
     p2, m2, y2 = flat.augment(params, masks, data.y)
     assert torch.equal(y2, data.y)
     batch = space.to_batch(p2, m2)
-    w1 = batch.weights[0][..., 0]  # [3, 9, 64]
+    w1 = batch.edges[0][..., 0]  # [3, 9, 64]
     pad = batch.masks[1] == 0  # [3, 9]
     assert pad.sum() == 8 and not torch.equal(batch.masks[1], space.to_batch(params, masks).masks[1])
     # padded neurons were moved together with their (zero) weights: noise is relative to each tensor's

@@ -1,5 +1,5 @@
-"""wsl-train-encoder end to end, on a real zoo trained in the test by wsl-zoo (INR zoos and task=inr_class:
-tests/test_inr_zoo.py). Bad input (missing target column, unreadable nets, mixed widths) must
+"""wsl-train-encoder end to end, on real zoos trained in the test by wsl-zoo (MLPs; ResNets through both console
+scripts; INR zoos and task=inr_class: tests/test_inr_zoo.py). Bad input (missing target column, unreadable nets, mixed widths) must
 fail before training with a message naming the column or the model and layer."""
 
 from __future__ import annotations
@@ -110,15 +110,15 @@ def _write_zoo(path: Path, nets: dict):
 
 
 def test_unreadable_nets_are_named_before_training(tmp_path):
-    from test_encoders import BNNet  # registered net with a BatchNorm layer
+    from test_encoders import ScaledNet  # registered net with a scalar parameter
 
     from wsl.encoders.experiment import run_experiment
     from wsl.nets import MLP
 
     torch.manual_seed(0)
-    _write_zoo(tmp_path / "bn", {f"bn{i}": BNNet() for i in range(6)})
-    with pytest.raises(ConfigError, match=r"model bn0: layer 'bn\.(weight|bias)'.*unsupported layer type"):
-        run_experiment(config(f"zoo.path={tmp_path / 'bn'}", "encoder=stats"), tmp_path / "out1")
+    _write_zoo(tmp_path / "scaled", {f"s{i}": ScaledNet() for i in range(6)})
+    with pytest.raises(ConfigError, match=r"model s0: layer 'temperature' is a scalar parameter, an unsupported layer"):
+        run_experiment(config(f"zoo.path={tmp_path / 'scaled'}", "encoder=stats"), tmp_path / "out1")
     nets = {f"w{i}": MLP([4], 3, width=4 if i < 3 else 6) for i in range(8)}
     _write_zoo(tmp_path / "mixed", nets)
     with pytest.raises(ConfigError, match=r"model w3: layer 'hidden\.0\.weight' has 6 units.*zoo\.pad=true"):
@@ -174,3 +174,80 @@ def test_every_encoder_and_task_is_typed_by_its_schema():
         assert isinstance(job.task, TaskConfig) and job.task.log == ["lr", "weight_decay"] and job.task.drop_constant
     assert config("zoo.path=x", "augment=null").augment is None
     assert set(config("zoo.path=x", "~augment.noise").augment) == {"permutation", "dropout", "mixup"}
+
+
+# ------------------------------------------------------------------------------------------ ResNet zoos
+def console(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run an installed console script (wsl-zoo, wsl-train-encoder) with this checkout's code first on the path."""
+    exe = Path(sys.executable).with_name(script)
+    module = "wsl.apps." + script.removeprefix("wsl-").replace("-", "_")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", module]
+    return subprocess.run([*cmd, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+RESNET_ZOO = ["dataset=digits", "net=resnet", "net.width=2", "net.depth=1", "population.size=12",
+              "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.epochs=1", "progress_refresh_rate=0", "logger=none",
+              "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="module")
+def resnet_zoo(tmp_path_factory) -> Path:
+    """12 ResNet-8s (width 2) with BatchNorm on digits, 6 learning rates x 2 replicas, 1 epoch, made by `wsl-zoo`."""
+    d = tmp_path_factory.mktemp("resnet")
+    r = console("wsl-zoo", *RESNET_ZOO, f"zoo.path={d / 'zoo'}", f"hydra.run.dir={d / 'run'}", cwd=d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d / "zoo"
+
+
+def test_console_script_trains_graph_on_a_resnet_zoo(resnet_zoo, tmp_path):
+    r = console("wsl-train-encoder", f"zoo.path={resnet_zoo}", "encoder=graph", "task=test_acc", "seeds=[0]",
+                "trainer.max_epochs=2", "split.fractions=[0.5,0.25,0.25]", f"hydra.run.dir={tmp_path / 'run'}",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert df["seed"].tolist() == ["0", "mean", "std"] and df["test/r2"].notna().all()
+    assert "| graph | test_acc |" in r.stdout
+
+
+def test_every_encoder_reads_a_resnet_zoo(resnet_zoo, tmp_path):
+    """The residual structure from the zoo's own nets: one set per stream and block, BatchNorm scale and shift
+    as per-unit features, running statistics only with zoo.bn_stats; every encoder trains on it (flat with the
+    permutation augmentation of the ResNet's spec)."""
+    from wsl.encoders.experiment import read_space, run_experiment
+    from wsl.zoo import Zoo
+
+    zoo = Zoo(resnet_zoo)
+    space = read_space(zoo, zoo.ids)
+    assert [s.name for s in space.sets] == ["in", "S0", "B0.0", "B1.0", "S1", "B2.0", "S2", "out"]
+    assert space.sizes == [1, 2, 2, 4, 4, 8, 8, 10] and space.numel == sum(p.numel() for p in zoo.load_model(
+        zoo.ids[0]).parameters())
+    stats = read_space(zoo, zoo.ids, bn_stats=True)
+    assert {n.name for n in stats.nodes} - {n.name for n in space.nodes} == {
+        k for k in zoo.state_dict(zoo.ids[0]) if k.endswith(("running_mean", "running_var"))}
+    for enc in ("flat", "stats", "deepsets", "nfn", "transformer"):  # (graph: the console script above)
+        df = run_experiment(config(f"zoo.path={resnet_zoo}", f"encoder={enc}", "seeds=[0]", "trainer.max_epochs=1",
+                                   "split.fractions=[0.5,0.25,0.25]", "batch_size=4",
+                                   f"zoo.bn_stats={enc == 'stats'}"), tmp_path / enc)
+        assert df.loc[0, "params"] > 0 and pd.notna(df.loc[0, "test/r2"]), enc
+
+
+def test_flat_resnet_weights_are_augmented_by_permutation(resnet_zoo):
+    """ZooDataset's flat vectors (parameters only) permuted with the zoo's spec: the same function (train mode:
+    batch statistics; the flat vector carries no running ones to move)."""
+    from wsl.symmetry import PermutationAugment
+    from wsl.zoo import Zoo, ZooDataset
+
+    zoo = Zoo(resnet_zoo)
+    ds = ZooDataset(zoo)
+    assert ds.weights.shape[1] == ds.layout.numel and not ds.spec.buffers
+    x0, _ = ds[0]
+    ds.transform = PermutationAugment(spec=ds.spec, layout=ds.layout, seed=0)
+    x1, _ = ds[0]
+    assert not torch.equal(x0, x1)
+    net = zoo.load_model(ds.ids[0])
+    moved = zoo.load_model(ds.ids[0])
+    moved.load_state_dict({**net.state_dict(), **ds.layout.unflatten(x1)})
+    x = torch.randn(16, 1, 8, 8)
+    net.train(), moved.train()
+    with torch.no_grad():
+        torch.testing.assert_close(moved(x), net(x), atol=1e-5, rtol=1e-4)

@@ -2,7 +2,9 @@
 
 Every encoder is a plain nn.Module built as `Encoder(space: WeightSpace, out_dim: int, **hparams)`
 whose forward maps a `WSBatch` of nets to [B, out_dim]; `invariant` says whether it is invariant to
-hidden-unit permutations (only the flattened-weights MLP is not).
+the permutations of the nets' spec (only the flattened-weights MLP is not). Every encoder reads
+every structure a WeightSpace represents: chains (MLP, CNN, SIREN) and residual nets (ResNet), with
+or without BatchNorm.
 """
 
 from wsl.encoders.deepsets import DeepSets
@@ -11,10 +13,10 @@ from wsl.encoders.graph import GraphEncoder
 from wsl.encoders.nfn import NFN
 from wsl.encoders.stats import StatNN
 from wsl.encoders.transformer import NeuronTransformer
-from wsl.encoders.weightspace import LayerSlot, WeightSpace, WSBatch
+from wsl.encoders.weightspace import EdgeSlot, NodeSet, NodeSlot, WeightSpace, WSBatch
 
 ENCODERS = {"flat": FlatMLP, "stats": StatNN, "deepsets": DeepSets, "nfn": NFN, "graph": GraphEncoder,
             "transformer": NeuronTransformer}
 
-__all__ = ["WeightSpace", "WSBatch", "LayerSlot", "FlatMLP", "StatNN", "DeepSets", "NFN", "GraphEncoder",
-           "NeuronTransformer", "ENCODERS"]
+__all__ = ["WeightSpace", "WSBatch", "NodeSet", "EdgeSlot", "NodeSlot", "FlatMLP", "StatNN", "DeepSets", "NFN",
+           "GraphEncoder", "NeuronTransformer", "ENCODERS"]

@@ -1,4 +1,4 @@
-"""Pieces the encoders share: MLP heads, per-layer input scaling, neuron and edge embeddings."""
+"""Pieces the encoders share: MLP heads, per-tensor input scaling, neuron embeddings."""
 
 from __future__ import annotations
 
@@ -18,57 +18,69 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, dropout: float 
     return nn.Sequential(*mods)
 
 
-class LayerScale(nn.Module):
-    """Divides each layer's weights and biases by one scalar fitted on the training nets.
+def _rms(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((x.pow(2) * mask).sum() / mask.sum().clamp_min(1)).sqrt()
 
-    Layers of one net differ in scale by orders of magnitude (fan-in scaled inits, weight decay);
-    one scalar per tensor keeps every encoder's input O(1) and, being a scalar, commutes with
-    every permutation. Stored as buffers so a saved encoder carries its scaling.
+
+class LayerScale(nn.Module):
+    """Divides every tensor of a net (each weight, bias, BatchNorm scale...) by one scalar fitted on
+    the training nets.
+
+    Tensors of one net differ in scale by orders of magnitude (fan-in scaled inits, weight decay,
+    BatchNorm scales near 1); one scalar per tensor keeps every encoder's input O(1) and, being a
+    scalar, commutes with every permutation. Stored as buffers so a saved encoder carries its scaling.
     """
 
     def __init__(self, space: WeightSpace):
         super().__init__()
-        self.register_buffer("w_scale", torch.ones(space.num_layers))
-        self.register_buffer("b_scale", torch.ones(space.num_layers))
+        self.space = space
+        self.register_buffer("w_scale", torch.ones(len(space.edges)))
+        self.register_buffer("b_scale", torch.ones(len(space.nodes)))
 
     @torch.no_grad()
     def fit(self, batch: WSBatch) -> "LayerScale":
-        """RMS of the real (unpadded) entries of each layer over the given nets."""
-        for l, (w, b) in enumerate(zip(batch.weights, batch.biases)):
-            m_out, m_in = batch.masks[l + 1], batch.masks[l]
-            wm = (m_out[:, :, None] * m_in[:, None, :])[..., None].expand_as(w)
-            rms_w = (w.pow(2) * wm).sum() / wm.sum().clamp_min(1)
-            rms_b = (b.pow(2) * m_out).sum() / m_out.sum().clamp_min(1)
-            self.w_scale[l] = rms_w.sqrt().clamp_min(1e-8)
-            self.b_scale[l] = rms_b.sqrt().clamp_min(1e-8) if rms_b > 0 else torch.tensor(1.0)
+        """RMS of the real (unpadded) entries of each tensor over the given nets (1 for an all-zero one)."""
+        M = batch.masks
+        for l, (w, e) in enumerate(zip(batch.edges, self.space.edges)):
+            rms = _rms(w, (M[e.out][:, :, None] * M[e.inp][:, None, :])[..., None].expand_as(w))
+            self.w_scale[l] = rms if rms > 0 else 1.0
+        for j, (b, n) in enumerate(zip(batch.nodes, self.space.nodes)):
+            rms = _rms(b, M[n.set])
+            self.b_scale[j] = rms if rms > 0 else 1.0
         return self
 
     def forward(self, batch: WSBatch) -> WSBatch:
-        return WSBatch([w / s for w, s in zip(batch.weights, self.w_scale)],
-                       [b / s for b, s in zip(batch.biases, self.b_scale)], batch.masks)
+        return WSBatch([w / s for w, s in zip(batch.edges, self.w_scale)],
+                       [b / s for b, s in zip(batch.nodes, self.b_scale)], batch.masks)
 
 
 class NeuronEmbedding(nn.Module):
-    """Initial features of every neuron: its bias, a learned embedding of its neuron layer and,
-    for input and output neurons only (which no symmetry permutes), of its position.
+    """Initial features of every neuron: a projection of its per-unit features (biases, BatchNorm
+    scale and shift), a learned embedding of its set and, for the fixed input and output neurons
+    only (which no symmetry permutes), of its position.
 
-    Hidden neurons get no positional information, so permuting them permutes the embeddings.
-    Returns a list of L + 1 tensors [B, n_m, dim].
+    Permuted neurons get no positional information, so permuting them permutes the embeddings.
+    Returns one tensor [B, n_m, dim] per set.
     """
 
     def __init__(self, space: WeightSpace, dim: int):
         super().__init__()
-        self.bias_proj = nn.Linear(1, dim)
-        self.layer_emb = nn.Parameter(torch.randn(space.num_layers + 1, dim) * 0.1)
-        self.in_pos = nn.Parameter(torch.randn(space.sizes[0], dim) * 0.1)
-        self.out_pos = nn.Parameter(torch.randn(space.sizes[-1], dim) * 0.1)
+        self.space = space
+        self.proj = nn.ModuleDict({str(m): nn.Linear(len(space.features(m)), dim, bias=False)
+                                   for m in range(len(space.sets)) if space.features(m)})
+        self.set_emb = nn.Parameter(torch.randn(len(space.sets), dim) * 0.1)
+        self.pos = nn.ParameterDict({str(m): nn.Parameter(torch.randn(n, dim) * 0.1)
+                                     for m, (s, n) in enumerate(zip(space.sets, space.sizes)) if s.fixed})
 
     def forward(self, batch: WSBatch) -> list:
-        bsz, w0 = batch.batch_size, batch.weights[0]
-        out = [(self.layer_emb[0] + self.in_pos).expand(bsz, -1, -1)
-               + self.bias_proj(w0.new_zeros(bsz, w0.shape[2], 1))]
-        out += [self.bias_proj(b[..., None]) + self.layer_emb[m] for m, b in enumerate(batch.biases, start=1)]
-        out[-1] = out[-1] + self.out_pos
+        out = []
+        for m, n in enumerate(self.space.sizes):
+            h = self.set_emb[m].expand(batch.batch_size, n, -1)
+            if str(m) in self.proj:
+                h = h + self.proj[str(m)](self.space.node_features(batch, m))
+            if str(m) in self.pos:
+                h = h + self.pos[str(m)]
+            out.append(h)
         return out
 
 
@@ -77,6 +89,11 @@ def pad_kernel(w: torch.Tensor, k_max: int) -> torch.Tensor:
     return w if w.shape[-1] == k_max else torch.nn.functional.pad(w, (0, k_max - w.shape[-1]))
 
 
-def pooled_layers(feats: list, masks: list) -> torch.Tensor:
-    """Concatenate the masked mean of every per-neuron-layer feature [B, n_m, C] -> [B, (L+1) C]."""
+def pooled_sets(feats: list, masks: list) -> torch.Tensor:
+    """Concatenate the masked mean of every set's features [B, n_m, C] -> [B, (number of sets) C]."""
     return torch.cat([masked_mean(h, m, dim=1) for h, m in zip(feats, masks)], dim=-1)
+
+
+def edge_mean(e: torch.Tensor, m_out: torch.Tensor, m_in: torch.Tensor) -> torch.Tensor:
+    """Mean over the real entries of an edge tensor [B, n_out, n_in, C] -> [B, C]."""
+    return masked_mean(masked_mean(e, m_in, dim=2), m_out, dim=1)

@@ -43,9 +43,10 @@ log = logging.getLogger("wsl.encoders")
 
 
 # ------------------------------------------------------------------------------------------ loading
-def read_space(zoo, ids: list, pad: bool = False) -> WeightSpace:
-    """The weight space of the selected nets, from their architectures alone (no checkpoint read).
-    Raises ConfigError naming the model and layer an encoder cannot read."""
+def read_space(zoo, ids: list, pad: bool = False, bn_stats: bool = False) -> WeightSpace:
+    """The weight space of the selected nets, from their architectures alone (no checkpoint read):
+    parameters only, plus BatchNorm's running mean and variance with bn_stats. Raises ConfigError
+    naming the model and layer an encoder cannot read."""
     archs: set = set()
     firsts: dict = {}  # one model per set of parameter shapes is enough to find the first that does not fit
     for mid in ids:
@@ -55,7 +56,7 @@ def read_space(zoo, ids: list, pad: bool = False) -> WeightSpace:
             net = zoo.skeleton(mid)
             shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
             firsts.setdefault(json.dumps(shapes, sort_keys=True), (mid, net.permutation_spec(), shapes))
-    return WeightSpace.from_models(list(firsts.values()), pad=pad)
+    return WeightSpace.from_models(list(firsts.values()), pad=pad, bn_stats=bn_stats)
 
 
 def load_weights(zoo, ids: list, space: WeightSpace, epoch: int = -1) -> tuple[dict, dict]:
@@ -212,7 +213,7 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None) -> pd
     if not ids:
         raise ConfigError(f"{zoo.path}: no model has status ['trained']")
     check_epoch(zoo, ids, job.zoo.epoch, "zoo.epoch")
-    space = read_space(zoo, ids, pad=job.zoo.pad)
+    space = read_space(zoo, ids, pad=job.zoo.pad, bn_stats=job.zoo.bn_stats)
     options = dataclasses.asdict(job.encoder)
     name = options.pop("name")
     encoder_factory = encoder_factory or instantiate(options, _partial_=True, _convert_="all")

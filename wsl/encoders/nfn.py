@@ -1,34 +1,43 @@
 """Neural functionals with permutation-equivariant layers (NFN; Zhou et al. 2023,
-"Permutation Equivariant Neural Functionals"), NP and HNP variants, with invariant pooling.
+"Permutation Equivariant Neural Functionals"), NP and HNP variants, with invariant pooling,
+written for any permutation structure (wsl.encoders.weightspace): the chains of layers NFN was
+defined on, and residual nets, whose streams are sets that many weight tensors read and write.
 
 An equivariant linear layer maps weight-space features to weight-space features so that permuting
-the input's neurons permutes the output the same way. Which neuron layers count as permutable sets
-is what distinguishes the two variants:
+the input's neurons permutes the output the same way. Which neuron sets are permutable is what
+distinguishes the two variants:
 
-- HNP (hidden neuron permutation): only hidden neuron layers are sets; the net's input and output
-  neurons are fixed. This is the exact symmetry group of an MLP/CNN.
-- NP (neuron permutation): every neuron layer, inputs and outputs included, is treated as a set (a
-  larger group, hence fewer parameters; `io_embed` adds learned input/output position embeddings,
-  as NFN does, to give back the information the larger group throws away).
+- HNP (hidden neuron permutation): only the sets of the net's permutation spec; the net's input and
+  output neurons are fixed. This is the exact symmetry group of an MLP, CNN or ResNet.
+- NP (neuron permutation): the input and output neurons are treated as sets too (a larger group,
+  hence fewer parameters; `io_embed` adds learned input/output position embeddings, as NFN does,
+  to give back the information the larger group throws away).
 
 Hidden state (C channels), built from the weights:
-  E[l] [B, n_l, n_{l-1}, C]  edge features of layer l when both its neuron layers are sets;
-  V[m] [B, n_m, C]           neuron features of every set layer m;
-  g    [B, C]                global features.
-A fixed neuron axis is not permuted by anything, so it is folded into channels (a weight W_1 whose
-inputs are fixed becomes a feature vector of each neuron of layer 1; HNP's layers treat such axes
-densely, which is the same thing). A bias of a set layer is a neuron feature; of a fixed layer, global.
+  E[l] [B, n_out, n_in, C]  edge features of weight tensor l when both its neuron sets are sets;
+  V[m] [B, n_m, C]          neuron features of every set m;
+  g    [B, C]               global features.
+A fixed neuron axis is not permuted by anything, so it is folded into channels (a weight whose
+inputs are fixed becomes a feature vector of each of its output neurons; HNP's layers treat such
+axes densely, which is the same thing). A per-unit tensor (bias, BatchNorm scale or shift) of a set
+is a neuron feature; of a fixed set, global.
 
-The equivariant layer is the complete linear basis for this group, written through pooled summaries:
-  S[m] = [V[m], mean_k E[m][:, :, k], mean_j E[m+1][:, j, :]]                    neuron summary
-  s    = [g, mean V[m] for all m, mean E[l] for all l]                           global summary
-  E'[l][j, k] = A E[l][j, k] + B S[l][j] + C S[l-1][k] + D s
+The equivariant layer is a linear basis for this group, written through pooled summaries:
+  S[m] = [V[m], for every tensor l writing m: mean_k E[l][:, :, k],
+                for every tensor l reading m: mean_j E[l][:, j, :]]                  neuron summary
+  s    = [g, mean V[m] for all m, mean E[l] for all l]                              global summary
+  E'[l][j, k] = A E[l][j, k] + B S[out(l)][j] + C S[in(l)][k] + D s
+                + sum over tensors l' between the same sets   P E[l'][j, k]
+                + sum over tensors l' between them reversed   T E[l'][k, j]
   V'[m][j]    = F S[m][j] + G s
   g'          = H s
 (self, row-mean, column-mean and total-mean terms of every edge tensor, broadcasts of neuron and
-global features, and pooled edges into neurons: every pattern of shared and pooled indices).
-Means count only real (unpadded) neurons. The invariant readout concatenates g and the means of
-every V[m] and E[l] (NFN's pooling), followed by an MLP.
+global features, pooled edges into neurons, and the parallel and transposed tensors that share
+both sets, as a residual block's two convolutions do: conv1 maps stream -> block, conv2 block ->
+stream). For a chain this is NFN's basis; with several tensors on one set every pattern of shared
+and pooled indices is still present, except the diagonal terms of a tensor from a set to itself,
+which no wsl net has. Means count only real (unpadded) neurons. The invariant readout is the
+global summary s (NFN's pooling), followed by an MLP.
 """
 
 from __future__ import annotations
@@ -36,37 +45,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsl.encoders.common import mlp
+from wsl.encoders.common import edge_mean, mlp
 from wsl.encoders.weightspace import WeightSpace, WSBatch, masked_mean
 
+
 class _Structure:
-    """Which neuron layers are sets and which weight layers stay edge tensors."""
+    """Which neuron sets are permutable, which weight tensors stay edge tensors, how they meet."""
 
     def __init__(self, space: WeightSpace, mode: str):
-        self.L = L = space.num_layers
-        self.sets = [m for m in range(L + 1) if mode == "np" or 0 < m < L]
-        self.edges = [l for l in range(1, L + 1) if (l - 1) in self.sets and l in self.sets]
+        self.links = [(e.out, e.inp) for e in space.edges]
+        self.sets = [m for m, s in enumerate(space.sets) if mode == "np" or not s.fixed]
+        self.edges = [l for l, (o, i) in enumerate(self.links) if o in self.sets and i in self.sets]
+        self.rows = {m: [l for l in self.edges if self.links[l][0] == m] for m in self.sets}  # tensors writing m
+        self.cols = {m: [l for l in self.edges if self.links[l][1] == m] for m in self.sets}  # tensors reading m
         # channels of the neuron summary S[m], in units of C
-        self.s_units = {m: 1 + (m in self.edges) + ((m + 1) in self.edges) for m in self.sets}
+        self.s_units = {m: 1 + len(self.rows[m]) + len(self.cols[m]) for m in self.sets}
         self.g_units = 1 + len(self.sets) + len(self.edges)
-
-
-def _edge_mean(e: torch.Tensor, m_out: torch.Tensor, m_in: torch.Tensor) -> torch.Tensor:
-    """Mean over the real entries of an edge tensor [B, n_out, n_in, C] -> [B, C]."""
-    return masked_mean(masked_mean(e, m_in, dim=2), m_out, dim=1)
+        self.parallel = {l: [k for k in self.edges if k != l and self.links[k] == self.links[l]] for l in self.edges}
+        self.reversed = {l: [k for k in self.edges if self.links[k] == self.links[l][::-1]] for l in self.edges}
 
 
 def _summaries(st: _Structure, E: dict, V: dict, g: torch.Tensor, M: list):
     S = {}
     for m in st.sets:
         parts = [V[m]]
-        if m in st.edges:  # row mean of E[m]: over its inputs (neuron layer m-1)
-            parts.append(masked_mean(E[m], M[m - 1], dim=2))
-        if (m + 1) in st.edges:  # column mean of E[m+1]: over its outputs (neuron layer m+1)
-            parts.append(masked_mean(E[m + 1], M[m + 1], dim=1))
+        parts += [masked_mean(E[l], M[st.links[l][1]], dim=2) for l in st.rows[m]]  # over the inputs of l
+        parts += [masked_mean(E[l], M[st.links[l][0]], dim=1) for l in st.cols[m]]  # over the outputs of l
         S[m] = torch.cat(parts, dim=-1)
     s = torch.cat([g] + [masked_mean(V[m], M[m], dim=1) for m in st.sets]
-                  + [_edge_mean(E[l], M[l], M[l - 1]) for l in st.edges], dim=-1)
+                  + [edge_mean(E[l], M[st.links[l][0]], M[st.links[l][1]]) for l in st.edges], dim=-1)
     return S, s
 
 
@@ -77,12 +84,18 @@ class EquivariantLayer(nn.Module):
         super().__init__()
         self.st = st
         g_in = st.g_units * c_in
-        self.e_self, self.e_row, self.e_col, self.e_glob = (nn.ModuleDict() for _ in range(4))
+        self.e_self, self.e_row, self.e_col, self.e_glob, self.e_par, self.e_tr = (nn.ModuleDict() for _ in range(6))
         for l in st.edges:
-            self.e_self[str(l)] = nn.Linear(c_in, c_out)
-            self.e_row[str(l)] = nn.Linear(st.s_units[l] * c_in, c_out, bias=False)
-            self.e_col[str(l)] = nn.Linear(st.s_units[l - 1] * c_in, c_out, bias=False)
-            self.e_glob[str(l)] = nn.Linear(g_in, c_out, bias=False)
+            o, i = st.links[l]
+            k = str(l)
+            self.e_self[k] = nn.Linear(c_in, c_out)
+            self.e_row[k] = nn.Linear(st.s_units[o] * c_in, c_out, bias=False)
+            self.e_col[k] = nn.Linear(st.s_units[i] * c_in, c_out, bias=False)
+            self.e_glob[k] = nn.Linear(g_in, c_out, bias=False)
+            for other in st.parallel[l]:
+                self.e_par[f"{l}_{other}"] = nn.Linear(c_in, c_out, bias=False)
+            for other in st.reversed[l]:
+                self.e_tr[f"{l}_{other}"] = nn.Linear(c_in, c_out, bias=False)
         self.v_self, self.v_glob = nn.ModuleDict(), nn.ModuleDict()
         for m in st.sets:
             self.v_self[str(m)] = nn.Linear(st.s_units[m] * c_in, c_out)
@@ -90,13 +103,20 @@ class EquivariantLayer(nn.Module):
         self.g = nn.Linear(g_in, c_out)
 
     def forward(self, E: dict, V: dict, g: torch.Tensor, M: list):
-        S, s = _summaries(self.st, E, V, g, M)
+        st = self.st
+        S, s = _summaries(st, E, V, g, M)
         E2 = {}
-        for l in self.st.edges:
+        for l in st.edges:
+            o, i = st.links[l]
             k = str(l)
-            E2[l] = (self.e_self[k](E[l]) + self.e_row[k](S[l])[:, :, None, :]
-                     + self.e_col[k](S[l - 1])[:, None, :, :] + self.e_glob[k](s)[:, None, None, :])
-        V2 = {m: self.v_self[str(m)](S[m]) + self.v_glob[str(m)](s)[:, None, :] for m in self.st.sets}
+            e = (self.e_self[k](E[l]) + self.e_row[k](S[o])[:, :, None, :]
+                 + self.e_col[k](S[i])[:, None, :, :] + self.e_glob[k](s)[:, None, None, :])
+            for other in st.parallel[l]:
+                e = e + self.e_par[f"{l}_{other}"](E[other])
+            for other in st.reversed[l]:
+                e = e + self.e_tr[f"{l}_{other}"](E[other].transpose(1, 2))
+            E2[l] = e
+        V2 = {m: self.v_self[str(m)](S[m]) + self.v_glob[str(m)](s)[:, None, :] for m in st.sets}
         return E2, V2, self.g(s)
 
 
@@ -110,52 +130,56 @@ class NFN(nn.Module):
         super().__init__()
         self.mode, self.channels = mode, channels
         st = self.st = _Structure(space, mode)
-        n, K, L, C = space.sizes, space.kernel_numels, space.num_layers, channels
-        # input embedding: each weight layer lands on edges, on one of its neuron layers, or on g
+        n, C = space.sizes, channels
+        # input embedding: each weight tensor lands on edges, on one of its neuron sets, or on g
         self.w_in, self.w_kind = nn.ModuleDict(), {}
-        for l in range(1, L + 1):
-            out_set, in_set = l in st.sets, (l - 1) in st.sets
+        for l, (o, i) in enumerate(st.links):
+            K = space.edges[l].kernel_numel
+            out_set, in_set = o in st.sets, i in st.sets
             if out_set and in_set:
-                self.w_kind[l], d = "edge", K[l - 1]
-            elif out_set:  # inputs fixed: fold them into channels of neuron layer l
-                self.w_kind[l], d = "out", n[l - 1] * K[l - 1]
-            elif in_set:  # outputs fixed: fold them into channels of neuron layer l-1
-                self.w_kind[l], d = "in", n[l] * K[l - 1]
+                self.w_kind[l], d = "edge", K
+            elif out_set:  # inputs fixed: fold them into channels of the output set
+                self.w_kind[l], d = "out", n[i] * K
+            elif in_set:  # outputs fixed: fold them into channels of the input set
+                self.w_kind[l], d = "in", n[o] * K
             else:
-                self.w_kind[l], d = "global", n[l] * n[l - 1] * K[l - 1]
+                self.w_kind[l], d = "global", n[o] * n[i] * K
             self.w_in[str(l)] = nn.Linear(d, C)
-        self.b_in = nn.ModuleDict({str(l): nn.Linear(1 if l in st.sets else n[l], C) for l in range(1, L + 1)})
-        # a set layer that nothing lands on (NP's input neurons carry no bias) starts from a learned vector
+        self.node_sets = [s.set for s in space.nodes]
+        self.b_in = nn.ModuleDict({str(j): nn.Linear(1 if m in st.sets else n[m], C)
+                                   for j, m in enumerate(self.node_sets)})
+        # a set that nothing lands on (NP's input neurons carry no bias) starts from a learned vector
         self.v_const = nn.ParameterDict({str(m): nn.Parameter(torch.zeros(C)) for m in st.sets})
         self.io_embed = bool(io_embed) and mode == "np"
         if self.io_embed:
-            self.pos_in = nn.Parameter(torch.randn(n[0], C) * 0.1)
-            self.pos_out = nn.Parameter(torch.randn(n[L], C) * 0.1)
+            self.pos = nn.ParameterDict({str(m): nn.Parameter(torch.randn(n[m], C) * 0.1)
+                                         for m, s in enumerate(space.sets) if s.fixed})
         self.layers = nn.ModuleList(EquivariantLayer(st, C, C) for _ in range(num_layers))
         self.norm = nn.LayerNorm(C)  # over channels only: acts on every entry alike, so equivariant
         self.head = mlp(st.g_units * C, head_hidden, out_dim, 3, dropout)
 
     def embed(self, batch: WSBatch):
-        st, W, b, bsz = self.st, batch.weights, batch.biases, batch.batch_size
+        st, W, bsz = self.st, batch.edges, batch.batch_size
         E, V = {}, {m: self.v_const[str(m)].expand(bsz, batch.masks[m].shape[1], -1) for m in st.sets}
         g = W[0].new_zeros(bsz, self.channels)
-        for l in range(1, st.L + 1):
-            w, lin, kind = W[l - 1], self.w_in[str(l)], self.w_kind[l]  # w [B, n_l, n_{l-1}, K]
+        for l, (o, i) in enumerate(st.links):
+            w, lin, kind = W[l], self.w_in[str(l)], self.w_kind[l]  # w [B, n_out, n_in, K]
             if kind == "edge":
                 E[l] = lin(w)
             elif kind == "out":
-                V[l] = V[l] + lin(w.flatten(2))
+                V[o] = V[o] + lin(w.flatten(2))
             elif kind == "in":
-                V[l - 1] = V[l - 1] + lin(w.transpose(1, 2).flatten(2))
+                V[i] = V[i] + lin(w.transpose(1, 2).flatten(2))
             else:
                 g = g + lin(w.flatten(1))
-            if l in st.sets:
-                V[l] = V[l] + self.b_in[str(l)](b[l - 1][..., None])
+        for j, (b, m) in enumerate(zip(batch.nodes, self.node_sets)):
+            if m in st.sets:
+                V[m] = V[m] + self.b_in[str(j)](b[..., None])
             else:
-                g = g + self.b_in[str(l)](b[l - 1])
+                g = g + self.b_in[str(j)](b)
         if self.io_embed:
-            V[0] = V[0] + self.pos_in
-            V[st.L] = V[st.L] + self.pos_out
+            for m, p in self.pos.items():
+                V[int(m)] = V[int(m)] + p
         return E, V, g
 
     def forward(self, batch: WSBatch) -> torch.Tensor:  # -> [B, out_dim]

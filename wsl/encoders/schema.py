@@ -185,6 +185,7 @@ class EncoderZoo:
     path: str = MISSING
     epoch: int = -1  # which checkpoint of every model (-1: the last)
     pad: bool = False  # nets of different widths: zero-pad to the widest
+    bn_stats: bool = False  # also read BatchNorm running mean/var as per-unit features (off: parameters only)
 
     def __post_init__(self):
         schema.text(self, "path")

@@ -1,10 +1,11 @@
-"""Per-layer weight statistics (StatNN, Unterthiner et al. 2020, "Predicting Neural Network
+"""Per-tensor weight statistics (StatNN, Unterthiner et al. 2020, "Predicting Neural Network
 Accuracy from Weights").
 
-For every layer, of its weights and of its biases separately: mean, variance and the 0/25/50/75/100
-percentiles (7 numbers each), concatenated and fed to an MLP. Statistics of a tensor do not depend
-on the order of its entries, so the encoder is invariant to every permutation. Padded entries are
-excluded (NaN for the quantiles, masked for the moments).
+For every tensor of the net (each layer's weight and bias, each BatchNorm's scale and shift): mean,
+variance and the 0/25/50/75/100 percentiles (7 numbers each), concatenated and fed to an MLP.
+Statistics of a tensor do not depend on the order of its entries, so the encoder is invariant to
+every permutation, residual ones included. Padded entries are excluded (NaN for the quantiles,
+masked for the moments).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from wsl.encoders.common import mlp
 from wsl.encoders.weightspace import WeightSpace, WSBatch
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+STATS = 2 + len(QUANTILES)
 
 
 def tensor_stats(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -33,18 +35,19 @@ class StatNN(nn.Module):
 
     def __init__(self, space: WeightSpace, out_dim: int, hidden: int = 128, layers: int = 3, dropout: float = 0.0):
         super().__init__()
-        n_feat = 2 * len(QUANTILES + (0, 0)) * space.num_layers
+        self.links = [(e.out, e.inp) for e in space.edges]
+        self.sets = [n.set for n in space.nodes]
+        n_feat = STATS * (len(space.edges) + len(space.nodes))
         # the statistics differ in scale by orders of magnitude (a variance vs a maximum): normalize
         # each feature with running statistics of the training nets
         self.norm = nn.BatchNorm1d(n_feat, affine=False)
         self.net = mlp(n_feat, hidden, out_dim, layers, dropout)
 
-    def features(self, batch: WSBatch) -> torch.Tensor:  # -> [B, 14 L]
-        feats = []
-        for l, (w, b) in enumerate(zip(batch.weights, batch.biases)):
-            m_out, m_in = batch.masks[l + 1], batch.masks[l]
-            wm = (m_out[:, :, None, None] * m_in[:, None, :, None]).expand_as(w)
-            feats += [tensor_stats(w.flatten(1), wm.flatten(1)), tensor_stats(b, m_out)]
+    def features(self, batch: WSBatch) -> torch.Tensor:  # -> [B, 7 (weight tensors + per-unit tensors)]
+        M = batch.masks
+        feats = [tensor_stats(w.flatten(1), (M[o][:, :, None, None] * M[i][:, None, :, None]).expand_as(w).flatten(1))
+                 for w, (o, i) in zip(batch.edges, self.links)]
+        feats += [tensor_stats(b, M[m]) for b, m in zip(batch.nodes, self.sets)]
         return torch.cat(feats, dim=1)
 
     def forward(self, batch: WSBatch) -> torch.Tensor:  # -> [B, out_dim]

@@ -1,30 +1,32 @@
 """Transformer over neuron tokens with weights as relational attention biases (the relational
 transformer of Neural Graphs, Kofinas et al. 2024; cf. Diao & Loynd 2023).
 
-Tokens: every neuron of every layer (bias, layer embedding, and a position embedding for input and
-output neurons only). Attention runs over all tokens of a net; the weight between two connected
+Tokens: every neuron of every set (wsl.encoders.weightspace: one token per channel of a residual
+stream, shared by every layer that reads or writes it), with its per-unit features (biases,
+BatchNorm scale and shift), an embedding of its set and a position embedding for input and
+output neurons only. Attention runs over all tokens of a net; the weight between two connected
 neurons enters as an edge feature of that token pair:
   logits_ij = q_i . k_j / sqrt(d) + w_h . e~_ij          (a bias per head)
   out_i     = sum_j a_ij (V x_j) + U sum_j a_ij e~_ij     (edge values, summed before projecting)
 where e~_ij = MLP(weight) for an incoming edge, another MLP for an outgoing one (direction matters),
-and a learned per-kind embedding for token pairs that are the same neuron or unconnected.
-Without positions on hidden tokens, attention is permutation equivariant; the readout (mean of each
-neuron layer's tokens) is invariant. Padded neurons are excluded as keys and from the readout.
+plus a learned embedding of the pair's kind: the same neuron, unconnected, or incoming / outgoing
+through weight tensor l (one kind per tensor and direction).
+Without positions on permuted tokens, attention is permutation equivariant; the readout (mean of
+each set's tokens) is invariant. Padded neurons are excluded as keys and from the readout.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 from torch import nn
 
-from wsl.encoders.common import NeuronEmbedding, mlp, pad_kernel, pooled_layers
+from wsl.encoders.common import NeuronEmbedding, mlp, pad_kernel, pooled_sets
 from wsl.encoders.weightspace import WeightSpace, WSBatch
 
-# token-pair kinds
-UNCONNECTED, SELF, INCOMING, OUTGOING = 0, 1, 2, 3
+# token-pair kinds: then INCOMING + 2 l and INCOMING + 2 l + 1 (outgoing) through weight tensor l
+UNCONNECTED, SELF, INCOMING = 0, 1, 2
 
 
 class RelationalBlock(nn.Module):
@@ -63,42 +65,48 @@ class NeuronTransformer(nn.Module):
         super().__init__()
         self.k_max = max(space.kernel_numels)
         self.sizes = list(space.sizes)
+        self.links = [(e.out, e.inp) for e in space.edges]
         self.tokens = NeuronEmbedding(space, dim)
         self.edge_in = mlp(self.k_max, edge_dim, edge_dim, 2)
         self.edge_out = mlp(self.k_max, edge_dim, edge_dim, 2)
-        self.kind_emb = nn.Embedding(4, edge_dim)
-        self.register_buffer("kinds", self._kinds(space.sizes), persistent=False)
+        self.kind_emb = nn.Embedding(INCOMING + 2 * len(space.edges), edge_dim)
+        self.register_buffer("kinds", self._kinds(space), persistent=False)
         self.blocks = nn.ModuleList(RelationalBlock(dim, heads, edge_dim, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
         self.head = mlp(len(space.sizes) * dim, head_hidden, out_dim, 3, dropout)
 
     @staticmethod
-    def _kinds(sizes) -> torch.Tensor:
+    def _kinds(space: WeightSpace) -> torch.Tensor:
         """[N, N] kind of every token pair (row = receiving token i, column = sending token j)."""
-        off = [0, *itertools.accumulate(sizes)]
+        off = [0]
+        for n in space.sizes:
+            off.append(off[-1] + n)
         kinds = torch.full((off[-1], off[-1]), UNCONNECTED, dtype=torch.long)
+        for l, e in enumerate(space.edges):
+            kinds[off[e.out]:off[e.out + 1], off[e.inp]:off[e.inp + 1]] = INCOMING + 2 * l  # i reads j through l
+            kinds[off[e.inp]:off[e.inp + 1], off[e.out]:off[e.out + 1]] = INCOMING + 2 * l + 1  # i feeds j
         kinds.fill_diagonal_(SELF)
-        for m in range(1, len(sizes)):
-            kinds[off[m]:off[m + 1], off[m - 1]:off[m]] = INCOMING  # i in layer m, j in m-1
-            kinds[off[m - 1]:off[m], off[m]:off[m + 1]] = OUTGOING  # i in m-1, j in m
         return kinds
 
     def edges(self, batch: WSBatch) -> torch.Tensor:
         """Dense token-pair features [B, N, N, D]: assembled block by block with cat (in-place writes
-        into one big tensor would cost a full copy per block in the backward pass)."""
-        w = [pad_kernel(x, self.k_max) for x in batch.weights]  # [B, n_l, n_{l-1}, K]
-        e_in = [self.edge_in(x) for x in w]  # row layer l, column layer l-1
-        e_out = [self.edge_out(x.transpose(1, 2)) for x in w]  # row layer l-1, column layer l
+        into one big tensor would cost a full copy per block in the backward pass). A block of two
+        sets sums the features of every weight tensor between them (one, in wsl's nets)."""
+        blocks: dict = {}
+        for w, (o, i) in zip(batch.edges, self.links):
+            w = pad_kernel(w, self.k_max)  # [B, n_out, n_in, K]
+            blocks.setdefault((o, i), []).append(self.edge_in(w))  # row: the output set, column: the input set
+            blocks.setdefault((i, o), []).append(self.edge_out(w.transpose(1, 2)))
+        bsz, d = batch.batch_size, self.kind_emb.embedding_dim
 
-        def block(m: int, c: int) -> torch.Tensor:  # rows: neuron layer m, columns: neuron layer c
-            if c == m - 1:
-                return e_in[m - 1]
-            if c == m + 1:
-                return e_out[m]
-            return e_in[0].new_zeros(batch.batch_size, self.sizes[m], self.sizes[c], e_in[0].shape[-1])
+        def block(m: int, c: int) -> torch.Tensor:  # rows: set m, columns: set c
+            parts = blocks.get((m, c))
+            if parts is None:
+                return self.kind_emb.weight.new_zeros(bsz, self.sizes[m], self.sizes[c], d)
+            return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
 
-        layers = range(len(self.sizes))
-        rows = [torch.cat([block(m, c) for c in layers], dim=2) for m in layers]
+        sets = range(len(self.sizes))
+        rows = [torch.cat([block(m, c) for c in sets], dim=2) for m in sets]
         return torch.cat(rows, dim=1) + self.kind_emb(self.kinds)
 
     def forward(self, batch: WSBatch) -> torch.Tensor:  # -> [B, out_dim]
@@ -108,4 +116,4 @@ class NeuronTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, e, mask)
         feats = list(torch.split(self.norm(x), self.sizes, dim=1))
-        return self.head(pooled_layers(feats, batch.masks))
+        return self.head(pooled_sets(feats, batch.masks))

@@ -5,7 +5,9 @@ PermutationSpec where it needs one) and returns a new state dict; inputs are nev
 Randomness comes from the module's own generator when `seed` is given, else from torch's
 global generator (which a DataLoader reseeds in every worker).
 
-- PermutationAugment: a random function-preserving permutation of the hidden units (SANE).
+- PermutationAugment: a random function-preserving permutation of the hidden units (SANE), on
+  state dicts or, given the zoo's `layout`, on flat weight vectors (Zoo.weights: parameters only;
+  the BatchNorm statistics a spec declares are simply absent there).
 - GaussianNoiseAugment: w + sigma * scale * eps, eps ~ N(0, 1) drawn per coordinate (real noise:
   a published "noise" augmentation added one constant shift instead).
 - WeightDropoutAugment: zero each weight with probability p (inverted scaling by default).
@@ -22,7 +24,7 @@ from torch import nn
 from wsl.errors import ConfigError
 from wsl.nets.spec import PermutationSpec
 from wsl.symmetry.matching import align
-from wsl.symmetry.permute import permute, random_permutations
+from wsl.symmetry.permute import flat_permutation_index, permute, random_permutations
 
 
 class _Augment(nn.Module):
@@ -49,13 +51,42 @@ class _Augment(nn.Module):
 
 
 class PermutationAugment(_Augment):
-    """Re-order the hidden units at random; batched: an independent permutation per member."""
+    """Re-order the hidden units at random; batched: an independent permutation per member.
 
-    def forward(self, state_dict: dict, spec: PermutationSpec | None = None) -> dict:
+    forward(state dict) -> state dict; with `layout` (a wsl.zoo.Layout or its entries) forward also
+    takes flat weight vectors [N] (or [P, N] batched) in that layout and returns them permuted (one
+    gather per call: the index is `flat_permutation_index` of the drawn permutations)."""
+
+    def __init__(self, spec: PermutationSpec | None = None, batched: bool = False, seed: int | None = None,
+                 layout=None):
+        super().__init__(spec=spec, batched=batched, seed=seed)
+        self.layout = layout
+
+    def forward(self, x, spec: PermutationSpec | None = None):
         spec = self._spec(spec)
-        batch = next(iter(state_dict.values())).shape[0] if self.batched else None
+        if isinstance(x, torch.Tensor):
+            return self._flat(x, spec)
+        batch = next(iter(x.values())).shape[0] if self.batched else None
         perms = random_permutations(spec, self.generator, batch=batch)
-        return permute(state_dict, spec, perms, batched=self.batched)
+        return permute(x, spec, perms, batched=self.batched)
+
+    def _flat(self, flat: torch.Tensor, spec: PermutationSpec) -> torch.Tensor:
+        if self.layout is None:
+            raise ConfigError("PermutationAugment: flat weight vectors need their layout (layout=zoo.layout())")
+        entries = self.layout.entries if hasattr(self.layout, "entries") else self.layout
+        numel = max((int(stop) for *_, stop in entries), default=0)
+        if flat.shape[-1] != numel or flat.dim() != (2 if self.batched else 1):
+            raise ConfigError(f"PermutationAugment: expected flat weights [{'P, ' if self.batched else ''}{numel}] "
+                              f"in the given layout, got {tuple(flat.shape)}")
+        if not self.batched:
+            return flat[flat_permutation_index(entries, spec, random_permutations(spec, self.generator))]
+        # one permutation per row: permute a stacked state dict of coordinates, then gather
+        members = flat.shape[0]
+        coords = {name: torch.arange(a, b).reshape(tuple(shape)).expand(members, *shape)
+                  for name, shape, a, b in entries}
+        moved = permute(coords, spec, random_permutations(spec, self.generator, batch=members), batched=True)
+        idx = torch.cat([moved[name].reshape(members, -1) for name, *_ in entries], dim=1)
+        return flat.gather(1, idx.to(flat.device))
 
 
 class GaussianNoiseAugment(_Augment):
