@@ -61,12 +61,17 @@ def skeleton(net: nn.Module) -> nn.Module:
 
 
 def population_forward(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
-                       shared_input: bool | None = None, method: str = "forward") -> torch.Tensor:
+                       shared_input: bool | None = None, method: str = "forward",
+                       buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Outputs of every member: params {name: [P, ...]}, x [N, ...] (shared) or [P, N, ...] -> [P, N, out].
 
     `net` may be a real module or a meta skeleton; only its structure is used. `method="features"`
-    returns penultimate activations instead of logits.
+    returns penultimate activations instead of logits. `buffers` {name: [P, ...]} (BatchNorm running
+    statistics; they may also be given inside `params`): member k uses row k, read in eval mode and
+    updated in place in train mode (row k by member k's batch statistics only).
     """
+    if buffers:
+        params = {**params, **buffers}
     p = num_members(params)
     if shared_input is None:
         shared_input = not (x.dim() >= 2 and x.shape[0] == p and x.dim() == len(getattr(net, "in_shape", ())) + 2)
@@ -101,11 +106,12 @@ def member_loss(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor
 
 @torch.no_grad()
 def population_loss(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                    batch_size: int | None = None) -> torch.Tensor:
-    """Mean cross-entropy of every member over shared (x [N, ...], y [N]) -> [P] (float64 accumulation)."""
+                    batch_size: int | None = None, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean cross-entropy of every member over shared (x [N, ...], y [N]) -> [P] (float64 accumulation).
+    `buffers`: stacked BatchNorm statistics, as for population_forward."""
     total = torch.zeros(num_members(params), dtype=torch.float64)
     for sl in batches(x.shape[0], batch_size):
-        logits = population_forward(net, params, x[sl], shared_input=True)  # [P, n, C]
+        logits = population_forward(net, params, x[sl], shared_input=True, buffers=buffers)  # [P, n, C]
         nll = F.cross_entropy(logits.flatten(0, 1), y[sl].repeat(logits.shape[0]), reduction="none")
         total += nll.view(logits.shape[0], -1).double().sum(1)
     return total / x.shape[0]
@@ -113,9 +119,11 @@ def population_loss(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
 
 @torch.no_grad()
 def population_outputs(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
-                       representation: str = "logits", batch_size: int | None = None) -> torch.Tensor:
-    """Outputs of every member on shared inputs: [P, N, C] logits or [P, N, width] features."""
+                       representation: str = "logits", batch_size: int | None = None,
+                       buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Outputs of every member on shared inputs: [P, N, C] logits or [P, N, width] features.
+    `buffers`: stacked BatchNorm statistics, as for population_forward."""
     method = {"logits": "forward", "features": "features"}[representation]
-    outs = [population_forward(net, params, x[sl], shared_input=True, method=method)
+    outs = [population_forward(net, params, x[sl], shared_input=True, method=method, buffers=buffers)
             for sl in batches(x.shape[0], batch_size)]
     return torch.cat(outs, dim=1)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsl.population.functional import population_forward, psnr, skeleton
+from wsl.population.functional import population_forward, psnr, skeleton, split_state
 from wsl.population.optim import PopulationOptimizer
 from wsl.population.schedules import lr_factor
 
@@ -24,6 +24,14 @@ class PopulationModule(L.LightningModule):
     metrics <split>_loss and <split>_acc. data.kind "inr" (INRData): inputs (coordinates) are shared,
     targets are one row per image ([T, N, C]) and member k fits row `target_rows[k]`; loss mean
     squared error, metrics <split>_loss (the MSE) and <split>_psnr (dB, peak = data.value_range).
+
+    Buffers (BatchNorm running_mean, running_var, num_batches_tracked) are stacked [P, ...] like the
+    parameters and registered as module buffers (they follow the module's device and are in its
+    state dict), never seen by the optimizer. Training steps update member k's row with member k's
+    batch statistics; evaluation runs the net in eval mode on them. `init_params` may be whole state
+    dicts (parameters and buffers) or the parameters alone (buffers then start as `net`'s own).
+    A diverged member's buffers are frozen with its parameters (restored to their values before the
+    step that diverged).
     """
 
     def __init__(self, net: nn.Module, init_params: dict[str, torch.Tensor], data, lr, weight_decay,
@@ -34,9 +42,22 @@ class PopulationModule(L.LightningModule):
         super().__init__()
         # structure only, on the meta device; kept out of the module tree so device moves skip it
         object.__setattr__(self, "net", skeleton(net))
-        self.names = list(init_params)
-        self.stacked = nn.ParameterList([nn.Parameter(init_params[k].clone()) for k in self.names])
-        self.population_size = p = init_params[self.names[0]].shape[0]
+        params, buffers = split_state(net, init_params)
+        self.population_size = p = next(iter(params.values())).shape[0]
+        own = net.state_dict()
+        unknown = sorted(set(buffers) - set(own))
+        if unknown:
+            raise ValueError(f"init_params holds tensors that are not in the net's state dict: {unknown[:3]}")
+        self.state_names = list(own)  # the net's state_dict order: what member_state_dict returns
+        self.names = [k for k in self.state_names if k in params]
+        missing = sorted(k for k, _ in net.named_parameters() if k not in params)
+        if missing:
+            raise ValueError(f"init_params lacks the net's parameters {missing[:3]}")
+        self.buffer_names = [k for k in self.state_names if k not in params]
+        self.stacked = nn.ParameterList([nn.Parameter(params[k].clone()) for k in self.names])
+        # buffers the caller did not give start as the net's own, one copy per member
+        stacked = [(buffers[k] if k in buffers else own[k].expand(p, *own[k].shape)).clone() for k in self.buffer_names]
+        self.stacked_buffers = _Buffers(stacked)
         self.register_buffer("member_lr", torch.as_tensor(lr, dtype=torch.float32).expand(p).clone())
         self.register_buffer("member_wd", torch.as_tensor(weight_decay, dtype=torch.float32).expand(p).clone())
         self.register_buffer("alive", torch.ones(p, dtype=torch.bool))
@@ -64,9 +85,15 @@ class PopulationModule(L.LightningModule):
     def params(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.stacked))
 
+    def stacked_state(self) -> dict[str, torch.Tensor]:
+        """Stacked buffers {name: [P, ...]} (BatchNorm statistics; empty for nets without buffers)."""
+        return dict(zip(self.buffer_names, self.stacked_buffers.tensors()))
+
     @torch.no_grad()
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        return {n: t[k].detach().cpu().clone() for n, t in zip(self.names, self.stacked)}
+        """Member k's state dict: parameters and buffers, in the net's state_dict order and dtypes."""
+        state = {**self.params(), **self.stacked_state()}
+        return {n: state[n][k].detach().cpu().clone() for n in self.state_names}
 
     # ---- training ---------------------------------------------------------------------------
     @property
@@ -77,7 +104,7 @@ class PopulationModule(L.LightningModule):
     def member_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x [P, B, ...], y [P, B] (labels) or [P, B, C] (INR targets) -> mean loss per member [P]:
         cross-entropy, or for INRs the mean squared error over pixels and channels."""
-        out = population_forward(self.net, self.params(), x, shared_input=False)  # [P, B, C]
+        out = population_forward(self.net, self.params(), x, shared_input=False, buffers=self.stacked_state())
         if self.kind == "inr":
             return (out - y).pow(2).mean(dim=(1, 2))
         return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
@@ -91,7 +118,9 @@ class PopulationModule(L.LightningModule):
 
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, y = self.x_train[idx], self._targets("train", idx)  # [P, B, ...], [P, B] or [P, B, C]
-        losses = self.member_losses(x, y)
+        # BatchNorm statistics (small) before the step: frozen members get theirs back after it
+        self._buffers_before = [b.clone() for b in self.stacked_buffers.tensors()]
+        losses = self.member_losses(x, y)  # train mode: updates every member's running statistics in place
         finite = torch.isfinite(losses)
         newly = self.alive & ~finite
         self.diverged_epoch.copy_(torch.where(newly, self.current_epoch, self.diverged_epoch))
@@ -100,6 +129,15 @@ class PopulationModule(L.LightningModule):
         self.log("train/loss_step", loss / self.alive.sum().clamp(min=1), prog_bar=True, on_step=True,
                  on_epoch=False, batch_size=idx.shape[1])
         return loss
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Frozen (diverged) members keep the buffers they had before the step (after backward:
+        autograd forbids changing them while the step's graph is alive)."""
+        before, self._buffers_before = getattr(self, "_buffers_before", None), None
+        if before and not bool(self.alive.all()):
+            for b, old in zip(self.stacked_buffers.tensors(), before):
+                b.copy_(torch.where(self.alive.view(-1, *([1] * (b.dim() - 1))), b, old))
 
     def configure_optimizers(self):
         opt = PopulationOptimizer(list(self.stacked), self.member_lr, self.member_wd,
@@ -122,7 +160,7 @@ class PopulationModule(L.LightningModule):
             y = y[self.target_rows]  # [P, N, C]: each member's own image
         for s in range(0, x.shape[0], chunk):
             xb = x[s : s + chunk]
-            out = population_forward(self.net, self.params(), xb, shared_input=True)  # [P, n, C]
+            out = population_forward(self.net, self.params(), xb, shared_input=True, buffers=self.stacked_state())
             if self.kind == "inr":
                 loss_sum += (out - y[:, s : s + chunk]).pow(2).mean(-1).sum(1).double()
                 continue
@@ -140,3 +178,15 @@ class PopulationModule(L.LightningModule):
     def evaluate_all(self) -> dict[str, torch.Tensor]:
         return {f"{split}_{name}": v for split in ("train", "val", "test") if getattr(self, f"x_{split}").shape[0]
                 for name, v in zip(self.metric_names, self.evaluate(split))}
+
+
+class _Buffers(nn.Module):
+    """Stacked buffers as a submodule (names "0", "1", ...): moved with the module, saved in its state."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        super().__init__()
+        for i, t in enumerate(tensors):
+            self.register_buffer(str(i), t)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, str(i)) for i in range(len(self._buffers))]

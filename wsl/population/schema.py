@@ -175,18 +175,35 @@ class ZooJobConfig:
         check_trainer(self.trainer)
 
     def _check_population_fits(self) -> None:
-        """Every net's weights and gradients (float32) are held at once: a population too large for
-        this machine stops here, before any data is loaded."""
+        """Every net's weights, gradients and buffers (float32) are held at once, and so are the
+        activations of one training step (train.batch_size samples per net) or of one evaluation chunk
+        (train.eval_batch_size samples per net): a population too large for this machine stops here,
+        before any data is loaded."""
         mem, width, depth, size = memory_bytes(), self.net.width, self.net.depth, self.population.size
         nets = size * self.dataset.max_targets()
         floor = depth * (width * nets + 512) * 8  # its biases' weights and gradients, ~4 kB of objects per layer
-        n = None if floor > mem else parameter_count(self.net.arch(*self.dataset.shape()))
-        need = floor if n is None else n * nets * 8
+        where = f"@net.width={width} @net.depth={depth} @population.size={size}"
+        fix = "lower @net.width, @net.depth or @population.size"
+        if floor > mem:
+            fail(f"{where}: {nets} nets need more than {gb(floor)}, more than this machine's {gb(mem)} of memory; {fix}")
+        fp = footprint(self.net.arch(*self.dataset.shape()))
+        if fp is None:
+            return
+        weights = fp.parameters * 8 + fp.buffers * 4
+        if weights * nets > mem:
+            fail(f"{where}: {fp.parameters} parameters per net x {nets} nets need {gb(weights * nets)} (weights and "
+                 f"gradients, float32), more than this machine's {gb(mem)} of memory; {fix}")
+        if self.dataset.kind == "inr":  # inputs are an image's pixels, not train.batch_size samples
+            return
+        t = self.train
+        train_acts, eval_acts = t.batch_size * fp.train_activations * 4, t.eval_batch_size * fp.eval_activations * 4
+        need = nets * (weights + max(train_acts, eval_acts))
         if need > mem:
-            fail(f"@net.width={width} @net.depth={depth} @population.size={size}: "
-                 + (f"{nets} nets need more than {gb(need)}" if n is None else f"{n} parameters per net x {nets} "
-                    f"nets need {gb(need)} (weights and gradients, float32)")
-                 + f", more than this machine's {gb(mem)} of memory; lower @net.width, @net.depth or @population.size")
+            step, key = (("a training step", "@train.batch_size") if train_acts >= eval_acts
+                         else ("an evaluation chunk", "@train.eval_batch_size"))
+            fail(f"{where}: {nets} nets need about {gb(need)} ({fp.parameters} parameters per net, and the "
+                 f"activations of {step} of {key}={getattr(t, key[7:])} samples per net), more than this machine's "
+                 f"{gb(mem)} of memory; {fix}, or {key}")
 
 
 def memory_bytes() -> int:
@@ -203,17 +220,58 @@ def memory_bytes() -> int:
 def parameter_count(arch: dict) -> int | None:
     """Parameters of the net `arch` describes, counted on the meta device (nothing is allocated);
     None where its init cannot run there (building it for real then reports any problem)."""
+    fp = footprint(arch)
+    return None if fp is None else fp.parameters
+
+
+# Activation memory per sample as a multiple of what the meta forward counts, measured on ResNets and
+# MLPs under vmap (scripts/bench_zoo.py's machine): a training step keeps about twice the leaf modules'
+# outputs (saved for backward, their gradients); evaluation (no graph) about five of the largest.
+TRAIN_ACTIVATION_FACTOR, EVAL_ACTIVATION_FACTOR = 2, 5
+
+
+@dataclass
+class Footprint:
+    """Sizes of one net, in float32 numbers: parameters, buffers (BatchNorm statistics), and the
+    activations per input sample of a training step and of an evaluation (estimates)."""
+
+    parameters: int
+    buffers: int
+    train_activations: int
+    eval_activations: int
+
+
+def footprint(arch: dict) -> Footprint | None:
+    """The net `arch` describes, built and run on one sample on the meta device (nothing is
+    allocated); None where its init cannot run there (building it for real then reports any problem).
+    A ConfigError of the net's own checks (e.g. an input too small for its strides) is raised."""
     import torch
 
     from wsl.nets import build_net
 
     try:
         with torch.device("meta"):
-            return sum(p.numel() for p in build_net(arch).parameters())
+            net = build_net(arch)
     except ConfigError:
         raise
     except Exception:
         return None
+    params = sum(p.numel() for p in net.parameters())
+    buffers = sum(b.numel() for b in net.buffers())
+    outputs: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outputs.append(o.numel() if torch.is_tensor(o) else 0))
+             for m in net.modules() if not any(True for _ in m.children())]
+    x = torch.empty(1, *arch["in_shape"], device="meta")
+    try:
+        with torch.no_grad():
+            net.train()(x)
+    except Exception:  # a net the meta device cannot run: its weights are still counted
+        outputs = []
+    finally:
+        for h in hooks:
+            h.remove()
+    return Footprint(params, buffers, TRAIN_ACTIVATION_FACTOR * (sum(outputs) + x.numel()),
+                     EVAL_ACTIVATION_FACTOR * max(outputs + [x.numel()]))
 
 
 def gb(n: float) -> str:
