@@ -29,7 +29,7 @@ ratio (target >= 0.9), the memorized fraction and the novelty, and the samples' 
 re-estimation (statistics 0 / 1) to show what the re-estimation does.
 
     python scripts/bench_generators.py --net resnet          # builds zoos/bench_generators_resnet8_digits
-    python scripts/bench_generators.py --net resnet --members 64 --epochs 20 --generators flow,diffusion
+    python scripts/bench_generators.py --net resnet --members 64 --epochs 6 --generators flow,diffusion
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def main() -> None:
     ap.add_argument("--net", choices=("mlp", "resnet"), default="mlp",
                     help="mlp: the digits MLP zoo; resnet: a digits ResNet-8 zoo with BatchNorm (issue 14)")
     ap.add_argument("--zoo", default=None, help="zoo path (default: zoos/bench_generators_<net>_digits)")
-    ap.add_argument("--members", type=int, default=None, help="zoo size when the zoo must be built (256 | 96)")
-    ap.add_argument("--epochs", type=int, default=None, help="zoo training epochs when the zoo must be built (15 | 20)")
+    ap.add_argument("--members", type=int, default=None, help="zoo size when the zoo must be built (256 | 64)")
+    ap.add_argument("--epochs", type=int, default=None, help="zoo training epochs when the zoo must be built (15 | 6)")
     ap.add_argument("--width", type=int, default=8, help="--net resnet: net.width (8: 19,810 parameters)")
     ap.add_argument("--zoo-override", action="append", default=[], help="extra wsl-zoo override when building")
     ap.add_argument("--generators", default="flow,diffusion")
@@ -260,9 +260,9 @@ def bench_resnet(args) -> None:
     out = Path(args.out) / "resnet"
     if not (zoo_path / "index.h5").exists():
         t = time.perf_counter()
-        build_zoo(zoo_path, args.members or 96, args.epochs or 20,
+        build_zoo(zoo_path, args.members or 64, args.epochs or 6,
                   ["net=resnet", f"net.width={args.width}", "net.depth=1", "net.norm=batch", "dataset=digits",
-                   *args.zoo_override])
+                   "train.batch_size=64", *args.zoo_override])
         print(f"zoo built in {time.perf_counter() - t:.0f} s", flush=True)
     ref = Zoo(zoo_path)
     ids = ref.filter(status="trained")

@@ -189,7 +189,7 @@ def test_a_zoo_of_two_architectures_needs_a_filter_and_the_hint_is_a_working_ove
     assert sel.train_ids == ["w7-0", "w7-1"] and sel.arch["width"] == 7
 
 
-RESNET_NORM = "none"  # TEMP until the population branch lands
+RESNET_NORM = "batch"  # the population program trains BatchNorm ResNets (wsl-zoo net=resnet)
 
 
 @pytest.mark.slow  # four console scripts (about a minute on 2 busy cores); the same paths run in-process in
