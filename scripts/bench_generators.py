@@ -19,6 +19,17 @@ default one is slightly less accurate but novel; both points go on the plane.
     python scripts/bench_generators.py --steps 800 --generators flow --n-eval 128 --long-steps 0
 
 The zoo (256 seeds of the default digits MLP, 2,410 parameters) takes a few minutes to train once.
+
+--net resnet (issue 14): a generator on a zoo of digits ResNet-8s with BatchNorm (net=resnet net.width=8
+net.depth=1: 19,810 parameters; BatchNorm statistics are not generated). Each generator is trained,
+sampled by wsl-sample's own code (every sampled net's statistics re-estimated on the TRAIN split) and
+judged by wsl.evaluate (every set re-estimated on the train split, scored on test). Prints the zoo's
+mean test accuracy (train-split statistics, and its own stored ones), the samples' mean accuracy, their
+ratio (target >= 0.9), the memorized fraction and the novelty, and the samples' accuracy without
+re-estimation (statistics 0 / 1) to show what the re-estimation does.
+
+    python scripts/bench_generators.py --net resnet          # builds zoos/bench_generators_resnet8_digits
+    python scripts/bench_generators.py --net resnet --members 64 --epochs 6 --generators flow,diffusion
 """
 
 from __future__ import annotations
@@ -50,10 +61,10 @@ from wsl.population.functional import population_forward  # noqa: E402
 from wsl.zoo import Zoo  # noqa: E402
 
 
-def build_zoo(path: Path, members: int, epochs: int) -> None:
+def build_zoo(path: Path, members: int, epochs: int, extra: list[str] = ()) -> None:
     cmd = [sys.executable, "-m", "wsl.apps.zoo", f"zoo.path={path}", f"zoo.name={path.name}",
            f"population.size={members}", f"train.epochs={epochs}", "zoo.checkpoint_epochs=[]", "logger=none",
-           "progress_refresh_rate=0", "trainer.accelerator=cpu", f"hydra.run.dir={path}-run"]
+           "progress_refresh_rate=0", "trainer.accelerator=cpu", f"hydra.run.dir={path}-run", *extra]
     print(f"building the zoo: {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"))
 
@@ -69,28 +80,42 @@ def accuracies(arch: dict, flat: torch.Tensor, layout, x, y, chunk: int = 256) -
     return torch.cat(out)
 
 
+def nanmean(v) -> float:
+    v = np.asarray(v, dtype=float)
+    return float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")
+
+
 def rate(n: int, seconds: float) -> float:
     return 60.0 * n / max(seconds, 1e-9)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--zoo", default=str(ROOT / "zoos" / "bench_generators_mlp_digits"))
-    ap.add_argument("--members", type=int, default=256, help="zoo size when the zoo must be built")
-    ap.add_argument("--epochs", type=int, default=15, help="zoo training epochs when the zoo must be built")
+    ap.add_argument("--net", choices=("mlp", "resnet"), default="mlp",
+                    help="mlp: the digits MLP zoo; resnet: a digits ResNet-8 zoo with BatchNorm (issue 14)")
+    ap.add_argument("--zoo", default=None, help="zoo path (default: zoos/bench_generators_<net>_digits)")
+    ap.add_argument("--members", type=int, default=None, help="zoo size when the zoo must be built (256 | 64)")
+    ap.add_argument("--epochs", type=int, default=None, help="zoo training epochs when the zoo must be built (15 | 6)")
+    ap.add_argument("--width", type=int, default=8, help="--net resnet: net.width (8: 19,810 parameters)")
+    ap.add_argument("--zoo-override", action="append", default=[], help="extra wsl-zoo override when building")
     ap.add_argument("--generators", default="flow,diffusion")
     ap.add_argument("--steps", type=int, default=None, help="generator training steps (default: the config's)")
     ap.add_argument("--long-steps", type=int, default=2000, help="steps of the long-trained variant (0: skip it)")
     ap.add_argument("--override", action="append", default=[], help="extra train_generator override (repeatable)")
     ap.add_argument("--n-throughput", type=int, default=10_000, help="nets sampled for the throughput figure")
-    ap.add_argument("--n-eval", type=int, default=256, help="nets written as a zoo, scored and audited")
-    ap.add_argument("--baseline-n", type=int, default=64, help="nets per baseline setting in the audit")
+    ap.add_argument("--n-eval", type=int, default=None, help="nets written as a zoo, scored and audited (256 | 64)")
+    ap.add_argument("--baseline-n", type=int, default=None, help="nets per baseline setting in the audit (64 | 16)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_generators"))
     args = ap.parse_args()
+    mlp = args.net == "mlp"
+    args.n_eval = args.n_eval or (256 if mlp else 64)
+    args.baseline_n = args.baseline_n or (64 if mlp else 16)
+    if args.net == "resnet":
+        return bench_resnet(args)
 
-    zoo_path, out = Path(args.zoo), Path(args.out)
+    zoo_path, out = Path(args.zoo or ROOT / "zoos" / "bench_generators_mlp_digits"), Path(args.out)
     if not (zoo_path / "index.h5").exists():
-        build_zoo(zoo_path, args.members, args.epochs)
+        build_zoo(zoo_path, args.members or 256, args.epochs or 15)
     ref = Zoo(zoo_path)
     ids = ref.filter(status="trained")
     task = ref.training_data(ids[0])
@@ -215,6 +240,130 @@ def main() -> None:
                      "noise_comparison": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items()} for c in cmp]})
 
     print("\nsummary:")
+    print(json.dumps(rows, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+
+
+def bench_resnet(args) -> None:
+    """Issue 14's benchmark: a generator on a ResNet-8 zoo with BatchNorm (see the module docstring)."""
+    from wsl.apps.sample import typed_config as sample_config
+    from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
+    from wsl.evaluate.pipeline import evaluate_zoo
+    from wsl.evaluate.report import compare_with_noise
+    from wsl.evaluate.schema import EvaluateConfig
+    from wsl.generators.sample import sample_zoo
+    from wsl.zoo.schema import ZooPath
+
+    t_all = time.perf_counter()
+    zoo_path = Path(args.zoo or ROOT / "zoos" / f"bench_generators_resnet{args.width}_digits")
+    out = Path(args.out) / "resnet"
+    if not (zoo_path / "index.h5").exists():
+        t = time.perf_counter()
+        build_zoo(zoo_path, args.members or 64, args.epochs or 6,
+                  ["net=resnet", f"net.width={args.width}", "net.depth=1", "net.norm=batch", "dataset=digits",
+                   "train.batch_size=64", *args.zoo_override])
+        print(f"zoo built in {time.perf_counter() - t:.0f} s", flush=True)
+    ref = Zoo(zoo_path)
+    ids = ref.filter(status="trained")
+    arch, layout = ref.arch(ids[0]), ref.layout(ids[0])
+    task = ref.training_data(ids[0])
+    x, y = task.split("test")
+    net = build_net(arch)
+    with torch.no_grad():  # the zoo with the statistics its checkpoints store (the population program's)
+        own = []
+        for m in ids:
+            net.load_state_dict(ref.state_dict(m))
+            own.append((net.eval()(x).argmax(-1) == y).float().mean().item())
+    print(f"\nzoo {zoo_path}: {len(ids)} trained nets of {json.dumps(arch, sort_keys=True)} ({layout.numel:,} "
+          f"parameters; BatchNorm statistics are not generated), dataset {task.name} (train {len(task.x_train)}, "
+          f"test {len(y)}); test accuracy with the checkpoints' own statistics {np.mean(own):.4f} ± {np.std(own, ddof=1):.4f}")
+    print(f"torch threads: {torch.get_num_threads()}, CPU cores visible: {os.cpu_count()}, "
+          f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
+
+    rows = []
+    for gen in [g.strip() for g in args.generators.split(",") if g.strip()]:
+        name = f"resnet-{gen}"
+        print(f"\n=== generator={gen} ===", flush=True)
+        overrides = [f"zoo.path={zoo_path}", f"generator={gen}", "logger=none", "progress_refresh_rate=0",
+                     "trainer.accelerator=cpu", *args.override]
+        if args.steps:
+            overrides.append(f"trainer.max_steps={args.steps}")
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            job = typed_config(compose(config_name="train_generator", overrides=overrides))
+        run_dir, gen_zoo = out / f"{name}-run", out / f"{name}-samples"
+        for d in (run_dir, gen_zoo):
+            shutil.rmtree(d, ignore_errors=True)
+        t = time.perf_counter()
+        run = train_generator(job, run_dir, config=stored(job))
+        t_train, tr = time.perf_counter() - t, run.training
+        print(f"training: {tr['steps']} steps on {tr['n_train']} nets in {t_train:.1f} s (alignment "
+              f"{tr['seconds_align']:.1f} s, fit {tr['seconds_fit']:.1f} s); spread ratio {tr['spread_ratio']:.3f}; "
+              f"denoiser {run.denoiser.name} with {sum(p.numel() for p in run.denoiser.parameters()):,} parameters "
+              f"over {run.representation.dim:,} coordinates; align={job.representation.align}", flush=True)
+
+        # wsl-sample's own path: every net's BatchNorm statistics re-estimated on the train split
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            sjob = sample_config(compose(config_name="sample", overrides=[
+                f"run={run_dir}", f"n={args.n_eval}", "seed=1", f"zoo.path={gen_zoo}", "logger=none"]))
+        t = time.perf_counter()
+        sample_zoo(sjob, config=stored(sjob))
+        t_sample = time.perf_counter() - t
+        g = Zoo(gen_zoo)
+        hp = g.hparams(g.ids[0])
+        bn = (f"BatchNorm statistics re-estimated on {hp['bn_split']} ({hp['bn_inputs']} inputs, {hp['bn_batches']} "
+              f"batch(es) of {hp['bn_batch_size']})" if "bn_split" in hp else "no BatchNorm")
+        print(f"sampling: {len(g)} nets drawn, completed and written in {t_sample:.1f} s "
+              f"({rate(len(g), t_sample):,.0f} nets/minute); {bn}", flush=True)
+        with torch.no_grad():  # for comparison: the same weights with fresh statistics (mean 0, var 1)
+            fresh = []
+            for m in g.ids:
+                sd = g.state_dict(m)
+                net.load_state_dict({k: v for k, v in sd.items() if k in set(layout.names)}, strict=False)
+                for mod in net.modules():
+                    if hasattr(mod, "reset_running_stats"):
+                        mod.reset_running_stats()
+                fresh.append((net.eval()(x).argmax(-1) == y).float().mean().item())
+
+        baselines = {"noise": NoiseBaseline(sigmas=[0.01, 0.03, 0.1, 0.2, 0.3, 0.5], n=args.baseline_n),
+                     "average": AverageBaseline(ks=[2, 3], n=args.baseline_n),
+                     "gaussian": GaussianFitBaseline(n=args.baseline_n)}
+        t = time.perf_counter()
+        ev, report = evaluate_zoo(EvaluateConfig(zoo=ZooPath(str(gen_zoo)), reference=str(zoo_path),
+                                                 out=str(out / f"{name}-report")), baselines)
+        t_eval = time.perf_counter() - t
+        print(f"wsl.evaluate: {t_eval:.1f} s (BatchNorm: every set re-estimated on {ev.info['batchnorm_text']}); "
+              f"report {report}")
+        print(f"{'set':28s} {'accuracy':>17s} {'failed':>7s} {'weight novelty':>15s} {'memorized':>9s}")
+        for st in ev.sets:
+            sm = st.summary()
+            nov_m = nanmean(st.weight_novelty)
+            print(f"{st.label:28s} {sm['acc_mean']:.4f} ± {sm['acc_std']:.4f} {sm['failure_rate']:7.2f} "
+                  f"{nov_m:15.3f} {sm['memorized_rate']:9.2f}")
+        gs, zs = ev.by_method("generated")[0], ev.by_method("training")[0]
+        g_sum, z_sum = gs.summary(), zs.summary()
+        ratio = g_sum["acc_mean"] / z_sum["acc_mean"]
+        beh = nanmean(gs.behaviour_novelty)
+        print(f"\nRESULT {gen}: zoo mean test accuracy {z_sum['acc_mean']:.4f} (train-split statistics; "
+              f"{np.mean(own):.4f} with its stored ones); sampled {g_sum['acc_mean']:.4f} ± {g_sum['acc_std']:.4f} "
+              f"= {ratio:.3f} x the zoo (target >= 0.9; {np.mean(fresh):.4f} without re-estimation); failure rate "
+              f"{g_sum['failure_rate']:.3f}; memorized fraction {g_sum['memorized_rate']:.3f}; weight novelty "
+              f"{nanmean(gs.weight_novelty):.3f}, behavioural novelty {beh:.3f}")
+        for c in compare_with_noise(ev):
+            verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
+                       f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator {c['verdict']} "
+                       f"({c['difference']:+.4f} ± {c['stderr']:.4f})")
+            print(f"  {c['axis']} novelty {c['novelty']:.3f}: {verdict}")
+        rows.append({"generator": gen, "zoo": str(zoo_path), "zoo_nets": len(ids), "parameters": layout.numel,
+                     "train_s": round(t_train, 1), "steps": tr["steps"], "sample_s": round(t_sample, 1),
+                     "evaluate_s": round(t_eval, 1), "spread_ratio": round(tr["spread_ratio"], 3),
+                     "zoo_acc": round(z_sum["acc_mean"], 4), "zoo_acc_stored_stats": round(float(np.mean(own)), 4),
+                     "sampled_acc": round(g_sum["acc_mean"], 4), "sampled_acc_std": round(g_sum["acc_std"], 4),
+                     "ratio": round(ratio, 4), "sampled_acc_without_reestimation": round(float(np.mean(fresh)), 4),
+                     "failure_rate": round(g_sum["failure_rate"], 4), "memorized_rate": round(g_sum["memorized_rate"], 4),
+                     "weight_novelty": round(nanmean(gs.weight_novelty), 4), "behaviour_novelty": round(beh, 4),
+                     "overrides": args.override, "batchnorm": ev.info["batchnorm_reestimation"]})
+    print(f"\nsummary (whole benchmark {time.perf_counter() - t_all:.0f} s):")
     print(json.dumps(rows, indent=1))
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))

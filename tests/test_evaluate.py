@@ -26,7 +26,7 @@ from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBa
 from wsl.evaluate.novelty import AlignedReference, one_thread, prediction_overlap
 from wsl.evaluate.phases import compare_phases
 from wsl.evaluate.pipeline import evaluate_zoo, plan_evaluation
-from wsl.evaluate.schema import EvaluateConfig, NoiseBaselineConfig
+from wsl.evaluate.schema import BatchNormConfig, EvaluateConfig, NoiseBaselineConfig, NoveltyConfig
 from wsl.nets import MLP
 from wsl.symmetry import align, permute, random_permutations
 from wsl.zoo import Layout, ShardWriter, Zoo, write_annotation
@@ -472,3 +472,55 @@ def test_noise_comparison_calls_better_only_beyond_two_standard_errors():
     assert below["verdict"] == "worse" and below["better"] is False
     outside = verdict(np.full(8, 0.97), 0.05)  # less novel than the smallest σ: no comparison
     assert outside["verdict"] is None and outside["better"] is None and outside["noise_accuracy"] is None
+
+
+def test_batchnorm_nets_are_scored_after_train_split_reestimation_in_every_set(tmp_path, digits):
+    """wsl-evaluate on BatchNorm ResNets: the accuracy of every generated net, every training net, every
+    baseline net (noise σ=0: the training nets again) and the ensemble equals the hand computation
+    (statistics re-estimated on the train split with reset_bn_stats, then the test split), whatever
+    statistics the checkpoints hold; the report says what was used."""
+    from test_generators import bn_resnet_zoo
+
+    from wsl.landscape.batchnorm import reset_bn_stats
+    from wsl.nets import build_net
+
+    ref = bn_resnet_zoo(tmp_path / "train", n=3, steps=15)
+    src = bn_resnet_zoo(tmp_path / "other", n=2, steps=15, seed=10)
+    stale = []
+    for m in Zoo(src).ids:  # 'generated' nets whose stored statistics are wrong on purpose
+        sd = Zoo(src).state_dict(m)
+        sd = {k: (v + 3.0 if "running_mean" in k else v) for k, v in sd.items()}
+        stale.append(sd)
+    arch = Zoo(ref).arch(Zoo(ref).ids[0])
+    gen = _write_zoo(tmp_path / "gen", stale, arch, status="sampled",
+                     hparams=[{"generator_run": "x", "sample_seed": i} for i in range(2)])
+    job = _job(gen, ref, out=str(tmp_path / "report"), novelty=NoveltyConfig(top_k=1, max_iter=5),
+               batchnorm=BatchNormConfig(batch_size=400))
+    ev, report = evaluate_zoo(job, {"noise": NoiseBaseline([0.0], n=3)})
+    net = build_net(arch)
+
+    def logits(sd, on=digits.x_train):
+        net.load_state_dict(sd)
+        reset_bn_stats(net, on, 400)
+        with torch.no_grad():
+            return net(digits.x_test)
+
+    def by_hand(sd, on=digits.x_train):
+        return (logits(sd, on).argmax(1) == digits.y_test).double().mean().item()
+
+    ref_sds = [Zoo(ref).state_dict(m) for m in Zoo(ref).ids]
+    expect = {"generated": [by_hand(sd) for sd in stale], "training": [by_hand(sd) for sd in ref_sds]}
+    got = {s.method: s.scores.accuracy for s in ev.sets}
+    assert np.allclose(got["generated"], expect["generated"]) and np.allclose(got["training"], expect["training"])
+    assert set(np.round(got["noise"], 6)) <= set(np.round(expect["training"], 6))
+    ens = torch.stack([logits(sd).double().softmax(-1) for sd in ref_sds]).mean(0)
+    assert ev.ensemble["accuracy"] == pytest.approx((ens.argmax(1) == digits.y_test).double().mean().item())
+    # the stored statistics and the test split's would give other results
+    assert any(by_hand(sd, digits.x_test) != a for sd, a in zip(stale + ref_sds, expect["generated"] + expect["training"]))
+    with torch.no_grad():
+        net.load_state_dict(stale[0])
+        assert (net.eval()(digits.x_test).argmax(1) == digits.y_test).double().mean().item() != expect["generated"][0]
+    info = ev.info["batchnorm_reestimation"]
+    assert info == {"split": "train", "inputs": len(digits.x_train), "split_size": len(digits.x_train),
+                    "batch_size": 400, "batches": 3, "subset_seed": None}
+    assert "re-estimated on all 1079 inputs of the train split, in 3 batch(es) of at most 400" in report.read_text()

@@ -326,3 +326,116 @@ def test_per_rank_batch_is_capped_at_each_ranks_share_and_zero_steps_is_an_error
     with pytest.raises(ConfigError, match="0 optimizer steps"):
         _check_trained(idle, "generator")
     _check_trained(SimpleNamespace(global_step=3), "generator")
+
+
+# ---- BatchNorm nets (ResNets): statistics are not generated, they are re-estimated on the train split ----------
+DIGITS = {"_target_": "wsl.data.load_dataset", "name": "digits", "root": None, "train_fraction": 1.0,
+          "subset_seed": 0, "split_seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
+
+
+def bn_resnet_zoo(path, n: int = 4, width: int = 2, steps: int = 25, seed: int = 0):
+    """A real zoo of digits ResNet-8s with BatchNorm (width `width`), trained by hand (minibatch Adam, train
+    mode: their running statistics are the usual momentum averages), written with the zoo's own writer."""
+    from wsl.data import load_dataset
+    from wsl.nets import ResNet
+    from wsl.zoo import ShardWriter
+
+    task = load_dataset("digits")
+    w = ShardWriter(path, "bn", config={"dataset": dict(DIGITS)}, zoo_name=path.name)
+    for i in range(n):
+        torch.manual_seed(seed + i)
+        net = ResNet([1, 8, 8], 10, width=width, depth=1, norm="batch").train()
+        opt = torch.optim.Adam(net.parameters(), lr=0.03)
+        for _ in range(steps):
+            idx = torch.randint(len(task.y_train), (128,))
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(task.x_train[idx]), task.y_train[idx]).backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            val = (net(task.x_val).argmax(1) == task.y_val).float().mean().item()
+        w.write_checkpoint(f"m{i}", 0, net.state_dict(), net.arch)
+        w.add_model(f"m{i}", net.arch, {"seed_init": seed + i, "val_acc": val}, status="trained")
+    w.commit()
+    return path
+
+
+def test_representation_of_resnets_holds_weights_only_and_alignment_ignores_statistics():
+    """Fitted on whole BatchNorm state dicts, the representation keeps the parameters alone (the layout of
+    Layout.of), aligns them with the residual spec's parameters (function preserved in eval mode once the
+    statistics ride along) and stores no buffer."""
+    from wsl.nets import ResNet
+    from wsl.symmetry import permute, random_permutations
+
+    nets = []
+    for i in range(3):
+        torch.manual_seed(i)
+        net = ResNet([1, 8, 8], 10, width=2, depth=1, norm="batch").train()
+        net(torch.randn(32, 1, 8, 8))  # non-trivial running statistics
+        nets.append(net.eval())
+    sds = [n.state_dict() for n in nets]
+    spec, layout = nets[0].permutation_spec(), Layout.of(nets[0])
+    assert spec.buffers and not set(spec.buffers) & set(layout.names)
+    # a permuted copy of net 0 (its statistics permuted with it) is aligned back exactly
+    moved = permute(sds[0], spec, random_permutations(spec, torch.Generator().manual_seed(3)))
+    rep, flat = WeightRepresentation.fit([sds[0], moved, sds[1], sds[2]], layout, spec, align=True)
+    assert flat.shape == (4, layout.numel) and rep.spec.buffers == frozenset()
+    assert torch.allclose(flat[1], flat[0])
+    assert set(rep.reference) == set(layout.names) and not any(k.startswith("representation.reference.") and
+                                                                 "running" in k for k in rep.tensors())
+    # aligned weights + the statistics permuted alike: the same function as the original net
+    x = torch.randn(5, 1, 8, 8)
+    for net, sd, w in zip(nets[1:], sds[1:], rep.state_dicts(flat[2:])):
+        from wsl.symmetry import weight_matching
+
+        perms = weight_matching(rep.reference, {k: sd[k] for k in layout.names}, spec.parameters())
+        again = ResNet([1, 8, 8], 10, width=2, depth=1, norm="batch").eval()
+        again.load_state_dict(permute(sd, spec, perms))
+        assert torch.allclose(again(x), net(x), atol=1e-5)
+        assert all(torch.allclose(again.state_dict()[k], w[k].float(), atol=1e-6) for k in layout.names)
+
+
+def test_sampled_resnets_carry_train_split_statistics(tmp_path):
+    """wsl-sample on a BatchNorm ResNet zoo: each checkpoint is the whole state dict (the zoo reader's tensor
+    check passes), its weights are the sampled ones, and its statistics equal a re-estimation by hand on the
+    TRAIN inputs (reset_bn_stats), not the val/test inputs' and not any training net's stored ones; the
+    batches used are in the provenance."""
+    from conftest import typed_gen
+    from wsl.data import load_dataset
+    from wsl.generators.generator_run import load_run
+    from wsl.generators.sample import sample_weights, sample_zoo
+    from wsl.generators.train import train_generator
+    from wsl.landscape.batchnorm import reset_bn_stats
+    from wsl.nets import build_net
+    from wsl.zoo import Zoo
+
+    zoo = bn_resnet_zoo(tmp_path / "zoo", n=3, steps=10)
+    quiet = ["logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
+    job = typed_gen("train_generator", [f"zoo.path={zoo}", "trainer.max_steps=5", "spread.every_n_steps=5",
+                                        "spread.n=8", "generator.denoiser.hidden=32", *quiet])
+    train_generator(job, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.representation.layout == Layout.of(build_net(run.arch))
+    out = tmp_path / "gen"
+    sample_zoo(typed_gen("sample", [f"run={tmp_path / 'run'}", "n=3", f"zoo.path={out}", "batch_size=2",
+                                    "batchnorm.batch_size=500", "logger=none"]))
+    gen, ref, task = Zoo(out), Zoo(zoo), load_dataset("digits")
+    flat = sample_weights(run, 3, batch_size=2)
+    net = build_net(run.arch)
+    stored = [ref.state_dict(m) for m in ref.ids]
+    for i, m in enumerate(gen.ids):
+        sd = gen.state_dict(m)  # the reader checks every tensor of the architecture is there
+        assert set(sd) == set(net.state_dict())
+        weights = run.representation.layout.unflatten(flat[i])
+        assert all(torch.allclose(sd[k], weights[k], atol=1e-6) for k in weights)
+        net.load_state_dict({**net.state_dict(), **weights})
+        by_hand = reset_bn_stats(net, task.x_train, 500).state_dict()
+        stats = [k for k in sd if k not in weights]
+        assert stats and all(torch.allclose(sd[k].double(), by_hand[k].double(), atol=1e-5) for k in stats)
+        assert int(sd["stem.bn.num_batches_tracked"]) == 3  # 1,079 train inputs in batches of 500
+        on_test = reset_bn_stats(net, task.x_test, 500).state_dict()
+        assert not torch.allclose(sd["stem.bn.running_mean"], on_test["stem.bn.running_mean"], atol=1e-4)
+        assert not any(torch.allclose(sd["stem.bn.running_var"], s["stem.bn.running_var"], atol=1e-4) for s in stored)
+        hp = gen.hparams(m)
+        assert (hp["bn_split"], hp["bn_inputs"], hp["bn_batches"], hp["bn_batch_size"]) == \
+            ("train", len(task.x_train), 3, 500)

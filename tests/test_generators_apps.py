@@ -187,3 +187,45 @@ def test_a_zoo_of_two_architectures_needs_a_filter_and_the_hint_is_a_working_ove
     hint = str(e.value).split("(e.g. ", 1)[1].split(")", 1)[0].replace("32", "7")
     sel = select_zoo(typed_gen("train_generator", [*base, hint]).zoo)
     assert sel.train_ids == ["w7-0", "w7-1"] and sel.arch["width"] == 7
+
+
+RESNET_NORM = "batch"  # the population program trains BatchNorm ResNets (wsl-zoo net=resnet)
+
+
+@pytest.mark.slow  # four console scripts (about a minute on 2 busy cores); the same paths run in-process in
+# test_generators.py::test_sampled_resnets_carry_train_split_statistics and test_evaluate.py (BatchNorm nets)
+def test_resnet_zoo_through_train_generator_sample_and_evaluate(tmp_path):
+    """A tiny ResNet-8 zoo made by wsl-zoo, then wsl-train-generator -> wsl-sample -> wsl-evaluate, each as a
+    user runs it: the sampled checkpoints are whole state dicts (BatchNorm statistics re-estimated on the train
+    split, the batches recorded with every net), and the report scores every set after the same re-estimation."""
+    zoo, run, gen, rep = (tmp_path / n for n in ("zoo", "run", "gen", "report"))
+    run_cli("zoo", f"zoo.path={zoo}", "net=resnet", "net.width=2", "net.depth=1", f"net.norm={RESNET_NORM}",
+            "population.size=3", "train.epochs=2", "train.batch_size=128", "zoo.checkpoint_epochs=[]",
+            "logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu",
+            f"hydra.run.dir={tmp_path / 'zrun'}", check=True)
+    run_cli("train_generator", f"zoo.path={zoo}", "trainer.max_steps=10", "spread.every_n_steps=10", "spread.n=8",
+            "generator.denoiser.hidden=32", *QUIET, f"hydra.run.dir={run}", check=True)
+    run_cli("sample", f"run={run}", "n=3", f"zoo.path={gen}", "batchnorm.batch_size=512", "logger=none",
+            f"hydra.run.dir={tmp_path / 'srun'}", check=True)
+    r = run_cli("evaluate", f"zoo.path={gen}", f"reference={zoo}", f"out={rep}", "novelty.top_k=1",
+                "novelty.max_iter=5", "baselines.noise.sigmas=[0.1]", "baselines.noise.n=2", "~baselines.average",
+                "baselines.gaussian.n=2", "batchnorm.batch_size=512", "logger=none",
+                f"hydra.run.dir={tmp_path / 'erun'}", check=True)
+    assert str(rep / "report.md") in r.stdout
+    g, ref = Zoo(gen), Zoo(zoo)
+    arch = g.arch(g.ids[0])
+    assert arch["name"] == "resnet" and arch["norm"] == RESNET_NORM and len(g) == 3
+    net = build_net(arch)
+    summary = json.loads((rep / "summary.json").read_text())
+    for m in g.ids:
+        sd = load_file(str(g.checkpoint_path(m)))  # safetensors alone: every tensor of the net is there
+        assert set(sd) == set(net.state_dict())
+        net.load_state_dict(sd)
+    if RESNET_NORM == "batch":
+        n_train = len(ref.training_data().x_train)
+        assert {k: g.hparams(g.ids[0])[k] for k in ("bn_split", "bn_inputs", "bn_batches", "bn_batch_size")} == \
+            {"bn_split": "train", "bn_inputs": n_train, "bn_batches": -(-n_train // 512), "bn_batch_size": 512}
+        assert summary["info"]["batchnorm_reestimation"]["split"] == "train"
+        assert "re-estimated on all" in (rep / "report.md").read_text()
+    accs = {s["method"]: s["acc_mean"] for s in summary["sets"]}
+    assert {"generated", "training", "noise", "gaussian"} <= set(accs)

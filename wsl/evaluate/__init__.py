@@ -1,16 +1,25 @@
 """Judging sampled nets: accuracy of every net, the memorization audit against the training zoo,
-the plain baselines a generator has to beat, phases, plots and the report (`wsl-evaluate`)."""
+the plain baselines a generator has to beat, phases, plots and the report (`wsl-evaluate`).
 
-from wsl.evaluate.accuracy import Scores, ensemble_scores, reestimate_batchnorm, score_nets
-from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline, generate_baselines
-from wsl.evaluate.novelty import AlignedReference, Audit, audit, prediction_overlap, training_yardstick
-from wsl.evaluate.phases import compare_phases
-from wsl.evaluate.pipeline import EvaluationPlan, evaluate_zoo, plan_evaluation
-from wsl.evaluate.report import compare_with_noise, write_report
-from wsl.evaluate.results import Evaluation, SetResult
-from wsl.evaluate.schema import EvaluateConfig
+The names below are imported on first use: the schema (wsl.evaluate.schema, also used by wsl-sample's)
+and an app's `--help` need no torch.
+"""
 
-__all__ = ["Scores", "score_nets", "ensemble_scores", "reestimate_batchnorm", "NoiseBaseline", "AverageBaseline",
-           "GaussianFitBaseline", "generate_baselines", "AlignedReference", "Audit", "audit", "prediction_overlap",
-           "training_yardstick", "compare_phases", "EvaluateConfig", "EvaluationPlan", "evaluate_zoo",
-           "plan_evaluation", "compare_with_noise", "write_report", "Evaluation", "SetResult"]
+import importlib
+
+_EXPORTS = {"Scores": "accuracy", "score_nets": "accuracy", "ensemble_scores": "accuracy",
+            "reestimate_batchnorm": "accuracy", "BatchNormInputs": "accuracy",
+            "NoiseBaseline": "baselines", "AverageBaseline": "baselines", "GaussianFitBaseline": "baselines",
+            "generate_baselines": "baselines", "AlignedReference": "novelty", "Audit": "novelty", "audit": "novelty",
+            "prediction_overlap": "novelty", "training_yardstick": "novelty", "compare_phases": "phases",
+            "EvaluateConfig": "schema", "BatchNormConfig": "schema", "EvaluationPlan": "pipeline",
+            "evaluate_zoo": "pipeline", "plan_evaluation": "pipeline", "compare_with_noise": "report",
+            "write_report": "report", "Evaluation": "results", "SetResult": "results"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"wsl.evaluate.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'wsl.evaluate' has no attribute {name!r}")

@@ -3,11 +3,13 @@
 Every net is scored; summaries are mean ± std over all of them (never the best one). Nets are run
 as one vmapped population (torch.func) unless they carry BatchNorm, whose running statistics are
 first re-estimated on the *train* split one net at a time (the test split never feeds anything
-that is then scored on it).
+that is then scored on it). `BatchNormInputs` says exactly which train inputs, in which batches:
+what wsl-sample and wsl-evaluate record with their results.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +56,68 @@ def mean_std(v) -> tuple[float, float]:
     return float(v.mean()) if len(v) else float("nan"), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
+@dataclass
+class BatchNormInputs:
+    """The train inputs BatchNorm statistics are re-estimated on, and how they are batched.
+
+    x [n, ...]: the train split (all of it), or `batches` batches of it drawn without replacement by a
+    permutation seeded with `seed` (a fixed subset, the same for every net); batch_size: inputs per
+    forward pass. The statistics are the average over the batches of each batch's mean and unbiased
+    variance (one batch covering the inputs: their exact statistics), as `reset_bn_stats` computes them.
+    """
+
+    x: torch.Tensor
+    batch_size: int
+    split_size: int  # inputs in the whole train split
+    seed: int | None = None  # of the subset; None: the whole split in its own order
+
+    @classmethod
+    def of_split(cls, x_train: torch.Tensor, batch_size: int = 1024, batches: int | None = None,
+                 seed: int = 0) -> "BatchNormInputs":
+        """Re-estimation on the train split `x_train`: all of it (batches None, or at least the batches
+        the split makes), or the first `batches` batches of its permutation seeded with `seed`."""
+        n, b = int(x_train.shape[0]), int(batch_size)
+        if b < 1 or (batches is not None and int(batches) < 1):
+            raise ConfigError(f"batch_size={batch_size!r} and batches={batches!r} must be integers >= 1 (batches may be None)")
+        if n == 0:
+            raise ConfigError("the train split is empty: BatchNorm statistics cannot be re-estimated")
+        if batches is None or int(batches) * b >= n:
+            return cls(x_train, b, n)
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[: int(batches) * b]
+        return cls(x_train[keep], b, n, int(seed))
+
+    @property
+    def batches(self) -> int:
+        return math.ceil(self.x.shape[0] / self.batch_size)
+
+    def apply(self, net: nn.Module) -> nn.Module:
+        """Re-estimate every BatchNorm's statistics of `net` on these inputs; returns it in eval mode."""
+        return reset_bn_stats(net, self.x, self.batch_size)
+
+    def describe(self) -> dict:
+        """What was used, as plain values (stored as provenance and in reports)."""
+        return {"split": "train", "inputs": int(self.x.shape[0]), "split_size": self.split_size,
+                "batch_size": self.batch_size, "batches": self.batches,
+                "subset_seed": self.seed}
+
+    def text(self) -> str:
+        d = self.describe()
+        what = (f"all {d['inputs']} inputs of the train split" if d["subset_seed"] is None else
+                f"{d['inputs']} of the train split's {d['split_size']} inputs (a subset drawn with seed {d['subset_seed']})")
+        return f"{what}, in {d['batches']} batch(es) of at most {d['batch_size']}"
+
+
+def load_weights(net: nn.Module, state_dict: dict) -> nn.Module:
+    """Load a state dict that holds every parameter of `net` and may lack its buffers (BatchNorm
+    statistics, which are re-estimated afterwards); anything else missing or extra is an error."""
+    buffers = {n for n, _ in net.named_buffers()}
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if unexpected or set(missing) - buffers:
+        raise ConfigError(f"state dict does not fit the net: missing {sorted(set(missing) - buffers)[:3]}, "
+                          f"unexpected {sorted(unexpected)[:3]}")
+    return net
+
+
 def reestimate_batchnorm(net: nn.Module, x_train: torch.Tensor, batch_size: int = 1024) -> nn.Module:
     """Replace every BatchNorm's running mean/var by the average over `x_train` (per-batch variance
     averaged; one batch covering the split gives its exact statistics); the net is returned in eval mode."""
@@ -73,23 +137,32 @@ def failure_threshold(y: torch.Tensor, num_classes: int, min_accuracy: float | N
     return float(majority + min_gain * (1.0 - majority))
 
 
-def iter_logits(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, x_train: torch.Tensor | None = None,
-                chunk: int = 256, bn_batch_size: int = 1024):
+def _bn_inputs(x_train, bn_batch_size: int) -> BatchNormInputs | None:
+    if x_train is None or isinstance(x_train, BatchNormInputs):
+        return x_train
+    return BatchNormInputs(x_train, int(bn_batch_size), int(x_train.shape[0]))
+
+
+def iter_logits(net: nn.Module, state_dicts: list[dict], x: torch.Tensor,
+                x_train: "torch.Tensor | BatchNormInputs | None" = None, chunk: int = 256, bn_batch_size: int = 1024):
     """Yield outputs [s, n, C] for consecutive chunks of `state_dicts` (s <= chunk).
 
     Nets without BatchNorm run vmapped; nets with BatchNorm run one by one, each after its running
-    statistics were re-estimated on x_train (required then)."""
+    statistics were re-estimated on the train inputs x_train (required then: a BatchNormInputs, or a
+    tensor of train inputs taken whole in batches of bn_batch_size). Statistics stored in the state
+    dicts are never used."""
     bn = has_batchnorm(net)
     if bn and x_train is None:
         raise ConfigError("nets with BatchNorm need the train inputs to re-estimate their statistics")
+    bn_inputs = _bn_inputs(x_train, bn_batch_size) if bn else None
     with torch.no_grad():
         for i in range(0, len(state_dicts), chunk):
             part = state_dicts[i : i + chunk]
             if bn:
                 outs = []
                 for sd in part:
-                    net.load_state_dict(sd)
-                    outs.append(reestimate_batchnorm(net, x_train, bn_batch_size)(x))
+                    load_weights(net, sd)  # weights alone are enough: the statistics are replaced
+                    outs.append(bn_inputs.apply(net)(x))
                 yield torch.stack(outs).float()
             else:
                 yield population_forward(net.eval(), stack_state_dicts(part), x, shared_input=True).float()
@@ -112,7 +185,7 @@ def score_logits(logits: torch.Tensor, y: torch.Tensor, min_accuracy: float) -> 
 
 
 def score_nets(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torch.Tensor, num_classes: int,
-               x_train: torch.Tensor | None = None, min_accuracy: float | None = None, min_gain: float = 0.1,
+               x_train: "torch.Tensor | BatchNormInputs | None" = None, min_accuracy: float | None = None, min_gain: float = 0.1,
                chunk: int = 256, bn_batch_size: int = 1024) -> Scores:
     """Accuracy, loss, predictions and failures of every net (state dicts of `net`'s architecture)
     on (x [n, ...], y [n]). BatchNorm nets get train-split statistics first (x_train required)."""
@@ -126,7 +199,7 @@ def score_nets(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torc
 
 
 def ensemble_scores(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torch.Tensor,
-                    x_train: torch.Tensor | None = None, chunk: int = 256, bn_batch_size: int = 1024) -> dict:
+                    x_train: "torch.Tensor | BatchNormInputs | None" = None, chunk: int = 256, bn_batch_size: int = 1024) -> dict:
     """The ensemble of all given nets (mean of their softmax outputs; members with non-finite
     outputs are left out): accuracy, loss and predictions [n]. The upper reference of the report."""
     total, members = None, 0

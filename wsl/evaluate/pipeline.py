@@ -1,7 +1,9 @@
 """Evaluate a zoo of generated nets against the zoo they were learned from (what wsl-evaluate runs).
 
 Order: open both zoos and refuse a mismatch (architecture, dataset) before any work; load the
-checkpoints; score every net on the evaluation split; align and audit against the training
+checkpoints; score every net on the evaluation split (nets with BatchNorm: every set, generated,
+training, baselines, ensemble, after its statistics were re-estimated on the train split as
+`job.batchnorm` says; the statistics stored in the checkpoints are never used); align and audit against the training
 checkpoints; build, score and audit every baseline setting; compare landscape phases when both
 zoos carry them; write the report.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from wsl.errors import ConfigError, ZooFormatError, printable
-from wsl.evaluate.accuracy import ensemble_scores, has_batchnorm, mean_std, score_nets
+from wsl.evaluate.accuracy import BatchNormInputs, ensemble_scores, has_batchnorm, mean_std, score_nets
 from wsl.evaluate.baselines import build_baselines, check_baselines, generate_baselines
 from wsl.evaluate.novelty import AlignedReference, audit, prediction_overlap, training_yardstick
 from wsl.evaluate.phases import compare_phases
@@ -200,13 +202,14 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
 
     x, y = p.task.split(s.split)
     y_np, C = y.numpy(), p.task.num_classes
-    score = partial(score_nets, net, x=x, y=y, num_classes=C, x_train=p.task.x_train, min_accuracy=fail.min_accuracy,
+    bn = _bn_inputs(p.task, s.batchnorm) if has_batchnorm(net) else None  # train split only
+    score = partial(score_nets, net, x=x, y=y, num_classes=C, x_train=bn, min_accuracy=fail.min_accuracy,
                     min_gain=fail.min_gain, chunk=s.chunk)
     t = time.perf_counter()
     gen_scores = score(state_dicts=gen_sds)
     timings["score generated nets"] = time.perf_counter() - t
     ref_scores = score(state_dicts=ref_sds)
-    ens = ensemble_scores(net, ref_sds, x, y, x_train=p.task.x_train, chunk=s.chunk)
+    ens = ensemble_scores(net, ref_sds, x, y, x_train=bn, chunk=s.chunk)
 
     t = time.perf_counter()
     align = partial(_align, spec=spec, max_iter=nov.max_iter) if nov.align else None
@@ -236,7 +239,7 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     ref_cols = _annotation_columns(p.ref, p.ref_ids)
     if ref_cols:  # the training zoo carries landscape metrics: place the generated nets in its phases
         t = time.perf_counter()
-        ref_loss, gen_loss = _train_losses(net, p, ref_sds, gen_sds, gen_audit.nearest, s.chunk)
+        ref_loss, gen_loss = _train_losses(net, p, ref_sds, gen_sds, gen_audit.nearest, s.chunk, s.batchnorm)
         cells = np.array([p.ref.cell_key(m) for m in p.ref_ids], dtype=object)
         phases = compare_phases(_annotation_columns(p.gen, p.gen_ids), ref_cols, gen_audit.nearest, cells,
                                 gen_loss, ref_loss, s.phases)
@@ -246,10 +249,11 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     timings["total"] = time.perf_counter() - t0
     info = {"zoo": str(p.gen.path), "reference": str(p.ref.path), "zoo_name": p.gen.attrs.get("zoo_name", p.gen.path.name),
             "reference_name": p.ref.attrs.get("zoo_name", p.ref.path.name), "arch": p.arch,
-            "n_parameters": int(sum(v.numel() for v in ref_sds[0].values())),
+            "n_parameters": p.ref.layout(p.ref_ids[0]).numel,  # weights: BatchNorm statistics are not counted
             "dataset": p.task.name, "split": s.split, "n_inputs": int(len(y)), "epoch": s.epoch,
             "reference_epoch": p.reference_epoch, "reference_source": p.reference_source, "n_generated": len(gen_sds), "n_reference": len(ref_sds),
-            "batchnorm": has_batchnorm(net), "min_accuracy": gen_scores.min_accuracy, "min_gain": fail.min_gain,
+            "batchnorm": has_batchnorm(net), "batchnorm_reestimation": None if bn is None else bn.describe(),
+            "batchnorm_text": None if bn is None else bn.text(), "min_accuracy": gen_scores.min_accuracy, "min_gain": fail.min_gain,
             "memorized_below": nov.memorized_below,
             "alignment": (f"anchor = training checkpoint {p.ref_ids[nov.anchor]}, top-{nov.top_k} candidates re-aligned "
                           f"pairwise, at most {nov.max_iter} passes") if nov.align else "off: raw weights",
@@ -296,9 +300,16 @@ def _conditions(p: EvaluationPlan, gen_sds: list, gen_scores, score) -> list[dic
     return rows
 
 
-def _train_losses(net, p: EvaluationPlan, ref_sds: list, gen_sds: list, nearest: np.ndarray, chunk: int):
+def _bn_inputs(task, settings) -> BatchNormInputs:
+    """The train inputs of `task` BatchNorm statistics are re-estimated on (settings: a BatchNormConfig)."""
+    return BatchNormInputs.of_split(task.x_train, settings.batch_size, settings.batches, settings.seed)
+
+
+def _train_losses(net, p: EvaluationPlan, ref_sds: list, gen_sds: list, nearest: np.ndarray, chunk: int,
+                  batchnorm):
     """Train loss of each training checkpoint on its own train split, and of each generated net on
-    the train split of its nearest training checkpoint (cells of a train-fraction sweep differ)."""
+    the train split of its nearest training checkpoint (cells of a train-fraction sweep differ); BatchNorm
+    statistics re-estimated on that same train split."""
     def key(mid):
         cfg = dict(p.ref.job_config(mid).get("dataset") or {})
         cfg.pop("root", None)  # where the files live does not change the data
@@ -312,8 +323,9 @@ def _train_losses(net, p: EvaluationPlan, ref_sds: list, gen_sds: list, nearest:
         for sds, idx, out in ((ref_sds, [i for i, kk in enumerate(keys) if kk == k], ref_loss),
                               (gen_sds, [i for i, n in enumerate(nearest) if n >= 0 and keys[n] == k], gen_loss)):
             if idx:
+                bn = _bn_inputs(task, batchnorm) if has_batchnorm(net) else None
                 out[idx] = score_nets(net, [sds[i] for i in idx], task.x_train, task.y_train, task.num_classes,
-                                      x_train=task.x_train, chunk=chunk).loss
+                                      x_train=bn, chunk=chunk).loss
     return ref_loss, gen_loss
 
 

@@ -109,7 +109,10 @@ def markdown(ev: Evaluation, plots: dict) -> str:
              f"`{json.dumps(info['arch'], sort_keys=True)}` ({info.get('n_parameters')} parameters).",
              f"Generated nets: {info['n_generated']} (epoch {info['epoch']}); data `{info['dataset']}`, "
              f"scored on the **{info['split']}** split ({info['n_inputs']} inputs). "
-             f"BatchNorm statistics re-estimated on train data: {'yes' if info['batchnorm'] else 'no BatchNorm'}.",
+             + (f"BatchNorm: the running statistics of every net scored (generated, training zoo, baselines, "
+              f"ensemble members) were re-estimated on {info['batchnorm_text']}; the statistics stored in "
+              "checkpoints are not used, and the val and test splits never feed them."
+              if info.get("batchnorm") else "The nets have no BatchNorm."),
              "",
              "Every number is a mean ± std over *all* nets of a set (never its best net); nothing is selected on "
              "the test split: every σ and k of the baselines is listed. A net fails when its outputs are not "

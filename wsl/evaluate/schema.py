@@ -41,6 +41,22 @@ class NoveltyConfig:
         schema.number(self, "memorized_below", 0.0, lo_open=True)
 
 
+@dataclass
+class BatchNormConfig:
+    """`batchnorm:` re-estimation of BatchNorm running statistics on the train split (nets without
+    BatchNorm: unused). Shared by wsl-sample (statistics written with each sampled net) and
+    wsl-evaluate (statistics of every net it scores); the test and val splits never feed them."""
+
+    batch_size: int = 1024  # train inputs per forward pass (the statistics average the batches' statistics)
+    batches: Optional[int] = None  # None: the whole train split; k: k batches of a seeded random subset of it
+    seed: int = 0  # of that subset
+
+    def __post_init__(self):
+        schema.integer(self, "batch_size", 1)
+        schema.integer(self, "batches", 1, null=True)
+        schema.integer(self, "seed", 0)
+
+
 # ---- baselines.<name>: {_target_: <class>, ...} ----------------------------------------------------
 @schema.target_schema
 @dataclass
@@ -94,6 +110,7 @@ class EvaluateConfig:
     seed: int = 0  # random draws of the baselines
     failure: FailureConfig = field(default_factory=FailureConfig)
     novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
+    batchnorm: BatchNormConfig = field(default_factory=BatchNormConfig)  # statistics of every scored net (train split)
     phases: Optional[PhaseThresholds] = field(default_factory=PhaseThresholds)  # None: the taxonomy's defaults
     baselines: Optional[dict[str, Any]] = None  # name -> a baseline node ({_target_: ..., ...}) or None (off)
     logger: Any = None

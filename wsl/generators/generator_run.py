@@ -6,7 +6,8 @@
     <run>/generator.json          the same description, indented, for people
     <run>/config.json             the resolved training config (Hydra also keeps .hydra/)
 
-The description names the method and the denoiser by registry name (never a class path: a run
+The layout is that of the nets' parameters (Layout.of): BatchNorm running statistics are not
+generated (wsl-sample re-estimates them on the train split). The description names the method and the denoiser by registry name (never a class path: a run
 file cannot make the reader import anything), with their constructor arguments (checked by the
 classes' schemas in wsl.generators.schema when a run is loaded, as a config is); the zoo's net
 architecture; the zoo path, its dataset config and fingerprint, the training model ids and
@@ -208,7 +209,7 @@ def load_run(run_dir) -> GeneratorRun:
     except (ConfigError, TypeError, ValueError, RuntimeError) as e:
         raise ZooFormatError(f"{ckpt}: key arch records an unusable net architecture "
                              f"{printable(arch)[:200]} ({printable(e)[:200]})") from e
-    net_layout = Layout.from_state_dict(skeleton.state_dict())
+    net_layout = Layout.of(skeleton)  # the net's parameters: BatchNorm statistics are not generated
     if layout != net_layout:
         have = dict((n, s) for n, s, _, _ in layout.entries)
         name, shape = next(((n, s) for n, s, _, _ in net_layout.entries if have.get(n) != s),

@@ -3,7 +3,8 @@
 Pipeline (each step invertible except the alignment, which only picks one of the function-
 preserving permutations of every net):
 
-    state dict --weight matching to a reference--> aligned state dict     (optional: align=False)
+    state dict --its parameters (Layout.of)-->     weights               (BatchNorm statistics dropped)
+               --weight matching to a reference--> aligned weights       (optional: align=False)
                --Layout.flatten-->                 flat [N]
                --per-tensor standardization-->     normalized [N]        ((w - μ_t) / σ_t, one μ, σ per tensor)
                --autoencoder (optional)-->         latent [L], then standardized per coordinate
@@ -12,6 +13,11 @@ Alignment matters: hidden units of independently trained nets come in arbitrary 
 training set is a union of n!-fold copies of each net; matching every net to one reference
 (Git Re-Basin) leaves one copy, which a generator can model (DeepWeightFlow's re-basin step).
 Per-tensor standardization puts layers of different scales on an equal footing.
+
+BatchNorm running statistics are not weights: they describe the data a net saw, not what it learned.
+They are never matched (the alignment uses the spec of the parameters, `spec.parameters()`), never
+encoded and never generated; a sampled net gets them re-estimated on the train split
+(wsl.generators.sample).
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ def align_to_reference(reference: dict, state_dicts: list[dict], spec: Permutati
     from wsl.symmetry import align
 
     return [align(reference, sd, spec, max_iter=max_iter) for sd in state_dicts]
+
+
+def weights_only(state_dict: dict, layout: Layout, what: str = "state dict") -> dict:
+    """The tensors of `layout` (a net's parameters) of a state dict, in layout order: BatchNorm
+    statistics (and any other buffer) are left out."""
+    missing = [n for n in layout.names if n not in state_dict]
+    if missing:
+        raise ZooFormatError(f"{what} lacks weight(s) {missing[:3]} of the layout ({len(missing)} missing)")
+    return {n: state_dict[n] for n in layout.names}
 
 
 class WeightAutoencoder(nn.Module):
@@ -98,11 +113,13 @@ class WeightRepresentation:
         """
         if not 0 <= reference < len(state_dicts):
             raise ConfigError(f"reference={reference!r} must index one of the {len(state_dicts)} nets")
-        sds = [{k: v.detach().double() for k, v in sd.items()} for sd in state_dicts]
+        sds = [{k: v.detach().double() for k, v in weights_only(sd, layout, f"net {i}").items()}
+               for i, sd in enumerate(state_dicts)]
         ref = None
         if align:
             if spec is None:
                 raise ConfigError("align=True needs the nets' permutation spec")
+            spec = spec.parameters()  # buffers are never matched (nor present: weights only)
             ref = sds[reference]
             for it in range(iterations):
                 sds = align_to_reference(ref, sds, spec, max_iter=max_iter)
@@ -134,8 +151,10 @@ class WeightRepresentation:
         return None if self.autoencoder is not None else layer_segments(self.layout)
 
     def align(self, state_dicts: list[dict]) -> list[dict]:
-        return state_dicts if self.reference is None else align_to_reference(self.reference, state_dicts, self.spec,
-                                                                             max_iter=self.max_iter)
+        """The weights of each state dict (buffers dropped), aligned to the reference when there is one."""
+        sds = [weights_only(sd, self.layout) for sd in state_dicts]
+        return sds if self.reference is None else align_to_reference(self.reference, sds, self.spec,
+                                                                     max_iter=self.max_iter)
 
     def normalize(self, flat: torch.Tensor) -> torch.Tensor:  # [..., N] -> [..., N]
         mu, sd = self.mean[self._index], self.std[self._index]
@@ -160,7 +179,8 @@ class WeightRepresentation:
         return (x.double() * sd + mu).to(torch.float32)
 
     def state_dicts(self, flat: torch.Tensor) -> list[dict]:
-        """[M, N] -> M state dicts (contiguous copies, ready for safetensors)."""
+        """[M, N] -> M state dicts of weights (contiguous copies; no BatchNorm statistics: wsl.generators.sample
+        re-estimates them)."""
         return [{k: v.contiguous().clone() for k, v in self.layout.unflatten(row).items()} for row in flat]
 
     # ---- storage (tensors for safetensors + a JSON-able description) -------------------------------
@@ -185,7 +205,7 @@ class WeightRepresentation:
         try:
             layout = Layout.from_json(meta["layout"])
             ref = {n: tensors[f"representation.reference.{n}"] for n in layout.names} if meta["align"] else None
-            spec = PermutationSpec.from_json(meta["spec"]) if meta.get("spec") else None
+            spec = PermutationSpec.from_json(meta["spec"]).parameters() if meta.get("spec") else None
             ae = lm = ls = None
             if meta.get("autoencoder"):  # its name and sizes were checked by wsl.generators.generator_run.load_run
                 ae = WeightAutoencoder(**{k: v for k, v in meta["autoencoder"].items() if k != "name"}).eval()

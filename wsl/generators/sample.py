@@ -4,6 +4,12 @@ Every sampled net becomes a zoo model with status "sampled", one checkpoint (epo
 safetensors header and whose index row carry the provenance: generator run, checkpoint sha256,
 method, seed, index within the draw, condition and guidance. Readers of zoos (evaluation,
 landscape metrics, encoders) need nothing else.
+
+BatchNorm: a generator makes weights (parameters) only. Each sampled net with BatchNorm gets its
+running statistics re-estimated on the TRAIN split of the zoo's dataset (never val or test; the
+dataset is rebuilt from the run's record and checked against its fingerprint), and its checkpoint
+is the whole state dict, buffers included. The inputs, batches and batch size used are recorded in
+every net's provenance (`bn_*` keys).
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from pathlib import Path
 
 import torch
 
-from wsl.errors import ConfigError, printable
+from wsl.errors import ConfigError, ZooFormatError, printable
+from wsl.evaluate.accuracy import BatchNormInputs, has_batchnorm, load_weights
+from wsl.landscape.batchnorm import batchnorm_layers
 from wsl.generators.generator_run import GeneratorRun, load_run
 from wsl.generators.limits import MAX_BATCH_BYTES, MAX_SAMPLES
 from wsl.generators.schema import SampleConfig
 from wsl.schema import is_int, positive
 from wsl.zoo import ShardWriter, Zoo, merge_index
-from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, LOCK_FILE, MODEL_DIR, SHARD_DIR
+from wsl.zoo.format import ANNOTATION_DIR, INDEX_FILE, LOCK_FILE, MODEL_DIR, SHARD_DIR, check_stored_dataset
 from wsl.zoo.table import read_table
 
 log = logging.getLogger("wsl.generators")
@@ -79,6 +87,78 @@ def sample_weights(run: GeneratorRun, n: int, **kw) -> torch.Tensor:
     return run.representation.decode(sample_vectors(run, n, **kw))
 
 
+def train_split(run: GeneratorRun):
+    """The dataset the run's zoo was trained on (its exact splits), rebuilt from the run's record and
+    checked against the fingerprint the run stored: refused when the data on this machine differ."""
+    from wsl.data import load_dataset
+
+    cfg = run.zoo.get("dataset")
+    where = f"{printable(run.path)}: key zoo.dataset"
+    if not isinstance(cfg, dict) or not cfg.get("name"):
+        raise ZooFormatError(f"{where} records no dataset; the BatchNorm statistics of sampled nets are re-estimated "
+                             "on its train split")
+    check_stored_dataset(cfg, where)
+    task = load_dataset(**{k: cfg[k] for k in ("name", "root", "train_fraction", "subset_seed", "split_seed",
+                                               "val_fraction", "test_fraction") if k in cfg})
+    fp = run.zoo.get("dataset_fingerprint")
+    if fp and task.fingerprint() != fp:
+        raise ConfigError(f"{where}: the dataset {printable(cfg)[:200]} read here differs from the one the zoo was "
+                          "trained on (fingerprints differ); BatchNorm statistics must come from the zoo's own train "
+                          "split (check dataset.root and the files)")
+    return task
+
+
+def batchnorm_inputs(run: GeneratorRun, settings=None) -> BatchNormInputs | None:
+    """The train inputs the statistics of the run's nets are re-estimated on (settings: a BatchNormConfig,
+    default its defaults); None for nets without BatchNorm."""
+    from wsl.evaluate.schema import BatchNormConfig
+    from wsl.nets import build_net
+
+    with torch.device("meta"):
+        if not has_batchnorm(build_net(run.arch)):
+            return None
+    s = settings or BatchNormConfig()
+    return BatchNormInputs.of_split(train_split(run).x_train, s.batch_size, s.batches, s.seed)
+
+
+class CompleteNets:
+    """Sampled weights -> complete state dicts: the parameters as sampled, then (nets with BatchNorm) the
+    running statistics re-estimated on train inputs `bn`; every tensor the architecture has."""
+
+    def __init__(self, run: GeneratorRun, bn: BatchNormInputs | None):
+        from wsl.nets import build_net
+
+        self.net, self.bn, self.layout = build_net(run.arch), bn, run.representation.layout
+        rest = set(self.net.state_dict()) - set(self.layout.names)  # tensors the generator does not make
+        stats = {f"{name}.{b}" for name, m in self.net.named_modules() if m in batchnorm_layers(self.net)
+                 for b, _ in m.named_buffers(recurse=False)}
+        if rest - stats:
+            raise ConfigError(f"the nets of {printable(run.path)} have tensors the generator does not make "
+                              f"({sorted(rest - stats)[:3]}) that are not BatchNorm statistics: a sampled net "
+                              "cannot be completed")
+        if rest and bn is None:
+            raise ConfigError("nets with BatchNorm need the train inputs to re-estimate their statistics")
+
+    @torch.no_grad()
+    def __call__(self, weights: dict) -> dict:
+        if self.bn is None:
+            return weights
+        load_weights(self.net, weights)
+        self.bn.apply(self.net)
+        return {k: v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
+
+    def provenance(self) -> dict:
+        """Flat index columns recording the re-estimation (empty without BatchNorm)."""
+        if self.bn is None:
+            return {}
+        d = self.bn.describe()
+        out = {"bn_split": d["split"], "bn_inputs": d["inputs"], "bn_batches": d["batches"],
+               "bn_batch_size": d["batch_size"]}
+        if d["subset_seed"] is not None:
+            out["bn_subset_seed"] = d["subset_seed"]
+        return out
+
+
 def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
     """Refuse an output zoo that holds anything but this generator run's own samples, before any work: the
     training zoo (or a copy of it, or any zoo of trained nets), a zoo of another architecture or dataset, a
@@ -131,8 +211,9 @@ class _SampleSink:
 
     def __init__(self, run: GeneratorRun, zoo_path, seed: int, condition: dict | None = None, guidance: float = 1.0,
                  steps: int | None = None, job_id: str | None = None, zoo_name: str | None = None,
-                 config: dict | None = None, batch_size: int | None = None):
+                 config: dict | None = None, batch_size: int | None = None, bn: BatchNormInputs | None = None):
         self.run, self.condition = run, dict(condition or {})
+        self.complete = CompleteNets(run, bn)
         self.root = Path(zoo_path).expanduser().resolve()
         run_name = re.sub(r"[^A-Za-z0-9._=-]", "-", Path(run.path).name if run.path else "").strip(".-")[:120]
         self.job_id = job_id or f"gen-{run_name or 'generator'}-s{int(seed)}"
@@ -144,6 +225,7 @@ class _SampleSink:
                            "source_zoo": run.zoo.get("path", "")}
         if batch_size is not None:  # the noise of a sample depends on it (sample_vectors)
             self.provenance["sample_batch_size"] = int(batch_size)
+        self.provenance.update(self.complete.provenance())  # BatchNorm statistics: train inputs, batches
         # index columns are HDF5 paths: condition key 'landscape/trace' -> column cond_landscape_trace
         self.cond = {f"cond_{re.sub(r'[^A-Za-z0-9_]', '_', k)}": float(v) for k, v in self.condition.items()}
         stored = {"dataset": run.zoo.get("dataset"), "generator": {**self.provenance, "condition": self.condition},
@@ -171,7 +253,8 @@ class _SampleSink:
 
     def write(self, flat: torch.Tensor, indices) -> None:
         """Write and commit the checkpoints and rows of nets flat [k, N] with sample indices `indices`."""
-        for i, sd in zip(indices, self.run.representation.state_dicts(flat)):
+        for i, weights in zip(indices, self.run.representation.state_dicts(flat)):
+            sd = self.complete(weights)  # + BatchNorm statistics re-estimated on the train split
             mid = self.model_id(int(i))
             meta = {"provenance": json.dumps({**self.provenance, "sample_index": int(i), "condition": self.condition},
                                              sort_keys=True)}
@@ -182,10 +265,13 @@ class _SampleSink:
 
 def write_sample_zoo(run: GeneratorRun, flat: torch.Tensor, zoo_path, seed: int, condition: dict | None = None,
                      guidance: float = 1.0, steps: int | None = None, job_id: str | None = None,
-                     zoo_name: str | None = None, config: dict | None = None, first: int = 0) -> Path:
+                     zoo_name: str | None = None, config: dict | None = None, first: int = 0,
+                     batchnorm=None) -> Path:
     """Write sampled nets flat [n, N] (sample indices first .. first+n-1) as a zoo (status "sampled", one
-    checkpoint each) and commit them. Returns the zoo path."""
-    sink = _SampleSink(run, zoo_path, seed, condition, guidance, steps, job_id, zoo_name, config)
+    checkpoint each) and commit them. Nets with BatchNorm get statistics re-estimated on the train split
+    (batchnorm: a BatchNormConfig; default its defaults). Returns the zoo path."""
+    sink = _SampleSink(run, zoo_path, seed, condition, guidance, steps, job_id, zoo_name, config,
+                       bn=batchnorm_inputs(run, batchnorm))
     sink.write(flat, range(first, first + len(flat)))
     return sink.root
 
@@ -200,7 +286,9 @@ def _check_room(run: GeneratorRun, sink: "_SampleSink", n: int) -> set[int]:
     # one net on disk: its float32 checkpoint (tensors, a header of ~100 bytes per tensor plus the arch and
     # provenance JSON) rounded up to whole 4 KiB blocks, and its index rows (in the shard and in the merged index)
     layout, row = run.representation.layout, len(json.dumps(sink.hparams(0)))
-    ckpt = 4 * layout.numel + 100 * len(layout.entries) + 2 * row + len(json.dumps(run.arch)) + 512
+    buffers = [v for k, v in sink.complete.net.state_dict().items() if k not in set(layout.names)]  # BatchNorm's
+    ckpt = (4 * layout.numel + sum(8 * v.numel() for v in buffers) + 100 * (len(layout.entries) + len(buffers))
+            + 2 * row + len(json.dumps(run.arch)) + 512)
     per_net = -(-ckpt // 4096) * 4096 + 2 * (row + 512)
     room = f"each net takes about {_size(per_net)} on disk and {printable(where)} has {_size(free)} free " \
            f"(room for about {free // per_net:,} nets)"
@@ -241,8 +329,11 @@ def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
                           f"{_size(per_net * min(batch_size, n))} in memory; at most {_size(MAX_BATCH_BYTES)} "
                           f"(lower batch_size to {max(1, MAX_BATCH_BYTES // per_net)} or less)")
     check_target_zoo(run, job.zoo.path)
+    bn = batchnorm_inputs(run, job.batchnorm)  # the train split (nets with BatchNorm), before anything is written
+    if bn is not None:
+        log.info("BatchNorm statistics of every sampled net: re-estimated on %s", bn.text())
     sink = _SampleSink(run, job.zoo.path, seed, job.condition, job.guidance, steps, job_id=job.job_id,
-                       zoo_name=job.zoo.name, config=config, batch_size=batch_size)
+                       zoo_name=job.zoo.name, config=config, batch_size=batch_size, bn=bn)
     # each batch is committed (shard + index) once written: a killed run loses at most the batch in progress,
     # and a rerun of the same draw skips every net already committed, without drawing it again
     done = _check_room(run, sink, n)

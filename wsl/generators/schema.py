@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from wsl import schema
+from wsl.evaluate.schema import BatchNormConfig
 from wsl.generators.limits import MAX_DEPTH, MAX_PARAMS, MAX_SAMPLER_STEPS, MAX_TIMESTEPS, MAX_WIDTH
 from wsl.schema import MISSING, FieldError, fail, target_schema
 from wsl.trainer import check_device, check_trainer
@@ -282,6 +283,7 @@ class SampleConfig:
     device: str = "cpu"
     threads: Optional[int] = None
     zoo: SampleZoo = field(default_factory=SampleZoo)
+    batchnorm: BatchNormConfig = field(default_factory=BatchNormConfig)  # statistics of sampled BatchNorm nets
     job_id: Optional[str] = None  # shard name; default: gen-<run dir name>-s<seed>
     logger: Any = None
 
