@@ -40,7 +40,8 @@ def _fit_population(factory, data, members, optimizer, schedule="cosine"):
 
 
 def _fit_solo(factory, data, m, optimizer, schedule="cosine"):
-    net = _init(factory, m.seed_init)
+    """The same member trained alone: torch.optim, train mode (BatchNorm updates its own statistics)."""
+    net = _init(factory, m.seed_init).train()
     opt = {"sgd": lambda: torch.optim.SGD(net.parameters(), lr=m.lr, momentum=0.9, weight_decay=m.weight_decay),
            "adam": lambda: torch.optim.Adam(net.parameters(), lr=m.lr, weight_decay=m.weight_decay),
            "adamw": lambda: torch.optim.AdamW(net.parameters(), lr=m.lr, weight_decay=m.weight_decay)}[optimizer]()
@@ -55,7 +56,7 @@ def _fit_solo(factory, data, m, optimizer, schedule="cosine"):
             loss.backward()
             opt.step()
             sched.step()
-    return net
+    return net.eval()
 
 
 @pytest.mark.parametrize("optimizer,lrs,factory", [

@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from test_population import _fit_solo, _init
 from wsl.data import load_dataset
 from wsl.nets import CNN
 from wsl.nets.resnet import ResNet
-from wsl.population import (PopulationBatchSampler, PopulationModule, make_members, member_epoch_order,
+from wsl.population import (PopulationBatchSampler, PopulationModule, make_members,
                             stack_state_dicts)
 from wsl.population.functional import population_forward, population_loss, population_outputs, skeleton
 from wsl.population.sampler import IndexDataset
-from wsl.population.schedules import lr_factor
 
 E, B = 2, 128
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -40,11 +40,6 @@ def cnn_bn():
     return CNN((1, 8, 8), 10, width=4, depth=2, norm="batch")
 
 
-def _init(factory, seed):
-    torch.manual_seed(seed)
-    return factory()
-
-
 def _fit_population(factory, data, members, optimizer, schedule="cosine", init=None):
     nets = [_init(factory, m.seed_init) for m in members]
     state = stack_state_dicts([x.state_dict() for x in nets])
@@ -57,25 +52,6 @@ def _fit_population(factory, data, members, optimizer, schedule="cosine", init=N
     L.Trainer(max_epochs=E, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, use_distributed_sampler=False, accelerator="cpu").fit(mod, dl)
     return mod
-
-
-def _fit_solo(factory, data, m, optimizer, schedule="cosine"):
-    """The same member trained alone: torch.optim, train mode (BatchNorm updates its own statistics)."""
-    net = _init(factory, m.seed_init).train()
-    opt = {"sgd": lambda: torch.optim.SGD(net.parameters(), lr=m.lr, momentum=0.9, weight_decay=m.weight_decay),
-           "adam": lambda: torch.optim.Adam(net.parameters(), lr=m.lr, weight_decay=m.weight_decay)}[optimizer]()
-    n = data.x_train.shape[0]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, E * -(-n // B)))
-    for e in range(E):
-        order = member_epoch_order(m.seed_data, e, n)
-        for s in range(0, n, B):
-            i = order[s : s + B]
-            loss = F.cross_entropy(net(data.x_train[i]), data.y_train[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return net.eval()
 
 
 def _assert_member_equals(pop, k, solo):
