@@ -260,8 +260,10 @@ def wsl_zoo(*args, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
 
 
-TINY = ["net=cnn", "net.width=4", "net.depth=2", "population.size=2", "train.epochs=1", "train.batch_size=16",
-        "logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu"]
+QUIET = ["population.size=2", "train.epochs=1", "train.batch_size=16", "logger=none", "progress_refresh_rate=0",
+         "trainer.accelerator=cpu"]
+TINY = ["net=cnn", "net.width=4", "net.depth=2", *QUIET]
+TINY_RESNET = ["net=resnet", "net.width=2", "net.depth=1", *QUIET]  # BatchNorm, projection shortcuts on 32x32
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
@@ -273,7 +275,8 @@ def test_wsl_zoo_trains_on_the_files(tmp_path, name):
         make_cifar(tmp_path / "data" / "cifar-10-batches-bin", seed=5)
         shape = [3, 32, 32]
     zoo = tmp_path / "zoo"
-    p = wsl_zoo(f"dataset={name}", f"dataset.root={tmp_path / 'data'}", f"zoo.path={zoo}", *TINY, cwd=tmp_path)
+    net = TINY if name == "mnist" else TINY_RESNET  # the issue's `wsl-zoo net=resnet dataset=cifar10 dataset.root=...`
+    p = wsl_zoo(f"dataset={name}", f"dataset.root={tmp_path / 'data'}", f"zoo.path={zoo}", *net, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     from wsl.zoo.reader import Zoo
 
@@ -282,6 +285,9 @@ def test_wsl_zoo_trains_on_the_files(tmp_path, name):
     data = z.training_data()  # the zoo records dataset.root: its data rebuilds from the same files
     assert list(data.input_shape) == shape and data.x_test.shape[0] == (N_TEST if name == "mnist" else 8)
     assert data.fingerprint() == load_dataset(name, root=str(tmp_path / "data"), val_fraction=0.1).fingerprint()
+    if name == "cifar10":
+        sd = z.state_dict(z.ids[0])
+        assert z.arch(z.ids[0])["name"] == "resnet" and "stages.2.0.shortcut.bn.running_var" in sd
 
 
 def test_wsl_zoo_missing_root_is_one_line_exit_2(tmp_path):
