@@ -113,7 +113,7 @@ def main() -> None:
     if args.net == "resnet":
         return bench_resnet(args)
 
-    zoo_path, out = Path(args.zoo or ROOT / "zoos" / "bench_generators_mlp_digits"), Path(args.out)
+    zoo_path, out = Path(args.zoo or ROOT / "zoos" / "bench_generators_mlp_digits"), Path(args.out).resolve()
     if not (zoo_path / "index.h5").exists():
         build_zoo(zoo_path, args.members or 256, args.epochs or 15)
     ref = Zoo(zoo_path)
@@ -257,7 +257,7 @@ def bench_resnet(args) -> None:
 
     t_all = time.perf_counter()
     zoo_path = Path(args.zoo or ROOT / "zoos" / f"bench_generators_resnet{args.width}_digits")
-    out = Path(args.out) / "resnet"
+    out = Path(args.out).resolve() / "resnet"
     if not (zoo_path / "index.h5").exists():
         t = time.perf_counter()
         build_zoo(zoo_path, args.members or 64, args.epochs or 6,
