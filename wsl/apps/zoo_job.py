@@ -23,6 +23,7 @@ import torch
 from wsl.apps.config import stored
 from wsl.errors import ConfigError, WslError
 from wsl.nets import build_net
+from wsl.nets.schema import data_info
 from wsl.population.functional import stack_state_dicts
 from wsl.population.members import Member, derive_seed, make_members
 from wsl.population.schema import ZooJobConfig
@@ -105,7 +106,7 @@ def checkpoint_schedule(job: ZooJobConfig) -> set[int]:
 def init_member(job: ZooJobConfig, data, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_net(job.net.arch(data.input_shape, data.num_classes))
+        return build_net(job.net.arch(data.input_shape, data.num_classes, data_info(data)))
 
 
 def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) -> Path:

@@ -16,7 +16,7 @@ from wsl import schema
 from wsl.data.schema import MAX_SEED, ClassificationDatasetConfig, DatasetConfig
 from wsl.errors import ConfigError
 from wsl.landscape.schema import LandscapeConfig
-from wsl.nets.schema import NETS, MLPConfig, NetConfig
+from wsl.nets.schema import NETS, MLPConfig, NetConfig, data_info
 from wsl.schema import fail
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -150,6 +150,7 @@ class ZooJobConfig:
     def _check_net_reads_dataset(self) -> None:
         net, data, kind = self.net.name, self.dataset.name, self.dataset.kind
         if kind in self.net.reads:
+            self.net.arch(*self.dataset.shape(), data_info(self.dataset))  # token ids: a transformer only
             return
         fits = sorted(n.name for n in NETS if kind in n.reads)
         if net == "siren":
@@ -186,7 +187,7 @@ class ZooJobConfig:
         fix = "lower @net.width, @net.depth or @population.size"
         if floor > mem:
             fail(f"{where}: {nets} nets need more than {gb(floor)}, more than this machine's {gb(mem)} of memory; {fix}")
-        fp = footprint(self.net.arch(*self.dataset.shape()))
+        fp = footprint(self.net.arch(*self.dataset.shape(), data_info(self.dataset)))
         if fp is None:
             return
         weights = fp.parameters * 8 + fp.buffers * 4
@@ -285,7 +286,9 @@ def net_footprint(net, in_shape) -> Footprint:
     params = sum(p.numel() for p in net.parameters())
     buffers = sum(b.numel() for b in net.buffers())
     outputs: list[int] = []
-    x = torch.empty(1, *in_shape, device="meta")
+    vocab = getattr(net, "vocab", None)  # token ids (a transformer on text): integer inputs
+    x = (torch.zeros(1, *in_shape, dtype=torch.long, device="meta") if vocab is not None
+         else torch.empty(1, *in_shape, device="meta"))
     try:
         meta = copy.deepcopy(net).to("meta").eval()
         for m in meta.modules():
