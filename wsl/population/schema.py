@@ -149,9 +149,16 @@ class ZooJobConfig:
 
     def _check_net_reads_dataset(self) -> None:
         net, data, kind = self.net.name, self.dataset.name, self.dataset.kind
-        if kind in self.net.reads:
+        if kind in net_reads(type(self.net)):
+            self._check_tokens()
             return
-        fits = sorted(n.name for n in NETS if kind in n.reads)
+        fits = sorted(n.name for n in NETS if kind in net_reads(n))
+        use = f"use net={' or net='.join(fits)}" if fits else "no net reads it yet"
+        if kind == "lm":
+            fail(f"net={net} with dataset={data}: next-token prediction needs a causal sequence model that "
+                 f"reads token ids; {use}")
+        if kind == "pinn":
+            fail(f"net={net} with dataset={data}: a physics-informed net maps coordinates (x, t) to u; {use}")
         if net == "siren":
             fail(f"net=siren with dataset={data}: a SIREN is an implicit neural representation (coordinates -> "
                  f"values) and is fitted to an INR dataset (dataset=digits_inr); dataset={data} is a "
@@ -161,6 +168,12 @@ class ZooJobConfig:
                  f"net={net} cannot read; use net={' or net='.join(fits)}")
         fail(f"net={net} with dataset={data}: net={net} is not trained on classification datasets; "
              f"use net={' or net='.join(fits)}")
+
+    def _check_tokens(self) -> None:
+        """Token ids (dataset=modular, dataset=text) are read by nets that embed them (net=transformer)."""
+        if self.dataset.data_info()["vocab_size"] is not None and self.net.name != "transformer":
+            fail(f"net={self.net.name} reads float inputs; dataset={self.dataset.name} gives token ids: "
+                 "use net=transformer")
 
     def _check_trainer(self) -> None:
         """Only ZOO_TRAINER_KEYS may be given under `trainer:`; devices and accelerator must exist here."""
@@ -205,6 +218,13 @@ class ZooJobConfig:
             fail(f"{where}: {nets} nets need about {gb(need)} ({fp.parameters} parameters per net, and the "
                  f"activations of {step} of {key}={getattr(t, key[7:])} samples per net), more than this machine's "
                  f"{gb(mem)} of memory; {fix}, or {key}")
+
+
+def net_reads(net_schema: type) -> tuple[str, ...]:
+    """The kinds of data a net schema reads. A net that fits coordinates -> values (kind "inr": MLP, SIREN)
+    also serves as a physics-informed net (kind "pinn": coordinates (x, t) -> u)."""
+    reads = tuple(net_schema.reads)
+    return reads + ("pinn",) if "inr" in reads and "pinn" not in reads else reads
 
 
 def memory_bytes() -> int:
