@@ -145,7 +145,7 @@ def test_schemas_know_the_shapes_and_rebuild_gives_the_same_data(tmp_path):
                  ConvectionDatasetConfig(beta=5.0, collocation=50, test_nx=8, test_nt=4)):
         d = node.load()
         assert (tuple(d.input_shape), d.num_classes) == tuple(node.shape())
-        assert node.data_info() == {"vocab_size": d.vocab_size, "causal": d.causal}
+        assert (node.vocab_size, node.causal) == (d.vocab_size, d.causal)
         assert d.kind == node.kind
         assert rebuild_dataset(asdict(node)).fingerprint() == d.fingerprint()
     with pytest.raises(ConfigError, match="load_task_dataset"):

@@ -66,13 +66,20 @@ def text_data():
     return load_task_dataset("text", context=8, max_chars=3000)
 
 
-def test_lm_member_equals_solo_training(text_data):
+def _transformer(d, **kw):
+    from wsl.nets import Transformer
+
+    return Transformer(d.input_shape, d.num_classes, width=8, depth=1, heads=2, vocab=d.vocab_size, causal=d.causal, **kw)
+
+
+@pytest.mark.parametrize("model", ["token", "transformer"])
+def test_lm_member_equals_solo_training(text_data, model):
     d, E, B = text_data, 2, 64
     members = make_members(2, [0.03, 0.01], 1e-4, seed=3)
 
     def make(seed):
         torch.manual_seed(seed)
-        return TokenModel(d.vocab_size)
+        return TokenModel(d.vocab_size) if model == "token" else _transformer(d)
 
     pop = _fit_population([make(m.seed_init) for m in members], d, members, E, B)
     for k, m in enumerate(members):
@@ -186,3 +193,34 @@ def test_diverged_pinn_member_is_frozen_and_others_go_on(pinn_data):
     assert pop.alive.tolist() == [True, False] and int(pop.diverged_epoch[1]) >= 0
     metrics = pop.evaluate("test")
     assert all(torch.isnan(v[1]) and torch.isfinite(v[0]) for v in metrics)
+
+
+def test_transformer_on_modular_member_equals_solo_training():
+    """Token triples (a, b, "=") through the classification kind: the answer read at the last position."""
+    d, E, B = load_task_dataset("modular", p=11, train_fraction=0.5), 2, 16
+    members = make_members(2, [0.01, 0.003], 0.1, seed=2)
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return _transformer(d)
+
+    pop = _fit_population([make(m.seed_init) for m in members], d, members, E, B, optimizer="adamw")
+    for k, m in enumerate(members):
+        net = make(m.seed_init)
+        opt = torch.optim.AdamW(net.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+        n = d.x_train.shape[0]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor("cosine", E * -(-n // B)))
+        for e in range(E):
+            order = member_epoch_order(m.seed_data, e, n)
+            for s in range(0, n, B):
+                i = order[s : s + B]
+                loss = F.cross_entropy(net(d.x_train[i]), d.y_train[i])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        for name, v in net.state_dict().items():
+            torch.testing.assert_close(pop.member_state_dict(k)[name], v, atol=2e-5, rtol=1e-4)
+        with torch.no_grad():
+            acc = (net(d.x_test).argmax(-1) == d.y_test).double().mean()
+        assert abs(float(pop.evaluate("test")[1][k]) - float(acc)) < 1e-9

@@ -24,6 +24,7 @@ import torch
 from wsl.apps.config import stored
 from wsl.errors import ConfigError, WslError
 from wsl.nets import build_net
+from wsl.nets.schema import data_info
 from wsl.population.functional import stack_state_dicts
 from wsl.population.members import Member, derive_seed, make_members
 from wsl.population.schema import ZooJobConfig
@@ -108,7 +109,7 @@ def checkpoint_schedule(job: ZooJobConfig) -> set[int]:
 def init_member(job: ZooJobConfig, data, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_net(job.net.arch(data.input_shape, data.num_classes))
+        return build_net(job.net.arch(data.input_shape, data.num_classes, data_info(data)))
 
 
 def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) -> Path:
@@ -177,8 +178,8 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
                    "loss": "mse", "init": config["inr"]["init"], "steps": t.epochs * steps}
     else:
         data_hp = d.hparams()
-    if data.kind == "lm":  # the vocabulary (id -> character) and the exact corpus
-        data_hp.update(vocab=data.vocab, corpus_sha256=data.info["corpus_sha256"])
+    if data.kind == "lm":  # the vocabulary (characters[id]; the net's arch holds its size, `vocab`) and the corpus
+        data_hp.update(characters=data.vocab, corpus_sha256=data.info["corpus_sha256"])
     shared = {**data_hp, "net": arch["name"], "n_params": sum(p.numel() for p in probe.parameters()), **net_hp,
               "batch_size": t.batch_size, "epochs": t.epochs, "optimizer": t.optimizer, "momentum": t.momentum,
               "schedule": t.schedule, "warmup_epochs": t.warmup_epochs, "population_seed": job.population.seed}

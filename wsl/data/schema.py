@@ -46,10 +46,16 @@ class DatasetConfig:
         """(input shape, outputs) of the nets that fit this data."""
         return SHAPES[self.name]
 
-    def data_info(self) -> dict:
-        """What a net reading this data needs besides its shapes: the token vocabulary's size (None:
-        float inputs) and whether it predicts at every position (causal)."""
-        return {"vocab_size": None, "causal": False}
+    @property
+    def vocab_size(self) -> int | None:
+        """The number of token ids of the inputs (None: float inputs), known before the data is loaded
+        (what wsl.nets.schema.data_info reads, as off the data object itself)."""
+        return None
+
+    @property
+    def causal(self) -> bool:
+        """Whether a net predicts at every position (next-token prediction)."""
+        return False
 
     def hparams(self) -> dict:
         """The dataset's columns in every row of the zoo index (the load axis among them)."""
@@ -171,8 +177,9 @@ class ModularDatasetConfig(DatasetConfig):
     def shape(self):
         return (3,), self.p
 
-    def data_info(self) -> dict:
-        return {"vocab_size": self.p + 1, "causal": False}
+    @property
+    def vocab_size(self) -> int:
+        return self.p + 1
 
     def hparams(self) -> dict:
         return {"dataset": self.name, "p": self.p, "op": self.op, "train_fraction": self.train_fraction,
@@ -227,8 +234,13 @@ class TextDatasetConfig(DatasetConfig):
     def shape(self):
         return (self.context,), self._vocab_size
 
-    def data_info(self) -> dict:
-        return {"vocab_size": self._vocab_size, "causal": True}
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def causal(self) -> bool:
+        return True
 
     def hparams(self) -> dict:
         return {"dataset": self.name, "context": self.context, "train_fraction": self.train_fraction,

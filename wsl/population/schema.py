@@ -16,7 +16,7 @@ from wsl import schema
 from wsl.data.schema import MAX_SEED, ClassificationDatasetConfig, DatasetConfig
 from wsl.errors import ConfigError
 from wsl.landscape.schema import LandscapeConfig
-from wsl.nets.schema import NETS, MLPConfig, NetConfig
+from wsl.nets.schema import NETS, MLPConfig, NetConfig, data_info
 from wsl.schema import fail
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -150,7 +150,7 @@ class ZooJobConfig:
     def _check_net_reads_dataset(self) -> None:
         net, data, kind = self.net.name, self.dataset.name, self.dataset.kind
         if kind in net_reads(type(self.net)):
-            self._check_tokens()
+            self.net.arch(*self.dataset.shape(), data_info(self.dataset))  # token ids: a transformer only
             return
         fits = sorted(n.name for n in NETS if kind in net_reads(n))
         use = f"use net={' or net='.join(fits)}" if fits else "no net reads it yet"
@@ -168,12 +168,6 @@ class ZooJobConfig:
                  f"net={net} cannot read; use net={' or net='.join(fits)}")
         fail(f"net={net} with dataset={data}: net={net} is not trained on classification datasets; "
              f"use net={' or net='.join(fits)}")
-
-    def _check_tokens(self) -> None:
-        """Token ids (dataset=modular, dataset=text) are read by nets that embed them (net=transformer)."""
-        if self.dataset.data_info()["vocab_size"] is not None and self.net.name != "transformer":
-            fail(f"net={self.net.name} reads float inputs; dataset={self.dataset.name} gives token ids: "
-                 "use net=transformer")
 
     def _check_trainer(self) -> None:
         """Only ZOO_TRAINER_KEYS may be given under `trainer:`; devices and accelerator must exist here."""
@@ -199,7 +193,7 @@ class ZooJobConfig:
         fix = "lower @net.width, @net.depth or @population.size"
         if floor > mem:
             fail(f"{where}: {nets} nets need more than {gb(floor)}, more than this machine's {gb(mem)} of memory; {fix}")
-        fp = footprint(self.net.arch(*self.dataset.shape()))
+        fp = footprint(self.net.arch(*self.dataset.shape(), data_info(self.dataset)))
         if fp is None:
             return
         weights = fp.parameters * 8 + fp.buffers * 4
@@ -305,7 +299,9 @@ def net_footprint(net, in_shape) -> Footprint:
     params = sum(p.numel() for p in net.parameters())
     buffers = sum(b.numel() for b in net.buffers())
     outputs: list[int] = []
-    x = torch.empty(1, *in_shape, device="meta")
+    vocab = getattr(net, "vocab", None)  # token ids (a transformer on text): integer inputs
+    x = (torch.zeros(1, *in_shape, dtype=torch.long, device="meta") if vocab is not None
+         else torch.empty(1, *in_shape, device="meta"))
     try:
         meta = copy.deepcopy(net).to("meta").eval()
         for m in meta.modules():
