@@ -62,3 +62,27 @@ def test_vit_zoo_trains_and_wsl_align_aligns_it(vits, tmp_path):
     assert after.mean() <= before.mean() + 1e-9, (before, after)
     l2b, l2a = np.asarray(cols["l2_before"])[others], np.asarray(cols["l2_after"])[others]
     assert (l2a < l2b).all(), (l2b, l2a)
+
+
+@pytest.mark.parametrize("data", [["dataset=modular", "dataset.p=11", "train.epochs=3"],
+                                  ["dataset=text", "dataset.max_chars=20000", "dataset.context=16", "train.epochs=1"]],
+                         ids=["modular", "text"])
+def test_align_token_zoos(data, tmp_path):
+    """Token transformers (the answer at the last position; a causal language model): aligned copies compute
+    the same logits at every position, and the barrier to the reference does not grow."""
+    from wsl.align import AlignConfig, align_zoo
+    from wsl.zoo.schema import ZooPath
+
+    source = Zoo(make_zoo(tmp_path / "src", ["net=transformer", "net.width=8", "net.heads=2", "net.depth=1",
+                                             "population.size=2", *data]))
+    arch = source.arch(source.ids[0])
+    assert arch["vocab"] is not None and arch["causal"] == (data[0] == "dataset=text")
+    new = Zoo(align_zoo(AlignConfig(zoo=ZooPath(str(source.path)), out=str(tmp_path / "aligned"))))
+    x = source.training_data().x_test[:64]
+    for m in source.ids:
+        with torch.no_grad():
+            assert torch.allclose(source.load_model(m)(x), new.load_model(m)(x), atol=1e-5, rtol=0), m
+    cols = new.annotation("alignment")["columns"]
+    other = [i for i, m in enumerate(new.ids) if m != source.ids[0]]
+    before, after = np.asarray(cols["barrier_before"])[other], np.asarray(cols["barrier_after"])[other]
+    assert np.isfinite(before).all() and (after <= before + 1e-9).all(), (before, after)
