@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -86,3 +87,20 @@ def test_align_token_zoos(data, tmp_path):
     other = [i for i, m in enumerate(new.ids) if m != source.ids[0]]
     before, after = np.asarray(cols["barrier_before"])[other], np.asarray(cols["barrier_after"])[other]
     assert np.isfinite(before).all() and (after <= before + 1e-9).all(), (before, after)
+
+
+@pytest.mark.parametrize("encoder", ["flat", "graph"])
+def test_wsl_train_encoder_reads_a_vit_zoo(encoder, tmp_path):
+    """wsl-train-encoder's experiment on a ViT zoo of 8 cells: the flattened-weights MLP trains with the
+    permutation augmentation (block permutations drawn from the space's spec), the graph encoder reads the
+    attention sets."""
+    from test_encoders_app import config
+    from wsl.encoders.experiment import read_space, run_experiment
+
+    zoo = Zoo(make_zoo(tmp_path / "vit", [*VIT[:6], "population.size=8", "train.epochs=1", "train.optimizer=adam",
+                                          "train.lr=[0.02,0.01,0.005,0.003,0.002,0.001,0.0005,0.0002]"]))
+    space = read_space(zoo, zoo.ids)
+    assert space.spec.heads == zoo.permutation_spec(zoo.ids[0]).heads
+    df = run_experiment(config(f"zoo.path={zoo.path}", f"encoder={encoder}", "seeds=[0]", "trainer.max_epochs=2",
+                               "split.fractions=[0.5,0.25,0.25]"), tmp_path / "out")
+    assert df.loc[0, "params"] > 0 and pd.notna(df.loc[0, "test/r2"])
