@@ -238,7 +238,8 @@ def test_bad_options_are_one_line_naming_the_key():
         Transformer([5], 3, vocab=4, width=8, heads=2, mlp_ratio=0.5)
     with pytest.raises(ConfigError, match="causal attention is for token sequences"):
         Transformer([1, 8, 8], 3, width=8, heads=2, causal=True)
-    with pytest.raises(ConfigError, match=r"^net=mlp reads float inputs; dataset=text gives token ids: use net=transformer$"):
+    with pytest.raises(ConfigError,
+                       match=r"^net=mlp reads float inputs; dataset=text gives token ids: use net=transformer$"):
         MLPConfig().arch([64], 65, {"vocab_size": 65, "causal": True, "name": "text"})
     assert MLP([1, 8, 8], 10).arch == build_net(MLPConfig(width=32).arch([1, 8, 8], 10, data_info(object()))).arch
 

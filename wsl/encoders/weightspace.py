@@ -235,9 +235,9 @@ class WeightSpace:
                     raise ConfigError(f"model {mid}: layer {layer!r} has {y} units, model {first_id} has {x}; "
                                       "mixed widths need the padding option (zoo.pad=true)")
                 if ref.sets[m].name in ref.spec.heads:
-                    raise ConfigError(f"model {mid}: layer {layer!r} has {y} units in attention heads, model {first_id} "
-                                      f"has {x}; zoo.pad=true cannot pad heads (zeros at the end would fall into the "
-                                      "last head only): use nets of one width")
+                    raise ConfigError(f"model {mid}: layer {layer!r} has {y} units in attention heads, model "
+                                      f"{first_id} has {x}; zoo.pad=true cannot pad heads (zeros at the end would "
+                                      "fall into the last head only): use nets of one width")
                 sizes[m], padded = max(sizes[m], y), True
         perm_sizes = {s.name: n for s, n in zip(ref.sets, sizes) if not s.fixed}
         shapes = {k: tuple(d if p is None else perm_sizes[p] for p, d in zip(ref.spec.axes[k], shape))

@@ -94,8 +94,9 @@ class Transformer(nn.Module):
     """Embedding (+ learned positions), `depth` pre-LN blocks, final LayerNorm, linear head (module docstring).
 
     Parameters: embed.weight [width, D + T]; blocks.{b}.ln1.{weight, bias}, blocks.{b}.attn.{q, v, o}.{weight,
-    bias}, blocks.{b}.attn.k.weight (keys have no bias: the softmax cancels it), blocks.{b}.ln2.{weight, bias}, blocks.{b}.fc1.{weight, bias} [hidden, width], blocks.{b}.fc2.{weight,
-    bias}; norm.{weight, bias}; head.weight [num_classes, width], head.bias.
+    bias}, blocks.{b}.attn.k.weight (keys have no bias: the softmax cancels it), blocks.{b}.ln2.{weight, bias},
+    blocks.{b}.fc1.{weight, bias} [hidden, width], blocks.{b}.fc2.{weight, bias}; norm.{weight, bias};
+    head.weight [num_classes, width], head.bias.
     """
 
     name = "transformer"
