@@ -32,6 +32,8 @@ NET_CASES = {
     "siren": [dict(in_shape=[2], num_classes=1, width=10, depth=3)],
     "resnet": [dict(in_shape=[1, 8, 8], num_classes=10, width=3, depth=2, stages=2),
                dict(in_shape=[1, 16], num_classes=4, width=3, depth=1, stages=3, norm="none")],
+    # float inputs here (token ids, causal attention: tests/test_transformer.py)
+    "transformer": [dict(in_shape=[1, 8, 8], num_classes=10, width=8, depth=1, heads=2, patch=2)],
 }
 NET_CASES["cnn"].append(dict(in_shape=[1, 12], num_classes=3, width=4, depth=2, norm="batch"))
 CASES = [(name, kw) for name, kws in NET_CASES.items() for kw in kws]
@@ -44,6 +46,8 @@ def _net(name, kw, seed=0):
         for m in net.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.weight.uniform_(0.5, 1.5), m.bias.normal_(), m.running_mean.normal_(), m.running_var.uniform_(0.5, 2)
+            if isinstance(m, torch.nn.LayerNorm):  # likewise (transformers)
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_()
     return net
 
 
@@ -145,7 +149,7 @@ def test_bad_input_names_the_parameter():
         weight_matching(sd, other, spec)
 
 
-@pytest.mark.parametrize("name,kw", CASES[:1] + CASES[2:4] + [c for c in CASES if c[0] in ("siren", "resnet")
+@pytest.mark.parametrize("name,kw", CASES[:1] + CASES[2:4] + [c for c in CASES if c[0] in ("siren", "resnet", "transformer")
                                                                or c[1].get("norm") == "batch"])
 def test_weight_matching_recovers_known_permutation(name, kw):
     net = _net(name, kw)

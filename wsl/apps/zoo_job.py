@@ -1,6 +1,7 @@
 """One wsl-zoo job: train the population its config describes and commit it to the zoo.
 
-Classification datasets: `population.size` members, all trained on the same data. INR datasets
+Classification datasets (modular arithmetic too), language modelling (`dataset=text`) and PDEs
+(`dataset=convection`): `population.size` members, all trained on the same data. INR datasets
 (`dataset=digits_inr net=siren`): every member configuration is fitted to every image (one model
 per image and member: images x population.size nets), member i's targets being image i; the
 index row holds the image's `label` and `image_index`, and the SIREN recipe goes into the stored
@@ -23,6 +24,7 @@ import torch
 from wsl.apps.config import stored
 from wsl.errors import ConfigError, WslError
 from wsl.nets import build_net
+from wsl.nets.schema import data_info
 from wsl.population.functional import stack_state_dicts
 from wsl.population.members import Member, derive_seed, make_members
 from wsl.population.schema import ZooJobConfig
@@ -54,8 +56,10 @@ def job_identity(job: ZooJobConfig) -> str:
              "seed": c["population"]["seed"]}
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     tf = getattr(job.dataset, "train_fraction", None)  # INR datasets have none: every net fits all of its image
+    beta = getattr(job.dataset, "beta", None)  # a PDE's load axis
     return (f"{job.dataset.name}-{job.net.name}-w{job.net.width}-d{job.net.depth}"
-            f"-bs{job.train.batch_size}{'' if tf is None else f'-tf{tf:g}'}-{h}")
+            f"-bs{job.train.batch_size}{'' if tf is None else f'-tf{tf:g}'}{'' if beta is None else f'-beta{beta:g}'}"
+            f"-{h}")
 
 
 @dataclass
@@ -105,7 +109,7 @@ def checkpoint_schedule(job: ZooJobConfig) -> set[int]:
 def init_member(job: ZooJobConfig, data, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_net(job.net.arch(data.input_shape, data.num_classes))
+        return build_net(job.net.arch(data.input_shape, data.num_classes, data_info(data)))
 
 
 def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) -> Path:
@@ -173,8 +177,9 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
         data_hp = {"dataset": data.name, "subset_seed": d.subset_seed, "shared_init": bool(data.shared_init),
                    "loss": "mse", "init": config["inr"]["init"], "steps": t.epochs * steps}
     else:
-        data_hp = {"dataset": data.name, "train_fraction": d.train_fraction, "subset_seed": d.subset_seed,
-                   "split_seed": d.split_seed}
+        data_hp = d.hparams()
+    if data.kind == "lm":  # the vocabulary (characters[id]; the net's arch holds its size, `vocab`) and the corpus
+        data_hp.update(characters=data.vocab, corpus_sha256=data.info["corpus_sha256"])
     shared = {**data_hp, "net": arch["name"], "n_params": sum(p.numel() for p in probe.parameters()), **net_hp,
               "batch_size": t.batch_size, "epochs": t.epochs, "optimizer": t.optimizer, "momentum": t.momentum,
               "schedule": t.schedule, "warmup_epochs": t.warmup_epochs, "population_seed": job.population.seed}

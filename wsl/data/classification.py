@@ -16,7 +16,8 @@ from wsl.errors import ConfigError
 class ClassificationData:
     """Train/val/test tensors of one classification dataset.
 
-    x_*: [N, C, *spatial] float32 (C=1 for grey images and 1-D signals); y_*: [N] int64.
+    x_*: [N, C, *spatial] float32 (C=1 for grey images and 1-D signals), or [N, T] int64 token ids
+    (`vocab_size` set); y_*: [N] int64.
     `info` holds everything needed to rebuild the same splits (and is stored with every zoo).
     """
 
@@ -29,6 +30,8 @@ class ClassificationData:
     y_test: torch.Tensor
     num_classes: int
     info: dict = field(default_factory=dict)
+    vocab_size: int | None = None  # token inputs (x int64 ids < vocab_size, e.g. dataset=modular); None: float inputs
+    causal: bool = False  # a label per position (next-token prediction) rather than one per sample
     kind: ClassVar[str] = "classification"  # shared data, cross-entropy (wsl.data.digits_inr.INRData: "inr")
 
     @property

@@ -37,6 +37,8 @@ class INRData:
     info: dict = field(default_factory=dict)
     shared_init: bool = True  # recipe: every image's net starts from one initialization (per seed replica)
     value_range: float = 2.0  # values span [-1, 1]: the peak of the PSNR
+    vocab_size: ClassVar = None  # float inputs
+    causal: ClassVar[bool] = False
     kind: ClassVar[str] = "inr"  # per-image targets, mean-squared-error fits (ClassificationData: "classification")
 
     @property

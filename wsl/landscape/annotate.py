@@ -148,7 +148,7 @@ def _annotate_models(ctx: _Context, chunk_size: int, group: str, metric, s: dict
             samples = want[members[0]][1]
             used.update({ss.key: ss for ss in samples.values()})  # the settings name them, computed or not
             net = ctx.net(members[0])
-            why = refusal(metric, net, s, states[members[0]])
+            why = refusal(metric, net, s, states[members[0]], ctx.data(members[0]).kind)
             if why:  # the same for every later run with these settings: stored, not retried
                 log.warning("%s not computed for %d %s models: %s", metric.name, len(members), type(net).__name__, why)
                 for m in members:
@@ -226,7 +226,7 @@ def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used
     first = group[0][1][0]
     net, samples = ctx.net(first), group[0][5]
     result, error = None, ""
-    refused = refusal(metric, net, s, states[first])
+    refused = refusal(metric, net, s, states[first], ctx.data(first).kind)
     if refused:  # the same for every later run with these settings: stored, not retried
         log.warning("%s not computed for %d %s pairs: %s", metric.name, len(a_ids), type(net).__name__, refused)
         refused = f"not computed: {refused}"

@@ -15,13 +15,12 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
 from wsl.errors import ConfigError
 from wsl.landscape.batchnorm import fresh_buffers, has_batchnorm, population_reset_bn_stats, reset_record
-from wsl.population.functional import batches, float_keys, member_loss, population_forward
+from wsl.population.functional import batches, float_keys, member_loss, population_forward, stacked_nll
 
 
 def lerp(a: dict, b: dict, alpha: float) -> dict:
@@ -83,11 +82,11 @@ def path_points(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor, 
     total = torch.zeros(members, dtype=torch.float64, device=x.device)
     correct = torch.zeros(members, dtype=torch.float64, device=x.device)
     for sl in batches(x.shape[0], batch_size):
-        logits = population_forward(model, points, x[sl], shared_input=True)  # [P, n, C]
-        nll = F.cross_entropy(logits.flatten(0, 1), y[sl].repeat(members), reduction="none")
-        total += nll.view(members, -1).double().sum(1)
-        correct += (logits.argmax(-1) == y[sl]).double().sum(1)
-    return PathPoints(total / x.shape[0], correct / x.shape[0], bn)
+        logits = population_forward(model, points, x[sl], shared_input=True)  # [P, n, (T,) C]
+        total += stacked_nll(logits, y[sl]).double().sum(1)
+        correct += (logits.argmax(-1) == y[sl]).flatten(1).double().sum(1)
+    n = max(1, y.numel())  # predictions: samples (x positions, for a label per position)
+    return PathPoints(total / n, correct / n, bn)
 
 
 def path_losses(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor,

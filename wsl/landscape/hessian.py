@@ -25,12 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from wsl.landscape.schema import EIG_METHODS
-from wsl.population.functional import batches, member_loss, num_members
+from wsl.population.functional import batches, member_loss, num_members, stacked_nll
 
 
 class PopulationHVP:
@@ -54,11 +53,12 @@ class PopulationHVP:
         self._graphs = [self._grad_graph(sl) for sl in self.slices] if retain else None
 
     def _grad_graph(self, sl: slice) -> tuple:
-        """Gradient (with its graph) of Σ_p (n_batch / N) · mean CE of member p on the batch."""
+        """Gradient (with its graph) of Σ_p (n_batch / N) · mean CE of member p on the batch (labels y [N],
+        or [N, T]: a label per position, the mean over every position)."""
         xb, yb = self.x[sl], self.y[sl]
         prm = dict(zip(self.names, self.params))
-        logits = vmap(lambda p, b: functional_call(self.net, {**p, **b}, (xb,)))(prm, self.buffers)  # [P, n, C]
-        loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(logits.shape[0]), reduction="sum") / self.x.shape[0]
+        logits = vmap(lambda p, b: functional_call(self.net, {**p, **b}, (xb,)))(prm, self.buffers)  # [P, n, (T,) C]
+        loss = stacked_nll(logits, yb).sum() / self.y.numel()
         return torch.autograd.grad(loss, self.params, create_graph=True)
 
     def __call__(self, v: dict) -> dict:
@@ -88,7 +88,8 @@ def dense_hessian(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor
 
     def loss(theta):
         parts = theta.split([t.numel() for t in params.values()])
-        return member_loss(net, {k: t.view(params[k].shape) for k, t in zip(params, parts)}, x.double(), y, buf)
+        xd = x.double() if x.is_floating_point() else x  # token ids stay integers
+        return member_loss(net, {k: t.view(params[k].shape) for k, t in zip(params, parts)}, xd, y, buf)
 
     return torch.autograd.functional.hessian(loss, flat, vectorize=True)
 

@@ -38,8 +38,19 @@ def missing_running_stats(net, names) -> str:
             f"{' ...' if len(missing) > 3 else ''}), which this metric evaluates the net with")
 
 
-def refusal(metric, net, s: dict, names) -> str:
-    """Why `metric` is not computed for `net` (its state dict keys `names`) with settings s; '' if it is."""
+# what each kind of data (wsl.data) gives the metrics: a cross-entropy loss on labelled samples
+# ("classification"; "lm": a label per position, the mean over every position), or not
+LOSS_KINDS = ("classification", "lm")
+KIND_LOSS = {"inr": "an INR zoo fits each net to its own image (mean squared error)",
+             "pinn": "a physics-informed zoo's loss is a PDE residual with initial and boundary terms"}
+
+
+def refusal(metric, net, s: dict, names, kind: str = "classification") -> str:
+    """Why `metric` is not computed for `net` (its state dict keys `names`) with settings s, on data of
+    `kind`; '' if it is."""
+    if metric.needs_loss and kind not in LOSS_KINDS:
+        return (f"{metric.name} needs a cross-entropy loss on labelled samples; "
+                f"{KIND_LOSS.get(kind, f'data of kind {kind!r} give none')}")
     why = metric.refusal(net, s)
     if not why and metric.uses_running_stats:
         why = missing_running_stats(net, names)
@@ -59,6 +70,7 @@ class Metric:
     scope: str = "model"
     identity: tuple = ()
     uses_running_stats: bool = False  # runs the net in eval mode with the BatchNorm statistics stored with it
+    needs_loss: bool = False  # evaluates the cross-entropy on labelled samples (kinds LOSS_KINDS)
 
     def samples(self, s: dict) -> list[tuple[str, int | None, int]]:
         """(split, num_samples, seed) of every data sample set the metric reads."""
@@ -72,6 +84,7 @@ class Metric:
 
 class _Curvature(Metric):
     uses_running_stats = True  # the Hessian of the eval-mode loss: BatchNorm statistics are constants
+    needs_loss = True
 
     def samples(self, s):
         return [(sp, s["num_samples"], s["sample_seed"]) for sp in s["splits"]]
@@ -159,6 +172,7 @@ class Spectra(Metric):
 
 class _PairMetric(Metric):
     scope = "cell"
+    needs_loss = True  # the loss along a path between replicas
 
     def samples(self, s):  # and train data: BatchNorm statistics are always reset on it
         return [(sp, s["num_samples"], s["sample_seed"]) for sp in dict.fromkeys([s["split"], "train"])]
@@ -197,6 +211,7 @@ class CKA(_PairMetric):
     name = "cka"
     identity = ("split", "num_samples", "sample_seed", "representation", "max_pairs")
     uses_running_stats = True
+    needs_loss = False  # outputs on inputs alone: any kind of data (a PINN's u, a language model's logits)
 
     def refusal(self, net, s):
         if s["representation"] == "features" and not callable(getattr(net, "features", None)):
@@ -209,9 +224,10 @@ class CKA(_PairMetric):
 
     def compute_pairs(self, net, a, b, data, s):
         x, _ = data[s["split"]]
-        oa = population_outputs(net, a, x, s["representation"], s["batch_size"])  # [Q, N, d]
+        oa = population_outputs(net, a, x, s["representation"], s["batch_size"])  # [Q, N, d] or [Q, N, T, d]
         ob = population_outputs(net, b, x, s["representation"], s["batch_size"])
-        return {"value": _np(linear_cka(oa, ob))}
+        # an output per position (a language model): one sample's representation is all of its positions'
+        return {"value": _np(linear_cka(oa.flatten(2), ob.flatten(2)))}
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (HessianEig(), HessianTrace(), Barrier(), ModeConnectivity(),

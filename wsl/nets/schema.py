@@ -1,7 +1,8 @@
 """Schemas of the `net=` group (conf/net/*.yaml): one per architecture, chosen by its `_target_`.
 
-`arch(in_shape, num_classes)` is what `wsl.nets.build_net` builds the net from (the dataset gives
-the shapes); `reads` names the kinds of data (wsl.data.schema) the architecture is trained on."""
+`arch(in_shape, num_classes, data_info)` is what `wsl.nets.build_net` builds the net from (the dataset
+gives the shapes, and in `data_info` what else a net must know of it: `data_info(data)`); `reads` names
+the kinds of data (wsl.data.schema) the architecture is trained on."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ from dataclasses import dataclass, fields
 from typing import ClassVar, Optional
 
 from wsl import schema
-from wsl.schema import MISSING, target_schema
+from wsl.errors import ConfigError
+from wsl.schema import MISSING, fail, target_schema
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "silu", "leaky_relu")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "orthogonal")
 POOLINGS = ("stride", "max", "avg")
 NORMS = ("none", "batch")  # normalization after each conv: none, or BatchNorm (running statistics stored)
+
+
+def data_info(data) -> dict:
+    """What a net must know of its data beyond the shapes, read off a data object or a dataset config:
+    {"vocab_size": the number of token ids (None: float inputs), "causal": next-token prediction at every
+    position, "name": the dataset}. Data without the attributes give float inputs, not causal."""
+    vocab = getattr(data, "vocab_size", None)
+    return {"vocab_size": None if vocab is None else int(vocab), "causal": bool(getattr(data, "causal", False)),
+            "name": str(getattr(data, "name", "this dataset"))}
 
 
 @dataclass
@@ -35,7 +46,16 @@ class NetConfig:
             if hasattr(self, name):
                 schema.choice(self, name, allowed)
 
-    def arch(self, in_shape, num_classes: int) -> dict:
+    def arch(self, in_shape, num_classes: int, data_info: dict | None = None) -> dict:
+        """The net's architecture for data of `in_shape` and `num_classes`; `data_info` (see data_info())
+        says whether the inputs are token ids, which only a transformer reads."""
+        info = data_info or {}
+        if info.get("vocab_size") is not None:
+            raise ConfigError(f"net={self.name} reads float inputs; dataset={info.get('name', '?')} gives token ids: "
+                              "use net=transformer")
+        return self._arch(in_shape, num_classes)
+
+    def _arch(self, in_shape, num_classes: int) -> dict:
         kw = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         return {"name": self.name, "in_shape": list(in_shape), "num_classes": num_classes, **kw}
 
@@ -104,4 +124,43 @@ class ResNetConfig(NetConfig):
         schema.integer(self, "stages", 1, 6)
 
 
-NETS = (MLPConfig, CNNConfig, SIRENConfig, ResNetConfig)
+@target_schema
+@dataclass
+class TransformerConfig(NetConfig):
+    """Pre-LayerNorm transformer (wsl.nets.Transformer): `width` model dimension, `depth` blocks, `heads`
+    attention heads (dividing width), `mlp_ratio` x width hidden units per MLP, `patch` the patch side for
+    images and 1-D signals (null: 1); token datasets give the vocabulary and causality (data_info)."""
+
+    _target_: str = "wsl.nets.Transformer"
+    width: int = 32
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    patch: Optional[int] = None
+    activation: str = "gelu"
+    init: str = "default"
+    name: ClassVar[str] = "transformer"
+    reads: ClassVar[tuple[str, ...]] = ("classification", "lm")
+
+    def __post_init__(self):
+        super().__post_init__()
+        schema.integer(self, "heads", 1)
+        if self.width % self.heads:
+            fail(f"@heads={self.heads} does not divide @width={self.width}")
+        schema.number(self, "mlp_ratio", 1.0)
+        schema.integer(self, "patch", 1, null=True)
+
+    def arch(self, in_shape, num_classes: int, data_info: dict | None = None) -> dict:
+        info = data_info or {}
+        vocab, causal, data = info.get("vocab_size"), bool(info.get("causal", False)), info.get("name", "?")
+        if vocab is not None and self.patch is not None:
+            raise ConfigError(f"net.patch={self.patch}: patches cut float inputs (images, signals); dataset={data} "
+                              "gives token ids (set net.patch=null)")
+        sides = list(in_shape)[1:]
+        if vocab is None and self.patch is not None and any(s % self.patch for s in sides):
+            raise ConfigError(f"net.patch={self.patch} does not divide the input sides {'x'.join(map(str, sides))} "
+                              f"of dataset={data}")
+        return {**self._arch(in_shape, num_classes), "vocab": None if vocab is None else int(vocab), "causal": causal}
+
+
+NETS = (MLPConfig, CNNConfig, SIRENConfig, ResNetConfig, TransformerConfig)

@@ -96,25 +96,33 @@ class _MethodAdapter(nn.Module):
 
 def member_loss(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                 buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean cross-entropy of one member: params {name: T}, x [N, ...], y [N] -> scalar.
+    """Mean cross-entropy of one member: params {name: T}, x [N, ...], y [N] (or [N, T]: a label per
+    position, next-token prediction, the mean over every position) -> scalar.
 
     Buffers (e.g. BatchNorm running statistics) are passed apart so that derivatives are taken
     with respect to the parameters only.
     """
-    return F.cross_entropy(functional_call(net, {**params, **(buffers or {})}, (x,)), y)
+    out = functional_call(net, {**params, **(buffers or {})}, (x,))
+    return F.cross_entropy(out.flatten(0, -2), y.flatten())
 
 
 @torch.no_grad()
 def population_loss(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                     batch_size: int | None = None, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean cross-entropy of every member over shared (x [N, ...], y [N]) -> [P] (float64 accumulation).
-    `buffers`: stacked BatchNorm statistics, as for population_forward."""
+    """Mean cross-entropy of every member over shared (x [N, ...], y [N] or [N, T]: the mean over every
+    position) -> [P] (float64 accumulation). `buffers`: stacked BatchNorm statistics, as for population_forward."""
     total = torch.zeros(num_members(params), dtype=torch.float64)
     for sl in batches(x.shape[0], batch_size):
-        logits = population_forward(net, params, x[sl], shared_input=True, buffers=buffers)  # [P, n, C]
-        nll = F.cross_entropy(logits.flatten(0, 1), y[sl].repeat(logits.shape[0]), reduction="none")
-        total += nll.view(logits.shape[0], -1).double().sum(1)
-    return total / x.shape[0]
+        logits = population_forward(net, params, x[sl], shared_input=True, buffers=buffers)  # [P, n, (T,) C]
+        total += stacked_nll(logits, y[sl]).double().sum(1)
+    return total / max(1, y.numel())
+
+
+def stacked_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every member at every prediction: logits [P, n, C] with labels y [n], or
+    [P, n, T, C] with y [n, T] (a label per position) -> [P, n * T]."""
+    p = logits.shape[0]
+    return F.cross_entropy(logits.flatten(0, -2), y.expand(p, *y.shape).flatten(), reduction="none").view(p, -1)
 
 
 @torch.no_grad()

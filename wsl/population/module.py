@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wsl.population.functional import population_forward, psnr, skeleton, split_state
+from wsl.population.pinn import convection_residual
 from wsl.population.optim import PopulationOptimizer
 from wsl.population.schedules import lr_factor
 from wsl.population.schema import eval_chunk, net_footprint
@@ -25,6 +28,14 @@ class PopulationModule(L.LightningModule):
     metrics <split>_loss and <split>_acc. data.kind "inr" (INRData): inputs (coordinates) are shared,
     targets are one row per image ([T, N, C]) and member k fits row `target_rows[k]`; loss mean
     squared error, metrics <split>_loss (the MSE) and <split>_psnr (dB, peak = data.value_range).
+    data.kind "lm" (LMData): x, y [N, T] token ids, y the next token at every position; loss the
+    cross-entropy over every position, metrics <split>_loss (nats per token), <split>_bpc (bits per
+    token, loss / ln 2) and <split>_acc (next-token accuracy over all positions). data.kind "pinn"
+    (PINNData, the convection equation): minibatches of collocation points, every step also the split's
+    initial points and boundary pairs; loss = mean squared residual u_t + beta u_x (derivatives of each
+    member by torch.func inside the vmapped program, wsl.population.pinn) + initial-condition MSE +
+    periodic-boundary MSE; metrics <split>_loss (the total), <split>_residual, <split>_ic, <split>_bc
+    and <split>_rel_l2 (relative L2 error against the exact solution at the split's points).
 
     Buffers (BatchNorm running_mean, running_var, num_batches_tracked) are stacked [P, ...] like the
     parameters and registered as module buffers (they follow the module's device and are in its
@@ -72,6 +83,12 @@ class PopulationModule(L.LightningModule):
             x, y = data.split(split)
             self.register_buffer(f"x_{split}", x, persistent=False)
             self.register_buffer(f"y_{split}", y, persistent=False)
+            if self.kind == "pinn":  # the split's initial points (with u(x, 0)) and boundary pairs
+                for name, t in zip(("ic_x", "ic_u"), data.initial(split)):
+                    self.register_buffer(f"{name}_{split}", t, persistent=False)
+                for name, t in zip(("bc_left", "bc_right"), data.boundary(split)):
+                    self.register_buffer(f"{name}_{split}", t, persistent=False)
+        self.beta = float(getattr(data, "beta", 0.0))
         self.opt_kwargs = dict(kind=optimizer, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps)
         self.sched_kwargs = dict(name=schedule, total_steps=epochs * steps_per_epoch,
                                  warmup_steps=warmup_epochs * steps_per_epoch,
@@ -103,17 +120,35 @@ class PopulationModule(L.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
     @property
-    def metric_names(self) -> tuple[str, str]:
-        """What evaluate() returns: (loss, accuracy) or, for INRs, (mean squared error, PSNR)."""
-        return ("loss", "psnr") if self.kind == "inr" else ("loss", "acc")
+    def metric_names(self) -> tuple[str, ...]:
+        """What evaluate() returns: (loss, accuracy); for INRs (mean squared error, PSNR); for language
+        models (loss, bits per token, next-token accuracy); for PINNs (total loss, residual, initial and
+        boundary terms, relative L2 error)."""
+        return METRIC_NAMES[self.kind]
 
     def member_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x [P, B, ...], y [P, B] (labels) or [P, B, C] (INR targets) -> mean loss per member [P]:
-        cross-entropy, or for INRs the mean squared error over pixels and channels."""
+        """x [P, B, ...], y [P, B] (labels), [P, B, C] (INR targets) or [P, B, T] (next tokens) -> mean loss
+        per member [P]: cross-entropy (over every position for "lm"), for INRs the mean squared error over
+        pixels and channels, for PINNs the physics-informed loss (x: collocation points, y unused)."""
+        if self.kind == "pinn":
+            return sum(self.pinn_terms(x, "train", shared_input=False)[:3])
         out = population_forward(self.net, self.params(), x, shared_input=False, buffers=self.stacked_state())
         if self.kind == "inr":
             return (out - y).pow(2).mean(dim=(1, 2))
-        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction="none").view(y.shape[0], -1).mean(1)
+
+    def pinn_terms(self, x: torch.Tensor, split: str, shared_input: bool):
+        """(mean squared residual [P], initial MSE [P], boundary MSE [P], u at x [P, N]) of every member:
+        residuals at points x ([N, 2] shared or [P, N, 2] per member), the initial points and boundary
+        pairs of `split`."""
+        params = self.params()
+        u, res = convection_residual(self.net, params, x, self.beta, shared_input)
+        ic_x, ic_u = getattr(self, f"ic_x_{split}"), getattr(self, f"ic_u_{split}")
+        ic = (population_forward(self.net, params, ic_x, shared_input=True) - ic_u).pow(2).mean(dim=(1, 2))
+        left, right = getattr(self, f"bc_left_{split}"), getattr(self, f"bc_right_{split}")
+        ends = population_forward(self.net, params, torch.cat([left, right]), shared_input=True)
+        bc = (ends[:, :left.shape[0]] - ends[:, left.shape[0]:]).pow(2).mean(dim=(1, 2))
+        return res.pow(2).mean(1), ic, bc, u
 
     def _targets(self, split: str, idx: torch.Tensor) -> torch.Tensor:
         """Targets of the samples idx [P, B] (member k's row of idx): [P, B] labels or [P, B, C] values."""
@@ -153,12 +188,22 @@ class PopulationModule(L.LightningModule):
 
     # ---- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and accuracy [P] of every member on a whole split (eval mode, chunked); for INRs the
-        mean squared error and the PSNR in dB (see metric_names)."""
-        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+    def evaluate(self, split: str) -> tuple[torch.Tensor, ...]:
+        """Every member's metrics [P] on a whole split (eval mode, chunked), in the order of
+        metric_names: loss and accuracy; for INRs the mean squared error and the PSNR in dB; for
+        language models loss, bits per token and next-token accuracy; for PINNs the total loss, its
+        three terms and the relative L2 error. A diverged member's are NaN."""
         was_training = self.net.training
         self.net.eval()
+        try:
+            values = self._evaluate_pinn(split) if self.kind == "pinn" else self._evaluate(split)
+        finally:
+            self.net.train(was_training)
+        nan = torch.full_like(values[0], float("nan"))
+        return tuple(torch.where(self.alive, v, nan) for v in values)
+
+    def _evaluate(self, split: str) -> tuple[torch.Tensor, ...]:
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
         loss_sum = torch.zeros(self.population_size, device=x.device, dtype=torch.float64)
         correct = torch.zeros_like(loss_sum)
         chunk = self.eval_chunk
@@ -170,20 +215,41 @@ class PopulationModule(L.LightningModule):
             if self.kind == "inr":
                 loss_sum += (out - y[:, s : s + chunk]).pow(2).mean(-1).sum(1).double()
                 continue
-            yb = y[s : s + chunk]
-            ce = F.cross_entropy(out.flatten(0, 1), yb.repeat(self.population_size), reduction="none")
+            yb = y[s : s + chunk]  # [n] labels or [n, T] next tokens
+            ce = F.cross_entropy(out.flatten(0, -2), yb.expand(self.population_size, *yb.shape).flatten(),
+                                 reduction="none")
             loss_sum += ce.view(self.population_size, -1).sum(1).double()
-            correct += (out.argmax(-1) == yb).sum(1).double()
-        self.net.train(was_training)
-        n = max(1, x.shape[0])
+            correct += (out.argmax(-1) == yb).flatten(1).sum(1).double()
+        n = max(1, x.shape[0] if self.kind == "inr" else y.numel())  # pixels; predictions (samples x positions)
         loss = loss_sum / n
-        second = psnr(loss, self.value_range) if self.kind == "inr" else correct / n
-        nan = torch.full_like(loss, float("nan"))
-        return torch.where(self.alive, loss, nan), torch.where(self.alive, second, nan)
+        if self.kind == "inr":
+            return loss, psnr(loss, self.value_range)
+        if self.kind == "lm":
+            return loss, loss / math.log(2), correct / n
+        return loss, correct / n
+
+    def _evaluate_pinn(self, split: str) -> tuple[torch.Tensor, ...]:
+        x, exact = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")  # points [N, 2], exact u [N, 1]
+        res_sum = torch.zeros(self.population_size, device=x.device, dtype=torch.float64)
+        err_sum = torch.zeros_like(res_sum)
+        ic = bc = None
+        for s in range(0, x.shape[0], self.eval_chunk):
+            xb = x[s : s + self.eval_chunk]
+            res, ic, bc, u = self.pinn_terms(xb, split, shared_input=True)  # ic, bc: the same every chunk
+            res_sum += res.double() * xb.shape[0]
+            err_sum += (u - exact[s : s + self.eval_chunk, 0]).double().pow(2).sum(1)
+        n = max(1, x.shape[0])
+        residual = (res_sum / n).float()
+        rel_l2 = (err_sum.sqrt() / exact.double().pow(2).sum().sqrt().clamp_min(1e-30)).float()
+        return residual + ic + bc, residual, ic, bc, rel_l2
 
     def evaluate_all(self) -> dict[str, torch.Tensor]:
         return {f"{split}_{name}": v for split in ("train", "val", "test") if getattr(self, f"x_{split}").shape[0]
                 for name, v in zip(self.metric_names, self.evaluate(split))}
+
+
+METRIC_NAMES = {"classification": ("loss", "acc"), "inr": ("loss", "psnr"), "lm": ("loss", "bpc", "acc"),
+                "pinn": ("loss", "residual", "ic", "bc", "rel_l2")}
 
 
 class _Buffers(nn.Module):

@@ -16,7 +16,7 @@ from wsl import schema
 from wsl.data.schema import MAX_SEED, ClassificationDatasetConfig, DatasetConfig
 from wsl.errors import ConfigError
 from wsl.landscape.schema import LandscapeConfig
-from wsl.nets.schema import NETS, MLPConfig, NetConfig
+from wsl.nets.schema import NETS, MLPConfig, NetConfig, data_info
 from wsl.schema import fail
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -149,9 +149,16 @@ class ZooJobConfig:
 
     def _check_net_reads_dataset(self) -> None:
         net, data, kind = self.net.name, self.dataset.name, self.dataset.kind
-        if kind in self.net.reads:
+        if kind in net_reads(type(self.net)):
+            self.net.arch(*self.dataset.shape(), data_info(self.dataset))  # token ids: a transformer only
             return
-        fits = sorted(n.name for n in NETS if kind in n.reads)
+        fits = sorted(n.name for n in NETS if kind in net_reads(n))
+        use = f"use net={' or net='.join(fits)}" if fits else "no net reads it yet"
+        if kind == "lm":
+            fail(f"net={net} with dataset={data}: next-token prediction needs a causal sequence model that "
+                 f"reads token ids; {use}")
+        if kind == "pinn":
+            fail(f"net={net} with dataset={data}: a physics-informed net maps coordinates (x, t) to u; {use}")
         if net == "siren":
             fail(f"net=siren with dataset={data}: a SIREN is an implicit neural representation (coordinates -> "
                  f"values) and is fitted to an INR dataset (dataset=digits_inr); dataset={data} is a "
@@ -186,7 +193,7 @@ class ZooJobConfig:
         fix = "lower @net.width, @net.depth or @population.size"
         if floor > mem:
             fail(f"{where}: {nets} nets need more than {gb(floor)}, more than this machine's {gb(mem)} of memory; {fix}")
-        fp = footprint(self.net.arch(*self.dataset.shape()))
+        fp = footprint(self.net.arch(*self.dataset.shape(), data_info(self.dataset)))
         if fp is None:
             return
         weights = fp.parameters * 8 + fp.buffers * 4
@@ -205,6 +212,13 @@ class ZooJobConfig:
             fail(f"{where}: {nets} nets need about {gb(need)} ({fp.parameters} parameters per net, and the "
                  f"activations of {step} of {key}={getattr(t, key[7:])} samples per net), more than this machine's "
                  f"{gb(mem)} of memory; {fix}, or {key}")
+
+
+def net_reads(net_schema: type) -> tuple[str, ...]:
+    """The kinds of data a net schema reads. A net that fits coordinates -> values (kind "inr": MLP, SIREN)
+    also serves as a physics-informed net (kind "pinn": coordinates (x, t) -> u)."""
+    reads = tuple(net_schema.reads)
+    return reads + ("pinn",) if "inr" in reads and "pinn" not in reads else reads
 
 
 def memory_bytes() -> int:
@@ -285,7 +299,9 @@ def net_footprint(net, in_shape) -> Footprint:
     params = sum(p.numel() for p in net.parameters())
     buffers = sum(b.numel() for b in net.buffers())
     outputs: list[int] = []
-    x = torch.empty(1, *in_shape, device="meta")
+    vocab = getattr(net, "vocab", None)  # token ids (a transformer on text): integer inputs
+    x = (torch.zeros(1, *in_shape, dtype=torch.long, device="meta") if vocab is not None
+         else torch.empty(1, *in_shape, device="meta"))
     try:
         meta = copy.deepcopy(net).to("meta").eval()
         for m in meta.modules():

@@ -9,6 +9,15 @@ fixed, J is linear in the permutation `p`, so the best `p` is a linear assignmen
 similarity matrix S_p[i, j] = sum over axes named p of <ref unit i, (other perms applied) unit j>,
 which scipy's `linear_sum_assignment` solves exactly. Permutations are visited in random order;
 the descent stops after a pass that improves nothing.
+
+Attention heads (spec.heads; TransFusion's two levels): the permutations of one head group (a block's
+q/k dims "A<b>.qk" and v/o dims "A<b>.vo", heads "H<b>") are one coordinate, solved exactly with the
+others fixed. J restricted to them is sum over new heads i of sum over the group's permutations p of
+<S_p block (i, head[i]), inner_p[i]>, so: for every pair (reference head i, head j) the best order of
+the dims inside is a linear assignment on the [d, d] block S_p[i, j] (each p apart); the pair's cost is
+the sum of those optima; the heads are matched as units by a linear assignment on that [k, k] cost;
+each matched pair keeps its best inner orders. A flat assignment over all units would mix dims of
+different heads, which is no symmetry.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from scipy.optimize import linear_sum_assignment
 from wsl.errors import ConfigError
 from wsl.nets.spec import PermutationSpec
 from wsl.schema import positive
-from wsl.symmetry.permute import Perms, check_state_dict, identity_permutations, permute, random_permutations
+from wsl.symmetry.permute import (Perms, block_permutation, check_state_dict, identity_permutations, permute,
+                                  random_permutations)
 
 # an update must raise J by more than this (relative) to count: ties never flip units back and forth
 _REL_TOL = 1e-12
@@ -99,23 +109,65 @@ def objective(sd_ref: dict, sd: dict, spec: PermutationSpec, perms: Perms) -> fl
     return _inner(_as_float64(sd_ref, spec), permute(_as_float64(sd, spec), spec.parameters(), perms))
 
 
+def _coordinates(spec: PermutationSpec) -> list:
+    """What one step of the descent solves: (name, [permutation]) for a permutation without heads, or
+    (head permutation name, [its permutations]) for a head group; those acting on no axis are left out."""
+    uses, out, seen = spec.perm_to_axes, [], set()
+    for p in spec.sizes:
+        if p not in spec.heads:
+            if uses[p]:
+                out.append((p, [p]))
+            continue
+        h = spec.heads[p]
+        if h not in seen:
+            seen.add(h)
+            members = spec.head_groups[h]
+            if any(uses[q] for q in members):
+                out.append((h, members))
+    return out
+
+
+def best_head_blocks(sims: list, num_heads: int) -> list:
+    """The block permutations that maximize sum_p <S_p, P_p> over one head group exactly: S_p [n_p, n_p]
+    similarity matrices (numpy) of the group's permutations, which share one head permutation. Returns one
+    flat LongTensor[n_p] per S_p (see the module docstring)."""
+    k = num_heads
+    cost = np.zeros((k, k))
+    inner = []  # per p: [k, k, d] best order of head j's dims under reference head i
+    for s in sims:
+        d = s.shape[0] // k
+        blocks = s.reshape(k, d, k, d)
+        best = np.zeros((k, k, d), dtype=np.int64)
+        for i in range(k):
+            for j in range(k):
+                block = blocks[i, :, j, :]
+                rows, cols = linear_sum_assignment(block, maximize=True)
+                cost[i, j] += block[rows, cols].sum()
+                best[i, j] = cols
+        inner.append(best)
+    _, head = linear_sum_assignment(cost, maximize=True)
+    return [block_permutation(torch.as_tensor(head), torch.as_tensor(best[np.arange(k), head])) for best in inner]
+
+
 def _descend(similarity: _Similarity, spec: PermutationSpec, perms: Perms, max_iter: int,
              rng: np.random.Generator) -> tuple[Perms, int, bool]:
     """Coordinate descent from `perms` (updated in place); returns (perms, passes, converged)."""
-    uses = spec.perm_to_axes
-    names = [p for p in spec.sizes if uses[p]]
+    coords = _coordinates(spec)
     passes, improved = 0, True
     while improved and passes < max_iter:
         passes += 1
         improved = False
-        for i in rng.permutation(len(names)):
-            p = names[i]
-            s = similarity(p, perms).numpy()  # [n, n]
-            rows, cols = linear_sum_assignment(s, maximize=True)
-            old = float(s[np.arange(s.shape[0]), perms[p].numpy()].sum())
-            new = float(s[rows, cols].sum())
+        for i in rng.permutation(len(coords)):
+            name, members = coords[i]
+            sims = [similarity(p, perms).numpy() for p in members]  # [n, n] each
+            if name in spec.num_heads:
+                new_perms = best_head_blocks(sims, spec.num_heads[name])
+            else:
+                new_perms = [torch.as_tensor(linear_sum_assignment(sims[0], maximize=True)[1], dtype=torch.long)]
+            old = sum(float(s[np.arange(s.shape[0]), perms[p].numpy()].sum()) for s, p in zip(sims, members))
+            new = sum(float(s[np.arange(s.shape[0]), q.numpy()].sum()) for s, q in zip(sims, new_perms))
             if new > old + _REL_TOL * max(1.0, abs(old)):
-                perms[p] = torch.as_tensor(cols, dtype=torch.long)
+                perms.update(zip(members, new_perms))
                 improved = True
     return perms, passes, not improved
 
@@ -159,18 +211,46 @@ def align(sd_ref: dict, sd: dict, spec: PermutationSpec, **kw) -> dict:
     return permute(sd, spec, weight_matching(sd_ref, sd, spec, **kw))
 
 
+def symmetries(spec: PermutationSpec):
+    """(count, iterator over every joint permutation the spec declares a symmetry): all orders of each
+    permutation without heads; for a head group every head permutation times every order of the dims
+    inside each head, per permutation of the group."""
+    factors, count = [], 1
+    for p in spec.sizes:
+        if p not in spec.heads:
+            n = spec.sizes[p]
+            count *= math.factorial(n)
+            factors.append(lambda p=p, n=n: ({p: torch.tensor(c, dtype=torch.long)}
+                                             for c in itertools.permutations(range(n))))
+    for h, members in spec.head_groups.items():
+        k = spec.num_heads[h]
+        ds = [spec.block_size(p) for p in members]
+        count *= math.factorial(k) * math.prod(math.factorial(d) ** k for d in ds)
+
+        def group(k=k, members=members, ds=ds):
+            orders = [list(itertools.product(*[list(itertools.permutations(range(d)))] * k)) for d in ds]
+            for head in itertools.permutations(range(k)):
+                for combo in itertools.product(*orders):
+                    yield {p: block_permutation(torch.tensor(head), torch.tensor(o)) for p, o in zip(members, combo)}
+        factors.append(group)
+
+    def every():
+        for combo in itertools.product(*(f() for f in factors)):
+            yield {p: v for part in combo for p, v in part.items()}
+
+    return count, every()
+
+
 def brute_force_matching(sd_ref: dict, sd: dict, spec: PermutationSpec, limit: int = 1_000_000) -> MatchResult:
-    """The exact maximizer of J over every joint permutation (prod_p n_p! candidates): a reference
-    for tiny nets (tests), refused above `limit` candidates. `passes` holds the candidates tried."""
-    names = list(spec.sizes)
-    count = math.prod(math.factorial(spec.sizes[p]) for p in names)
+    """The exact maximizer of J over every joint permutation the spec declares a symmetry (`symmetries`):
+    a reference for tiny nets (tests), refused above `limit` candidates. `passes` holds the candidates tried."""
+    count, candidates = symmetries(spec)
     if count > limit:
         raise ConfigError(f"brute-force matching would try {count} permutations (limit {limit})")
     ref, w = _checked(sd_ref, sd, spec)
     spec = spec.parameters()
     best, best_j = None, -math.inf
-    for combo in itertools.product(*(itertools.permutations(range(spec.sizes[p])) for p in names)):
-        perms = {p: torch.tensor(c, dtype=torch.long) for p, c in zip(names, combo)}
+    for perms in candidates:
         j = _inner(ref, permute(w, spec, perms))
         if j > best_j:
             best, best_j = perms, j

@@ -8,6 +8,11 @@ leaves the function the net computes unchanged.
 State dicts are either one net's ({name: Tensor[*shape]}) or a stacked population's
 ({name: Tensor[P, *shape]}, `batched=True`). Batched permutations are either shared by all members
 (LongTensor[n]) or one per member (LongTensor[P, n]).
+
+Permutations with head structure (`spec.heads`: attention heads) are stored flat too; only block
+permutations are symmetries there (whole heads moved by the head permutation that every permutation
+of the group shares, units re-ordered inside each head): `random_permutations` draws only those,
+`permute` refuses others, `block_permutation` / `head_permutation` build and read them.
 """
 
 from __future__ import annotations
@@ -71,7 +76,39 @@ def _check_perms(perms: Perms, spec: PermutationSpec, members: int | None) -> di
         if not torch.equal(perm.sort(dim=-1).values, torch.arange(n).expand_as(perm)):
             raise ConfigError(f"permutation {p!r} is not a permutation of range({n})")
         out[p] = perm
+    _check_heads(out, spec)
     return out
+
+
+def block_permutation(head: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The flat permutation [..., k*d] that moves block `head[i]` to block i and re-orders its units by
+    `inner[i]`: flat[i*d + j] = head[i]*d + inner[i, j]. head [..., k], inner [..., k, d]."""
+    d = inner.shape[-1]
+    return (head.unsqueeze(-1) * d + inner).flatten(-2)
+
+
+def head_permutation(perm: torch.Tensor, num_heads: int) -> torch.Tensor | None:
+    """The head permutation [..., k] of a flat block permutation [..., k*d] (block i of the result is
+    block head[i] of the input), or None when `perm` splits a block."""
+    blocks = torch.as_tensor(perm).unflatten(-1, (num_heads, -1))
+    heads = torch.div(blocks, blocks.shape[-1], rounding_mode="floor")
+    return heads[..., 0] if bool((heads == heads[..., :1]).all()) else None
+
+
+def _check_heads(perms: dict, spec: PermutationSpec) -> None:
+    """Every permutation with heads keeps each head's units together, and the permutations of one head
+    group move the heads alike (a name left out is the identity)."""
+    for h, members in spec.head_groups.items():
+        k, seen = spec.num_heads[h], None
+        for p in members:
+            head = head_permutation(perms[p], k) if p in perms else torch.arange(k)
+            if head is None:
+                raise ConfigError(f"permutation {p!r} splits the heads of {h!r} ({k} heads of {spec.block_size(p)} "
+                                  "units): only whole heads may move")
+            if seen is not None and not torch.equal(*torch.broadcast_tensors(head, seen[1])):
+                raise ConfigError(f"permutations {seen[0]!r} and {p!r} move the heads of {h!r} differently "
+                                  "(they must share one head permutation)")
+            seen = (p, head)
 
 
 def _reindex(t: torch.Tensor, axis: int, perm: torch.Tensor) -> torch.Tensor:
@@ -105,9 +142,24 @@ def permute(state_dict: dict, spec: PermutationSpec, perms: Perms, batched: bool
 
 def random_permutations(spec: PermutationSpec, generator: torch.Generator | None = None,
                         batch: int | None = None) -> Perms:
-    """One uniformly random permutation per name in the spec ([n], or [batch, n] with `batch`)."""
-    return {p: torch.randperm(n, generator=generator) if batch is None
-            else torch.argsort(torch.rand(batch, n, generator=generator), dim=-1) for p, n in spec.sizes.items()}
+    """One uniformly random permutation per name in the spec ([n], or [batch, n] with `batch`); with
+    heads, a uniformly random block permutation: one head permutation per head group (shared by its
+    permutations) and one order of the units inside each head per permutation."""
+    def draw(n):
+        return (torch.randperm(n, generator=generator) if batch is None
+                else torch.argsort(torch.rand(batch, n, generator=generator), dim=-1))
+
+    out, heads = {}, {}
+    for p, n in spec.sizes.items():
+        if p not in spec.heads:
+            out[p] = draw(n)
+            continue
+        h = spec.heads[p]
+        k = spec.num_heads[h]
+        if h not in heads:
+            heads[h] = draw(k)
+        out[p] = block_permutation(heads[h], torch.stack([draw(n // k) for _ in range(k)], dim=-2))
+    return out
 
 
 def identity_permutations(spec: PermutationSpec) -> Perms:

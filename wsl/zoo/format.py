@@ -170,6 +170,9 @@ def check_arch_limits(arch, where: str) -> dict:
     return arch
 
 
+MAX_STORED_COUNT = 50_000_000  # largest count (points, characters) a stored dataset config may ask for
+
+
 def check_stored_dataset(ds: dict, where: str) -> None:
     """The dataset config a zoo records for a job (untrusted: the zoo may come from anyone) before
     the data is rebuilt from it: seeds integers in range, fractions finite and in [0, 1], image
@@ -186,7 +189,18 @@ def check_stored_dataset(ds: dict, where: str) -> None:
         if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                           or not math.isfinite(v) or not 0 <= v <= 1):
             bad(k, "a number in [0, 1]")
-    for k in ("num_images", "per_class"):
+    # counts: image subsets; modular p; text context and truncation; convection point counts (bounded:
+    # a stranger's zoo must not make the rebuild hold billions of points)
+    for k in ("num_images", "per_class", "p", "context", "max_chars", "collocation", "initial", "boundary", "test_nx",
+              "test_nt"):
         v = ds.get(k)
-        if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            bad(k, "null or an integer >= 1")
+        if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_STORED_COUNT):
+            bad(k, f"null or an integer in [1, {MAX_STORED_COUNT}]")
+    if all(isinstance(ds.get(k), int) for k in ("test_nx", "test_nt")) and ds["test_nx"] * ds["test_nt"] > MAX_STORED_COUNT:
+        bad("test_nx", f"such that test_nx * test_nt <= {MAX_STORED_COUNT}")
+    v = ds.get("beta")
+    if "beta" in ds and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        bad("beta", "a finite number")
+    for k in ("path", "op"):
+        if ds.get(k) is not None and not isinstance(ds[k], str):
+            bad(k, "null or a string")

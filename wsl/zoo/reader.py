@@ -186,21 +186,21 @@ class Zoo:
 
     def training_data(self, model_id: str | None = None):
         """The exact train/val/test data (splits, train fraction) `model_id` was trained on; for an INR
-        zoo (dataset=digits_inr), the INRData of its images (row k: image_index[k], label[k])."""
-        from wsl.data import INR_DATASETS, load_dataset, load_inr_dataset
+        zoo (dataset=digits_inr), the INRData of its images (row k: image_index[k], label[k]); for
+        dataset=modular|text|convection the data their recorded options build (wsl.data.rebuild_dataset)."""
+        from wsl.data import rebuild_dataset
 
         mid = model_id or self.ids[0]
         cfg = self.job_config(mid).get("dataset")
         if not cfg:
             raise ZooFormatError(f"{self.path}: job of model {mid} records no dataset config")
 
-        check_stored_dataset(cfg, f"{self.path / INDEX_FILE}: model {mid}")
-        if cfg.get("name") in INR_DATASETS:
-            return load_inr_dataset(**{k: cfg[k] for k in ("name", "root", "num_images", "per_class", "subset_seed",
-                                                             "shared_init") if k in cfg})
-        kw = {k: cfg[k] for k in ("name", "root", "train_fraction", "subset_seed", "split_seed", "val_fraction",
-                                   "test_fraction") if k in cfg}
-        return load_dataset(**kw)
+        where = f"{self.path / INDEX_FILE}: model {mid}"
+        check_stored_dataset(cfg, where)
+        try:
+            return rebuild_dataset(cfg)
+        except ConfigError as e:  # a recorded value this wsl cannot build the data from
+            raise ZooFormatError(f"{where}: its job config's dataset cannot be rebuilt: {e}") from None
 
     # ---- checkpoints --------------------------------------------------------------------------
     def checkpoint_epochs(self, model_id: str) -> list[int]:
