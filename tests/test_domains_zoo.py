@@ -99,7 +99,8 @@ def test_wsl_zoo_trains_a_character_level_transformer(tmp_path):
     h = z.history(z.ids[0])
     assert h["train_loss"][-1] < h["train_loss"][0]  # it learns
     d = z.training_data()
-    assert d.kind == "lm" and t["characters"].iloc[0] == d.vocab and t["corpus_sha256"].iloc[0] == d.info["corpus_sha256"]
+    assert d.kind == "lm" and t["characters"].iloc[0] == d.vocab
+    assert t["corpus_sha256"].iloc[0] == d.info["corpus_sha256"]
     arch = z.arch(z.ids[0])
     assert arch["causal"] and arch["vocab"] == d.vocab_size == len(d.vocab) and arch["in_shape"] == [8]
 
@@ -118,11 +119,14 @@ def test_pinn_zoo_marks_a_diverged_member_and_keeps_the_others(tmp_path):
     (["dataset=modular", "net=transformer", "dataset.train_fraction=0.9"], "^dataset.train_fraction=0.9 \\+ dataset"),
     (["dataset=text", "net=transformer", "dataset.context=1000", "dataset.max_chars=2000"],
      "^dataset.context=1000 is longer than the corpus allows: the val block of pydoc_data.topics"),
-    (["dataset=modular", "net=mlp"], "^net=mlp reads float inputs; dataset=modular gives token ids: use net=transformer"),
-    (["dataset=convection", "net=cnn"], "^net=cnn with dataset=convection: a physics-informed net maps coordinates"),
-    (["dataset=text", "net=mlp"], "^net=mlp with dataset=text: next-token prediction needs a causal sequence model"),
-    (["dataset=digits", "dataset.name=text"], "^dataset.name='text' is the character-level text dataset: choose it with "
-                                               "dataset=text"),
+    (["dataset=modular", "net=mlp"], "^net=mlp reads float inputs; dataset=modular gives token ids: use "
+                                     "net=transformer"),
+    (["dataset=convection", "net=cnn"], "^net=cnn with dataset=convection: a physics-informed net maps "
+                                        "coordinates"),
+    (["dataset=text", "net=mlp"], "^net=mlp with dataset=text: next-token prediction needs a causal sequence "
+                                  "model"),
+    (["dataset=digits", "dataset.name=text"], "^dataset.name='text' is the character-level text dataset: choose "
+                                               "it with dataset=text"),
 ])
 def test_bad_values_are_one_line_naming_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match) as e:

@@ -27,9 +27,9 @@ NON_AXES = {"seed_init", "seed_data", "replica", "population_seed", "subset_seed
 LOAD_AXES = ("width", "train_fraction", "beta", "depth", "kernel")  # preferred on x (beta: a PDE's coefficient)
 TEMPERATURE_AXES = ("batch_size", "lr", "weight_decay", "momentum")  # preferred on y
 # test_acc of classifiers, test_bpc of language models, test_rel_l2 of PINNs (their "accuracy"): those present
-DEFAULT_METRICS = ("train_loss", "test_acc", "test_bpc", "test_rel_l2", "hessian_eig/train", "hessian_eig/test", "hessian_trace/train",
-                   "hessian_trace/test", "barrier/value", "mode_connectivity/value", "cka/value", "spectra/alpha_mean",
-                   "spectra/alpha_hat_mean", "spectra/log_spectral_norm_mean", "spectra/stable_rank_mean")
+DEFAULT_METRICS = ("train_loss", "test_acc", "test_bpc", "test_rel_l2", "hessian_eig/train", "hessian_eig/test",
+                   "hessian_trace/train", "hessian_trace/test", "barrier/value", "mode_connectivity/value", "cka/value",
+                   "spectra/alpha_mean", "spectra/alpha_hat_mean", "spectra/log_spectral_norm_mean", "spectra/stable_rank_mean")
 PHASE_INPUTS = ("train_loss", "mode_connectivity/value", "cka/value")  # phase_label's arguments
 
 
