@@ -6,10 +6,15 @@ achieved GFLOP/s as a fraction of this machine's measured float32 matmul peak.
 
     python scripts/bench_zoo.py [--members 64] [--solo-models 16] [--width 128] [--depth 2] ...
     python scripts/bench_zoo.py --net resnet      # ResNet-8 (BatchNorm) on digits 8x8, width 8
+    python scripts/bench_zoo.py --net transformer # a small ViT on digits 8x8 (2x2 patches, width 16, 2 heads)
 
 `--net resnet` trains CIFAR-style ResNets with BatchNorm (running statistics stacked per member
 in the population, stored in every checkpoint both ways) on digits; its defaults (width 8,
 depth 1, 32 members, 8 solo models, 3 epochs) take a few minutes on a 2-core laptop.
+
+`--net transformer` trains pre-LayerNorm ViTs (wsl.nets.Transformer: 16 tokens of 2x2 patches, `--heads`
+heads, attention written out so that the population runs it under vmap) on digits, both ways with the
+same SGD recipe; FLOPs are counted by torch's FlopCounterMode (attention's batched matmuls included).
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from wsl.data import load_dataset
 from wsl.nets import MLP
 from wsl.nets.resnet import ResNet
+from wsl.nets.transformer import Transformer
 
 # per --net: dataset and defaults (width, depth, members, solo models, epochs)
 NETS = {"mlp": dict(dataset="mnist1d", width=128, depth=2, members=64, solo_models=16, epochs=5),
-        "resnet": dict(dataset="digits", width=8, depth=1, members=32, solo_models=8, epochs=3)}
+        "resnet": dict(dataset="digits", width=8, depth=1, members=32, solo_models=8, epochs=3),
+        "transformer": dict(dataset="digits", width=16, depth=2, members=32, solo_models=8, epochs=3)}
 from wsl.zoo import ShardWriter
 
 
@@ -67,6 +74,9 @@ def counted_forward_flops(net: torch.nn.Module, in_shape, n: int) -> float:
 def make_net(args, data):
     if args.net == "resnet":
         return ResNet(data.input_shape, data.num_classes, width=args.width, depth=args.depth)
+    if args.net == "transformer":
+        return Transformer(data.input_shape, data.num_classes, width=args.width, depth=args.depth, heads=args.heads,
+                           patch=args.patch)
     return MLP(data.input_shape, data.num_classes, width=args.width, depth=args.depth)
 
 
@@ -120,7 +130,9 @@ def run_population(args, zoo: Path) -> float:
                               f"net.depth={args.depth}", f"population.size={args.members}",
                               f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
                               f"train.lr={args.lr}", "train.schedule=constant", "logger=none",
-                              "progress_refresh_rate=0", "trainer.accelerator=cpu"])
+                              "progress_refresh_rate=0", "trainer.accelerator=cpu",
+                              *([f"net.heads={args.heads}", f"net.patch={args.patch}"] if args.net == "transformer"
+                                else [])])
     t = time.perf_counter()
     run_zoo_job(typed_config(cfg))
     return time.perf_counter() - t
@@ -147,13 +159,16 @@ def run_solo(args, zoo: Path, data) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--net", choices=sorted(NETS), default="mlp",
-                    help="mlp (MNIST-1D) or resnet (ResNet-8 with BatchNorm, digits 8x8); sets the defaults below")
+                    help="mlp (MNIST-1D), resnet (ResNet-8 with BatchNorm, digits 8x8) or transformer (a ViT on "
+                         "digits 8x8); sets the defaults below")
     ap.add_argument("--members", type=int, default=None)
     ap.add_argument("--solo-models", type=int, default=None, help="models trained one Trainer each (rate is per model)")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--depth", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=2, help="--net transformer: attention heads")
+    ap.add_argument("--patch", type=int, default=2, help="--net transformer: patch side")
     ap.add_argument("--lr", type=float, default=0.05)
     args = ap.parse_args()
     for k, v in NETS[args.net].items():
@@ -179,7 +194,9 @@ def main():
     else:
         net = make_net(args, data)
         fwd = lambda n: counted_forward_flops(net, data.input_shape, n)
-        what = (f"ResNet (BatchNorm) width {args.width} depth {args.depth} ({sum(p.numel() for p in net.parameters())} "
+        kind = ("ResNet (BatchNorm)" if args.net == "resnet" else
+                f"ViT ({args.heads} heads, {args.patch}x{args.patch} patches)")
+        what = (f"{kind} width {args.width} depth {args.depth} ({sum(p.numel() for p in net.parameters())} "
                 f"parameters) on {args.dataset} {'x'.join(map(str, data.input_shape))}")
     n_eval = n_train + data.x_val.shape[0] + data.x_test.shape[0]
     flops = args.members * (3 * fwd(n_train) * args.epochs + fwd(n_eval) * (args.epochs + 1))

@@ -19,7 +19,7 @@ from wsl.encoders.nfn import EquivariantLayer, _Structure
 from wsl.encoders.tasks import Task, kendall_tau, r2, score
 from wsl.encoders.weightspace import MASK_PREFIX
 from wsl.errors import ConfigError
-from wsl.nets import CNN, MLP, PermutationSpec, ResNet, build_net, register_net
+from wsl.nets import CNN, MLP, PermutationSpec, ResNet, Transformer, build_net, register_net
 from wsl.nets.siren import SIREN
 from wsl.symmetry import PermutationAugment, permute, random_permutations
 
@@ -33,6 +33,9 @@ NETS = {
     "siren": lambda: SIREN([2], 1, width=10, depth=3, w0=30.0),
     "resnet_bn": lambda: ResNet([1, 8, 8], 10, width=2, depth=2),  # two blocks per stage: streams shared by 5+ tensors
     "resnet1d": lambda: ResNet([1, 16], 10, width=2, depth=1, norm="none"),
+    # attention sets with heads: random permutations are block permutations (heads as units)
+    "vit": lambda: Transformer([1, 8, 8], 10, width=8, heads=2, depth=1, patch=4),
+    "lm": lambda: Transformer([5], 7, vocab=9, width=8, heads=2, depth=2, causal=True),
 }
 ENCODER_KWARGS = {  # small but complete configurations of every encoder
     "flat": dict(hidden=32), "stats": dict(hidden=32), "deepsets": dict(hidden=16, head_hidden=32),
@@ -74,7 +77,8 @@ def test_weight_space_follows_the_permutation_spec(net):
     params, nets, space = population(NETS[net], n=2)
     n0, spec = nets[0], nets[0].permutation_spec()
     assert (space.sets[0].name, space.sets[-1].name) == ("in", "out") and space.sets[0].fixed and space.sets[-1].fixed
-    assert space.sizes[0] == (np.prod(n0.in_shape) if net in ("mlp", "siren") else n0.in_shape[0])
+    assert space.sizes[0] == (np.prod(n0.in_shape) if net in ("mlp", "siren") else
+                              n0.d_in + n0.tokens if net in ("vit", "lm") else n0.in_shape[0])
     assert space.sizes[-1] == n0.num_classes
     # one set per permutation of the spec, of its size; BatchNorm buffers are not read
     assert {s.name: n for s, n in zip(space.sets[1:-1], space.sizes[1:-1])} == spec.sizes

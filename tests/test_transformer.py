@@ -238,7 +238,8 @@ def test_bad_options_are_one_line_naming_the_key():
         Transformer([5], 3, vocab=4, width=8, heads=2, mlp_ratio=0.5)
     with pytest.raises(ConfigError, match="causal attention is for token sequences"):
         Transformer([1, 8, 8], 3, width=8, heads=2, causal=True)
-    with pytest.raises(ConfigError, match=r"^net=mlp reads float inputs; dataset=text gives token ids: use net=transformer$"):
+    with pytest.raises(ConfigError,
+                       match=r"^net=mlp reads float inputs; dataset=text gives token ids: use net=transformer$"):
         MLPConfig().arch([64], 65, {"vocab_size": 65, "causal": True, "name": "text"})
     assert MLP([1, 8, 8], 10).arch == build_net(MLPConfig(width=32).arch([1, 8, 8], 10, data_info(object()))).arch
 
@@ -255,3 +256,51 @@ def test_transformer_config_checks_through_the_app_typing():
         with pytest.raises(ConfigError, match=re.escape(msg)) as e:
             typed_zoo(["net=transformer", *overrides])
         assert "\n" not in str(e.value)
+
+
+def test_weight_space_keeps_heads_and_augmentations_keep_the_function():
+    """Encoders read a transformer as a graph of neuron sets whose attention sets keep their heads, so the
+    permutation augmentation (on the mask-extended spec) draws block permutations; padding heads is refused."""
+    from wsl.encoders import WeightSpace
+    from wsl.symmetry import PermutationAugment
+
+    net = _net(CASES["causal"])
+    spec, sd = net.permutation_spec(), net.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    space = WeightSpace.from_models([("a", spec, shapes), ("b", spec, shapes)])
+    assert space.spec.heads == spec.heads and space.mask_spec().heads == spec.heads
+    idx = {s.name: m for m, s in enumerate(space.sets)}
+    into = lambda m: sorted(space.edges[e].name for e in space.incoming(m))  # noqa: E731
+    assert into(idx["A0.qk"]) == ["blocks.0.attn.k.weight", "blocks.0.attn.q.weight"]
+    assert into(idx["S"]) == ["blocks.0.attn.o.weight", "blocks.0.fc2.weight", "blocks.1.attn.o.weight",
+                              "blocks.1.fc2.weight", "embed.weight"]
+    assert space.sizes[0] == 9 + 6 and space.sizes[-1] == 9  # one-hot tokens and positions in, logits out
+    params, masks = space.pad_state_dict(sd)
+    aug = PermutationAugment(space.mask_spec(), seed=0)
+    moved = aug({**params, **masks})
+    x = _x(net)
+    with torch.no_grad():
+        other = _rebuild(net, {k: moved[k] for k in sd})
+        assert (other(x) - net(x)).abs().max() < 1e-5
+    wide = Transformer(**dict(CASES["causal"], width=24))
+    wide_shapes = {k: tuple(v.shape) for k, v in wide.state_dict().items()}
+    with pytest.raises(ConfigError, match="zoo.pad=true cannot pad heads"):
+        WeightSpace.from_models([("a", spec, shapes), ("w", wide.permutation_spec(), wide_shapes)], pad=True)
+
+
+def test_generator_alignment_is_head_aware_and_round_trips():
+    """The generators' representation aligns every net to the reference with the head-aware matching: the
+    aligned nets compute what they computed, and the spec (heads included) survives the run's JSON."""
+    from wsl.generators.representation import WeightRepresentation
+    from wsl.zoo.layout import Layout
+
+    nets = [_net(CASES["tokens"], seed=s) for s in range(3)]
+    spec = nets[0].permutation_spec()
+    layout = Layout.of(nets[0])
+    rep, flat = WeightRepresentation.fit([n.state_dict() for n in nets], layout, spec)
+    x = _x(nets[0])
+    with torch.no_grad():
+        for net, sd in zip(nets, rep.state_dicts(flat)):
+            assert (_rebuild(net, sd)(x) - net(x)).abs().max() < 1e-5
+    again = WeightRepresentation.load(rep.meta(), rep.tensors())
+    assert again.spec == spec.parameters() and again.spec.num_heads == {"H0": 2, "H1": 2}

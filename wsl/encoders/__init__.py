@@ -3,8 +3,9 @@
 Every encoder is a plain nn.Module built as `Encoder(space: WeightSpace, out_dim: int, **hparams)`
 whose forward maps a `WSBatch` of nets to [B, out_dim]; `invariant` says whether it is invariant to
 the permutations of the nets' spec (only the flattened-weights MLP is not). Every encoder reads
-every structure a WeightSpace represents: chains (MLP, CNN, SIREN) and residual nets (ResNet), with
-or without BatchNorm.
+every structure a WeightSpace represents: chains (MLP, CNN, SIREN), residual nets (ResNet), with
+or without BatchNorm, and transformers (attention sets with heads: invariant to the head symmetry as to
+any permutation of those units).
 """
 
 from wsl.encoders.deepsets import DeepSets

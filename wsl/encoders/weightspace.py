@@ -14,7 +14,13 @@ Every encoder reads nets through this module. A `WeightSpace` is derived from a 
   (and, on request, its running mean and variance).
 
 A plain MLP/CNN is the chain in -W_1-> P0 -W_2-> ... -> out with one bias per set; a ResNet is a
-graph with several edges into and out of each stream. The order of the sets (inputs, then every
+graph with several edges into and out of each stream. A transformer (wsl.nets.Transformer) is one too:
+in -embed-> S (tokens or patches and positions are one input layer), per block S -q,k-> A<b>.qk,
+S -v-> A<b>.vo -o-> S, S -fc1-> M<b> -fc2-> S, and S -head-> out, with the LayerNorm scales and shifts
+as features of the stream's units. Its attention sets carry head structure (spec.heads): the space
+keeps it, so that permutation augmentation draws only block permutations; encoders treat each set
+as exchangeable units, which the head symmetry is a part of (they are invariant to more than the
+symmetry, never to less). The order of the sets (inputs, then every
 permutation by the first layer that writes it, then outputs) is fixed by the architecture.
 
 `WSBatch` is a batch of nets in that form: per edge [B, n_out, n_in, K], per node feature [B, n],
@@ -188,8 +194,8 @@ class WeightSpace:
         sizes = [fixed_size[s.name][0] if s.fixed else spec.sizes[s.name] for s in sets]
         kept = {k: tuple(spec.axes[k]) for k in shapes}
         used = {s.name for s in sets if not s.fixed}
-        sub = PermutationSpec(kept, {p: n for p, n in spec.sizes.items() if p in used},
-                              frozenset(k for k in kept if k in spec.buffers))
+        sub = spec.with_axes(kept, {p: n for p, n in spec.sizes.items() if p in used},
+                             frozenset(k for k in kept if k in spec.buffers))  # heads kept (augmentations)
         return cls(sets, sizes, edge_slots, node_slots, sub, shapes)
 
     def structure(self) -> list:
@@ -228,11 +234,15 @@ class WeightSpace:
                 if not pad:
                     raise ConfigError(f"model {mid}: layer {layer!r} has {y} units, model {first_id} has {x}; "
                                       "mixed widths need the padding option (zoo.pad=true)")
+                if ref.sets[m].name in ref.spec.heads:
+                    raise ConfigError(f"model {mid}: layer {layer!r} has {y} units in attention heads, model "
+                                      f"{first_id} has {x}; zoo.pad=true cannot pad heads (zeros at the end would "
+                                      "fall into the last head only): use nets of one width")
                 sizes[m], padded = max(sizes[m], y), True
         perm_sizes = {s.name: n for s, n in zip(ref.sets, sizes) if not s.fixed}
         shapes = {k: tuple(d if p is None else perm_sizes[p] for p, d in zip(ref.spec.axes[k], shape))
                   for k, shape in ref.shapes.items()}
-        spec = PermutationSpec(dict(ref.spec.axes), perm_sizes, ref.spec.buffers)
+        spec = ref.spec.with_axes(ref.spec.axes, perm_sizes)
         return cls(ref.sets, sizes, ref.edges, ref.nodes, spec, shapes, padded=padded)
 
     # ---------------------------------------------------------------- properties
@@ -271,7 +281,7 @@ class WeightSpace:
         """The spec extended by one mask pseudo-parameter per permuted set, so that a permutation
         augmentation moves the masks with the neurons they describe."""
         masks = {MASK_PREFIX + s.name: (s.name,) for s in self.sets if not s.fixed}
-        return PermutationSpec({**self.spec.axes, **masks}, dict(self.spec.sizes), self.spec.buffers)
+        return self.spec.with_axes({**self.spec.axes, **masks})
 
     def describe(self) -> dict:
         return {"sets": {s.name: n for s, n in zip(self.sets, self.sizes)}, "edges": len(self.edges),

@@ -40,8 +40,9 @@ class PermutationSpec:
         for p, h in self.heads.items():
             if p not in self.sizes or h not in self.num_heads or self.num_heads[h] < 1 \
                     or self.sizes[p] % self.num_heads[h]:
-                raise ValueError(f"permutation spec: heads[{p!r}] = {h!r} needs {p!r} in sizes and {h!r} in "
-                                 f"num_heads dividing its size (sizes {self.sizes.get(p)}, heads {self.num_heads.get(h)})")
+                raise ValueError(f"permutation spec: heads[{p!r}] = {h!r} needs {p!r} in sizes and {h!r} "
+                                 f"in num_heads dividing its size (size {self.sizes.get(p)}, "
+                                 f"heads {self.num_heads.get(h)})")
         clash = set(self.num_heads) & set(self.sizes)
         if clash:
             raise ValueError(f"permutation spec: {sorted(clash)} name both a permutation and a head permutation")

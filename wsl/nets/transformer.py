@@ -56,6 +56,9 @@ class Attention(nn.Module):
         # no key bias: it adds q.b_k to every score of a query, which the softmax cancels (its gradient is
         # exactly zero, and an optimizer that normalizes steps, like Adam, would only move it by rounding noise)
         self.k = nn.Linear(width, width, bias=False)
+        # a module, so that memory estimates that count leaf-module outputs (wsl.population.schema.net_footprint)
+        # see the [heads, T, T] attention weights, the largest activation of long sequences
+        self.attend = nn.Softmax(dim=-1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # [N, T, width] -> [N, T, width]
         n, t, w = h.shape
@@ -65,7 +68,7 @@ class Attention(nn.Module):
         if self.causal:
             future = torch.ones(t, t, dtype=torch.bool, device=h.device).triu(1)
             scores = scores.masked_fill(future, float("-inf"))
-        out = scores.softmax(-1) @ v  # [N, H, T, d]
+        out = self.attend(scores) @ v  # [N, H, T, d]
         return self.o(out.transpose(1, 2).reshape(n, t, w))
 
 
@@ -91,8 +94,9 @@ class Transformer(nn.Module):
     """Embedding (+ learned positions), `depth` pre-LN blocks, final LayerNorm, linear head (module docstring).
 
     Parameters: embed.weight [width, D + T]; blocks.{b}.ln1.{weight, bias}, blocks.{b}.attn.{q, v, o}.{weight,
-    bias}, blocks.{b}.attn.k.weight (keys have no bias: the softmax cancels it), blocks.{b}.ln2.{weight, bias}, blocks.{b}.fc1.{weight, bias} [hidden, width], blocks.{b}.fc2.{weight,
-    bias}; norm.{weight, bias}; head.weight [num_classes, width], head.bias.
+    bias}, blocks.{b}.attn.k.weight (keys have no bias: the softmax cancels it), blocks.{b}.ln2.{weight, bias},
+    blocks.{b}.fc1.{weight, bias} [hidden, width], blocks.{b}.fc2.{weight, bias}; norm.{weight, bias};
+    head.weight [num_classes, width], head.bias.
     """
 
     name = "transformer"
