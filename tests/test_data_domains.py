@@ -97,7 +97,8 @@ def test_text_refuses_non_utf8_files_and_too_long_contexts_in_one_line(tmp_path)
         load_task_dataset("text", path=str(tmp_path / "missing.txt"))
     short = tmp_path / "short.txt"
     short.write_text("x" * 100, encoding="utf-8")
-    with pytest.raises(ConfigError, match="dataset.context=20 is longer than the corpus allows: the val block of .*short.txt has 10 characters"):
+    with pytest.raises(ConfigError, match="dataset.context=20 is longer than the corpus allows: the val block of "
+                                          ".*short.txt has 10 characters"):
         load_task_dataset("text", path=str(short), context=20)
 
 
@@ -113,7 +114,8 @@ def test_convection_points_are_seeded_in_the_domain_and_the_test_grid_is_regular
         torch.testing.assert_close(u, torch.sin(x[:, :1] - 10.0 * x[:, 1:]))
         assert d.initial(s)[0].shape == (20, 2) and bool((d.initial(s)[0][:, 1] == 0).all())
         left, right = d.boundary(s)
-        assert left.shape == (30, 2) and bool((left[:, 0] == 0).all()) and torch.allclose(right[:, 0], torch.tensor(2 * math.pi))
+        assert left.shape == (30, 2) and bool((left[:, 0] == 0).all())
+        assert torch.allclose(right[:, 0], torch.tensor(2 * math.pi))
     assert not torch.equal(d.split("train")[0], d.split("val")[0])
     xt = d.split("test")[0]
     assert xt.shape == (80, 2) and sorted(set(xt[:, 1].tolist()))[-1] == 1.0 and float(xt[:, 0].max()) < 2 * math.pi
@@ -154,7 +156,8 @@ def test_schemas_know_the_shapes_and_rebuild_gives_the_same_data(tmp_path):
 
     with pytest.raises(FieldError, match="@p=9 is not a prime"):
         ModularDatasetConfig(p=9)
-    with pytest.raises(FieldError, match="@name='modular' is the modular-arithmetic dataset: choose it with dataset=modular"):
+    with pytest.raises(FieldError, match="@name='modular' is the modular-arithmetic dataset: choose it with "
+                                         "dataset=modular"):
         from wsl.data.schema import ClassificationDatasetConfig
 
         ClassificationDatasetConfig(name="modular")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, make_zoo, typed_zoo
+from conftest import ROOT, make_zoo, typed_zoo
 from wsl.errors import ConfigError
 from wsl.zoo import Zoo
 
@@ -99,7 +99,8 @@ def test_wsl_zoo_trains_a_character_level_transformer(tmp_path):
     h = z.history(z.ids[0])
     assert h["train_loss"][-1] < h["train_loss"][0]  # it learns
     d = z.training_data()
-    assert d.kind == "lm" and t["characters"].iloc[0] == d.vocab and t["corpus_sha256"].iloc[0] == d.info["corpus_sha256"]
+    assert d.kind == "lm" and t["characters"].iloc[0] == d.vocab
+    assert t["corpus_sha256"].iloc[0] == d.info["corpus_sha256"]
     arch = z.arch(z.ids[0])
     assert arch["causal"] and arch["vocab"] == d.vocab_size == len(d.vocab) and arch["in_shape"] == [8]
 
@@ -118,11 +119,14 @@ def test_pinn_zoo_marks_a_diverged_member_and_keeps_the_others(tmp_path):
     (["dataset=modular", "net=transformer", "dataset.train_fraction=0.9"], "^dataset.train_fraction=0.9 \\+ dataset"),
     (["dataset=text", "net=transformer", "dataset.context=1000", "dataset.max_chars=2000"],
      "^dataset.context=1000 is longer than the corpus allows: the val block of pydoc_data.topics"),
-    (["dataset=modular", "net=mlp"], "^net=mlp reads float inputs; dataset=modular gives token ids: use net=transformer"),
-    (["dataset=convection", "net=cnn"], "^net=cnn with dataset=convection: a physics-informed net maps coordinates"),
-    (["dataset=text", "net=mlp"], "^net=mlp with dataset=text: next-token prediction needs a causal sequence model"),
-    (["dataset=digits", "dataset.name=text"], "^dataset.name='text' is the character-level text dataset: choose it with "
-                                               "dataset=text"),
+    (["dataset=modular", "net=mlp"], "^net=mlp reads float inputs; dataset=modular gives token ids: use "
+                                     "net=transformer"),
+    (["dataset=convection", "net=cnn"], "^net=cnn with dataset=convection: a physics-informed net maps "
+                                        "coordinates"),
+    (["dataset=text", "net=mlp"], "^net=mlp with dataset=text: next-token prediction needs a causal sequence "
+                                  "model"),
+    (["dataset=digits", "dataset.name=text"], "^dataset.name='text' is the character-level text dataset: choose "
+                                               "it with dataset=text"),
 ])
 def test_bad_values_are_one_line_naming_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match) as e:
@@ -135,3 +139,35 @@ def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
     f.write_bytes(b"plain \xff\xfe text")
     with pytest.raises(ConfigError, match=f"^dataset.path={f} is not UTF-8 text \\(byte 6"):
         typed_zoo(["zoo.path=unused", "dataset=text", "net=transformer", f"dataset.path={f}"])
+
+
+@pytest.mark.parametrize("name,axis,values,inside", [
+    ("phase_pinn_convection", "dataset.beta", [1.0, 5.0, 10.0, 20.0, 40.0], "lr"),
+    ("phase_transformer_modular", "dataset.train_fraction", [0.2, 0.4, 0.6], "weight_decay"),
+])
+def test_phase_experiments_compose_and_one_shrunk_job_trains(tmp_path, restore_hydra_and_logging, name, axis, values,
+                                                              inside):
+    """The real experiment configs: the load axis swept by Hydra's sweeper, the temperature (lr; weight
+    decay) varied inside each population with the same seeds per cell; one job, shrunk, trains."""
+    from hydra import compose, initialize_config_dir
+
+    from wsl.apps.common import CONF_DIR
+    from wsl.apps.zoo_job import run_zoo_job
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("zoo", [f"experiment={name}"], return_hydra_config=True)
+    assert [float(v) for v in str(cfg.hydra.sweeper.params[axis]).split(",")] == values
+    for v in values:  # every job of the sweep is a valid job
+        job = typed_zoo([f"experiment={name}", f"zoo.path={tmp_path / 'z'}", f"{axis}={v}"])
+    grid = list(getattr(job.train, inside))
+    assert len(grid) >= 3 and job.population.size % len(grid) == 0 and job.population.size // len(grid) >= 2
+    shrink = ["population.size=" + str(len(grid)), "train.epochs=2", "zoo.checkpoint_epochs=[0]", "logger=none",
+              "progress_refresh_rate=0", "trainer.accelerator=cpu"]
+    shrink += (["dataset.collocation=50", "dataset.test_nx=8", "dataset.test_nt=4", "net.width=4"]
+               if name == "phase_pinn_convection" else ["net.width=8", "net.heads=2"])
+    z = Zoo(run_zoo_job(typed_zoo([f"experiment={name}", f"zoo.path={tmp_path / 'z'}", *shrink])))
+    t = z.table()
+    assert sorted(t[inside]) == sorted(grid) and set(t["status"]) == {"trained"}
+    key = "test_rel_l2" if name == "phase_pinn_convection" else "test_acc"
+    assert np.isfinite(t[key]).all()
+    assert all(z.checkpoint_epochs(m) == [0, 2] for m in z.ids)

@@ -69,7 +69,8 @@ def text_data():
 def _transformer(d, **kw):
     from wsl.nets import Transformer
 
-    return Transformer(d.input_shape, d.num_classes, width=8, depth=1, heads=2, vocab=d.vocab_size, causal=d.causal, **kw)
+    return Transformer(d.input_shape, d.num_classes, width=8, depth=1, heads=2, vocab=d.vocab_size, causal=d.causal,
+                       **kw)
 
 
 @pytest.mark.parametrize("model", ["token", "transformer"])

@@ -24,11 +24,12 @@ from wsl.zoo.safe_paths import claim_output_dir, inside, make_dirs, remove_temp_
 
 # hyperparameters that are never axes: seeds (averaged over) and quantities derived from others
 NON_AXES = {"seed_init", "seed_data", "replica", "population_seed", "subset_seed", "split_seed", "n_params"}
-LOAD_AXES = ("width", "train_fraction", "depth", "kernel")  # preferred on x
+LOAD_AXES = ("width", "train_fraction", "beta", "depth", "kernel")  # preferred on x (beta: a PDE's coefficient)
 TEMPERATURE_AXES = ("batch_size", "lr", "weight_decay", "momentum")  # preferred on y
-DEFAULT_METRICS = ("train_loss", "test_acc", "hessian_eig/train", "hessian_eig/test", "hessian_trace/train",
-                   "hessian_trace/test", "barrier/value", "mode_connectivity/value", "cka/value", "spectra/alpha_mean",
-                   "spectra/alpha_hat_mean", "spectra/log_spectral_norm_mean", "spectra/stable_rank_mean")
+# test_acc of classifiers, test_bpc of language models, test_rel_l2 of PINNs (their "accuracy"): those present
+DEFAULT_METRICS = ("train_loss", "test_acc", "test_bpc", "test_rel_l2", "hessian_eig/train", "hessian_eig/test",
+                   "hessian_trace/train", "hessian_trace/test", "barrier/value", "mode_connectivity/value", "cka/value",
+                   "spectra/alpha_mean", "spectra/alpha_hat_mean", "spectra/log_spectral_norm_mean", "spectra/stable_rank_mean")
 PHASE_INPUTS = ("train_loss", "mode_connectivity/value", "cka/value")  # phase_label's arguments
 
 
@@ -182,7 +183,8 @@ def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None,
     swept = [h for h in hp if h not in NON_AXES and h in table and table[h].astype(str).nunique() > 1]
     x, y = choose_axes(swept, x, y, hp)
     others = [h for h in swept if h not in (x, y)]
-    metrics = [m for m in DEFAULT_METRICS if m in table] if metrics is None else list(metrics)
+    metrics = ([m for m in DEFAULT_METRICS if m in table and table[m].notna().any()] if metrics is None
+               else list(metrics))
     unknown = [m for m in metrics if m not in table]
     if unknown:
         numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]

@@ -194,9 +194,11 @@ def check_stored_dataset(ds: dict, where: str) -> None:
     for k in ("num_images", "per_class", "p", "context", "max_chars", "collocation", "initial", "boundary", "test_nx",
               "test_nt"):
         v = ds.get(k)
-        if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_STORED_COUNT):
+        if k in ds and v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                                          or not 1 <= v <= MAX_STORED_COUNT):
             bad(k, f"null or an integer in [1, {MAX_STORED_COUNT}]")
-    if all(isinstance(ds.get(k), int) for k in ("test_nx", "test_nt")) and ds["test_nx"] * ds["test_nt"] > MAX_STORED_COUNT:
+    grid = [ds.get(k) for k in ("test_nx", "test_nt")]
+    if all(isinstance(g, int) for g in grid) and grid[0] * grid[1] > MAX_STORED_COUNT:
         bad("test_nx", f"such that test_nx * test_nt <= {MAX_STORED_COUNT}")
     v = ds.get("beta")
     if "beta" in ds and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
