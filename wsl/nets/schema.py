@@ -67,7 +67,7 @@ class MLPConfig(NetConfig):
     activation: str = "relu"
     init: str = "default"
     name: ClassVar[str] = "mlp"
-    reads: ClassVar[tuple[str, ...]] = ("classification", "inr")
+    reads: ClassVar[tuple[str, ...]] = ("classification", "inr", "pinn")  # a PINN maps coordinates (x, t) -> u
 
 
 @target_schema
@@ -96,7 +96,7 @@ class SIRENConfig(NetConfig):
     w0: float = 30.0  # frequency of the hidden sine layers
     w0_initial: Optional[float] = None  # of the first layer (null: w0)
     name: ClassVar[str] = "siren"
-    reads: ClassVar[tuple[str, ...]] = ("inr",)
+    reads: ClassVar[tuple[str, ...]] = ("inr", "pinn")
 
     def __post_init__(self):
         super().__post_init__()

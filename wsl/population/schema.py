@@ -149,10 +149,10 @@ class ZooJobConfig:
 
     def _check_net_reads_dataset(self) -> None:
         net, data, kind = self.net.name, self.dataset.name, self.dataset.kind
-        if kind in net_reads(type(self.net)):
+        if kind in type(self.net).reads:
             self.net.arch(*self.dataset.shape(), data_info(self.dataset))  # token ids: a transformer only
             return
-        fits = sorted(n.name for n in NETS if kind in net_reads(n))
+        fits = sorted(n.name for n in NETS if kind in n.reads)
         use = f"use net={' or net='.join(fits)}" if fits else "no net reads it yet"
         if kind == "lm":
             fail(f"net={net} with dataset={data}: next-token prediction needs a causal sequence model that "
@@ -212,13 +212,6 @@ class ZooJobConfig:
             fail(f"{where}: {nets} nets need about {gb(need)} ({fp.parameters} parameters per net, and the "
                  f"activations of {step} of {key}={getattr(t, key[7:])} samples per net), more than this machine's "
                  f"{gb(mem)} of memory; {fix}, or {key}")
-
-
-def net_reads(net_schema: type) -> tuple[str, ...]:
-    """The kinds of data a net schema reads. A net that fits coordinates -> values (kind "inr": MLP, SIREN)
-    also serves as a physics-informed net (kind "pinn": coordinates (x, t) -> u)."""
-    reads = tuple(net_schema.reads)
-    return reads + ("pinn",) if "inr" in reads and "pinn" not in reads else reads
 
 
 def memory_bytes() -> int:
