@@ -75,5 +75,11 @@ class ConvectionLoss:
               shared_input: bool = True) -> tuple[torch.Tensor, ...]:
         """(mean squared residual [P] at points x ([N, 2] shared or [P, N, 2] per member), initial MSE [P],
         boundary MSE [P], u at x [P, N]); the loss is the sum of the first three."""
+        res, u = self.residual(net, params, x, shared_input)
+        return (res, *self.initial_and_boundary(net, params), u)
+
+    def residual(self, net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+                 shared_input: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean squared residual [P] at points x, u at x [P, N]) of every member."""
         u, res = convection_residual(net, params, x, self.beta, shared_input)
-        return (res.pow(2).mean(1), *self.initial_and_boundary(net, params), u)
+        return res.pow(2).mean(1), u
