@@ -124,9 +124,9 @@ def _settings_json(metric, s: dict, epoch: int, samples: dict, loss: str = "") -
     """What defines a stored value; `loss` names a training loss other than the cross-entropy (a PINN's),
     so that values of one loss are never taken for another's (and notes stored before a loss was supported
     are recomputed)."""
+    extra = {"loss": loss} if loss else {}
     return json.dumps({"metric": metric.name, "epoch": epoch, **{k: s[k] for k in metric.identity},
-                       "samples": {sp: ss.key for sp, ss in sorted(samples.items())}, **({"loss": loss} if loss else {})},
-                      sort_keys=True)
+                       "samples": {sp: ss.key for sp, ss in sorted(samples.items())}, **extra}, sort_keys=True)
 
 
 def _attrs(metric, s: dict, samples_used: dict) -> dict:

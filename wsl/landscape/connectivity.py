@@ -161,7 +161,8 @@ def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tenso
         t = torch.rand(1, generator=g)
         theta = bezier(a, c, b, t)
         state = {**{k: theta[k] for k in param_names}, **scratch}
-        total = loss.batch(model, state, x[idx], y[idx], loss.count(x[idx], y[idx]), True)[0].sum()  # pairs: independent
+        xb, yb = x[idx], y[idx]
+        total = loss.batch(model, state, xb, yb, loss.count(xb, yb), True)[0].sum()  # pairs are independent
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
