@@ -1,6 +1,5 @@
 """Landscape metrics on zoos beyond images: a language model's loss is the cross-entropy over every
-position (curvature and paths follow that definition); a PINN zoo records a one-line note for the
-metrics that need a loss on labelled samples and computes the others."""
+position (curvature and paths follow that definition). PINN zoos: tests/test_landscape_pinn.py."""
 
 from __future__ import annotations
 
@@ -86,19 +85,6 @@ def _annotate(zoo):
     cfg = typed_config(compose_cfg("landscape", [f"zoo.path={zoo}", "landscape=full", *SHRINK])).landscape
     annotate_zoo(zoo, cfg)
     return Zoo(zoo).table()
-
-
-def test_pinn_zoo_notes_the_loss_metrics_and_computes_cka_and_spectra(tmp_path):
-    zoo = make_zoo(tmp_path / "pinn", ["dataset=convection", "net.activation=tanh", "dataset.collocation=64",
-                                       "dataset.initial=8", "dataset.boundary=8", "dataset.test_nx=8",
-                                       "dataset.test_nt=4", "train.batch_size=32"])
-    t = _annotate(zoo)
-    for metric in ("hessian_eig", "hessian_trace", "barrier", "mode_connectivity"):
-        notes = set(t[f"{metric}/note"])
-        assert len(notes) == 1 and notes.pop().startswith(f"not computed: {metric} needs a cross-entropy loss on "
-                                                          "labelled samples; a physics-informed zoo's loss")
-    assert np.isfinite(t["cka/value"]).all() and (t["cka/note"] == "").all()
-    assert "spectra/layers_fit" in t and "phase/label" in t
 
 
 def test_lm_zoo_gets_every_landscape_metric(tmp_path):

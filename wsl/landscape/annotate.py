@@ -27,6 +27,7 @@ import torch
 from wsl.errors import ConfigError
 from wsl.landscape.batchnorm import has_batchnorm
 from wsl.landscape.cka import replica_pairs
+from wsl.landscape.losses import task_loss
 from wsl.landscape.metrics import METRICS, refusal
 from wsl.landscape.phases import annotate_phases, checkpoint_epoch
 from wsl.landscape.sampling import make_sample_set
@@ -70,6 +71,21 @@ class _Context:
                 self._samples[(k, split, n, seed)] = make_sample_set(data, split, n, seed, self._fp[k])
         return {split: self._samples[(k, split, n, seed)] for split, n, seed in specs}
 
+    def metric_data(self, mid: str, samples: dict) -> dict:
+        """{split: (x, y, loss)}: a metric's samples of the data `mid` was trained on, with that data's training
+        loss on the split (wsl.landscape.losses.task_loss: cross-entropy, or a PINN's residual + initial +
+        boundary terms on the split's initial and boundary points)."""
+        data = self.data(mid)
+        return {sp: (*ss.tensors(data), task_loss(data, sp)) for sp, ss in samples.items()}
+
+    def loss_name(self, mid: str, metric) -> str:
+        """The training loss a metric that reads one evaluates on `mid`'s data, when not the cross-entropy
+        (a PINN's: "pinn"); '' otherwise."""
+        if not metric.needs_loss or self.skip_reason(mid):
+            return ""
+        loss = task_loss(self.data(mid), "train")
+        return "" if loss is None or loss.name == "cross_entropy" else loss.name
+
     def net(self, mid: str) -> torch.nn.Module:
         k = self.arch_key(mid)
         if k not in self._nets:
@@ -104,9 +120,13 @@ class _Context:
         return sd
 
 
-def _settings_json(metric, s: dict, epoch: int, samples: dict) -> str:
+def _settings_json(metric, s: dict, epoch: int, samples: dict, loss: str = "") -> str:
+    """What defines a stored value; `loss` names a training loss other than the cross-entropy (a PINN's),
+    so that values of one loss are never taken for another's (and notes stored before a loss was supported
+    are recomputed)."""
+    extra = {"loss": loss} if loss else {}
     return json.dumps({"metric": metric.name, "epoch": epoch, **{k: s[k] for k in metric.identity},
-                       "samples": {sp: ss.key for sp, ss in sorted(samples.items())}}, sort_keys=True)
+                       "samples": {sp: ss.key for sp, ss in sorted(samples.items())}, **extra}, sort_keys=True)
 
 
 def _attrs(metric, s: dict, samples_used: dict) -> dict:
@@ -122,7 +142,7 @@ def _annotate_models(ctx: _Context, chunk_size: int, group: str, metric, s: dict
     want = {}
     for mid in ids:
         samples = ctx.sample_sets(mid, metric.samples(s)) if not ctx.skip_reason(mid) else {}
-        want[mid] = (_settings_json(metric, s, ctx.epoch, samples), samples)
+        want[mid] = (_settings_json(metric, s, ctx.epoch, samples, ctx.loss_name(mid, metric)), samples)
     todo = [m for m in ids if have.get(m, ("",))[0] != want[m][0]]
     todo.sort(key=lambda m: (ctx.arch_key(m), ctx.data_key(m)))  # chunks of one architecture stack well
     log.info("%s: %d of %d models to compute (the rest are stored with these settings)", group, len(todo), len(ids))
@@ -154,7 +174,7 @@ def _annotate_models(ctx: _Context, chunk_size: int, group: str, metric, s: dict
                 for m in members:
                     rows[m] = {"epoch": ctx.epoch_of(m), "settings": want[m][0], "note": f"not computed: {why}"}
                 continue
-            data = {sp: ss.tensors(ctx.data(members[0])) for sp, ss in samples.items()}
+            data = ctx.metric_data(members[0], samples)
             params, buffers = split_state(net, stack_state_dicts([states[m] for m in members]))
             try:
                 cols, notes = metric.compute(net, params, buffers, data, s)
@@ -182,7 +202,7 @@ def _annotate_cells(ctx: _Context, chunk_size: int, group: str, metric, s: dict,
         usable = [m for m in cell if not ctx.skip_reason(m)]
         pairs = replica_pairs(len(usable), s["max_pairs"])
         samples = ctx.sample_sets(usable[0], metric.samples(s)) if usable else {}
-        sj = _settings_json(metric, s, ctx.epoch, samples)
+        sj = _settings_json(metric, s, ctx.epoch, samples, ctx.loss_name(usable[0], metric) if usable else "")
         mstr = ",".join(sorted({usable[i] for p in pairs for i in p}))  # the members the pairs use
         if any(have.get(m) != (sj, mstr) for m in cell):
             todo.append((cell, usable, pairs, sj, mstr, samples))
@@ -231,7 +251,7 @@ def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used
         log.warning("%s not computed for %d %s pairs: %s", metric.name, len(a_ids), type(net).__name__, refused)
         refused = f"not computed: {refused}"
     used.update({ss.key: ss for ss in samples.values()})  # the settings name them, computed or not
-    data = {} if refused else {sp: ss.tensors(ctx.data(first)) for sp, ss in samples.items()}
+    data = {} if refused else ctx.metric_data(first, samples)
     if not bad and not refused:
         try:
             a = stack_state_dicts([states[m] for m in a_ids])

@@ -7,6 +7,9 @@ every point (`bn_reset=True`, the default: batchnorm.population_reset_bn_stats, 
 pairs too); with `bn_reset=False` a point keeps the interpolated stored statistics, which is what
 a reset avoids: the variance collapse REPAIR (Jordan et al. 2023) describes then shows up as a
 barrier. Results carry `bn`, the record of the reset (None for nets without BatchNorm).
+
+The loss along a path is the zoo's training loss (`loss`, wsl.landscape.losses: the mean cross-entropy by
+default; a PINN's residual + initial + boundary terms, which has no accuracy: NaN).
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import vmap
 
 from wsl.errors import ConfigError
 from wsl.landscape.batchnorm import fresh_buffers, has_batchnorm, population_reset_bn_stats, reset_record
-from wsl.population.functional import batches, float_keys, member_loss, population_forward, stacked_nll
+from wsl.landscape.losses import CROSS_ENTROPY
+from wsl.population.functional import batches, float_keys
 
 
 def lerp(a: dict, b: dict, alpha: float) -> dict:
@@ -48,16 +51,17 @@ def bezier(a: dict, c: dict, b: dict, t: torch.Tensor) -> dict:
 class PathPoints:
     """Loss and accuracy of P stacked points, and how their BatchNorm statistics were set."""
 
-    loss: torch.Tensor  # [P] float64 mean cross-entropy
-    accuracy: torch.Tensor  # [P] float64
+    loss: torch.Tensor  # [P] float64 loss (the mean cross-entropy unless another loss is given)
+    accuracy: torch.Tensor  # [P] float64 (NaN for a loss without one: a PINN's)
     bn: dict | None  # None: no BatchNorm; {"reset": False}; or reset_record(...) of the train inputs used
 
 
 @torch.no_grad()
 def path_points(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor, bn_x: torch.Tensor | None = None,
                 batch_size: int | None = None, *, bn_reset: bool = True,
-                bn_batch_size: int | None = None) -> PathPoints:
-    """Loss and accuracy of each stacked point {name: [P, ...]} on (x, y), in eval mode.
+                bn_batch_size: int | None = None, loss=None) -> PathPoints:
+    """Loss and accuracy of each stacked point {name: [P, ...]} on (x, y), in eval mode; `loss` a
+    wsl.landscape.losses loss (None: the mean cross-entropy).
 
     With BatchNorm and bn_reset, each point's running statistics are first recomputed on train inputs
     bn_x, in batches of bn_batch_size (None: batch_size; both None: all at once); without bn_reset the
@@ -77,23 +81,25 @@ def path_points(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor, 
                 raise ConfigError(f"bn_reset=false evaluates the stored BatchNorm statistics, but the state lacks "
                                   f"{missing[0]!r}: reset them on train data instead")
             bn = {"reset": False}
+    loss = loss or CROSS_ENTROPY
     model = copy.deepcopy(net).eval()
     members = next(iter(points.values())).shape[0]
     total = torch.zeros(members, dtype=torch.float64, device=x.device)
     correct = torch.zeros(members, dtype=torch.float64, device=x.device)
+    count = loss.count(x, y)  # predictions: samples (x positions, for a label per position)
     for sl in batches(x.shape[0], batch_size):
-        logits = population_forward(model, points, x[sl], shared_input=True)  # [P, n, (T,) C]
-        total += stacked_nll(logits, y[sl]).double().sum(1)
-        correct += (logits.argmax(-1) == y[sl]).flatten(1).double().sum(1)
-    n = max(1, y.numel())  # predictions: samples (x positions, for a label per position)
-    return PathPoints(total / n, correct / n, bn)
+        share, right = loss.batch(model, points, x[sl], y[sl], count, sl.start == 0)
+        total += share.double()
+        correct = correct + right if right is not None else torch.full_like(correct, float("nan"))
+    return PathPoints(total, correct / max(1, y.numel()), bn)
 
 
 def path_losses(net: nn.Module, points: dict, x: torch.Tensor, y: torch.Tensor,
                 bn_x: torch.Tensor | None = None, batch_size: int | None = None, *, bn_reset: bool = True,
-                bn_batch_size: int | None = None) -> torch.Tensor:
+                bn_batch_size: int | None = None, loss=None) -> torch.Tensor:
     """Loss of each stacked point {name: [P, ...]} on (x, y) -> [P] float64 (see path_points)."""
-    return path_points(net, points, x, y, bn_x, batch_size, bn_reset=bn_reset, bn_batch_size=bn_batch_size).loss
+    return path_points(net, points, x, y, bn_x, batch_size, bn_reset=bn_reset, bn_batch_size=bn_batch_size,
+                       loss=loss).loss
 
 
 @dataclass
@@ -114,24 +120,28 @@ def _above_chord(values: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
 
 def linear_barrier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tensor, points: int = 11,
                    bn_x: torch.Tensor | None = None, batch_size: int | None = None, *, bn_reset: bool = True,
-                   bn_batch_size: int | None = None) -> BarrierResult:
+                   bn_batch_size: int | None = None, loss=None) -> BarrierResult:
     """Loss (and accuracy) barrier on the straight line between A and B for every stacked pair; with
-    BatchNorm, statistics reset on bn_x at every point unless bn_reset=False (see path_points)."""
+    BatchNorm, statistics reset on bn_x at every point unless bn_reset=False (see path_points). `loss`: a
+    wsl.landscape.losses loss (None: the mean cross-entropy)."""
     alphas = torch.linspace(0, 1, int(points), dtype=torch.float64)
-    evals = [path_points(net, lerp(a, b, al), x, y, bn_x, batch_size, bn_reset=bn_reset, bn_batch_size=bn_batch_size)
-             for al in alphas.tolist()]
+    evals = [path_points(net, lerp(a, b, al), x, y, bn_x, batch_size, bn_reset=bn_reset, bn_batch_size=bn_batch_size,
+                         loss=loss) for al in alphas.tolist()]
     losses = torch.stack([e.loss for e in evals])
     accs = torch.stack([e.accuracy for e in evals])
     return BarrierResult(_above_chord(losses, alphas), alphas, losses, accs, _above_chord(-accs, alphas), evals[0].bn)
 
 
 def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
-               lr: float = 1e-2, batch_size: int = 128, seed: int = 0) -> dict:
+               lr: float = 1e-2, batch_size: int = 128, seed: int = 0, loss=None) -> dict:
     """Train the control point C of a quadratic Bézier curve per pair (endpoints fixed).
 
     Objective (Garipov et al. 2018): E_{t~U[0,1]} L(φ(t)), minimized with Adam on minibatches of
     (x, y); C starts at the midpoint (A+B)/2, i.e. on the straight line. Returns C {name: [P, ...]}.
+    L is `loss` (wsl.landscape.losses; None: the mean cross-entropy) on the minibatch, with every term not
+    summed over samples (a PINN's initial and boundary terms) at every step, as in training.
     """
+    loss = loss or CROSS_ENTROPY
     g = torch.Generator().manual_seed(int(seed))
     model = copy.deepcopy(net).train()  # BatchNorm: batch statistics of each pair's own point
     param_names = {k for k, _ in model.named_parameters()}
@@ -144,16 +154,17 @@ def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tenso
     # running statistics are updated in train mode but never read there: scratch buffers, per pair
     scratch = fresh_buffers({k: torch.empty((members, *v.shape), dtype=v.dtype, device=x.device)
                              for k, v in model.named_buffers()})
-    loss_all = vmap(lambda prm, buf, xb, yb: member_loss(model, prm, xb, yb, buf), in_dims=(0, 0, None, None))
     for _ in range(int(steps)):
         idx = torch.randint(0, n, (min(int(batch_size), n),), generator=g)
         # one point of the curve per step, shared by all pairs: a pair's trajectory is then the
         # same whether it is trained alone or stacked with others
         t = torch.rand(1, generator=g)
         theta = bezier(a, c, b, t)
-        loss = loss_all({k: theta[k] for k in param_names}, scratch, x[idx], y[idx]).sum()  # pairs are independent
+        state = {**{k: theta[k] for k in param_names}, **scratch}
+        xb, yb = x[idx], y[idx]
+        total = loss.batch(model, state, xb, yb, loss.count(xb, yb), True)[0].sum()  # pairs are independent
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         opt.step()
     return {k: v.detach() for k, v in c.items()}
 
@@ -171,14 +182,15 @@ class ModeConnectivityResult:
 def mode_connectivity(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
                       lr: float = 1e-2, batch_size: int = 128, points: int = 21, seed: int = 0,
                       bn_x: torch.Tensor | None = None, eval_batch_size: int | None = None, *, bn_reset: bool = True,
-                      bn_batch_size: int | None = None) -> ModeConnectivityResult:
+                      bn_batch_size: int | None = None, loss=None) -> ModeConnectivityResult:
     """Mode connectivity along a trained quadratic Bézier curve (Yang et al. 2021 definition). The curve is
     trained with BatchNorm in train mode (batch statistics); each evaluated point gets its statistics
-    reset on bn_x unless bn_reset=False (see path_points)."""
-    c = fit_bezier(net, a, b, x, y, steps, lr, batch_size, seed)
+    reset on bn_x unless bn_reset=False (see path_points). `loss`: a wsl.landscape.losses loss (None: the mean
+    cross-entropy), trained on and evaluated along the curve."""
+    c = fit_bezier(net, a, b, x, y, steps, lr, batch_size, seed, loss)
     ts = torch.linspace(0, 1, int(points), dtype=torch.float64)
     evals = [path_points(net, bezier(a, c, b, torch.tensor([t])), x, y, bn_x, eval_batch_size, bn_reset=bn_reset,
-                         bn_batch_size=bn_batch_size) for t in ts.tolist()]
+                         bn_batch_size=bn_batch_size, loss=loss) for t in ts.tolist()]
     losses = torch.stack([e.loss for e in evals])  # [T, P]
     mid = (losses[0] + losses[-1]) / 2
     j = (mid - losses).abs().argmax(dim=0)  # [P]

@@ -26,14 +26,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
+from wsl.landscape.losses import CROSS_ENTROPY
 from wsl.landscape.schema import EIG_METHODS
-from wsl.population.functional import batches, member_loss, num_members, stacked_nll
+from wsl.population.functional import batches, member_loss, num_members
 
 
 class PopulationHVP:
-    """v {name: [P, ...]} -> H v {name: [P, ...]} for the mean cross-entropy of every member on (x, y).
+    """v {name: [P, ...]} -> H v {name: [P, ...]} for every member's loss on (x, y): `loss`
+    (wsl.landscape.losses) the mean cross-entropy by default, or a PINN's physics-informed loss (its input
+    derivatives are differentiated twice more: torch.func.grad inside the vmapped forward, plain autograd
+    over the stacked parameters outside).
 
     The samples are split into batches of `batch_size`; each batch's gradient graph is built once
     and kept (retain=True), so a product costs only double-backward passes. Batches of a few
@@ -44,8 +47,10 @@ class PopulationHVP:
     """
 
     def __init__(self, net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int | None = None, buffers: dict | None = None, retain: bool = True):
+                 batch_size: int | None = None, buffers: dict | None = None, retain: bool = True, loss=None):
         self.net, self.x, self.y = net, x, y
+        self.loss = loss or CROSS_ENTROPY
+        self.count = self.loss.count(x, y)
         self.names = list(params)
         self.params = [params[k].detach().requires_grad_(True) for k in self.names]
         self.buffers = {k: v.detach() for k, v in (buffers or {}).items()}
@@ -53,45 +58,55 @@ class PopulationHVP:
         self._graphs = [self._grad_graph(sl) for sl in self.slices] if retain else None
 
     def _grad_graph(self, sl: slice) -> tuple:
-        """Gradient (with its graph) of Σ_p (n_batch / N) · mean CE of member p on the batch (labels y [N],
-        or [N, T]: a label per position, the mean over every position)."""
+        """Gradient (with its graph) of Σ_p the batch's share of member p's loss (for the cross-entropy
+        (n_batch / N) · its mean on the batch, labels y [N] or [N, T]: a label per position; the first batch
+        also carries terms not summed over samples, as a PINN's initial and boundary terms). A parameter
+        the loss does not read gets a zero gradient (materialize_grads)."""
         xb, yb = self.x[sl], self.y[sl]
-        prm = dict(zip(self.names, self.params))
-        logits = vmap(lambda p, b: functional_call(self.net, {**p, **b}, (xb,)))(prm, self.buffers)  # [P, n, (T,) C]
-        loss = stacked_nll(logits, yb).sum() / self.y.numel()
-        return torch.autograd.grad(loss, self.params, create_graph=True)
+        state = {**dict(zip(self.names, self.params)), **self.buffers}
+        share, _ = self.loss.batch(self.net, state, xb, yb, self.count, sl.start == 0)  # [P]
+        return torch.autograd.grad(share.sum(), self.params, create_graph=True, materialize_grads=True)
 
     def __call__(self, v: dict) -> dict:
         vs = [v[k] for k in self.names]
-        out = None
+        out = [torch.zeros_like(p) for p in self.params]
         for i, sl in enumerate(self.slices):
             graph = self._graphs[i] if self._graphs is not None else self._grad_graph(sl)
-            hv = torch.autograd.grad(graph, self.params, grad_outputs=vs, retain_graph=self._graphs is not None)
-            out = list(hv) if out is None else [a + b for a, b in zip(out, hv)]
+            live = [j for j, g in enumerate(graph) if g.requires_grad]  # a gradient constant in the parameters
+            if not live:  # (e.g. of a parameter the loss is linear in) adds nothing to H v
+                continue
+            hv = torch.autograd.grad([graph[j] for j in live], self.params, grad_outputs=[vs[j] for j in live],
+                                     retain_graph=self._graphs is not None, materialize_grads=True)
+            out = [a + b for a, b in zip(out, hv)]
         return {k: t.detach() for k, t in zip(self.names, out)}
 
 
 def population_hvp(net: nn.Module, params: dict, v: dict, x: torch.Tensor, y: torch.Tensor,
-                   batch_size: int | None = None, buffers: dict | None = None) -> dict:
+                   batch_size: int | None = None, buffers: dict | None = None, loss=None) -> dict:
     """One product H v for every member (builds the graphs; use PopulationHVP to reuse them)."""
-    return PopulationHVP(net, params, x, y, batch_size, buffers, retain=False)(v)
+    return PopulationHVP(net, params, x, y, batch_size, buffers, retain=False, loss=loss)(v)
 
 
 def dense_hessian(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor,
-                  buffers: dict | None = None) -> torch.Tensor:
-    """The whole Hessian [n, n] (float64) of one member's mean cross-entropy over its parameters {name: T},
-    flattened in dict order, by torch.autograd.functional.hessian: the ground truth for tiny nets (n² memory;
-    its n backward passes vectorized by vmap). Buffers (BatchNorm running statistics) are constants: the
-    net's mode decides whether they are used (eval) or batch statistics are (train)."""
+                  buffers: dict | None = None, loss=None) -> torch.Tensor:
+    """The whole Hessian [n, n] (float64) of one member's loss (default the mean cross-entropy; `loss` a
+    wsl.landscape.losses loss) over its parameters {name: T}, flattened in dict order, by
+    torch.autograd.functional.hessian: the ground truth for tiny nets (n² memory; its n backward passes
+    vectorized by vmap). Buffers (BatchNorm running statistics) are constants: the net's mode decides whether
+    they are used (eval) or batch statistics are (train)."""
     flat = torch.cat([t.detach().flatten() for t in params.values()]).double()
     buf = {k: v.double() if v.is_floating_point() else v for k, v in (buffers or {}).items()}
+    xd = x.double() if x.is_floating_point() else x  # token ids stay integers
 
-    def loss(theta):
+    def fn(theta):
         parts = theta.split([t.numel() for t in params.values()])
-        xd = x.double() if x.is_floating_point() else x  # token ids stay integers
-        return member_loss(net, {k: t.view(params[k].shape) for k, t in zip(params, parts)}, xd, y, buf)
+        prm = {k: t.view(params[k].shape) for k, t in zip(params, parts)}
+        if loss is None:
+            return member_loss(net, prm, xd, y, buf)
+        state = {k: t[None] for k, t in {**prm, **buf}.items()}  # a population of one
+        return loss.batch(net, state, xd, y, loss.count(xd, y), True)[0][0]
 
-    return torch.autograd.functional.hessian(loss, flat, vectorize=True)
+    return torch.autograd.functional.hessian(fn, flat, vectorize=True)
 
 
 def _dot(a: dict, b: dict) -> torch.Tensor:
@@ -108,13 +123,13 @@ def _rows(d: dict | None, idx: torch.Tensor) -> dict | None:
     return None if d is None else {k: t[idx] for k, t in d.items()}
 
 
-def _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain):
+def _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain, loss=None):
     """(members, operator) still to iterate: once the members not done are at most `shrink` of those in
     the current graph, the graph is rebuilt for them alone (a smaller vmapped double backward)."""
     left = members[~done[members]]
     if len(left) > shrink * len(members):
         return members, op
-    return left, PopulationHVP(net, _rows(params, left), x, y, batch_size, _rows(buffers, left), retain)
+    return left, PopulationHVP(net, _rows(params, left), x, y, batch_size, _rows(buffers, left), retain, loss)
 
 
 @dataclass
@@ -192,7 +207,7 @@ def _start_vector(params: dict, g: torch.Generator) -> dict:
 def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, max_iters: int = 100,
                    tol: float = 1e-3, seed: int = 0, batch_size: int | None = None,
                    buffers: dict | None = None, shrink: float = 0.75, retain: bool = True,
-                   method: str = "lanczos") -> EigResult:
+                   method: str = "lanczos", loss=None) -> EigResult:
     """Dominant Hessian eigenvalue of every member at once, from Hessian-vector products.
 
     method "lanczos" (default): the Ritz value of largest |θ| of a Lanczos run; "power": power
@@ -200,7 +215,8 @@ def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tenso
     |λ_i - λ_{i-1}| / (|λ_{i-1}| + 1e-6) < tol (the rule of PyHessian and Yang et al. 2021; Lanczos
     gets there in several times fewer products when the top eigenvalues are close) and freezes it,
     so its value is the one a lone run would report. Once the members still iterating are at most
-    `shrink` of those in the current graph, the graph is rebuilt for them alone.
+    `shrink` of those in the current graph, the graph is rebuilt for them alone. `loss`: the loss whose
+    Hessian it is (wsl.landscape.losses; None: the mean cross-entropy).
     """
     if method not in EIG_METHODS:
         raise ValueError(f"method must be one of {EIG_METHODS}, got {method!r}")
@@ -210,7 +226,7 @@ def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tenso
     iters = torch.zeros(p, dtype=torch.int64)
     done = torch.zeros(p, dtype=torch.bool)
     members = torch.arange(p)  # those in the current graph
-    op = PopulationHVP(net, params, x, y, batch_size, buffers, retain)
+    op = PopulationHVP(net, params, x, y, batch_size, buffers, retain, loss)
     lz = _Lanczos(op, v) if method == "lanczos" else None
     for i in range(int(max_iters)):
         live = ~done[members]
@@ -235,7 +251,7 @@ def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tenso
         done[members[conv]] = True
         if bool(done.all()):
             break
-        members, op = _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain)
+        members, op = _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain, loss)
         if lz is not None:
             lz.op = op
     return EigResult(eig, iters, done)
@@ -252,7 +268,7 @@ class TraceResult:
 def hutchinson_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, samples: int = 100,
                      seed: int = 0, batch_size: int | None = None, buffers: dict | None = None,
                      rel_stderr: float = 0.0, min_samples: int = 10, shrink: float = 0.75,
-                     retain: bool = True, deflation: int = 0) -> TraceResult:
+                     retain: bool = True, deflation: int = 0, loss=None) -> TraceResult:
     """tr(H) ≈ mean_k v_kᵀ H v_k with Rademacher v_k (E[v vᵀ] = I), for every member at once.
 
     deflation k > 0 (Krylov-deflated Hutchinson, in the spirit of Hutch++): k Lanczos steps first
@@ -267,6 +283,7 @@ def hutchinson_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Ten
     a time (a backward batched over probes measured slower on CPU). With rel_stderr > 0 a member
     stops once it has >= min_samples probes and its standard error is at most rel_stderr·|trace|
     (and the graph shrinks to the members still sampling); with 0, every member uses all `samples`.
+    `loss`: the loss whose Hessian it is (wsl.landscape.losses; None: the mean cross-entropy).
     """
     p, k_max = num_members(params), int(samples)
     g = torch.Generator().manual_seed(int(seed))
@@ -274,7 +291,7 @@ def hutchinson_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Ten
     used = torch.zeros(p, dtype=torch.int64)
     done = torch.zeros(p, dtype=torch.bool)
     members = torch.arange(p)
-    op = PopulationHVP(net, params, x, y, batch_size, buffers, retain)
+    op = PopulationHVP(net, params, x, y, batch_size, buffers, retain, loss)
     basis, base = [], torch.zeros(p, dtype=torch.float64)
     if deflation > 0:
         # its own stream, so that the probes do not depend on the deflation's start vector
@@ -303,7 +320,7 @@ def hutchinson_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Ten
             done[live[se <= rel_stderr * (base[live] + part.mean(dim=1)).abs()]] = True
         if bool(done.all()):
             break
-        members, op = _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain)
+        members, op = _shrink(members, done, shrink, op, net, params, x, y, batch_size, buffers, retain, loss)
     mean = vhv.nanmean(dim=1)
     var = ((vhv - mean[:, None]) ** 2).nansum(dim=1) / (used - 1).clamp_min(1)
     se = torch.where(used > 1, (var / used).sqrt(), torch.full_like(mean, float("nan")))

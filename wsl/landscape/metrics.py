@@ -2,7 +2,9 @@
 
 model scope: compute(net, params, buffers, data, s) -> ({column: array [P]}, notes [P])
 cell scope:  compute_pairs(net, a, b, data, s) -> {column: array [Q]} for Q stacked replica pairs
-(data: {split: (x, y)} of the metric's sample sets; a, b: full stacked states incl. buffers).
+(data: {split: (x, y) or (x, y, loss)} of the metric's sample sets, `loss` the zoo's training loss on that
+split (wsl.landscape.losses.task_loss; absent or None: the mean cross-entropy); a, b: full stacked states incl.
+buffers).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from wsl.landscape.cka import linear_cka
 from wsl.landscape.connectivity import linear_barrier, mode_connectivity
 from wsl.landscape.exact_trace import exact_trace, exact_trace_support
 from wsl.landscape.hessian import hutchinson_trace, top_eigenvalue
+from wsl.landscape.losses import CROSS_ENTROPY
 from wsl.landscape.schema import SETTINGS
 from wsl.landscape.spectra import layer_spectrum, weight_layers
 from wsl.population.functional import num_members, population_outputs
@@ -38,18 +41,24 @@ def missing_running_stats(net, names) -> str:
             f"{' ...' if len(missing) > 3 else ''}), which this metric evaluates the net with")
 
 
-# what each kind of data (wsl.data) gives the metrics: a cross-entropy loss on labelled samples
-# ("classification"; "lm": a label per position, the mean over every position), or not
-LOSS_KINDS = ("classification", "lm")
-KIND_LOSS = {"inr": "an INR zoo fits each net to its own image (mean squared error)",
-             "pinn": "a physics-informed zoo's loss is a PDE residual with initial and boundary terms"}
+def _samples(entry) -> tuple:
+    """(x, y, loss) of a data entry (x, y) or (x, y, loss); no loss: the mean cross-entropy."""
+    x, y, *rest = entry
+    return x, y, (rest[0] if rest and rest[0] is not None else CROSS_ENTROPY)
+
+
+# what each kind of data (wsl.data) gives the metrics: its training loss (wsl.landscape.losses.task_loss): a
+# cross-entropy on labelled samples ("classification"; "lm": a label per position, the mean over every position)
+# or a PINN's residual + initial + boundary terms ("pinn"), or none
+LOSS_KINDS = ("classification", "lm", "pinn")
+KIND_LOSS = {"inr": "an INR zoo fits each net to its own image (mean squared error)"}
 
 
 def refusal(metric, net, s: dict, names, kind: str = "classification") -> str:
     """Why `metric` is not computed for `net` (its state dict keys `names`) with settings s, on data of
     `kind`; '' if it is."""
     if metric.needs_loss and kind not in LOSS_KINDS:
-        return (f"{metric.name} needs a cross-entropy loss on labelled samples; "
+        return (f"{metric.name} needs the zoo's training loss on shared samples; "
                 f"{KIND_LOSS.get(kind, f'data of kind {kind!r} give none')}")
     why = metric.refusal(net, s)
     if not why and metric.uses_running_stats:
@@ -70,7 +79,7 @@ class Metric:
     scope: str = "model"
     identity: tuple = ()
     uses_running_stats: bool = False  # runs the net in eval mode with the BatchNorm statistics stored with it
-    needs_loss: bool = False  # evaluates the cross-entropy on labelled samples (kinds LOSS_KINDS)
+    needs_loss: bool = False  # evaluates the training loss on samples (kinds LOSS_KINDS)
 
     def samples(self, s: dict) -> list[tuple[str, int | None, int]]:
         """(split, num_samples, seed) of every data sample set the metric reads."""
@@ -99,9 +108,9 @@ class HessianEig(_Curvature):
     def compute(self, net, params, buffers, data, s):
         cols = {}
         for sp in s["splits"]:
-            x, y = data[sp]
+            x, y, loss = _samples(data[sp])
             r = top_eigenvalue(net, params, x, y, s["max_iters"], s["tol"], s["seed"], s["batch_size"], buffers,
-                               retain=s["retain_graphs"], method=s["method"])
+                               retain=s["retain_graphs"], method=s["method"], loss=loss)
             cols.update({sp: _np(r.eigenvalue), f"{sp}_iters": _np(r.iterations), f"{sp}_converged": _np(r.converged)})
         return cols, ["" if all(cols[f"{sp}_converged"][i] for sp in s["splits"]) else
                       f"{s['method']} did not reach tol={s['tol']} in {s['max_iters']} iterations"
@@ -109,9 +118,10 @@ class HessianEig(_Curvature):
 
 
 class HessianTrace(_Curvature):
-    """Hessian trace: exact for piecewise-linear nets (tr H = tr GGN; wsl.landscape.exact_trace), else by
-    Hutchinson's estimator with Rademacher probes (optionally Krylov-deflated). Column `<split>_exact` is 1
-    where the value is exact (its `_stderr` and `_samples` are then 0)."""
+    """Hessian trace: exact for the cross-entropy of piecewise-linear nets (tr H = tr GGN;
+    wsl.landscape.exact_trace), else (smooth activations, a PINN's physics-informed loss) by Hutchinson's
+    estimator with Rademacher probes (optionally Krylov-deflated). Column `<split>_exact` is 1 where the value
+    is exact (its `_stderr` and `_samples` are then 0)."""
 
     name = "hessian_trace"
     identity = ("splits", "num_samples", "sample_seed", "method", "samples", "min_samples", "rel_stderr",
@@ -119,20 +129,25 @@ class HessianTrace(_Curvature):
 
     def compute(self, net, params, buffers, data, s):
         p = num_members(params)
-        why = exact_trace_support(net, params) if s["method"] != "hutchinson" else "method=hutchinson"
+        losses = [_samples(data[sp])[2] for sp in s["splits"]]
+        why = "method=hutchinson" if s["method"] == "hutchinson" else exact_trace_support(net, params)
+        no_exact = [ls.name for ls in losses if not ls.exact_trace]
+        if not why and no_exact:  # the Gauss-Newton split behind the exact trace is the cross-entropy's
+            why = f"the loss is the {no_exact[0]} loss, not a cross-entropy of logits"
         if s["method"] == "exact" and why:  # asked for, does not apply: say so on every row
             nan = np.full(p, np.nan)
             cols = {c: nan for sp in s["splits"] for c in (sp, f"{sp}_stderr", f"{sp}_samples", f"{sp}_exact")}
             return cols, [f"exact trace does not apply: {why}; use method=auto or hutchinson"] * p
         cols = {}
-        for sp in s["splits"]:
-            x, y = data[sp]
+        for sp, loss in zip(s["splits"], losses):
+            x, y, _ = _samples(data[sp])
             if not why:
                 cols.update({sp: _np(exact_trace(net, params, x, y, s["batch_size"], buffers)),
                              f"{sp}_stderr": np.zeros(p), f"{sp}_samples": np.zeros(p), f"{sp}_exact": np.ones(p)})
                 continue
             r = hutchinson_trace(net, params, x, y, s["samples"], s["seed"], s["batch_size"], buffers,
-                                 s["rel_stderr"], s["min_samples"], retain=s["retain_graphs"], deflation=s["deflation"])
+                                 s["rel_stderr"], s["min_samples"], retain=s["retain_graphs"], deflation=s["deflation"],
+                                 loss=loss)
             cols[sp], cols[f"{sp}_stderr"], cols[f"{sp}_samples"] = _np(r.trace), _np(r.stderr), _np(r.samples)
             cols[f"{sp}_exact"] = np.zeros(p)
             if r.deflated is not None:  # the exactly computed part, tr(QᵀHQ) of the deflated Krylov subspace
@@ -185,9 +200,9 @@ class Barrier(_PairMetric):
     identity = ("split", "num_samples", "sample_seed", "points", "max_pairs")
 
     def compute_pairs(self, net, a, b, data, s):
-        x, y = data[s["split"]]
+        x, y, loss = _samples(data[s["split"]])
         bn_x = data["train"][0] if has_batchnorm(net) else None
-        r = linear_barrier(net, a, b, x, y, s["points"], bn_x, s["batch_size"])
+        r = linear_barrier(net, a, b, x, y, s["points"], bn_x, s["batch_size"], loss=loss)
         return {"value": _np(r.barrier)}
 
 
@@ -198,10 +213,10 @@ class ModeConnectivity(_PairMetric):
     identity = ("split", "num_samples", "sample_seed", "steps", "lr", "batch_size", "points", "max_pairs", "seed")
 
     def compute_pairs(self, net, a, b, data, s):
-        x, y = data[s["split"]]
+        x, y, loss = _samples(data[s["split"]])
         bn_x = data["train"][0] if has_batchnorm(net) else None
         r = mode_connectivity(net, a, b, x, y, s["steps"], s["lr"], s["batch_size"], s["points"], s["seed"], bn_x,
-                              s["eval_batch_size"])
+                              s["eval_batch_size"], loss=loss)
         return {"value": _np(r.mc), "t_star": _np(r.t_star)}
 
 
@@ -223,7 +238,7 @@ class CKA(_PairMetric):
         return [(s["split"], s["num_samples"], s["sample_seed"])]
 
     def compute_pairs(self, net, a, b, data, s):
-        x, _ = data[s["split"]]
+        x = data[s["split"]][0]
         oa = population_outputs(net, a, x, s["representation"], s["batch_size"])  # [Q, N, d] or [Q, N, T, d]
         ob = population_outputs(net, b, x, s["representation"], s["batch_size"])
         # an output per position (a language model): one sample's representation is all of its positions'

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsl.population.functional import population_forward, psnr, skeleton, split_state
-from wsl.population.pinn import convection_residual
+from wsl.population.pinn import ConvectionLoss
 from wsl.population.optim import PopulationOptimizer
 from wsl.population.schedules import lr_factor
 from wsl.population.schema import eval_chunk, net_footprint
@@ -140,15 +140,10 @@ class PopulationModule(L.LightningModule):
     def pinn_terms(self, x: torch.Tensor, split: str, shared_input: bool):
         """(mean squared residual [P], initial MSE [P], boundary MSE [P], u at x [P, N]) of every member:
         residuals at points x ([N, 2] shared or [P, N, 2] per member), the initial points and boundary
-        pairs of `split`."""
-        params = self.params()
-        u, res = convection_residual(self.net, params, x, self.beta, shared_input)
-        ic_x, ic_u = getattr(self, f"ic_x_{split}"), getattr(self, f"ic_u_{split}")
-        ic = (population_forward(self.net, params, ic_x, shared_input=True) - ic_u).pow(2).mean(dim=(1, 2))
-        left, right = getattr(self, f"bc_left_{split}"), getattr(self, f"bc_right_{split}")
-        ends = population_forward(self.net, params, torch.cat([left, right]), shared_input=True)
-        bc = (ends[:, :left.shape[0]] - ends[:, left.shape[0]:]).pow(2).mean(dim=(1, 2))
-        return res.pow(2).mean(1), ic, bc, u
+        pairs of `split` (wsl.population.pinn.ConvectionLoss, which the landscape metrics use too)."""
+        loss = ConvectionLoss(self.beta, getattr(self, f"ic_x_{split}"), getattr(self, f"ic_u_{split}"),
+                              getattr(self, f"bc_left_{split}"), getattr(self, f"bc_right_{split}"))
+        return loss.terms(self.net, self.params(), x, shared_input)
 
     def _targets(self, split: str, idx: torch.Tensor) -> torch.Tensor:
         """Targets of the samples idx [P, B] (member k's row of idx): [P, B] labels or [P, B, C] values."""

@@ -11,9 +11,13 @@ parameters only).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+from wsl.population.functional import population_forward
 
 
 def input_gradients(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
@@ -40,3 +44,42 @@ def convection_residual(net: nn.Module, params: dict[str, torch.Tensor], x: torc
     """(u [P, N], residual u_t + beta u_x [P, N]) of every member at points x [N, 2] or [P, N, 2] (x, t)."""
     u, du = input_gradients(net, params, x, shared_input)
     return u, du[..., 1] + beta * du[..., 0]
+
+
+@dataclass
+class ConvectionLoss:
+    """The physics-informed loss of the convection problem on one split's initial points and boundary pairs:
+    mean squared residual at collocation points + initial-condition MSE + periodic-boundary MSE (weights 1),
+    every member at once. Training (PopulationModule) and the landscape metrics (wsl.landscape.losses) both
+    call it: the curvature, barriers and mode connectivity of a PINN zoo are those of its training loss."""
+
+    beta: float
+    initial_x: torch.Tensor  # [Ni, 2] points (x, 0)
+    initial_u: torch.Tensor  # [Ni, 1] u(x, 0) there
+    boundary_left: torch.Tensor  # [Nb, 2] points (0, t)
+    boundary_right: torch.Tensor  # [Nb, 2] points (2 pi, t): u must agree with the left one
+
+    @classmethod
+    def of(cls, data, split: str) -> "ConvectionLoss":
+        """The loss of a PINNData (wsl.data.convection) on `split`'s initial and boundary points."""
+        return cls(float(data.beta), *data.initial(split), *data.boundary(split))
+
+    def initial_and_boundary(self, net: nn.Module, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(initial MSE [P], boundary MSE [P]) of every member."""
+        ic = (population_forward(net, params, self.initial_x, shared_input=True) - self.initial_u).pow(2)
+        left = self.boundary_left.shape[0]
+        ends = population_forward(net, params, torch.cat([self.boundary_left, self.boundary_right]), shared_input=True)
+        return ic.mean(dim=(1, 2)), (ends[:, :left] - ends[:, left:]).pow(2).mean(dim=(1, 2))
+
+    def terms(self, net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+              shared_input: bool = True) -> tuple[torch.Tensor, ...]:
+        """(mean squared residual [P] at points x ([N, 2] shared or [P, N, 2] per member), initial MSE [P],
+        boundary MSE [P], u at x [P, N]); the loss is the sum of the first three."""
+        res, u = self.residual(net, params, x, shared_input)
+        return (res, *self.initial_and_boundary(net, params), u)
+
+    def residual(self, net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+                 shared_input: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean squared residual [P] at points x, u at x [P, N]) of every member."""
+        u, res = convection_residual(net, params, x, self.beta, shared_input)
+        return res.pow(2).mean(1), u
