@@ -22,7 +22,8 @@ permutation, so one alignment minimizes the L2 distance and maximizes the cosine
 
 Behaviour (needs no alignment: predictions are permutation invariant): the highest agreement of
 predictions with any training checkpoint, and the highest IoU of the sets of inputs each net gets
-wrong.
+wrong (a language model: its next-character predictions at every position). Regression domains
+(PINNs) have their analogue in wsl.evaluate.domains: output agreement and error-field similarity.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def prediction_overlap(pred: np.ndarray, ref_pred: np.ndarray, y: np.ndarray, nu
                        exclude: np.ndarray | None = None) -> Overlap:
     """pred [S, n], ref_pred [T, n] predicted classes (-1: no prediction), y [n].
 
-    Agreement counts class by class as a sum of C matrix products (never an [S, T, n] tensor).
+    Agreement counts class by class as a sum of C matrix products, or checkpoint by checkpoint when there
+    are fewer checkpoints than classes (never an [S, T, n] tensor).
     Two nets that both get nothing wrong have identical (empty) error sets: IoU 1.
     """
     p, r = torch.as_tensor(pred), torch.as_tensor(ref_pred)
@@ -163,8 +165,12 @@ def prediction_overlap(pred: np.ndarray, ref_pred: np.ndarray, y: np.ndarray, nu
     if r.shape[0] == 0:
         raise ConfigError("prediction overlap needs at least one training checkpoint")
     agree = torch.zeros(S, r.shape[0], dtype=torch.float64)
-    for c in range(num_classes):
-        agree += (p == c).double() @ (r == c).double().T
+    if num_classes <= r.shape[0]:
+        for c in range(num_classes):
+            agree += (p == c).double() @ (r == c).double().T
+    else:  # many classes (a vocabulary), few checkpoints: one comparison per checkpoint
+        for t in range(r.shape[0]):
+            agree[:, t] = ((p == r[t]) & (p >= 0)).sum(1).double()
     agree /= max(1, n)
     yt = torch.as_tensor(y)
     wp = (p != yt).double()  # [S, n] wrong (or no prediction)
@@ -232,25 +238,39 @@ class Yardstick:
         return float(np.median(self.cosine))
 
 
-def training_yardstick(ref: AlignedReference, ref_pred: np.ndarray, y: np.ndarray, num_classes: int) -> Yardstick:
-    """Each training checkpoint against its nearest *other* training checkpoint."""
+OverlapFn = Callable[..., Overlap]  # (pred [S, n], ref_pred [T, n], exclude=None) -> Overlap
+
+
+def _overlap_fn(y, num_classes, overlap: OverlapFn | None) -> OverlapFn:
+    if overlap is not None:
+        return overlap
+    if y is None or num_classes is None:
+        raise ConfigError("the behavioural audit needs labels and a class count, or an overlap function")
+    return lambda pred, ref_pred, exclude=None: prediction_overlap(pred, ref_pred, y, num_classes, exclude)
+
+
+def training_yardstick(ref: AlignedReference, ref_pred: np.ndarray, y: np.ndarray | None = None,
+                       num_classes: int | None = None, overlap: OverlapFn | None = None) -> Yardstick:
+    """Each training checkpoint against its nearest *other* training checkpoint. Behaviour: predicted
+    classes against labels y (num_classes), or `overlap` (a domain's own, wsl.evaluate.domains)."""
     T = len(ref)
     if T < 2:
         raise ConfigError("the memorization audit needs at least two training checkpoints "
                           f"(training-to-training distances are its yardstick), got {T}")
     self_idx = np.arange(T)
     nb = ref.nearest(ref.state_dicts, exclude=self_idx, in_anchor_frame=True)
-    ov = prediction_overlap(ref_pred, ref_pred, y, num_classes, exclude=self_idx)
+    ov = _overlap_fn(y, num_classes, overlap)(ref_pred, ref_pred, exclude=self_idx)
     return Yardstick(nb.l2, nb.cosine, ov.agreement, ov.wrong_iou, nb.l2_index)
 
 
 def audit(ref: AlignedReference, yard: Yardstick, state_dicts: list[dict], pred: np.ndarray,
-          ref_pred: np.ndarray, y: np.ndarray, num_classes: int, memorized_below: float = 0.5) -> Audit:
+          ref_pred: np.ndarray, y: np.ndarray | None = None, num_classes: int | None = None,
+          memorized_below: float = 0.5, overlap: OverlapFn | None = None) -> Audit:
     """Audit S nets (state dicts + predictions [S, n]) against the training checkpoints.
 
     A net counts as memorized when its aligned NN distance is below `memorized_below` times the
     median training-to-training NN distance (closer to a training checkpoint than half the typical
-    gap between two independently trained ones)."""
+    gap between two independently trained ones). Behaviour as in training_yardstick."""
     nb = ref.nearest(state_dicts)
-    ov = prediction_overlap(pred, ref_pred, y, num_classes)
+    ov = _overlap_fn(y, num_classes, overlap)(pred, ref_pred)
     return yard.audit(nb.l2, nb.cosine, nb.l2_index, ov.agreement, ov.wrong_iou, memorized_below)
