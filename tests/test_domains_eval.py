@@ -8,8 +8,9 @@ arithmetic and a character-level transformer language model (dataset=text).
   domain's data;
 - wsl-evaluate scores each domain by its own metric, and reproduces what the population program stored
   (test_rel_l2 and the loss terms, test_bpc and the next-character accuracy); copies of training nets are
-  found memorized in weights and in behaviour; the ensembles and the overlaps equal hand computations;
-  failure and the noise comparison respect the direction of the score.
+  found memorized in weights and agree in behaviour (PINNs: described, no behavioural novelty); the
+  ensembles and the overlaps equal hand computations; failure and the noise comparison respect the
+  direction of the score.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBa
 from wsl.evaluate.domains import BPC, REL_L2, judge_for
 from wsl.evaluate.novelty import one_thread, prediction_overlap
 from wsl.evaluate.pipeline import evaluate_zoo
+from wsl.evaluate.report import compare_with_noise
 from wsl.evaluate.schema import EvaluateConfig, FailureConfig, NoveltyConfig
 from wsl.nets import build_net
 from wsl.zoo import ShardWriter, Zoo
@@ -174,9 +176,13 @@ def test_pinn_generator_samples_working_nets_and_wsl_evaluate_scores_their_rel_l
     thr = ev.info["threshold"]
     assert 0.85 < thr < 0.95 and ev.info["metric"] == "rel_l2" and not ev.info["higher_is_better"]
     np.testing.assert_array_equal(g.scores.failed, ~g.scores.finite | (g.scores.score > thr))
+    # no behavioural novelty for PINNs (one target function): the overlaps are described, the weight axis judges
+    assert all(np.isnan(s.behaviour_novelty).all() for s in ev.sets) and np.isfinite(g.audit.agreement).all()
+    assert [c["axis"] for c in compare_with_noise(ev)] == ["weight"]
     text = report.read_text()
     assert "scored by their **relative L2 error** (lower is better)" in text
     assert "relative L2 error is above" in text and "max error-field similarity" in text
+    assert "no behavioural novelty is given" in text and "behavioural novelty =" not in text
     summary = (tmp_path / "report" / "sets.csv").read_text()
     assert "rel_l2_mean" in summary and "residual_mean" in summary
 
@@ -193,7 +199,8 @@ def test_text_lm_generator_and_wsl_evaluate_score_bits_per_character(text_zoo, t
         assert out.shape == (*data.y_test.shape, data.vocab_size) and torch.isfinite(out).all()
     ev, report = _evaluate(gen, text_zoo, tmp_path)
     g, t = ev.by_method("generated")[0], ev.by_method("training")[0]
-    assert g.scores.metric is BPC
+    assert g.scores.metric is BPC and t.audit.behavioural and g.audit.behavioural
+    assert [c["axis"] for c in compare_with_noise(ev)] == ["weight", "behavioural"]
     np.testing.assert_allclose(t.scores.score, _stored(text_zoo, t.ids, "test_bpc"), rtol=1e-5)
     np.testing.assert_allclose(t.scores.accuracy, _stored(text_zoo, t.ids, "test_acc"), atol=1e-9)
     np.testing.assert_allclose(t.scores.loss, _stored(text_zoo, t.ids, "test_loss"), rtol=1e-5)
@@ -359,7 +366,6 @@ def test_noise_comparison_respects_a_lower_is_better_score():
     """A generator whose rel_l2 is clearly *below* the noise curve is better, above it worse."""
     from wsl.evaluate.accuracy import Scores
     from wsl.evaluate.novelty import Audit
-    from wsl.evaluate.report import compare_with_noise
     from wsl.evaluate.results import Evaluation, SetResult
 
     def one(method, values, novelty):

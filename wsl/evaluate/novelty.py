@@ -22,8 +22,9 @@ permutation, so one alignment minimizes the L2 distance and maximizes the cosine
 
 Behaviour (needs no alignment: predictions are permutation invariant): the highest agreement of
 predictions with any training checkpoint, and the highest IoU of the sets of inputs each net gets
-wrong (a language model: its next-character predictions at every position). Regression domains
-(PINNs) have their analogue in wsl.evaluate.domains: output agreement and error-field similarity.
+wrong (a language model: its next-character predictions at every position). PINNs (one target
+function: accurate nets agree, copies or not) get the output overlaps as descriptions and no
+behavioural novelty (wsl.evaluate.domains).
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ class Audit:
     agreement: np.ndarray  # [S]
     wrong_iou: np.ndarray  # [S]
     memorized: np.ndarray  # [S] bool: l2_ratio below the threshold
+    behavioural: bool = True  # False: agreement/wrong_iou describe the nets but are no novelty (PINNs)
 
     def summary(self, mask: np.ndarray | None = None) -> dict:
         """Mean ± std of every column over the nets in `mask` (default: all)."""
@@ -219,15 +221,18 @@ class Yardstick:
     wrong_iou: np.ndarray  # [T]
     nearest: np.ndarray  # [T] index of the nearest other checkpoint (L2)
 
-    def as_audit(self, memorized_below: float) -> "Audit":
+    def as_audit(self, memorized_below: float, behavioural: bool = True) -> "Audit":
         """The training checkpoints' own audit (each against the others): novelty about 1 by construction."""
-        return self.audit(self.l2, self.cosine, self.nearest, self.agreement, self.wrong_iou, memorized_below)
+        return self.audit(self.l2, self.cosine, self.nearest, self.agreement, self.wrong_iou, memorized_below,
+                          behavioural)
 
-    def audit(self, l2, cosine, nearest, agreement, wrong_iou, memorized_below: float) -> "Audit":
+    def audit(self, l2, cosine, nearest, agreement, wrong_iou, memorized_below: float,
+              behavioural: bool = True) -> "Audit":
         """Nearest-neighbour results read against this yardstick (novelty = distance / its median)."""
         l2_ratio = l2 / max(self.l2_median, 1e-30)
         return Audit(l2=l2, cosine=cosine, l2_ratio=l2_ratio, cosine_ratio=cosine / max(self.cosine_median, 1e-30),
-                     nearest=nearest, agreement=agreement, wrong_iou=wrong_iou, memorized=l2_ratio < memorized_below)
+                     nearest=nearest, agreement=agreement, wrong_iou=wrong_iou, memorized=l2_ratio < memorized_below,
+                     behavioural=behavioural)
 
     @property
     def l2_median(self) -> float:
@@ -265,12 +270,13 @@ def training_yardstick(ref: AlignedReference, ref_pred: np.ndarray, y: np.ndarra
 
 def audit(ref: AlignedReference, yard: Yardstick, state_dicts: list[dict], pred: np.ndarray,
           ref_pred: np.ndarray, y: np.ndarray | None = None, num_classes: int | None = None,
-          memorized_below: float = 0.5, overlap: OverlapFn | None = None) -> Audit:
+          memorized_below: float = 0.5, overlap: OverlapFn | None = None, behavioural: bool = True) -> Audit:
     """Audit S nets (state dicts + predictions [S, n]) against the training checkpoints.
 
     A net counts as memorized when its aligned NN distance is below `memorized_below` times the
     median training-to-training NN distance (closer to a training checkpoint than half the typical
-    gap between two independently trained ones). Behaviour as in training_yardstick."""
+    gap between two independently trained ones). Behaviour as in training_yardstick; behavioural=False:
+    the overlaps describe the nets but give no behavioural novelty (a domain where they cannot)."""
     nb = ref.nearest(state_dicts)
     ov = _overlap_fn(y, num_classes, overlap)(pred, ref_pred)
-    return yard.audit(nb.l2, nb.cosine, nb.l2_index, ov.agreement, ov.wrong_iou, memorized_below)
+    return yard.audit(nb.l2, nb.cosine, nb.l2_index, ov.agreement, ov.wrong_iou, memorized_below, behavioural)

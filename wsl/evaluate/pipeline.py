@@ -219,12 +219,13 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     timings["align training zoo + yardstick"] = time.perf_counter() - t
     t = time.perf_counter()
     run_audit = partial(audit, ref, yard, ref_pred=ref_scores.predictions, memorized_below=nov.memorized_below,
-                        overlap=overlap)
+                        overlap=overlap, behavioural=judge.behavioural_novelty)
     gen_audit = run_audit(gen_sds, pred=gen_scores.predictions)
     timings["audit generated nets"] = time.perf_counter() - t
 
     sets = [SetResult("generated", "", None, gen_scores, gen_audit, list(p.gen_ids)),
-            SetResult("training", "leave-one-out", None, ref_scores, yard.as_audit(nov.memorized_below), list(p.ref_ids))]
+            SetResult("training", "leave-one-out", None, ref_scores,
+                      yard.as_audit(nov.memorized_below, judge.behavioural_novelty), list(p.ref_ids))]
 
     t = time.perf_counter()
     for b in generate_baselines(baselines, ref, align, s.seed):
@@ -253,6 +254,7 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
             "n_parameters": p.ref.layout(p.ref_ids[0]).numel,  # weights: BatchNorm statistics are not counted
             "dataset": p.task.name, "kind": judge.kind, "metric": judge.metric.key, "metric_name": judge.metric.name,
             "higher_is_better": judge.metric.higher_is_better, "behaviour": list(judge.behaviour),
+            "behavioural_novelty": judge.behavioural_novelty,
             "behaviour_text": judge.behaviour_text, "novelty_axis": judge.novelty_axis,
             "failure_text": judge.failure_text(gen_scores.threshold), "threshold": gen_scores.threshold,
             "split": s.split, "n_inputs": judge.n_predictions(s.split), "inputs_text": judge.describe_inputs(s.split),

@@ -43,6 +43,11 @@ def accuracy_novelty_plot(ev: Evaluation):
     panels = [("weight_novelty", "weight novelty: aligned NN L2 / training-to-training median"),
               ("behaviour_novelty", behaviour)]
     for ax, (attr, xlabel) in zip(axes, panels):
+        if attr == "behaviour_novelty" and not ev.info.get("behavioural_novelty", True):
+            ax.text(0.5, 0.5, xlabel.replace(": ", ":\n", 1), ha="center", va="center", transform=ax.transAxes,
+                    fontsize=9, wrap=True)
+            ax.set_xticks([])
+            continue
         seen = set()
         for method in ("noise", "average"):  # the sweeps as lines, in sweep order
             sets = ev.by_method(method)

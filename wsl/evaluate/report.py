@@ -100,7 +100,10 @@ def compare_with_noise(ev: Evaluation) -> list[dict]:
     g, out = ev.by_method("generated")[0], []
     metric = g.scores.metric
     acc, acc_se = _score_mean(g.scores), _score_sem(g.scores)
-    for axis, attr in (("weight", "weight_novelty"), ("behavioural", "behaviour_novelty")):
+    axes = [("weight", "weight_novelty"), ("behavioural", "behaviour_novelty")]
+    if not ev.info.get("behavioural_novelty", True):  # a domain without one (PINNs): the weight axis only
+        axes = axes[:1]
+    for axis, attr in axes:
         nov = mean_std(getattr(g, attr))[0]
         hit = noise_at_equal_novelty(ev, nov, attr, with_error=True)
         ref, ref_se = hit if hit is not None else (None, None)
@@ -192,7 +195,8 @@ def markdown(ev: Evaluation, plots: dict) -> str:
               f"{info['memorized_below']:g}. Columns are over the nets that did not fail (a broken net is trivially "
               "far from the zoo; its failure is counted above). Behaviour: "
               + (info.get("behaviour_text") or "prediction agreement and IoU of the sets of inputs got wrong")
-              + f" with the closest training checkpoint; behavioural novelty = 1 − {iou_col}.", ""]
+              + (f" with the closest training checkpoint; behavioural novelty = 1 − {iou_col}."
+                 if info.get("behavioural_novelty", True) else "."), ""]
     rows = []
     for s in ev.sets:
         a = s.audit.summary()

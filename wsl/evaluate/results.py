@@ -33,7 +33,9 @@ class SetResult:
         return np.where(self.scores.failed, np.nan, self.audit.l2_ratio)
 
     @property
-    def behaviour_novelty(self) -> np.ndarray:  # [S] 1 - max IoU of wrong-prediction sets
+    def behaviour_novelty(self) -> np.ndarray:  # [S] 1 - max IoU of wrong-prediction sets (nan: not defined)
+        if not self.audit.behavioural:
+            return np.full(len(self.scores), np.nan)
         return np.where(self.scores.failed, np.nan, 1.0 - self.audit.wrong_iou)
 
     def summary(self) -> dict:
