@@ -34,20 +34,16 @@ def _mean_std(v: np.ndarray) -> tuple[float, float]:  # error bar 0 for a single
 
 
 def accuracy_novelty_plot(ev: Evaluation):
-    """The figure of the plane."""
-    fig = Figure(figsize=(12, 4.8))
-    axes = fig.subplots(1, 2, sharey=True)
+    """The figure of the plane (one panel, weight novelty, for a domain without behavioural novelty: PINNs)."""
     name = ev.info.get("metric_name", "accuracy")
     higher = ev.info.get("higher_is_better", True)
-    behaviour = ev.info.get("novelty_axis", "behavioural novelty: 1 − max IoU of wrong-prediction sets")
-    panels = [("weight_novelty", "weight novelty: aligned NN L2 / training-to-training median"),
-              ("behaviour_novelty", behaviour)]
+    panels = [("weight_novelty", "weight novelty: aligned NN L2 / training-to-training median")]
+    if ev.info.get("behavioural_novelty", True):
+        panels.append(("behaviour_novelty", ev.info.get("novelty_axis", "behavioural novelty: 1 − max IoU of "
+                                                                       "wrong-prediction sets")))
+    fig = Figure(figsize=(12, 4.8) if len(panels) == 2 else (7.5, 5.4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     for ax, (attr, xlabel) in zip(axes, panels):
-        if attr == "behaviour_novelty" and not ev.info.get("behavioural_novelty", True):
-            ax.text(0.5, 0.5, xlabel.replace(": ", ":\n", 1), ha="center", va="center", transform=ax.transAxes,
-                    fontsize=9, wrap=True)
-            ax.set_xticks([])
-            continue
         seen = set()
         for method in ("noise", "average"):  # the sweeps as lines, in sweep order
             sets = ev.by_method(method)
@@ -73,12 +69,16 @@ def accuracy_novelty_plot(ev: Evaluation):
             ax.axhline(ens, color="grey", ls="--", lw=1, label="ensemble of training zoo")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{ev.info.get('split', 'test')} {name} (mean ± std over all nets)"
-                       + ("" if higher else ", lower is better: axis inverted"))
+    axes[0].set_ylabel(f"{ev.info.get('split', 'test')} {name}\n(mean ± std over all nets"
+                       + (")" if higher else "; lower is better: axis inverted)"))
     if not higher:
         axes[0].invert_yaxis()  # shared: up is better in both panels
     axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"{name} vs novelty: {ev.info.get('zoo_name', '')} against {ev.info.get('reference_name', '')}")
+    title = f"{name} vs novelty: {ev.info.get('zoo_name', '')} against {ev.info.get('reference_name', '')}"
+    if len(panels) == 1:  # one panel: the title in lines
+        title = (f"{name} vs novelty\n{ev.info.get('zoo_name', '')} against {ev.info.get('reference_name', '')}\n"
+                 "(no behavioural novelty for this domain: see the report's memorization audit)")
+    fig.suptitle(title, fontsize=9 if len(panels) == 1 else None)
     fig.tight_layout()
     return fig
 
