@@ -30,6 +30,18 @@ re-estimation (statistics 0 / 1) to show what the re-estimation does.
 
     python scripts/bench_generators.py --net resnet          # builds zoos/bench_generators_resnet8_digits
     python scripts/bench_generators.py --net resnet --members 64 --epochs 6 --generators flow,diffusion
+
+--net pinn (issue 15): a generator on a zoo of physics-informed MLPs (tanh) for the convection equation at
+one beta (--beta, default 1): experiment=phase_pinn_convection's recipe (width 32, depth 3, Adam, cosine,
+50 epochs, learning rates 0.03/0.01/0.003/0.001 inside the population) with 64 members, or any zoo given by
+--zoo (e.g. the phase experiment's own zoo: the generator reads the nets of --beta only, zoo.filter). The
+samples are written by wsl-sample's code and judged by wsl.evaluate by their relative L2 error on the test
+grid (lower is better; a net fails above 0.9, not beating u = 0 by a tenth), with the same baselines and
+memorization audit. Prints the zoo's test_rel_l2 (stored by the population program, and as evaluated), the
+samples' rel_l2 (mean ± std, median), failure rate, memorized fraction and novelty.
+
+    python scripts/bench_generators.py --net pinn            # builds zoos/bench_generators_pinn_convection
+    python scripts/bench_generators.py --net pinn --zoo zoos/phase_pinn_convection --beta 1 --generators flow
 """
 
 from __future__ import annotations
@@ -91,11 +103,15 @@ def rate(n: int, seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--net", choices=("mlp", "resnet"), default="mlp",
-                    help="mlp: the digits MLP zoo; resnet: a digits ResNet-8 zoo with BatchNorm (issue 14)")
+    ap.add_argument("--net", choices=("mlp", "resnet", "pinn"), default="mlp",
+                    help="mlp: the digits MLP zoo; resnet: a digits ResNet-8 zoo with BatchNorm (issue 14); "
+                         "pinn: PINNs of the convection equation (issue 15)")
+    ap.add_argument("--beta", type=float, default=1.0, help="--net pinn: the convection coefficient of the nets")
     ap.add_argument("--zoo", default=None, help="zoo path (default: zoos/bench_generators_<net>_digits)")
-    ap.add_argument("--members", type=int, default=None, help="zoo size when the zoo must be built (256 | 64)")
-    ap.add_argument("--epochs", type=int, default=None, help="zoo training epochs when the zoo must be built (15 | 6)")
+    ap.add_argument("--members", type=int, default=None,
+                    help="zoo size when the zoo must be built (mlp 256 | resnet 64 | pinn 64)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="zoo training epochs when the zoo must be built (15 | 6 | 50)")
     ap.add_argument("--width", type=int, default=8, help="--net resnet: net.width (8: 19,810 parameters)")
     ap.add_argument("--zoo-override", action="append", default=[], help="extra wsl-zoo override when building")
     ap.add_argument("--generators", default="flow,diffusion")
@@ -103,15 +119,18 @@ def main() -> None:
     ap.add_argument("--long-steps", type=int, default=2000, help="steps of the long-trained variant (0: skip it)")
     ap.add_argument("--override", action="append", default=[], help="extra train_generator override (repeatable)")
     ap.add_argument("--n-throughput", type=int, default=10_000, help="nets sampled for the throughput figure")
-    ap.add_argument("--n-eval", type=int, default=None, help="nets written as a zoo, scored and audited (256 | 64)")
-    ap.add_argument("--baseline-n", type=int, default=None, help="nets per baseline setting in the audit (64 | 16)")
+    ap.add_argument("--n-eval", type=int, default=None,
+                    help="nets written as a zoo, scored and audited (256 | 64 | 128)")
+    ap.add_argument("--baseline-n", type=int, default=None,
+                    help="nets per baseline setting in the audit (64 | 16 | 32)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_generators"))
     args = ap.parse_args()
-    mlp = args.net == "mlp"
-    args.n_eval = args.n_eval or (256 if mlp else 64)
-    args.baseline_n = args.baseline_n or (64 if mlp else 16)
+    args.n_eval = args.n_eval or {"mlp": 256, "resnet": 64, "pinn": 128}[args.net]
+    args.baseline_n = args.baseline_n or {"mlp": 64, "resnet": 16, "pinn": 32}[args.net]
     if args.net == "resnet":
         return bench_resnet(args)
+    if args.net == "pinn":
+        return bench_pinn(args)
 
     zoo_path, out = Path(args.zoo or ROOT / "zoos" / "bench_generators_mlp_digits"), Path(args.out).resolve()
     if not (zoo_path / "index.h5").exists():
@@ -363,6 +382,126 @@ def bench_resnet(args) -> None:
                      "failure_rate": round(g_sum["failure_rate"], 4), "memorized_rate": round(g_sum["memorized_rate"], 4),
                      "weight_novelty": round(nanmean(gs.weight_novelty), 4), "behaviour_novelty": round(beh, 4),
                      "overrides": args.override, "batchnorm": ev.info["batchnorm_reestimation"]})
+    print(f"\nsummary (whole benchmark {time.perf_counter() - t_all:.0f} s):")
+    print(json.dumps(rows, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+
+
+def bench_pinn(args) -> None:
+    """Issue 15's benchmark: a generator on a zoo of PINNs at one beta (see the module docstring)."""
+    from wsl.apps.sample import typed_config as sample_config
+    from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
+    from wsl.evaluate.pipeline import evaluate_zoo
+    from wsl.evaluate.report import compare_with_noise
+    from wsl.evaluate.schema import EvaluateConfig
+    from wsl.generators.sample import sample_zoo
+    from wsl.zoo.schema import ZooPath
+
+    t_all = time.perf_counter()
+    zoo_path = Path(args.zoo or ROOT / "zoos" / "bench_generators_pinn_convection")
+    out = Path(args.out).resolve() / "pinn"
+    if not (zoo_path / "index.h5").exists():
+        t = time.perf_counter()
+        build_zoo(zoo_path, args.members or 64, args.epochs or 50,
+                  ["experiment=phase_pinn_convection", f"dataset.beta={args.beta:g}", *args.zoo_override])
+        print(f"zoo built in {time.perf_counter() - t:.0f} s", flush=True)
+    ref = Zoo(zoo_path)
+    ids = ref.filter(status="trained", beta=args.beta)
+    table = ref.table().loc[ids]
+    arch, layout = ref.arch(ids[0]), ref.layout(ids[0])
+    task = ref.training_data(ids[0])
+    stored_rel = table["test_rel_l2"].to_numpy(float)
+    print(f"\nzoo {zoo_path}: {len(ids)} trained nets at beta={args.beta:g} of {json.dumps(arch, sort_keys=True)} "
+          f"({layout.numel:,} parameters); test grid {task.info['test_grid']} ({len(task.split('test')[0])} points); "
+          f"stored test_rel_l2 {stored_rel.mean():.4f} ± {stored_rel.std(ddof=1):.4f} "
+          f"(median {np.median(stored_rel):.4f})")
+    for lr, grp in table.groupby("lr"):
+        v = grp["test_rel_l2"].to_numpy(float)
+        print(f"  lr={lr:g}: {len(v)} nets, test_rel_l2 {v.mean():.4f} ± {v.std(ddof=1):.4f} "
+              f"(median {np.median(v):.4f}, above 0.9: {(v > 0.9).mean():.2f})")
+    print(f"torch threads: {torch.get_num_threads()}, CPU cores visible: {os.cpu_count()}, "
+          f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
+
+    rows = []
+    for gen in [g.strip() for g in args.generators.split(",") if g.strip()]:
+        name = f"pinn-{gen}"
+        print(f"\n=== generator={gen} ===", flush=True)
+        overrides = [f"zoo.path={zoo_path}", f"+zoo.filter.beta={args.beta:g}", f"generator={gen}", "logger=none",
+                     "progress_refresh_rate=0", "trainer.accelerator=cpu", *args.override]
+        if args.steps:
+            overrides.append(f"trainer.max_steps={args.steps}")
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            job = typed_config(compose(config_name="train_generator", overrides=overrides))
+        run_dir, gen_zoo = out / f"{name}-run", out / f"{name}-samples"
+        for d in (run_dir, gen_zoo):
+            shutil.rmtree(d, ignore_errors=True)
+        t = time.perf_counter()
+        run = train_generator(job, run_dir, config=stored(job))
+        t_train, tr = time.perf_counter() - t, run.training
+        print(f"training: {tr['steps']} steps on {tr['n_train']} nets (+{tr['n_val']} validation) in {t_train:.1f} s "
+              f"(alignment {tr['seconds_align']:.1f} s, fit {tr['seconds_fit']:.1f} s); spread ratio "
+              f"{tr['spread_ratio']:.3f}; denoiser {run.denoiser.name} with "
+              f"{sum(p.numel() for p in run.denoiser.parameters()):,} parameters over {run.representation.dim:,} "
+              f"coordinates; align={job.representation.align}", flush=True)
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            sjob = sample_config(compose(config_name="sample", overrides=[
+                f"run={run_dir}", f"n={args.n_eval}", "seed=1", f"zoo.path={gen_zoo}", "logger=none"]))
+        t = time.perf_counter()
+        sample_zoo(sjob, config=stored(sjob))
+        t_sample = time.perf_counter() - t
+        print(f"sampling: {args.n_eval} nets drawn and written in {t_sample:.1f} s "
+              f"({rate(args.n_eval, t_sample):,.0f} nets/minute)", flush=True)
+
+        baselines = {"noise": NoiseBaseline(sigmas=[0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0], n=args.baseline_n),
+                     "average": AverageBaseline(ks=[2, 3, 5], n=args.baseline_n),
+                     "gaussian": GaussianFitBaseline(n=args.baseline_n)}
+        t = time.perf_counter()
+        ev, report = evaluate_zoo(EvaluateConfig(zoo=ZooPath(str(gen_zoo)), reference=str(zoo_path),
+                                                 out=str(out / f"{name}-report")), baselines)
+        t_eval = time.perf_counter() - t
+        print(f"wsl.evaluate: {t_eval:.1f} s; a net fails when {ev.info['failure_text']}; report {report}")
+        # PINNs have no behavioural novelty (one target function); the output agreement describes the samples
+        print(f"{'set':28s} {'rel_l2 (lower is better)':>24s} {'median':>7s} {'failed':>7s} {'weight nov.':>11s} "
+              f"{'out. agree.':>11s} {'memorized':>9s}")
+        for st in ev.sets:
+            sm = st.summary()
+            print(f"{st.label:28s} {sm['rel_l2_mean']:11.4f} ± {sm['rel_l2_std']:.4f} "
+                  f"{np.nanmedian(st.scores.score):7.4f} {sm['failure_rate']:7.2f} {nanmean(st.weight_novelty):11.3f} "
+                  f"{sm['agreement_mean']:11.3f} {sm['memorized_rate']:9.2f}")
+        e = ev.ensemble
+        print(f"{'ensemble (mean solution)':28s} {e['rel_l2']:11.4f}")
+        gs, zs = ev.by_method("generated")[0], ev.by_method("training")[0]
+        g_sum, z_sum = gs.summary(), zs.summary()
+        print(f"\nRESULT {gen}: zoo test_rel_l2 {z_sum['rel_l2_mean']:.4f} ± {z_sum['rel_l2_std']:.4f} (median "
+              f"{np.median(zs.scores.score):.4f}; the index stores {np.mean(stored_rel):.4f}); sampled "
+              f"{g_sum['rel_l2_mean']:.4f} ± {g_sum['rel_l2_std']:.4f} (median {np.nanmedian(gs.scores.score):.4f}); "
+              f"failure rate {g_sum['failure_rate']:.3f} (zoo {z_sum['failure_rate']:.3f}); memorized fraction "
+              f"{g_sum['memorized_rate']:.3f} (zoo's own, leave-one-out: {z_sum['memorized_rate']:.3f}); weight "
+              f"novelty {nanmean(gs.weight_novelty):.3f}; output agreement with the nearest training net "
+              f"{g_sum['agreement_mean']:.3f} (zoo's own: {z_sum['agreement_mean']:.3f})")
+        cmp = compare_with_noise(ev)
+        for c in cmp:
+            verdict = ("outside the noise sweep's novelty range" if c["noise_score"] is None else
+                       f"noise baseline {c['noise_score']:.4f} at equal novelty -> generator {c['verdict']} "
+                       f"({c['difference']:+.4f} ± {c['stderr']:.4f}, > 0: lower error)")
+            print(f"  {c['axis']} novelty {c['novelty']:.3f}: {verdict}")
+        rows.append({"generator": gen, "zoo": str(zoo_path), "beta": args.beta, "zoo_nets": len(ids),
+                     "parameters": layout.numel, "train_s": round(t_train, 1), "steps": tr["steps"],
+                     "sample_s": round(t_sample, 1), "evaluate_s": round(t_eval, 1),
+                     "spread_ratio": round(tr["spread_ratio"], 3),
+                     "zoo_rel_l2": round(z_sum["rel_l2_mean"], 4), "zoo_rel_l2_median": round(float(np.median(
+                         zs.scores.score)), 4), "zoo_failure_rate": round(z_sum["failure_rate"], 4),
+                     "sampled_rel_l2": round(g_sum["rel_l2_mean"], 4),
+                     "sampled_rel_l2_std": round(g_sum["rel_l2_std"], 4),
+                     "sampled_rel_l2_median": round(float(np.nanmedian(gs.scores.score)), 4),
+                     "failure_rate": round(g_sum["failure_rate"], 4),
+                     "memorized_rate": round(g_sum["memorized_rate"], 4),
+                     "zoo_memorized_rate": round(z_sum["memorized_rate"], 4),
+                     "weight_novelty": round(nanmean(gs.weight_novelty), 4),
+                     "output_agreement": round(g_sum["agreement_mean"], 4), "overrides": args.override,
+                     "noise_comparison": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items()}
+                                          for c in cmp]})
     print(f"\nsummary (whole benchmark {time.perf_counter() - t_all:.0f} s):")
     print(json.dumps(rows, indent=1))
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,10 @@
-"""wsl-evaluate: accuracy, memorization audit, baselines and phases of a generated zoo.
+"""wsl-evaluate: score, memorization audit, baselines and phases of a generated zoo.
 
     wsl-evaluate zoo.path=zoos/mlp_digits-gen reference=zoos/mlp_digits
+
+The score is the domain's (wsl.evaluate.domains): accuracy for classification, bits per character for
+a language model (dataset=text) and the relative L2 error for a PINN (dataset=convection); the last two
+are lower-is-better, and the failure rule, the noise verdict and the plots follow that direction.
 
 The report goes to `out` (default <zoo>/report); the resolved config and the headline numbers of
 every set of nets (generated, training zoo, each baseline setting) are logged (logger=csv by

@@ -106,8 +106,9 @@ ENCODER_SCHEMAS = (FlatConfig, StatsConfig, DeepSetsConfig, GraphConfig, NFNConf
 @target_schema
 @dataclass
 class TaskConfig:
-    """Every task (gen_gap, hparams, inr_class, phase, test_acc) is a wsl.encoders.tasks.Task (a subclass:
-    these options, in this order); conf/task/<name>.yaml sets which columns it predicts and how."""
+    """Every task (gen_gap, hparams, inr_class, phase, test_acc, test_bpc, test_rel_l2) is a
+    wsl.encoders.tasks.Task (a subclass: these options, in this order); conf/task/<name>.yaml sets which
+    columns it predicts and how."""
 
     name: str = MISSING
     kind: str = "regression"

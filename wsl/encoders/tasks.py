@@ -10,6 +10,7 @@ Metrics (per target): Kendall tau and R^2 for regression, accuracy for classific
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,22 @@ from wsl.errors import ConfigError
 DERIVED = {
     "generalization_gap": (("train_acc", "test_acc"), lambda t: t["train_acc"] - t["test_acc"]),
 }
+# each domain's accuracy-like column (the index's <split>_<suffix>), the task that predicts it, and its name
+ACCURACY_LIKE = (("rel_l2", "test_rel_l2", "a PINN zoo (dataset=convection) has no accuracy: its accuracy-like column "
+                  "is the relative L2 error"),)
+
+
+def no_value_hint(table, column: str) -> str:
+    """Why an accuracy column holds no value in this zoo and which column to predict instead ('' if unknown)."""
+    m = re.fullmatch(r"(train|val|test)_acc", column)
+    split = m.group(1) if m else "test" if column == "generalization_gap" else None
+    if split is None:
+        return ""
+    for suffix, task, what in ACCURACY_LIKE:
+        if f"{split}_{suffix}" in table.columns:
+            how = f"task={task}" if split == "test" else f"task.columns=[{split}_{suffix}]"
+            return f" ({what} '{split}_{suffix}', lower is better: use {how})"
+    return ""
 
 
 @dataclass
@@ -44,7 +61,9 @@ class Task(TaskConfig):
         return self.kind == "regression"
 
     def check_columns(self, table, where: str = "the zoo's index") -> None:
-        """Raise ConfigError naming the first target column `table` cannot provide."""
+        """Raise ConfigError naming the first target column `table` cannot provide: missing, or (a regression
+        target) without a single finite value, e.g. the accuracy of a PINN zoo, which names the column to
+        predict instead."""
         have = set(table.columns)
         for c in self.columns:
             needed = DERIVED[c][0] if c in DERIVED and c not in have else (c,)
@@ -53,6 +72,12 @@ class Task(TaskConfig):
                     extra = f" (needed for {c!r})" if n != c else ""
                     raise ConfigError(f"task={self.name}: column {n!r}{extra} is missing from {where}; "
                                       f"available: {', '.join(sorted(map(str, have)))}")
+            if self.kind == "regression":
+                v = np.asarray(self.column_values(table, c), dtype=object)
+                finite = [x for x in v if isinstance(x, (int, float, np.number)) and np.isfinite(x)]
+                if len(v) and not finite:
+                    raise ConfigError(f"task={self.name}: column {c!r} has no finite value in {where}"
+                                      f"{no_value_hint(table, c) or ''}")
 
     def column_values(self, table, column: str) -> np.ndarray:
         if column in table.columns:

@@ -1,4 +1,5 @@
-"""Judging sampled nets: accuracy of every net, the memorization audit against the training zoo,
+"""Judging sampled nets: the score of every net (accuracy; bits per character; relative L2 error: one
+judge per data kind, wsl.evaluate.domains), the memorization audit against the training zoo,
 the plain baselines a generator has to beat, phases, plots and the report (`wsl-evaluate`).
 
 The names below are imported on first use: the schema (wsl.evaluate.schema, also used by wsl-sample's)
@@ -8,7 +9,8 @@ and an app's `--help` need no torch.
 import importlib
 
 _EXPORTS = {"Scores": "accuracy", "score_nets": "accuracy", "ensemble_scores": "accuracy",
-            "reestimate_batchnorm": "accuracy", "BatchNormInputs": "accuracy",
+            "reestimate_batchnorm": "accuracy", "BatchNormInputs": "accuracy", "Metric": "accuracy",
+            "judge_for": "domains", "Judge": "domains", "LanguageModelJudge": "domains", "PINNJudge": "domains",
             "NoiseBaseline": "baselines", "AverageBaseline": "baselines", "GaussianFitBaseline": "baselines",
             "generate_baselines": "baselines", "AlignedReference": "novelty", "Audit": "novelty", "audit": "novelty",
             "prediction_overlap": "novelty", "training_yardstick": "novelty", "compare_phases": "phases",

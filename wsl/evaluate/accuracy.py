@@ -10,7 +10,7 @@ what wsl-sample and wsl-evaluate record with their results.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,13 +21,44 @@ from wsl.landscape.batchnorm import has_batchnorm, reset_bn_stats
 from wsl.population.functional import population_forward, stack_state_dicts
 
 
+@dataclass(frozen=True)
+class Metric:
+    """The headline score of a domain: its index column suffix (`<split>_<key>`), its name in reports,
+    its direction, and the `failure.<knob>` that fixes its failure threshold."""
+
+    key: str
+    name: str
+    higher_is_better: bool
+    knob: str
+
+    def fails(self, value: np.ndarray, threshold: float) -> np.ndarray:
+        """Nets whose score is on the wrong side of the threshold (nan scores are not caught here)."""
+        v = np.asarray(value, dtype=float)
+        return v < threshold if self.higher_is_better else v > threshold
+
+    def better(self, a: float, b: float) -> float:
+        """How much better a is than b, positive when better (a - b, or b - a for lower-is-better scores)."""
+        return a - b if self.higher_is_better else b - a
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+
+ACCURACY = Metric("acc", "accuracy", True, "min_accuracy")
+
+
 @dataclass
 class Scores:
     """Per-net results on one split (S nets, n inputs).
 
-    accuracy [S] (0 where outputs are not finite: such a net predicts nothing), loss [S] (mean
-    cross-entropy; nan where not finite), predictions [S, n] int64 (-1 where not finite),
-    finite [S] bool, failed [S] bool (not finite, or not clearly better than a constant predictor).
+    accuracy [S] (0 where outputs are not finite: such a net predicts nothing; nan for a domain without
+    one, PINNs), loss [S] (the domain's loss, for classification the mean cross-entropy; nan where not
+    finite), predictions [S, n] (classification: int64 classes, -1 where not finite; see
+    wsl.evaluate.domains for the other domains), finite [S] bool, failed [S] bool (not finite, or not
+    clearly better than a constant predictor). score [S]: the domain's headline `metric` (default: the
+    accuracy); min_accuracy: the threshold of that score `failed` used (named for classification, its
+    first domain); extra: more per-net columns of the domain ({"residual": [S], ...}).
     """
 
     accuracy: np.ndarray
@@ -35,16 +66,46 @@ class Scores:
     predictions: np.ndarray
     finite: np.ndarray
     failed: np.ndarray
-    min_accuracy: float  # the threshold `failed` used
+    min_accuracy: float  # the threshold `failed` used (of `metric`)
+    score: np.ndarray | None = None
+    metric: Metric = ACCURACY
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.score is None:
+            self.score = self.accuracy
+
+    @property
+    def threshold(self) -> float:
+        return self.min_accuracy
 
     def __len__(self) -> int:
-        return len(self.accuracy)
+        return len(self.score)
+
+    def column(self, name: str) -> np.ndarray | None:
+        """A per-net column by index-metric name: "acc", "loss", the metric's key, or an extra one (None: not
+        measured for this domain)."""
+        if name == self.metric.key:
+            return self.score
+        if name == "acc":
+            return self.accuracy
+        if name == "loss":
+            return self.loss
+        return self.extra.get(name)
 
     def summary(self) -> dict:
         """Mean ± std over *all* nets (failed ones included: a generator owns its failures), plus
-        the same over the nets that did not fail, and the failure rate."""
-        out = {"n": int(len(self)), "failure_rate": float(self.failed.mean()) if len(self) else float("nan")}
-        for key, v in (("acc", self.accuracy), ("acc_ok", self.accuracy[~self.failed]), ("loss", self.loss)):
+        the same over the nets that did not fail, and the failure rate. `score_*` is the headline metric
+        (also under its own key, e.g. `rel_l2_*`; for classification `acc_*`)."""
+        out = {"n": int(len(self)), "failure_rate": float(self.failed.mean()) if len(self) else float("nan"),
+               "metric": self.metric.key}
+        ok = ~self.failed
+        cols = [("acc", self.accuracy), ("acc_ok", self.accuracy[ok]), ("loss", self.loss),
+                ("score", self.score), ("score_ok", self.score[ok])]
+        if self.metric.key != "acc":
+            cols += [(self.metric.key, self.score), (f"{self.metric.key}_ok", self.score[ok])]
+        cols += list(self.extra.items())
+        for key, v in cols:
             out[f"{key}_mean"], out[f"{key}_std"] = mean_std(v)
         return {**out, "n_finite": int(np.isfinite(self.loss).sum())}
 

@@ -22,7 +22,9 @@ permutation, so one alignment minimizes the L2 distance and maximizes the cosine
 
 Behaviour (needs no alignment: predictions are permutation invariant): the highest agreement of
 predictions with any training checkpoint, and the highest IoU of the sets of inputs each net gets
-wrong.
+wrong (a language model: its next-character predictions at every position). PINNs (one target
+function: accurate nets agree, copies or not) get the output overlaps as descriptions and no
+behavioural novelty (wsl.evaluate.domains).
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def prediction_overlap(pred: np.ndarray, ref_pred: np.ndarray, y: np.ndarray, nu
                        exclude: np.ndarray | None = None) -> Overlap:
     """pred [S, n], ref_pred [T, n] predicted classes (-1: no prediction), y [n].
 
-    Agreement counts class by class as a sum of C matrix products (never an [S, T, n] tensor).
+    Agreement counts class by class as a sum of C matrix products, or checkpoint by checkpoint when there
+    are fewer checkpoints than classes (never an [S, T, n] tensor).
     Two nets that both get nothing wrong have identical (empty) error sets: IoU 1.
     """
     p, r = torch.as_tensor(pred), torch.as_tensor(ref_pred)
@@ -163,8 +166,12 @@ def prediction_overlap(pred: np.ndarray, ref_pred: np.ndarray, y: np.ndarray, nu
     if r.shape[0] == 0:
         raise ConfigError("prediction overlap needs at least one training checkpoint")
     agree = torch.zeros(S, r.shape[0], dtype=torch.float64)
-    for c in range(num_classes):
-        agree += (p == c).double() @ (r == c).double().T
+    if num_classes <= r.shape[0]:
+        for c in range(num_classes):
+            agree += (p == c).double() @ (r == c).double().T
+    else:  # many classes (a vocabulary), few checkpoints: one comparison per checkpoint
+        for t in range(r.shape[0]):
+            agree[:, t] = ((p == r[t]) & (p >= 0)).sum(1).double()
     agree /= max(1, n)
     yt = torch.as_tensor(y)
     wp = (p != yt).double()  # [S, n] wrong (or no prediction)
@@ -192,6 +199,7 @@ class Audit:
     agreement: np.ndarray  # [S]
     wrong_iou: np.ndarray  # [S]
     memorized: np.ndarray  # [S] bool: l2_ratio below the threshold
+    behavioural: bool = True  # False: agreement/wrong_iou describe the nets but are no novelty (PINNs)
 
     def summary(self, mask: np.ndarray | None = None) -> dict:
         """Mean ± std of every column over the nets in `mask` (default: all)."""
@@ -213,15 +221,18 @@ class Yardstick:
     wrong_iou: np.ndarray  # [T]
     nearest: np.ndarray  # [T] index of the nearest other checkpoint (L2)
 
-    def as_audit(self, memorized_below: float) -> "Audit":
+    def as_audit(self, memorized_below: float, behavioural: bool = True) -> "Audit":
         """The training checkpoints' own audit (each against the others): novelty about 1 by construction."""
-        return self.audit(self.l2, self.cosine, self.nearest, self.agreement, self.wrong_iou, memorized_below)
+        return self.audit(self.l2, self.cosine, self.nearest, self.agreement, self.wrong_iou, memorized_below,
+                          behavioural)
 
-    def audit(self, l2, cosine, nearest, agreement, wrong_iou, memorized_below: float) -> "Audit":
+    def audit(self, l2, cosine, nearest, agreement, wrong_iou, memorized_below: float,
+              behavioural: bool = True) -> "Audit":
         """Nearest-neighbour results read against this yardstick (novelty = distance / its median)."""
         l2_ratio = l2 / max(self.l2_median, 1e-30)
         return Audit(l2=l2, cosine=cosine, l2_ratio=l2_ratio, cosine_ratio=cosine / max(self.cosine_median, 1e-30),
-                     nearest=nearest, agreement=agreement, wrong_iou=wrong_iou, memorized=l2_ratio < memorized_below)
+                     nearest=nearest, agreement=agreement, wrong_iou=wrong_iou, memorized=l2_ratio < memorized_below,
+                     behavioural=behavioural)
 
     @property
     def l2_median(self) -> float:
@@ -232,25 +243,40 @@ class Yardstick:
         return float(np.median(self.cosine))
 
 
-def training_yardstick(ref: AlignedReference, ref_pred: np.ndarray, y: np.ndarray, num_classes: int) -> Yardstick:
-    """Each training checkpoint against its nearest *other* training checkpoint."""
+OverlapFn = Callable[..., Overlap]  # (pred [S, n], ref_pred [T, n], exclude=None) -> Overlap
+
+
+def _overlap_fn(y, num_classes, overlap: OverlapFn | None) -> OverlapFn:
+    if overlap is not None:
+        return overlap
+    if y is None or num_classes is None:
+        raise ConfigError("the behavioural audit needs labels and a class count, or an overlap function")
+    return lambda pred, ref_pred, exclude=None: prediction_overlap(pred, ref_pred, y, num_classes, exclude)
+
+
+def training_yardstick(ref: AlignedReference, ref_pred: np.ndarray, y: np.ndarray | None = None,
+                       num_classes: int | None = None, overlap: OverlapFn | None = None) -> Yardstick:
+    """Each training checkpoint against its nearest *other* training checkpoint. Behaviour: predicted
+    classes against labels y (num_classes), or `overlap` (a domain's own, wsl.evaluate.domains)."""
     T = len(ref)
     if T < 2:
         raise ConfigError("the memorization audit needs at least two training checkpoints "
                           f"(training-to-training distances are its yardstick), got {T}")
     self_idx = np.arange(T)
     nb = ref.nearest(ref.state_dicts, exclude=self_idx, in_anchor_frame=True)
-    ov = prediction_overlap(ref_pred, ref_pred, y, num_classes, exclude=self_idx)
+    ov = _overlap_fn(y, num_classes, overlap)(ref_pred, ref_pred, exclude=self_idx)
     return Yardstick(nb.l2, nb.cosine, ov.agreement, ov.wrong_iou, nb.l2_index)
 
 
 def audit(ref: AlignedReference, yard: Yardstick, state_dicts: list[dict], pred: np.ndarray,
-          ref_pred: np.ndarray, y: np.ndarray, num_classes: int, memorized_below: float = 0.5) -> Audit:
+          ref_pred: np.ndarray, y: np.ndarray | None = None, num_classes: int | None = None,
+          memorized_below: float = 0.5, overlap: OverlapFn | None = None, behavioural: bool = True) -> Audit:
     """Audit S nets (state dicts + predictions [S, n]) against the training checkpoints.
 
     A net counts as memorized when its aligned NN distance is below `memorized_below` times the
     median training-to-training NN distance (closer to a training checkpoint than half the typical
-    gap between two independently trained ones)."""
+    gap between two independently trained ones). Behaviour as in training_yardstick; behavioural=False:
+    the overlaps describe the nets but give no behavioural novelty (a domain where they cannot)."""
     nb = ref.nearest(state_dicts)
-    ov = prediction_overlap(pred, ref_pred, y, num_classes)
-    return yard.audit(nb.l2, nb.cosine, nb.l2_index, ov.agreement, ov.wrong_iou, memorized_below)
+    ov = _overlap_fn(y, num_classes, overlap)(pred, ref_pred)
+    return yard.audit(nb.l2, nb.cosine, nb.l2_index, ov.agreement, ov.wrong_iou, memorized_below, behavioural)

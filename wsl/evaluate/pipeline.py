@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from wsl.errors import ConfigError, ZooFormatError, printable
-from wsl.evaluate.accuracy import BatchNormInputs, ensemble_scores, has_batchnorm, mean_std, score_nets
+from wsl.evaluate.accuracy import BatchNormInputs, has_batchnorm, mean_std
 from wsl.evaluate.baselines import build_baselines, check_baselines, generate_baselines
-from wsl.evaluate.novelty import AlignedReference, audit, prediction_overlap, training_yardstick
+from wsl.evaluate.domains import check_kind, judge_for
+from wsl.evaluate.novelty import AlignedReference, audit, training_yardstick
 from wsl.evaluate.phases import compare_phases
 from wsl.evaluate.report import report_dir, write_report
 from wsl.evaluate.results import Evaluation, SetResult
@@ -121,6 +122,7 @@ def plan_evaluation(job: EvaluateConfig) -> EvaluationPlan:
         raise ConfigError(f"reference zoo {ref.path} has {len(ref_ids)} trained checkpoint(s) of architecture "
                           f"{arch_key}; the audit needs at least 2")
     gen_task, ref_task = gen.training_data(gen_ids[0]), ref.training_data(ref_ids[0])
+    check_kind(ref_task, job.failure)  # a domain wsl-evaluate scores, with the failure threshold of that domain
     if _eval_fingerprint(gen_task) != _eval_fingerprint(ref_task):
         raise ConfigError(f"dataset mismatch: the generated zoo {gen.path} was made for dataset {gen_task.name!r} "
                           f"({_ds(gen_task)}), the reference zoo {ref.path} for {ref_task.name!r} ({_ds(ref_task)}); "
@@ -200,39 +202,39 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     check_baselines(baselines, len(p.ref_ids))  # again: fewer training checkpoints may be left
     timings["load checkpoints"] = time.perf_counter() - t0
 
-    x, y = p.task.split(s.split)
-    y_np, C = y.numpy(), p.task.num_classes
     bn = _bn_inputs(p.task, s.batchnorm) if has_batchnorm(net) else None  # train split only
-    score = partial(score_nets, net, x=x, y=y, num_classes=C, x_train=bn, min_accuracy=fail.min_accuracy,
-                    min_gain=fail.min_gain, chunk=s.chunk)
+    judge = judge_for(p.task, net, bn, s.chunk, fail)  # the domain's score, failure rule, ensemble, behaviour
+    score = partial(judge.scores, split=s.split)
     t = time.perf_counter()
-    gen_scores = score(state_dicts=gen_sds)
+    gen_scores = score(gen_sds)
     timings["score generated nets"] = time.perf_counter() - t
-    ref_scores = score(state_dicts=ref_sds)
-    ens = ensemble_scores(net, ref_sds, x, y, x_train=bn, chunk=s.chunk)
+    ref_scores = score(ref_sds)
+    ens = judge.ensemble(ref_sds, s.split, finite=ref_scores.finite)
 
     t = time.perf_counter()
     align = partial(_align, spec=spec, max_iter=nov.max_iter) if nov.align else None
     ref = AlignedReference(ref_sds, p.ref.layout(p.ref_ids[0]).flatten, align, anchor=nov.anchor, top_k=nov.top_k)
-    yard = training_yardstick(ref, ref_scores.predictions, y_np, C)
+    overlap = partial(judge.overlap, split=s.split)
+    yard = training_yardstick(ref, ref_scores.predictions, overlap=overlap)
     timings["align training zoo + yardstick"] = time.perf_counter() - t
     t = time.perf_counter()
-    run_audit = partial(audit, ref, yard, ref_pred=ref_scores.predictions, y=y_np, num_classes=C,
-                        memorized_below=nov.memorized_below)
+    run_audit = partial(audit, ref, yard, ref_pred=ref_scores.predictions, memorized_below=nov.memorized_below,
+                        overlap=overlap, behavioural=judge.behavioural_novelty)
     gen_audit = run_audit(gen_sds, pred=gen_scores.predictions)
     timings["audit generated nets"] = time.perf_counter() - t
 
     sets = [SetResult("generated", "", None, gen_scores, gen_audit, list(p.gen_ids)),
-            SetResult("training", "leave-one-out", None, ref_scores, yard.as_audit(nov.memorized_below), list(p.ref_ids))]
+            SetResult("training", "leave-one-out", None, ref_scores,
+                      yard.as_audit(nov.memorized_below, judge.behavioural_novelty), list(p.ref_ids))]
 
     t = time.perf_counter()
     for b in generate_baselines(baselines, ref, align, s.seed):
-        sc = score(state_dicts=b.state_dicts)
+        sc = score(b.state_dicts)
         sets.append(SetResult(b.method, b.setting, b.value, sc, run_audit(b.state_dicts, pred=sc.predictions)))
     timings["baselines"] = time.perf_counter() - t
 
     if ens["predictions"] is not None:
-        ov = prediction_overlap(ens["predictions"][None], ref_scores.predictions, y_np, C)
+        ov = overlap(ens["predictions"][None], ref_scores.predictions)
         ens.update(agreement=float(ov.agreement[0]), wrong_iou=float(ov.wrong_iou[0]))
 
     phases = []
@@ -245,12 +247,18 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
                                 gen_loss, ref_loss, s.phases)
         timings["phases"] = time.perf_counter() - t
 
-    conditions = _conditions(p, gen_sds, gen_scores, score)
+    conditions = _conditions(p, gen_sds, gen_scores, judge)
     timings["total"] = time.perf_counter() - t0
     info = {"zoo": str(p.gen.path), "reference": str(p.ref.path), "zoo_name": p.gen.attrs.get("zoo_name", p.gen.path.name),
             "reference_name": p.ref.attrs.get("zoo_name", p.ref.path.name), "arch": p.arch,
             "n_parameters": p.ref.layout(p.ref_ids[0]).numel,  # weights: BatchNorm statistics are not counted
-            "dataset": p.task.name, "split": s.split, "n_inputs": int(len(y)), "epoch": s.epoch,
+            "dataset": p.task.name, "kind": judge.kind, "metric": judge.metric.key, "metric_name": judge.metric.name,
+            "higher_is_better": judge.metric.higher_is_better, "behaviour": list(judge.behaviour),
+            "behavioural_novelty": judge.behavioural_novelty,
+            "behaviour_text": judge.behaviour_text, "novelty_axis": judge.novelty_axis,
+            "failure_text": judge.failure_text(gen_scores.threshold), "threshold": gen_scores.threshold,
+            "split": s.split, "n_inputs": judge.n_predictions(s.split), "inputs_text": judge.describe_inputs(s.split),
+            "epoch": s.epoch,
             "reference_epoch": p.reference_epoch, "reference_source": p.reference_source, "n_generated": len(gen_sds), "n_reference": len(ref_sds),
             "batchnorm": has_batchnorm(net), "batchnorm_reestimation": None if bn is None else bn.describe(),
             "batchnorm_text": None if bn is None else bn.text(), "min_accuracy": gen_scores.min_accuracy, "min_gain": fail.min_gain,
@@ -270,13 +278,14 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     return ev, path
 
 
-_METRIC = re.compile(r"^(train|val|test)_(acc|loss)$")
+_METRIC = re.compile(r"^(train|val|test)_(acc|loss|bpc|rel_l2|residual|ic|bc)$")
 
 
-def _conditions(p: EvaluationPlan, gen_sds: list, gen_scores, score) -> list[dict]:
+def _conditions(p: EvaluationPlan, gen_sds: list, gen_scores, judge) -> list[dict]:
     """For conditionally sampled nets (wsl-sample records each condition as hparam "cond_<key>"):
     per condition value, how many nets, and what they reach — the conditioned metric itself when it
-    is one of train/val/test acc/loss (measured here on that split), and the evaluation accuracy."""
+    is one of the domain's train/val/test metrics (acc, loss; bpc; rel_l2, residual, ic, bc; measured
+    here on that split), and the evaluation score (the domain's headline metric)."""
     values: dict = {}
     for i, m in enumerate(p.gen_ids):
         for k, v in p.gen.hparams(m).items():
@@ -286,15 +295,18 @@ def _conditions(p: EvaluationPlan, gen_sds: list, gen_scores, score) -> list[dic
     for key, groups in sorted(values.items()):
         metric = key[len("cond_"):]
         mt = _METRIC.match(metric)
+        if mt and gen_scores.column(mt.group(2)) is None:
+            mt = None  # not a metric of this domain (e.g. accuracy of a PINN)
         if mt and mt.group(1) not in measured:
-            xs, ys = p.task.split(mt.group(1))
-            measured[mt.group(1)] = score(state_dicts=gen_sds, x=xs, y=ys)
+            measured[mt.group(1)] = judge.scores(gen_sds, mt.group(1))
         for target, idx in sorted(groups.items()):
-            acc, acc_std = mean_std(gen_scores.accuracy[idx])
-            row = {"condition": key, "target": target, "n": len(idx), "eval_acc_mean": acc, "eval_acc_std": acc_std}
+            sc_mean, sc_std = mean_std(gen_scores.score[idx])
+            row = {"condition": key, "target": target, "n": len(idx), "eval_score_mean": sc_mean,
+                   "eval_score_std": sc_std}
+            if gen_scores.metric.key == "acc":
+                row.update(eval_acc_mean=sc_mean, eval_acc_std=sc_std)
             if mt:
-                sc = measured[mt.group(1)]
-                achieved_mean, achieved_std = mean_std((sc.accuracy if mt.group(2) == "acc" else sc.loss)[idx])
+                achieved_mean, achieved_std = mean_std(measured[mt.group(1)].column(mt.group(2))[idx])
                 row.update(metric=metric, achieved_mean=achieved_mean, achieved_std=achieved_std)
             rows.append(row)
     return rows
@@ -324,8 +336,7 @@ def _train_losses(net, p: EvaluationPlan, ref_sds: list, gen_sds: list, nearest:
                               (gen_sds, [i for i, n in enumerate(nearest) if n >= 0 and keys[n] == k], gen_loss)):
             if idx:
                 bn = _bn_inputs(task, batchnorm) if has_batchnorm(net) else None
-                out[idx] = score_nets(net, [sds[i] for i in idx], task.x_train, task.y_train, task.num_classes,
-                                      x_train=bn, chunk=chunk).loss
+                out[idx] = judge_for(task, net, bn, chunk).scores([sds[i] for i in idx], "train").loss
     return ref_loss, gen_loss
 
 

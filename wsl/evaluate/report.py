@@ -58,13 +58,25 @@ def _sem(values: np.ndarray) -> float:
     return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
+def _score_mean(scores) -> float:
+    """Mean score over all nets of a set; a net without a finite score (non-finite outputs: accuracy 0, but
+    bpc or rel_l2 nan) counts as failed and is left out of a lower-is-better mean (its failure is counted
+    in the failure rate)."""
+    return mean_std(scores.score)[0]
+
+
+def _score_sem(scores) -> float:
+    return _sem(scores.score[np.isfinite(scores.score)])
+
+
 def noise_at_equal_novelty(ev: Evaluation, novelty: float, attr: str = "weight_novelty",
                            with_error: bool = False):
-    """Mean accuracy of the noise baseline interpolated (linearly in its σ sweep) at a given mean
-    novelty; None outside the swept range. A comparison of curves, not a selection: every σ stays
-    in the tables. with_error: (accuracy, its standard error interpolated alike) or None."""
-    pts = sorted((mean_std(getattr(s, attr))[0], float(s.scores.accuracy.mean()), _sem(s.scores.accuracy))
-                 for s in ev.by_method("noise") if np.isfinite(getattr(s, attr)).any())
+    """Mean score (accuracy, or the domain's headline score) of the noise baseline interpolated (linearly
+    in its σ sweep) at a given mean novelty; None outside the swept range. A comparison of curves, not a
+    selection: every σ stays in the tables. with_error: (score, its standard error interpolated alike) or None."""
+    pts = sorted((mean_std(getattr(s, attr))[0], _score_mean(s.scores), _score_sem(s.scores))
+                 for s in ev.by_method("noise") if np.isfinite(getattr(s, attr)).any()
+                 and math.isfinite(_score_mean(s.scores)))
     if len(pts) < 2 or not math.isfinite(novelty):
         return None
     xs, ys, es = np.array(pts).T
@@ -77,38 +89,58 @@ def noise_at_equal_novelty(ev: Evaluation, novelty: float, attr: str = "weight_n
 def compare_with_noise(ev: Evaluation) -> list[dict]:
     """Where the generated nets sit against the noise baseline, on both novelty axes.
 
-    `better` (strictly better) needs the accuracy difference to exceed twice its standard error
-    (the two sets' standard errors of the mean, combined); `verdict` is "better", "worse" or
+    `better` (strictly better) needs the score difference, taken in the better direction of the domain's
+    score (higher accuracy; lower bits per character or relative L2 error), to exceed twice its standard
+    error (the two sets' standard errors of the mean, combined); `verdict` is "better", "worse" or
     "indistinguishable" (within two standard errors), None outside the noise sweep's novelty range.
+    `score`/`noise_score` (also `accuracy`/`noise_accuracy` for classification) are the two means.
     """
     if not ev.by_method("generated"):
         return []
     g, out = ev.by_method("generated")[0], []
-    acc, acc_se = float(g.scores.accuracy.mean()), _sem(g.scores.accuracy)
-    for axis, attr in (("weight", "weight_novelty"), ("behavioural", "behaviour_novelty")):
+    metric = g.scores.metric
+    acc, acc_se = _score_mean(g.scores), _score_sem(g.scores)
+    axes = [("weight", "weight_novelty"), ("behavioural", "behaviour_novelty")]
+    if not ev.info.get("behavioural_novelty", True):  # a domain without one (PINNs): the weight axis only
+        axes = axes[:1]
+    for axis, attr in axes:
         nov = mean_std(getattr(g, attr))[0]
         hit = noise_at_equal_novelty(ev, nov, attr, with_error=True)
         ref, ref_se = hit if hit is not None else (None, None)
         sweep = [mean_std(getattr(n, attr))[0] for n in ev.by_method("noise") if np.isfinite(getattr(n, attr)).any()]
-        diff = None if ref is None else acc - ref
+        diff = None if ref is None else metric.better(acc, ref)  # > 0: the generator is better
         se = None if ref is None else math.sqrt(acc_se**2 + ref_se**2)
         verdict = None if ref is None else ("better" if diff > 2 * se else "worse" if diff < -2 * se
                                             else "indistinguishable")
-        out.append({"axis": axis, "novelty": nov, "accuracy": acc, "noise_accuracy": ref,
-                    "sweep_min": min(sweep) if sweep else None, "sweep_max": max(sweep) if sweep else None,
-                    "difference": diff, "stderr": se, "verdict": verdict,
-                    "better": None if ref is None else verdict == "better"})
+        row = {"axis": axis, "novelty": nov, "metric": metric.key, "score": acc, "noise_score": ref,
+               "sweep_min": min(sweep) if sweep else None, "sweep_max": max(sweep) if sweep else None,
+               "difference": diff, "stderr": se, "verdict": verdict,
+               "better": None if ref is None else verdict == "better"}
+        if metric.key == "acc":
+            row.update(accuracy=acc, noise_accuracy=ref)
+        out.append(row)
     return out
+
+
+def _metric(info: dict) -> tuple[str, str, bool]:
+    """(key, name, higher is better) of the evaluation's headline score (classification: accuracy)."""
+    return info.get("metric", "acc"), info.get("metric_name", "accuracy"), info.get("higher_is_better", True)
 
 
 def markdown(ev: Evaluation, plots: dict) -> str:
     info = ev.info
+    key, name, higher = _metric(info)
+    direction = "higher is better" if higher else "lower is better"
+    failure = info.get("failure_text") or (
+        f"its accuracy is below {info['min_accuracy']:.4f} (a constant predictor's accuracy plus "
+        f"{info['min_gain']:g} of the gap to 1, unless set)")
     lines = [f"# Evaluation of `{info['zoo']}`", "",
              f"Reference (training) zoo: `{info['reference']}` — {info['n_reference']} checkpoints "
              f"(epoch {info['reference_epoch']}; {info.get('reference_source', '')}) of architecture "
              f"`{json.dumps(info['arch'], sort_keys=True)}` ({info.get('n_parameters')} parameters).",
              f"Generated nets: {info['n_generated']} (epoch {info['epoch']}); data `{info['dataset']}`, "
-             f"scored on the **{info['split']}** split ({info['n_inputs']} inputs). "
+             f"scored by their **{name}** ({direction}) on the **{info['split']}** split "
+             f"({info.get('inputs_text') or str(info['n_inputs']) + ' inputs'}). "
              + (f"BatchNorm: the running statistics of every net scored (generated, training zoo, baselines, "
               f"ensemble members) were re-estimated on {info['batchnorm_text']}; the statistics stored in "
               "checkpoints are not used, and the val and test splits never feed them."
@@ -116,8 +148,7 @@ def markdown(ev: Evaluation, plots: dict) -> str:
              "",
              "Every number is a mean ± std over *all* nets of a set (never its best net); nothing is selected on "
              "the test split: every σ and k of the baselines is listed. A net fails when its outputs are not "
-             f"finite or its accuracy is below {info['min_accuracy']:.4f} (a constant predictor's accuracy plus "
-             f"{info['min_gain']:g} of the gap to 1, unless set).", ""]
+             f"finite or {failure}.", ""]
     if info.get("provenance"):
         lines += ["## Provenance of the generated nets", "",
                   _table(["key", "values"], [[k, f"`{v}`"] for k, v in info["provenance"].items()]), ""]
@@ -125,31 +156,47 @@ def markdown(ev: Evaluation, plots: dict) -> str:
     if info.get("conditions"):
         lines += ["## Conditions", "", "Nets sampled with a condition, grouped by its value (all of them, none picked).", "",
                   _table(["condition", "target", "nets", "achieved (that metric, measured here)",
-                          f"{info['split']} accuracy"],
+                          f"{info['split']} {name}"],
                          [[r["condition"], _f(r["target"]), r["n"],
                            (f"{r['metric']}: " + _pm(r["achieved_mean"], r["achieved_std"])) if "metric" in r else "–",
-                           _pm(r["eval_acc_mean"], r["eval_acc_std"])] for r in info["conditions"]]), ""]
+                           _pm(r["eval_score_mean"], r["eval_score_std"])] for r in info["conditions"]]), ""]
 
-    lines += ["## Accuracy and loss", ""]
+    lines += [f"## {name[0].upper() + name[1:]} and loss", ""]
+    if key == "bpc":
+        lines += ["Bits per character: the mean cross-entropy over every position of every window, in bits; "
+                  "accuracy: of the next-character predictions; loss: the cross-entropy in nats per character.", ""]
+    elif key == "rel_l2":
+        lines += ["Relative L2 error ‖u − u_exact‖ / ‖u_exact‖ over the split's points; loss: the "
+                  "physics-informed loss (mean squared PDE residual + initial-condition MSE + periodic-boundary "
+                  "MSE) on that split; "
+                  "PINNs have no accuracy. The ensemble is the mean solution of the training nets.", ""]
+    extra = [k for k in ("acc",) if key == "bpc"]
     rows = []
     for s in ev.sets:
         m = s.scores.summary()
-        rows.append([s.label, m["n"], _f(m["failure_rate"], 3), _pm(m["acc_mean"], m["acc_std"]),
-                     _pm(m["acc_ok_mean"], m["acc_ok_std"]), _pm(m["loss_mean"], m["loss_std"])])
+        rows.append([s.label, m["n"], _f(m["failure_rate"], 3), _pm(m["score_mean"], m["score_std"]),
+                     _pm(m["score_ok_mean"], m["score_ok_std"]), *(_pm(m[f"{c}_mean"], m[f"{c}_std"]) for c in extra),
+                     _pm(m["loss_mean"], m["loss_std"])])
     e = ev.ensemble
-    rows.append([f"ensemble of the training zoo ({e.get('n_members', 0)} members)", 1, "–", _f(e.get("accuracy")),
-                 "–", _f(e.get("loss"))])
-    lines += [_table(["set", "nets", "failure rate", "accuracy", "accuracy (not failed)", "loss"], rows), ""]
+    rows.append([f"ensemble of the training zoo ({e.get('n_members', 0)} members)", 1, "–",
+                 _f(e.get("score", e.get("accuracy"))), "–", *(_f(e.get("accuracy")) for _ in extra),
+                 _f(e.get("loss"))])
+    lines += [_table(["set", "nets", "failure rate", f"{name} ({direction})", f"{name} (not failed)",
+                      *(["next-character accuracy"] if extra else []), "loss"], rows), ""]
 
     y = ev.yardstick
+    agree_col, iou_col = info.get("behaviour") or ("max agreement", "max wrong-set IoU")
     lines += ["## Memorization audit", "",
               f"Distances are taken after weight matching ({info['alignment']}). Yardstick: each training "
               f"checkpoint's nearest *other* training checkpoint — median L2 {_f(y['l2_median'])}, median cosine "
-              f"distance {_f(y['cosine_median'])}, mean max prediction agreement {_f(y['agreement_mean'])}, "
-              f"mean max wrong-set IoU {_f(y['wrong_iou_mean'])}. Novelty = NN distance / that median "
+              f"distance {_f(y['cosine_median'])}, mean {agree_col} {_f(y['agreement_mean'])}, "
+              f"mean {iou_col} {_f(y['wrong_iou_mean'])}. Novelty = NN distance / that median "
               f"(0: a copy, ≈1: as new as an independently trained net); memorized: novelty < "
               f"{info['memorized_below']:g}. Columns are over the nets that did not fail (a broken net is trivially "
-              "far from the zoo; its failure is counted above).", ""]
+              "far from the zoo; its failure is counted above). Behaviour: "
+              + (info.get("behaviour_text") or "prediction agreement and IoU of the sets of inputs got wrong")
+              + (f" with the closest training checkpoint; behavioural novelty = 1 − {iou_col}."
+                 if info.get("behavioural_novelty", True) else "."), ""]
     rows = []
     for s in ev.sets:
         a = s.audit.summary()
@@ -160,28 +207,28 @@ def markdown(ev: Evaluation, plots: dict) -> str:
     if e.get("agreement") is not None:
         rows.append(["ensemble of the training zoo", 1, "–", "–", "–", "–", _f(e["agreement"], 3),
                      _f(e.get("wrong_iou"), 3), "–"])
-    lines += [_table(["set", "nets audited", "NN L2", "L2 novelty", "NN cosine dist.", "cosine novelty", "max agreement",
-                      "max wrong-set IoU", "memorized"], rows), ""]
+    lines += [_table(["set", "nets audited", "NN L2", "L2 novelty", "NN cosine dist.", "cosine novelty", agree_col,
+                      iou_col, "memorized"], rows), ""]
 
     if ev.by_method("generated") and ev.by_method("noise"):
         lines += ["**Against the noise baseline at equal novelty** (its σ sweep interpolated; a comparison of "
                   "curves, no σ is picked):", ""]
         for c in compare_with_noise(ev):
-            if c["noise_accuracy"] is not None:
+            if c["noise_score"] is not None:
                 words = {"better": "strictly better", "worse": "worse",
                          "indistinguishable": "not distinguishable from it"}[c["verdict"]]
-                verdict = (f"noise baseline {c['noise_accuracy']:.4f} → the generator is {words} "
+                verdict = (f"noise baseline {c['noise_score']:.4f} → the generator is {words} "
                            f"({c['difference']:+.4f} ± {c['stderr']:.4f}, difference ± its standard error; "
                            "strictly better needs more than 2 standard errors)")
             else:
                 verdict = (f"outside the novelty range the noise sweep covers ({_f(c['sweep_min'], 3)} to "
                            f"{_f(c['sweep_max'], 3)}); extend baselines.noise.sigmas to compare")
-            lines.append(f"- {c['axis']} novelty {_f(c['novelty'], 3)}, generated accuracy {_f(c['accuracy'])}: "
+            lines.append(f"- {c['axis']} novelty {_f(c['novelty'], 3)}, generated {name} {_f(c['score'])}: "
                          f"{verdict}")
         lines.append("")
 
     if plots:
-        lines += ["## Accuracy vs novelty", ""]
+        lines += [f"## {name[0].upper() + name[1:]} vs novelty", ""]
         lines += [f"![{name}]({p})" for name, p in plots.items()] + [""]
 
     lines += ["## Phases (landscape annotations)", ""]
@@ -211,7 +258,7 @@ def markdown(ev: Evaluation, plots: dict) -> str:
     if t:
         lines += ["## Timings", "", _table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in t.items()]), ""]
     lines += ["## Files", "", "- `sets.csv`: one row per set (the tables above)",
-              "- `nets.csv`: one row per net (accuracy, loss, failed, distances, agreement, nearest checkpoint)",
+              f"- `nets.csv`: one row per net ({name}, loss, failed, distances, agreement, nearest checkpoint)",
               "- `summary.json`: everything above, machine-readable", ""]
     return "\n".join(lines)
 
@@ -221,7 +268,10 @@ def _nets_rows(ev: Evaluation) -> list[dict]:
     for s in ev.sets:
         for i in range(len(s.scores)):
             rows.append({"method": s.method, "setting": s.setting, "model_id": s.ids[i] if i < len(s.ids) else "",
-                         "accuracy": s.scores.accuracy[i], "loss": s.scores.loss[i], "failed": int(s.scores.failed[i]),
+                         **({} if s.scores.metric.key == "rel_l2" else {"accuracy": s.scores.accuracy[i]}),
+                         **({} if s.scores.metric.key == "acc" else {s.scores.metric.key: s.scores.score[i]}),
+                         "loss": s.scores.loss[i], **{k: v[i] for k, v in s.scores.extra.items()},
+                         "failed": int(s.scores.failed[i]),
                          "nn_l2": s.audit.l2[i], "l2_novelty": s.audit.l2_ratio[i], "nn_cosine": s.audit.cosine[i],
                          "max_agreement": s.audit.agreement[i], "max_wrong_iou": s.audit.wrong_iou[i],
                          "nearest": s.audit.nearest[i], "memorized": int(s.audit.memorized[i])})

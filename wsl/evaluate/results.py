@@ -27,13 +27,15 @@ class SetResult:
         return self.method if not self.setting else f"{self.method} ({self.setting})"
 
     # Novelty is read over the nets that work (failed ones: nan): a broken net is trivially "new", and
-    # counting it would reward failures. Failures still count fully in accuracy and failure rate.
+    # counting it would reward failures. Failures still count fully in the score and failure rate.
     @property
     def weight_novelty(self) -> np.ndarray:  # [S] NN L2 over the training-to-training median
         return np.where(self.scores.failed, np.nan, self.audit.l2_ratio)
 
     @property
-    def behaviour_novelty(self) -> np.ndarray:  # [S] 1 - max IoU of wrong-prediction sets
+    def behaviour_novelty(self) -> np.ndarray:  # [S] 1 - max IoU of wrong-prediction sets (nan: not defined)
+        if not self.audit.behavioural:
+            return np.full(len(self.scores), np.nan)
         return np.where(self.scores.failed, np.nan, 1.0 - self.audit.wrong_iou)
 
     def summary(self) -> dict:
@@ -46,7 +48,7 @@ class Evaluation:
     """Everything the report shows."""
 
     sets: list  # [SetResult], generated first, then the training zoo, then the baselines
-    ensemble: dict  # accuracy, loss, n_members, agreement (max with any training checkpoint)
+    ensemble: dict  # score (the domain's), accuracy, loss, n_members, agreement (max with any training checkpoint)
     yardstick: dict  # training-to-training NN medians
     phases: list  # rows of the phase comparison (may be empty)
     info: dict  # zoo paths, arch, dataset, split, counts, settings, provenance, timings

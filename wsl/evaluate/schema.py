@@ -15,13 +15,19 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class FailureConfig:
-    """`failure:` when a net counts as failed."""
+    """`failure:` when a net counts as failed: not closing `min_gain` of the gap between the best constant
+    predictor and a perfect one (wsl.evaluate.domains), or a fixed threshold of the zoo's own score (one
+    knob per domain; setting another domain's is refused once the zoo is read)."""
 
-    min_accuracy: Optional[float] = None  # None: constant predictor + min_gain of the gap to 1
+    min_accuracy: Optional[float] = None  # classification: fails below; None: majority rate + min_gain of the gap to 1
+    max_bpc: Optional[float] = None  # language models: fails above; None: (1 - min_gain) x unigram entropy
+    max_rel_l2: Optional[float] = None  # PINNs: fails above; None: (1 - min_gain) x the best constant field's
     min_gain: float = 0.1
 
     def __post_init__(self):
         schema.number(self, "min_accuracy", 0.0, 1.0, null=True)
+        schema.number(self, "max_bpc", 0.0, lo_open=True, null=True)
+        schema.number(self, "max_rel_l2", 0.0, lo_open=True, null=True)
         schema.number(self, "min_gain", 0.0, 1.0)
 
 
@@ -104,7 +110,7 @@ class EvaluateConfig:
     epoch: int = -1  # checkpoint of each generated net
     reference_epoch: Optional[int] = None  # None: the generator's (recorded by wsl-sample), else -1
     reference_ids: Optional[list[str]] = None  # None: the generator's training nets, else every trained one
-    split: str = "test"  # where accuracy, loss and prediction overlap are measured
+    split: str = "test"  # where the score (accuracy, bpc, rel_l2), loss and prediction overlap are measured
     max_nets: Optional[int] = None  # the first max_nets generated nets in index order; None: all
     chunk: int = 256  # nets per vmapped forward pass
     seed: int = 0  # random draws of the baselines

@@ -88,9 +88,10 @@ def sample_weights(run: GeneratorRun, n: int, **kw) -> torch.Tensor:
 
 
 def train_split(run: GeneratorRun):
-    """The dataset the run's zoo was trained on (its exact splits), rebuilt from the run's record and
-    checked against the fingerprint the run stored: refused when the data on this machine differ."""
-    from wsl.data import load_dataset
+    """The dataset the run's zoo was trained on (its exact splits, any domain: images, modular, text,
+    convection; wsl.data.rebuild_dataset), rebuilt from the run's record and checked against the
+    fingerprint the run stored: refused when the data on this machine differ."""
+    from wsl.data import rebuild_dataset
 
     cfg = run.zoo.get("dataset")
     where = f"{printable(run.path)}: key zoo.dataset"
@@ -98,8 +99,10 @@ def train_split(run: GeneratorRun):
         raise ZooFormatError(f"{where} records no dataset; the BatchNorm statistics of sampled nets are re-estimated "
                              "on its train split")
     check_stored_dataset(cfg, where)
-    task = load_dataset(**{k: cfg[k] for k in ("name", "root", "train_fraction", "subset_seed", "split_seed",
-                                               "val_fraction", "test_fraction") if k in cfg})
+    try:
+        task = rebuild_dataset(cfg)
+    except ConfigError as e:  # a recorded value this wsl cannot build the data from
+        raise ZooFormatError(f"{where}: the dataset cannot be rebuilt: {e}") from None
     fp = run.zoo.get("dataset_fingerprint")
     if fp and task.fingerprint() != fp:
         raise ConfigError(f"{where}: the dataset {printable(cfg)[:200]} read here differs from the one the zoo was "
