@@ -264,14 +264,44 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
 
 
+def train_and_sample(args, zoo_path: Path, gen: str, prefix: Path, extra: list[str]):
+    """Train generator `gen` on the zoo (the project's config + overrides), print its training line and sample
+    args.n_eval nets with wsl-sample's own code into <prefix>-samples.
+    Returns (run, run.training, training seconds, sample zoo path, sampling seconds)."""
+    from wsl.apps.sample import typed_config as sample_config
+    from wsl.generators.sample import sample_zoo
+
+    overrides = [f"zoo.path={zoo_path}", *extra, f"generator={gen}", "logger=none", "progress_refresh_rate=0",
+                 "trainer.accelerator=cpu", *args.override]
+    if args.steps:
+        overrides.append(f"trainer.max_steps={args.steps}")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        job = typed_config(compose(config_name="train_generator", overrides=overrides))
+    run_dir, gen_zoo = Path(f"{prefix}-run"), Path(f"{prefix}-samples")
+    for d in (run_dir, gen_zoo):
+        shutil.rmtree(d, ignore_errors=True)
+    t = time.perf_counter()
+    run = train_generator(job, run_dir, config=stored(job))
+    t_train, tr = time.perf_counter() - t, run.training
+    print(f"training: {tr['steps']} steps on {tr['n_train']} nets (+{tr.get('n_val', 0)} validation) in "
+          f"{t_train:.1f} s (alignment {tr['seconds_align']:.1f} s, fit {tr['seconds_fit']:.1f} s); spread ratio "
+          f"{tr['spread_ratio']:.3f}; denoiser {run.denoiser.name} with "
+          f"{sum(p.numel() for p in run.denoiser.parameters()):,} parameters over {run.representation.dim:,} "
+          f"coordinates; align={job.representation.align}", flush=True)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        sjob = sample_config(compose(config_name="sample", overrides=[
+            f"run={run_dir}", f"n={args.n_eval}", "seed=1", f"zoo.path={gen_zoo}", "logger=none"]))
+    t = time.perf_counter()
+    sample_zoo(sjob, config=stored(sjob))
+    return run, tr, t_train, gen_zoo, time.perf_counter() - t
+
+
 def bench_resnet(args) -> None:
     """Issue 14's benchmark: a generator on a ResNet-8 zoo with BatchNorm (see the module docstring)."""
-    from wsl.apps.sample import typed_config as sample_config
     from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
     from wsl.evaluate.pipeline import evaluate_zoo
     from wsl.evaluate.report import compare_with_noise
     from wsl.evaluate.schema import EvaluateConfig
-    from wsl.generators.sample import sample_zoo
     from wsl.zoo.schema import ZooPath
 
     t_all = time.perf_counter()
@@ -304,30 +334,8 @@ def bench_resnet(args) -> None:
     for gen in [g.strip() for g in args.generators.split(",") if g.strip()]:
         name = f"resnet-{gen}"
         print(f"\n=== generator={gen} ===", flush=True)
-        overrides = [f"zoo.path={zoo_path}", f"generator={gen}", "logger=none", "progress_refresh_rate=0",
-                     "trainer.accelerator=cpu", *args.override]
-        if args.steps:
-            overrides.append(f"trainer.max_steps={args.steps}")
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            job = typed_config(compose(config_name="train_generator", overrides=overrides))
-        run_dir, gen_zoo = out / f"{name}-run", out / f"{name}-samples"
-        for d in (run_dir, gen_zoo):
-            shutil.rmtree(d, ignore_errors=True)
-        t = time.perf_counter()
-        run = train_generator(job, run_dir, config=stored(job))
-        t_train, tr = time.perf_counter() - t, run.training
-        print(f"training: {tr['steps']} steps on {tr['n_train']} nets in {t_train:.1f} s (alignment "
-              f"{tr['seconds_align']:.1f} s, fit {tr['seconds_fit']:.1f} s); spread ratio {tr['spread_ratio']:.3f}; "
-              f"denoiser {run.denoiser.name} with {sum(p.numel() for p in run.denoiser.parameters()):,} parameters "
-              f"over {run.representation.dim:,} coordinates; align={job.representation.align}", flush=True)
-
         # wsl-sample's own path: every net's BatchNorm statistics re-estimated on the train split
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            sjob = sample_config(compose(config_name="sample", overrides=[
-                f"run={run_dir}", f"n={args.n_eval}", "seed=1", f"zoo.path={gen_zoo}", "logger=none"]))
-        t = time.perf_counter()
-        sample_zoo(sjob, config=stored(sjob))
-        t_sample = time.perf_counter() - t
+        run, tr, t_train, gen_zoo, t_sample = train_and_sample(args, zoo_path, gen, out / name, [])
         g = Zoo(gen_zoo)
         hp = g.hparams(g.ids[0])
         bn = (f"BatchNorm statistics re-estimated on {hp['bn_split']} ({hp['bn_inputs']} inputs, {hp['bn_batches']} "
@@ -390,12 +398,10 @@ def bench_resnet(args) -> None:
 
 def bench_pinn(args) -> None:
     """Issue 15's benchmark: a generator on a zoo of PINNs at one beta (see the module docstring)."""
-    from wsl.apps.sample import typed_config as sample_config
     from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
     from wsl.evaluate.pipeline import evaluate_zoo
     from wsl.evaluate.report import compare_with_noise
     from wsl.evaluate.schema import EvaluateConfig
-    from wsl.generators.sample import sample_zoo
     from wsl.zoo.schema import ZooPath
 
     t_all = time.perf_counter()
@@ -427,29 +433,8 @@ def bench_pinn(args) -> None:
     for gen in [g.strip() for g in args.generators.split(",") if g.strip()]:
         name = f"pinn-{gen}"
         print(f"\n=== generator={gen} ===", flush=True)
-        overrides = [f"zoo.path={zoo_path}", f"+zoo.filter.beta={args.beta:g}", f"generator={gen}", "logger=none",
-                     "progress_refresh_rate=0", "trainer.accelerator=cpu", *args.override]
-        if args.steps:
-            overrides.append(f"trainer.max_steps={args.steps}")
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            job = typed_config(compose(config_name="train_generator", overrides=overrides))
-        run_dir, gen_zoo = out / f"{name}-run", out / f"{name}-samples"
-        for d in (run_dir, gen_zoo):
-            shutil.rmtree(d, ignore_errors=True)
-        t = time.perf_counter()
-        run = train_generator(job, run_dir, config=stored(job))
-        t_train, tr = time.perf_counter() - t, run.training
-        print(f"training: {tr['steps']} steps on {tr['n_train']} nets (+{tr['n_val']} validation) in {t_train:.1f} s "
-              f"(alignment {tr['seconds_align']:.1f} s, fit {tr['seconds_fit']:.1f} s); spread ratio "
-              f"{tr['spread_ratio']:.3f}; denoiser {run.denoiser.name} with "
-              f"{sum(p.numel() for p in run.denoiser.parameters()):,} parameters over {run.representation.dim:,} "
-              f"coordinates; align={job.representation.align}", flush=True)
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            sjob = sample_config(compose(config_name="sample", overrides=[
-                f"run={run_dir}", f"n={args.n_eval}", "seed=1", f"zoo.path={gen_zoo}", "logger=none"]))
-        t = time.perf_counter()
-        sample_zoo(sjob, config=stored(sjob))
-        t_sample = time.perf_counter() - t
+        run, tr, t_train, gen_zoo, t_sample = train_and_sample(args, zoo_path, gen, out / name,
+                                                               [f"+zoo.filter.beta={args.beta:g}"])
         print(f"sampling: {args.n_eval} nets drawn and written in {t_sample:.1f} s "
               f"({rate(args.n_eval, t_sample):,.0f} nets/minute)", flush=True)
 

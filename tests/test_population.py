@@ -39,18 +39,18 @@ def _fit_population(factory, data, members, optimizer, schedule="cosine"):
     return mod
 
 
-def _fit_solo(factory, data, m, optimizer, schedule="cosine"):
+def _fit_solo(factory, data, m, optimizer, schedule="cosine", epochs=E, batch_size=B):
     """The same member trained alone: torch.optim, train mode (BatchNorm updates its own statistics)."""
     net = _init(factory, m.seed_init).train()
     opt = {"sgd": lambda: torch.optim.SGD(net.parameters(), lr=m.lr, momentum=0.9, weight_decay=m.weight_decay),
            "adam": lambda: torch.optim.Adam(net.parameters(), lr=m.lr, weight_decay=m.weight_decay),
            "adamw": lambda: torch.optim.AdamW(net.parameters(), lr=m.lr, weight_decay=m.weight_decay)}[optimizer]()
     n = data.x_train.shape[0]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, E * -(-n // B)))
-    for e in range(E):
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, epochs * -(-n // batch_size)))
+    for e in range(epochs):
         order = member_epoch_order(m.seed_data, e, n)
-        for s in range(0, n, B):
-            i = order[s : s + B]
+        for s in range(0, n, batch_size):
+            i = order[s : s + batch_size]
             loss = F.cross_entropy(net(data.x_train[i]), data.y_train[i])
             opt.zero_grad()
             loss.backward()

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from test_population import _fit_solo as _fit_solo_classifier
+
 from wsl.data import load_task_dataset
 from wsl.nets import MLP
 from wsl.population import PopulationBatchSampler, PopulationModule, make_members, member_epoch_order, stack_state_dicts
@@ -207,19 +209,7 @@ def test_transformer_on_modular_member_equals_solo_training():
 
     pop = _fit_population([make(m.seed_init) for m in members], d, members, E, B, optimizer="adamw")
     for k, m in enumerate(members):
-        net = make(m.seed_init)
-        opt = torch.optim.AdamW(net.parameters(), lr=m.lr, weight_decay=m.weight_decay)
-        n = d.x_train.shape[0]
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor("cosine", E * -(-n // B)))
-        for e in range(E):
-            order = member_epoch_order(m.seed_data, e, n)
-            for s in range(0, n, B):
-                i = order[s : s + B]
-                loss = F.cross_entropy(net(d.x_train[i]), d.y_train[i])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
+        net = _fit_solo_classifier(lambda: _transformer(d), d, m, "adamw", epochs=E, batch_size=B)
         for name, v in net.state_dict().items():
             torch.testing.assert_close(pop.member_state_dict(k)[name], v, atol=2e-5, rtol=1e-4)
         with torch.no_grad():
