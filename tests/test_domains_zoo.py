@@ -86,6 +86,7 @@ def test_wsl_zoo_trains_a_transformer_on_modular_arithmetic(tmp_path):
     assert math.isclose(acc, float(t.loc[z.ids[0], "test_acc"]), abs_tol=1e-9)
 
 
+@pytest.mark.slow  # the console path is the modular test's; LM populations are tested in process
 def test_wsl_zoo_trains_a_character_level_transformer(tmp_path):
     zoo = tmp_path / "zoo"
     p = wsl_zoo(*TINY_TRANSFORMER, "dataset=text", "dataset.context=8", "dataset.max_chars=3000", *QUIET,

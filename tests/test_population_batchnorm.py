@@ -172,7 +172,8 @@ QUIET = ["logger=none", "progress_refresh_rate=0", "trainer.accelerator=cpu", "t
 
 @pytest.mark.parametrize("args", [
     ["net=resnet", "dataset=digits", "net.width=2", "net.depth=1", "population.size=3"],
-    ["net=cnn", "net.norm=batch", "dataset=mnist1d", "net.width=4", "net.depth=2", "population.size=2"],
+    pytest.param(["net=cnn", "net.norm=batch", "dataset=mnist1d", "net.width=4", "net.depth=2", "population.size=2"],
+                 marks=pytest.mark.slow),  # the same console path as the ResNet; CNN BatchNorm tested in process
 ], ids=["resnet-digits", "cnn-batch-mnist1d"])
 def test_wsl_zoo_writes_batchnorm_zoo_that_verifies_and_reloads(tmp_path, args):
     from wsl.zoo import Zoo
