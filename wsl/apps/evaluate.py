@@ -38,7 +38,9 @@ def summary_of(ev) -> dict:
     """The numbers logged at the end: every set's summary under its label, the ensemble, the timings."""
     sets = {s.method if not s.setting else f"{s.method}[{s.setting}]":
             {k: v for k, v in s.summary().items() if k not in ("method", "setting")} for s in ev.sets}
-    info = {k: v for k, v in ev.info.items() if not isinstance(v, (str, list))}
+    info = {k: v for k, v in ev.info.items() if not isinstance(v, (str, list)) and k != "screening"}
+    if ev.info.get("screening"):  # data-free screening: its numbers, not the per-net lists
+        info["screening"] = {k: v for k, v in ev.info["screening"].items() if k in ("n", "tau", "spearman", "mae")}
     return {"sets": sets, "ensemble": dict(ev.ensemble), "info": info}
 
 

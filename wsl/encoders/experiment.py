@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
@@ -65,13 +66,36 @@ def load_weights(zoo, ids: list, space: WeightSpace, epoch: int = -1) -> tuple[d
     return tuple({k: torch.stack([d[k] for d in dicts]) for k in dicts[0]} for dicts in (params, masks))
 
 
-def split_models(zoo, split: Split, ids: list) -> dict:
-    """Train/val/test split by cells; each part needs at least two models."""
-    parts = zoo.split(tuple(split.fractions), seed=split.seed, ids=ids)
+def split_by_model(ids: list, fractions, seed: int) -> dict:
+    """Train/val/test split of single models (what Zoo.split does when every model is its own cell)."""
+    order = np.random.default_rng(seed).permutation(len(ids))
+    bounds = np.cumsum(fractions) * len(ids)
+    out = {"train": [], "val": [], "test": []}
+    for done, i in enumerate(order):
+        out["train" if done < bounds[0] else "val" if done < bounds[1] else "test"].append(ids[i])
+    return out
+
+
+def split_models(zoo, split: Split, ids: list, warn: bool = True) -> dict:
+    """Train/val/test split by cells (split.by=cell) or by models (split.by=model: one warning, with `warn`,
+    when replicas of a cell then straddle splits); each part needs at least two models."""
+    cells = zoo.cells(ids)
+    if split.by == "model":
+        parts = split_by_model(ids, tuple(split.fractions), split.seed)
+        side = {m: s for s, ms in parts.items() for m in ms}
+        straddle = sum(len({side[m] for m in c}) > 1 for c in cells.values())
+        if straddle and warn:
+            log.warning("split.by=model: seed replicas of %d of %d cells sit on both sides of the split; test "
+                        "scores then measure nets of hyperparameters the encoder saw in training, not unseen "
+                        "cells", straddle, len(cells))
+    else:
+        parts = zoo.split(tuple(split.fractions), seed=split.seed, ids=ids)
     for s in ("train", "val", "test"):
         if len(parts[s]) < 2:
-            raise ConfigError(f"the {s} split has {len(parts[s])} models ({len(ids)} usable, "
-                              f"{len(zoo.cells(ids))} cells); use a larger zoo or other split.fractions")
+            hint = ("use a larger zoo, other split.fractions, or split.by=model (seed replicas of a cell then sit on "
+                    "both sides of the split)" if split.by == "cell" else "use a larger zoo or other split.fractions")
+            raise ConfigError(f"the {s} split has {len(parts[s])} models ({len(ids)} usable, {len(cells)} cells, "
+                              f"split.by={split.by}); {hint}")
     return parts
 
 
@@ -114,8 +138,9 @@ class BestState(L.Callback):
 
 
 def train_one(job: TrainEncoderConfig, seed: int, space: WeightSpace, task: Task, targets, sets: dict,
-              encoder_factory, out_dir: Path) -> dict:
-    """Train one encoder with `seed`; return its metrics on val and test and its costs."""
+              encoder_factory, out_dir: Path, keep=None) -> dict:
+    """Train one encoder with `seed`; return its metrics on val and test and its costs. `keep(seed, module,
+    row)` receives the trained module (its best validation epoch), e.g. to save it."""
     L.seed_everything(seed, workers=True, verbose=False)
     encoder = encoder_factory(space=space, out_dim=len(targets.classes) or len(targets.names))  # no classes: regression
     # augmentations configured to do nothing (noise sigma 0, dropout p 0) are skipped
@@ -153,6 +178,8 @@ def train_one(job: TrainEncoderConfig, seed: int, space: WeightSpace, task: Task
     for split in ("val", "test"):
         scores = score(task, targets.names, module.predict_set(sets[split]), sets[split].y)
         row.update({f"{split}/{k}": v for k, v in scores.items()})
+    if keep is not None:
+        keep(seed, module, row)
     return row
 
 
@@ -195,12 +222,43 @@ def write_results(df: pd.DataFrame, task: Task, out_dir: Path) -> None:
     barrier()
 
 
+# ------------------------------------------------------------------------------------------ saving
+def saver(job: TrainEncoderConfig, name: str, space: WeightSpace, task: Task, targets, zoo, ids: list, split: dict,
+          out_dir: Path, modules: dict | None, save: bool):
+    """keep(seed, module, row) for train_one: saves each seed's model (rank 0; every rank holds the same
+    weights under DDP) with the run's config.json, and hands it to `modules`."""
+    from wsl.encoders.encoder_run import describe, save_encoder
+
+    archs = list({json.dumps(zoo.arch(m), sort_keys=True): zoo.arch(m) for m in ids}.values())  # first seen first
+    kwargs = {k: v for k, v in dataclasses.asdict(job.encoder).items() if k not in ("name", "_target_")}
+    zoo_info = {"path": str(zoo.path), "name": zoo.attrs.get("zoo_name", zoo.path.name), "epoch": job.zoo.epoch,
+                "split": dataclasses.asdict(job.split), **{f"{s}_ids": list(split[s]) for s in ("train", "val", "test")}}
+    if save and global_rank() == 0:
+        config = json.dumps(dataclasses.asdict(job), indent=2, sort_keys=True, default=str).encode()
+        write_bytes_atomic(out_dir / "config.json", config, what="config", root=out_dir)
+
+    def keep(seed: int, module, row: dict) -> None:
+        if modules is not None:
+            modules[seed] = module
+        if not save or global_rank() != 0:
+            return
+        training = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
+        desc = describe(encoder={"name": name, "kwargs": kwargs}, out_dim=len(targets.classes) or len(targets.names),
+                        task=task, targets=targets, archs=archs, space=space, pad=job.zoo.pad, bn_stats=job.zoo.bn_stats,
+                        zoo=zoo_info, seed=seed, training=training)
+        save_encoder(out_dir, seed, module, desc)
+
+    return keep
+
+
 # ------------------------------------------------------------------------------------------ entry
-def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None) -> pd.DataFrame:
-    """Train `job.encoder` on `job.task` for every seed in `job.seeds`; write and return the table.
+def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None, modules: dict | None = None) -> pd.DataFrame:
+    """Train `job.encoder` on `job.task` for every seed in `job.seeds`; write and return the table, and
+    save each seed's model (encoders/seed<k>.safetensors, wsl.encoders.encoder_run) with config.json.
 
     encoder_factory(space=, out_dim=) -> nn.Module overrides job.encoder (the benchmark uses it for an
-    outside reference implementation).
+    outside reference implementation; such a model is not saved: no registry name rebuilds it).
+    modules: a dict that receives {seed: the trained PropertyPredictor}.
     """
     from wsl.zoo import Zoo
 
@@ -216,6 +274,7 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None) -> pd
     space = read_space(zoo, ids, pad=job.zoo.pad, bn_stats=job.zoo.bn_stats)
     options = dataclasses.asdict(job.encoder)
     name = options.pop("name")
+    saved = encoder_factory is None  # an outside factory has no registry name to rebuild it from
     encoder_factory = encoder_factory or instantiate(options, _partial_=True, _convert_="all")
     split = split_models(zoo, job.split, ids)
     targets = task.targets(table, ids)
@@ -223,15 +282,16 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None) -> pd
     keep = finite_models(zoo, ids, full, job.zoo.epoch)
     if len(keep) < len(ids):  # such nets are not data: excluded, the rest is split again
         ids, full = [ids[i] for i in keep], full.subset(keep)
-        split, targets = split_models(zoo, job.split, ids), task.targets(table, ids)
+        split, targets = split_models(zoo, job.split, ids, warn=False), task.targets(table, ids)
         full.y = targets.y  # recomputed: the classes and log offsets of the models kept
     pos = {mid: i for i, mid in enumerate(ids)}
     sets = {s: full.subset([pos[m] for m in split[s]]) for s in ("train", "val", "test")}
     log.info("%s on %s: %d nets (%d/%d/%d), space %s", name, task.name, len(ids), len(sets["train"]),
              len(sets["val"]), len(sets["test"]), space.describe())
+    keep = saver(job, name, space, task, targets, zoo, ids, split, out_dir, modules, saved)
     rows = []
     for seed in job.seeds:
-        row = train_one(job, seed, space, task, targets, sets, encoder_factory, out_dir)
+        row = train_one(job, seed, space, task, targets, sets, encoder_factory, out_dir, keep)
         rows.append({"encoder": name, "task": task.name, **row})
         key = "test/tau" if task.is_regression else "test/acc"
         log.info("%s seed %d: %s=%.4f (%.2fs/epoch)", name, seed, key, row[key], row["s_per_epoch"])

@@ -24,12 +24,13 @@ import numpy as np
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.evaluate.accuracy import BatchNormInputs, has_batchnorm, mean_std
 from wsl.evaluate.baselines import build_baselines, check_baselines, generate_baselines
-from wsl.evaluate.domains import check_kind, judge_for
+from wsl.evaluate.domains import JUDGES, check_kind, judge_for
 from wsl.evaluate.novelty import AlignedReference, audit, training_yardstick
 from wsl.evaluate.phases import compare_phases
 from wsl.evaluate.report import report_dir, write_report
 from wsl.evaluate.results import Evaluation, SetResult
 from wsl.evaluate.schema import EvaluateConfig
+from wsl.evaluate.screening import plan_screening, screen
 from wsl.nets import build_net
 from wsl.zoo import Zoo
 from wsl.zoo.epochs import check_epoch
@@ -193,6 +194,7 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     p = plan_evaluation(job)
     out_dir = report_dir(job.out, p.gen.path)  # before any work: out= may only be this app's own earlier report
     check_baselines(baselines, len(p.ref_ids))
+    screening = plan_screening(job, p.gen, p.gen_ids, JUDGES[check_kind(p.task, fail)].metric.key)
     timings: dict = {}
     t0 = time.perf_counter()
     net = build_net(p.arch)
@@ -208,6 +210,10 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     t = time.perf_counter()
     gen_scores = score(gen_sds)
     timings["score generated nets"] = time.perf_counter() - t
+    if screening is not None:  # predicted from the weights alone, against the score just measured
+        t = time.perf_counter()
+        screening = screen(screening, gen_sds, gen_scores.score, p.gen_ids, s.chunk)
+        timings["screening (encoder)"] = time.perf_counter() - t
     ref_scores = score(ref_sds)
     ens = judge.ensemble(ref_sds, s.split, finite=ref_scores.finite)
 
@@ -268,6 +274,8 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
             "provenance": _provenance(p.gen, p.gen_ids), "conditions": conditions, "timings": timings,
             "nets_scored_per_minute": 60.0 * len(gen_sds) / max(timings["score generated nets"], 1e-9),
             "nets_audited_per_minute": 60.0 * len(gen_sds) / max(timings["audit generated nets"], 1e-9)}
+    if screening is not None:
+        info["screening"] = screening
     yd = {"l2_median": yard.l2_median, "cosine_median": yard.cosine_median,
           "agreement_mean": float(np.mean(yard.agreement)), "wrong_iou_mean": float(np.mean(yard.wrong_iou))}
     ev = Evaluation(sets=sets, ensemble=ens, yardstick=yd, phases=phases, info=info)

@@ -22,6 +22,7 @@ from wsl.errors import ConfigError
 from wsl.evaluate.accuracy import mean_std
 from wsl.evaluate.plots import accuracy_novelty_plot, distance_histogram, figure_bytes
 from wsl.evaluate.results import Evaluation
+from wsl.evaluate.screening import screening_plot
 from wsl.zoo.atomic import fault_point, fsync_dir
 from wsl.zoo.safe_paths import MARKER, claim_output_dir, exchange, inside, open_new
 
@@ -184,6 +185,18 @@ def markdown(ev: Evaluation, plots: dict) -> str:
     lines += [_table(["set", "nets", "failure rate", f"{name} ({direction})", f"{name} (not failed)",
                       *(["next-character accuracy"] if extra else []), "loss"], rows), ""]
 
+    sc = info.get("screening")
+    if sc:
+        lines += ["## Data-free screening", "",
+                  f"Encoder run `{sc['run']}` ({sc['encoder']}, task {sc['task']}, seeds {sc['seeds']}: the mean of "
+                  f"their predictions) predicts each generated net's `{sc['column']}` from its weights alone; "
+                  f"against the {info['split']} {name} measured here on the data:", "",
+                  _table(["nets", "Kendall tau", "Spearman rho", "mean absolute error",
+                          "encoder's test tau on its own zoo"],
+                         [[sc["n"], _f(sc["tau"], 3), _f(sc["spearman"], 3), _f(sc["mae"]),
+                           _f(sc["encoder_test_tau"], 3) if sc.get("encoder_test_tau") is not None else "–"]]), "",
+                  f"![screening]({plots['screening']})", ""]
+
     y = ev.yardstick
     agree_col, iou_col = info.get("behaviour") or ("max agreement", "max wrong-set IoU")
     lines += ["## Memorization audit", "",
@@ -303,7 +316,8 @@ def _jsonable(o):
 
 
 APP = "wsl-evaluate"
-REPORT_FILES = (REPORT_FILE, "sets.csv", "nets.csv", "summary.json", "accuracy_novelty.png", "nn_distances.png")
+REPORT_FILES = (REPORT_FILE, "sets.csv", "nets.csv", "summary.json", "accuracy_novelty.png", "nn_distances.png",
+                "screening.png")
 
 
 def report_dir(out, zoo_path) -> Path:
@@ -361,7 +375,8 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     os.mkdir(tmp)  # new (fails if anything has that name), with the usual permissions
     try:
-        plots = {"accuracy vs novelty": "accuracy_novelty.png", "nearest-neighbour distances": "nn_distances.png"}
+        plots = {"accuracy vs novelty": "accuracy_novelty.png", "nearest-neighbour distances": "nn_distances.png",
+                 "screening": "screening.png"}
         summary = {"info": ev.info, "sets": [s.summary() for s in ev.sets],
                    "ensemble": {k: v for k, v in ev.ensemble.items() if k != "predictions"},
                    "yardstick": ev.yardstick, "phases": ev.phases, "against_noise": compare_with_noise(ev)}
@@ -370,6 +385,9 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
                  "sets.csv": _csv_bytes([s.summary() for s in ev.sets]), "nets.csv": _csv_bytes(_nets_rows(ev)),
                  "summary.json": json.dumps(_jsonable(summary), indent=2, sort_keys=True).encode(),
                  REPORT_FILE: markdown(ev, plots).encode(), MARKER: f"{APP}\n".encode()}  # the marker last
+        if ev.info.get("screening"):
+            files = {plots["screening"]: figure_bytes(screening_plot(ev.info["screening"], _metric(ev.info)[1],
+                                                                     ev.info.get("split", "test"))), **files}
         for name, data in files.items():
             with os.fdopen(open_new(tmp / name), "wb") as f:
                 f.write(data)

@@ -119,6 +119,8 @@ class EvaluateConfig:
     batchnorm: BatchNormConfig = field(default_factory=BatchNormConfig)  # statistics of every scored net (train split)
     phases: Optional[PhaseThresholds] = field(default_factory=PhaseThresholds)  # None: the taxonomy's defaults
     baselines: Optional[dict[str, Any]] = None  # name -> a baseline node ({_target_: ..., ...}) or None (off)
+    encoder_run: Optional[str] = None  # a wsl-train-encoder run: predicted against measured score (screening)
+    encoder_seed: Optional[int] = None  # None: every saved seed (their mean)
     logger: Any = None
 
     def __post_init__(self):
@@ -129,6 +131,8 @@ class EvaluateConfig:
             schema.integer(self, name, lo, null=null)
         schema.names(self, "reference_ids", null=True, empty=False)
         schema.choice(self, "split", SPLITS)
+        schema.text(self, "encoder_run", null=True)
+        schema.integer(self, "encoder_seed", null=True)
         for name, node in (self.baselines or {}).items():
             target = node.get("_target_") if isinstance(node, dict) else getattr(node, "_target_", None)
             if node is not None and not (isinstance(target, str) and target):
