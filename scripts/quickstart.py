@@ -33,7 +33,7 @@ STAGES = [
      [f"zoo.path={ZOO}", "generator=flow", "trainer.max_steps=800", "progress_refresh_rate=0",
       f"hydra.run.dir={GEN_RUN}"]),
     ("sample 200 nets into a zoo", "sample", [f"run={GEN_RUN}", "n=200", f"zoo.path={GEN_ZOO}"]),
-    ("evaluate the samples", "evaluate", [f"zoo.path={GEN_ZOO}", f"reference={ZOO}"]),
+    ("evaluate the samples", "evaluate", [f"zoo.path={GEN_ZOO}", f"reference={ZOO}", f"encoder_run={ENC_RUN}"]),
 ]
 
 
@@ -80,6 +80,10 @@ def summary() -> None:
             if c.get("noise_accuracy") is not None:
                 print(f"  vs noise baseline at equal {c['axis']} novelty ({c['novelty']:.2f}): "
                       f"{c['noise_accuracy']:.3f} -> generator {'better' if c['better'] else 'not better'}")
+        sc = s["info"].get("screening")
+        if sc:
+            print(f"data-free screening: the encoder's predicted test accuracy of the {sc['n']} generated nets "
+                  f"against their measured one: Kendall tau {sc['tau']:.3f}")
         print(f"generated-net report: {report}")
     plots = sorted(ZOO.rglob("*.png")) + sorted(GEN_ZOO.rglob("*.png"))
     for p in plots:

@@ -3,8 +3,10 @@
     wsl-train-encoder zoo.path=zoos/phase_cnn_mnist1d encoder=nfn task=test_acc
     wsl-train-encoder -m zoo.path=zoos/x encoder=flat,stats,deepsets,nfn,graph,transformer task=test_acc,hparams
 
-Writes results.csv and results.md (mean ± std over `seeds`) to the run directory. Each seed's
-trainer logs its epochs (logger=csv by default: <run dir>/encoder/seed<k>/); the resolved config and
+Writes results.csv and results.md (mean ± std over `seeds`) to the run directory, and each seed's model
+(its best validation epoch) as encoders/seed<k>.safetensors (+ .json, the description it is rebuilt from
+without pickle; config.json: the resolved config), which wsl-embed and wsl-evaluate encoder_run= read. Each
+seed's trainer logs its epochs (logger=csv by default: <run dir>/encoder/seed<k>/); the resolved config and
 the table's mean and std rows are logged last (<run dir>/logs/ with logger=csv).
 """
 
