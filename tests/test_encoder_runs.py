@@ -59,10 +59,10 @@ def _digits_nets(arch: dict, steps: tuple, replicas: int) -> list:
 
 def _write(path: Path, nets: list, arch: dict = ARCH, metrics: bool = True) -> Path:
     w = ShardWriter(path, "job0", config={"dataset": dict(DATASET)}, zoo_name=path.name)
-    for i, (hp, sd, acc) in enumerate(nets):
-        mid = f"m{i:02d}"
-        w.write_checkpoint(mid, 1, sd, arch)
-        w.add_model(mid, arch, hp, "trained", {"train_acc": [acc], "test_acc": [acc]} if metrics else {})
+    for i, (hp, sd, acc, *own) in enumerate(nets):  # a net may carry its own arch
+        mid, a = f"m{i:02d}", own[0] if own else arch
+        w.write_checkpoint(mid, 1, sd, a)
+        w.add_model(mid, a, hp, "trained", {"train_acc": [acc], "test_acc": [acc]} if metrics else {})
     w.commit()
     return path
 
@@ -227,7 +227,7 @@ def _untrained(arch: dict, n: int = 3) -> list:
     out = []
     for i in range(n):
         torch.manual_seed(i)
-        out.append(({"seed_init": i}, build_net(arch).state_dict(), 0.1))
+        out.append(({"seed_init": i}, build_net(arch).state_dict(), 0.1, arch))
     return out
 
 
@@ -301,3 +301,37 @@ def test_split_by_model_warns_that_replicas_straddle_the_split(zoo, caplog):
     assert len(warnings) == 1 and "of 4 cells sit on both sides" in warnings[0].getMessage()
     with pytest.raises(WslError, match=r"split.by=.net. is not allowed; valid: cell, model"):
         _job(zoo, "split.by=net")
+
+
+def test_an_encoder_trained_with_padding_reads_narrower_nets(zoo, tmp_path):
+    """zoo.pad=true: the encoder's space is the widest net's; a zoo of narrower nets fits (zero padding,
+    masked), and its predictions are those of the module in memory on the same padded nets."""
+    from wsl.encoders import DeepSets
+    from wsl.encoders.embed import check_zoo, encode_state_dicts
+    from wsl.encoders.encoder_run import describe, load_encoder, save_encoder
+    from wsl.encoders.experiment import load_weights, read_space
+    from wsl.encoders.module import PropertyPredictor, WeightSet
+    from wsl.encoders.tasks import Targets, Task
+
+    wide = {**ARCH, "width": 16}
+    mixed = _write(tmp_path / "mixed", _untrained(ARCH, 2) + _untrained(wide, 2))
+    z = Zoo(mixed)
+    space = read_space(z, z.ids, pad=True)
+    assert space.padded and space.sizes[1] == 16
+    task = Task(name="test_acc", columns=["test_acc"])
+    data = WeightSet(*load_weights(z, z.ids, space), torch.rand(4, 1))
+    module = PropertyPredictor(DeepSets(space, 1, hidden=8, head_hidden=8), space, task, ["test_acc"], data).eval()
+    desc = describe(encoder={"name": "deepsets", "kwargs": {"hidden": 8, "head_hidden": 8, "dropout": 0.0}},
+                    out_dim=1, task=task, targets=Targets(data.y, ["test_acc"]),
+                    archs=[z.arch(m) for m in (z.ids[0], z.ids[2])], space=space, pad=True, bn_stats=False,
+                    zoo={"path": str(z.path)}, seed=0, training={})
+    enc = load_encoder(save_encoder(tmp_path / "run", 0, module, desc))
+    narrow = Zoo(_write(tmp_path / "narrow", _untrained(ARCH, 3)))
+    check_zoo([enc], narrow, narrow.ids, -1)  # fits: narrower than the space, and it was trained padded
+    out = encode_state_dicts([enc], [narrow.state_dict(m) for m in narrow.ids])
+    mem = module.predict_set(WeightSet(*load_weights(narrow, narrow.ids, space), torch.zeros(3)))
+    assert torch.equal(out.preds[0].float(), mem)
+    with pytest.raises(ConfigError, match=r"has 32 units, more than the 16 encoder run"):
+        w32 = {**ARCH, "width": 32}
+        wider = Zoo(_write(tmp_path / "w32", _untrained(w32, 2), w32))
+        check_zoo([enc], wider, wider.ids, -1)
