@@ -37,6 +37,7 @@ CASES = {
                         r"max_steps"),
     "sample": (["run={tmp}/no-run", "zoo.path={tmp}/gen"], "n=0", r"\bn\b", "guidance=strong", r"guidance"),
     "evaluate": (["zoo.path={zoo}", "reference={zoo}"], "split=holdout", r"\bsplit\b", "max_nets=all", r"max_nets"),
+    "embed": (["run={tmp}/no-run", "zoo.path={zoo}"], "batch_size=0", r"batch_size", "seed=first", r"\bseed\b"),
 }
 
 
@@ -94,7 +95,8 @@ MORE = [("zoo", "train.lr=nan", r"train\.lr"), ("zoo", "train.lr=[0.1,inf]", r"t
         ("zoo", "net.width=1000000000", r"net\.width"), ("zoo", "trainer.accelerator=tpu", r"accelerator"),
         ("train_encoder", "trainer.devices=0", r"trainer\.devices"),
         ("train_generator", "trainer.accelerator=quantum", r"trainer\.accelerator"),
-        ("sample", "device=cuda:99", r"\bdevice\b"), ("sample", "condition={val_acc:nan}", r"condition\.val_acc")]
+        ("sample", "device=cuda:99", r"\bdevice\b"), ("sample", "condition={val_acc:nan}", r"condition\.val_acc"),
+        ("train_encoder", "split.by=seed", r"split\.by"), ("embed", "device=tpu", r"\bdevice\b")]
 
 
 @pytest.mark.parametrize("app, bad, pattern", MORE)
@@ -135,7 +137,9 @@ VALID = {
     "plot": [["-m", LOGGERS], ["plot.x=width", "plot.y=lr", "plot.metrics=[train_loss]", "plot.format=svg"]],
     "align": [["-m", "reference=cell,global", "epochs=all,matched", "annotations=copy,drop"]],
     "evaluate": [["-m", LOGGERS, "split=train,val,test"], ["~baselines.gaussian", "failure.min_accuracy=0.5",
-                                                            "reference_ids=[a]", "novelty.align=false"]],
+                                                            "reference_ids=[a]", "novelty.align=false"],
+                 ["encoder_run=runs/x", "encoder_seed=1"]],
+    "embed": [["-m", LOGGERS, "score=true,false,null"], ["seed=0", "group=g", "zoo.epoch=3", "device=cuda"]],
     "sample": [["-m", LOGGERS], ["+condition.val_acc=0.9", "guidance=2", "steps=5", "threads=1", "device=cpu"],
                ["condition={val_acc:0.9}"]],
     "train_generator": [["-m", "generator=flow,diffusion", "generator/denoiser=mlp,transformer", LOGGERS],
