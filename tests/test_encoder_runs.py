@@ -103,8 +103,8 @@ def test_trained_run_is_saved_and_reloads_to_the_same_predictions(run, zoo):
     from wsl.encoders.encoder_run import load_run
 
     out, modules = run
-    assert sorted(p.name for p in (out / "encoders").iterdir()) == ["seed0.json", "seed0.safetensors", "seed1.json",
-                                                                   "seed1.safetensors"]
+    assert sorted(p.name for p in (out / "encoders").iterdir()) == ["run.json", "seed0.json", "seed0.safetensors",
+                                                                   "seed1.json", "seed1.safetensors"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["encoder"]["name"] == "deepsets" and cfg["split"]["by"] == "model"
     encs = load_run(out)
@@ -276,6 +276,11 @@ def test_a_damaged_encoder_file_is_named(run, zoo, tmp_path):
         load_run(bad, seed=5)
     with pytest.raises(WslError, match=r"holds no saved encoder"):
         load_run(tmp_path)
+    stale = tmp_path / "stale"  # a later run in the same directory that saved nothing yet
+    shutil.copytree(out, stale)
+    (stale / "encoders" / "run.json").write_text(json.dumps({"token": "new", "seeds": [0, 1]}))
+    with pytest.raises(ConfigError, match=r"seed0.safetensors, seed1.safetensors were left by an earlier run"):
+        load_run(stale)
 
 
 # ------------------------------------------------------------------------------------------ split.by

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.schema import FieldError
 from wsl.zoo.atomic import write_bytes_atomic
 from wsl.zoo.format import check_arch_limits
+
+log = logging.getLogger("wsl.encoders")
 
 RUN_FORMAT = "wsl-encoder"
 RUN_VERSION = 1
@@ -61,7 +64,7 @@ def tensors_of(module: PropertyPredictor) -> dict:
 
 
 def describe(*, encoder: dict, out_dim: int, task: Task, targets, archs: list, space: WeightSpace, pad: bool,
-             bn_stats: bool, zoo: dict, seed: int, training: dict) -> dict:
+             bn_stats: bool, zoo: dict, seed: int, training: dict, run_token: str | None = None) -> dict:
     """The JSON description of one saved encoder (see the module docstring)."""
     task_opts = {f.name: getattr(task, f.name) for f in dataclasses.fields(task) if f.name != "_target_"}
     return {"format": RUN_FORMAT, "format_version": RUN_VERSION, "encoder": encoder, "out_dim": int(out_dim),
@@ -69,7 +72,23 @@ def describe(*, encoder: dict, out_dim: int, task: Task, targets, archs: list, s
                                           "offsets": dict(targets.offsets)},
             "space": {"archs": archs, "pad": bool(pad), "bn_stats": bool(bn_stats),
                       "sets": {s.name: n for s, n in zip(space.sets, space.sizes)}},
-            "zoo": zoo, "seed": int(seed), "training": training}
+            "zoo": zoo, "seed": int(seed), "training": training, "run_token": run_token}
+
+
+RUN_FILE = "run.json"  # encoders/run.json: {"token": ..., "seeds": [...]} of the run that owns the directory
+
+
+def start_run(run_dir, seeds: list) -> str:
+    """Mark encoders/ as this run's (a new token): seed files an earlier run left there are then ignored by
+    load_run. Returns the token every seed's description carries."""
+    import secrets
+
+    run_dir = Path(run_dir)
+    token = secrets.token_hex(8)
+    (run_dir / ENCODER_DIR).mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(run_dir / ENCODER_DIR / RUN_FILE, json.dumps({"token": token, "seeds": list(seeds)}).encode(),
+                       what="encoder", root=run_dir)
+    return token
 
 
 def save_encoder(run_dir, seed: int, module: PropertyPredictor, desc: dict) -> Path:
@@ -121,16 +140,19 @@ class SavedEncoder:
         The embedding is the input of the encoder's last linear layer (its penultimate features), so
         output = last_linear(embedding)."""
         module, enc = self.module, self.module.encoder
-        seen: list = []
-        hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0])))
-                 for m in enc.modules() if isinstance(m, nn.Linear)]
+        seen: list = [None]  # the last linear layer called and its input (one slot: nothing else is kept)
+
+        def remember(mod, args):
+            seen[0] = (mod, args[0])
+
+        hooks = [m.register_forward_pre_hook(remember) for m in enc.modules() if isinstance(m, nn.Linear)]
         preds, embs = [], []
         try:
             for s in range(0, len(data), batch_size):
                 p, m = ({k: v.to(module.device) for k, v in d.items()} for d in data[s:s + batch_size][:2])
-                seen.clear()
+                seen[0] = None
                 out = module(p, m)
-                last = seen[-1] if seen else None
+                last = seen[0]
                 emb = last[1] if last is not None and last[0].out_features == out.shape[-1] else out
                 preds.append(module.to_target_units(out).cpu())
                 embs.append(emb.reshape(out.shape[0], -1).cpu())
@@ -309,7 +331,21 @@ def load_run(run, seed: int | None = None, key: str = "run") -> list[SavedEncode
         found = [(s, p) for s, p in found if s == seed]
         if not found:
             raise ConfigError(f"seed={seed}: {key}={printable(run)} has no encoder of that seed; seeds: {have}")
+    token = None
+    if (d / RUN_FILE).is_file():
+        try:
+            token = json.loads((d / RUN_FILE).read_text())["token"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ZooFormatError(f"{printable(d / RUN_FILE)}: unreadable ({type(e).__name__}: {printable(e)[:100]})") from e
     encs = [load_encoder(p) for _, p in found]
+    if token is not None:
+        stale = [e for e in encs if e.desc.get("run_token") != token]
+        if stale and len(stale) == len(encs):
+            raise ConfigError(f"{key}={printable(run)}: {', '.join(e.path.name for e in stale)} were left by an "
+                              f"earlier run in this directory; the latest run ({d / RUN_FILE}) saved no such seed")
+        for e in stale:
+            log.warning("%s: left by an earlier run in this directory; ignored", printable(e.path))
+        encs = [e for e in encs if e.desc.get("run_token") == token]
     first = encs[0].desc
     for e in encs[1:]:
         for k in ("encoder", "task", "targets", "space"):

@@ -227,15 +227,17 @@ def saver(job: TrainEncoderConfig, name: str, space: WeightSpace, task: Task, ta
           out_dir: Path, modules: dict | None, save: bool):
     """keep(seed, module, row) for train_one: saves each seed's model (rank 0; every rank holds the same
     weights under DDP) with the run's config.json, and hands it to `modules`."""
-    from wsl.encoders.encoder_run import describe, save_encoder
+    from wsl.encoders.encoder_run import describe, save_encoder, start_run
 
     archs = list({json.dumps(zoo.arch(m), sort_keys=True): zoo.arch(m) for m in ids}.values())  # first seen first
     kwargs = {k: v for k, v in dataclasses.asdict(job.encoder).items() if k not in ("name", "_target_")}
     zoo_info = {"path": str(zoo.path), "name": zoo.attrs.get("zoo_name", zoo.path.name), "epoch": job.zoo.epoch,
                 "split": dataclasses.asdict(job.split), **{f"{s}_ids": list(split[s]) for s in ("train", "val", "test")}}
+    token = None
     if save and global_rank() == 0:
         config = json.dumps(dataclasses.asdict(job), indent=2, sort_keys=True, default=str).encode()
         write_bytes_atomic(out_dir / "config.json", config, what="config", root=out_dir)
+        token = start_run(out_dir, list(job.seeds))  # seed files an earlier run left here are then ignored
 
     def keep(seed: int, module, row: dict) -> None:
         if modules is not None:
@@ -245,7 +247,7 @@ def saver(job: TrainEncoderConfig, name: str, space: WeightSpace, task: Task, ta
         training = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
         desc = describe(encoder={"name": name, "kwargs": kwargs}, out_dim=len(targets.classes) or len(targets.names),
                         task=task, targets=targets, archs=archs, space=space, pad=job.zoo.pad, bn_stats=job.zoo.bn_stats,
-                        zoo=zoo_info, seed=seed, training=training)
+                        zoo=zoo_info, seed=seed, training=training, run_token=token)
         save_encoder(out_dir, seed, module, desc)
 
     return keep
