@@ -123,10 +123,17 @@ def test_trained_run_is_saved_and_reloads_to_the_same_predictions(run, zoo):
     assert not torch.equal(encs[0].predict(data)[0], encs[1].predict(data)[0])  # two seeds, two encoders
 
 
-@pytest.mark.parametrize("name", ["flat", "stats", "deepsets", "graph", "nfn", "transformer"])
-def test_every_encoder_round_trips_through_its_file(zoo, tmp_path, name):
+RESNET = {"name": "resnet", "in_shape": [1, 8, 8], "num_classes": 10, "width": 4, "depth": 1, "stages": 3,
+          "norm": "batch", "activation": "relu", "init": "default"}
+
+
+@pytest.mark.parametrize("name, resnet", [("flat", False), ("stats", False), ("deepsets", False), ("graph", False),
+                                          ("nfn", False), ("transformer", False), ("graph", True)])
+def test_every_encoder_round_trips_through_its_file(zoo, tmp_path, name, resnet):
     """Each registry encoder (random weights, scale and BatchNorm statistics: nothing is left at its
-    default) saved and rebuilt from the file alone predicts exactly as the module in memory."""
+    default) saved and rebuilt from the file alone predicts exactly as the module in memory; also on
+    ResNets read with their BatchNorm running statistics (zoo.bn_stats=true: the space is rebuilt from the
+    recorded architecture)."""
     from wsl.encoders import ENCODERS
     from wsl.encoders.encoder_run import describe, load_encoder, save_encoder
     from wsl.encoders.experiment import read_space
@@ -134,14 +141,15 @@ def test_every_encoder_round_trips_through_its_file(zoo, tmp_path, name):
     from wsl.encoders.schema import ENCODER_SCHEMAS
     from wsl.encoders.tasks import Targets, Task
 
-    z = Zoo(zoo)
-    space = read_space(z, z.ids)
+    z = Zoo(_write(tmp_path / "resnets", _untrained(RESNET), RESNET)) if resnet else Zoo(zoo)
+    arch = RESNET if resnet else ARCH
+    space = read_space(z, z.ids, bn_stats=resnet)
     schema = next(c for c in ENCODER_SCHEMAS if c.name == name)
     small = {"hidden": 8, "head_hidden": 8, "channels": 4, "num_layers": 1, "dim": 8, "heads": 2, "edge_dim": 4,
              "layers": 2}
     kwargs = {f: small.get(f, getattr(schema(), f)) for f in schema.__dataclass_fields__ if f not in ("name", "_target_")}
     torch.manual_seed(0)
-    data = _weights(zoo, space)
+    data = _weights(z.path, space)
     data.y = torch.rand(len(data), 2)
     task = Task(name="two", columns=["test_acc", "train_acc"])
     module = PropertyPredictor(ENCODERS[name](space=space, out_dim=2, **kwargs), space, task, ["test_acc", "train_acc"],
@@ -152,8 +160,8 @@ def test_every_encoder_round_trips_through_its_file(zoo, tmp_path, name):
                 v.copy_(torch.rand_like(v) + 0.5)
     module.eval()
     desc = describe(encoder={"name": name, "kwargs": kwargs}, out_dim=2, task=task,
-                    targets=Targets(data.y, ["test_acc", "train_acc"]), archs=[ARCH], space=space, pad=False,
-                    bn_stats=False, zoo={"path": str(z.path)}, seed=3, training={})
+                    targets=Targets(data.y, ["test_acc", "train_acc"]), archs=[arch], space=space, pad=False,
+                    bn_stats=resnet, zoo={"path": str(z.path)}, seed=3, training={})
     enc = load_encoder(save_encoder(tmp_path, 3, module, desc))
     assert torch.equal(enc.predict(data)[0], module.predict_set(data))
 
