@@ -152,7 +152,7 @@ def embed_zoo(job: EmbedConfig) -> dict:
 
     encs = load_run(job.run, job.seed)
     enc = encs[0]
-    group = job.group or (f"embed_{enc.name}_{column_name(enc.task.name)}"
+    group = job.group or (f"embed_{column_name(enc.name)}_{column_name(enc.task.name)}"
                           + (f"_seed{job.seed}" if job.seed is not None else ""))
     try:
         check_id("annotation group", group)

@@ -124,7 +124,9 @@ class SavedEncoder:
 
     @property
     def name(self) -> str:
-        return str(self.desc["encoder"]["name"])
+        """The encoder's name as the run called it (encoder.name, e.g. nfn_np), else its registry name."""
+        enc = self.desc["encoder"]
+        return str(enc.get("label") or enc["name"])
 
     @property
     def target_names(self) -> list:

@@ -227,8 +227,17 @@ def saver(job: TrainEncoderConfig, name: str, space: WeightSpace, task: Task, ta
           out_dir: Path, modules: dict | None, save: bool):
     """keep(seed, module, row) for train_one: saves each seed's model (rank 0; every rank holds the same
     weights under DDP) with the run's config.json, and hands it to `modules`."""
+    from hydra.utils import get_class
+
+    from wsl.encoders import ENCODERS
     from wsl.encoders.encoder_run import describe, save_encoder, start_run
 
+    cls = get_class(job.encoder._target_)
+    registry = next((n for n, c in ENCODERS.items() if c is cls), None)  # e.g. nfn for encoder.name=nfn_np
+    if registry is None and save:
+        log.warning("encoder %s (%s) is not in wsl.encoders.ENCODERS: its models are not saved", name,
+                    job.encoder._target_)
+        save = False
     archs = list({json.dumps(zoo.arch(m), sort_keys=True): zoo.arch(m) for m in ids}.values())  # first seen first
     kwargs = {k: v for k, v in dataclasses.asdict(job.encoder).items() if k not in ("name", "_target_")}
     zoo_info = {"path": str(zoo.path), "name": zoo.attrs.get("zoo_name", zoo.path.name), "epoch": job.zoo.epoch,
@@ -245,7 +254,7 @@ def saver(job: TrainEncoderConfig, name: str, space: WeightSpace, task: Task, ta
         if not save or global_rank() != 0:
             return
         training = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
-        desc = describe(encoder={"name": name, "kwargs": kwargs}, out_dim=len(targets.classes) or len(targets.names),
+        desc = describe(encoder={"name": registry, "kwargs": kwargs, "label": name}, out_dim=len(targets.classes) or len(targets.names),
                         task=task, targets=targets, archs=archs, space=space, pad=job.zoo.pad, bn_stats=job.zoo.bn_stats,
                         zoo=zoo_info, seed=seed, training=training, run_token=token)
         save_encoder(out_dir, seed, module, desc)
@@ -290,10 +299,10 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None, modul
     sets = {s: full.subset([pos[m] for m in split[s]]) for s in ("train", "val", "test")}
     log.info("%s on %s: %d nets (%d/%d/%d), space %s", name, task.name, len(ids), len(sets["train"]),
              len(sets["val"]), len(sets["test"]), space.describe())
-    keep = saver(job, name, space, task, targets, zoo, ids, split, out_dir, modules, saved)
+    on_trained = saver(job, name, space, task, targets, zoo, ids, split, out_dir, modules, saved)
     rows = []
     for seed in job.seeds:
-        row = train_one(job, seed, space, task, targets, sets, encoder_factory, out_dir, keep)
+        row = train_one(job, seed, space, task, targets, sets, encoder_factory, out_dir, on_trained)
         rows.append({"encoder": name, "task": task.name, **row})
         key = "test/tau" if task.is_regression else "test/acc"
         log.info("%s seed %d: %s=%.4f (%.2fs/epoch)", name, seed, key, row[key], row["s_per_epoch"])
