@@ -46,7 +46,7 @@ from wsl.zoo.table import ModelRow, ModelTable, ReadBudget, read_annotation_file
 
 ERROR, WARNING = "error", "warning"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
-KNOWN_EXTRAS = ("plots", "report")  # what wsl-plot and wsl-evaluate write into a zoo directory
+KNOWN_EXTRAS = ("plots", "report", "merge_report")  # what wsl-plot, wsl-evaluate and wsl-merge write into a zoo
 PICKLE_SCAN_BYTES = 1 << 20  # how much of a file the opcode scan for protocol 0/1 pickles reads at most
 # dtypes whose values can be NaN or inf, as numpy reads their bytes (BF16: the top half of a float32)
 FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None}
