@@ -151,6 +151,49 @@ def test_wsl_merge_console_run_writes_a_zoo_every_tool_reads(tiny_zoo, tmp_path)
     table = (out / "merge_report" / "merge_table.csv").read_text().splitlines()
     assert len(table) == 2 and (out / "merge_report" / "merge_gain.png").stat().st_size > 1000
     assert row["merge/gain_vs_best"] == pytest.approx(row["test_acc"] - row["merge/best_test"])
+    # wsl-plot's merge-gain figure (one cell here: no axes) next to the source's phase label
+    from wsl.merge.plots import plot_merge_phases
+
+    (tmp_path / "plots").mkdir()
+    files = plot_merge_phases(out, tmp_path / "plots")
+    assert [f.name for f in files] == ["cells__merge_gain__none_vs_none.csv", "merge_gain__none_vs_none.png"]
+    assert f"{row['merge/gain_vs_best']:.6f}"[:6] in files[0].read_text()
+
+
+@pytest.mark.slow
+def test_averaging_per_phase_plot_on_a_phase_zoo(tmp_path, restore_hydra_and_logging):
+    """A 2 widths x 2 learning rates zoo, merged per cell (aligned): wsl-plot draws the merge gain per cell
+    next to the source's phase map; the CSV's gains are the merged zoo's, its labels the source cells'."""
+    import pandas as pd
+
+    from tests.conftest import make_zoo
+    from wsl.apps.plot import main as plot_main
+    from wsl.landscape.plots import cell_table
+    from wsl.landscape.schema import PhaseThresholds
+    from wsl.merge.job import merge_zoo
+    from wsl.zoo import Zoo
+
+    src = tmp_path / "phase"
+    for w in (4, 8):
+        make_zoo(src, [f"net.width={w}", "train.lr=[0.05,0.2]"])
+    out, rows = merge_zoo(_typed([f"zoo.path={src}", "method=aligned", f"out={tmp_path / 'm'}"]))
+    assert len(rows) == 4 and all(r["n_members"] == 2 for r in rows)
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["wsl-plot", f"zoo.path={out}", "logger=none"]
+    try:
+        plot_main()
+    finally:
+        sys.argv = argv
+    cells = pd.read_csv(out / "plots" / "cells__merge_gain__width_vs_lr.csv")
+    assert (out / "plots" / "merge_gain__width_vs_lr.png").stat().st_size > 1000 and len(cells) == 4
+    m = Zoo(out).table()
+    ref = cell_table(Zoo(src).table(), "width", "lr", [], [], PhaseThresholds())
+    for _, c in cells.iterrows():
+        mine = m[(m["width"] == c["width"]) & (m["lr"] == c["lr"])]
+        assert c["merge/gain_vs_best"] == pytest.approx(float(mine["merge/gain_vs_best"].iloc[0]))
+        assert c["phase"] == ref[(ref["width"] == c["width"]) & (ref["lr"] == c["lr"])]["phase"].iloc[0]
 
 
 def test_bad_inputs_are_one_line_and_write_nothing(tiny_zoo, tmp_path):
