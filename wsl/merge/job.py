@@ -207,8 +207,10 @@ def merge_group(zoo, g: Group, job: MergeConfig) -> dict:
     val = judge.scores(sds, "val").score
     test = judge.scores(sds, "test").score
     ens = judge.ensemble(sds, "test")
+    t_merge = time.perf_counter()
     merged = _merge(job.method, sds, g, opts, net.permutation_spec(), keys,
                     lambda sd: float(judge.scores([sd], "val").score[0]), list(map(float, val)), higher)
+    t_merge = time.perf_counter() - t_merge  # the method alone (greedy soup: with its validation scoring)
     sd = merged.state_dict
     if bn is not None:  # the stored statistics: re-estimated on the train split, as the scores are
         load_weights(net, sd)
@@ -228,7 +230,7 @@ def merge_group(zoo, g: Group, job: MergeConfig) -> dict:
            "ensemble_test": float(ens["score"]),
            "gain_vs_best": better(head["test"], float(test[best])), "gain_vs_ensemble": better(head["test"],
                                                                                               float(ens["score"])),
-           "seconds": 0.0}
+           "merge_seconds": t_merge, "seconds": 0.0}
     prov = {"merge_method": job.method, "merge_by": opts.by, "merge_group": g.index, "merge_label": g.label,
             "merge_members": _j(g.ids), "merge_n_members": len(g.ids), "merge_epoch": opts.epoch,
             "merge_source_zoo": str(zoo.path),
