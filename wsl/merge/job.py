@@ -35,6 +35,7 @@ log = logging.getLogger("wsl.merge")
 
 BASE_METHODS = ("stock", "ties", "dare")
 SKIP_COLUMNS = ("seed_init", "seed_data", "replica")  # hyperparameters that differ between seed replicas
+DERIVED = ("n_params", "train_samples")  # hyperparameters that follow from others (left out of group labels)
 REPORT_DIR = "merge_report"  # inside the output zoo (wsl-verify knows it)
 GROUP = "merge"  # annotation group of the output zoo
 
@@ -82,6 +83,7 @@ def plan_groups(zoo, by: str, min_members: int) -> list[Group]:
     groups, skipped = [], 0
     shared = [_shared(zoo, p) for p in parts]
     varying = sorted({k for s in shared for k in s if any(_j(s.get(k)) != _j(t.get(k)) for t in shared)})
+    varying = [k for k in varying if k not in DERIVED] or varying  # labels name what was set, not what follows
     for p, hp in zip(parts, shared):
         if len(p) < min_members:
             skipped += 1
