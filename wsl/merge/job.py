@@ -64,6 +64,13 @@ def _shared(zoo, ids) -> dict:
     return {k: rows[0][k] for k in keys if all(k in r and _j(r[k]) == _j(rows[0][k]) for r in rows)}
 
 
+def _sortable(v):
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
+
+
 def plan_groups(zoo, by: str, min_members: int) -> list[Group]:
     """The groups to merge (cells, or the whole zoo), with their shared hyperparameters; diverged nets left out.
     One line and nothing done when a group holds two architectures or no group has min_members nets."""
@@ -84,7 +91,10 @@ def plan_groups(zoo, by: str, min_members: int) -> list[Group]:
     shared = [_shared(zoo, p) for p in parts]
     varying = sorted({k for s in shared for k in s if any(_j(s.get(k)) != _j(t.get(k)) for t in shared)})
     varying = [k for k in varying if k not in DERIVED] or varying  # labels name what was set, not what follows
-    for p, hp in zip(parts, shared):
+    def order(item):  # groups in the natural order of what varies between them (width 4 before 16)
+        return tuple(_sortable(item[1].get(k)) for k in varying)
+
+    for p, hp in sorted(zip(parts, shared), key=order):
         if len(p) < min_members:
             skipped += 1
             continue

@@ -80,8 +80,8 @@ def _plot(rows: list[dict], method: str) -> bytes:
                   fontsize=7)
     metric = rows[0]["metric"] if rows else ""
     ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"wsl-merge method={method}: merge vs best ingredient and ensemble, per group", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"wsl-merge method={method}: merge vs best ingredient and ensemble, per group", fontsize=9, pad=20)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     return buf.getvalue()
