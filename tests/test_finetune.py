@@ -128,3 +128,117 @@ def test_init_from_bad_input_writes_nothing(tiny_zoo, tmp_path):
     with pytest.raises(ZooFormatError, match="sha256 does not match") as e:
         _run(tmp_path / "out", [f"init.from={copy}:{base}"])
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+# ---- LoRA -----------------------------------------------------------------------------------------
+def _nets():
+    from wsl.nets import build_net
+
+    torch.manual_seed(0)
+    mlp = build_net({"name": "mlp", "in_shape": [64], "num_classes": 10, "width": 8, "depth": 2})
+    cnn = build_net({"name": "cnn", "in_shape": [1, 8, 8], "num_classes": 10, "width": 4, "depth": 2})
+    return [(mlp, torch.randn(5, 64)), (cnn, torch.randn(5, 1, 8, 8))]
+
+
+def test_lora_merge_is_base_plus_scaled_BA_and_matches_the_unmerged_forward():
+    from wsl.population.lora import AdaptedForward, adaptable, init_adapters, make_spec, merge
+
+    for net, x in _nets():
+        spec = make_spec(net, rank=2, alpha=3.0)
+        assert spec.layers == list(adaptable(net)) and spec.scale == 1.5
+        ad = init_adapters(spec, seed=1)
+        assert all((v == 0).all() for k, v in ad.items() if k.endswith("lora_B"))
+        ad = {k: torch.randn_like(v) for k, v in ad.items()}  # B != 0: a trained adapter
+        base = {k: v.clone() for k, v in net.state_dict().items()}
+        merged = merge(spec, base, ad)
+        for k, v in base.items():  # closed form, weight by weight
+            if k in spec.shapes:
+                want = v + 1.5 * (ad[k + ".lora_B"] @ ad[k + ".lora_A"]).view(v.shape)
+                torch.testing.assert_close(merged[k], want)
+            else:
+                assert torch.equal(merged[k], v)
+        with torch.no_grad(), AdaptedForward(net, spec, ad):
+            unmerged = net(x)
+        with torch.no_grad():
+            plain = net(x)
+            net.load_state_dict(merged)
+            got = net(x)
+        assert not torch.allclose(plain, unmerged)
+        torch.testing.assert_close(got, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_spec_bad_input():
+    from wsl.population.lora import make_spec
+
+    mlp = _nets()[0][0]
+    with pytest.raises(ConfigError, match=r"finetune.rank=9 is above the size of layer hidden.0.weight \(8 x 64: rank at most 8\)"):
+        make_spec(mlp, rank=9)
+    with pytest.raises(ConfigError, match=r"layer head.weight \(10 x 8: rank at most 8\)"):
+        make_spec(mlp, rank=9, layers=["head"])
+    with pytest.raises(ConfigError, match="finetune.layers: 'nolayer' is not a Linear or Conv layer"):
+        make_spec(mlp, rank=2, layers=["nolayer"])
+    assert make_spec(mlp, 2, layers=["head", "hidden.0.weight"]).layers == ["hidden.0.weight", "head.weight"]
+
+
+@pytest.fixture(scope="module")
+def lora_ft(tiny_zoo, tmp_path_factory):
+    base = Zoo(tiny_zoo).ids[0]
+    root = tmp_path_factory.mktemp("lora")
+    common = [f"init.from={tiny_zoo}:{base}", "finetune=lora", "finetune.rank=2", "finetune.alpha=4",
+              "dataset.train_fraction=0.3", "train.optimizer=adam"]
+    ft = _run(root / "lora", [*common, "train.lr=[0.01,0.03]", "population.size=2"])
+    alone = _run(root / "alone", [*common, "train.lr=0.01", "population.size=1"])
+    return Zoo(tiny_zoo), base, Zoo(ft), Zoo(alone)
+
+
+def test_lora_zoo_stores_adapters_and_reads_merged_nets(lora_ft):
+    from wsl.population.lora import AdaptedForward
+    from wsl.zoo.reader import read_checkpoint_metadata
+    from wsl.zoo.verify import verify_zoo
+
+    zbase, base, ft, _ = lora_ft
+    want = zbase.state_dict(base)
+    t = ft.table()
+    assert (t["finetune"] == "lora").all() and (t["lora_rank"] == 2).all() and (t["lora_scale"] == 2.0).all()
+    assert (t["lora_layers"] == "hidden.0.weight,head.weight").all() and "-lora2-" in ft.ids[0]
+    x = zbase.training_data(base).x_test[:16]
+    for mid in ft.ids:
+        spec, ad = ft.lora_spec(mid), ft.adapters(mid)
+        assert sorted(ad) == sorted(spec.adapter_shapes()) and ad["head.weight.lora_B"].abs().sum() > 0
+        meta = read_checkpoint_metadata(ft.checkpoint_path(mid))
+        lora = __import__("json").loads(meta["lora"])
+        assert lora["base_sha256"] == ft.hparams(mid)["init_sha256"] and lora["base_checkpoint"] == str(
+            zbase.checkpoint_path(base))
+        got = ft.state_dict(mid)
+        for k, v in want.items():
+            if k in spec.shapes:
+                torch.testing.assert_close(got[k], v + 2.0 * (ad[k + ".lora_B"] @ ad[k + ".lora_A"]))
+            else:
+                assert torch.equal(got[k], v)  # the base is frozen: biases too
+        assert all(torch.equal(v, want[k]) for k, v in ft.state_dict(mid, 0).items())  # B = 0 at the start
+        with torch.no_grad(), AdaptedForward(zbase.load_model(base), spec, ad) as adapted:
+            torch.testing.assert_close(ft.load_model(mid)(x), adapted(x), atol=1e-5, rtol=1e-5)
+    assert verify_zoo(ft.path) == []
+    w, layout = ft.weights()  # other stages see merged weights
+    assert torch.equal(w[0], layout.flatten(ft.state_dict(ft.ids[0])))
+    with pytest.raises(ZooFormatError, match="not a LoRA fine-tune"):
+        zbase.adapters(base)
+
+
+def test_lora_member_equals_the_same_run_alone(lora_ft):
+    _, _, ft, alone = lora_ft
+    (mid,) = alone.ids
+    k = [m for m in ft.ids if ft.hparams(m)["lr"] == 0.01][0]
+    got, want = ft.adapters(k), alone.adapters(mid)
+    for name, v in want.items():
+        torch.testing.assert_close(got[name], v, atol=2e-5, rtol=1e-4)
+
+
+def test_lora_bad_input_writes_nothing(tiny_zoo, tmp_path):
+    base = Zoo(tiny_zoo).ids[0]
+    for extra, what in [(["finetune.rank=9"], r"finetune.rank=9 is above the size of layer"),
+                        (["finetune.layers=[nolayer]"], "finetune.layers: 'nolayer' is not a Linear or Conv")]:
+        out = tmp_path / "out"
+        with pytest.raises(ConfigError, match=what) as e:
+            _run(out, [f"init.from={tiny_zoo}:{base}", "finetune=lora", *extra])
+        assert "\n" not in str(e.value) and not out.exists(), extra
