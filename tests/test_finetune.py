@@ -18,7 +18,8 @@ def test_parse_model_ref(tmp_path):
     r = parse_model_ref(f"{tmp_path}/a:b:digits-mlp-x-m000@7")
     assert r == ModelRef(tmp_path / "a:b", "digits-mlp-x-m000", 7) and r.text == f"{tmp_path}/a:b:digits-mlp-x-m000@7"
     assert parse_model_ref(f"{tmp_path}:m0").epoch == LAST
-    for bad in ["", "nozoo", f"{tmp_path}:", ":m0", f"{tmp_path}:m0@x", f"{tmp_path}:m 0", f"{tmp_path}:m0@-1"]:
+    assert parse_model_ref(str(tmp_path)) == ModelRef(tmp_path, "", LAST)  # the zoo's only model
+    for bad in ["", "nozoo@3", f"{tmp_path}:", ":m0", f"{tmp_path}:m0@x", f"{tmp_path}:m 0", f"{tmp_path}:m0@-1"]:
         with pytest.raises(ConfigError, match="init.from="):
             parse_model_ref(bad)
 
@@ -34,7 +35,7 @@ def test_load_model_ref(tiny_zoo, tmp_path):
     sd0, _, sha0 = load_model_ref(parse_model_ref(f"{tiny_zoo}:{mid}@0"))
     assert sha0 != sha and all(torch.equal(sd0[k], v) for k, v in zoo.state_dict(mid, 0).items())
     # one-line errors naming what is missing
-    for text, what in [(f"{tmp_path}/nozoo:{mid}", "does not exist"), (f"{tiny_zoo}:nomodel", "'nomodel' is not in"),
+    for text, what in [(f"{tmp_path}/nozoo:{mid}", "does not exist"), (str(tiny_zoo), "holds 4 models; name one"), (f"{tiny_zoo}:nomodel", "'nomodel' is not in"),
                        (f"{tiny_zoo}:{mid}@99", "no checkpoint at epoch 99")]:
         with pytest.raises(ConfigError, match=what) as e:
             load_model_ref(text)
@@ -94,6 +95,7 @@ def test_full_finetune_starts_from_base_and_records_it(full_ft):
 def test_full_finetune_member_equals_the_same_run_alone(full_ft):
     _, _, ft, alone = full_ft
     (mid,) = alone.ids
+    assert resolve_model_ref(parse_model_ref(str(alone.path))).text == f"{alone.path}:{mid}@2"  # its only model
     k = [m for m in ft.ids if ft.hparams(m)["lr"] == 0.01][0]
     got, want = ft.state_dict(k), alone.state_dict(mid)
     for name, v in want.items():
