@@ -143,7 +143,7 @@ def _nets():
 
 
 def test_lora_merge_is_base_plus_scaled_BA_and_matches_the_unmerged_forward():
-    from wsl.population.lora import AdaptedForward, adaptable, init_adapters, make_spec, merge
+    from wsl.nets.lora import AdaptedForward, adaptable, init_adapters, make_spec, merge
 
     for net, x in _nets():
         spec = make_spec(net, rank=2, alpha=3.0)
@@ -170,7 +170,7 @@ def test_lora_merge_is_base_plus_scaled_BA_and_matches_the_unmerged_forward():
 
 
 def test_lora_spec_bad_input():
-    from wsl.population.lora import make_spec
+    from wsl.nets.lora import make_spec
 
     mlp = _nets()[0][0]
     with pytest.raises(ConfigError, match=r"finetune.rank=9 is above the size of layer hidden.0.weight \(8 x 64: rank at most 8\)"):
@@ -194,7 +194,7 @@ def lora_ft(tiny_zoo, tmp_path_factory):
 
 
 def test_lora_zoo_stores_adapters_and_reads_merged_nets(lora_ft):
-    from wsl.population.lora import AdaptedForward
+    from wsl.nets.lora import AdaptedForward
     from wsl.zoo.reader import read_checkpoint_metadata
     from wsl.zoo.verify import verify_zoo
 
@@ -244,3 +244,50 @@ def test_lora_bad_input_writes_nothing(tiny_zoo, tmp_path):
         with pytest.raises(ConfigError, match=what) as e:
             _run(out, [f"init.from={tiny_zoo}:{base}", "finetune=lora", *extra])
         assert "\n" not in str(e.value) and not out.exists(), extra
+
+
+# ---- dataset-size recovery (DSiRe) -----------------------------------------------------------------
+def test_lora_spectrum_features_and_vote(lora_ft):
+    import numpy as np
+
+    from wsl.encoders.lora_spectrum import LoRASpectrum, spectrum_features
+
+    zbase, base, ft, _ = lora_ft
+    x, layers = spectrum_features(ft, ft.ids)
+    assert x.shape == (2, 2, 3) and layers == ["hidden.0.weight", "head.weight"]
+    ad, spec = ft.adapters(ft.ids[1]), ft.lora_spec(ft.ids[1])
+    d = spec.scale * ad["head.weight.lora_B"].double() @ ad["head.weight.lora_A"].double()
+    np.testing.assert_allclose(x[1, 1], [*torch.linalg.svdvals(d)[:2].numpy(), float(d.norm())], rtol=1e-6)
+    with pytest.raises(ConfigError, match="not a LoRA fine-tune"):
+        spectrum_features(zbase, [base])
+    # brute force on hand-made features: 3 layers, classes at 0 / 10; layer 2 is misleading
+    train = np.array([[[0.0], [0.0], [10.0]], [[10.0], [10.0], [0.0]]])
+    knn = LoRASpectrum(k=1).fit(train, np.array([0, 1]))
+    assert knn.predict(np.array([[[1.0], [2.0], [9.0]], [[9.0], [8.0], [1.0]]])).tolist() == [0, 1]  # 2 layers of 3
+    two = LoRASpectrum(k=1).fit(train[:, :2], np.array([0, 1]))  # a 1-1 tie: the nearer neighbour's label wins
+    assert two.predict(np.array([[[1.0], [9.5]]])).tolist() == [1]
+    reg = LoRASpectrum(k=1, classification=False).fit(train, np.array([5.0, 50.0]))
+    assert reg.predict(np.array([[[1.0], [2.0], [9.0]]])).tolist() == [5.0]  # median of 5, 5, 5
+
+
+def test_train_size_task_scores_mae_in_samples():
+    from wsl.encoders.schema import TaskConfig
+    from wsl.encoders.tasks import Task, score
+
+    task = Task(**{k: v for k, v in vars(TaskConfig(name="train_size", kind="classification",
+                                                     columns=["train_samples"])).items()})
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 1]), 3).float()
+    out = score(task, ["train_samples"], logits, torch.tensor([0, 1, 1, 2]), classes=[11, 22, 43])
+    assert out["acc"] == 0.5 and out["mae"] == pytest.approx((0 + 21 + 0 + 21) / 4)
+    assert "mae" not in score(task, ["x"], logits, torch.tensor([0, 1, 1, 2]), classes=["a", "b", "c"])
+
+
+def test_lora_zoo_without_its_base_says_so(lora_ft, tmp_path):
+    _, _, ft, _ = lora_ft
+    for key, value, what in [("init_sha256", "0" * 64, "is not the recorded init_sha256"),
+                             ("init_from", f"{tmp_path}/gone:m@2", "needs its base .*not a directory")]:
+        z = Zoo(ft.path)
+        z.row(z.ids[0]).hparams[key] = value
+        with pytest.raises(ZooFormatError, match=what) as e:
+            z.load_model(z.ids[0])
+        assert "\n" not in str(e.value)

@@ -146,7 +146,7 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     base = load_base(job, arch) if job.init_from is not None else None  # before anything is written
     lora = None
     if base is not None and job.finetune.mode == "lora":
-        from wsl.population.lora import make_spec
+        from wsl.nets.lora import make_spec
 
         lora = make_spec(probe, job.finetune.rank, job.finetune.alpha, job.finetune.layers)
     inr, job_id, t = data.kind == "inr", job_identity(job, base and (base.text, base.sha256)), job.train
@@ -193,7 +193,8 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     if lora is None:
         module = PopulationModule(probe, params, data, lrs, wds, steps_per_epoch=steps, target_rows=rows, **recipe)
     else:  # adapters on the frozen base: A from each member's seed_init, B = 0
-        from wsl.population.lora import LoRAPopulationModule, init_adapters
+        from wsl.nets.lora import init_adapters
+        from wsl.population.lora import LoRAPopulationModule
 
         adapters = stack_state_dicts([init_adapters(lora, f.seed_init) for f in todo])
         module = LoRAPopulationModule(probe, base.state, adapters, lora, data, lrs, wds, steps_per_epoch=steps,

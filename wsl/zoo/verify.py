@@ -508,17 +508,18 @@ class _Checker:
         return got
 
     def _lora_specs(self, where: Path, r: ModelRow) -> dict | None:
-        """{name: (dtype, shape)} of a LoRA fine-tune's checkpoints (wsl.population.lora), or None if its
+        """{name: (dtype, shape)} of a LoRA fine-tune's checkpoints (wsl.nets.lora), or None if its
         lora_* hyperparameters are unusable."""
         import torch
 
         from wsl.nets import build_net
-        from wsl.population.lora import checkpoint_specs, spec_from_hparams
+        from wsl.nets.lora import checkpoint_tensors, spec_from_hparams
 
         try:
             with torch.device("meta"):
                 net = build_net(r.arch)
-            return checkpoint_specs(net, spec_from_hparams(net, r.hparams))
+            return {k: (TORCH_DTYPES.get(str(d), str(d)), s)
+                    for k, (d, s) in checkpoint_tensors(net, spec_from_hparams(net, r.hparams)).items()}
         except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as e:
             self.error(where, f"LoRA model {r.model_id}: unusable lora_* hyperparameters ({e})")
             return None
