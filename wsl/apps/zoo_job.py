@@ -144,6 +144,11 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     probe = init_member(job, data, 0)  # constructor checks before any training
     arch, config = probe.arch, stored_config(job)
     base = load_base(job, arch) if job.init_from is not None else None  # before anything is written
+    lora = None
+    if base is not None and job.finetune.mode == "lora":
+        from wsl.nets.lora import make_spec
+
+        lora = make_spec(probe, job.finetune.rank, job.finetune.alpha, job.finetune.layers)
     inr, job_id, t = data.kind == "inr", job_identity(job, base and (base.text, base.sha256)), job.train
     fits = make_fits(members, data, job_id)
     net_hp = {k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")}  # its options
@@ -182,8 +187,20 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
         params = stack_state_dicts([base.state] * len(todo))
     recipe = {k: getattr(t, k) for k in ("optimizer", "momentum", "nesterov", "betas", "eps", "schedule",
                                          "warmup_epochs", "step_epochs", "gamma", "epochs", "eval_batch_size")}
-    module = PopulationModule(probe, params, data, [f.member.lr for f in todo], [f.member.weight_decay for f in todo],
-                              steps_per_epoch=steps, target_rows=[f.row for f in todo] if inr else None, **recipe)
+    lrs, wds = [f.member.lr for f in todo], [f.member.weight_decay for f in todo]
+    rows = [f.row for f in todo] if inr else None
+    meta = None
+    if lora is None:
+        module = PopulationModule(probe, params, data, lrs, wds, steps_per_epoch=steps, target_rows=rows, **recipe)
+    else:  # adapters on the frozen base: A from each member's seed_init, B = 0
+        from wsl.nets.lora import init_adapters
+        from wsl.population.lora import LoRAPopulationModule
+
+        adapters = stack_state_dicts([init_adapters(lora, f.seed_init) for f in todo])
+        module = LoRAPopulationModule(probe, base.state, adapters, lora, data, lrs, wds, steps_per_epoch=steps,
+                                      target_rows=rows, **recipe)
+        meta = {"lora": {"base": base.text, "base_checkpoint": base.path, "base_sha256": base.sha256,
+                         "rank": lora.rank, "alpha": lora.alpha, "layers": lora.layers}}
     save_at = checkpoint_schedule(job)
 
     def sink(epoch, metrics, mod):
@@ -192,7 +209,7 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
         alive = mod.alive.cpu()
         for k, f in enumerate(todo):
             if alive[k]:
-                writer.write_checkpoint(f.model_id, epoch, mod.member_state_dict(k), arch)
+                writer.write_checkpoint(f.model_id, epoch, mod.member_state_dict(k), arch, extra_meta=meta)
 
     recorder = EpochRecorder(sink)
     loader = DataLoader(IndexDataset(), batch_size=None,
@@ -215,7 +232,7 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
               "schedule": t.schedule, "warmup_epochs": t.warmup_epochs, "population_seed": job.population.seed}
     if base is not None:
         shared.update(init_from=base.text, init_sha256=base.sha256, finetune=job.finetune.mode,
-                      train_samples=int(n_train))
+                      train_samples=int(n_train), **(lora.hparams() if lora is not None else {}))
     div = module.diverged_epoch.cpu()
     for k, f in enumerate(todo):
         m = f.member
@@ -243,11 +260,13 @@ class Base:
     state: dict
     text: str
     sha256: str
+    path: str  # the base checkpoint file
 
 
 def load_base(job: ZooJobConfig, arch: dict) -> Base:
     """The init.from checkpoint, read and verified; a ConfigError (one line) if its architecture is not
     the configured net's `arch`, or if the zoo, model or epoch is missing; ZooFormatError if corrupted."""
+    from wsl.zoo.reader import Zoo
     from wsl.zoo.reference import load_model_ref, resolve_model_ref
 
     ref = resolve_model_ref(job.init_from)
@@ -257,7 +276,7 @@ def load_base(job: ZooJobConfig, arch: dict) -> Base:
         what = ", ".join(f"{k}={base_arch.get(k)!r} (configured: {arch.get(k)!r})" for k in diff)
         raise ConfigError(f"init.from={ref.text}: model {ref.model_id} has another architecture than the configured "
                           f"net={arch.get('name')}: {what}; set net=/net.* to the base net's")
-    return Base(state, ref.text, sha)
+    return Base(state, ref.text, sha, str(Zoo(ref.zoo).checkpoint_path(ref.model_id, ref.epoch)))
 
 
 def index_is_current(root: Path, model_ids: list[str]) -> bool:

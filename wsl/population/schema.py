@@ -366,7 +366,7 @@ class FinetuneConfig:
     full: every weight trains (the default; without init.from it is training from scratch). lora:
     the base net is frozen and each adapted weight W [out, in(, kh, kw)] trains a low-rank update
     W + (alpha / rank) B A, with A [rank, in*kh*kw] (Kaiming-uniform init from the member's seed_init)
-    and B [out, rank] (zeros), as in Hu et al. 2021 (wsl.population.lora)."""
+    and B [out, rank] (zeros), as in Hu et al. 2021 (wsl.nets.lora, wsl.population.lora)."""
 
     mode: str = "full"
     rank: int = 4

@@ -3,6 +3,7 @@
 Used by `init.from=` (fine-tuning from a zoo member) and by tools that name a pretrained net
 (wsl-merge's base for Model Stock / task vectors). The zoo path is everything before the LAST ':'
 (model ids never contain ':' or '@'); the epoch, after '@', defaults to the model's last checkpoint.
+A path alone ("zoos/base", no ':') names the zoo's only model (an error if it holds several).
 
     ref = parse_model_ref("zoos/base:digits-mlp-...-m000@10")
     state, arch, sha = load_model_ref(ref)         # verified read (wsl.zoo.reader.Zoo.state_dict)
@@ -26,7 +27,8 @@ _TAIL = re.compile(r"^(?P<model>[A-Za-z0-9][A-Za-z0-9._=-]{0,199})(?:@(?P<epoch>
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One checkpoint of one zoo member. `epoch` is LAST (-1) until resolve_model_ref fills it in."""
+    """One checkpoint of one zoo member. `epoch` is LAST (-1) and `model_id` "" (the zoo's only model)
+    until resolve_model_ref fills them in."""
 
     zoo: Path
     model_id: str
@@ -35,6 +37,8 @@ class ModelRef:
     @property
     def text(self) -> str:
         """The normalized reference "<abs zoo>:<model_id>@<epoch>" (epoch omitted while unresolved)."""
+        if not self.model_id:
+            return str(self.zoo)
         tail = "" if self.epoch == LAST else f"@{self.epoch}"
         return f"{self.zoo}:{self.model_id}{tail}"
 
@@ -48,6 +52,8 @@ def parse_model_ref(text, key: str = "init.from") -> ModelRef:
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{key}={printable(text)!s}: expected '<zoo path>:<model_id>[@epoch]'")
     zoo, sep, tail = text.strip().rpartition(":")
+    if not sep and "@" not in tail:  # a zoo path alone: its only model
+        return ModelRef(Path(tail).expanduser().resolve(), "", LAST)
     m = _TAIL.match(tail)
     if not sep or not zoo or m is None:
         raise ConfigError(f"{key}={printable(text)}: expected '<zoo path>:<model_id>[@epoch]' "
@@ -62,6 +68,11 @@ def _open(ref: ModelRef, key: str):
     if not ref.zoo.is_dir():
         raise ConfigError(f"{key}={printable(ref.text)}: zoo {printable(ref.zoo)} does not exist")
     zoo = Zoo(ref.zoo)  # a directory that is not a zoo / a corrupted index: ZooFormatError naming the file
+    if not ref.model_id:
+        if len(zoo) != 1:
+            raise ConfigError(f"{key}={printable(ref.text)}: zoo {ref.zoo} holds {len(zoo)} models; name one: "
+                              f"{key}=<zoo path>:<model_id>[@epoch] (e.g. {ref.zoo}:{zoo.ids[0] if zoo.ids else '...'})")
+        ref = ModelRef(ref.zoo, zoo.ids[0], ref.epoch)
     if ref.model_id not in zoo.ids:
         raise ConfigError(f"{key}={printable(ref.text)}: model {ref.model_id!r} is not in zoo {ref.zoo} "
                           f"({len(zoo)} models)")
@@ -71,14 +82,13 @@ def _open(ref: ModelRef, key: str):
     if ref.epoch != LAST and ref.epoch not in epochs:
         raise ConfigError(f"{key}={printable(ref.text)}: model {ref.model_id!r} has no checkpoint at epoch "
                           f"{ref.epoch}; has {epochs}")
-    return zoo, (epochs[-1] if ref.epoch == LAST else ref.epoch)
+    return zoo, ModelRef(ref.zoo, ref.model_id, epochs[-1] if ref.epoch == LAST else ref.epoch)
 
 
 def resolve_model_ref(ref: ModelRef, key: str = "init.from") -> ModelRef:
-    """The same reference with its epoch filled in (LAST -> the model's last checkpoint epoch), after
-    checking that the zoo, model and epoch exist (nothing is loaded)."""
-    _, epoch = _open(ref, key)
-    return ModelRef(ref.zoo, ref.model_id, epoch)
+    """The same reference with its model id (a zoo path alone: its only model) and epoch (LAST: the
+    model's last checkpoint) filled in, after checking that the zoo, model and epoch exist (nothing is loaded)."""
+    return _open(ref, key)[1]
 
 
 def load_model_ref(ref: ModelRef | str, key: str = "init.from") -> tuple[dict, dict, str]:
@@ -87,10 +97,10 @@ def load_model_ref(ref: ModelRef | str, key: str = "init.from") -> tuple[dict, d
     checkpoint file's sha256 (hex), equal to the one the zoo's index lists."""
     if isinstance(ref, str):
         ref = parse_model_ref(ref, key)
-    zoo, epoch = _open(ref, key)
+    zoo, ref = _open(ref, key)
     try:
-        sd = zoo.state_dict(ref.model_id, epoch)
+        sd = zoo.state_dict(ref.model_id, ref.epoch)
     except ZooFormatError as e:
         raise ZooFormatError(f"{key}={printable(ref.text)}: {e}") from None
-    sha = next(s for e, _, s in zoo.row(ref.model_id).checkpoints if e == epoch)
+    sha = next(s for e, _, s in zoo.row(ref.model_id).checkpoints if e == ref.epoch)
     return sd, zoo.arch(ref.model_id), sha
