@@ -244,3 +244,24 @@ def test_model_stock_on_a_fine_tuned_zoo_uses_the_recorded_base(tiny_zoo, tmp_pa
         torch.testing.assert_close(v, want.state_dict[k])
     assert json.loads(hp["merge_coefficients"]) == pytest.approx(want.coefficients)
     assert rows[0]["n_members"] == 3 and math.isfinite(rows[0]["gain_vs_ensemble"])
+
+
+@pytest.mark.slow
+def test_merging_lora_fine_tunes_writes_dense_nets(tiny_zoo, tmp_path):
+    """LoRA members are read merged (base + BA); their merge is a dense checkpoint, not a LoRA row."""
+    from tests.conftest import make_zoo
+    from wsl.merge.job import merge_zoo
+    from wsl.zoo import Zoo
+
+    src = Zoo(tiny_zoo)
+    lz = Zoo(make_zoo(tmp_path / "lora", [f"init.from={tiny_zoo}:{src.ids[0]}", "finetune=lora", "finetune.rank=2",
+                                          "population.size=3", "train.epochs=1"]))
+    out, _ = merge_zoo(_typed([f"zoo.path={lz.path}", "method=ties", "merge.density=1", f"out={tmp_path / 'm'}"]))
+    m = Zoo(out)
+    [mid] = m.ids
+    hp = m.hparams(mid)
+    assert "finetune" not in hp and not any(k.startswith("lora_") for k in hp) and hp["merge_finetune"] == "lora"
+    want = M.ties([lz.state_dict(i) for i in lz.ids], src.state_dict(src.ids[0]), density=1.0,
+                  keys=[n for n, _ in m.skeleton(mid).named_parameters()])
+    for k, v in m.state_dict(mid).items():
+        torch.testing.assert_close(v, want.state_dict[k])

@@ -57,11 +57,22 @@ def _j(v) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
+def _storage_column(k: str) -> bool:
+    """Columns that say how a checkpoint is stored, not how the net was made: a merged net is a dense checkpoint
+    (LoRA ingredients, finetune="lora" with lora_*, are read merged; their merge is not a LoRA fine-tune)."""
+    return k == "finetune" or k.startswith("lora_")
+
+
 def _shared(zoo, ids) -> dict:
-    """Hyperparameters with one value over `ids` (seed columns left out)."""
+    """Hyperparameters with one value over `ids` (seed columns, storage columns and earlier merges' provenance left
+    out; the ingredients' `finetune` kind is kept as merge_finetune)."""
     rows = [zoo.hparams(m) for m in ids]
-    keys = [k for k in rows[0] if k not in SKIP_COLUMNS and not str(k).startswith("merge_")]
-    return {k: rows[0][k] for k in keys if all(k in r and _j(r[k]) == _j(rows[0][k]) for r in rows)}
+    keys = [k for k in rows[0] if k not in SKIP_COLUMNS and not str(k).startswith("merge_") and not _storage_column(k)]
+    out = {k: rows[0][k] for k in keys if all(k in r and _j(r[k]) == _j(rows[0][k]) for r in rows)}
+    kinds = sorted({str(r.get("finetune", "")) for r in rows} - {""})
+    if kinds:
+        out["merge_finetune"] = ",".join(kinds)
+    return out
 
 
 def _sortable(v):
