@@ -50,6 +50,7 @@ class Group:
     label: str
     hparams: dict  # the hyperparameters every member shares (not seeds)
     base: dict | None = None  # {"ref": text, "sha256": hex, "state_dict": ...} for stock/ties/dare
+    task: object = None  # the group's data (group_task), checked before any merge
     result: dict = field(default_factory=dict)
 
 
@@ -102,6 +103,7 @@ def plan_groups(zoo, by: str, min_members: int) -> list[Group]:
     shared = [_shared(zoo, p) for p in parts]
     varying = sorted({k for s in shared for k in s if any(_j(s.get(k)) != _j(t.get(k)) for t in shared)})
     varying = [k for k in varying if k not in DERIVED] or varying  # labels name what was set, not what follows
+
     def order(item):  # groups in the natural order of what varies between them (width 4 before 16)
         return tuple(_sortable(item[1].get(k)) for k in varying)
 
@@ -158,17 +160,26 @@ def _task_key(zoo, mid) -> str:
     return _j(cfg)
 
 
-def group_task(zoo, g: Group):
+def group_task(zoo, g: Group, cache: dict | None = None):
     """The data of a group: the first member's (train split: BatchNorm statistics, train scores); refused when
-    the members' held-out splits differ (their val and test data must be one)."""
+    the members' held-out splits differ (their val and test data must be one). `cache`: {dataset record: data},
+    shared by the groups (one copy of each dataset in memory)."""
     from wsl.evaluate.pipeline import _eval_fingerprint
+
+    cache = {} if cache is None else cache
+
+    def data(m):
+        k = _task_key(zoo, m)
+        if k not in cache:
+            cache[k] = zoo.training_data(m)
+        return cache[k]
 
     keys = {}
     for m in g.ids:
         keys.setdefault(_task_key(zoo, m), m)
-    first = zoo.training_data(g.ids[0])
+    first = data(g.ids[0])
     for k, m in list(keys.items())[1:]:
-        other = zoo.training_data(m)
+        other = data(m)
         if _eval_fingerprint(other) != _eval_fingerprint(first):
             raise ConfigError(f"group '{g.label}': models {g.ids[0]} and {m} were trained on data whose val/test splits "
                               "differ; their merge cannot be scored on one split (merge.by=cell)")
@@ -219,7 +230,7 @@ def merge_group(zoo, g: Group, job: MergeConfig) -> dict:
     opts = job.merge
     net = build_net(g.arch)
     keys = [n for n, _ in net.named_parameters()]  # weights are merged; BatchNorm statistics re-estimated
-    task = group_task(zoo, g)
+    task = g.task if g.task is not None else group_task(zoo, g)
     bn_cfg = job.batchnorm
     bn = BatchNormInputs.of_split(task.x_train, bn_cfg.batch_size, bn_cfg.batches, bn_cfg.seed) \
         if has_batchnorm(net) else None
@@ -307,8 +318,9 @@ def merge_zoo(job: MergeConfig, config: dict | None = None) -> tuple[Path, list[
     groups = plan_groups(zoo, job.merge.by, job.merge.min_members)
     if job.method in BASE_METHODS:
         resolve_bases(zoo, groups, job.merge.base, job.method)
-    for g in groups:  # every checkpoint and the data, checked before any merge
-        group_task(zoo, g)
+    tasks: dict = {}
+    for g in groups:  # the data and the checkpoint epoch, checked before any merge
+        g.task = group_task(zoo, g, tasks)
         if job.merge.epoch != -1:
             from wsl.zoo.epochs import check_epoch
             check_epoch(zoo, g.ids, job.merge.epoch, "merge.epoch")
