@@ -11,6 +11,8 @@ merging). Every number is on the digits test split; test data choose nothing.
   one population (--members nets, the seeds of the data order differ): one group per learning rate.
   Methods: uniform, greedy, stock, ties (density 0.2 and 0.5), dare (drop 0.5 and 0.1), aligned (the base
   comes from the init_from column; scale 1).
+- LoRA zoo: fine-tunes of the same base with `finetune=lora finetune.rank=--rank` (read merged, base + BA),
+  learning rates --lora-lrs.
 - phase zoo: MLPs trained from scratch, widths --widths (one job each) x learning rates --phase-lrs, 4
   seeds per cell (experiment=phase_mlp_digits' recipe, shorter). Methods: uniform, greedy, aligned (stock,
   ties and dare need a pretrained net the members share: these have none).
@@ -80,6 +82,18 @@ def build_finetuned(work: Path, a) -> Path:
     return ft
 
 
+def build_lora(work: Path, a) -> Path:
+    from wsl.zoo import Zoo
+
+    base, lz = work / "base", work / "lora"
+    if not (lz / "index.h5").exists():
+        mid = Zoo(base).ids[0]
+        _zoo(lz, [f"init.from={base}:{mid}", "finetune=lora", f"finetune.rank={a.rank}", f"net.width={a.width}",
+                  f"population.size={a.members}", f"train.epochs={a.ft_epochs}",
+                  f"train.lr=[{','.join(map(str, a.lora_lrs))}]"])
+    return lz
+
+
 def build_phase(work: Path, a) -> Path:
     ph = work / "phase"
     if not (ph / "index.h5").exists():
@@ -98,7 +112,9 @@ def bench(zoo: Path, methods: list[str], work: Path, name: str) -> list[dict]:
     from wsl.zoo import Zoo
 
     z = Zoo(zoo)
-    print(f"\n== {name}: {zoo} ({len(z)} nets, {len(z.cells())} cells) ==")
+    div = sum(z.row(m).status == "diverged" for m in z.ids)
+    print(f"\n== {name}: {zoo} ({len(z)} nets, {div} diverged, {len(z.cells())} cells; groups: cells with 2+ "
+          "usable nets) ==")
     print(f"{'method':>16}  {'merged test acc':>17}  {'best single (val)':>17}  {'ensemble':>17}  {'gain vs best':>12}"
           f"  {'wins':>5}  {'method s':>8}  {'total s':>8}")
     out = []
@@ -130,6 +146,8 @@ def main() -> None:
     p.add_argument("--ft-epochs", type=int, default=10)
     p.add_argument("--members", type=int, default=32, help="fine-tunes (divided among --lrs)")
     p.add_argument("--lrs", type=float, nargs="+", default=[0.03, 0.1, 0.3, 0.6])
+    p.add_argument("--rank", type=int, default=4, help="LoRA fine-tunes of the same base (0: none)")
+    p.add_argument("--lora-lrs", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     p.add_argument("--widths", type=int, nargs="+", default=[4, 8, 16, 32])
     p.add_argument("--phase-lrs", type=float, nargs="+", default=[0.02, 0.05, 0.2])
     p.add_argument("--phase-epochs", type=int, default=15)
@@ -139,7 +157,7 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.work = a.work.with_name(a.work.name + "_quick") if a.work == Path("zoos/bench_merge") else a.work
-        a.base_epochs, a.ft_epochs, a.members, a.lrs = 3, 3, 12, [0.1, 0.3, 0.6]
+        a.base_epochs, a.ft_epochs, a.members, a.lrs, a.lora_lrs = 3, 3, 12, [0.1, 0.3, 0.6], [0.05, 0.1, 0.2]
         a.widths, a.phase_lrs, a.phase_epochs = [8, 16], [0.05, 0.2], 5
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     a.work.mkdir(parents=True, exist_ok=True)
@@ -151,6 +169,12 @@ def main() -> None:
         print(f"fine-tuned zoo ready ({time.perf_counter() - t:.0f} s)")
         results += bench(ft, ["uniform", "greedy", "stock", "ties merge.density=0.2", "ties merge.density=0.5",
                               "dare merge.drop=0.5", "dare merge.drop=0.1", "aligned"], a.work, "finetuned")
+    if a.skip != "finetuned" and a.rank:
+        t = time.perf_counter()
+        lz = build_lora(a.work, a)
+        print(f"LoRA zoo ready ({time.perf_counter() - t:.0f} s)")
+        results += bench(lz, ["uniform", "greedy", "stock", "ties merge.density=0.5", "dare merge.drop=0.1"], a.work,
+                         "lora")
     if a.skip != "phase":
         t = time.perf_counter()
         ph = build_phase(a.work, a)

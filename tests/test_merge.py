@@ -265,3 +265,13 @@ def test_merging_lora_fine_tunes_writes_dense_nets(tiny_zoo, tmp_path):
                   keys=[n for n, _ in m.skeleton(mid).named_parameters()])
     for k, v in m.state_dict(mid).items():
         torch.testing.assert_close(v, want.state_dict[k])
+
+
+def test_model_stock_keeps_a_tensor_no_net_moved():
+    base = {"w": torch.ones(3, dtype=F64), "frozen": torch.arange(2.0, dtype=F64)}
+    sds = [{"w": base["w"] + d, "frozen": base["frozen"].clone()} for d in (torch.tensor([1.0, 0, 0], dtype=F64),
+                                                                            torch.tensor([0, 1.0, 0], dtype=F64))]
+    out = M.model_stock(sds, base)
+    assert set(out.coefficients) == {"w"} and out.coefficients["w"] == pytest.approx(0.0)  # orthogonal: t = 0
+    torch.testing.assert_close(out.state_dict["frozen"], base["frozen"])
+    torch.testing.assert_close(out.state_dict["w"], base["w"])

@@ -140,7 +140,8 @@ def mean_pairwise_cos(deltas: list) -> float:
 
 
 def model_stock(sds: list, base: dict, keys=None) -> Merged:
-    """Model Stock of k >= 2 nets fine-tuned from `base`, layer-wise (one ratio per merged tensor)."""
+    """Model Stock of k >= 2 nets fine-tuned from `base`, layer-wise (one ratio per merged tensor; a tensor no net
+    changed is the base's, and has no ratio in `coefficients`)."""
     _check(sds, base)
     k = len(sds)
     if k < 2:
@@ -149,6 +150,9 @@ def model_stock(sds: list, base: dict, keys=None) -> Merged:
     for name in merged_keys(sds[0], keys):
         w0 = base[name].double()
         deltas = [sd[name].double() - w0 for sd in sds]
+        if not any(bool(d.any()) for d in deltas):  # no net moved it (e.g. a layer LoRA does not adapt): w0
+            out[name] = w0
+            continue
         t = stock_ratio(mean_pairwise_cos(deltas), k)
         ratios[name] = t
         avg = sum(sd[name].double() for sd in sds) / k
