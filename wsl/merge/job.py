@@ -332,18 +332,24 @@ def merge_zoo(job: MergeConfig, config: dict | None = None) -> tuple[Path, list[
                  len(groups), g.label, len(g.ids), r["metric"], r["merged_test"], r["best_test"], r["ensemble_test"])
     seconds = time.perf_counter() - t0
     # everything merged and scored: now write
-    stored = {"dataset": zoo.job_config(groups[0].ids[0]).get("dataset"),
-              "merge": {"source_zoo": str(zoo.path), "method": job.method, **(config or {})}}
-    writer = ShardWriter(out, f"merge-{job.method}", config=stored, zoo_name=job.name or out.name)
+    # one shard (job) per dataset record, so that every merged net's data (Zoo.training_data) is its group's
+    writers: dict = {}
     ids = []
     for g in groups:
+        ds = zoo.job_config(g.ids[0]).get("dataset")
+        if _j(ds) not in writers:
+            stored = {"dataset": ds, "merge": {"source_zoo": str(zoo.path), "method": job.method, **(config or {})}}
+            job_id = f"merge-{job.method}-d{len(writers)}"  # d0, d1, ...: shards (and index rows) in group order
+            writers[_j(ds)] = ShardWriter(out, job_id, config=stored, zoo_name=job.name or out.name)
+        writer = writers[_j(ds)]
         mid = f"merge-{job.method}-g{g.index:04d}"
         res = g.result
         meta = {"provenance": _j(res["provenance"])}
         writer.write_checkpoint(mid, 0, res["state_dict"], g.arch, extra_meta=meta)
         writer.add_model(mid, g.arch, {**g.hparams, **res["provenance"]}, status="merged", history=res["history"])
         ids.append(mid)
-    writer.commit()
+    for writer in writers.values():
+        writer.commit()
     rows = [g.result["row"] for g in groups]
     cols = {k: [r.get(k, math.nan) for r in rows] for k in ("group", "n_members", "best_ingredient", "best_val",
                                                              "best_test", "ingredients_test_mean", "ensemble_test",
