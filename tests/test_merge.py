@@ -275,3 +275,21 @@ def test_model_stock_keeps_a_tensor_no_net_moved():
     assert set(out.coefficients) == {"w"} and out.coefficients["w"] == pytest.approx(0.0)  # orthogonal: t = 0
     torch.testing.assert_close(out.state_dict["frozen"], base["frozen"])
     torch.testing.assert_close(out.state_dict["w"], base["w"])
+
+
+@pytest.mark.slow
+def test_cells_of_different_train_fractions_keep_their_own_data(tmp_path):
+    """One shard per dataset record: each merged net's Zoo.training_data is its group's train split."""
+    from tests.conftest import make_zoo
+    from wsl.merge.job import merge_zoo
+    from wsl.zoo import Zoo
+
+    src = tmp_path / "tf"
+    for f in (0.5, 1.0):
+        make_zoo(src, [f"dataset.train_fraction={f}", "population.size=2", "train.epochs=1"])
+    out, rows = merge_zoo(_typed([f"zoo.path={src}", "method=uniform", f"out={tmp_path / 'm'}"]))
+    z, s = Zoo(out), Zoo(src)
+    assert len(z.ids) == 2 and len({z.row(m).job_id for m in z.ids}) == 2
+    for m in z.ids:
+        member = json.loads(z.hparams(m)["merge_members"])[0]
+        torch.testing.assert_close(z.training_data(m).x_train, s.training_data(member).x_train)
