@@ -7,6 +7,7 @@ parameters, seconds per epoch, peak memory.
     python scripts/bench_encoders.py --epochs 40 --encoders stats nfn nfn_reference
     python scripts/bench_encoders.py --net resnet          # ResNet-8 (width 4, BatchNorm): zoos/bench_encoders_resnet
     python scripts/bench_encoders.py --net resnet --override zoo.bn_stats=true   # + BatchNorm running statistics
+    python scripts/bench_encoders.py --zoo dsire [--quick]  # the DSiRe table: LoRA zoo, task train_size (bench_dsire.py)
 
 The zoo: digits MLPs (one hidden layer of 16 units) or ResNet-8s (width 4: stages of 4/8/16 channels,
 BatchNorm, 5,142 parameters), 6 learning rates x 3 weight decays x 3 seed replicas, trained 5
@@ -188,6 +189,11 @@ def print_table(args, rows: list) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:3] == ["--zoo", "dsire"]:  # the DSiRe table: a LoRA zoo, task=train_size (scripts/bench_dsire.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_dsire import main as bench_dsire
+
+        return bench_dsire(sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--net", choices=sorted(NETS), default="mlp", help="the zoo's architecture")
     ap.add_argument("--zoo", type=Path, help="default: zoos/bench_encoders_<net>")

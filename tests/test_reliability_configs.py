@@ -38,6 +38,8 @@ CASES = {
     "sample": (["run={tmp}/no-run", "zoo.path={tmp}/gen"], "n=0", r"\bn\b", "guidance=strong", r"guidance"),
     "evaluate": (["zoo.path={zoo}", "reference={zoo}"], "split=holdout", r"\bsplit\b", "max_nets=all", r"max_nets"),
     "embed": (["run={tmp}/no-run", "zoo.path={zoo}"], "batch_size=0", r"batch_size", "seed=first", r"\bseed\b"),
+    "merge": (["zoo.path={zoo}", "method=uniform", "out={tmp}/new"], "merge.drop=1", r"merge\.drop",
+              "merge.min_members=many", r"merge\.min_members"),
 }
 
 
@@ -145,6 +147,8 @@ VALID = {
     "train_generator": [["-m", "generator=flow,diffusion", "generator/denoiser=mlp,transformer", LOGGERS],
                         ["representation.latent=true", "condition.columns=[val_acc]", "zoo.val_fraction=0.25",
                          "+zoo.filter.width=8", "generator.ema=null"], ["zoo.filter={width:8}"]],
+    "merge": [["-m", "merge.by=cell,all", LOGGERS], ["method=stock", "merge.base=zoos/x:m@1", "threads=1"],
+              ["method=dare", "merge.drop=0", "merge.scale=0.5"]],
     "train_encoder": [["-m", "encoder=deepsets,flat,graph,nfn,stats,transformer",
                        "task=gen_gap,hparams,inr_class,phase,test_acc"]],
 }

@@ -180,7 +180,8 @@ APP_SCHEMAS = {"zoo": "wsl.population.schema:ZooJobConfig", "verify": "wsl.zoo.s
                "align": "wsl.align.schema:AlignConfig", "train_encoder": "wsl.encoders.schema:TrainEncoderConfig",
                "train_generator": "wsl.generators.schema:TrainGeneratorConfig",
                "sample": "wsl.generators.schema:SampleConfig", "evaluate": "wsl.evaluate.schema:EvaluateConfig",
-               "embed": "wsl.encoders.schema:EmbedConfig"}
+               "embed": "wsl.encoders.schema:EmbedConfig",
+               "merge": "wsl.merge.schema:MergeConfig"}
 # `_target_` prefix -> the schema module that registers its options (wsl.symmetry's augmentations are
 # configured by the encoder room, which applies them)
 TARGET_MODULES = {"lightning.pytorch.loggers.": "wsl.tracking", "wsl.tracking.": "wsl.tracking",

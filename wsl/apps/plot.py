@@ -33,6 +33,11 @@ def _main(cfg: DictConfig) -> None:
     p = job.plot
     files = plot_zoo(job.zoo.path, x=p.x, y=p.y, metrics=p.metrics, out_dir=p.out_dir, thresholds=job.phase,
                      dpi=p.dpi, fmt=p.format)
+    # a zoo of per-cell merges (wsl-merge merge.by=cell): the merge gain per cell next to the source's phase map
+    from wsl.merge.plots import plot_merge_phases
+
+    files += plot_merge_phases(job.zoo.path, files[0].parent, x=p.x, y=p.y, thresholds=job.phase, dpi=p.dpi,
+                               fmt=p.format)
     print(f"plot: {len(files)} files in {files[0].parent}")
     log_summary(job, {"files": len(files)})
 

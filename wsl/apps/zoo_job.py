@@ -43,23 +43,47 @@ def stored_config(job: ZooJobConfig) -> dict:
     config = stored(job)
     if not job.landscape.metrics:
         config["landscape"] = {"metrics": []}
+    if job.init_from is None:  # training from scratch: stored as before init.from/finetune existed
+        config.pop("init", None)
+        config.pop("finetune", None)
     return config
 
 
-def job_identity(job: ZooJobConfig) -> str:
-    """A stable, readable job id: rerunning the same command finds the same shard (resume)."""
+def base_identity(job: ZooJobConfig) -> tuple[str, str] | None:
+    """(normalized init.from "<abs zoo>:<model_id>@<epoch>", its checkpoint's sha256 from the base zoo's
+    index) or None without init.from; reads the base zoo's index only (no tensors)."""
+    from wsl.zoo.reader import Zoo
+    from wsl.zoo.reference import resolve_model_ref
+
+    if job.init_from is None:
+        return None
+    ref = resolve_model_ref(job.init_from)
+    sha = next(s for e, _, s in Zoo(ref.zoo).row(ref.model_id).checkpoints if e == ref.epoch)
+    return ref.text, sha
+
+
+def job_identity(job: ZooJobConfig, base: tuple[str, str] | None = None) -> str:
+    """A stable, readable job id: rerunning the same command finds the same shard (resume). A fine-tune
+    (init.from) adds the base checkpoint (normalized reference and sha256, `base` or read from the base
+    zoo's index) and the finetune settings; without init.from the id is that of before."""
     c = stored(job)
     net = {k: v for k, v in c["net"].items() if not (k in NET_KEYS_ADDED and v == NET_KEYS_ADDED[k])}
     ident = {"dataset": {k: v for k, v in c["dataset"].items() if k != "root"}, "net": net,
              "train": {k: v for k, v in c["train"].items() if k not in MEMBER_KEYS and k != "eval_batch_size"},
              "ckpt": [c["zoo"]["checkpoint_every"], c["zoo"]["checkpoint_epochs"]],
              "seed": c["population"]["seed"]}
+    tag = ""
+    if job.init_from is not None:
+        text, sha = base or base_identity(job)
+        ident["init"] = {"from": text, "sha256": sha}
+        ident["finetune"] = c["finetune"] if job.finetune.mode == "lora" else {"mode": "full"}
+        tag = f"-lora{job.finetune.rank}" if job.finetune.mode == "lora" else "-ft"
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     tf = getattr(job.dataset, "train_fraction", None)  # INR datasets have none: every net fits all of its image
     beta = getattr(job.dataset, "beta", None)  # a PDE's load axis
     return (f"{job.dataset.name}-{job.net.name}-w{job.net.width}-d{job.net.depth}"
             f"-bs{job.train.batch_size}{'' if tf is None else f'-tf{tf:g}'}{'' if beta is None else f'-beta{beta:g}'}"
-            f"-{h}")
+            f"{tag}-{h}")
 
 
 @dataclass
@@ -117,15 +141,23 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     root = Path(job.zoo.path).expanduser().resolve()
     data = job.dataset.load()
     members = make_members(job.population.size, job.train.lr, job.train.weight_decay, job.population.seed)
-    inr, job_id, t = data.kind == "inr", job_identity(job), job.train
-    fits = make_fits(members, data, job_id)
     probe = init_member(job, data, 0)  # constructor checks before any training
     arch, config = probe.arch, stored_config(job)
+    base = load_base(job, arch) if job.init_from is not None else None  # before anything is written
+    lora = None
+    if base is not None and job.finetune.mode == "lora":
+        from wsl.nets.lora import make_spec
+
+        lora = make_spec(probe, job.finetune.rank, job.finetune.alpha, job.finetune.layers)
+    inr, job_id, t = data.kind == "inr", job_identity(job, base and (base.text, base.sha256)), job.train
+    fits = make_fits(members, data, job_id)
     net_hp = {k: v for k, v in arch.items() if k not in ("name", "in_shape", "num_classes")}  # its options
     n_train = data.x_train.shape[0]
     steps = -(-n_train // t.batch_size)
     if inr:
         config["inr"] = inr_recipe(job, data, arch, net_hp, steps)
+    if base is not None:  # provenance: the base checkpoint, normalized, and its sha256
+        config["init"] = {"from": base.text, "sha256": base.sha256}
     writer = ShardWriter(root, job_id, config=config, zoo_name=job.zoo.name, overrides=list(overrides))
     done = writer.finished_ids()
     todo = [f for f in fits if f.model_id not in done]
@@ -149,11 +181,26 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     from wsl.tracking import make_logger
     from wsl.trainer import make_trainer
 
-    params = stack_state_dicts([init_member(job, data, f.seed_init).state_dict() for f in todo])
+    if base is None:
+        params = stack_state_dicts([init_member(job, data, f.seed_init).state_dict() for f in todo])
+    else:  # every member starts from the base net (seed_init then seeds nothing but LoRA's A)
+        params = stack_state_dicts([base.state] * len(todo))
     recipe = {k: getattr(t, k) for k in ("optimizer", "momentum", "nesterov", "betas", "eps", "schedule",
                                          "warmup_epochs", "step_epochs", "gamma", "epochs", "eval_batch_size")}
-    module = PopulationModule(probe, params, data, [f.member.lr for f in todo], [f.member.weight_decay for f in todo],
-                              steps_per_epoch=steps, target_rows=[f.row for f in todo] if inr else None, **recipe)
+    lrs, wds = [f.member.lr for f in todo], [f.member.weight_decay for f in todo]
+    rows = [f.row for f in todo] if inr else None
+    meta = None
+    if lora is None:
+        module = PopulationModule(probe, params, data, lrs, wds, steps_per_epoch=steps, target_rows=rows, **recipe)
+    else:  # adapters on the frozen base: A from each member's seed_init, B = 0
+        from wsl.nets.lora import init_adapters
+        from wsl.population.lora import LoRAPopulationModule
+
+        adapters = stack_state_dicts([init_adapters(lora, f.seed_init) for f in todo])
+        module = LoRAPopulationModule(probe, base.state, adapters, lora, data, lrs, wds, steps_per_epoch=steps,
+                                      target_rows=rows, **recipe)
+        meta = {"lora": {"base": base.text, "base_checkpoint": base.path, "base_sha256": base.sha256,
+                         "rank": lora.rank, "alpha": lora.alpha, "layers": lora.layers}}
     save_at = checkpoint_schedule(job)
 
     def sink(epoch, metrics, mod):
@@ -162,7 +209,7 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
         alive = mod.alive.cpu()
         for k, f in enumerate(todo):
             if alive[k]:
-                writer.write_checkpoint(f.model_id, epoch, mod.member_state_dict(k), arch)
+                writer.write_checkpoint(f.model_id, epoch, mod.member_state_dict(k), arch, extra_meta=meta)
 
     recorder = EpochRecorder(sink)
     loader = DataLoader(IndexDataset(), batch_size=None,
@@ -183,6 +230,9 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     shared = {**data_hp, "net": arch["name"], "n_params": sum(p.numel() for p in probe.parameters()), **net_hp,
               "batch_size": t.batch_size, "epochs": t.epochs, "optimizer": t.optimizer, "momentum": t.momentum,
               "schedule": t.schedule, "warmup_epochs": t.warmup_epochs, "population_seed": job.population.seed}
+    if base is not None:
+        shared.update(init_from=base.text, init_sha256=base.sha256, finetune=job.finetune.mode,
+                      train_samples=int(n_train), **(lora.hparams() if lora is not None else {}))
     div = module.diverged_epoch.cpu()
     for k, f in enumerate(todo):
         m = f.member
@@ -201,6 +251,32 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
         log_run(trainer.logger, config, {"trained": len(todo) - n_div, "diverged": n_div, "mean": final})
     _annotate(job, root, [f.model_id for f in fits])
     return root
+
+
+@dataclass
+class Base:
+    """The net fine-tunes start from (init.from): its verified state dict, normalized reference, sha256."""
+
+    state: dict
+    text: str
+    sha256: str
+    path: str  # the base checkpoint file
+
+
+def load_base(job: ZooJobConfig, arch: dict) -> Base:
+    """The init.from checkpoint, read and verified; a ConfigError (one line) if its architecture is not
+    the configured net's `arch`, or if the zoo, model or epoch is missing; ZooFormatError if corrupted."""
+    from wsl.zoo.reader import Zoo
+    from wsl.zoo.reference import load_model_ref, resolve_model_ref
+
+    ref = resolve_model_ref(job.init_from)
+    state, base_arch, sha = load_model_ref(ref)
+    if base_arch != arch:
+        diff = sorted(k for k in set(arch) | set(base_arch) if arch.get(k) != base_arch.get(k))
+        what = ", ".join(f"{k}={base_arch.get(k)!r} (configured: {arch.get(k)!r})" for k in diff)
+        raise ConfigError(f"init.from={ref.text}: model {ref.model_id} has another architecture than the configured "
+                          f"net={arch.get('name')}: {what}; set net=/net.* to the base net's")
+    return Base(state, ref.text, sha, str(Zoo(ref.zoo).checkpoint_path(ref.model_id, ref.epoch)))
 
 
 def index_is_current(root: Path, model_ids: list[str]) -> bool:

@@ -176,7 +176,7 @@ def train_one(job: TrainEncoderConfig, seed: int, space: WeightSpace, task: Task
            "epochs": epochs_run, "fit_s": fit_s, "s_per_epoch": fit_s / epochs_run, "peak_mem_mb": mem,
            "mem_kind": mem_kind}
     for split in ("val", "test"):
-        scores = score(task, targets.names, module.predict_set(sets[split]), sets[split].y)
+        scores = score(task, targets.names, module.predict_set(sets[split]), sets[split].y, targets.classes)
         row.update({f"{split}/{k}": v for k, v in scores.items()})
     if keep is not None:
         keep(seed, module, row)
@@ -201,7 +201,7 @@ def markdown_table(df: pd.DataFrame, task: Task) -> str:
     per_seed = df[~df["seed"].isin(["mean", "std"])]
     mean, std = (df[df["seed"] == s].iloc[0] for s in ("mean", "std"))  # summarize's rows
     pm = lambda k, fmt="{:.3f}": f"{fmt.format(mean[k])} ± {fmt.format(std[k])}"  # noqa: E731
-    keys = ["test/tau", "test/r2"] if task.is_regression else ["test/acc"]
+    keys = ["test/tau", "test/r2"] if task.is_regression else ["test/acc", *(["test/mae"] if "test/mae" in mean else [])]
     cols = ["encoder", "task", *(k.replace("/", " ") for k in keys), "params", "s/epoch", "wall s", "peak MB", "seeds"]
     line = [str(mean["encoder"]), str(mean["task"]), *(pm(k) for k in keys), f"{int(per_seed['params'].iloc[0]):,}",
             pm("s_per_epoch", "{:.2f}"), pm("fit_s", "{:.1f}"), f"{per_seed['peak_mem_mb'].max():.0f}",
@@ -289,6 +289,13 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None, modul
     encoder_factory = encoder_factory or instantiate(options, _partial_=True, _convert_="all")
     split = split_models(zoo, job.split, ids)
     targets = task.targets(table, ids)
+    if name == "lora_spectrum":  # DSiRe: LoRA spectra (Zoo.adapters) and nearest neighbours, no gradient training
+        from wsl.encoders.lora_spectrum import run_spectrum
+
+        rows = run_spectrum(zoo, split, task, targets, ids, options["k"], list(job.seeds), job.zoo.epoch)
+        df = summarize([{"encoder": name, "task": task.name, **r} for r in rows])
+        write_results(df, task, out_dir)
+        return df
     full = WeightSet(*load_weights(zoo, ids, space, job.zoo.epoch), targets.y)
     keep = finite_models(zoo, ids, full, job.zoo.epoch)
     if len(keep) < len(ids):  # such nets are not data: excluded, the rest is split again

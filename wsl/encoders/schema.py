@@ -99,7 +99,21 @@ class TransformerConfig(_Encoder):
             fail(f"@dim={self.dim} must be divisible by @heads={self.heads}")
 
 
-ENCODER_SCHEMAS = (FlatConfig, StatsConfig, DeepSetsConfig, GraphConfig, NFNConfig, TransformerConfig)
+@target_schema
+@dataclass
+class LoRASpectrumConfig:
+    """DSiRe's baseline (wsl.encoders.lora_spectrum): per-layer k-NN on LoRA spectra, layers vote. LoRA zoos only."""
+
+    name: str = "lora_spectrum"
+    _target_: str = "wsl.encoders.lora_spectrum.LoRASpectrum"
+    k: int = 1  # neighbours per layer
+
+    def __post_init__(self):
+        schema.integer(self, "k", 1)
+
+
+ENCODER_SCHEMAS = (FlatConfig, StatsConfig, DeepSetsConfig, GraphConfig, NFNConfig, TransformerConfig,
+                   LoRASpectrumConfig)
 
 
 # ------------------------------------------------------------------------------------------ task=

@@ -130,11 +130,16 @@ def r2(pred: np.ndarray, true: np.ndarray) -> float:
     return 1.0 - float(((true - pred) ** 2).sum()) / ss_tot
 
 
-def score(task: Task, targets_names: list, pred: torch.Tensor, true: torch.Tensor) -> dict:
+def score(task: Task, targets_names: list, pred: torch.Tensor, true: torch.Tensor, classes=None) -> dict:
     """Metrics of predictions on one split. Regression: pred/true [M, T] in target units;
-    classification: pred logits [M, C], true [M]."""
+    classification: pred logits [M, C], true [M]. With numeric class values `classes` (e.g. task=train_size:
+    numbers of train samples), classification also reports `mae`, the mean absolute error in those values."""
     if task.kind == "classification":
-        return {"acc": float((pred.argmax(-1) == true).float().mean())}
+        out = {"acc": float((pred.argmax(-1) == true).float().mean())}
+        if classes and all(isinstance(c, (int, float, np.number)) and not isinstance(c, bool) for c in classes):
+            values = torch.tensor([float(c) for c in classes], dtype=torch.float64)
+            out["mae"] = float((values[pred.argmax(-1)] - values[true]).abs().mean()) if len(true) else float("nan")
+        return out
     p, t = pred.double().numpy(), true.double().numpy()
     out = {}
     for j, name in enumerate(targets_names):

@@ -33,6 +33,11 @@ DEFAULT_METRICS = ("train_loss", "test_acc", "test_bpc", "test_rel_l2", "hessian
 PHASE_INPUTS = ("train_loss", "mode_connectivity/value", "cka/value")  # phase_label's arguments
 
 
+def non_axis(h: str) -> bool:
+    """Hyperparameters never drawn as axes: seeds, derived ones, and wsl-merge's provenance (merge_*)."""
+    return h in NON_AXES or str(h).startswith("merge_")
+
+
 def choose_axes(swept: list[str], x: str | None, y: str | None, hparams: list[str]) -> tuple[str | None, str | None]:
     for key, v in (("plot.x", x), ("plot.y", y)):
         if v is not None and v not in hparams:
@@ -120,9 +125,21 @@ def _ink(im, value) -> str:
 
 
 def _heatmap(cells, x, y, column, title, categorical=False):
+    from matplotlib.figure import Figure
+
+    xs = sorted(cells[x].unique(), key=_sort_key) if x else [""]
+    ys = sorted(cells[y].unique(), key=_sort_key) if y else [""]
+    fig = Figure(figsize=(1.2 + 1.1 * len(xs), 1.2 + 0.8 * len(ys)))
+    heatmap_on(fig, fig.add_subplot(1, 1, 1), cells, x, y, column, title, categorical)
+    return fig
+
+
+def heatmap_on(fig, ax, cells, x, y, column, title, categorical=False, cmap=None, center=None):
+    """Draw one heatmap of `cells` (cell_table rows) on `ax`: `column`'s values (categorical: the phase labels)
+    with each cell's value and phase label written in it. cmap: a colormap name (default viridis); center:
+    a value the colour scale is made symmetric around (e.g. 0 for a gain)."""
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     xs = sorted(cells[x].unique(), key=_sort_key) if x else [""]
@@ -137,8 +154,6 @@ def _heatmap(cells, x, y, column, title, categorical=False):
             grid[i, j] = r[column]
         phase[i][j] = r["phase"]
         div[i, j], tot[i, j] = r["n_diverged"], r["n_members"]
-    fig = Figure(figsize=(1.2 + 1.1 * len(xs), 1.2 + 0.8 * len(ys)))
-    ax = fig.add_subplot(1, 1, 1)
     if categorical:
         names = list(PHASES) + ["I/II", "III/IV", "IV", "?"]
         grid = np.array([[names.index(p) if p in names else len(names) - 1 for p in row] for row in phase], float)
@@ -146,8 +161,11 @@ def _heatmap(cells, x, y, column, title, categorical=False):
                                "#6baed6", "#dddddd"]).with_extremes(bad="white")
         scale = {"vmin": -0.5, "vmax": len(names) - 0.5}
     else:
-        cmap, scale = colormaps["viridis"].with_extremes(bad="#dddddd"), {}
+        cmap, scale = colormaps[cmap or "viridis"].with_extremes(bad="#dddddd"), {}
     grid[tot == 0] = np.nan  # no such cell: left blank
+    if center is not None and np.isfinite(grid).any():
+        half = max(float(np.nanmax(np.abs(grid - center))), 1e-12)
+        scale = {"vmin": center - half, "vmax": center + half}
     im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, **scale)
     if not categorical:
         fig.colorbar(im, ax=ax, label=column)
@@ -166,7 +184,6 @@ def _heatmap(cells, x, y, column, title, categorical=False):
     ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
     ax.set(xlabel=x or "", ylabel=y or "")
     ax.set_title(title, fontsize=9)
-    return fig
 
 
 def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None, out_dir=None,
@@ -180,7 +197,7 @@ def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None,
         raise ConfigError(f"{zoo.path} has no models to plot")
     hp = list(dict.fromkeys(k for mid in zoo.ids for k in zoo.hparams(mid)))
     # the axes to choose from: hyperparameters (not seeds) that take more than one value in the zoo
-    swept = [h for h in hp if h not in NON_AXES and h in table and table[h].astype(str).nunique() > 1]
+    swept = [h for h in hp if not non_axis(h) and h in table and table[h].astype(str).nunique() > 1]
     x, y = choose_axes(swept, x, y, hp)
     others = [h for h in swept if h not in (x, y)]
     metrics = ([m for m in DEFAULT_METRICS if m in table and table[m].notna().any()] if metrics is None

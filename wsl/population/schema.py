@@ -122,9 +122,14 @@ class ZooJobConfig:
                                                              "enable_model_summary": False})
     logger: Any = None
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+    # fine-tuning (wsl.population.lora): init.from=<zoo>:<model_id>[@epoch] starts every member from
+    # that net ("from" is a Python keyword: a mapping, checked in __post_init__); finetune=full|lora
+    init: dict[str, Any] = field(default_factory=lambda: {"from": None})
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig())
 
     def __post_init__(self):
         self.dataset = ClassificationDatasetConfig() if self.dataset is None else self.dataset
+        self._check_init()
         self.net = MLPConfig() if self.net is None else self.net
         check_zoo_path(self.zoo.path)
         for key, node, base, valid in (("dataset", self.dataset, DatasetConfig, DatasetConfig.__subclasses__()),
@@ -146,6 +151,25 @@ class ZooJobConfig:
         if self.population.size % cells:
             fail(f"@population.size={self.population.size} must be a multiple of the {cells} (@train.lr × "
                  "@train.weight_decay) combinations, so every combination gets the same seeds")
+
+    @property
+    def init_from(self):
+        """init.from as a wsl.zoo.reference.ModelRef (syntax checked), or None (training from scratch)."""
+        from wsl.zoo.reference import parse_model_ref
+
+        text = self.init.get("from")
+        return None if text is None else parse_model_ref(str(text), "init.from")
+
+    def _check_init(self) -> None:
+        unknown = sorted(set(self.init) - {"from"})
+        if unknown:
+            fail(f"unknown config key 'init.{unknown[0]}'; valid keys under init: from")
+        text = self.init.get("from")
+        if text is not None and not isinstance(text, str):
+            fail(f"@init.from must be '<zoo path>:<model_id>[@epoch]' or null, got {text!r}")
+        self.init_from  # noqa: B018  (syntax check: a ConfigError naming init.from)
+        if self.finetune.mode == "lora" and text is None:
+            fail("@finetune.mode=lora needs a base net: set init.from=<zoo path>:<model_id>[@epoch]")
 
     def _check_net_reads_dataset(self) -> None:
         net, data, kind = self.net.name, self.dataset.name, self.dataset.kind
@@ -330,3 +354,27 @@ def check_zoo_path(path: str) -> None:
         raise ConfigError(f"zoo.path={path} cannot be created: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"zoo.path={path} cannot be created: {parent} is not writable")
+
+
+FINETUNE_MODES = ("full", "lora")
+
+
+@dataclass
+class FinetuneConfig:
+    """How members fine-tune the net named by `init.from` (conf/finetune/full.yaml, lora.yaml).
+
+    full: every weight trains (the default; without init.from it is training from scratch). lora:
+    the base net is frozen and each adapted weight W [out, in(, kh, kw)] trains a low-rank update
+    W + (alpha / rank) B A, with A [rank, in*kh*kw] (Kaiming-uniform init from the member's seed_init)
+    and B [out, rank] (zeros), as in Hu et al. 2021 (wsl.nets.lora, wsl.population.lora)."""
+
+    mode: str = "full"
+    rank: int = 4
+    alpha: Optional[float] = None  # scaling alpha / rank; null: alpha = rank (scaling 1)
+    layers: Optional[list[str]] = None  # weight or module names (e.g. layers.0.weight, layers.0); null: every Linear/Conv weight
+
+    def __post_init__(self):
+        schema.choice(self, "mode", FINETUNE_MODES)
+        schema.integer(self, "rank", 1)
+        schema.number(self, "alpha", 0.0, lo_open=True, null=True)
+        schema.names(self, "layers", null=True, empty=False)

@@ -20,7 +20,7 @@ ANNOTATION_DIR = "annotations"
 MODEL_DIR = "models"
 LOCK_FILE = ".lock"
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-STATUSES = ("trained", "diverged", "sampled", "aligned")
+STATUSES = ("trained", "diverged", "sampled", "aligned", "merged")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 MAX_DIM = 1 << 20  # largest size an architecture of an untrusted zoo may name (width, channels, input side)
 MAX_LAYERS = 1024  # largest depth: building the net's skeleton must stay quick

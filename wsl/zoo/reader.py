@@ -65,6 +65,7 @@ class Zoo:
         self.ids = [r.model_id for r in self._table.rows]
         self._layouts: dict = {}
         self._specs: dict = {}
+        self._bases: dict = {}  # LoRA zoos: base checkpoints by reference
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -221,7 +222,73 @@ class Zoo:
         raise KeyError(f"model {model_id} has no checkpoint at epoch {epoch}; has {[c[0] for c in ck]}")
 
     def state_dict(self, model_id: str, epoch: int = -1, verify: bool = True) -> dict[str, torch.Tensor]:
-        """The checkpoint's tensors, after checking checksum, metadata, names and shapes."""
+        """The checkpoint's tensors, after checking checksum, metadata, names and shapes. For a LoRA
+        fine-tune (finetune="lora"), the merged net: its base's weights plus (alpha / rank) B A
+        (wsl.nets.lora.merge), with its own buffers; `adapters()` reads A and B."""
+        sd = self._stored_state(model_id, epoch, verify)
+        spec = self.lora_spec(model_id)
+        if spec is None:
+            return sd
+        from wsl.nets.lora import merge
+
+        return merge(spec, self._base_state(model_id), sd)
+
+    def lora_spec(self, model_id: str):
+        """The wsl.nets.lora.LoRASpec of a LoRA fine-tune (rank, alpha, adapted weights), else None."""
+        hp = self.row(model_id).hparams
+        if hp.get("finetune") != "lora":
+            return None
+        key = ("lora", json.dumps(self.arch(model_id), sort_keys=True), hp.get("lora_rank"), hp.get("lora_alpha"),
+               hp.get("lora_layers"))
+        if key not in self._specs:
+            from wsl.nets.lora import spec_from_hparams
+
+            try:
+                self._specs[key] = spec_from_hparams(self.skeleton(model_id), hp)
+            except (ConfigError, KeyError, TypeError, ValueError) as e:
+                raise ZooFormatError(f"{self.path / INDEX_FILE}: LoRA model {model_id} has unusable lora_* "
+                                     f"hyperparameters ({e})") from None
+        return self._specs[key]
+
+    def adapters(self, model_id: str, epoch: int = -1) -> dict[str, torch.Tensor]:
+        """A LoRA fine-tune's adapters {"<weight>.lora_A": A [rank, fan_in], "<weight>.lora_B": B [out, rank]}
+        as its checkpoint stores them (verified read); W' = W + (alpha / rank) B A (see lora_spec)."""
+        spec = self.lora_spec(model_id)
+        if spec is None:
+            raise ZooFormatError(f"{self.path}: model {model_id} is not a LoRA fine-tune (finetune="
+                                 f"{self.row(model_id).hparams.get('finetune', 'none')!r}); it has no adapters")
+        sd = self._stored_state(model_id, epoch, True)
+        return {k: sd[k] for k in spec.adapter_shapes()}
+
+    def _base_state(self, model_id: str) -> dict[str, torch.Tensor]:
+        """The base checkpoint a LoRA model names (init_from, "<abs zoo>:<model_id>@<epoch>"), read and
+        verified by its own zoo, and checked against the recorded init_sha256."""
+        hp = self.row(model_id).hparams
+        text, sha = str(hp.get("init_from", "")), str(hp.get("init_sha256", ""))
+        if text not in self._bases:
+            where = f"{self.path / INDEX_FILE}: LoRA model {model_id} needs its base {text!r}"
+            zoo_path, _, tail = text.rpartition(":")
+            base_id, _, epoch = tail.rpartition("@")
+            if not zoo_path or not base_id or not re.fullmatch(r"[0-9]{1,9}", epoch):
+                raise ZooFormatError(f"{where}: not a '<zoo>:<model_id>@<epoch>' reference")
+            try:
+                base = Zoo(zoo_path)
+                if base_id not in base.ids:
+                    raise ZooFormatError(f"model {base_id!r} is not in {base.path}")
+                state = base.state_dict(base_id, int(epoch))
+                got = next(s for e, _, s in base.row(base_id).checkpoints if e == int(epoch))
+            except (KeyError, ZooFormatError) as e:
+                raise ZooFormatError(f"{where}: {str(e).strip(chr(39))}") from None
+            if got != sha:
+                raise ZooFormatError(f"{where}: its sha256 {got[:12]}... is not the recorded init_sha256 "
+                                     f"{sha[:12]}... (the base was changed)")
+            if base.arch(base_id) != self.arch(model_id):
+                raise ZooFormatError(f"{where}: the base has another architecture")
+            self._bases[text] = state
+        return self._bases[text]
+
+    def _stored_state(self, model_id: str, epoch: int = -1, verify: bool = True) -> dict[str, torch.Tensor]:
+        """The checkpoint file's tensors as stored (a LoRA model's: adapters and buffers), verified."""
         e, rel, sha = self._checkpoint(model_id, epoch)
         path = resolve_inside(self.path, rel)
         if not path.exists():
@@ -255,7 +322,17 @@ class Zoo:
         return {k: sd[k] for k in expected}
 
     def _expected_specs(self, model_id: str) -> dict:
-        """{tensor name: (safetensors dtype, shape)} of the model's architecture (the skeleton's dtypes)."""
+        """{tensor name: (safetensors dtype, shape)} of the model's architecture (the skeleton's dtypes);
+        a LoRA model's checkpoint: its adapters and buffers."""
+        spec = self.lora_spec(model_id)
+        if spec is not None:
+            from wsl.nets.lora import checkpoint_tensors
+
+            key = ("checkpoint", json.dumps(self.arch(model_id), sort_keys=True), spec.rank, tuple(spec.layers))
+            if key not in self._specs:
+                self._specs[key] = {k: (TORCH_DTYPES.get(str(d), str(d)), s)
+                                    for k, (d, s) in checkpoint_tensors(self.skeleton(model_id), spec).items()}
+            return self._specs[key]
         key = json.dumps(self.arch(model_id), sort_keys=True)
         if key not in self._specs:
             self._specs[key] = {k: (TORCH_DTYPES.get(str(v.dtype), str(v.dtype)), tuple(v.shape))

@@ -46,7 +46,7 @@ from wsl.zoo.table import ModelRow, ModelTable, ReadBudget, read_annotation_file
 
 ERROR, WARNING = "error", "warning"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
-KNOWN_EXTRAS = ("plots", "report")  # what wsl-plot and wsl-evaluate write into a zoo directory
+KNOWN_EXTRAS = ("plots", "report", "merge_report")  # what wsl-plot, wsl-evaluate and wsl-merge write into a zoo
 PICKLE_SCAN_BYTES = 1 << 20  # how much of a file the opcode scan for protocol 0/1 pickles reads at most
 # dtypes whose values can be NaN or inf, as numpy reads their bytes (BF16: the top half of a float32)
 FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None}
@@ -445,6 +445,8 @@ class _Checker:
             if r.status not in STATUSES:
                 self.error(where, f"model {mid}: status {r.status!r} is not one of {', '.join(STATUSES)}")
             expected = self._expected_specs(where, mid, r.arch)
+            if expected is not None and r.hparams.get("finetune") == "lora":  # adapters and buffers
+                expected = self._lora_specs(where, r)
             if not r.checkpoints:
                 self.error(where, f"model {mid} lists no checkpoints")
             epochs = [e for e, _, _ in r.checkpoints]
@@ -504,6 +506,23 @@ class _Checker:
             self.error(where, got)
             return None
         return got
+
+    def _lora_specs(self, where: Path, r: ModelRow) -> dict | None:
+        """{name: (dtype, shape)} of a LoRA fine-tune's checkpoints (wsl.nets.lora), or None if its
+        lora_* hyperparameters are unusable."""
+        import torch
+
+        from wsl.nets import build_net
+        from wsl.nets.lora import checkpoint_tensors, spec_from_hparams
+
+        try:
+            with torch.device("meta"):
+                net = build_net(r.arch)
+            return {k: (TORCH_DTYPES.get(str(d), str(d)), s)
+                    for k, (d, s) in checkpoint_tensors(net, spec_from_hparams(net, r.hparams)).items()}
+        except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as e:
+            self.error(where, f"LoRA model {r.model_id}: unusable lora_* hyperparameters ({e})")
+            return None
 
     def _check_checkpoint(self, path: Path, row: ModelRow, epoch: int, sha: str, expected: dict | None) -> int:
         """Every check of one checkpoint file; returns how many of its float values are not finite."""
