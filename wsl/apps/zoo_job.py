@@ -50,7 +50,8 @@ def job_identity(job: ZooJobConfig) -> str:
     """A stable, readable job id: rerunning the same command finds the same shard (resume)."""
     c = stored(job)
     net = {k: v for k, v in c["net"].items() if not (k in NET_KEYS_ADDED and v == NET_KEYS_ADDED[k])}
-    ident = {"dataset": {k: v for k, v in c["dataset"].items() if k != "root"}, "net": net,
+    ident = {"dataset": {k: v for k, v in c["dataset"].items() if k != "root" and not (k == "task" and v is None)},
+             "net": net,
              "train": {k: v for k, v in c["train"].items() if k not in MEMBER_KEYS and k != "eval_batch_size"},
              "ckpt": [c["zoo"]["checkpoint_every"], c["zoo"]["checkpoint_epochs"]],
              "seed": c["population"]["seed"]}

@@ -27,6 +27,7 @@ import torch
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.evaluate.accuracy import BatchNormInputs, has_batchnorm, load_weights
 from wsl.landscape.batchnorm import batchnorm_layers
+from wsl.generators.conditions import sampled_dataset
 from wsl.generators.generator_run import GeneratorRun, load_run
 from wsl.generators.limits import MAX_BATCH_BYTES, MAX_SAMPLES
 from wsl.generators.schema import SampleConfig
@@ -53,6 +54,14 @@ def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch
         raise ConfigError(f"condition keys {printable(sorted(map(str, condition)))[:200]} do not match the keys the "
                           f"generator was conditioned on, {printable(run.condition_keys)[:200]} (give all of them, or "
                           "none for unconditional sampling)")
+    if run.conditions is not None:  # categories, tasks (wsl.generators.conditions)
+        from wsl.generators.conditions import encode_condition
+
+        return encode_condition(run, condition).expand(n, -1)
+    bad = next((k for k in run.condition_keys if isinstance(condition[k], (str, bool))), None)
+    if bad is not None:
+        raise ConfigError(f"condition.{bad}={printable(condition[bad])[:80]!r}: {bad} is a numeric condition; "
+                          "give a number")
     raw = torch.tensor([float(condition[k]) for k in run.condition_keys], dtype=torch.float64)[None].expand(n, -1)
     return ((raw - run.cond_mean) / run.cond_std).float()
 
@@ -162,7 +171,7 @@ class CompleteNets:
         return out
 
 
-def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
+def check_target_zoo(run: GeneratorRun, zoo_path, condition: dict | None = None) -> None:
     """Refuse an output zoo that holds anything but this generator run's own samples, before any work: the
     training zoo (or a copy of it, or any zoo of trained nets), a zoo of another architecture or dataset, a
     file, a directory of other files. Only a zoo of this run's samples is resumed or extended."""
@@ -194,7 +203,7 @@ def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
                                   f"already holds {printable(have)} (model {printable(m)}); write the samples to "
                                   "another zoo.path")
             ds = zoo.job_config(m).get("dataset")
-            if ds != run.zoo.get("dataset"):
+            if ds != sampled_dataset(run, condition):
                 raise ConfigError(f"dataset mismatch: the generator {run.path} was trained on nets for "
                                   f"{run.zoo.get('dataset')}, zoo {zoo.path} holds nets for {printable(ds)}; "
                                   "write the samples to another zoo.path")
@@ -230,8 +239,9 @@ class _SampleSink:
             self.provenance["sample_batch_size"] = int(batch_size)
         self.provenance.update(self.complete.provenance())  # BatchNorm statistics: train inputs, batches
         # index columns are HDF5 paths: condition key 'landscape/trace' -> column cond_landscape_trace
-        self.cond = {f"cond_{re.sub(r'[^A-Za-z0-9_]', '_', k)}": float(v) for k, v in self.condition.items()}
-        stored = {"dataset": run.zoo.get("dataset"), "generator": {**self.provenance, "condition": self.condition},
+        self.cond = {f"cond_{re.sub(r'[^A-Za-z0-9_]', '_', k)}": v if isinstance(v, (str, bool)) else float(v)
+                     for k, v in self.condition.items()}
+        stored = {"dataset": sampled_dataset(run, self.condition), "generator": {**self.provenance, "condition": self.condition},
                   "source_zoo": {k: run.zoo.get(k) for k in ("path", "name", "dataset_fingerprint", "epoch", "train_ids")},
                   "sample": config or {}}
         self.writer = ShardWriter(self.root, self.job_id, config=stored, zoo_name=zoo_name or self.root.name)
@@ -331,7 +341,7 @@ def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
         raise ConfigError(f"batch_size={batch_size}: one batch of nets of {rep.layout.numel} weights holds "
                           f"{_size(per_net * min(batch_size, n))} in memory; at most {_size(MAX_BATCH_BYTES)} "
                           f"(lower batch_size to {max(1, MAX_BATCH_BYTES // per_net)} or less)")
-    check_target_zoo(run, job.zoo.path)
+    check_target_zoo(run, job.zoo.path, job.condition)
     bn = batchnorm_inputs(run, job.batchnorm)  # the train split (nets with BatchNorm), before anything is written
     if bn is not None:
         log.info("BatchNorm statistics of every sampled net: re-estimated on %s", bn.text())
