@@ -34,6 +34,11 @@ TASK_KEY = "task"  # the index column a multi-task zoo records (wsl.data.schema:
 MAX_VOCAB = 10_000  # values of one categorical key (a run file is untrusted)
 
 
+def _shown(v) -> str:
+    """A value as it appears in a message: repr (quotes on text), control characters escaped, cut short."""
+    return printable(repr(v))[:80]
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -99,7 +104,7 @@ class ConditionSpec:
         for i, v in enumerate(self.vocab[key]):
             if same_value(v, value):
                 return i
-        raise ConfigError(f"{what}={printable(value)[:80]!r} is not a category the generator was trained on; "
+        raise ConfigError(f"{what}={_shown(value)} is not a category the generator was trained on; "
                           f"known: {printable(self.vocab[key])[:200]}")
 
     def normalization(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +149,7 @@ def read_conditions(table, ids: list, keys: list, categorical=(), where: str = "
         elif not all(numbers):
             bad = next((m, v) for m, v, ok in zip(ids, cells, numbers) if not ok)
             raise ConfigError(f"condition.columns: column {k!r} of {where} is numeric but model {bad[0]} has "
-                              f"{printable(bad[1])[:40]!r}; fix the zoo or list it in condition.categorical=[{k}]")
+                              f"{_shown(bad[1])}; fix the zoo or list it in condition.categorical=[{k}]")
         else:
             kinds.append(NUMERIC)
             cols.append([float(v) for v in cells])
@@ -234,14 +239,14 @@ class ConditionEncoder(nn.Module):
             v, what = values[key], f"condition.{key}"
             if kind == NUMERIC:
                 if not _is_number(v):
-                    raise ConfigError(f"{what}={printable(v)[:80]!r}: {key} is a numeric condition; give a number")
+                    raise ConfigError(f"{what}={_shown(v)}: {key} is a numeric condition; give a number")
                 parts.append(((torch.tensor([float(v)], dtype=torch.float64) - mean[j]) / std[j]).float())
             elif kind == CATEGORICAL:
                 i = self.spec.index(key, v, what)
                 parts.append(nn.functional.one_hot(torch.tensor(i), len(self.spec.vocab[key])).float())
             else:
                 if not isinstance(v, str):
-                    raise ConfigError(f"{what}={printable(v)[:80]!r}: give a task name such as 3v8")
+                    raise ConfigError(f"{what}={_shown(v)}: give a task name such as 3v8")
                 x, y = task_examples(dataset, v, what)
                 self.set_encoder.eval()
                 dev = next(self.set_encoder.parameters()).device
