@@ -193,6 +193,6 @@ def test_task_conditioned_generation_end_to_end(tmp_path):
     result, report = finetune_zoo(ev)
     sets = {(s["set"], s["steps"]): s for s in result["summary"]}
     assert {k for k in sets} == {(n, k) for n in ("generated", "random init", "nearest zoo net",
-                                                  "zoo nets of this task") for k in (0, 3)}
+                                                  "best zoo nets", "zoo nets of this task") for k in (0, 3)}
     assert sets[("zoo nets of this task", 0)]["n"] == 3 and sets[("generated", 3)]["n"] == 4
     assert (report.parent / "finetune.png").stat().st_size > 1000 and "2v3" in report.read_text()

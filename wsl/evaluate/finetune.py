@@ -13,6 +13,8 @@ fine-tuned with the same optimizer, learning rate and minibatches (one seeded or
 - nearest zoo net:  for each sampled net, the generator's training net nearest to it in weight space
                     (weight matching to one anchor, then L2; wsl.evaluate.novelty): what a generator
                     that only retrieved training nets would give;
+- best zoo nets:    the 4 training nets most accurate on the task's TRAIN split (retrieval with the task's
+                    labelled examples, which the set encoder reads too);
 - zoo nets of this task: nets of the reference zoo trained on this very task that the generator never saw
                     (held out with zoo.exclude), if there are any: the ceiling, not a baseline.
 
@@ -43,9 +45,10 @@ from wsl.zoo.atomic import fsync_dir
 
 APP = "wsl-evaluate"
 FINETUNE_FILES = ("report.md", "finetune.csv", "finetune_nets.csv", "finetune.png", "summary.json")
-SETS = ("generated", "random init", "nearest zoo net", "zoo nets of this task")
+SETS = ("generated", "random init", "nearest zoo net", "best zoo nets", "zoo nets of this task")
 STYLE = {"generated": ("tab:red", "*"), "random init": ("tab:gray", "o"), "nearest zoo net": ("tab:blue", "s"),
-         "zoo nets of this task": ("black", "D")}
+         "best zoo nets": ("tab:green", "^"), "zoo nets of this task": ("black", "D")}
+BEST_K = 4  # "best zoo nets": the training nets most accurate on the task's train split
 
 
 def finetune_dir(out, zoo_path) -> Path:
@@ -96,6 +99,7 @@ def finetune_steps_run(net: nn.Module, state: dict, data, steps: list[int], batc
 
 def finetune_zoo(job) -> tuple[dict, Path]:
     """The whole fine-tuning comparison of wsl-evaluate (job: EvaluateConfig with finetune_steps)."""
+    from wsl.evaluate.accuracy import load_weights
     from wsl.evaluate.novelty import AlignedReference
     from wsl.evaluate.pipeline import _align
     from wsl.nets import build_net
@@ -146,6 +150,15 @@ def finetune_zoo(job) -> tuple[dict, Path]:
         inits.append((f"init-seed{f.seed + i}", {k: v.detach().clone() for k, v in build_net(arch).state_dict().items()}))
     sets["random init"] = inits
     sets["nearest zoo net"] = [(train_ids[int(j)], train_sds[int(j)]) for j in near.l2_index if j >= 0]
+    xt, yt = data.x_train, data.y_train
+    probe = build_net(arch).eval()
+    train_acc = []
+    with torch.no_grad():
+        for sd in train_sds:
+            load_weights(probe, sd)
+            train_acc.append(float((probe(xt).argmax(-1) == yt).float().mean()))
+    best = np.argsort(-np.array(train_acc), kind="stable")[:BEST_K]
+    sets["best zoo nets"] = [(train_ids[int(j)], train_sds[int(j)]) for j in best]
     if task_ids:
         sets["zoo nets of this task"] = [(m, ref.state_dict(m, -1)) for m in task_ids]
     steps = sorted(set(job.finetune_steps))
@@ -200,7 +213,7 @@ def finetune_plot(summary: list[dict], info: dict):
         if not pts:
             continue
         colour, marker = STYLE[name]
-        xs = [pos[s["steps"]] + (SETS.index(name) - 1.5) * 0.04 for s in pts]
+        xs = [pos[s["steps"]] + (SETS.index(name) - 2) * 0.04 for s in pts]
         ax.errorbar(xs, [s["acc_mean"] for s in pts], yerr=[s["acc_std"] for s in pts], color=colour, marker=marker,
                     capsize=3, label=f"{name} (n={pts[0]['n']})", linestyle="-" if name != "zoo nets of this task" else ":")
     ax.set_xticks(range(len(steps)), [str(k) for k in steps])
@@ -227,6 +240,8 @@ def _markdown(info: dict, summary: list[dict]) -> str:
         cells = {s["steps"]: f"{s['acc_mean']:.4f} ± {s['acc_std']:.4f}" for s in summary if s["set"] == name}
         if cells:
             lines.append(f"| {name} | " + " | ".join(cells.get(k, "") for k in steps) + " |")
+    lines += ["", f"`best zoo nets`: the {BEST_K} training nets most accurate on this task's train split (retrieval "
+              "with the task's labelled examples)."]
     if info["n_task_nets"]:
         lines += ["", f"`zoo nets of this task`: {info['n_task_nets']} nets of the reference zoo trained on this task, "
                   "which the generator never saw: the ceiling, not a baseline."]
