@@ -167,8 +167,8 @@ def _plot_numeric(per, targets, args, u_val, zoo_val) -> None:
         ax.errorbar(np.array(targets) + (i - 1.5) * 0.002, m, yerr=s, marker="o", capsize=3,
                     color=colours[i % len(colours)], label=f"guidance {g:g}" + (" (unconditional)" if g == 0 else ""))
     ax.axhline(u_val.mean(), color="tab:orange", lw=1, ls=":", label="unconditional samples (mean)")
-    ax.scatter(zoo_val, np.full_like(zoo_val, lo + 0.01), marker="|", color="black", alpha=0.5,
-               label="zoo nets' val_acc")
+    ax.scatter(zoo_val, np.full_like(zoo_val, 0.02), marker="|", s=80, color="black", alpha=0.6,
+               transform=ax.get_xaxis_transform(), label="zoo nets' val_acc (rug)")
     ax.set_xlabel("target val_acc (condition)")
     ax.set_ylabel(f"reached val_acc (mean ± std of {args.n} samples)")
     ax.set_title("flow conditioned on val_acc, quickstart digits MLP zoo", fontsize=10)
@@ -215,7 +215,7 @@ def part_categorical(args) -> dict:
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     cv = cross_val_score(clf, feats, labels, cv=5).mean()
     clf.fit(feats, labels)
-    print(f"\n== categorical: zoo {zoo.name}: {len(ids)} nets ({dict(t.optimizer.value_counts())}); test_acc "
+    print(f"\n== categorical: zoo {zoo.name}: {len(ids)} nets ({ {k: int(v) for k, v in t.optimizer.value_counts().items()} }); test_acc "
           + ", ".join(f"{o} {t[t.optimizer == o].test_acc.mean():.3f}" for o in sorted(set(labels)))
           + f"; optimizer classifier on weight statistics: 5-fold accuracy {cv:.3f} on the zoo; {load()}", flush=True)
     run, secs = train(zoo, ROOT / "runs" / "bench_conditioning" / "categorical",
