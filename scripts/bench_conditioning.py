@@ -147,8 +147,9 @@ def part_numeric(args) -> dict:
     print("uncond.  | " + " | ".join(f"{u_val.mean():.3f}" for _ in targets)
           + f" | {'n/a':>6} | {float(np.abs(u_rep - tgt).mean()):.3f} | "
           f"{float(np.abs(np.concatenate([u_test] * len(targets)) - tgt).mean()):.3f}   (reference)")
-    print("the issue's data point (guidance 2, test acc): targets 0.70/0.85/0.96 -> 0.74/0.89/0.95; here: "
-          + "/".join(f"{per[(2.0, tg)][1].mean():.2f}" for tg in (0.70, 0.85, 0.96)) if 2.0 in args.guidance else "")
+    print("the issue's data point (guidance 2, test acc): targets 0.70/0.85/0.96 -> 0.74/0.89/0.95; here (test acc): "
+          + "; ".join(f"guidance {g:g} " + "/".join(f"{per[(g, tg)][1].mean():.2f}" for tg in (0.70, 0.85, 0.96))
+                      for g in args.guidance if all((g, tg) in per for tg in (0.70, 0.85, 0.96))))
     _plot_numeric(per, targets, args, u_val, t.val_acc.to_numpy())
     return {"rows": rows, "summary": summary, "unconditional_val": float(u_val.mean())}
 
@@ -293,7 +294,8 @@ def part_tasks(args) -> dict:
             if (name, 0) in s:
                 print(f"{name} (n={s[(name, 0)]['n']}) | " + " | ".join(
                     f"{s[(name, k)]['acc_mean']:.3f} ± {s[(name, k)]['acc_std']:.3f}" for k in (0, 10, 100)))
-        if tk == args.holdout[0]:
+        print("tasks of the nearest training nets:", res["info"]["nearest_tasks"])
+        if tk in args.holdout:
             IMG.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(report.parent / "finetune.png", IMG / f"conditioning_tasks_finetune_{tk}.png")
             print(f"plot: {IMG / f'conditioning_tasks_finetune_{tk}.png'}")

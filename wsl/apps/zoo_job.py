@@ -41,6 +41,8 @@ NET_KEYS_ADDED = {"norm": "none"}
 def stored_config(job: ZooJobConfig) -> dict:
     """The config stored with the zoo (without the logger; landscape=none stores no metric settings)."""
     config = stored(job)
+    if isinstance(config.get("dataset"), dict) and "task" in config["dataset"] and config["dataset"]["task"] is None:
+        del config["dataset"]["task"]  # a single-task zoo stores what it stored before dataset.task existed
     if not job.landscape.metrics:
         config["landscape"] = {"metrics": []}
     return config

@@ -179,11 +179,18 @@ def finetune_zoo(job) -> tuple[dict, Path]:
                                  f"{job.split}_loss": loss})
                 bar.update(1)
     summary = _summarize(rows, steps, job.split)
+    table = ref.table()
+    nearest_tasks = {}
+    if "task" in table.columns:  # a multi-task reference: which training tasks the samples sit next to
+        for source, _ in sets["nearest zoo net"]:
+            tk = str(table.loc[source, "task"])
+            nearest_tasks[tk] = nearest_tasks.get(tk, 0) + 1
     info = {"generated_zoo": str(gen.path), "reference_zoo": str(ref.path), "task": ds.get("task"),
             "dataset": ds.get("name"), "split": job.split, "steps": steps, "optimizer": f.optimizer, "lr": f.lr,
             "batch_size": bs, "seed": f.seed, "n_generated": len(gen_ids), "n_training_nets": len(train_ids),
             "n_task_nets": len(task_ids), "nearest_l2_mean": float(np.nanmean(near.l2)) if len(near.l2) else None,
-            "aligned": bool(job.novelty.align), "n_train_examples": n_train}
+            "aligned": bool(job.novelty.align), "n_train_examples": n_train,
+            "nearest_tasks": dict(sorted(nearest_tasks.items(), key=lambda kv: -kv[1]))}
     path = write_finetune_report(out_dir, info, summary, rows)
     return {"info": info, "summary": summary}, path
 
@@ -240,6 +247,9 @@ def _markdown(info: dict, summary: list[dict]) -> str:
         cells = {s["steps"]: f"{s['acc_mean']:.4f} ± {s['acc_std']:.4f}" for s in summary if s["set"] == name}
         if cells:
             lines.append(f"| {name} | " + " | ".join(cells.get(k, "") for k in steps) + " |")
+    if info.get("nearest_tasks"):
+        lines += ["", "Tasks of the nearest training nets (how many sampled nets sit next to a net of each): "
+                  + ", ".join(f"`{k}` {v}" for k, v in info["nearest_tasks"].items()) + "."]
     lines += ["", f"`best zoo nets`: the {BEST_K} training nets most accurate on this task's train split (retrieval "
               "with the task's labelled examples)."]
     if info["n_task_nets"]:
