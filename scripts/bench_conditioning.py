@@ -174,7 +174,7 @@ def _plot_numeric(per, targets, args, u_val, zoo_val) -> None:
     ax.set_ylabel(f"reached val_acc (mean ± std of {args.n} samples)")
     ax.set_title("flow conditioned on val_acc, quickstart digits MLP zoo", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.08))
     fig.tight_layout()
     IMG.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMG / "conditioning_val_acc.png", dpi=110)

@@ -96,13 +96,14 @@ def sample_weights(run: GeneratorRun, n: int, **kw) -> torch.Tensor:
     return run.representation.decode(sample_vectors(run, n, **kw))
 
 
-def train_split(run: GeneratorRun):
+def train_split(run: GeneratorRun, condition: dict | None = None):
     """The dataset the run's zoo was trained on (its exact splits, any domain: images, modular, text,
     convection; wsl.data.rebuild_dataset), rebuilt from the run's record and checked against the
-    fingerprint the run stored: refused when the data on this machine differ."""
+    fingerprint the run stored: refused when the data on this machine differ. A task-conditioned draw
+    (`condition`): the data of the condition's task (wsl.generators.conditions.sampled_dataset)."""
     from wsl.data import rebuild_dataset
 
-    cfg = run.zoo.get("dataset")
+    cfg = sampled_dataset(run, condition)
     where = f"{printable(run.path)}: key zoo.dataset"
     if not isinstance(cfg, dict) or not cfg.get("name"):
         raise ZooFormatError(f"{where} records no dataset; the BatchNorm statistics of sampled nets are re-estimated "
@@ -112,7 +113,7 @@ def train_split(run: GeneratorRun):
         task = rebuild_dataset(cfg)
     except ConfigError as e:  # a recorded value this wsl cannot build the data from
         raise ZooFormatError(f"{where}: the dataset cannot be rebuilt: {e}") from None
-    fp = run.zoo.get("dataset_fingerprint")
+    fp = run.zoo.get("dataset_fingerprint") if cfg == run.zoo.get("dataset") else None  # another task: other data
     if fp and task.fingerprint() != fp:
         raise ConfigError(f"{where}: the dataset {printable(cfg)[:200]} read here differs from the one the zoo was "
                           "trained on (fingerprints differ); BatchNorm statistics must come from the zoo's own train "
@@ -120,7 +121,7 @@ def train_split(run: GeneratorRun):
     return task
 
 
-def batchnorm_inputs(run: GeneratorRun, settings=None) -> BatchNormInputs | None:
+def batchnorm_inputs(run: GeneratorRun, settings=None, condition: dict | None = None) -> BatchNormInputs | None:
     """The train inputs the statistics of the run's nets are re-estimated on (settings: a BatchNormConfig,
     default its defaults); None for nets without BatchNorm."""
     from wsl.evaluate.schema import BatchNormConfig
@@ -130,7 +131,7 @@ def batchnorm_inputs(run: GeneratorRun, settings=None) -> BatchNormInputs | None
         if not has_batchnorm(build_net(run.arch)):
             return None
     s = settings or BatchNormConfig()
-    return BatchNormInputs.of_split(train_split(run).x_train, s.batch_size, s.batches, s.seed)
+    return BatchNormInputs.of_split(train_split(run, condition).x_train, s.batch_size, s.batches, s.seed)
 
 
 class CompleteNets:
@@ -284,7 +285,7 @@ def write_sample_zoo(run: GeneratorRun, flat: torch.Tensor, zoo_path, seed: int,
     checkpoint each) and commit them. Nets with BatchNorm get statistics re-estimated on the train split
     (batchnorm: a BatchNormConfig; default its defaults). Returns the zoo path."""
     sink = _SampleSink(run, zoo_path, seed, condition, guidance, steps, job_id, zoo_name, config,
-                       bn=batchnorm_inputs(run, batchnorm))
+                       bn=batchnorm_inputs(run, batchnorm, condition))
     sink.write(flat, range(first, first + len(flat)))
     return sink.root
 
@@ -342,7 +343,7 @@ def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
                           f"{_size(per_net * min(batch_size, n))} in memory; at most {_size(MAX_BATCH_BYTES)} "
                           f"(lower batch_size to {max(1, MAX_BATCH_BYTES // per_net)} or less)")
     check_target_zoo(run, job.zoo.path, job.condition)
-    bn = batchnorm_inputs(run, job.batchnorm)  # the train split (nets with BatchNorm), before anything is written
+    bn = batchnorm_inputs(run, job.batchnorm, job.condition)  # the train split (nets with BatchNorm), before anything is written
     if bn is not None:
         log.info("BatchNorm statistics of every sampled net: re-estimated on %s", bn.text())
     sink = _SampleSink(run, job.zoo.path, seed, job.condition, job.guidance, steps, job_id=job.job_id,
