@@ -185,6 +185,9 @@ def test_task_conditioned_generation_end_to_end(tmp_path):
                                     "guidance=2", *QUIET[:1]]))
     g = Zoo(gen)
     assert g.job_config(g.ids[0])["dataset"]["task"] == "2v3" and g.training_data().num_classes == 2
+    with pytest.raises(ConfigError, match=r"conditioned on task; a sampled zoo holds the nets of one task"):
+        sample_zoo(typed_gen("sample", [f"run={tmp_path / 'run'}", "n=2", f"zoo.path={tmp_path / 'g2'}", *QUIET[:1]]))
+    assert not (tmp_path / "g2").exists()
     with pytest.raises(ConfigError, match="condition.task='7v7'"):
         sample_zoo(typed_gen("sample", [f"run={tmp_path / 'run'}", "n=2", f"zoo.path={tmp_path / 'g2'}",
                                         "condition={task:7v7}", *QUIET[:1]]))

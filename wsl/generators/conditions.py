@@ -302,9 +302,12 @@ def sampled_dataset(run, condition: dict | None) -> dict | None:
     """The dataset config the nets drawn under `condition` are for: the run's (its zoo's), with dataset.task
     set to the condition's task when the run is task-conditioned (the sampled zoo records it)."""
     ds = run.zoo.get("dataset")
-    if run.conditions is None or TASK not in run.conditions.spec.kinds or not condition:
+    if run.conditions is None or TASK not in run.conditions.spec.kinds:
         return ds
     key = run.conditions.spec.keys[run.conditions.spec.kinds.index(TASK)]
+    if not condition:  # unconditional draws mix the tasks: no one dataset describes them
+        raise ConfigError(f"the generator in {printable(run.path)} is conditioned on {key}; a sampled zoo holds the nets "
+                          f"of one task: give condition={{{key}:<task>, ...}} (e.g. {key}={run.conditions.spec.vocab[key][0]})")
     return {**ds, TASK_KEY: condition.get(key)} if isinstance(ds, dict) else ds
 
 

@@ -332,6 +332,7 @@ def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
         torch.set_num_threads(job.threads)
     run = load_run(job.run)
     condition_tensor(run, job.condition, 1)
+    sampled_dataset(run, job.condition)  # a task-conditioned run draws one task per zoo
     n, seed, batch_size, steps = job.n, job.seed, job.batch_size, job.steps
     if steps is not None and hasattr(run.method, "schedule_steps"):
         run.method.schedule_steps(steps)  # a diffusion takes at most its `timesteps` steps
