@@ -273,6 +273,16 @@ def part_tasks(args) -> dict:
           f"{len(run.conditions.spec.vocab['task'])} tasks, {args.task_steps} steps in {secs:.0f} s; {load()}", flush=True)
     results = {}
     seen = next(tk for tk in run.conditions.spec.vocab["task"])
+    from wsl.data import load_dataset
+    from wsl.generators.sample import sample_weights
+
+    print(f"\nguidance sweep, before any fine-tuning: test accuracy of {args.n_task * 2} samples per task")
+    print("task | " + " | ".join(f"guidance {g:g}" for g in args.guidance))
+    for tk in [*args.holdout, seen]:
+        data = load_dataset("digits", task=tk)
+        accs = [accuracies(run, sample_weights(run, args.n_task * 2, seed=5, condition={"task": tk}, guidance=g), data,
+                           "test").mean() for g in args.guidance]
+        print(f"{tk} ({'held out' if tk in args.holdout else 'seen'}) | " + " | ".join(f"{a:.3f}" for a in accs))
     for tk in [*args.holdout, seen]:
         gen = ROOT / "zoos" / f"bench_conditioning_tasks-gen-{tk}"
         if gen.exists():
