@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_zoo, typed_gen
+from conftest import compose_cfg, make_zoo, typed_gen, typed_zoo
 from wsl.errors import ConfigError
 from wsl.generators.conditions import (CATEGORICAL, NUMERIC, TASK, ConditionEncoder, ConditionSpec, SetEncoder,
                                        read_conditions, task_examples)
@@ -73,7 +73,7 @@ def test_categorical_conditions_are_one_hot_stored_and_reloaded(cat_run, tiny_zo
     assert job.condition == {"optimizer": "sgd", "replica": 1, "val_acc": 0.5}
 
 
-def test_condition_columns_bad_input_names_the_key(tiny_zoo):
+def test_condition_columns_bad_input_names_the_key():
     table = pd.DataFrame({"acc": [0.5, "n/a", 0.7], "opt": ["adam", "sgd", "adam"], "lr": [0.1, 0.01, 0.1]},
                          index=["a", "b", "c"])
     with pytest.raises(ConfigError, match=r"column 'acc' of z is numeric but model b has 'n/a'.*categorical=\[acc\]"):
@@ -84,10 +84,19 @@ def test_condition_columns_bad_input_names_the_key(tiny_zoo):
     assert spec.vocab == {"opt": ["adam", "sgd"], "lr": [0.01, 0.1]}
     assert raw.tolist() == [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
     with pytest.raises(ConfigError, match=r"condition.categorical: \['lr'\] are not in condition.columns"):
-        typed_gen("train_generator", [f"zoo.path={tiny_zoo}", "condition.columns=[val_acc]",
-                                      "condition.categorical=[lr]", *QUIET])
+        typed_gen("train_generator", ["zoo.path=x", "condition.columns=[val_acc]", "condition.categorical=[lr]",
+                                      *QUIET])
     with pytest.raises(ConfigError, match="dataset.task='3v3': a task pairs two different classes"):
         task_examples(DIGITS, "3v3", "dataset.task")
+    from wsl.apps.evaluate import typed_config as eval_config
+
+    with pytest.raises(ConfigError, match=r"finetune_steps must be a non-empty list of step counts"):
+        eval_config(compose_cfg("evaluate", ["zoo.path=x", "reference=y", "finetune_steps=[0,-1]"]))
+    with pytest.raises(ConfigError, match=r"finetune.optimizer"):
+        eval_config(compose_cfg("evaluate", ["zoo.path=x", "reference=y", "finetune_steps=[0]",
+                                             "finetune.optimizer=lbfgs"]))
+    with pytest.raises(ConfigError, match=r"dataset.task='2v2'"):
+        typed_zoo(["zoo.path=x", "dataset.task=2v2"])
 
 
 def test_class_pair_task_is_the_two_classes_of_the_full_data():
@@ -191,7 +200,7 @@ def test_task_conditioned_generation_end_to_end(tmp_path):
     with pytest.raises(ConfigError, match="condition.task='7v7'"):
         sample_zoo(typed_gen("sample", [f"run={tmp_path / 'run'}", "n=2", f"zoo.path={tmp_path / 'g2'}",
                                         "condition={task:7v7}", *QUIET[:1]]))
-    ev = eval_config(__import__("conftest").compose_cfg("evaluate", [
+    ev = eval_config(compose_cfg("evaluate", [
         f"zoo.path={gen}", f"reference={zoo}", "finetune_steps=[0,3]", "logger=none", "novelty.top_k=1"]))
     result, report = finetune_zoo(ev)
     sets = {(s["set"], s["steps"]): s for s in result["summary"]}
