@@ -30,7 +30,12 @@ def typed_config(cfg: DictConfig):
     from wsl.evaluate.schema import EvaluateConfig
 
     job = typed(cfg, EvaluateConfig, EXAMPLES)
-    report_dir(job.out, job.zoo.path)
+    if job.finetune_steps:  # the fine-tuning comparison writes its own report (wsl.evaluate.finetune)
+        from wsl.evaluate.finetune import finetune_dir
+
+        finetune_dir(job.out, job.zoo.path)
+    else:
+        report_dir(job.out, job.zoo.path)
     return job
 
 
@@ -50,6 +55,15 @@ def _main(cfg: DictConfig) -> None:
     from wsl.evaluate.pipeline import evaluate_zoo
 
     job = typed_config(cfg)
+    if job.finetune_steps:
+        from wsl.evaluate.finetune import finetune_zoo
+
+        result, report = finetune_zoo(job)
+        log.info("report: %s", report)
+        print(report)
+        log_summary(job, {f"finetune_{s['set'].replace(' ', '_')}_{s['steps']}": s["acc_mean"]
+                          for s in result["summary"]})
+        return
     ev, report = evaluate_zoo(job)
     log.info("report: %s", report)
     print(report)

@@ -41,6 +41,8 @@ NET_KEYS_ADDED = {"norm": "none"}
 def stored_config(job: ZooJobConfig) -> dict:
     """The config stored with the zoo (without the logger; landscape=none stores no metric settings)."""
     config = stored(job)
+    if isinstance(config.get("dataset"), dict) and "task" in config["dataset"] and config["dataset"]["task"] is None:
+        del config["dataset"]["task"]  # a single-task zoo stores what it stored before dataset.task existed
     if not job.landscape.metrics:
         config["landscape"] = {"metrics": []}
     if job.init_from is None:  # training from scratch: stored as before init.from/finetune existed
@@ -68,7 +70,8 @@ def job_identity(job: ZooJobConfig, base: tuple[str, str] | None = None) -> str:
     zoo's index) and the finetune settings; without init.from the id is that of before."""
     c = stored(job)
     net = {k: v for k, v in c["net"].items() if not (k in NET_KEYS_ADDED and v == NET_KEYS_ADDED[k])}
-    ident = {"dataset": {k: v for k, v in c["dataset"].items() if k != "root"}, "net": net,
+    ident = {"dataset": {k: v for k, v in c["dataset"].items() if k != "root" and not (k == "task" and v is None)},
+             "net": net,
              "train": {k: v for k, v in c["train"].items() if k not in MEMBER_KEYS and k != "eval_batch_size"},
              "ckpt": [c["zoo"]["checkpoint_every"], c["zoo"]["checkpoint_epochs"]],
              "seed": c["population"]["seed"]}

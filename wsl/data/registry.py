@@ -9,6 +9,7 @@ from wsl.data.convection import convection
 from wsl.data.digits_inr import digits_inr
 from wsl.data.embedded import digits, mnist1d
 from wsl.data.modular import modular
+from wsl.data.tasks import restrict_to_task
 from wsl.data.text import text
 from wsl.data.vision import cifar10, fashion_mnist, mnist
 from wsl.errors import ConfigError
@@ -23,8 +24,9 @@ TASK_DATASETS = {"modular": modular, "text": text, "convection": convection}
 
 def load_dataset(name: str, root: str | None = None, train_fraction: float = 1.0,
                  subset_seed: int = 0, split_seed: int = 0, val_fraction: float = 0.2,
-                 test_fraction: float = 0.2) -> ClassificationData:
-    """Build a ClassificationData by name. Unknown names raise ConfigError listing the valid ones."""
+                 test_fraction: float = 0.2, task: str | None = None) -> ClassificationData:
+    """Build a ClassificationData by name. Unknown names raise ConfigError listing the valid ones.
+    task: a class pair '<a>v<b>' (wsl.data.tasks): every split restricted to the two classes, labels 0/1."""
     if name in INR_DATASETS:
         raise ConfigError(f"name={name!r} is an INR dataset (one image per net); it is read by "
                           f"wsl.data.load_inr_dataset")
@@ -35,7 +37,7 @@ def load_dataset(name: str, root: str | None = None, train_fraction: float = 1.0
     data = DATASETS[name](root=root, split_seed=split_seed, val_fraction=val_fraction,
                           test_fraction=test_fraction)
     data.info.update(train_fraction=1.0, subset_seed=int(subset_seed), split_seed=int(split_seed))
-    return subsample_train(data, train_fraction, subset_seed)
+    return subsample_train(restrict_to_task(data, task), train_fraction, subset_seed)
 
 
 def load_inr_dataset(name: str, root: str | None = None, num_images: int | None = None,
@@ -66,5 +68,5 @@ def rebuild_dataset(cfg: dict):
         keys = tuple(inspect.signature(TASK_DATASETS[name]).parameters)
     else:
         load, fixed = load_dataset, {"name": name}
-        keys = ("root", "train_fraction", "subset_seed", "split_seed", "val_fraction", "test_fraction")
+        keys = ("root", "train_fraction", "subset_seed", "split_seed", "val_fraction", "test_fraction", "task")
     return load(**fixed, **{k: cfg[k] for k in keys if k in cfg})

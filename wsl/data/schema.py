@@ -88,9 +88,18 @@ class ClassificationDatasetConfig(DatasetConfig):
     split_seed: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    task: Optional[str] = None  # a class-pair task '<a>v<b>' (wsl.data.tasks): two classes, labels 0/1
 
     def __post_init__(self):
         super().__post_init__()
+        if self.task is not None:
+            from wsl.data.tasks import parse_task
+            from wsl.errors import ConfigError
+
+            try:
+                parse_task(self.task, SHAPES[self.name][1], "@task")
+            except ConfigError as e:
+                fail(str(e))
         schema.number(self, "train_fraction", 0.0, 1.0, lo_open=True)
         schema.integer(self, "split_seed", 0, MAX_SEED)
         schema.number(self, "val_fraction", 0.0, 1.0, hi_open=True)
@@ -98,9 +107,17 @@ class ClassificationDatasetConfig(DatasetConfig):
         if self.val_fraction + self.test_fraction >= 1.0:
             fail(f"@val_fraction + @test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}")
 
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        if self.task is None:
+            return SHAPES[self.name]
+        from wsl.data.tasks import TASK_CLASSES
+
+        return SHAPES[self.name][0], TASK_CLASSES
+
     def hparams(self) -> dict:
+        task = {} if self.task is None else {"task": self.task}  # the index column of a multi-task zoo
         return {"dataset": self.name, "train_fraction": self.train_fraction, "subset_seed": self.subset_seed,
-                "split_seed": self.split_seed}
+                "split_seed": self.split_seed, **task}
 
 
 @target_schema

@@ -101,6 +101,25 @@ class GaussianFitBaselineConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """`finetune:` the optimizer steps of `finetune_steps` (wsl.evaluate.finetune), the same for every net."""
+
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9)
+    lr: float = 1.0e-3
+    batch_size: int = 32  # train examples per step (one seeded order shared by every net)
+    seed: int = 0  # that order and the random initializations
+
+    def __post_init__(self):
+        schema.choice(self, "optimizer", ("adam", "sgd"))
+        schema.number(self, "lr", 0.0, lo_open=True)
+        schema.integer(self, "batch_size", 1)
+        schema.integer(self, "seed", 0)
+
+
+MAX_FINETUNE_STEPS = 100_000
+
+
+@dataclass
 class EvaluateConfig:
     """wsl-evaluate (conf/evaluate.yaml): a zoo of generated nets judged against its training zoo."""
 
@@ -121,6 +140,8 @@ class EvaluateConfig:
     baselines: Optional[dict[str, Any]] = None  # name -> a baseline node ({_target_: ..., ...}) or None (off)
     encoder_run: Optional[str] = None  # a wsl-train-encoder run: predicted against measured score (screening)
     encoder_seed: Optional[int] = None  # None: every saved seed (their mean)
+    finetune_steps: Optional[list[int]] = None  # e.g. [0,10,100]: the fine-tuning comparison (wsl.evaluate.finetune)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     logger: Any = None
 
     def __post_init__(self):
@@ -133,6 +154,10 @@ class EvaluateConfig:
         schema.choice(self, "split", SPLITS)
         schema.text(self, "encoder_run", null=True)
         schema.integer(self, "encoder_seed", null=True)
+        if self.finetune_steps is not None and (not self.finetune_steps or not all(
+                schema.is_int(k) and 0 <= k <= MAX_FINETUNE_STEPS for k in self.finetune_steps)):
+            fail(f"@finetune_steps must be a non-empty list of step counts in 0..{MAX_FINETUNE_STEPS}, "
+                 f"got {self.finetune_steps!r}")
         for name, node in (self.baselines or {}).items():
             target = node.get("_target_") if isinstance(node, dict) else getattr(node, "_target_", None)
             if node is not None and not (isinstance(target, str) and target):

@@ -86,6 +86,7 @@ class GeneratorRun:
     training: dict = field(default_factory=dict)  # summary: steps, time, losses, spread ratios
     path: Path | None = None  # run directory (after save/load)
     sha256: str | None = None  # of the checkpoint file (after save/load)
+    conditions: nn.Module | None = None  # categories / tasks: wsl.generators.conditions.ConditionEncoder
 
     def describe(self) -> dict:
         for kind, obj, registry in (("denoiser", self.denoiser, DENOISERS), ("method", self.method, METHODS)):
@@ -96,13 +97,17 @@ class GeneratorRun:
                 "method": {"name": self.method.name, "kwargs": self.method.kwargs()},
                 "denoiser": {"name": self.denoiser.name, "kwargs": self.denoiser.kwargs},
                 "representation": self.representation.meta(), "arch": self.arch, "zoo": self.zoo,
-                "condition": {"keys": list(self.condition_keys)}, "training": self.training}
+                "condition": {"keys": list(self.condition_keys),
+                              **(self.conditions.spec.meta() if self.conditions is not None else {})},
+                "training": self.training}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()}
         out.update(self.representation.tensors())
         if self.condition_keys:
             out.update({"condition.mean": self.cond_mean, "condition.std": self.cond_std})
+        if self.conditions is not None:
+            out.update({f"condition.encoder.{k}": v for k, v in self.conditions.state_dict().items()})
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
     def save(self, run_dir, config: dict | None = None) -> Path:
@@ -191,6 +196,7 @@ def load_run(run_dir) -> GeneratorRun:
         desc = json.loads(meta["wsl_generator"])
         arch, zoo, rmeta = desc["arch"], desc["zoo"], desc["representation"]
         keys = list(desc["condition"]["keys"])
+        cmeta = desc["condition"]
         mname, mkw = desc["method"]["name"], desc["method"]["kwargs"]
         dname, dkw = desc["denoiser"]["name"], desc["denoiser"]["kwargs"]
         layout = Layout.from_json(rmeta["layout"])
@@ -235,10 +241,19 @@ def load_run(run_dir) -> GeneratorRun:
         dim = int(kw["latent_dim"])
         expected.update({f"representation.latent_{s}": ((dim,), "representation.autoencoder.latent_dim")
                          for s in ("mean", "std")})
-    if dkw.get("dim") != dim or dkw.get("cond_dim") != len(keys):
+    cenc, cond_dim = None, len(keys)
+    if isinstance(cmeta, dict) and "kinds" in cmeta:  # categories / tasks (wsl.generators.conditions)
+        from wsl.generators.conditions import ConditionEncoder, ConditionSpec
+
+        spec = ConditionSpec.from_meta(keys, cmeta, ckpt)
+        cenc = _on_meta(lambda: ConditionEncoder(spec), f"{ckpt}: key condition makes an encoder of")
+        cond_dim = cenc.dim
+        expected.update({f"condition.encoder.{k}": (tuple(v.shape), "condition.set_encoder")
+                         for k, v in cenc.state_dict().items()})
+    if dkw.get("dim") != dim or dkw.get("cond_dim") != cond_dim:
         raise ZooFormatError(f"{ckpt}: key denoiser.kwargs gives dim={printable(dkw.get('dim'))[:20]}, "
                              f"cond_dim={printable(dkw.get('cond_dim'))[:20]}; the representation has {dim} "
-                             f"coordinates and condition.keys names {len(keys)}")
+                             f"coordinates and key condition encodes {cond_dim}")
     method = _build(METHODS, "method", mname, mkw, ckpt)
     denoiser = _on_meta(lambda: _build(DENOISERS, "denoiser", dname, dkw, ckpt),
                         f"{ckpt}: key denoiser.kwargs makes a denoiser of")
@@ -262,5 +277,9 @@ def load_run(run_dir) -> GeneratorRun:
         cm, cs = tensors["condition.mean"].double(), tensors["condition.std"].double()
         if not (torch.isfinite(cm).all() and torch.isfinite(cs).all() and (cs > 0).all()):
             raise ZooFormatError(f"{ckpt}: condition statistics (tensors condition.mean/std) are not finite and positive")
+    if cenc is not None:
+        cenc = ConditionEncoder(spec).eval()
+        cenc.load_state_dict({k[len("condition.encoder."):]: v for k, v in tensors.items()
+                              if k.startswith("condition.encoder.")})
     return GeneratorRun(denoiser, method, rep, arch, zoo, keys, cm, cs, desc.get("training", {}),
-                        path=run_dir.resolve(), sha256=hashlib.sha256(data).hexdigest())
+                        path=run_dir.resolve(), sha256=hashlib.sha256(data).hexdigest(), conditions=cenc)

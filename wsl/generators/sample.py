@@ -27,6 +27,7 @@ import torch
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.evaluate.accuracy import BatchNormInputs, has_batchnorm, load_weights
 from wsl.landscape.batchnorm import batchnorm_layers
+from wsl.generators.conditions import sampled_dataset
 from wsl.generators.generator_run import GeneratorRun, load_run
 from wsl.generators.limits import MAX_BATCH_BYTES, MAX_SAMPLES
 from wsl.generators.schema import SampleConfig
@@ -53,6 +54,14 @@ def condition_tensor(run: GeneratorRun, condition: dict | None, n: int) -> torch
         raise ConfigError(f"condition keys {printable(sorted(map(str, condition)))[:200]} do not match the keys the "
                           f"generator was conditioned on, {printable(run.condition_keys)[:200]} (give all of them, or "
                           "none for unconditional sampling)")
+    if run.conditions is not None:  # categories, tasks (wsl.generators.conditions)
+        from wsl.generators.conditions import encode_condition
+
+        return encode_condition(run, condition).expand(n, -1)
+    bad = next((k for k in run.condition_keys if isinstance(condition[k], (str, bool))), None)
+    if bad is not None:
+        raise ConfigError(f"condition.{bad}={printable(condition[bad])[:80]!r}: {bad} is a numeric condition; "
+                          "give a number")
     raw = torch.tensor([float(condition[k]) for k in run.condition_keys], dtype=torch.float64)[None].expand(n, -1)
     return ((raw - run.cond_mean) / run.cond_std).float()
 
@@ -87,13 +96,14 @@ def sample_weights(run: GeneratorRun, n: int, **kw) -> torch.Tensor:
     return run.representation.decode(sample_vectors(run, n, **kw))
 
 
-def train_split(run: GeneratorRun):
+def train_split(run: GeneratorRun, condition: dict | None = None):
     """The dataset the run's zoo was trained on (its exact splits, any domain: images, modular, text,
     convection; wsl.data.rebuild_dataset), rebuilt from the run's record and checked against the
-    fingerprint the run stored: refused when the data on this machine differ."""
+    fingerprint the run stored: refused when the data on this machine differ. A task-conditioned draw
+    (`condition`): the data of the condition's task (wsl.generators.conditions.sampled_dataset)."""
     from wsl.data import rebuild_dataset
 
-    cfg = run.zoo.get("dataset")
+    cfg = sampled_dataset(run, condition)
     where = f"{printable(run.path)}: key zoo.dataset"
     if not isinstance(cfg, dict) or not cfg.get("name"):
         raise ZooFormatError(f"{where} records no dataset; the BatchNorm statistics of sampled nets are re-estimated "
@@ -103,7 +113,7 @@ def train_split(run: GeneratorRun):
         task = rebuild_dataset(cfg)
     except ConfigError as e:  # a recorded value this wsl cannot build the data from
         raise ZooFormatError(f"{where}: the dataset cannot be rebuilt: {e}") from None
-    fp = run.zoo.get("dataset_fingerprint")
+    fp = run.zoo.get("dataset_fingerprint") if cfg == run.zoo.get("dataset") else None  # another task: other data
     if fp and task.fingerprint() != fp:
         raise ConfigError(f"{where}: the dataset {printable(cfg)[:200]} read here differs from the one the zoo was "
                           "trained on (fingerprints differ); BatchNorm statistics must come from the zoo's own train "
@@ -111,7 +121,7 @@ def train_split(run: GeneratorRun):
     return task
 
 
-def batchnorm_inputs(run: GeneratorRun, settings=None) -> BatchNormInputs | None:
+def batchnorm_inputs(run: GeneratorRun, settings=None, condition: dict | None = None) -> BatchNormInputs | None:
     """The train inputs the statistics of the run's nets are re-estimated on (settings: a BatchNormConfig,
     default its defaults); None for nets without BatchNorm."""
     from wsl.evaluate.schema import BatchNormConfig
@@ -121,7 +131,7 @@ def batchnorm_inputs(run: GeneratorRun, settings=None) -> BatchNormInputs | None
         if not has_batchnorm(build_net(run.arch)):
             return None
     s = settings or BatchNormConfig()
-    return BatchNormInputs.of_split(train_split(run).x_train, s.batch_size, s.batches, s.seed)
+    return BatchNormInputs.of_split(train_split(run, condition).x_train, s.batch_size, s.batches, s.seed)
 
 
 class CompleteNets:
@@ -162,7 +172,7 @@ class CompleteNets:
         return out
 
 
-def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
+def check_target_zoo(run: GeneratorRun, zoo_path, condition: dict | None = None) -> None:
     """Refuse an output zoo that holds anything but this generator run's own samples, before any work: the
     training zoo (or a copy of it, or any zoo of trained nets), a zoo of another architecture or dataset, a
     file, a directory of other files. Only a zoo of this run's samples is resumed or extended."""
@@ -194,7 +204,7 @@ def check_target_zoo(run: GeneratorRun, zoo_path) -> None:
                                   f"already holds {printable(have)} (model {printable(m)}); write the samples to "
                                   "another zoo.path")
             ds = zoo.job_config(m).get("dataset")
-            if ds != run.zoo.get("dataset"):
+            if ds != sampled_dataset(run, condition):
                 raise ConfigError(f"dataset mismatch: the generator {run.path} was trained on nets for "
                                   f"{run.zoo.get('dataset')}, zoo {zoo.path} holds nets for {printable(ds)}; "
                                   "write the samples to another zoo.path")
@@ -230,8 +240,9 @@ class _SampleSink:
             self.provenance["sample_batch_size"] = int(batch_size)
         self.provenance.update(self.complete.provenance())  # BatchNorm statistics: train inputs, batches
         # index columns are HDF5 paths: condition key 'landscape/trace' -> column cond_landscape_trace
-        self.cond = {f"cond_{re.sub(r'[^A-Za-z0-9_]', '_', k)}": float(v) for k, v in self.condition.items()}
-        stored = {"dataset": run.zoo.get("dataset"), "generator": {**self.provenance, "condition": self.condition},
+        self.cond = {f"cond_{re.sub(r'[^A-Za-z0-9_]', '_', k)}": v if isinstance(v, (str, bool)) else float(v)
+                     for k, v in self.condition.items()}
+        stored = {"dataset": sampled_dataset(run, self.condition), "generator": {**self.provenance, "condition": self.condition},
                   "source_zoo": {k: run.zoo.get(k) for k in ("path", "name", "dataset_fingerprint", "epoch", "train_ids")},
                   "sample": config or {}}
         self.writer = ShardWriter(self.root, self.job_id, config=stored, zoo_name=zoo_name or self.root.name)
@@ -274,7 +285,7 @@ def write_sample_zoo(run: GeneratorRun, flat: torch.Tensor, zoo_path, seed: int,
     checkpoint each) and commit them. Nets with BatchNorm get statistics re-estimated on the train split
     (batchnorm: a BatchNormConfig; default its defaults). Returns the zoo path."""
     sink = _SampleSink(run, zoo_path, seed, condition, guidance, steps, job_id, zoo_name, config,
-                       bn=batchnorm_inputs(run, batchnorm))
+                       bn=batchnorm_inputs(run, batchnorm, condition))
     sink.write(flat, range(first, first + len(flat)))
     return sink.root
 
@@ -321,6 +332,7 @@ def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
         torch.set_num_threads(job.threads)
     run = load_run(job.run)
     condition_tensor(run, job.condition, 1)
+    sampled_dataset(run, job.condition)  # a task-conditioned run draws one task per zoo
     n, seed, batch_size, steps = job.n, job.seed, job.batch_size, job.steps
     if steps is not None and hasattr(run.method, "schedule_steps"):
         run.method.schedule_steps(steps)  # a diffusion takes at most its `timesteps` steps
@@ -331,8 +343,8 @@ def sample_zoo(job: SampleConfig, config: dict | None = None) -> Path:
         raise ConfigError(f"batch_size={batch_size}: one batch of nets of {rep.layout.numel} weights holds "
                           f"{_size(per_net * min(batch_size, n))} in memory; at most {_size(MAX_BATCH_BYTES)} "
                           f"(lower batch_size to {max(1, MAX_BATCH_BYTES // per_net)} or less)")
-    check_target_zoo(run, job.zoo.path)
-    bn = batchnorm_inputs(run, job.batchnorm)  # the train split (nets with BatchNorm), before anything is written
+    check_target_zoo(run, job.zoo.path, job.condition)
+    bn = batchnorm_inputs(run, job.batchnorm, job.condition)  # the train split (nets with BatchNorm), before anything is written
     if bn is not None:
         log.info("BatchNorm statistics of every sampled net: re-estimated on %s", bn.text())
     sink = _SampleSink(run, job.zoo.path, seed, job.condition, job.guidance, steps, job_id=job.job_id,

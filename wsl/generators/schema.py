@@ -152,9 +152,14 @@ class TrainZoo:
     filter: Optional[dict[str, Any]] = None  # hyperparameter equalities; only status=trained nets are used
     val_fraction: float = 0.0
     split_seed: int = 0
+    exclude: Optional[dict[str, Any]] = None  # column -> value(s) whose nets are left out, e.g. {task: [3v8]}
 
     def __post_init__(self):
         schema.text(self, "path")
+        for k, v in (self.exclude or {}).items():
+            values = v if isinstance(v, list) else [v]
+            if not values or not all(isinstance(e, (str, int, float, bool)) for e in values):
+                fail(f"@exclude.{k} must be a value or a list of values, got {v!r}")
         schema.integer(self, "epoch", -1)
         schema.number(self, "val_fraction", 0.0, 1.0, hi_open=True)
         schema.integer(self, "split_seed", 0)
@@ -207,12 +212,30 @@ class RepresentationConfig:
 
 
 @dataclass
+class SetEncoderConfig:
+    """condition.set_encoder: the DeepSets encoder of a task condition (wsl.generators.conditions)."""
+
+    hidden: int = 64
+    dim: int = 32  # width of the task embedding the denoiser reads
+    set_size: int = 64  # labelled train examples per task in each training step (all of them when sampling)
+
+    def __post_init__(self):
+        _sizes(self, hidden=MAX_WIDTH, dim=MAX_WIDTH, set_size=None)
+
+
+@dataclass
 class ConditionConfig:
     columns: list[str] = field(default_factory=list)  # zoo table columns to condition on; []: unconditional
     dropout: float = 0.1  # classifier-free guidance: probability that a training row's condition is hidden
+    categorical: list[str] = field(default_factory=list)  # number columns read as categories (text columns are)
+    set_encoder: SetEncoderConfig = field(default_factory=SetEncoderConfig)  # the `task` column's encoder
 
     def __post_init__(self):
         schema.names(self, "columns")
+        schema.names(self, "categorical")
+        unknown = [k for k in self.categorical if k not in self.columns]
+        if unknown:
+            fail(f"@categorical: {unknown} are not in @columns={self.columns}")
         for k in self.columns:
             if k.startswith("test_") or k.endswith("/test_acc") or k.endswith("/test_loss"):
                 fail(f"@columns: {k!r} is measured on the test split; nothing may be fitted on it "
@@ -291,9 +314,9 @@ class SampleConfig:
         schema.text(self, "run")
         _sizes(self, n=None, batch_size=None)  # n's cap (nets per run, disk space) needs the run: wsl.generators.sample
         schema.integer(self, "seed", 0)
-        for k, v in (self.condition or {}).items():
-            if not schema.is_num(v) or not math.isfinite(v):
-                fail(f"@condition.{k} must be a finite number, got {v!r}")
+        for k, v in (self.condition or {}).items():  # numbers, category names, task names (checked by the run)
+            if not isinstance(v, (str, bool)) and (not schema.is_num(v) or not math.isfinite(v)):
+                fail(f"@condition.{k} must be a finite number or a category name, got {v!r}")
         schema.number(self, "guidance", 0.0)
         schema.integer(self, "steps", 1, MAX_SAMPLER_STEPS, null=True)
         check_device(self, "device")

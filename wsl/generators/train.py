@@ -38,15 +38,19 @@ class ZooSelection:
     cond_keys: list
     cond_train: torch.Tensor  # [M, C] raw property values
     cond_val: torch.Tensor  # [V, C]
+    cond_spec: object = None  # wsl.generators.conditions.ConditionSpec (kinds, vocabularies)
 
 
-def select_zoo(settings: TrainZoo, columns: list[str] = ()) -> ZooSelection:
+def select_zoo(settings: TrainZoo, columns: list[str] = (), categorical: list[str] = ()) -> ZooSelection:
     """Open the zoo (`settings`: the `zoo` node), pick the trained nets of one architecture, read the
-    condition `columns`. Every check against the zoo runs here, before any weight is loaded.
+    condition `columns` (`categorical`: number columns read as categories; wsl.generators.conditions).
+    Every check against the zoo runs here, before any weight is loaded.
     """
+    from wsl.generators.conditions import TASK_KEY, excluded, read_conditions
+
     zoo = Zoo(settings.path)
     filt = settings.filter or {}
-    ids = zoo.filter(status="trained", **filt)
+    ids = excluded(zoo, zoo.filter(status="trained", **filt), getattr(settings, "exclude", None))
     if len(ids) < 2:
         raise ConfigError(f"zoo {zoo.path} has {len(ids)} trained net(s) matching zoo.filter={filt}; "
                           "a generator needs at least 2")
@@ -58,8 +62,11 @@ def select_zoo(settings: TrainZoo, columns: list[str] = ()) -> ZooSelection:
     dataset = zoo.job_config(ids[0]).get("dataset")
     if not dataset:
         raise ZooFormatError(f"{zoo.path}: the job of model {ids[0]} records no dataset config")
+    # a multi-task zoo conditioned on its task: the nets' data differ in dataset.task only
+    same = ((lambda d: {k: v for k, v in (d or {}).items() if k != TASK_KEY}) if TASK_KEY in columns
+            else (lambda d: d))
     for m in ids[1:]:
-        if zoo.job_config(m).get("dataset") != dataset:
+        if same(zoo.job_config(m).get("dataset")) != same(dataset):
             raise ConfigError(f"zoo {zoo.path}: models {ids[0]} and {m} were trained on different data "
                               f"({dataset} vs {zoo.job_config(m).get('dataset')}); select one dataset with zoo.filter")
     v = settings.val_fraction
@@ -72,22 +79,12 @@ def select_zoo(settings: TrainZoo, columns: list[str] = ()) -> ZooSelection:
     else:
         train_ids, val_ids = ids, []
     keys, both = list(columns), train_ids + val_ids
-    cond = torch.zeros(len(both), 0)
+    cond, spec = torch.zeros(len(both), 0), None
     if keys:
-        table = zoo.table()
-        missing = [k for k in keys if k not in table.columns]
-        if missing:
-            raise ConfigError(f"condition.columns: {missing} are not columns of zoo {zoo.path}; "
-                              f"have {sorted(str(c) for c in table.columns)}")
-        try:
-            cond = torch.tensor(table.loc[both, keys].to_numpy(dtype="float64"), dtype=torch.float64)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"condition.columns={keys}: not numeric in zoo {zoo.path} ({e})") from e
-        if not torch.isfinite(cond).all():
-            bad = [both[i] for i in (~torch.isfinite(cond)).any(1).nonzero().flatten().tolist()[:3]]
-            raise ConfigError(f"condition.columns={keys}: missing or infinite values for models {bad}")
+        spec, cond = read_conditions(zoo.table(), both, keys, categorical, f"zoo {zoo.path}")
     check_epoch(zoo, both, settings.epoch, "zoo.epoch")
-    return ZooSelection(zoo, train_ids, val_ids, arch, dataset, keys, cond[:len(train_ids)], cond[len(train_ids):])
+    return ZooSelection(zoo, train_ids, val_ids, arch, dataset, keys, cond[:len(train_ids)], cond[len(train_ids):],
+                        spec)
 
 
 def exclude_nonfinite(sel: ZooSelection, train_sds: list, val_sds: list, epoch: int) -> tuple[list, list]:
@@ -161,7 +158,7 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
     t_start = time.perf_counter()
     if job.threads is not None:  # wsl.generators.schema: one thread is often faster on a shared machine
         torch.set_num_threads(job.threads)
-    sel = select_zoo(job.zoo, job.condition.columns)
+    sel = select_zoo(job.zoo, job.condition.columns, job.condition.categorical)
     r, g = job.representation, job.generator
     if r.reference >= len(sel.train_ids):
         raise ConfigError(f"representation.reference={r.reference} must index one of the {len(sel.train_ids)} "
@@ -183,17 +180,24 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
     val_x = rep.encode(torch.stack([layout.flatten(sd) for sd in rep.align(val_sds)])) if sel.val_ids else None
 
     c = len(sel.cond_keys)
-    cond_mean = cond_std = None  # float64 [C], as select_zoo reads the columns
+    cond_mean = cond_std = cenc = None  # float64 [C], as select_zoo reads the columns
     if c:
-        cond_mean, cond_std = sel.cond_train.mean(0), sel.cond_train.std(0, unbiased=False).clamp_min(1e-8)
+        cond_mean, cond_std = sel.cond_spec.normalization(sel.cond_train)
+        if not sel.cond_spec.plain:  # categories one-hot, tasks through a set encoder trained with the denoiser
+            from wsl.generators.conditions import build_encoder
+
+            cenc = build_encoder(sel.cond_spec, sel.dataset, job.condition)
     norm = (lambda v: ((v - cond_mean) / cond_std).float()) if c else (lambda v: v.float())
     try:  # a node is a schema instance (or a mapping naming an unregistered class): Hydra instantiates either
-        denoiser = instantiate(g.denoiser, dim=rep.dim, cond_dim=c, segments=rep.segments())
+        denoiser = instantiate(g.denoiser, dim=rep.dim, cond_dim=c if cenc is None else cenc.dim,
+                               segments=rep.segments())
         method = instantiate(g.method)
     except Exception as e:  # Hydra wraps the constructors' errors (e.g. too many tokens for this zoo)
         raise ConfigError(f"generator: {e.__cause__ or e}") from e
     opt = g.optimizer
-    module = GeneratorModule(denoiser, method, x, norm(sel.cond_train), lr=opt.lr, weight_decay=opt.weight_decay,
+    from wsl.generators.conditions import EncodedDenoiser
+
+    module = GeneratorModule(denoiser if cenc is None else EncodedDenoiser(denoiser, cenc), method, x, norm(sel.cond_train), lr=opt.lr, weight_decay=opt.weight_decay,
                              schedule=opt.schedule, cond_dropout=job.condition.dropout,
                              spread_every=job.spread.every_n_steps, spread_n=job.spread.n)
     trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir), run_dir=run_dir,
@@ -206,6 +210,8 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
     t_fit = time.perf_counter() - t
     _check_trained(trainer, "generator")
     denoiser.eval()
+    if cenc is not None:
+        cenc.eval()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     final_spread = module.spread_history[-1][1] if module.spread_history else module.measure_spread()
     training = {"steps": int(trainer.global_step), "n_train": len(sel.train_ids), "n_val": len(sel.val_ids),
@@ -216,8 +222,10 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
         raise ConfigError(f"generator training diverged (train_loss={metrics['train_loss']}); lower generator.optimizer.lr")
     zinfo = {"path": str(zoo.path), "name": zoo.attrs.get("zoo_name", zoo.path.name), "dataset": sel.dataset,
              "dataset_fingerprint": zoo.training_data(sel.train_ids[0]).fingerprint(), "epoch": epoch,
-             "train_ids": list(sel.train_ids), "val_ids": list(sel.val_ids), "filter": job.zoo.filter or {}}
-    run = GeneratorRun(denoiser, method, rep, sel.arch, zinfo, sel.cond_keys, cond_mean, cond_std, training)
+             "train_ids": list(sel.train_ids), "val_ids": list(sel.val_ids), "filter": job.zoo.filter or {},
+             **({"exclude": job.zoo.exclude} if job.zoo.exclude else {})}
+    run = GeneratorRun(denoiser, method, rep, sel.arch, zinfo, sel.cond_keys, cond_mean, cond_std, training,
+                       conditions=cenc)
     rank = global_rank(trainer)
     log.info("generator trained on rank %d of %d (spread ratio %.3f, %d steps, %.1f s)", rank, world, final_spread,
              trainer.global_step, t_fit)
