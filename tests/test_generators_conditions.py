@@ -208,3 +208,10 @@ def test_task_conditioned_generation_end_to_end(tmp_path):
                                                   "best zoo nets", "zoo nets of this task") for k in (0, 3)}
     assert sets[("zoo nets of this task", 0)]["n"] == 3 and sets[("generated", 3)]["n"] == 4
     assert (report.parent / "finetune.png").stat().st_size > 1000 and "2v3" in report.read_text()
+
+
+def test_condition_list_is_shorthand_for_its_columns():
+    from wsl.apps.train_generator import alias_condition_list
+
+    assert alias_condition_list(["zoo.path=z", "condition=[val_acc,optimizer]", "condition.dropout=0.2"]) == [
+        "zoo.path=z", "condition.columns=[val_acc,optimizer]", "condition.dropout=0.2"]

@@ -34,7 +34,16 @@ def _main(cfg: DictConfig) -> None:
     log_summary(job, {k: v for k, v in run.training.items() if k != "spread_history"}, out)
 
 
+def alias_condition_list(argv: list[str]) -> list[str]:
+    """`condition=[val_acc]` (the list of columns) means `condition.columns=[val_acc]`: `condition` is a group
+    of settings (columns, dropout, categorical, set encoder), which Hydra cannot merge a list into."""
+    return ["condition.columns=" + a[len("condition="):] if a.startswith("condition=[") else a for a in argv]
+
+
 def main() -> None:
+    import sys
+
+    sys.argv[1:] = alias_condition_list(sys.argv[1:])
     preflight("train_generator", typed_config)  # bad values stop before any zoo is read
     _main()
 
