@@ -61,13 +61,28 @@ def build(root: Path, quick: bool) -> Path:
     return zoo
 
 
-def run_encoder(name: str, zoo: Path, out: Path, epochs: int, seeds: list):
+def balanced_split_seed(zoo, table, tries: int = 100) -> int:
+    """The first split seed whose cell split puts every train size into train (two cells or more), val and
+    test: a random split of 40 cells can leave a size out of a split, which no encoder can then learn or
+    be scored on."""
+    ids = [m for m in zoo.ids if table.loc[m, "status"] == "trained"]
+    sizes = set(table.loc[ids, "train_samples"])
+    for seed in range(tries):
+        parts = zoo.split(tuple(SPLIT), seed=seed, ids=ids)
+        per = {p: table.loc[v, "train_samples"] for p, v in parts.items()}
+        if all(set(per[p]) == sizes for p in parts) and all(
+                len({zoo.cell_key(m) for m in parts["train"] if table.loc[m, "train_samples"] == n}) >= 2 for n in sizes):
+            return seed
+    return 0
+
+
+def run_encoder(name: str, zoo: Path, out: Path, epochs: int, seeds: list, split_seed: int = 0):
     from wsl.apps.train_encoder import typed_config
     from wsl.encoders.experiment import run_experiment
 
     cfg = compose("train_encoder", [f"encoder={name}", f"zoo.path={zoo}", "task=train_size", "logger=none",
                                     f"seeds=[{','.join(map(str, seeds))}]", f"trainer.max_epochs={epochs}",
-                                    f"split.fractions=[{','.join(map(str, SPLIT))}]"])
+                                    f"split.fractions=[{','.join(map(str, SPLIT))}]", f"split.seed={split_seed}"])
     return run_experiment(typed_config(cfg), out)
 
 
@@ -95,13 +110,15 @@ def main(argv=None) -> None:
     print(f"zoo {zoo}: {len(t)} LoRA nets, train sizes {sizes}, test acc of the nets "
           f"{t['test_acc'].min():.3f}..{t['test_acc'].max():.3f}")
     z = Zoo(zoo)
-    parts = z.split(tuple(SPLIT), seed=0, ids=[m for m in z.ids if t.loc[m, "status"] == "trained"])
+    split_seed = balanced_split_seed(z, t)
+    parts = z.split(tuple(SPLIT), seed=split_seed, ids=[m for m in z.ids if t.loc[m, "status"] == "trained"])
+    print(f"split seed {split_seed} (the first with every size in every split):")
     for part, ids in parts.items():
         print(f"  {part:>5}: {len(ids)} nets, per size {t.loc[ids, 'train_samples'].value_counts().sort_index().to_dict()}")
     rows = []
     for name in encoders:
         t0 = time.perf_counter()
-        df = run_encoder(name, zoo, args.out / name, epochs, args.seeds)
+        df = run_encoder(name, zoo, args.out / name, epochs, args.seeds, split_seed)
         per = df[~df["seed"].astype(str).isin(["mean", "std"])]
         rows.append({"encoder": name, "acc": per["test/acc"].mean(), "acc_std": per["test/acc"].std(ddof=1),
                      "mae": per["test/mae"].mean(), "mae_std": per["test/mae"].std(ddof=1),
@@ -112,7 +129,7 @@ def main(argv=None) -> None:
               f"samples  ({r['wall_s']:.0f}s)", flush=True)
     chance = 1 / len(sizes)
     print(f"\nDSiRe table: zoo {zoo.name} ({len(t)} nets, {len(sizes)} sizes, chance acc {chance:.3f}) | task train_size "
-          f"| split {SPLIT} by (size, subset) cell, seed 0 | {epochs} encoder epochs | seeds {args.seeds} | 1 thread")
+          f"| split {SPLIT} by (size, subset) cell, seed {split_seed} | {epochs} encoder epochs | seeds {args.seeds} | 1 thread")
     print(f"| {'encoder':<14} | {'test acc':>15} | {'test MAE (samples)':>18} | {'val acc':>7} | {'params':>8} | "
           f"{'wall s':>6} |")
     print("|" + "---|" * 6)

@@ -247,11 +247,11 @@ def test_lora_spectrum_features_and_vote(lora_ft):
         spectrum_features(zbase, [base])
     # brute force on hand-made features: 3 layers, classes at 0 / 10; layer 2 is misleading
     train = np.array([[[0.0], [0.0], [10.0]], [[10.0], [10.0], [0.0]]])
-    knn = LoRASpectrum(k=1).fit(train, np.array([0, 1]))
+    knn = LoRASpectrum(k=1, log=False).fit(train, np.array([0, 1]))
     assert knn.predict(np.array([[[1.0], [2.0], [9.0]], [[9.0], [8.0], [1.0]]])).tolist() == [0, 1]  # 2 layers of 3
-    two = LoRASpectrum(k=1).fit(train[:, :2], np.array([0, 1]))  # a 1-1 tie: the nearer neighbour's label wins
+    two = LoRASpectrum(k=1, log=False).fit(train[:, :2], np.array([0, 1]))  # a 1-1 tie: the nearer neighbour's label wins
     assert two.predict(np.array([[[1.0], [9.5]]])).tolist() == [1]
-    reg = LoRASpectrum(k=1, classification=False).fit(train, np.array([5.0, 50.0]))
+    reg = LoRASpectrum(k=1, classification=False, log=False).fit(train, np.array([5.0, 50.0]))
     assert reg.predict(np.array([[[1.0], [2.0], [9.0]]])).tolist() == [5.0]  # median of 5, 5, 5
 
 
@@ -276,3 +276,23 @@ def test_lora_zoo_without_its_base_says_so(lora_ft, tmp_path):
         with pytest.raises(ZooFormatError, match=what) as e:
             z.load_model(z.ids[0])
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_dsire_console_run(tiny_zoo, tmp_path):
+    """A small DSiRe zoo (2 sizes x 3 subsets x 2 seeds) from experiment=dsire_digits, then wsl-train-encoder
+    encoder=lora_spectrum task=train_size as a user runs it: accuracy and MAE in samples in the table."""
+    import pandas as pd
+
+    from tests.conftest import run_cli
+
+    base = _run(tmp_path / "base", ["population.size=1", "net.width=32"])
+    for f in (0.01, 0.1):
+        for s in range(3):
+            _run(tmp_path / "dsire", ["experiment=dsire_digits", f"init.from={base}", "net.width=32", "population.size=2",
+                                      f"dataset.train_fraction={f}", f"dataset.subset_seed={s}"])
+    p = run_cli("train_encoder", f"zoo.path={tmp_path / 'dsire'}", "encoder=lora_spectrum", "task=train_size",
+                "split.fractions=[0.34,0.33,0.33]", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", check=True)
+    assert "test mae" in p.stdout
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert {"test/acc", "test/mae"} <= set(df.columns) and df["test/mae"].iloc[0] >= 0

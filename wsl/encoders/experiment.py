@@ -222,7 +222,8 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None) -> pd
     if name == "lora_spectrum":  # DSiRe: LoRA spectra (Zoo.adapters) and nearest neighbours, no gradient training
         from wsl.encoders.lora_spectrum import run_spectrum
 
-        rows = run_spectrum(zoo, split, task, targets, ids, options["k"], list(job.seeds), job.zoo.epoch)
+        rows = run_spectrum(zoo, split, task, targets, ids, options["k"], options["log"], list(job.seeds),
+                            job.zoo.epoch)
         df = summarize([{"encoder": name, "task": task.name, **r} for r in rows])
         write_results(df, task, out_dir)
         return df
