@@ -296,3 +296,28 @@ def test_dsire_console_run(tiny_zoo, tmp_path):
     assert "test mae" in p.stdout
     df = pd.read_csv(tmp_path / "run" / "results.csv")
     assert {"test/acc", "test/mae"} <= set(df.columns) and df["test/mae"].iloc[0] >= 0
+
+
+@pytest.mark.slow
+def test_lora_on_a_batchnorm_resnet(tmp_path):
+    """Conv adapters inside the population, BatchNorm statistics stored with the adapters and merged back."""
+    from wsl.nets.lora import AdaptedForward
+    from wsl.zoo.verify import verify_zoo
+
+    net = ["net=resnet", "net.width=4", "net.depth=1", "net.norm=batch", "train.epochs=1", "zoo.checkpoint_epochs=[0,1]"]
+    base = Zoo(_run(tmp_path / "base", [*net, "population.size=1"]))
+    ft = Zoo(_run(tmp_path / "lora", [*net, f"init.from={base.path}", "finetune=lora", "finetune.rank=2",
+                                      "population.size=2", "train.lr=0.01"]))
+    mid = ft.ids[0]
+    spec, ad, sd = ft.lora_spec(mid), ft.adapters(mid), ft.state_dict(mid)
+    assert any(sd_k.endswith("running_mean") for sd_k in sd) and any(len(s) == 4 for s in spec.shapes.values())
+    stored = ft._stored_state(mid)
+    for k, v in sd.items():
+        if "running" in k or "num_batches" in k:
+            assert torch.equal(v, stored[k])  # the fine-tune's own statistics, not the base's
+    x = base.training_data().x_test[:8]
+    adapted_net = base.load_model(base.ids[0])
+    adapted_net.load_state_dict({**adapted_net.state_dict(), **{k: v for k, v in stored.items() if k in sd}})
+    with torch.no_grad(), AdaptedForward(adapted_net, spec, ad) as adapted:
+        torch.testing.assert_close(ft.load_model(mid)(x), adapted(x), atol=1e-5, rtol=1e-4)
+    assert verify_zoo(ft.path) == []
