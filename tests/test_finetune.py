@@ -247,11 +247,11 @@ def test_lora_spectrum_features_and_vote(lora_ft):
         spectrum_features(zbase, [base])
     # brute force on hand-made features: 3 layers, classes at 0 / 10; layer 2 is misleading
     train = np.array([[[0.0], [0.0], [10.0]], [[10.0], [10.0], [0.0]]])
-    knn = LoRASpectrum(k=1).fit(train, np.array([0, 1]))
+    knn = LoRASpectrum(k=1, log=False).fit(train, np.array([0, 1]))
     assert knn.predict(np.array([[[1.0], [2.0], [9.0]], [[9.0], [8.0], [1.0]]])).tolist() == [0, 1]  # 2 layers of 3
-    two = LoRASpectrum(k=1).fit(train[:, :2], np.array([0, 1]))  # a 1-1 tie: the nearer neighbour's label wins
+    two = LoRASpectrum(k=1, log=False).fit(train[:, :2], np.array([0, 1]))  # a 1-1 tie: the nearer neighbour's label wins
     assert two.predict(np.array([[[1.0], [9.5]]])).tolist() == [1]
-    reg = LoRASpectrum(k=1, classification=False).fit(train, np.array([5.0, 50.0]))
+    reg = LoRASpectrum(k=1, classification=False, log=False).fit(train, np.array([5.0, 50.0]))
     assert reg.predict(np.array([[[1.0], [2.0], [9.0]]])).tolist() == [5.0]  # median of 5, 5, 5
 
 
@@ -276,3 +276,48 @@ def test_lora_zoo_without_its_base_says_so(lora_ft, tmp_path):
         with pytest.raises(ZooFormatError, match=what) as e:
             z.load_model(z.ids[0])
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_dsire_console_run(tiny_zoo, tmp_path):
+    """A small DSiRe zoo (2 sizes x 3 subsets x 2 seeds) from experiment=dsire_digits, then wsl-train-encoder
+    encoder=lora_spectrum task=train_size as a user runs it: accuracy and MAE in samples in the table."""
+    import pandas as pd
+
+    from tests.conftest import run_cli
+
+    base = _run(tmp_path / "base", ["population.size=1", "net.width=32"])
+    for f in (0.01, 0.1):
+        for s in range(3):
+            _run(tmp_path / "dsire", ["experiment=dsire_digits", f"init.from={base}", "net.width=32", "population.size=2",
+                                      f"dataset.train_fraction={f}", f"dataset.subset_seed={s}"])
+    p = run_cli("train_encoder", f"zoo.path={tmp_path / 'dsire'}", "encoder=lora_spectrum", "task=train_size",
+                "split.fractions=[0.34,0.33,0.33]", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", check=True)
+    assert "test mae" in p.stdout
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert {"test/acc", "test/mae"} <= set(df.columns) and df["test/mae"].iloc[0] >= 0
+
+
+@pytest.mark.slow
+def test_lora_on_a_batchnorm_resnet(tmp_path):
+    """Conv adapters inside the population, BatchNorm statistics stored with the adapters and merged back."""
+    from wsl.nets.lora import AdaptedForward
+    from wsl.zoo.verify import verify_zoo
+
+    net = ["net=resnet", "net.width=4", "net.depth=1", "net.norm=batch", "train.epochs=1", "zoo.checkpoint_epochs=[0,1]"]
+    base = Zoo(_run(tmp_path / "base", [*net, "population.size=1"]))
+    ft = Zoo(_run(tmp_path / "lora", [*net, f"init.from={base.path}", "finetune=lora", "finetune.rank=2",
+                                      "population.size=2", "train.lr=0.01"]))
+    mid = ft.ids[0]
+    spec, ad, sd = ft.lora_spec(mid), ft.adapters(mid), ft.state_dict(mid)
+    assert any(sd_k.endswith("running_mean") for sd_k in sd) and any(len(s) == 4 for s in spec.shapes.values())
+    stored = ft._stored_state(mid)
+    for k, v in sd.items():
+        if "running" in k or "num_batches" in k:
+            assert torch.equal(v, stored[k])  # the fine-tune's own statistics, not the base's
+    x = base.training_data().x_test[:8]
+    adapted_net = base.load_model(base.ids[0])
+    adapted_net.load_state_dict({**adapted_net.state_dict(), **{k: v for k, v in stored.items() if k in sd}})
+    with torch.no_grad(), AdaptedForward(adapted_net, spec, ad) as adapted:
+        torch.testing.assert_close(ft.load_model(mid)(x), adapted(x), atol=1e-5, rtol=1e-4)
+    assert verify_zoo(ft.path) == []

@@ -186,7 +186,7 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
 
     if base is None:
         params = stack_state_dicts([init_member(job, data, f.seed_init).state_dict() for f in todo])
-    else:  # every member starts from the base net (seed_init then seeds nothing but LoRA's A)
+    elif lora is None:  # every member starts from the base net (seed_init seeds nothing in a full fine-tune)
         params = stack_state_dicts([base.state] * len(todo))
     recipe = {k: getattr(t, k) for k in ("optimizer", "momentum", "nesterov", "betas", "eps", "schedule",
                                          "warmup_epochs", "step_epochs", "gamma", "epochs", "eval_batch_size")}

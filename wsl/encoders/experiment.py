@@ -41,6 +41,7 @@ from wsl.zoo.epochs import check_epoch
 from wsl.zoo.finite import some_ids
 
 log = logging.getLogger("wsl.encoders")
+LORA_SPECTRUM = "wsl.encoders.lora_spectrum.LoRASpectrum"  # encoder=lora_spectrum: run_spectrum, not train_one
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -289,10 +290,11 @@ def run_experiment(job: TrainEncoderConfig, out_dir, encoder_factory=None, modul
     encoder_factory = encoder_factory or instantiate(options, _partial_=True, _convert_="all")
     split = split_models(zoo, job.split, ids)
     targets = task.targets(table, ids)
-    if name == "lora_spectrum":  # DSiRe: LoRA spectra (Zoo.adapters) and nearest neighbours, no gradient training
+    if options.get("_target_") == LORA_SPECTRUM:  # DSiRe: LoRA spectra (Zoo.adapters), nearest neighbours, no training
         from wsl.encoders.lora_spectrum import run_spectrum
 
-        rows = run_spectrum(zoo, split, task, targets, ids, options["k"], list(job.seeds), job.zoo.epoch)
+        rows = run_spectrum(zoo, split, task, targets, ids, options["k"], options["log"], list(job.seeds),
+                            job.zoo.epoch)
         df = summarize([{"encoder": name, "task": task.name, **r} for r in rows])
         write_results(df, task, out_dir)
         return df

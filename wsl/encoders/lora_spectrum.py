@@ -2,9 +2,9 @@
 samples a LoRA fine-tune saw, from the spectrum of its LoRA updates.
 
 For every adapted layer, the update dW = (alpha / rank) B A (wsl.nets.lora) gives a feature vector:
-its `rank` largest singular values and its Frobenius norm (DSiRe finds both fall as the train set grows).
-Each layer gets its own k-nearest-neighbour predictor on its standardized features (statistics of the
-training nets); the layers vote: classification takes the majority label (a tie goes to the tied label
+its `rank` largest singular values and its Frobenius norm (DSiRe finds both fall as the train set grows),
+in log (log=true: ratios, not differences, separate the sizes). Each layer gets its own k-nearest-neighbour
+predictor on its standardized features (statistics of the training nets); the layers vote: classification takes the majority label (a tie goes to the tied label
 whose votes came from the nearest neighbours), regression the median of the layers' predictions. No
 gradient training: fitting stores the training nets' features, so seeds give the same predictions.
 
@@ -51,11 +51,15 @@ def spectrum_features(zoo, ids: list, epoch: int = -1) -> tuple[np.ndarray, list
 class LoRASpectrum:
     """Per-layer k-nearest-neighbour predictors on LoRA spectra, combined by a vote (see the module)."""
 
-    def __init__(self, k: int = 1, classification: bool = True):
-        self.k, self.classification = int(k), bool(classification)
+    def __init__(self, k: int = 5, classification: bool = True, log: bool = True):
+        self.k, self.classification, self.log = int(k), bool(classification), bool(log)
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(x, 1e-30)) if self.log else x
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "LoRASpectrum":
         """x [M, L, F] training features, y [M] labels (class indices) or values."""
+        x = self._features(x)
         self.mean = x.mean(0, keepdims=True)
         self.std = np.where(x.std(0, keepdims=True) > 0, x.std(0, keepdims=True), 1.0)
         self.x, self.y = (x - self.mean) / self.std, np.asarray(y)
@@ -63,7 +67,7 @@ class LoRASpectrum:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """[N] predicted labels (classification) or values."""
-        z = (x - self.mean) / self.std  # [N, L, F]
+        z = (self._features(x) - self.mean) / self.std  # [N, L, F]
         d = np.sqrt(((z[:, None] - self.x[None]) ** 2).sum(-1))  # [N, M, L]
         k = min(self.k, self.x.shape[0])
         near = np.argsort(d, axis=1, kind="stable")[:, :k]  # [N, k, L]
@@ -88,7 +92,8 @@ class LoRASpectrum:
         return torch.nn.functional.one_hot(torch.as_tensor(self.predict(x), dtype=torch.long), num_classes).float()
 
 
-def run_spectrum(zoo, split: dict, task, targets, ids: list, k: int, seeds: list, epoch: int = -1) -> list[dict]:
+def run_spectrum(zoo, split: dict, task, targets, ids: list, k: int, log: bool, seeds: list,
+                 epoch: int = -1) -> list[dict]:
     """One results row per seed (identical: the predictor is deterministic), with the same columns as a
     trained encoder's (wsl.encoders.experiment.train_one)."""
     from wsl.encoders.tasks import score
@@ -101,7 +106,7 @@ def run_spectrum(zoo, split: dict, task, targets, ids: list, k: int, seeds: list
     if not classification and len(targets.names) != 1:
         raise ConfigError(f"encoder=lora_spectrum predicts one column; task={task.name} has {targets.names}")
     y = targets.y.numpy() if classification else targets.y.numpy()[:, 0]
-    model = LoRASpectrum(k, classification).fit(x[part["train"]], y[part["train"]])
+    model = LoRASpectrum(k, classification, log).fit(x[part["train"]], y[part["train"]])
     fit_s = time.perf_counter() - t0
     scores = {}
     for s in ("val", "test"):

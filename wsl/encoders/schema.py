@@ -106,7 +106,8 @@ class LoRASpectrumConfig:
 
     name: str = "lora_spectrum"
     _target_: str = "wsl.encoders.lora_spectrum.LoRASpectrum"
-    k: int = 1  # neighbours per layer
+    k: int = 5  # neighbours per layer
+    log: bool = True  # features in log
 
     def __post_init__(self):
         schema.integer(self, "k", 1)
