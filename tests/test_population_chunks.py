@@ -48,3 +48,32 @@ def test_auto_chunk_fits_the_cache_in_equal_groups():
     assert auto_chunk(10, 300_000, 0, cache=32 * mb) == 5  # 8 fit: two groups of 5, not 8 + 2
     assert auto_chunk(4, 10**9, 0, cache=32 * mb) == 1
     assert [len(g) for g in groups(list(range(10)), 4)] == [4, 4, 2]
+
+
+def test_member_state_dicts_are_member_state_dict_of_every_member():
+    from wsl.data import load_dataset
+    from wsl.nets import CNN
+    from wsl.population import PopulationModule, stack_state_dicts
+
+    nets = [CNN((1, 8, 8), 10, width=4, depth=1, norm="batch") for _ in range(3)]
+    mod = PopulationModule(nets[0], stack_state_dicts([n.state_dict() for n in nets]), load_dataset("digits"),
+                           0.1, 0.0)
+    every = mod.member_state_dicts()
+    assert len(every) == 3
+    for k in range(3):
+        one = mod.member_state_dict(k)
+        assert list(every[k]) == list(one)
+        for name in one:
+            assert torch.equal(every[k][name], one[name]) and every[k][name].dtype == one[name].dtype
+
+
+def test_gpu_options_without_a_gpu_are_one_line_naming_the_key(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for override, key in (("trainer.accelerator=gpu", "trainer.accelerator=gpu"),
+                          ("landscape.device=cuda", "landscape.device=cuda")):
+        extra = ["landscape=basic"] if override.startswith("landscape") else []
+        with pytest.raises(ConfigError, match=f"^{key} but this machine has no CUDA GPU") as e:
+            typed_zoo([f"zoo.path={tmp_path / 'z'}", *TINY_ZOO, *extra, override])
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "z").exists()

@@ -180,10 +180,10 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
         def sink(epoch, metrics, mod, group=group):
             if epoch not in save_at:
                 return
-            alive = mod.alive.cpu()
+            alive, states = mod.alive.cpu(), mod.member_state_dicts()
             for k, f in enumerate(group):
                 if alive[k]:
-                    writer.write_checkpoint(f.model_id, epoch, mod.member_state_dict(k), arch)
+                    writer.write_checkpoint(f.model_id, epoch, states[k], arch)
 
         recorder = EpochRecorder(sink)
         loader = DataLoader(IndexDataset(), batch_size=None,

@@ -118,6 +118,14 @@ class PopulationModule(L.LightningModule):
         state = {**self.params(), **self.stacked_state()}
         return {n: state[n][k].detach().cpu().clone() for n in self.state_names}
 
+    @torch.no_grad()
+    def member_state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """Every member's state dict (as member_state_dict(k)), the stacked tensors copied to the CPU once
+        (one device-to-host copy per tensor, not one per member and tensor)."""
+        state = {**self.params(), **self.stacked_state()}
+        rows = {n: state[n].detach().cpu().unbind(0) for n in self.state_names}
+        return [{n: rows[n][k].clone() for n in self.state_names} for k in range(self.population_size)]
+
     # ---- training ---------------------------------------------------------------------------
     @property
     def metric_names(self) -> tuple[str, ...]:
