@@ -44,9 +44,10 @@ def test_auto_chunk_fits_the_cache_in_equal_groups():
     assert auto_chunk(64, 1_000, 0, cache=32 * mb) == 64  # small nets: one program
     assert auto_chunk(64, 300_000, 0, gpu=True, cache=32 * mb) == 64  # a GPU: one program
     c = auto_chunk(64, 300_000, 0, "sgd", cache=32 * mb)  # 3.6 MB per net: 8 fit
-    assert c == 8 and auto_chunk(64, 300_000, 0, "adam", cache=32 * mb) < c
+    assert c == 8 and auto_chunk(64, 150_000, 0, "sgd", cache=32 * mb) == 16
+    assert auto_chunk(64, 150_000, 0, "adam", cache=32 * mb) < 16
     assert auto_chunk(10, 300_000, 0, cache=32 * mb) == 5  # 8 fit: two groups of 5, not 8 + 2
-    assert auto_chunk(4, 10**9, 0, cache=32 * mb) == 1
+    assert auto_chunk(64, 10**9, 0, cache=32 * mb) == 8  # never below MIN_GROUP (8) per program
     assert [len(g) for g in groups(list(range(10)), 4)] == [4, 4, 2]
 
 

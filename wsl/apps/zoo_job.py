@@ -43,6 +43,10 @@ def stored_config(job: ZooJobConfig) -> dict:
     config = stored(job)
     if not job.landscape.metrics:
         config["landscape"] = {"metrics": []}
+    # how the work is scheduled, not what it computes (the same nets, the same values up to float
+    # tolerance): not stored, so that the stored config of a job does not depend on the machine
+    config["population"].pop("chunk", None)
+    config["landscape"].pop("device", None)
     return config
 
 
