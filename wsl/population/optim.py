@@ -52,7 +52,9 @@ class PopulationOptimizer(torch.optim.Optimizer):
         place (torch._foreach_* across tensors where the factor is one number)."""
         kind, grads = group["kind"], [p.grad for p in params]
         lrs = [self._bcast(self.member_lr, p) * group["lr"] for p in params]
-        decay = bool((self.member_wd != 0).any())
+        if not hasattr(self, "_decay"):  # member_wd is fixed: read once (on a GPU every read is a sync)
+            self._decay = bool((self.member_wd != 0).any())
+        decay = self._decay
         if decay and kind != "adamw":  # coupled weight decay (L2): the gradient is the step's to change
             for g, p in zip(grads, params):
                 g.addcmul_(self._bcast(self.member_wd, p), p)
