@@ -48,6 +48,10 @@ def stored_config(job: ZooJobConfig) -> dict:
     if job.init_from is None:  # training from scratch: stored as before init.from/finetune existed
         config.pop("init", None)
         config.pop("finetune", None)
+    # how the work is scheduled, not what it computes (the same nets, the same values up to float
+    # tolerance): not stored, so that the stored config of a job does not depend on the machine
+    config["population"].pop("chunk", None)
+    config["landscape"].pop("device", None)
     return config
 
 
@@ -179,49 +183,19 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     from torch.utils.data import DataLoader
 
     from wsl.population import PopulationBatchSampler, PopulationModule
+    from wsl.population.chunks import groups
     from wsl.population.recording import EpochRecorder
     from wsl.population.sampler import IndexDataset
     from wsl.tracking import make_logger
     from wsl.trainer import make_trainer
 
-    if base is None:
-        params = stack_state_dicts([init_member(job, data, f.seed_init).state_dict() for f in todo])
-    elif lora is None:  # every member starts from the base net (seed_init seeds nothing in a full fine-tune)
-        params = stack_state_dicts([base.state] * len(todo))
     recipe = {k: getattr(t, k) for k in ("optimizer", "momentum", "nesterov", "betas", "eps", "schedule",
                                          "warmup_epochs", "step_epochs", "gamma", "epochs", "eval_batch_size")}
-    lrs, wds = [f.member.lr for f in todo], [f.member.weight_decay for f in todo]
-    rows = [f.row for f in todo] if inr else None
+    save_at = checkpoint_schedule(job)
     meta = None
-    if lora is None:
-        module = PopulationModule(probe, params, data, lrs, wds, steps_per_epoch=steps, target_rows=rows, **recipe)
-    else:  # adapters on the frozen base: A from each member's seed_init, B = 0
-        from wsl.nets.lora import init_adapters
-        from wsl.population.lora import LoRAPopulationModule
-
-        adapters = stack_state_dicts([init_adapters(lora, f.seed_init) for f in todo])
-        module = LoRAPopulationModule(probe, base.state, adapters, lora, data, lrs, wds, steps_per_epoch=steps,
-                                      target_rows=rows, **recipe)
+    if lora is not None:
         meta = {"lora": {"base": base.text, "base_checkpoint": base.path, "base_sha256": base.sha256,
                          "rank": lora.rank, "alpha": lora.alpha, "layers": lora.layers}}
-    save_at = checkpoint_schedule(job)
-
-    def sink(epoch, metrics, mod):
-        if epoch not in save_at:
-            return
-        alive = mod.alive.cpu()
-        for k, f in enumerate(todo):
-            if alive[k]:
-                writer.write_checkpoint(f.model_id, epoch, mod.member_state_dict(k), arch, extra_meta=meta)
-
-    recorder = EpochRecorder(sink)
-    loader = DataLoader(IndexDataset(), batch_size=None,
-                        sampler=PopulationBatchSampler(n_train, t.batch_size, [f.member.seed_data for f in todo]))
-    trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir or Path.cwd()),
-                           callbacks=[recorder], progress_refresh_rate=job.progress_refresh_rate,
-                           max_epochs=t.epochs, use_distributed_sampler=False, log_every_n_steps=max(1, steps))
-    trainer.fit(module, loader)
-
     d = job.dataset
     if inr:
         data_hp = {"dataset": data.name, "subset_seed": d.subset_seed, "shared_init": bool(data.shared_init),
@@ -236,21 +210,62 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     if base is not None:
         shared.update(init_from=base.text, init_sha256=base.sha256, finetune=job.finetune.mode,
                       train_samples=int(n_train), **(lora.hparams() if lora is not None else {}))
-    div = module.diverged_epoch.cpu()
-    for k, f in enumerate(todo):
-        m = f.member
-        hp = dict(shared, lr=m.lr, weight_decay=m.weight_decay, seed_init=f.seed_init, seed_data=m.seed_data,
-                  replica=m.replica, **(dict(label=f.label, image_index=f.image_index) if inr else {}))
-        writer.add_model(f.model_id, arch, hp, "diverged" if div[k] >= 0 else "trained", recorder.member_history(k),
-                         diverged_epoch=int(div[k]))
-    writer.commit()
-    n_div = int((div >= 0).sum())
+    chunk = chunk_size(job, probe, data, len(todo))
+    logger = make_logger(job.logger, run_dir or Path.cwd())
+    history: dict[str, list] = {}
+    n_div, trainer = 0, None
+    for group in groups(todo, chunk):  # one program per group, committed as it ends (same nets as one program)
+        if chunk < len(todo):
+            log.info("job %s: training models %d-%d of %d together", job_id, todo.index(group[0]) + 1,
+                     todo.index(group[-1]) + 1, len(todo))
+        lrs, wds = [f.member.lr for f in group], [f.member.weight_decay for f in group]
+        rows = [f.row for f in group] if inr else None
+        if lora is not None:  # adapters on the frozen base: A from each member's seed_init, B = 0
+            from wsl.nets.lora import init_adapters
+            from wsl.population.lora import LoRAPopulationModule
+
+            adapters = stack_state_dicts([init_adapters(lora, f.seed_init) for f in group])
+            module = LoRAPopulationModule(probe, base.state, adapters, lora, data, lrs, wds, steps_per_epoch=steps,
+                                          target_rows=rows, **recipe)
+        else:  # a full fine-tune starts every member from the base net (seed_init seeds nothing then)
+            params = stack_state_dicts([base.state] * len(group) if base is not None else
+                                       [init_member(job, data, f.seed_init).state_dict() for f in group])
+            module = PopulationModule(probe, params, data, lrs, wds, steps_per_epoch=steps, target_rows=rows,
+                                      **recipe)
+
+        def sink(epoch, metrics, mod, group=group):
+            if epoch not in save_at:
+                return
+            alive = mod.alive.cpu()  # a LoRA member's checkpoint holds its adapters (member_state_dict)
+            states = mod.member_state_dicts() if lora is None else [mod.member_state_dict(k) for k in range(len(group))]
+            for k, f in enumerate(group):
+                if alive[k]:
+                    writer.write_checkpoint(f.model_id, epoch, states[k], arch, extra_meta=meta)
+
+        recorder = EpochRecorder(sink)
+        loader = DataLoader(IndexDataset(), batch_size=None,
+                            sampler=PopulationBatchSampler(n_train, t.batch_size, [f.member.seed_data for f in group]))
+        trainer = make_trainer(job.trainer, logger=logger, callbacks=[recorder],
+                               progress_refresh_rate=job.progress_refresh_rate, max_epochs=t.epochs,
+                               use_distributed_sampler=False, log_every_n_steps=max(1, steps))
+        trainer.fit(module, loader)
+        div = module.diverged_epoch.cpu()
+        for k, f in enumerate(group):
+            m = f.member
+            hp = dict(shared, lr=m.lr, weight_decay=m.weight_decay, seed_init=f.seed_init, seed_data=m.seed_data,
+                      replica=m.replica, **(dict(label=f.label, image_index=f.image_index) if inr else {}))
+            writer.add_model(f.model_id, arch, hp, "diverged" if div[k] >= 0 else "trained",
+                             recorder.member_history(k), diverged_epoch=int(div[k]))
+        writer.commit()
+        n_div += int((div >= 0).sum())
+        for k, v in recorder.history.items():
+            history[k] = [np.concatenate([a, b]) for a, b in zip(history[k], v)] if k in history else list(v)
     log.info("job %s: %d trained, %d diverged -> %s", job_id, len(todo) - n_div, n_div, root)
-    if trainer.logger is not None:
+    if trainer is not None and trainer.logger is not None:
         from wsl.tracking import log_run
 
         final = {k: float(np.nanmean(v[-1])) if np.isfinite(v[-1]).any() else float("nan")
-                 for k, v in recorder.history.items()}
+                 for k, v in history.items()}
         log_run(trainer.logger, config, {"trained": len(todo) - n_div, "diverged": n_div, "mean": final})
     _annotate(job, root, [f.model_id for f in fits])
     return root
@@ -280,6 +295,22 @@ def load_base(job: ZooJobConfig, arch: dict) -> Base:
         raise ConfigError(f"init.from={ref.text}: model {ref.model_id} has another architecture than the configured "
                           f"net={arch.get('name')}: {what}; set net=/net.* to the base net's")
     return Base(state, ref.text, sha, str(Zoo(ref.zoo).checkpoint_path(ref.model_id, ref.epoch)))
+
+
+def chunk_size(job: ZooJobConfig, probe, data, nets: int) -> int:
+    """population.chunk, or for auto the nets per group that fit this machine's cache (all of them on a
+    GPU): wsl.population.chunks."""
+    if job.population.chunk != "auto":
+        return min(int(job.population.chunk), nets)
+    from wsl.population.chunks import auto_chunk
+    from wsl.population.schema import net_footprint
+
+    acc = str(job.trainer.get("accelerator", "auto")).lower()
+    gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    shape = getattr(probe, "in_shape", None)
+    acts = 0 if shape is None else net_footprint(probe, shape).train_activations
+    per_sample = data.coords.shape[0] if data.kind == "inr" else job.train.batch_size
+    return auto_chunk(nets, sum(p.numel() for p in probe.parameters()), per_sample * acts, job.train.optimizer, gpu)
 
 
 def index_is_current(root: Path, model_ids: list[str]) -> bool:

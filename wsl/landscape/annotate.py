@@ -41,11 +41,15 @@ log = logging.getLogger("wsl.landscape")
 STATE_CACHE_BYTES = 512 * 2**20  # checkpoints kept in memory between the metrics of one epoch
 
 
+def _on(t, device):
+    return t.to(device) if isinstance(t, torch.Tensor) else t
+
+
 class _Context:
     """Per-run caches: task data per dataset config, sample sets, nets per architecture, checkpoints."""
 
-    def __init__(self, zoo, epoch: int):
-        self.zoo, self.epoch = zoo, epoch
+    def __init__(self, zoo, epoch: int, device: str = "cpu"):
+        self.zoo, self.epoch, self.device = zoo, epoch, torch.device(device)  # where the metrics compute
         self._data, self._fp, self._samples, self._nets = {}, {}, {}, {}
         self._states, self._state_bytes = {}, 0  # checkpoints read once for every metric, up to STATE_CACHE_BYTES
 
@@ -76,7 +80,11 @@ class _Context:
         loss on the split (wsl.landscape.losses.task_loss: cross-entropy, or a PINN's residual + initial +
         boundary terms on the split's initial and boundary points)."""
         data = self.data(mid)
-        return {sp: (*ss.tensors(data), task_loss(data, sp)) for sp, ss in samples.items()}
+        return {sp: (*(_on(t, self.device) for t in ss.tensors(data)), task_loss(data, sp)) for sp, ss in samples.items()}
+
+    def stacked(self, states: list[dict]) -> dict:
+        """The members' state dicts stacked [P, ...], on the metrics' device."""
+        return {k: v.to(self.device) for k, v in stack_state_dicts(states).items()}
 
     def loss_name(self, mid: str, metric) -> str:
         """The training loss a metric that reads one evaluates on `mid`'s data, when not the cross-entropy
@@ -175,7 +183,7 @@ def _annotate_models(ctx: _Context, chunk_size: int, group: str, metric, s: dict
                     rows[m] = {"epoch": ctx.epoch_of(m), "settings": want[m][0], "note": f"not computed: {why}"}
                 continue
             data = ctx.metric_data(members[0], samples)
-            params, buffers = split_state(net, stack_state_dicts([states[m] for m in members]))
+            params, buffers = split_state(net, ctx.stacked([states[m] for m in members]))
             try:
                 cols, notes = metric.compute(net, params, buffers, data, s)
             except (RuntimeError, ValueError) as e:  # recorded and retried next run, never fatal
@@ -254,8 +262,8 @@ def _compute_cells(ctx: _Context, metric, s: dict, group: list, rows: dict, used
     data = {} if refused else ctx.metric_data(first, samples)
     if not bad and not refused:
         try:
-            a = stack_state_dicts([states[m] for m in a_ids])
-            b = stack_state_dicts([states[m] for m in b_ids])
+            a = ctx.stacked([states[m] for m in a_ids])
+            b = ctx.stacked([states[m] for m in b_ids])
             result = metric.compute_pairs(net, a, b, data, s)
         except (RuntimeError, ValueError) as e:  # recorded and retried next run, never fatal
             log.warning("%s failed on %d pairs: %s", metric.name, len(a_ids), e, exc_info=True)
@@ -305,7 +313,7 @@ def annotate_zoo(zoo_path, landscape: LandscapeConfig | None, model_ids=None) ->
     out = {}
     try:
         for epoch in landscape.epochs:
-            ctx = _Context(zoo, epoch)
+            ctx = _Context(zoo, epoch, landscape.device)
             for name in landscape.metrics:
                 metric = METRICS[name]
                 annotate = _annotate_models if metric.scope == "model" else _annotate_cells

@@ -32,6 +32,6 @@ def replica_pairs(n: int, max_pairs: int | None = None) -> list[tuple[int, int]]
 
 def pairwise_cka(outputs: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
     """outputs [M, N, d] of M replicas on shared inputs -> CKA of each pair [len(pairs)]."""
-    i = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-    j = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    i = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=outputs.device)
+    j = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=outputs.device)
     return linear_cka(outputs[i], outputs[j])

@@ -124,7 +124,7 @@ def linear_barrier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.T
     """Loss (and accuracy) barrier on the straight line between A and B for every stacked pair; with
     BatchNorm, statistics reset on bn_x at every point unless bn_reset=False (see path_points). `loss`: a
     wsl.landscape.losses loss (None: the mean cross-entropy)."""
-    alphas = torch.linspace(0, 1, int(points), dtype=torch.float64)
+    alphas = torch.linspace(0, 1, int(points), dtype=torch.float64, device=x.device)
     evals = [path_points(net, lerp(a, b, al), x, y, bn_x, batch_size, bn_reset=bn_reset, bn_batch_size=bn_batch_size,
                          loss=loss) for al in alphas.tolist()]
     losses = torch.stack([e.loss for e in evals])
@@ -155,10 +155,10 @@ def fit_bezier(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torch.Tenso
     scratch = fresh_buffers({k: torch.empty((members, *v.shape), dtype=v.dtype, device=x.device)
                              for k, v in model.named_buffers()})
     for _ in range(int(steps)):
-        idx = torch.randint(0, n, (min(int(batch_size), n),), generator=g)
+        idx = torch.randint(0, n, (min(int(batch_size), n),), generator=g).to(x.device)  # drawn on the CPU: any device, same draws
         # one point of the curve per step, shared by all pairs: a pair's trajectory is then the
         # same whether it is trained alone or stacked with others
-        t = torch.rand(1, generator=g)
+        t = torch.rand(1, generator=g).to(x.device)
         theta = bezier(a, c, b, t)
         state = {**{k: theta[k] for k in param_names}, **scratch}
         xb, yb = x[idx], y[idx]
@@ -188,8 +188,8 @@ def mode_connectivity(net: nn.Module, a: dict, b: dict, x: torch.Tensor, y: torc
     reset on bn_x unless bn_reset=False (see path_points). `loss`: a wsl.landscape.losses loss (None: the mean
     cross-entropy), trained on and evaluated along the curve."""
     c = fit_bezier(net, a, b, x, y, steps, lr, batch_size, seed, loss)
-    ts = torch.linspace(0, 1, int(points), dtype=torch.float64)
-    evals = [path_points(net, bezier(a, c, b, torch.tensor([t])), x, y, bn_x, eval_batch_size, bn_reset=bn_reset,
+    ts = torch.linspace(0, 1, int(points), dtype=torch.float64, device=x.device)
+    evals = [path_points(net, bezier(a, c, b, torch.tensor([t], device=x.device)), x, y, bn_x, eval_batch_size, bn_reset=bn_reset,
                          bn_batch_size=bn_batch_size, loss=loss) for t in ts.tolist()]
     losses = torch.stack([e.loss for e in evals])  # [T, P]
     mid = (losses[0] + losses[-1]) / 2

@@ -158,7 +158,8 @@ class _Lanczos:
         self.basis: list[dict] = []  # q_0, q_1, ... each {name: [P, ...]}
         self.alpha: list[torch.Tensor] = []  # [P] float64 each
         self.beta: list[torch.Tensor] = []
-        self.exhausted = torch.zeros(self.p, dtype=torch.bool)
+        self.device = next(iter(start.values())).device  # every number stays on the members' device
+        self.exhausted = torch.zeros(self.p, dtype=torch.bool, device=self.device)
 
     def step(self, members: torch.Tensor) -> None:
         """One step for the rows `members` (those in op's graph); other rows get zeros."""
@@ -175,7 +176,7 @@ class _Lanczos:
         b = _dot(w, w).sqrt()
         ex = self.exhausted[members] | (b <= 1e-6 * hn) | (len(self.basis) >= self.n)
         for out, val, zero in ((self.alpha, a, self.exhausted[members]), (self.beta, b, ex)):
-            full = torch.zeros(self.p, dtype=torch.float64)
+            full = torch.zeros(self.p, dtype=torch.float64, device=self.device)
             full[members] = val.masked_fill(zero, 0).double()
             out.append(full)
         self.exhausted[members] = ex
@@ -200,8 +201,9 @@ def _bcast(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _start_vector(params: dict, g: torch.Generator) -> dict:
     # drawn in sorted-name order: state dicts from files come in no fixed order (safetensors)
     p = num_members(params)
+    # drawn on the CPU (g is a CPU generator): the same start vector on every device
     start = {k: torch.randn(params[k].shape[1:], generator=g, dtype=params[k].dtype) for k in sorted(params)}
-    return {k: start[k].expand(p, *start[k].shape).clone() for k in params}
+    return {k: start[k].to(params[k].device).expand(p, *start[k].shape).clone() for k in params}
 
 
 def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, max_iters: int = 100,
@@ -222,10 +224,11 @@ def top_eigenvalue(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Tenso
         raise ValueError(f"method must be one of {EIG_METHODS}, got {method!r}")
     p = num_members(params)
     v = _normalize(_start_vector(params, torch.Generator().manual_seed(int(seed))))
-    eig = torch.full((p,), float("nan"), dtype=torch.float64)
-    iters = torch.zeros(p, dtype=torch.int64)
-    done = torch.zeros(p, dtype=torch.bool)
-    members = torch.arange(p)  # those in the current graph
+    dev = next(iter(params.values())).device  # the bookkeeping stays on the members' device
+    eig = torch.full((p,), float("nan"), dtype=torch.float64, device=dev)
+    iters = torch.zeros(p, dtype=torch.int64, device=dev)
+    done = torch.zeros(p, dtype=torch.bool, device=dev)
+    members = torch.arange(p, device=dev)  # those in the current graph
     op = PopulationHVP(net, params, x, y, batch_size, buffers, retain, loss)
     lz = _Lanczos(op, v) if method == "lanczos" else None
     for i in range(int(max_iters)):
@@ -287,12 +290,13 @@ def hutchinson_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Ten
     """
     p, k_max = num_members(params), int(samples)
     g = torch.Generator().manual_seed(int(seed))
-    vhv = torch.full((p, k_max), float("nan"), dtype=torch.float64)
-    used = torch.zeros(p, dtype=torch.int64)
-    done = torch.zeros(p, dtype=torch.bool)
-    members = torch.arange(p)
+    dev = next(iter(params.values())).device  # the bookkeeping stays on the members' device
+    vhv = torch.full((p, k_max), float("nan"), dtype=torch.float64, device=dev)
+    used = torch.zeros(p, dtype=torch.int64, device=dev)
+    done = torch.zeros(p, dtype=torch.bool, device=dev)
+    members = torch.arange(p, device=dev)
     op = PopulationHVP(net, params, x, y, batch_size, buffers, retain, loss)
-    basis, base = [], torch.zeros(p, dtype=torch.float64)
+    basis, base = [], torch.zeros(p, dtype=torch.float64, device=dev)
     if deflation > 0:
         # its own stream, so that the probes do not depend on the deflation's start vector
         lz = _Lanczos(op, _start_vector(params, torch.Generator().manual_seed(int(seed) + 7919)))
@@ -303,7 +307,7 @@ def hutchinson_trace(net: nn.Module, params: dict, x: torch.Tensor, y: torch.Ten
         basis, base = lz.basis, torch.stack(lz.alpha, 1).sum(1)
     for j in range(k_max):
         # probe j in {-1, +1}, drawn in sorted-name order: the same whatever K, P or the dict order
-        probe = {k: torch.randint(0, 2, params[k].shape[1:], generator=g).to(params[k].dtype) * 2 - 1
+        probe = {k: torch.randint(0, 2, params[k].shape[1:], generator=g).to(params[k].device, params[k].dtype) * 2 - 1
                  for k in sorted(params)}
         v = {k: probe[k].expand(len(members), *probe[k].shape) for k in params}  # [m, ...]
         for q in basis:  # P v: the probe without its part in the deflated subspace

@@ -179,6 +179,7 @@ class LandscapeConfig:
     metrics: list[str] = field(default_factory=list)
     epoch: Any = -1  # -1 (each model's final checkpoint), an epoch >= 0, or a list of such
     chunk_size: int = 64
+    device: str = "cpu"  # where the metrics compute; the values stored do not depend on it (float tolerance)
     num_samples: Optional[int] = 2048
     sample_seed: int = 0
     phase: Optional[PhaseThresholds] = field(default_factory=PhaseThresholds)  # None: no phase labels
@@ -203,6 +204,9 @@ class LandscapeConfig:
                  f"values, got {self.epoch!r}")
         schema.integer(self, "chunk_size", 1)
         _sampling(self)
+        from wsl.trainer import check_device
+
+        check_device(self, "device")
 
     @property
     def epochs(self) -> list:

@@ -111,7 +111,7 @@ def population_loss(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
                     batch_size: int | None = None, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean cross-entropy of every member over shared (x [N, ...], y [N] or [N, T]: the mean over every
     position) -> [P] (float64 accumulation). `buffers`: stacked BatchNorm statistics, as for population_forward."""
-    total = torch.zeros(num_members(params), dtype=torch.float64)
+    total = torch.zeros(num_members(params), dtype=torch.float64, device=x.device)
     for sl in batches(x.shape[0], batch_size):
         logits = population_forward(net, params, x[sl], shared_input=True, buffers=buffers)  # [P, n, (T,) C]
         total += stacked_nll(logits, y[sl]).double().sum(1)

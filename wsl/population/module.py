@@ -6,7 +6,6 @@ import math
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from wsl.population.functional import population_forward, psnr, skeleton, split_state
@@ -118,6 +117,14 @@ class PopulationModule(L.LightningModule):
         state = {**self.params(), **self.stacked_state()}
         return {n: state[n][k].detach().cpu().clone() for n in self.state_names}
 
+    @torch.no_grad()
+    def member_state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """Every member's state dict (as member_state_dict(k)), the stacked tensors copied to the CPU once
+        (one device-to-host copy per tensor, not one per member and tensor)."""
+        state = {**self.params(), **self.stacked_state()}
+        rows = {n: state[n].detach().cpu().unbind(0) for n in self.state_names}
+        return [{n: rows[n][k].clone() for n in self.state_names} for k in range(self.population_size)]
+
     # ---- training ---------------------------------------------------------------------------
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -135,7 +142,7 @@ class PopulationModule(L.LightningModule):
         out = population_forward(self.net, self.params(), x, shared_input=False, buffers=self.stacked_state())
         if self.kind == "inr":
             return (out - y).pow(2).mean(dim=(1, 2))
-        return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction="none").view(y.shape[0], -1).mean(1)
+        return member_cross_entropy(out, y).flatten(1).mean(1)
 
     def pinn_terms(self, x: torch.Tensor, split: str, shared_input: bool):
         """(mean squared residual [P], initial MSE [P], boundary MSE [P], u at x [P, N]) of every member:
@@ -211,9 +218,8 @@ class PopulationModule(L.LightningModule):
                 loss_sum += (out - y[:, s : s + chunk]).pow(2).mean(-1).sum(1).double()
                 continue
             yb = y[s : s + chunk]  # [n] labels or [n, T] next tokens
-            ce = F.cross_entropy(out.flatten(0, -2), yb.expand(self.population_size, *yb.shape).flatten(),
-                                 reduction="none")
-            loss_sum += ce.view(self.population_size, -1).sum(1).double()
+            ce = member_cross_entropy(out, yb.expand(self.population_size, *yb.shape))
+            loss_sum += ce.flatten(1).sum(1).double()
             correct += (out.argmax(-1) == yb).flatten(1).sum(1).double()
         n = max(1, x.shape[0] if self.kind == "inr" else y.numel())  # pixels; predictions (samples x positions)
         loss = loss_sum / n
@@ -241,6 +247,13 @@ class PopulationModule(L.LightningModule):
     def evaluate_all(self) -> dict[str, torch.Tensor]:
         return {f"{split}_{name}": v for split in ("train", "val", "test") if getattr(self, f"x_{split}").shape[0]
                 for name, v in zip(self.metric_names, self.evaluate(split))}
+
+
+def member_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every prediction, unreduced: logits [..., C], labels y [...] -> [...].
+    logsumexp minus the label's logit: F.cross_entropy(reduction="none") up to float rounding, several
+    times faster on CPU for the [P * n, C] shapes of a population (measured 4x at 64 x 819 x 10)."""
+    return logits.logsumexp(-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
 
 METRIC_NAMES = {"classification": ("loss", "acc"), "inr": ("loss", "psnr"), "lm": ("loss", "bpc", "acc"),

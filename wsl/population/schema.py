@@ -37,10 +37,14 @@ class PopulationConfig:
 
     size: int = 8
     seed: int = 0  # base of every member's init and data-order seeds
+    # nets trained together, one group after another (the same nets): auto sizes groups to the CPU cache
+    chunk: Any = "auto"
 
     def __post_init__(self):
         schema.integer(self, "size", 1)
         schema.integer(self, "seed", 0, MAX_SEED)
+        if self.chunk != "auto" and not (schema.is_int(self.chunk) and self.chunk >= 1):
+            fail(f"@chunk must be auto or an integer >= 1 (nets trained together), got {self.chunk!r}")
 
 
 @dataclass
@@ -146,6 +150,12 @@ class ZooJobConfig:
         if self.dataset.kind == "inr" and self.landscape.metrics:
             fail(f"@landscape.metrics with dataset={self.dataset.name}: landscape metrics need a classification "
                  "dataset (cross-entropy, accuracy, held-out splits); use landscape=none for an INR zoo")
+        chunk, nets = self.population.chunk, self.population.size * self.dataset.max_targets()
+        if chunk != "auto" and chunk > nets:
+            raise ConfigError(f"population.chunk={chunk} is more than the {nets} nets of the population "
+                              f"(population.size={self.population.size}"
+                              + (f" x {nets // self.population.size} images" if nets != self.population.size else "")
+                              + "); use auto or a number in [1, " + f"{nets}]")
         self._check_population_fits()
         cells = len(grid(self.train.lr, self.train.weight_decay))
         if self.population.size % cells:

@@ -76,7 +76,11 @@ def _prepare(path: Path, root) -> Path:
     return path
 
 
-def write_bytes_atomic(path: Path, data: bytes, what: str = "file", root=None) -> None:
+def write_bytes_atomic(path: Path, data: bytes, what: str = "file", root=None, durable: bool = True) -> Path:
+    """`data` to `path` by a temp file and a rename: a kill (SIGKILL included) leaves the old file or the
+    new one, never a torn one. `durable`: the file and its directory are fsynced before this returns;
+    without it they reach the disk when the kernel writes them back or when the caller syncs them
+    (sync_paths), which the zoo writer does for one commit's checkpoints together. Returns the path."""
     path = _prepare(path, root)
     tmp = tmp_name(path)
     fd = open_new(tmp)
@@ -84,13 +88,50 @@ def write_bytes_atomic(path: Path, data: bytes, what: str = "file", root=None) -
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         fault_point(what)
         os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
+    return path
+
+
+def _syncfs(path: Path) -> bool:
+    """One syncfs(2) of the file system holding `path` (Linux): every dirty page and inode there reaches
+    the disk. False where the call is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            return libc.syncfs(fd) == 0
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return False
+
+
+def sync_paths(root: Path, files) -> None:
+    """Make files written with durable=False durable, with their directories: one syncfs of `root`'s
+    file system on Linux, else an fsync of every file and of every directory holding one."""
+    files = [Path(f) for f in files]
+    if not files or _syncfs(Path(root)):
+        return
+    for f in files:
+        fd = os.open(f, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for d in sorted({f.parent for f in files}):
+        fsync_dir(d)
 
 
 @contextlib.contextmanager
