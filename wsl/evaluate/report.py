@@ -316,8 +316,8 @@ def _jsonable(o):
 
 
 APP = "wsl-evaluate"
-REPORT_FILES = (REPORT_FILE, "sets.csv", "nets.csv", "summary.json", "accuracy_novelty.png", "nn_distances.png",
-                "screening.png")
+ALWAYS_WRITTEN = (REPORT_FILE, "sets.csv", "nets.csv", "summary.json", "accuracy_novelty.png", "nn_distances.png")
+REPORT_FILES = ALWAYS_WRITTEN + ("screening.png",)  # screening.png: only with encoder_run
 
 
 def report_dir(out, zoo_path) -> Path:
@@ -329,7 +329,7 @@ def report_dir(out, zoo_path) -> Path:
         d = inside(zoo, zoo / "report", "write the report")  # a `report` link planted in the zoo: refused
     else:
         d = Path(out)
-    return claim_output_dir(d, APP, "out", REPORT_FILES, legacy=REPORT_FILES)
+    return claim_output_dir(d, APP, "out", REPORT_FILES, legacy=ALWAYS_WRITTEN)
 
 
 def _temp_dirs(out_dir: Path) -> list[Path]:
@@ -368,7 +368,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
     atomic step (renameat2 RENAME_EXCHANGE where the file system has it), so `out_dir` is at every moment
     the old complete report or the new complete one. A directory that is not this app's own earlier
     report is refused (ConfigError) and left untouched."""
-    out_dir = claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=REPORT_FILES)
+    out_dir = claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=ALWAYS_WRITTEN)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in _temp_dirs(out_dir):
         shutil.rmtree(stale, ignore_errors=True)
@@ -395,7 +395,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
                 os.fsync(f.fileno())
         fsync_dir(tmp)
         fault_point("report")
-        claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=REPORT_FILES)  # again: the work took a while
+        claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=ALWAYS_WRITTEN)  # again: the work took a while
         if not os.path.lexists(out_dir):
             os.rename(tmp, out_dir)  # fails on a directory that appeared meanwhile with files in it
         elif not exchange(tmp, out_dir):  # (exchanged: tmp now holds the old report, removed below)
