@@ -271,16 +271,17 @@ class VAEConfig(_Alignment):
     _target_: str = "wsl.generators.representations.vae.ChunkVAE"
     chunk: int = 256  # coordinates per chunk (the vector is zero-padded to a multiple of it)
     latent_dim: int = 4  # latent coordinates per chunk (< chunk)
-    hidden: int = 256
+    hidden: int = 128
     beta: float = 0.01  # weight of the KL term (per latent coordinate, against the mean squared error per weight)
     steps: int = 2000
+    batch: int = 512  # (net, chunk) pairs per step
     lr: float = 1e-3
     weight_decay: float = 0.0
     posterior: bool = True  # the generator trains on posterior samples (false: on the means; memorizes sooner)
 
     def __post_init__(self):
         super().__post_init__()
-        _sizes(self, chunk=MAX_WIDTH, latent_dim=MAX_WIDTH, hidden=MAX_WIDTH, steps=None)
+        _sizes(self, chunk=MAX_WIDTH, latent_dim=MAX_WIDTH, hidden=MAX_WIDTH, steps=None, batch=None)
         if self.latent_dim >= self.chunk:
             fail(f"@latent_dim={self.latent_dim} must be less than @chunk={self.chunk} (a latent that does not compress)")
         schema.number(self, "beta", 0.0)

@@ -147,22 +147,25 @@ def fit_autoencoder(job: TrainGeneratorConfig, x: torch.Tensor, run_dir: Path | 
 
 
 def fit_chunk_vae(job: TrainGeneratorConfig, x: torch.Tensor, run_dir: Path | None):
-    """representation=latent: the chunk VAE of the normalized weight vectors x [M, N], trained and standardized."""
-    from wsl.generators.representations.vae import ChunkVAE, lightning_module
+    """representation=latent: the chunk VAE of the normalized weight vectors x [M, N], trained on random minibatches
+    of (net, chunk) pairs (representation.batch per step) and standardized."""
+    from wsl.generators.representations.vae import ChunkVAE
 
     r = job.representation
+    torch.manual_seed(job.seed)
     vae = ChunkVAE(x.shape[1], chunk=r.chunk, latent_dim=r.latent_dim, hidden=r.hidden)
-    module = lightning_module(vae, beta=r.beta, lr=r.lr, weight_decay=r.weight_decay)
-    trainer = make_trainer(job.trainer, progress_refresh_rate=job.progress_refresh_rate, run_dir=run_dir,
-                           max_steps=r.steps, max_epochs=-1)
-    trainer.fit(module, _loader(x, torch.zeros(len(x), 0), job.batch_size, True, job.seed, trainer.world_size))
-    _check_trained(trainer, "representation=latent VAE")
-    vae.eval()
+    t = time.perf_counter()
+    history = vae.fit(x, beta=r.beta, steps=r.steps, batch=r.batch, lr=r.lr, weight_decay=r.weight_decay,
+                      seed=job.seed, progress=job.progress_refresh_rate > 0)
+    if not all(math.isfinite(v) for v in history):
+        raise ConfigError(f"representation=latent: the VAE diverged (loss {history[-1]}); lower representation.lr")
     with torch.no_grad():
         mu, logvar = vae.posterior(x)
-        recon = vae.reconstruct(mu)
-        vae.info = {"recon_mse": float(nn_mse(recon, x)), "posterior_std": float((0.5 * logvar).exp().mean()),
-                    "steps": int(trainer.global_step)}
+        vae.info = {"recon_mse": float(nn_mse(vae.reconstruct(mu), x)), "steps": int(r.steps),
+                    "posterior_std": float((0.5 * logvar).exp().mean()), "seconds": round(time.perf_counter() - t, 3),
+                    "loss_history": [round(v, 5) for v in history[-5:]]}
+    log.info("chunk VAE: %d steps in %.1f s, reconstruction MSE %.4f (normalized weights), mean posterior std %.3f",
+             r.steps, vae.info["seconds"], vae.info["recon_mse"], vae.info["posterior_std"])
     vae.fit_standardization(x)
     return vae
 

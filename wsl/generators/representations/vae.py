@@ -44,24 +44,83 @@ class ChunkVAE(nn.Module):
         return self.n * self.l
 
     # ---- the autoencoder -------------------------------------------------------------------------------
+    def chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, D] -> zero-padded chunks [B, n, chunk]."""
+        return nn.functional.pad(x.float(), (0, self.n * self.c - self.d)).view(x.shape[0], self.n, self.c)
+
+    def mask(self) -> torch.Tensor:
+        """[n, chunk]: 1 on real coordinates, 0 on the padding of the last chunk."""
+        return (torch.arange(self.n * self.c) < self.d).float().view(self.n, self.c)
+
+    def posterior_chunks(self, chunks: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """chunks [..., chunk] at positions pos [...] -> (mu, logvar) [..., latent_dim]."""
+        mu, logvar = self.enc(self.enc_in(chunks) + self.pos(pos)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 6.0)
+
+    def reconstruct_chunks(self, z: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.dec(self.dec_in(z) + self.pos(pos))
+
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, D] -> (mu, logvar) [B, n, latent_dim]."""
-        b = x.shape[0]
-        pad = nn.functional.pad(x.float(), (0, self.n * self.c - self.d)).view(b, self.n, self.c)
-        mu, logvar = self.enc(self.enc_in(pad) + self.pos.weight).chunk(2, dim=-1)
-        return mu, logvar.clamp(-12.0, 6.0)
+        return self.posterior_chunks(self.chunks(x), torch.arange(self.n, device=x.device))
 
     def reconstruct(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, n, latent_dim] -> x [B, D]."""
-        return self.dec(self.dec_in(z) + self.pos.weight).reshape(z.shape[0], -1)[:, : self.d]
+        out = self.reconstruct_chunks(z, torch.arange(self.n, device=z.device))
+        return out.reshape(z.shape[0], -1)[:, : self.d]
 
-    def loss(self, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, reconstruction MSE per weight, KL per latent coordinate)."""
-        mu, logvar = self.posterior(x)
+    def chunk_loss(self, chunks: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, beta: float):
+        """(total, reconstruction MSE per real weight, KL per latent coordinate) of chunks [K, chunk] at pos [K]
+        (mask [K, chunk]: real coordinates). Chunks are independent given their position, so a step may take any
+        subset of (net, chunk) pairs."""
+        mu, logvar = self.posterior_chunks(chunks, pos)
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
-        mse = nn.functional.mse_loss(self.reconstruct(z), x.float())
+        mse = ((self.reconstruct_chunks(z, pos) - chunks).pow(2) * mask).sum() / mask.sum().clamp_min(1)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         return mse + beta * kl, mse, kl
+
+    def loss(self, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss over every chunk of the nets x [B, D]."""
+        b = x.shape[0]
+        pos = torch.arange(self.n, device=x.device).repeat(b)
+        return self.chunk_loss(self.chunks(x).reshape(-1, self.c), pos, self.mask().to(x.device).repeat(b, 1), beta)
+
+    def fit(self, x: torch.Tensor, beta: float, steps: int, batch: int, lr: float, weight_decay: float = 0.0,
+            seed: int = 0, progress: bool = False) -> list[float]:
+        """Train on random minibatches of `batch` (net, chunk) pairs of x [M, D] (AdamW, cosine learning rate with a
+        short warm-up). Returns the loss every 100 steps."""
+        import math
+
+        g = torch.Generator().manual_seed(seed)
+        chunks = self.chunks(x).reshape(-1, self.c)  # [M * n, chunk]
+        pos = torch.arange(self.n).repeat(len(x))
+        mask = self.mask().repeat(len(x), 1)
+        opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        warm = min(100, steps // 10)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
+                                                  0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+        self.train()
+        history = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc="chunk VAE", leave=False)
+        for step in range(steps):
+            idx = torch.randint(0, len(chunks), (min(batch, len(chunks)),), generator=g)
+            loss, mse, kl = self.chunk_loss(chunks[idx], pos[idx], mask[idx], beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 100 == 0 or step == steps - 1:
+                history.append(loss.item())
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.eval()
+        return history
 
     # ---- the stage -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -125,27 +184,3 @@ class ChunkVAE(nn.Module):
         vae.load_state_dict(tensors)
         vae.info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
         return vae
-
-
-def lightning_module(vae: ChunkVAE, beta: float, lr: float, weight_decay: float):
-    """A LightningModule training `vae` on batches (x [B, D], _) with the loss above (cosine learning rate)."""
-    import lightning as L
-
-    from wsl.generators.module import _optimizers
-
-    class VAEModule(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.vae = vae
-
-        def training_step(self, batch, batch_idx):
-            loss, mse, kl = self.vae.loss(batch[0], beta)
-            self.log("vae_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0]))
-            self.log("vae_mse", mse, on_step=False, on_epoch=True, batch_size=len(batch[0]))
-            self.log("vae_kl", kl, on_step=False, on_epoch=True, batch_size=len(batch[0]))
-            return loss
-
-        def configure_optimizers(self):
-            return _optimizers(self, self.vae.parameters(), lr, weight_decay, "cosine")
-
-    return VAEModule()
