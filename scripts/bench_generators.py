@@ -31,6 +31,18 @@ re-estimation (statistics 0 / 1) to show what the re-estimation does.
     python scripts/bench_generators.py --net resnet          # builds zoos/bench_generators_resnet8_digits
     python scripts/bench_generators.py --net resnet --members 64 --epochs 6 --generators flow,diffusion
 
+--net resnet20 (issue 16): the same on a zoo of 64 digits ResNet-20s (net.width=16 net.depth=3: 272,186
+parameters), built once and cached (default $WSL_CACHE/zoos/bench_generators_resnet20_digits, else
+zoos/...; or --zoo). Each representation of --representations (default pca,tokens,latent) is trained with
+generator=flow and judged as above, with the issue's targets: training (alignment + fit) <= 10 minutes on 2 CPU
+cores, peak memory <= 4 GB (resident set size sampled every 50 ms during training, and the process's maxrss),
+sampled accuracy >= 0.95 x the zoo's mean (train-split BatchNorm statistics for both), memorized <= 5%,
+>= 1,000 sampled nets per minute (sampler + decoding to weights; wsl-sample's rate with BatchNorm
+re-estimation and writing is printed too). Each target line says MET or NOT MET.
+
+    python scripts/bench_generators.py --net resnet20 --representations pca --steps 2000
+    python scripts/bench_generators.py --net resnet20 --quick    # 32 samples, 8 per baseline, fewer steps
+
 --net pinn (issue 15): a generator on a zoo of physics-informed MLPs (tanh) for the convection equation at
 one beta (--beta, default 1): experiment=phase_pinn_convection's recipe (width 32, depth 3, Adam, cosine,
 50 epochs, learning rates 0.03/0.01/0.003/0.001 inside the population) with 64 members, or any zoo given by
@@ -103,7 +115,7 @@ def rate(n: int, seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--net", choices=("mlp", "resnet", "pinn"), default="mlp",
+    ap.add_argument("--net", choices=("mlp", "resnet", "resnet20", "pinn"), default="mlp",
                     help="mlp: the digits MLP zoo; resnet: a digits ResNet-8 zoo with BatchNorm (issue 14); "
                          "pinn: PINNs of the convection equation (issue 15)")
     ap.add_argument("--beta", type=float, default=1.0, help="--net pinn: the convection coefficient of the nets")
@@ -113,6 +125,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None,
                     help="zoo training epochs when the zoo must be built (15 | 6 | 50)")
     ap.add_argument("--width", type=int, default=8, help="--net resnet: net.width (8: 19,810 parameters)")
+    ap.add_argument("--representations", default="pca,tokens,latent",
+                    help="--net resnet20: representation= options to benchmark (flat | tokens | pca | latent)")
+    ap.add_argument("--rep-override", action="append", default=[],
+                    help="--net resnet20: NAME:OVERRIDE, an override for one representation only "
+                         "(e.g. tokens:representation.chunk=4096)")
+    ap.add_argument("--quick", action="store_true", help="fewer samples and baseline nets (a smoke run)")
     ap.add_argument("--zoo-override", action="append", default=[], help="extra wsl-zoo override when building")
     ap.add_argument("--generators", default="flow,diffusion")
     ap.add_argument("--steps", type=int, default=None, help="generator training steps (default: the config's)")
@@ -125,8 +143,11 @@ def main() -> None:
                     help="nets per baseline setting in the audit (64 | 16 | 32)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_generators"))
     args = ap.parse_args()
-    args.n_eval = args.n_eval or {"mlp": 256, "resnet": 64, "pinn": 128}[args.net]
-    args.baseline_n = args.baseline_n or {"mlp": 64, "resnet": 16, "pinn": 32}[args.net]
+    args.n_eval = args.n_eval or (32 if args.quick else {"mlp": 256, "resnet": 64, "resnet20": 64, "pinn": 128}[args.net])
+    args.baseline_n = args.baseline_n or (8 if args.quick else {"mlp": 64, "resnet": 16, "resnet20": 16,
+                                                                 "pinn": 32}[args.net])
+    if args.net == "resnet20":
+        return bench_resnet20(args)
     if args.net == "resnet":
         return bench_resnet(args)
     if args.net == "pinn":
@@ -390,6 +411,156 @@ def bench_resnet(args) -> None:
                      "failure_rate": round(g_sum["failure_rate"], 4), "memorized_rate": round(g_sum["memorized_rate"], 4),
                      "weight_novelty": round(nanmean(gs.weight_novelty), 4), "behaviour_novelty": round(beh, 4),
                      "overrides": args.override, "batchnorm": ev.info["batchnorm_reestimation"]})
+    print(f"\nsummary (whole benchmark {time.perf_counter() - t_all:.0f} s):")
+    print(json.dumps(rows, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+
+
+class PeakRSS:
+    """Peak resident set size (bytes) of this process while the block runs, sampled every 50 ms."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = rss(), threading.Event()
+
+        def watch():
+            while not self._stop.wait(0.05):
+                self.peak = max(self.peak, rss())
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss())
+
+
+def rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def maxrss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def bench_resnet20(args) -> None:
+    """Issue 16's benchmark: representations of a ResNet-20 zoo (see the module docstring)."""
+    from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
+    from wsl.evaluate.pipeline import evaluate_zoo
+    from wsl.evaluate.report import compare_with_noise
+    from wsl.evaluate.schema import EvaluateConfig
+    from wsl.generators.sample import sample_weights
+    from wsl.zoo.schema import ZooPath
+
+    t_all = time.perf_counter()
+    cache = Path(os.environ["WSL_CACHE"]) / "zoos" if os.environ.get("WSL_CACHE") else ROOT / "zoos"
+    zoo_path = Path(args.zoo or cache / "bench_generators_resnet20_digits")
+    out = Path(args.out).resolve() / "resnet20"
+    if not (zoo_path / "index.h5").exists():
+        t = time.perf_counter()
+        build_zoo(zoo_path, args.members or 64, args.epochs or 6,
+                  ["net=resnet", "net.width=16", "net.depth=3", "net.norm=batch", "dataset=digits",
+                   "train.batch_size=64", *args.zoo_override])
+        print(f"zoo built in {time.perf_counter() - t:.0f} s", flush=True)
+    ref = Zoo(zoo_path)
+    ids = ref.filter(status="trained")
+    arch, layout = ref.arch(ids[0]), ref.layout(ids[0])
+    task = ref.training_data(ids[0])
+    table = ref.table().loc[ids]
+    print(f"\nzoo {zoo_path}: {len(ids)} trained nets of {json.dumps(arch, sort_keys=True)} ({layout.numel:,} "
+          f"parameters; BatchNorm statistics are not generated), dataset {task.name}; stored test accuracy "
+          f"{table['test_acc'].mean():.4f} ± {table['test_acc'].std():.4f}")
+    print(f"torch threads: {torch.get_num_threads()}, CPU cores visible: {os.cpu_count()}, "
+          f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
+    per_rep: dict = {}
+    for item in args.rep_override:
+        name, _, ov = item.partition(":")
+        per_rep.setdefault(name, []).append(ov)
+
+    rows = []
+    for rep in [r.strip() for r in args.representations.split(",") if r.strip()]:
+        name = f"resnet20-{rep}"
+        print(f"\n=== representation={rep} (generator=flow) ===", flush=True)
+        load0 = os.getloadavg()[0]
+        with PeakRSS() as peak:
+            run, tr, t_train, gen_zoo, t_sample = train_and_sample(
+                args, zoo_path, "flow", out / name, [f"representation={rep}", *per_rep.get(rep, [])])
+        load_train = max(load0, os.getloadavg()[0])
+        n_tp = 1000 if not args.quick else 200
+        sample_weights(run, 16, seed=99)  # warm-up
+        t = time.perf_counter()
+        flat = sample_weights(run, n_tp, seed=1, batch_size=250)
+        t_tp = time.perf_counter() - t
+        per_min = rate(n_tp, t_tp)
+        extra = ""
+        if rep == "pca":
+            st = run.representation.stage
+            dist = st.span_distance(run.representation.normalize(flat[:64]))
+            extra = (f"; PCA k={st.dim}: explains {st.info['explained_variance']:.4f} of the aligned zoo's variance; samples "
+                     f"sit {float(dist.max()):.2e} from the training span (normalized units; 0 by construction) while a "
+                     f"zoo net sits {st.info['loo_span_distance']:.3f} of its distance from the others' mean outside "
+                     f"their span (leave-one-out)")
+        print(f"sampling: {n_tp} nets (sampler + decoding) in {t_tp:.1f} s = {per_min:,.0f} nets/minute; wsl-sample "
+              f"(+ BatchNorm re-estimation on train, writing) {args.n_eval} nets in {t_sample:.1f} s = "
+              f"{rate(args.n_eval, t_sample):,.0f} nets/minute{extra}", flush=True)
+
+        baselines = {"noise": NoiseBaseline(sigmas=[0.01, 0.03, 0.1, 0.2, 0.3, 0.5], n=args.baseline_n),
+                     "average": AverageBaseline(ks=[2, 3], n=args.baseline_n),
+                     "gaussian": GaussianFitBaseline(n=args.baseline_n)}
+        t = time.perf_counter()
+        ev, report = evaluate_zoo(EvaluateConfig(zoo=ZooPath(str(gen_zoo)), reference=str(zoo_path),
+                                                 out=str(out / f"{name}-report")), baselines)
+        t_eval = time.perf_counter() - t
+        print(f"wsl.evaluate: {t_eval:.1f} s (BatchNorm: every set re-estimated on {ev.info['batchnorm_text']}); "
+              f"report {report}")
+        print(f"{'set':28s} {'accuracy':>17s} {'failed':>7s} {'weight nov.':>11s} {'behav. nov.':>11s} {'memorized':>9s}")
+        for st_ in ev.sets:
+            sm = st_.summary()
+            print(f"{st_.label:28s} {sm['acc_mean']:.4f} ± {sm['acc_std']:.4f} {sm['failure_rate']:7.2f} "
+                  f"{nanmean(st_.weight_novelty):11.3f} {nanmean(st_.behaviour_novelty):11.3f} {sm['memorized_rate']:9.2f}")
+        gs, zs = ev.by_method("generated")[0], ev.by_method("training")[0]
+        g_sum, z_sum = gs.summary(), zs.summary()
+        ratio = g_sum["acc_mean"] / z_sum["acc_mean"]
+        targets = [("training <= 600 s", t_train <= 600, f"{t_train:.0f} s"),
+                   ("peak memory <= 4 GB", max(peak.peak, 0) <= 4e9, f"{peak.peak / 1e9:.2f} GB during training "
+                    f"(process maxrss {maxrss() / 1e9:.2f} GB)"),
+                   ("accuracy >= 0.95 x zoo", ratio >= 0.95, f"{ratio:.3f} x ({g_sum['acc_mean']:.4f} vs "
+                    f"{z_sum['acc_mean']:.4f})"),
+                   ("memorized <= 5%", g_sum["memorized_rate"] <= 0.05, f"{g_sum['memorized_rate']:.3f}"),
+                   (">= 1000 nets/minute", per_min >= 1000, f"{per_min:,.0f}/minute")]
+        print(f"\nRESULT representation={rep} (load average {load_train:.1f} while training, {os.getloadavg()[0]:.1f} now):")
+        for what, ok, val in targets:
+            print(f"  {what:26s} {'MET' if ok else 'NOT MET':8s} {val}")
+        cmp = compare_with_noise(ev)
+        for c in cmp:
+            verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
+                       f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator {c['verdict']} "
+                       f"({c['difference']:+.4f} ± {c['stderr']:.4f})")
+            print(f"  {c['axis']} novelty {c['novelty']:.3f}: {verdict}")
+        rows.append({"representation": rep, "zoo": str(zoo_path), "zoo_nets": len(ids), "parameters": layout.numel,
+                     "train_s": round(t_train, 1), "steps": tr["steps"], "peak_rss_gb": round(peak.peak / 1e9, 3),
+                     "maxrss_gb": round(maxrss() / 1e9, 3), "load_average_train": round(load_train, 1),
+                     "denoiser_params": sum(p.numel() for p in run.denoiser.parameters()),
+                     "sampled_per_min": round(per_min), "wsl_sample_per_min": round(rate(args.n_eval, t_sample)),
+                     "zoo_acc": round(z_sum["acc_mean"], 4), "sampled_acc": round(g_sum["acc_mean"], 4),
+                     "ratio": round(ratio, 4), "failure_rate": round(g_sum["failure_rate"], 4),
+                     "memorized_rate": round(g_sum["memorized_rate"], 4),
+                     "weight_novelty": round(nanmean(gs.weight_novelty), 4),
+                     "behaviour_novelty": round(nanmean(gs.behaviour_novelty), 4),
+                     "targets": {w: bool(ok) for w, ok, _ in targets},
+                     "stage": tr.get(rep), "overrides": args.override + per_rep.get(rep, []),
+                     "noise_comparison": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items()}
+                                          for c in cmp]})
     print(f"\nsummary (whole benchmark {time.perf_counter() - t_all:.0f} s):")
     print(json.dumps(rows, indent=1))
     out.mkdir(parents=True, exist_ok=True)

@@ -222,6 +222,15 @@ def markdown(ev: Evaluation, plots: dict) -> str:
                      _f(e.get("wrong_iou"), 3), "–"])
     lines += [_table(["set", "nets audited", "NN L2", "L2 novelty", "NN cosine dist.", "cosine novelty", agree_col,
                       iou_col, "memorized"], rows), ""]
+    prov = info.get("provenance") or {}
+    if prov.get("pca_k"):  # representation=pca (wsl.generators.representations.pca): samples cannot leave the span
+        k, ev_, loo = (prov.get(c, [None])[0] for c in ("pca_k", "pca_explained_variance", "pca_zoo_loo_span_distance"))
+        lines += [f"**PCA samples.** The generator ran on {k} principal-component codes of the aligned training nets "
+                  f"(explaining {_f(ev_, 3)} of their variance): every sample lies in the training nets' affine span "
+                  f"(distance 0, by construction). An independently trained net does not: each training net sits "
+                  f"{_f(loo, 3)} of its distance from the others' mean outside the span of the others (leave-one-out). "
+                  "The novelty above is therefore all *within* the span (new combinations of the zoo's directions); "
+                  "novelty along directions no training net has is out of reach of this representation.", ""]
 
     if ev.by_method("generated") and ev.by_method("noise"):
         lines += ["**Against the noise baseline at equal novelty** (its σ sweep interpolated; a comparison of "

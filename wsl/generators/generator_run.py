@@ -1,7 +1,9 @@
 """A generator run directory on disk: everything `wsl-sample` needs, readable without pickle.
 
     <run>/generator.safetensors   tensors: denoiser.*, representation.* (per-tensor statistics,
-                                  reference weights), autoencoder.* (latent runs), condition.*;
+                                  reference weights), autoencoder.* (flat runs with p-diff's latent),
+                                  stage.* (representation=pca: mean, components, scale; representation=latent:
+                                  the chunk VAE's state dict), condition.*;
                                   header metadata "wsl_generator": the JSON description below
     <run>/generator.json          the same description, indented, for people
     <run>/config.json             the resolved training config (Hydra also keeps .hydra/)
@@ -12,6 +14,10 @@ file cannot make the reader import anything), with their constructor arguments (
 classes' schemas in wsl.generators.schema when a run is loaded, as a config is); the zoo's net
 architecture; the zoo path, its dataset config and fingerprint, the training model ids and
 checkpoint epoch; the condition keys with their normalization.
+
+Versions: 1 (flat runs, with or without p-diff's autoencoder; still written for them, so older readers read
+them) and 2 (representation.kind = tokens | pca | latent, representation.stage for pca | latent, the "tokens"
+denoiser). This wsl reads both.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from wsl.generators.diffusion import Diffusion
 from wsl.generators.flow import FlowMatching
 from wsl.generators.limits import MAX_PARAMS
 from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
+from wsl.generators.representations import stage_class
+from wsl.generators.representations.tokens import TokenDenoiser
 from wsl.generators.schema import LatentConfig
 from wsl.nets import build_net
 from wsl.schema import TARGETS, FieldError
@@ -41,9 +49,12 @@ from wsl.zoo.format import check_arch_limits
 from wsl.zoo.layout import Layout
 
 RUN_FORMAT = "wsl-generator"
-RUN_VERSION = 1
+RUN_VERSION = 2  # the newest written (flat runs are still written as version 1)
+READ_VERSIONS = ("1", "2")
+KINDS = ("flat", "tokens", "pca", "latent")  # representation.kind
 CHECKPOINT = "generator.safetensors"
-DENOISERS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiser, "transformer": TransformerDenoiser}
+DENOISERS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiser, "transformer": TransformerDenoiser,
+                                         "tokens": TokenDenoiser}
 METHODS: dict[str, type] = {"flow": FlowMatching, "diffusion": Diffusion}
 
 
@@ -93,13 +104,17 @@ class GeneratorRun:
             if registry.get(getattr(obj, "name", None)) is not type(obj):
                 raise ConfigError(f"{kind} {type(obj).__name__} is not registered in wsl.generators.generator_run, so "
                                   "a run could not be reloaded; register it (register_denoiser) or use a built-in one")
-        return {"format": RUN_FORMAT, "format_version": RUN_VERSION,
+        return {"format": RUN_FORMAT, "format_version": self.version(),
                 "method": {"name": self.method.name, "kwargs": self.method.kwargs()},
                 "denoiser": {"name": self.denoiser.name, "kwargs": self.denoiser.kwargs},
                 "representation": self.representation.meta(), "arch": self.arch, "zoo": self.zoo,
                 "condition": {"keys": list(self.condition_keys),
                               **(self.conditions.spec.meta() if self.conditions is not None else {})},
                 "training": self.training}
+
+    def version(self) -> int:
+        """1 for a flat run (readable by older wsl), 2 for tokens | pca | latent."""
+        return 1 if self.representation.kind == "flat" and self.representation.stage is None else RUN_VERSION
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()}
@@ -115,7 +130,7 @@ class GeneratorRun:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         desc = self.describe()
-        data = st_save(self.tensors(), metadata={"format": RUN_FORMAT, "format_version": str(RUN_VERSION),
+        data = st_save(self.tensors(), metadata={"format": RUN_FORMAT, "format_version": str(self.version()),
                                                  "wsl_generator": json.dumps(desc, sort_keys=True)})
         files = {"generator.json": json.dumps(desc, indent=2, sort_keys=True).encode()}
         if config is not None:
@@ -189,9 +204,9 @@ def load_run(run_dir) -> GeneratorRun:
     ckpt = printable(ckpt)  # from here on only named in messages
     if meta.get("format") != RUN_FORMAT:
         raise ZooFormatError(f"{ckpt}: not a wsl generator checkpoint (format {printable(meta.get('format'))[:40]!r})")
-    if meta.get("format_version") != str(RUN_VERSION):
+    if meta.get("format_version") not in READ_VERSIONS:
         raise ZooFormatError(f"{ckpt}: generator format version {printable(meta.get('format_version'))[:20]!r}; "
-                             f"this wsl reads version {RUN_VERSION}")
+                             f"this wsl reads versions {', '.join(READ_VERSIONS)}")
     try:
         desc = json.loads(meta["wsl_generator"])
         arch, zoo, rmeta = desc["arch"], desc["zoo"], desc["representation"]
@@ -250,6 +265,23 @@ def load_run(run_dir) -> GeneratorRun:
         cond_dim = cenc.dim
         expected.update({f"condition.encoder.{k}": (tuple(v.shape), "condition.set_encoder")
                          for k, v in cenc.state_dict().items()})
+    kind, st_meta = rmeta.get("kind", "flat"), rmeta.get("stage")
+    if kind not in KINDS or (kind != "flat" and meta.get("format_version") == "1"):
+        raise ZooFormatError(f"{ckpt}: key representation.kind={printable(kind)[:40]!r} is not one of {', '.join(KINDS)} "
+                             "(kinds other than flat need format version 2)")
+    if (kind in ("pca", "latent")) != bool(st_meta) or (st_meta and ae_meta):
+        raise ZooFormatError(f"{ckpt}: key representation.stage must be present exactly for kind pca or latent "
+                             f"(kind {kind!r}), without an autoencoder")
+    if st_meta:
+        cls = stage_class(st_meta.get("name")) if isinstance(st_meta, dict) else None
+        if cls is None or cls.name != {"pca": "pca", "latent": "chunk_vae"}[kind]:
+            raise ZooFormatError(f"{ckpt}: key representation.stage names {printable(st_meta)[:80]}, not the stage of "
+                                 f"representation {kind!r}")
+        shapes, dim = cls.expected(st_meta, layout.numel, ckpt)
+        expected.update({f"stage.{k}": (tuple(v), "representation.stage") for k, v in shapes.items()})
+    if (kind == "tokens") != (dname == "tokens"):
+        raise ZooFormatError(f"{ckpt}: key denoiser.name={printable(dname)[:40]!r} does not fit representation {kind!r} "
+                             "(the tokens denoiser is the tokens representation's)")
     if dkw.get("dim") != dim or dkw.get("cond_dim") != cond_dim:
         raise ZooFormatError(f"{ckpt}: key denoiser.kwargs gives dim={printable(dkw.get('dim'))[:20]}, "
                              f"cond_dim={printable(dkw.get('cond_dim'))[:20]}; the representation has {dim} "

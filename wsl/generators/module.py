@@ -67,8 +67,11 @@ class GeneratorModule(L.LightningModule):
 
     def __init__(self, denoiser: nn.Module, method, train_x: torch.Tensor, train_cond: torch.Tensor | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, schedule: str = "cosine", cond_dropout: float = 0.1,
-                 spread_every: int = 500, spread_n: int = 256):
+                 spread_every: int = 500, spread_n: int = 256, train_std: torch.Tensor | None = None):
         super().__init__()
+        # train_std [M, D] (representation=latent): training batches are rows (mean, std) [B, 2D], and each step
+        # trains on a fresh posterior sample mean + std * eps instead of the mean
+        self.posterior = train_std is not None
         self.denoiser, self.method = denoiser, method
         self.register_buffer("train_x", train_x.detach().float(), persistent=False)  # [M, D]
         cond = train_cond if train_cond is not None and train_cond.numel() else None
@@ -77,12 +80,15 @@ class GeneratorModule(L.LightningModule):
         self.cond_dropout, self.spread_every, self.spread_n = cond_dropout, int(spread_every), int(spread_n)
         self.spread_history: list[tuple[int, float]] = []  # (optimizer step, ratio)
 
-    def _split(self, batch):  # (x [B, D], cond [B, C]); C = 0: unconditional
+    def _split(self, batch, sample: bool = False):  # (x [B, D], cond [B, C]); C = 0: unconditional
         x, cond = batch
+        if self.posterior and x.shape[1] == 2 * self.train_x.shape[1]:
+            x, std = x.chunk(2, dim=1)
+            x = x + std * torch.randn_like(x) if sample else x
         return x, (cond if cond.numel() else None)
 
     def training_step(self, batch, batch_idx):
-        x, cond = self._split(batch)
+        x, cond = self._split(batch, sample=True)
         dropping = cond is not None and self.cond_dropout > 0  # classifier-free guidance: hide some conditions
         drop = torch.rand(x.shape[0], device=x.device) < self.cond_dropout if dropping else None
         loss = self.method.loss(self.denoiser, x, cond, drop)

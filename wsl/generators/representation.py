@@ -8,6 +8,8 @@ preserving permutations of every net):
                --Layout.flatten-->                 flat [N]
                --per-tensor standardization-->     normalized [N]        ((w - μ_t) / σ_t, one μ, σ per tensor)
                --autoencoder (optional)-->         latent [L], then standardized per coordinate
+               --or a stage (representation=pca|latent)--> PCA codes [k] / chunk-VAE latent means, standardized
+                                                   (wsl.generators.representations)
 
 Alignment matters: hidden units of independently trained nets come in arbitrary order, so the
 training set is a union of n!-fold copies of each net; matching every net to one reference
@@ -94,10 +96,12 @@ class WeightRepresentation:
     def __init__(self, layout: Layout, mean: torch.Tensor, std: torch.Tensor, reference: dict | None = None,
                  spec: PermutationSpec | None = None, autoencoder: WeightAutoencoder | None = None,
                  latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None,
-                 max_iter: int = 100):
+                 max_iter: int = 100, stage=None, kind: str = "flat"):
         self.layout, self.mean, self.std = layout, mean.double(), std.double()
         self.reference, self.spec, self.max_iter = reference, spec, int(max_iter)
         self.autoencoder, self.latent_mean, self.latent_std = autoencoder, latent_mean, latent_std
+        self.stage, self.kind = stage, kind  # stage: PCACodes | ChunkVAE (wsl.generators.representations); kind: the
+        # representation= choice (flat | tokens | pca | latent), recorded in runs written by this wsl (version 2)
         sizes = torch.tensor([b - a for _, _, a, b in layout.entries])
         self._index = torch.repeat_interleave(torch.arange(len(sizes)), sizes)  # [N] entry of each coordinate
 
@@ -144,11 +148,13 @@ class WeightRepresentation:
     @property
     def dim(self) -> int:
         """Dimension of the generator's vectors."""
+        if self.stage is not None:
+            return self.stage.dim
         return int(self.latent_mean.numel()) if self.autoencoder is not None else self.layout.numel
 
     def segments(self) -> list[tuple[int, int]] | None:
         """Per-layer slices of the generator's vectors (None in latent space: it has no layers)."""
-        return None if self.autoencoder is not None else layer_segments(self.layout)
+        return None if self.autoencoder is not None or self.stage is not None else layer_segments(self.layout)
 
     def align(self, state_dicts: list[dict]) -> list[dict]:
         """The weights of each state dict (buffers dropped), aligned to the reference when there is one."""
@@ -163,6 +169,9 @@ class WeightRepresentation:
     def encode(self, flat: torch.Tensor) -> torch.Tensor:
         """Flat (already aligned) weights [M, N] -> generator vectors [M, D]."""
         x = self.normalize(flat)
+        if self.stage is not None:
+            with torch.no_grad():
+                return self.stage.encode(x).float()
         if self.autoencoder is None:
             return x
         with torch.no_grad():
@@ -171,7 +180,10 @@ class WeightRepresentation:
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Generator vectors [M, D] -> flat weights [M, N]."""
-        if self.autoencoder is not None:
+        if self.stage is not None:
+            with torch.no_grad():
+                x = self.stage.decode(x)
+        elif self.autoencoder is not None:
             z = (x.double() * self.latent_std.to(x.device) + self.latent_mean.to(x.device)).float()
             with torch.no_grad():
                 x = self.autoencoder.decoder(z)
@@ -191,13 +203,17 @@ class WeightRepresentation:
         if self.autoencoder is not None:
             out.update({f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items()})
             out.update({"representation.latent_mean": self.latent_mean, "representation.latent_std": self.latent_std})
+        if self.stage is not None:
+            out.update({f"stage.{k}": v for k, v in self.stage.tensors().items()})
         return out
 
     def meta(self) -> dict:
         return {"layout": self.layout.to_json(), "align": self.reference is not None, "max_iter": self.max_iter,
                 "spec": None if self.spec is None else self.spec.to_json(),
                 "autoencoder": None if self.autoencoder is None else dict(self.autoencoder.kwargs,
-                                                                           name=WeightAutoencoder.name)}
+                                                                           name=WeightAutoencoder.name),
+                **({} if self.kind == "flat" else {"kind": self.kind}),  # a flat run stays a version-1 run
+                **({} if self.stage is None else {"stage": self.stage.meta()})}
 
     @classmethod
     def load(cls, meta: dict, tensors: dict[str, torch.Tensor], source: str = "generator checkpoint"):
@@ -212,7 +228,14 @@ class WeightRepresentation:
                 ae.load_state_dict({k[len("autoencoder."):]: v for k, v in tensors.items()
                                     if k.startswith("autoencoder.")})
                 lm, ls = tensors["representation.latent_mean"], tensors["representation.latent_std"]
+            stage = None
+            if meta.get("stage"):  # its name and sizes were checked by wsl.generators.generator_run.load_run
+                from wsl.generators.representations import stage_class
+
+                stage = stage_class(meta["stage"]["name"]).load(
+                    meta["stage"], {k[len("stage."):]: v for k, v in tensors.items() if k.startswith("stage.")})
             return cls(layout, tensors["representation.mean"], tensors["representation.std"], reference=ref,
-                       spec=spec, autoencoder=ae, latent_mean=lm, latent_std=ls, max_iter=meta.get("max_iter", 100))
+                       spec=spec, autoencoder=ae, latent_mean=lm, latent_std=ls, max_iter=meta.get("max_iter", 100),
+                       stage=stage, kind=meta.get("kind", "flat"))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ZooFormatError(f"{source}: the weight representation cannot be rebuilt ({type(e).__name__}: {e})") from e

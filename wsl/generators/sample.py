@@ -236,6 +236,14 @@ class _SampleSink:
                            "generator_denoiser": run.denoiser.name, "sample_seed": int(seed),
                            "guidance": float(guidance), "sampler_steps": int(run.method.steps if steps is None else steps),
                            "source_zoo": run.zoo.get("path", "")}
+        rep = run.representation
+        if rep.kind != "flat":  # representation=tokens | pca | latent (flat runs keep their columns)
+            self.provenance["representation"] = rep.kind
+        if rep.kind == "pca":  # samples lie in the training nets' affine span (wsl.generators.representations.pca)
+            info = rep.stage.info
+            self.provenance.update({"pca_k": int(rep.stage.dim), "pca_span_distance": 0.0,
+                                    "pca_explained_variance": float(info.get("explained_variance", float("nan"))),
+                                    "pca_zoo_loo_span_distance": float(info.get("loo_span_distance", float("nan")))})
         if batch_size is not None:  # the noise of a sample depends on it (sample_vectors)
             self.provenance["sample_batch_size"] = int(batch_size)
         self.provenance.update(self.complete.provenance())  # BatchNorm statistics: train inputs, batches

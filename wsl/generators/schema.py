@@ -186,16 +186,30 @@ class LatentConfig:
 
 
 @dataclass
-class RepresentationConfig:
+class _Alignment:
+    """Fields every representation shares: how the nets are aligned before anything is fitted."""
+
     align: bool = True  # weight matching of every net to one reference before flattening
     reference: int = 0  # which training net (index in zoo order) is the reference
     iterations: int = 1  # > 1: re-align everything to the mean of the previous alignment
     max_iter: int = 100  # weight-matching coordinate-descent passes
-    latent: Any = None  # null/false: none; true or a mapping of LatentConfig's fields: a LatentConfig
 
     def __post_init__(self):
         schema.integer(self, "reference", 0)
         _sizes(self, iterations=None, max_iter=None)
+
+
+@target_schema
+@dataclass
+class RepresentationConfig(_Alignment):
+    """representation=flat: the aligned, per-tensor standardized flat weight vector (optionally p-diff's
+    autoencoder latent, `latent`); wsl.generators.representation.WeightRepresentation."""
+
+    _target_: str = "wsl.generators.representation.WeightRepresentation"
+    latent: Any = None  # null/false: none; true or a mapping of LatentConfig's fields: a LatentConfig
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.latent is None or self.latent is False or isinstance(self.latent, LatentConfig):
             return
         given = {} if self.latent is True else self.latent
@@ -209,6 +223,83 @@ class RepresentationConfig:
             self.latent = LatentConfig(**given)
         except FieldError as e:
             raise FieldError(str(e).replace("@", "@latent.")) from None
+
+
+FlatRepresentationConfig = RepresentationConfig
+
+
+@target_schema
+@dataclass
+class TokensConfig(_Alignment):
+    """representation=tokens: every layer's normalized weights cut into chunks of `chunk` coordinates (the last one
+    of a layer zero-padded), one token each, through ONE shared input and output projection plus layer, position
+    and kind embeddings, denoised by a transformer (wsl.generators.representations.tokens.TokenDenoiser; it
+    replaces generator.denoiser). Its size grows with the zoo's nets only through the embeddings."""
+
+    _target_: str = "wsl.generators.representations.tokens.TokenDenoiser"
+    chunk: int = 256  # coordinates per token
+    d_model: int = 128
+    nhead: int = 4
+    layers: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _sizes(self, chunk=MAX_WIDTH, d_model=MAX_WIDTH, nhead=self.d_model, layers=MAX_DEPTH)
+        if self.d_model % self.nhead:
+            fail(f"@d_model={self.d_model} must be divisible by @nhead={self.nhead}")
+        schema.number(self, "dropout", 0.0, 1.0, hi_open=True)
+
+
+@target_schema
+@dataclass
+class PCAConfig(_Alignment):
+    """representation=pca: the generator runs on k principal-component codes of the aligned, normalized training
+    nets (wsl.generators.representations.pca.PCACodes). Samples lie in the training nets' affine span."""
+
+    _target_: str = "wsl.generators.representations.pca.PCACodes"
+    k: int = 32  # components; at most (training nets - 1), checked against the zoo
+    block: int = 65536  # coordinates per block while fitting (memory: nets x block floats at a time)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _sizes(self, k=MAX_WIDTH, block=None)
+
+
+@target_schema
+@dataclass
+class VAEConfig(_Alignment):
+    """representation=latent: a KL-regularized variational autoencoder over fixed-size chunks of the normalized
+    weight vector (D2NWG's design; wsl.generators.representations.vae.ChunkVAE). The generator learns the
+    posterior means, trained on fresh posterior samples (so it cannot replay the training codes exactly)."""
+
+    _target_: str = "wsl.generators.representations.vae.ChunkVAE"
+    chunk: int = 256  # coordinates per chunk (the vector is zero-padded to a multiple of it)
+    latent_dim: int = 4  # latent coordinates per chunk (< chunk)
+    hidden: int = 128
+    beta: float = 0.01  # weight of the KL term (per latent coordinate, against the mean squared error per weight)
+    steps: int = 2000
+    batch: int = 512  # (net, chunk) pairs per step
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    posterior: bool = True  # the generator trains on posterior samples (false: on the means; memorizes sooner)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _sizes(self, chunk=MAX_WIDTH, latent_dim=MAX_WIDTH, hidden=MAX_WIDTH, steps=None, batch=None)
+        if self.latent_dim >= self.chunk:
+            fail(f"@latent_dim={self.latent_dim} must be less than @chunk={self.chunk} (a latent that does not compress)")
+        schema.number(self, "beta", 0.0)
+        schema.number(self, "lr", 0.0, lo_open=True)
+        schema.number(self, "weight_decay", 0.0)
+
+
+REPRESENTATIONS = {"flat": RepresentationConfig, "tokens": TokensConfig, "pca": PCAConfig, "latent": VAEConfig}
+
+
+def representation_name(cfg) -> str:
+    """flat | tokens | pca | latent of a representation config."""
+    return next(k for k, v in REPRESENTATIONS.items() if type(cfg) is v)
 
 
 @dataclass
@@ -260,7 +351,7 @@ class TrainGeneratorConfig:
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     zoo: TrainZoo = field(default_factory=TrainZoo)
-    representation: RepresentationConfig = field(default_factory=RepresentationConfig)
+    representation: Any = MISSING  # representation=flat|tokens|pca|latent (a schema instance; MISSING: flat's defaults)
     condition: ConditionConfig = field(default_factory=ConditionConfig)
     batch_size: int = 128  # nets per step (capped at a rank's share of the training nets)
     seed: int = 0
@@ -278,6 +369,16 @@ class TrainGeneratorConfig:
         for name in ("seed", "progress_refresh_rate"):
             schema.integer(self, name, 0)
         check_trainer(self.trainer, steps=True)
+        if self.representation == MISSING:  # built in Python without one: the config group's default
+            self.representation = RepresentationConfig()
+        r = self.representation
+        if isinstance(r, dict):
+            if r.get("_target_") is None:
+                fail("@representation._target_ is missing; choose one with representation=flat|tokens|pca|latent")
+            fail(f"@representation._target_={r['_target_']!r} is not a representation; "
+                 "choose one with representation=flat|tokens|pca|latent")
+        if not isinstance(r, tuple(REPRESENTATIONS.values())):
+            fail("@representation must be one of representation=flat|tokens|pca|latent")
 
 
 # ------------------------------------------------------------------------------------------ wsl-sample

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.generators.generator_run import CHECKPOINT, GeneratorRun
 from wsl.generators.representation import WeightAutoencoder, WeightRepresentation
-from wsl.generators.schema import TrainGeneratorConfig, TrainZoo
+from wsl.generators.schema import PCAConfig, TrainGeneratorConfig, TrainZoo, representation_name
 from wsl.schema import positive
 from wsl.trainer import barrier, global_rank, make_trainer
 from wsl.zoo import Zoo
@@ -143,6 +143,44 @@ def fit_autoencoder(job: TrainGeneratorConfig, x: torch.Tensor, run_dir: Path | 
     return ae.eval()
 
 
+def fit_chunk_vae(job: TrainGeneratorConfig, x: torch.Tensor, run_dir: Path | None):
+    """representation=latent: the chunk VAE of the normalized weight vectors x [M, N], trained on random minibatches
+    of (net, chunk) pairs (representation.batch per step) and standardized."""
+    from wsl.generators.representations.vae import ChunkVAE
+
+    r = job.representation
+    torch.manual_seed(job.seed)
+    vae = ChunkVAE(x.shape[1], chunk=r.chunk, latent_dim=r.latent_dim, hidden=r.hidden)
+    t = time.perf_counter()
+    history = vae.fit(x, beta=r.beta, steps=r.steps, batch=r.batch, lr=r.lr, weight_decay=r.weight_decay,
+                      seed=job.seed, progress=job.progress_refresh_rate > 0)
+    if not all(math.isfinite(v) for v in history):
+        raise ConfigError(f"representation=latent: the VAE diverged (loss {history[-1]}); lower representation.lr")
+    with torch.no_grad():
+        mu, logvar = vae.posterior(x)
+        vae.info = {"recon_mse": float(nn_mse(vae.reconstruct(mu), x)), "steps": int(r.steps),
+                    "posterior_std": float((0.5 * logvar).exp().mean()), "seconds": round(time.perf_counter() - t, 3),
+                    "loss_history": [round(v, 5) for v in history[-5:]]}
+    log.info("chunk VAE: %d steps in %.1f s, reconstruction MSE %.4f (normalized weights), mean posterior std %.3f",
+             r.steps, vae.info["seconds"], vae.info["recon_mse"], vae.info["posterior_std"])
+    vae.fit_standardization(x)
+    return vae
+
+
+def nn_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.float() - b.float()).pow(2).mean()
+
+
+def check_representation(job: TrainGeneratorConfig, n_train: int) -> None:
+    """What the representation asks of the zoo, before any weight is read (one line naming the key)."""
+    r = job.representation
+    if r.reference >= n_train:
+        raise ConfigError(f"representation.reference={r.reference} must index one of the {n_train} training nets")
+    if isinstance(r, PCAConfig) and r.k > n_train - 1:
+        raise ConfigError(f"representation.k={r.k} is more than the {n_train - 1} components that {n_train} training "
+                          f"nets span (at most nets - 1 = {n_train - 1}); lower representation.k")
+
+
 def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None,
                     config: dict | None = None) -> GeneratorRun:
     """The whole of `wsl-train-generator`: returns the saved run (its files are in `run_dir`).
@@ -160,9 +198,8 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
         torch.set_num_threads(job.threads)
     sel = select_zoo(job.zoo, job.condition.columns, job.condition.categorical)
     r, g = job.representation, job.generator
-    if r.reference >= len(sel.train_ids):
-        raise ConfigError(f"representation.reference={r.reference} must index one of the {len(sel.train_ids)} "
-                          "training nets")
+    kind = representation_name(r)
+    check_representation(job, len(sel.train_ids))
     L.seed_everything(job.seed, workers=True, verbose=False)
     zoo, epoch = sel.zoo, job.zoo.epoch
     spec, layout = zoo.permutation_spec(sel.train_ids[0]), zoo.layout(sel.train_ids[0])
@@ -174,9 +211,23 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
                                          iterations=r.iterations, max_iter=r.max_iter)
     t_align = time.perf_counter() - t
     x = rep.normalize(flat)  # [M, N]
-    if r.latent:
+    rep.kind, x_std = kind, None
+    if kind == "flat" and r.latent:
         rep.fit_latent(fit_autoencoder(job, x, run_dir), x)
         x = rep.encode(flat)  # [M, L]
+    elif kind == "pca":
+        from wsl.generators.representations.pca import PCACodes
+
+        rep.stage = PCACodes.fit(x, r.k, r.block)
+        x = rep.encode(flat)  # [M, k]
+        log.info("PCA: %d components explain %.4f of the aligned training variance; a training net sits %.3f of its "
+                 "distance from the others' mean outside their span (leave-one-out); samples sit at 0",
+                 r.k, rep.stage.info["explained_variance"], rep.stage.info["loo_span_distance"])
+    elif kind == "latent":
+        rep.stage = fit_chunk_vae(job, x, run_dir)
+        x, x_std = rep.stage.encode_with_std(x)  # [M, n * latent_dim] standardized means and posterior stds
+        if not r.posterior:
+            x_std = None
     val_x = rep.encode(torch.stack([layout.flatten(sd) for sd in rep.align(val_sds)])) if sel.val_ids else None
 
     c = len(sel.cond_keys)
@@ -189,8 +240,15 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
             cenc = build_encoder(sel.cond_spec, sel.dataset, job.condition)
     norm = (lambda v: ((v - cond_mean) / cond_std).float()) if c else (lambda v: v.float())
     try:  # a node is a schema instance (or a mapping naming an unregistered class): Hydra instantiates either
-        denoiser = instantiate(g.denoiser, dim=rep.dim, cond_dim=c if cenc is None else cenc.dim,
-                               segments=rep.segments())
+        cond_dim = c if cenc is None else cenc.dim
+        if kind == "tokens":  # the representation's own denoiser (generator.denoiser is not used)
+            from wsl.generators.representations.tokens import TokenDenoiser, layer_kinds
+
+            denoiser = TokenDenoiser(rep.dim, cond_dim=cond_dim, segments=rep.segments(), kinds=layer_kinds(layout),
+                                     chunk=r.chunk, d_model=r.d_model, nhead=r.nhead, layers=r.layers,
+                                     dropout=r.dropout)
+        else:
+            denoiser = instantiate(g.denoiser, dim=rep.dim, cond_dim=cond_dim, segments=rep.segments())
         method = instantiate(g.method)
     except Exception as e:  # Hydra wraps the constructors' errors (e.g. too many tokens for this zoo)
         raise ConfigError(f"generator: {e.__cause__ or e}") from e
@@ -199,13 +257,14 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
 
     module = GeneratorModule(denoiser if cenc is None else EncodedDenoiser(denoiser, cenc), method, x, norm(sel.cond_train), lr=opt.lr, weight_decay=opt.weight_decay,
                              schedule=opt.schedule, cond_dropout=job.condition.dropout,
-                             spread_every=job.spread.every_n_steps, spread_n=job.spread.n)
+                             spread_every=job.spread.every_n_steps, spread_n=job.spread.n, train_std=x_std)
     trainer = make_trainer(job.trainer, logger=make_logger(job.logger, run_dir), run_dir=run_dir,
                            callbacks=[WeightAveraging(multi_avg_fn=WarmupEMA(g.ema))] if g.ema else [],
                            progress_refresh_rate=job.progress_refresh_rate)
     world = int(trainer.world_size)
     t = time.perf_counter()
-    trainer.fit(module, _loader(x, norm(sel.cond_train), job.batch_size, True, job.seed, world),
+    data = x if x_std is None else torch.cat([x, x_std], dim=1)  # posterior samples: (mean, std) rows
+    trainer.fit(module, _loader(data, norm(sel.cond_train), job.batch_size, True, job.seed, world),
                 _loader(val_x, norm(sel.cond_val), job.batch_size, False, 0, world) if sel.val_ids else None)
     t_fit = time.perf_counter() - t
     _check_trained(trainer, "generator")
@@ -217,7 +276,10 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
     training = {"steps": int(trainer.global_step), "n_train": len(sel.train_ids), "n_val": len(sel.val_ids),
                 "seconds_align": round(t_align, 3), "seconds_fit": round(t_fit, 3),
                 "seconds_total": round(time.perf_counter() - t_start, 3), "metrics": metrics,
-                "spread_ratio": final_spread, "spread_history": module.spread_history, "seed": job.seed}
+                "spread_ratio": final_spread, "spread_history": module.spread_history, "seed": job.seed,
+                "representation": kind}
+    if rep.stage is not None:
+        training[kind] = rep.stage.summary()
     if not math.isfinite(metrics.get("train_loss", 0.0)):
         raise ConfigError(f"generator training diverged (train_loss={metrics['train_loss']}); lower generator.optimizer.lr")
     zinfo = {"path": str(zoo.path), "name": zoo.attrs.get("zoo_name", zoo.path.name), "dataset": sel.dataset,
