@@ -1,16 +1,22 @@
-"""Benchmark: every encoder on the same zoo and the same split, task test_acc, 3 seeds each, plus the
-`nfn` PyPI package's NP layers (Zhou et al.'s own implementation) on the same data as an outside
-reference (MLP zoo only: it reads chains of layers). Prints Kendall tau ± std (test split), R²,
-parameters, seconds per epoch, peak memory.
+"""Benchmark: every encoder on the same zoo and the same split, 3 seeds each, plus the `nfn` PyPI
+package's NP layers (Zhou et al.'s own implementation) on the same data as an outside reference (MLP
+zoo only: it reads chains of layers). Prints Kendall tau ± std (test split; accuracy for INR
+classification), R², parameters, seconds per epoch, peak memory, and the load average.
 
-    python scripts/bench_encoders.py                       # builds zoos/bench_encoders_mlp with wsl-zoo
-    python scripts/bench_encoders.py --epochs 40 --encoders stats nfn nfn_reference
+    python scripts/bench_encoders.py                       # digits MLPs: zoos/bench_encoders_mlp (built with wsl-zoo)
+    python scripts/bench_encoders.py --net cnn             # MNIST-1D CNNs of two widths (zoo.pad=true)
+    python scripts/bench_encoders.py --net inr             # INR classification: 500 SIRENs of digits
     python scripts/bench_encoders.py --net resnet          # ResNet-8 (width 4, BatchNorm): zoos/bench_encoders_resnet
     python scripts/bench_encoders.py --net resnet --override zoo.bn_stats=true   # + BatchNorm running statistics
+    python scripts/bench_encoders.py --net cnn --quick     # 20 epochs, one seed: a smoke run
+    python scripts/bench_encoders.py --epochs 40 --encoders stats nfn nfn_reference
 
-The zoo: digits MLPs (one hidden layer of 16 units) or ResNet-8s (width 4: stages of 4/8/16 channels,
-BatchNorm, 5,142 parameters), 6 learning rates x 3 weight decays x 3 seed replicas, trained 5
-epochs, on 3 training-set fractions (one wsl-zoo job each): 162 nets. Each
+The zoos (one function each, zoo_<net>): digits MLPs (one hidden layer of 16 units) or ResNet-8s (width 4:
+stages of 4/8/16 channels, BatchNorm, 5,142 parameters), 6 learning rates x 3 weight decays x 3 seed
+replicas, trained 5 epochs, on 3 training-set fractions (one wsl-zoo job each): 162 nets; MNIST-1D CNNs
+(3 convs of 8 or 16 channels, kernel 3) over 6 learning rates x 3 weight decays x 3 replicas x 3
+training fractions x 2 widths, 10 epochs: 324 nets; SIRENs (experiment=inr_digits, 50 images per
+digit): 500 nets, task inr_class. The test split holds out whole cells (replicas stay together). Each
 encoder runs in its own process (so the peak memory is its own) with one intra-op thread (the nets
 are tiny; on a shared machine extra threads only spin), all under identical settings.
 Per-epoch seconds come from separate processes run one after another, so on a shared machine they

@@ -145,10 +145,11 @@ class NFN(nn.Module):
                 self.w_kind[l], d = "in", n[o] * K
             else:
                 self.w_kind[l], d = "global", n[o] * n[i] * K
-            # entry_mlp: a small MLP on every entry (the same on all), not one Linear: the first layer's
-            # pooled summaries are then means of nonlinear features of the weights (e.g. their magnitude)
-            # rather than means of the raw weights, which are ~0 whatever the net
-            self.w_in[str(l)] = mlp(d, C, C, 2) if entry_mlp else nn.Linear(d, C)
+            # entry_mlp: an edge tensor's entries go through a small MLP (the same for every entry), not
+            # one Linear, so the first layer's pooled summaries are means of nonlinear features of the
+            # weights (their magnitude, say) rather than means of raw weights, which are ~0 for every net
+            edge_mlp = entry_mlp and self.w_kind[l] == "edge"
+            self.w_in[str(l)] = mlp(d, C, C, 2) if edge_mlp else nn.Linear(d, C)
         self.node_sets = [s.set for s in space.nodes]
         self.b_in = nn.ModuleDict({str(j): nn.Linear(1 if m in st.sets else n[m], C)
                                    for j, m in enumerate(self.node_sets)})
