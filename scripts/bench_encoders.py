@@ -36,10 +36,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference"]
+ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference", "nfn_entry_mlp"]
 OVERRIDES = {  # encoder name -> config overrides
     "nfn_np": ["encoder=nfn", "encoder.mode=np", "encoder.name=nfn_np"],
     "nfn_reference": ["encoder=nfn", "encoder.name=nfn_reference"],
+    # ablations (issue 18): an MLP on every weight entry; the invariant embedding standardized before the head
+    "nfn_entry_mlp": ["encoder=nfn", "encoder.entry_mlp=true", "encoder.name=nfn_entry_mlp"],
 }
 
 
@@ -209,6 +211,24 @@ def step_costs(zoo: Path, names: list, batch_size: int = 32, rounds: int = 5, pa
     return {n: statistics.median(v) for n, v in times.items()}
 
 
+def result_row(name: str, out: Path, key: str, wall_s: float = float("nan")) -> dict:
+    """One encoder's line of the table from its results.csv (mean ± std over the seeds)."""
+    import pandas as pd
+
+    df = pd.read_csv(out / "results.csv")
+    seeds = df[~df["seed"].isin(["mean", "std"])]
+    std = lambda c: seeds[c].std(ddof=1) if len(seeds) > 1 else 0.0  # noqa: E731
+    row = {"encoder": name, key: seeds[f"test/{key}"].mean(), f"{key}_std": std(f"test/{key}"),
+           f"val_{key}": seeds[f"val/{key}"].mean(), "params": int(seeds["params"].iloc[0]),
+           "s_per_epoch": seeds["s_per_epoch"].mean(), "peak_mb": seeds["peak_mem_mb"].max(), "wall_s": wall_s,
+           "per_seed": seeds[f"test/{key}"].round(4).tolist(), "load": os.getloadavg()[0]}
+    if key == "tau":
+        row.update(r2=seeds["test/r2"].mean(), r2_std=std("test/r2"))
+    print(f"{name:>14}: {key} {row[key]:.3f} ± {row[key + '_std']:.3f} (seeds {row['per_seed']})  "
+          f"params {row['params']:,}  {row['s_per_epoch']:.3f} s/epoch  load {row['load']:.1f}", flush=True)
+    return row
+
+
 def print_table(args, rows: list) -> None:
     key = "acc" if args.net == "inr" else "tau"
     print(f"\nzoo {args.zoo} | {' '.join(args.zoo_args)} | split 0.7/0.15/0.15 by cell (seed 0) | {args.epochs} "
@@ -254,12 +274,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20 encoder epochs, seed 0 only (a smoke run, not a measurement)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side step costs")
+    ap.add_argument("--collect", action="store_true",
+                    help="no training: the table from the encoders' results already in --out (runs split over processes)")
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.seeds = min(args.epochs, 20), args.seeds[:1]
     args.zoo = (args.zoo or ROOT / "zoos" / f"bench_encoders_{args.net}").resolve()
     args.out = (args.out or ROOT / "runs" / f"bench_encoders_{args.net}").resolve()
-    args.encoders = args.encoders or [e for e in ENCODERS if args.net == "mlp" or e != "nfn_reference"]
+    args.encoders = args.encoders or [e for e in ENCODERS if (args.net == "mlp" or e != "nfn_reference")
+                                      and e != "nfn_entry_mlp"]
     if args.one:
         run_one(args.one, args.zoo, args.out, args.epochs, args.seeds, args.override)
         return
@@ -269,6 +292,10 @@ def main() -> None:
     rows = []
     for name in ([] if args.speed_only else args.encoders):
         out = args.out / name
+        if args.collect:
+            if (out / "results.csv").exists():
+                rows.append(result_row(name, out, key))
+            continue
         cmd = [sys.executable, __file__, "--one", name, "--zoo", str(args.zoo), "--epochs",
                str(args.epochs), "--out", str(out), "--seeds", *map(str, args.seeds),
                "--override", *args.zoo_args, *args.override]
@@ -278,25 +305,13 @@ def main() -> None:
         if r.returncode != 0:
             print(f"{name}: FAILED\n{r.stderr[-3000:]}")
             continue
-        import pandas as pd
-
-        df = pd.read_csv(out / "results.csv")
-        seeds = df[~df["seed"].isin(["mean", "std"])]
-        std = lambda c: seeds[c].std(ddof=1) if len(seeds) > 1 else 0.0  # noqa: E731
-        row = {"encoder": name, key: seeds[f"test/{key}"].mean(), f"{key}_std": std(f"test/{key}"),
-               f"val_{key}": seeds[f"val/{key}"].mean(), "params": int(seeds["params"].iloc[0]),
-               "s_per_epoch": seeds["s_per_epoch"].mean(), "peak_mb": seeds["peak_mem_mb"].max(),
-               "wall_s": time.perf_counter() - t0, "per_seed": seeds[f"test/{key}"].round(4).tolist(),
-               "load": os.getloadavg()[0]}
-        if key == "tau":
-            row.update(r2=seeds["test/r2"].mean(), r2_std=std("test/r2"))
-        rows.append(row)
-        print(f"{name:>14}: {key} {row[key]:.3f} ± {row[key + '_std']:.3f} (seeds {row['per_seed']})  "
-              f"params {row['params']:,}  {row['s_per_epoch']:.3f} s/epoch  load {row['load']:.1f}", flush=True)
+        rows.append(result_row(name, out, key, time.perf_counter() - t0))
 
     args.load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     if rows:
         print_table(args, rows)
+    if args.collect:
+        return
     costs = step_costs(args.zoo, args.encoders, pad="zoo.pad=true" in args.zoo_args)
     base = costs.get("nfn_reference") or costs.get("stats") or next(iter(costs.values()))
     print("\nside by side in one process (batch of 32 nets, 1 thread, median of 5 interleaved rounds, CPU time):")
