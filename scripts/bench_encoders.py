@@ -36,12 +36,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference", "nfn_entry_mlp"]
+ABLATIONS = ["nfn_entry_mlp", "nfn_plain_readout", "deepsets_plain_readout"]  # run only when named
+ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference", *ABLATIONS]
 OVERRIDES = {  # encoder name -> config overrides
     "nfn_np": ["encoder=nfn", "encoder.mode=np", "encoder.name=nfn_np"],
     "nfn_reference": ["encoder=nfn", "encoder.name=nfn_reference"],
     # ablations (issue 18): an MLP on every weight entry; the invariant embedding standardized before the head
     "nfn_entry_mlp": ["encoder=nfn", "encoder.entry_mlp=true", "encoder.name=nfn_entry_mlp"],
+    "nfn_plain_readout": ["encoder=nfn", "encoder.norm_readout=false", "encoder.name=nfn_plain_readout"],
+    "deepsets_plain_readout": ["encoder=deepsets", "encoder.norm_readout=false", "encoder.name=deepsets_plain_readout"],
 }
 
 
@@ -282,7 +285,7 @@ def main() -> None:
     args.zoo = (args.zoo or ROOT / "zoos" / f"bench_encoders_{args.net}").resolve()
     args.out = (args.out or ROOT / "runs" / f"bench_encoders_{args.net}").resolve()
     args.encoders = args.encoders or [e for e in ENCODERS if (args.net == "mlp" or e != "nfn_reference")
-                                      and e != "nfn_entry_mlp"]
+                                      and e not in ABLATIONS]
     if args.one:
         run_one(args.one, args.zoo, args.out, args.epochs, args.seeds, args.override)
         return

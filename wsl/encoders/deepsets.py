@@ -29,7 +29,7 @@ class DeepSets(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, hidden: int = 64, head_hidden: int = 128,
-                 dropout: float = 0.0, norm_readout: bool = False):
+                 dropout: float = 0.0, norm_readout: bool = True):
         super().__init__()
         self.space = space
         n, sets = space.sizes, space.sets

@@ -73,7 +73,7 @@ class GraphEncoder(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, hidden: int = 32, num_layers: int = 3,
-                 head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = False):
+                 head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = True):
         super().__init__()
         self.links = [(e.out, e.inp) for e in space.edges]
         self.k_max = max(space.kernel_numels)

@@ -127,7 +127,7 @@ class NFN(nn.Module):
 
     def __init__(self, space: WeightSpace, out_dim: int, mode: str = "hnp", channels: int = 32,
                  num_layers: int = 3, head_hidden: int = 128, dropout: float = 0.0, io_embed: bool = True,
-                 entry_mlp: bool = False, norm: str = "layer", norm_readout: bool = False):
+                 entry_mlp: bool = False, norm: str = "layer", norm_readout: bool = True):
         super().__init__()
         self.mode, self.channels = mode, channels
         st = self.st = _Structure(space, mode)

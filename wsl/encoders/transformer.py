@@ -61,7 +61,7 @@ class NeuronTransformer(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, dim: int = 64, heads: int = 4, num_layers: int = 3,
-                 edge_dim: int = 16, head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = False):
+                 edge_dim: int = 16, head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = True):
         super().__init__()
         self.k_max = max(space.kernel_numels)
         self.sizes = list(space.sizes)
