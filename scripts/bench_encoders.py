@@ -36,15 +36,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ABLATIONS = ["nfn_entry_mlp", "nfn_plain_readout", "deepsets_plain_readout"]  # run only when named
+PLAIN = ["deepsets", "nfn", "graph", "transformer"]  # <name>_plain_readout: without the readout normalization
+ABLATIONS = ["nfn_entry_mlp", *(f"{e}_plain_readout" for e in PLAIN)]  # run only when named
 ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference", *ABLATIONS]
 OVERRIDES = {  # encoder name -> config overrides
     "nfn_np": ["encoder=nfn", "encoder.mode=np", "encoder.name=nfn_np"],
     "nfn_reference": ["encoder=nfn", "encoder.name=nfn_reference"],
     # ablations (issue 18): an MLP on every weight entry; the invariant embedding standardized before the head
     "nfn_entry_mlp": ["encoder=nfn", "encoder.entry_mlp=true", "encoder.name=nfn_entry_mlp"],
-    "nfn_plain_readout": ["encoder=nfn", "encoder.norm_readout=false", "encoder.name=nfn_plain_readout"],
-    "deepsets_plain_readout": ["encoder=deepsets", "encoder.norm_readout=false", "encoder.name=deepsets_plain_readout"],
+    **{f"{e}_plain_readout": [f"encoder={e}", "encoder.norm_readout=false", f"encoder.name={e}_plain_readout"]
+       for e in PLAIN},
 }
 
 
