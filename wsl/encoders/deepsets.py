@@ -12,7 +12,8 @@ tensor that writes or reads it:
   (DeepSets of sets), which is unchanged when that set is permuted.
 
 A residual stream is read by several tensors, so its tokens have one such part per tensor.
-Per-unit features of the fixed outputs (the head's bias) enter rho directly. Invariant to every
+Per-unit features of the fixed outputs (the head's bias) enter rho directly. The pooled vector is standardized
+over the training nets before rho (`norm_readout`, wsl.encoders.common.readout_norm). Invariant to every
 permutation of the net's spec.
 """
 

@@ -37,7 +37,8 @@ both sets, as a residual block's two convolutions do: conv1 maps stream -> block
 stream). For a chain this is NFN's basis; with several tensors on one set every pattern of shared
 and pooled indices is still present, except the diagonal terms of a tensor from a set to itself,
 which no wsl net has. Means count only real (unpadded) neurons. The invariant readout is the
-global summary s (NFN's pooling), followed by an MLP.
+global summary s (NFN's pooling), standardized over the training nets (`norm_readout`,
+wsl.encoders.common.readout_norm), followed by an MLP.
 """
 
 from __future__ import annotations
