@@ -37,13 +37,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = ["deepsets", "nfn", "graph", "transformer"]  # <name>_plain_readout: without the readout normalization
-ABLATIONS = ["nfn_entry_mlp", *(f"{e}_plain_readout" for e in PLAIN)]  # run only when named
+ABLATIONS = ["nfn_linear_in", *(f"{e}_plain_readout" for e in PLAIN)]  # run only when named
 ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference", *ABLATIONS]
 OVERRIDES = {  # encoder name -> config overrides
     "nfn_np": ["encoder=nfn", "encoder.mode=np", "encoder.name=nfn_np"],
     "nfn_reference": ["encoder=nfn", "encoder.name=nfn_reference"],
-    # ablations (issue 18): an MLP on every weight entry; the invariant embedding standardized before the head
-    "nfn_entry_mlp": ["encoder=nfn", "encoder.entry_mlp=true", "encoder.name=nfn_entry_mlp"],
+    # ablations (issue 18): NFN's one-Linear input layer; the invariant embedding not standardized before the head
+    "nfn_linear_in": ["encoder=nfn", "encoder.entry_mlp=false", "encoder.name=nfn_linear_in"],
     **{f"{e}_plain_readout": [f"encoder={e}", "encoder.norm_readout=false", f"encoder.name={e}_plain_readout"]
        for e in PLAIN},
 }

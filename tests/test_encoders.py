@@ -491,7 +491,7 @@ def test_training_augmentations_move_masks_with_their_neurons():
 NORM_VARIANTS = {  # the encoder options of issue 18, each a function of the invariant embedding or of entries alike
     "deepsets": dict(ENCODER_KWARGS["deepsets"], norm_readout=True),
     "nfn": dict(ENCODER_KWARGS["nfn"], norm_readout=True, norm="none"),
-    "nfn_entry_mlp": dict(ENCODER_KWARGS["nfn"], entry_mlp=True),
+    "nfn_linear_in": dict(ENCODER_KWARGS["nfn"], entry_mlp=False),
     "graph": dict(ENCODER_KWARGS["graph"], norm_readout=True),
     "transformer": dict(ENCODER_KWARGS["transformer"], norm_readout=True),
 }

@@ -77,7 +77,7 @@ class NFNConfig(_Encoder):
     head_hidden: int = 128
     dropout: float = 0.0
     io_embed: bool = True
-    entry_mlp: bool = False  # an MLP on every entry of an edge tensor (False: one Linear, NFN's input layer)
+    entry_mlp: bool = True  # an MLP on every entry of an edge tensor (False: one Linear, NFN's input layer)
     norm: str = "layer"  # layer: LayerNorm over channels after every equivariant layer | none
     norm_readout: bool = True  # standardize the invariant embedding before the head (BatchNorm)
 
