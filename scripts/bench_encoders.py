@@ -1,17 +1,23 @@
-"""Benchmark: every encoder on the same zoo and the same split, task test_acc, 3 seeds each, plus the
-`nfn` PyPI package's NP layers (Zhou et al.'s own implementation) on the same data as an outside
-reference (MLP zoo only: it reads chains of layers). Prints Kendall tau ± std (test split), R²,
-parameters, seconds per epoch, peak memory.
+"""Benchmark: every encoder on the same zoo and the same split, 3 seeds each, plus the `nfn` PyPI
+package's NP layers (Zhou et al.'s own implementation) on the same data as an outside reference (MLP
+zoo only: it reads chains of layers). Prints Kendall tau ± std (test split; accuracy for INR
+classification), R², parameters, seconds per epoch, peak memory, and the load average.
 
-    python scripts/bench_encoders.py                       # builds zoos/bench_encoders_mlp with wsl-zoo
-    python scripts/bench_encoders.py --epochs 40 --encoders stats nfn nfn_reference
+    python scripts/bench_encoders.py                       # digits MLPs: zoos/bench_encoders_mlp (built with wsl-zoo)
+    python scripts/bench_encoders.py --net cnn             # MNIST-1D CNNs of two widths (zoo.pad=true)
+    python scripts/bench_encoders.py --net inr             # INR classification: 500 SIRENs of digits
     python scripts/bench_encoders.py --net resnet          # ResNet-8 (width 4, BatchNorm): zoos/bench_encoders_resnet
     python scripts/bench_encoders.py --net resnet --override zoo.bn_stats=true   # + BatchNorm running statistics
     python scripts/bench_encoders.py --zoo dsire [--quick]  # the DSiRe table: LoRA zoo, task train_size (bench_dsire.py)
+    python scripts/bench_encoders.py --net cnn --quick     # 20 epochs, one seed: a smoke run
+    python scripts/bench_encoders.py --epochs 40 --encoders stats nfn nfn_reference
 
-The zoo: digits MLPs (one hidden layer of 16 units) or ResNet-8s (width 4: stages of 4/8/16 channels,
-BatchNorm, 5,142 parameters), 6 learning rates x 3 weight decays x 3 seed replicas, trained 5
-epochs, on 3 training-set fractions (one wsl-zoo job each): 162 nets. Each
+The zoos (one function each, zoo_<net>): digits MLPs (one hidden layer of 16 units) or ResNet-8s (width 4:
+stages of 4/8/16 channels, BatchNorm, 5,142 parameters), 6 learning rates x 3 weight decays x 3 seed
+replicas, trained 5 epochs, on 3 training-set fractions (one wsl-zoo job each): 162 nets; MNIST-1D CNNs
+(3 convs of 8 or 16 channels, kernel 3) over 6 learning rates x 3 weight decays x 3 replicas x 3
+training fractions x 2 widths, 10 epochs: 324 nets; SIRENs (experiment=inr_digits, 50 images per
+digit): 500 nets, task inr_class. The test split holds out whole cells (replicas stay together). Each
 encoder runs in its own process (so the peak memory is its own) with one intra-op thread (the nets
 are tiny; on a shared machine extra threads only spin), all under identical settings.
 Per-epoch seconds come from separate processes run one after another, so on a shared machine they
@@ -31,28 +37,69 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference"]
+PLAIN = ["deepsets", "nfn", "graph", "transformer"]  # <name>_plain_readout: without the readout normalization
+ABLATIONS = ["nfn_linear_in", *(f"{e}_plain_readout" for e in PLAIN)]  # run only when named
+ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference", *ABLATIONS]
 OVERRIDES = {  # encoder name -> config overrides
     "nfn_np": ["encoder=nfn", "encoder.mode=np", "encoder.name=nfn_np"],
     "nfn_reference": ["encoder=nfn", "encoder.name=nfn_reference"],
+    # ablations (issue 18): NFN's one-Linear input layer; the invariant embedding not standardized before the head
+    "nfn_linear_in": ["encoder=nfn", "encoder.entry_mlp=false", "encoder.name=nfn_linear_in"],
+    **{f"{e}_plain_readout": [f"encoder={e}", "encoder.norm_readout=false", f"encoder.name={e}_plain_readout"]
+       for e in PLAIN},
 }
 
 
-NETS = {"mlp": ["net=mlp", "net.width=16"], "resnet": ["net=resnet", "net.width=4", "net.depth=1"]}
-
-
-def build_zoo(path: Path, epochs: int, net: str = "mlp", extra: tuple = ()) -> None:
+# ------------------------------------------------------------------------------------------ zoos
+# One function per zoo kind: it builds the zoo with wsl-zoo (unless `path` holds one already) and
+# returns the wsl-train-encoder overrides every encoder gets on it. ZOOS maps --net to it.
+def _wsl_zoo(path: Path, overrides: list) -> None:
     if (path / "index.h5").exists():
         print(f"zoo: reusing {path}")
         return
-    cmd = [sys.executable, "-m", "wsl.apps.zoo", "-m", "dataset=digits", *NETS[net], *extra, "population.size=54",
-           "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.0003,0.003]", f"train.epochs={epochs}",
-           "dataset.train_fraction=0.25,0.5,1.0", f"zoo.path={path}", "zoo.name=bench_encoders", "progress_refresh_rate=0",
-           "logger=none", f"hydra.sweep.dir={path.parent / (path.name + '-runs')}"]
+    cmd = [sys.executable, "-m", "wsl.apps.zoo", *overrides, f"zoo.path={path}", "progress_refresh_rate=0",
+           "logger=none", f"hydra.sweep.dir={path.parent / (path.name + '-runs')}",
+           f"hydra.run.dir={path.parent / (path.name + '-run')}"]
     print("zoo: building with", " ".join(cmd[2:]))
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     print(f"zoo: built in {time.perf_counter() - t0:.0f}s")
+
+
+def zoo_mlp(path: Path, args, net: tuple = ("net=mlp", "net.width=16")) -> list:
+    """162 digits MLPs (one hidden layer of 16): 6 lr x 3 weight decays x 3 replicas x 3 train fractions."""
+    _wsl_zoo(path, ["-m", "dataset=digits", *net, *args.zoo_override, "population.size=54",
+                    "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.0003,0.003]",
+                    f"train.epochs={args.zoo_epochs or 5}", "dataset.train_fraction=0.25,0.5,1.0",
+                    "zoo.name=bench_encoders"])
+    return ["task=test_acc"]
+
+
+def zoo_resnet(path: Path, args) -> list:
+    """162 digits ResNet-8s (width 4: stages of 4/8/16 channels, BatchNorm, 5,142 parameters), the MLP zoo's grid."""
+    return zoo_mlp(path, args, ("net=resnet", "net.width=4", "net.depth=1"))
+
+
+def zoo_cnn(path: Path, args) -> list:
+    """324 MNIST-1D CNNs (3 convs, kernel 3, stride 2, global average pool, linear head) of two widths
+    (8 and 16 channels, read with zoo.pad=true): 6 learning rates x 3 weight decays x 3 replicas x 3
+    train fractions, SGD, 10 epochs (wsl-zoo's default): a new user's first CNN zoo."""
+    _wsl_zoo(path, ["-m", "dataset=mnist1d", "net=cnn", "net.width=8,16", *args.zoo_override, "population.size=54",
+                    "train.lr=[0.3,0.2,0.1,0.05,0.03,0.01]", "train.weight_decay=[0,0.001,0.01]",
+                    f"train.epochs={args.zoo_epochs or 10}", "dataset.train_fraction=0.25,0.5,1.0",
+                    "zoo.name=bench_encoders_cnn"])
+    return ["task=test_acc", "zoo.pad=true"]
+
+
+def zoo_inr(path: Path, args) -> list:
+    """INR classification: experiment=inr_digits (SIRENs 2 x 32, w0 10, one shared init, 200 full-batch
+    Adam steps) with 50 images per digit: 500 SIRENs (the recipe's 1,000 halved to run in minutes here)."""
+    _wsl_zoo(path, ["experiment=inr_digits", "dataset.per_class=50", *args.zoo_override,
+                    *([f"train.epochs={args.zoo_epochs}"] if args.zoo_epochs else []), "zoo.name=bench_encoders_inr"])
+    return ["task=inr_class"]
+
+
+ZOOS = {"mlp": zoo_mlp, "resnet": zoo_resnet, "cnn": zoo_cnn, "inr": zoo_inr}
 
 
 class NFNReference:
@@ -115,7 +162,7 @@ def run_one(name: str, zoo: Path, out: Path, epochs: int, seeds: list, extra: li
 
     torch.set_num_threads(1)
     overrides = OVERRIDES.get(name, [f"encoder={name}"]) + [
-        f"zoo.path={zoo}", "task=test_acc", f"seeds=[{','.join(map(str, seeds))}]", f"trainer.max_epochs={epochs}",
+        f"zoo.path={zoo}", f"seeds=[{','.join(map(str, seeds))}]", f"trainer.max_epochs={epochs}",
         "logger=none", *extra]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train_encoder", overrides=overrides)
@@ -123,7 +170,7 @@ def run_one(name: str, zoo: Path, out: Path, epochs: int, seeds: list, extra: li
     run_experiment(typed_config(cfg), out, encoder_factory=factory)
 
 
-def step_costs(zoo: Path, names: list, batch_size: int = 32, rounds: int = 5) -> dict:
+def step_costs(zoo: Path, names: list, batch_size: int = 32, rounds: int = 5, pad: bool = False) -> dict:
     """CPU milliseconds per training step (forward + backward + Adam) of every encoder on the same
     batch of the zoo's nets, measured side by side in this one process, interleaved over `rounds`
     (median). Process CPU time, unlike wall time, is not inflated by other jobs on a shared machine."""
@@ -142,7 +189,7 @@ def step_costs(zoo: Path, names: list, batch_size: int = 32, rounds: int = 5) ->
     torch.set_num_threads(1)
     z = Zoo(zoo)
     ids = z.ids[:batch_size]
-    space = read_space(z, ids)
+    space = read_space(z, ids, pad=pad)
     params, masks = load_weights(z, ids, space)
     batch = LayerScale(space).fit(space.to_batch(params, masks))(space.to_batch(params, masks))
     encoders = {}
@@ -169,15 +216,39 @@ def step_costs(zoo: Path, names: list, batch_size: int = 32, rounds: int = 5) ->
     return {n: statistics.median(v) for n, v in times.items()}
 
 
+def result_row(name: str, out: Path, key: str, wall_s: float = float("nan")) -> dict:
+    """One encoder's line of the table from its results.csv (mean ± std over the seeds)."""
+    import pandas as pd
+
+    df = pd.read_csv(out / "results.csv")
+    seeds = df[~df["seed"].isin(["mean", "std"])]
+    std = lambda c: seeds[c].std(ddof=1) if len(seeds) > 1 else 0.0  # noqa: E731
+    row = {"encoder": name, key: seeds[f"test/{key}"].mean(), f"{key}_std": std(f"test/{key}"),
+           f"val_{key}": seeds[f"val/{key}"].mean(), "params": int(seeds["params"].iloc[0]),
+           "s_per_epoch": seeds["s_per_epoch"].mean(), "peak_mb": seeds["peak_mem_mb"].max(), "wall_s": wall_s,
+           "per_seed": seeds[f"test/{key}"].round(4).tolist(), "load": os.getloadavg()[0]}
+    if key == "tau":
+        row.update(r2=seeds["test/r2"].mean(), r2_std=std("test/r2"))
+    print(f"{name:>14}: {key} {row[key]:.3f} ± {row[key + '_std']:.3f} (seeds {row['per_seed']})  "
+          f"params {row['params']:,}  {row['s_per_epoch']:.3f} s/epoch  load {row['load']:.1f}", flush=True)
+    return row
+
+
 def print_table(args, rows: list) -> None:
-    print(f"\nzoo {args.zoo} | task test_acc | split 0.7/0.15/0.15 by cell (seed 0) | {args.epochs} epochs | "
-          f"seeds {args.seeds} | 1 thread")
-    print(f"| {'encoder':<14} | {'test tau':>15} | {'test R²':>15} | {'val tau':>7} | {'params':>9} | "
-          f"{'s/epoch':>7} | {'peak MB':>7} |")
-    print("|" + "---|" * 7)
+    key = "acc" if args.net == "inr" else "tau"
+    print(f"\nzoo {args.zoo} | {' '.join(args.zoo_args)} | split 0.7/0.15/0.15 by cell (seed 0) | {args.epochs} "
+          f"epochs | seeds {args.seeds} | 1 thread | load average {args.load}")
+    if key == "tau":
+        print(f"| {'encoder':<14} | {'test tau':>15} | {'test R²':>15} | {'val tau':>7} | {'params':>9} | "
+              f"{'s/epoch':>7} | {'peak MB':>7} |")
+    else:
+        print(f"| {'encoder':<14} | {'test accuracy':>15} | {'val acc':>7} | {'params':>9} | {'s/epoch':>7} | "
+              f"{'peak MB':>7} |")
+    print("|" + "---|" * (7 if key == "tau" else 6))
     for r in rows:
-        print(f"| {r['encoder']:<14} | {r['tau']:.3f} ± {r['tau_std']:.3f}   | {r['r2']:.3f} ± {r['r2_std']:.3f}   | "
-              f"{r['val_tau']:7.3f} | {r['params']:9,} | {r['s_per_epoch']:7.3f} | {r['peak_mb']:7.0f} |")
+        fit = f" {r['r2']:.3f} ± {r['r2_std']:.3f}   |" if key == "tau" else ""
+        print(f"| {r['encoder']:<14} | {r[key]:.3f} ± {r[key + '_std']:.3f}   |{fit} {r['val_' + key]:7.3f} | "
+              f"{r['params']:9,} | {r['s_per_epoch']:7.3f} | {r['peak_mb']:7.0f} |")
     by = {r["encoder"]: r for r in rows}
     ours = [r for r in rows if r["encoder"] not in ("nfn_reference",)]
     if ours and "nfn_reference" in by and "stats" in by:
@@ -186,6 +257,12 @@ def print_table(args, rows: list) -> None:
               f"{by['nfn_reference']['tau']:.3f}; stats baseline {by['stats']['tau']:.3f}")
         print(f"target (best >= reference and > stats): "
               f"{'met' if best['tau'] >= by['nfn_reference']['tau'] and best['tau'] > by['stats']['tau'] else 'NOT met'}")
+    if "flat" in by and "stats" in by:  # issue 18: every permutation-aware encoder beats both baselines
+        bar = max(by["flat"][key], by["stats"][key])
+        for name in ("deepsets", "nfn", "graph", "transformer"):
+            if name in by:
+                print(f"target {name} > flat and stats ({bar:.3f}): {by[name][key]:.3f} "
+                      f"{'met' if by[name][key] > bar else 'NOT met'}")
 
 
 def main() -> None:
@@ -195,59 +272,61 @@ def main() -> None:
 
         return bench_dsire(sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--net", choices=sorted(NETS), default="mlp", help="the zoo's architecture")
+    ap.add_argument("--net", choices=sorted(ZOOS), default="mlp", help="the zoo's kind (architecture or task)")
     ap.add_argument("--zoo", type=Path, help="default: zoos/bench_encoders_<net>")
-    ap.add_argument("--zoo-epochs", type=int, default=5)
+    ap.add_argument("--zoo-epochs", type=int, default=None, help="training epochs of the zoo's nets (default: per kind)")
     ap.add_argument("--zoo-override", nargs="*", default=[], help="extra wsl-zoo overrides (e.g. net.norm=none)")
     ap.add_argument("--epochs", type=int, default=60, help="encoder training epochs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--encoders", nargs="+", choices=ENCODERS, help="default: all (no nfn_reference on ResNets)")
+    ap.add_argument("--encoders", nargs="+", choices=ENCODERS, help="default: all (nfn_reference on MLPs only)")
     ap.add_argument("--out", type=Path, help="default: runs/bench_encoders_<net>")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides for every encoder")
+    ap.add_argument("--quick", action="store_true", help="20 encoder epochs, seed 0 only (a smoke run, not a measurement)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side step costs")
+    ap.add_argument("--collect", action="store_true",
+                    help="no training: the table from the encoders' results already in --out (runs split over processes)")
     args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.seeds = min(args.epochs, 20), args.seeds[:1]
     args.zoo = (args.zoo or ROOT / "zoos" / f"bench_encoders_{args.net}").resolve()
     args.out = (args.out or ROOT / "runs" / f"bench_encoders_{args.net}").resolve()
-    args.encoders = args.encoders or [e for e in ENCODERS if args.net == "mlp" or e != "nfn_reference"]
+    args.encoders = args.encoders or [e for e in ENCODERS if (args.net == "mlp" or e != "nfn_reference")
+                                      and e not in ABLATIONS]
     if args.one:
         run_one(args.one, args.zoo, args.out, args.epochs, args.seeds, args.override)
         return
 
-    build_zoo(args.zoo.resolve(), args.zoo_epochs, args.net, tuple(args.zoo_override))
+    args.zoo_args = ZOOS[args.net](args.zoo, args)  # builds the zoo unless it exists
+    key = "acc" if args.net == "inr" else "tau"
     rows = []
     for name in ([] if args.speed_only else args.encoders):
         out = args.out / name
-        cmd = [sys.executable, __file__, "--one", name, "--zoo", str(args.zoo.resolve()), "--epochs",
-               str(args.epochs), "--out", str(out), "--seeds", *map(str, args.seeds)]
-        if args.override:
-            cmd += ["--override", *args.override]
+        if args.collect:
+            if (out / "results.csv").exists():
+                rows.append(result_row(name, out, key))
+            continue
+        cmd = [sys.executable, __file__, "--one", name, "--zoo", str(args.zoo), "--epochs",
+               str(args.epochs), "--out", str(out), "--seeds", *map(str, args.seeds),
+               "--override", *args.zoo_args, *args.override]
         t0 = time.perf_counter()
         r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
                            capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{name}: FAILED\n{r.stderr[-3000:]}")
             continue
-        import pandas as pd
+        rows.append(result_row(name, out, key, time.perf_counter() - t0))
 
-        df = pd.read_csv(out / "results.csv")
-        seeds = df[~df["seed"].isin(["mean", "std"])]
-        row = {"encoder": name, "tau": seeds["test/tau"].mean(), "tau_std": seeds["test/tau"].std(ddof=1),
-               "r2": seeds["test/r2"].mean(), "r2_std": seeds["test/r2"].std(ddof=1),
-               "val_tau": seeds["val/tau"].mean(), "params": int(seeds["params"].iloc[0]),
-               "s_per_epoch": seeds["s_per_epoch"].mean(), "peak_mb": seeds["peak_mem_mb"].max(),
-               "wall_s": time.perf_counter() - t0}
-        rows.append(row)
-        print(f"{name:>14}: tau {row['tau']:.3f} ± {row['tau_std']:.3f}  R² {row['r2']:.3f}  "
-              f"params {row['params']:,}  {row['s_per_epoch']:.3f} s/epoch", flush=True)
-
+    args.load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     if rows:
         print_table(args, rows)
-    costs = step_costs(args.zoo.resolve(), args.encoders)
+    if args.collect:
+        return
+    costs = step_costs(args.zoo, args.encoders, pad="zoo.pad=true" in args.zoo_args)
     base = costs.get("nfn_reference") or costs.get("stats") or next(iter(costs.values()))
     print("\nside by side in one process (batch of 32 nets, 1 thread, median of 5 interleaved rounds, CPU time):")
     for n, ms in costs.items():
-        print(f"  {n:>14}: {ms:8.1f} ms/step  ({ms / base:5.2f}x {'nfn_reference' if 'nfn_reference' in costs else ''})")
+        print(f"  {n:>14}: {ms:8.1f} ms/step  ({ms / base:5.2f}x {'nfn_reference' if 'nfn_reference' in costs else 'stats'})")
     for r in rows:
         r["cpu_ms_per_step"] = costs.get(r["encoder"])
     args.out.mkdir(parents=True, exist_ok=True)

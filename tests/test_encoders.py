@@ -485,3 +485,45 @@ def test_training_augmentations_move_masks_with_their_neurons():
     # RMS, so real neurons are far from zero and padded ones are exactly noise around zero
     real_rms = w1[~pad].pow(2).mean().sqrt()
     assert w1[pad].pow(2).mean().sqrt() < 0.05 * real_rms
+
+
+# ------------------------------------------------------------------------------------------ input and readout options
+NORM_VARIANTS = {  # the encoder options of issue 18, each a function of the invariant embedding or of entries alike
+    "deepsets": dict(ENCODER_KWARGS["deepsets"], norm_readout=True),
+    "nfn": dict(ENCODER_KWARGS["nfn"], norm_readout=True, norm="none"),
+    "nfn_linear_in": dict(ENCODER_KWARGS["nfn"], entry_mlp=False),
+    "graph": dict(ENCODER_KWARGS["graph"], norm_readout=True),
+    "transformer": dict(ENCODER_KWARGS["transformer"], norm_readout=True),
+}
+
+
+@pytest.mark.parametrize("net", ["cnn1d", "siren"])
+@pytest.mark.parametrize("enc", list(NORM_VARIANTS))
+def test_readout_normalization_keeps_invariance(net, enc):
+    """After training-mode steps have moved the readout's running statistics, the encoder in eval mode
+    is still exactly invariant to the net's permutations; in training mode the head reads the
+    embedding standardized over the batch, feature by feature."""
+    params, _, space = population(NETS[net], n=4)
+    torch.manual_seed(1)
+    encoder = encoder_cls(enc.split("_")[0])(space, 2, **NORM_VARIANTS[enc])
+    batch = space.to_batch(params)
+    seen = []
+    if isinstance(getattr(encoder, "readout_norm", None), nn.BatchNorm1d):
+        hook = encoder.readout_norm.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+        with torch.no_grad():
+            for _ in range(3):
+                encoder.train()(batch)
+        hook.remove()
+        x, out = seen[-1]
+        assert (x.var(0) > 1e-6).any()
+        # the definition: per feature over the batch, (x - mean) / sqrt(biased variance + eps)
+        want = (x - x.mean(0)) / (x.var(0, unbiased=False) + encoder.readout_norm.eps).sqrt()
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+        assert (encoder.readout_norm.running_mean.abs() > 0).any()
+    moved = _random_permutation({k: v[:3] for k, v in params.items()}, space)
+    encoder.eval()
+    with torch.no_grad():
+        y = encoder(space.to_batch({k: v[:3] for k, v in params.items()}))
+        y_perm = encoder(space.to_batch(moved))
+    assert y.std(0).max() > 1e-4
+    torch.testing.assert_close(y_perm, y, atol=1e-5, rtol=1e-4)

@@ -151,6 +151,7 @@ def test_cnn_zoo_is_read_with_kernels_as_edge_features(tmp_path, encoder):
     ("+encoder.width=3", r"^unknown config key 'encoder\.width'; valid keys under encoder: _target_, channels"),
     ("task.columns=[]", r"^task=test_acc: task\.columns is empty"),
     ("task.kind=ranking", r"^task\.kind='ranking' is not allowed"),
+    ("encoder.norm=batch", r"^encoder\.norm='batch' is not allowed"),
     ("split.fractions=[0.5,0.6,0.1]", r"^split\.fractions must be three non-negative numbers summing to 1"),
     ("optim.lr=0", r"^optim\.lr must be a number in \(0, inf\)"),
     ("augment.noise.sigma=-1", r"^augment\.noise\.sigma must be a number in \[0, inf\)"),

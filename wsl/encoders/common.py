@@ -18,6 +18,19 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, dropout: float 
     return nn.Sequential(*mods)
 
 
+def readout_norm(dim: int, on: bool) -> nn.Module:
+    """Standardization of an invariant embedding [B, dim] before the head (BatchNorm without affine: batch
+    statistics in training, running statistics of the training nets in eval), or nothing.
+
+    Nets of one zoo often differ by little against what they share (a SIREN zoo fitted from one shared
+    init: the fitting moves each weight by a few percent of its init): the pooled features of such
+    nets are then nearly equal, and a head reads their differences only once they are standardized,
+    as StatNN's statistics are. It acts on pooled, already invariant features, so it keeps invariance
+    exactly (in eval mode; in training a net's output also depends on its batch, as with any BatchNorm).
+    """
+    return nn.BatchNorm1d(dim, affine=False) if on else nn.Identity()
+
+
 def _rms(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((x.pow(2) * mask).sum() / mask.sum().clamp_min(1)).sqrt()
 

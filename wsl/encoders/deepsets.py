@@ -12,7 +12,8 @@ tensor that writes or reads it:
   (DeepSets of sets), which is unchanged when that set is permuted.
 
 A residual stream is read by several tensors, so its tokens have one such part per tensor.
-Per-unit features of the fixed outputs (the head's bias) enter rho directly. Invariant to every
+Per-unit features of the fixed outputs (the head's bias) enter rho directly. The pooled vector is standardized
+over the training nets before rho (`norm_readout`, wsl.encoders.common.readout_norm). Invariant to every
 permutation of the net's spec.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsl.encoders.common import mlp
+from wsl.encoders.common import mlp, readout_norm
 from wsl.encoders.weightspace import WeightSpace, WSBatch, masked_mean
 
 
@@ -29,7 +30,7 @@ class DeepSets(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, hidden: int = 64, head_hidden: int = 128,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, norm_readout: bool = True):
         super().__init__()
         self.space = space
         n, sets = space.sizes, space.sets
@@ -52,6 +53,7 @@ class DeepSets(nn.Module):
         rho_in = (len(self.permuted) * hidden + sum(n[space.nodes[j].set] for j in self.fixed_nodes)
                   + sum(n[space.edges[l].out] * n[space.edges[l].inp] * space.edges[l].kernel_numel
                         for l in self.fixed_edges))  # a net without permuted sets: its weights in their fixed order
+        self.readout_norm = readout_norm(rho_in, norm_readout)
         self.rho = mlp(rho_in, head_hidden, out_dim, 3, dropout)
 
     def forward(self, batch: WSBatch) -> torch.Tensor:  # -> [B, out_dim]
@@ -72,4 +74,4 @@ class DeepSets(nn.Module):
             pooled.append(masked_mean(tokens, M[m], dim=1))
         pooled += [batch.nodes[j] for j in self.fixed_nodes]
         pooled += [W[l].flatten(1) for l in self.fixed_edges]
-        return self.rho(torch.cat(pooled, dim=-1))
+        return self.rho(self.readout_norm(torch.cat(pooled, dim=-1)))

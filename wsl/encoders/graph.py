@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsl.encoders.common import NeuronEmbedding, edge_mean, mlp, pad_kernel, pooled_sets
+from wsl.encoders.common import NeuronEmbedding, edge_mean, mlp, pad_kernel, pooled_sets, readout_norm
 from wsl.encoders.weightspace import WeightSpace, WSBatch, masked_mean
 
 
@@ -73,7 +73,7 @@ class GraphEncoder(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, hidden: int = 32, num_layers: int = 3,
-                 head_hidden: int = 128, dropout: float = 0.0):
+                 head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = True):
         super().__init__()
         self.links = [(e.out, e.inp) for e in space.edges]
         self.k_max = max(space.kernel_numels)
@@ -81,6 +81,7 @@ class GraphEncoder(nn.Module):
         self.edge_proj = nn.Linear(self.k_max, hidden)
         self.edge_layer = nn.Parameter(torch.randn(len(space.edges), hidden) * 0.1)
         self.layers = nn.ModuleList(MessagePassing(space, hidden) for _ in range(num_layers))
+        self.readout_norm = readout_norm((len(space.sets) + len(space.edges)) * hidden, norm_readout)
         self.head = mlp((len(space.sets) + len(space.edges)) * hidden, head_hidden, out_dim, 3, dropout)
 
     def forward(self, batch: WSBatch) -> torch.Tensor:  # -> [B, out_dim]
@@ -90,4 +91,4 @@ class GraphEncoder(nn.Module):
             h, e = layer(h, e, batch.masks)
         M = batch.masks
         edges = torch.cat([edge_mean(x, M[o], M[i]) for x, (o, i) in zip(e, self.links)], -1)
-        return self.head(torch.cat([pooled_sets(h, M), edges], dim=-1))
+        return self.head(self.readout_norm(torch.cat([pooled_sets(h, M), edges], dim=-1)))

@@ -37,7 +37,8 @@ both sets, as a residual block's two convolutions do: conv1 maps stream -> block
 stream). For a chain this is NFN's basis; with several tensors on one set every pattern of shared
 and pooled indices is still present, except the diagonal terms of a tensor from a set to itself,
 which no wsl net has. Means count only real (unpadded) neurons. The invariant readout is the
-global summary s (NFN's pooling), followed by an MLP.
+global summary s (NFN's pooling), standardized over the training nets (`norm_readout`,
+wsl.encoders.common.readout_norm), followed by an MLP.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsl.encoders.common import edge_mean, mlp
+from wsl.encoders.common import edge_mean, mlp, readout_norm
 from wsl.encoders.weightspace import WeightSpace, WSBatch, masked_mean
 
 
@@ -126,7 +127,8 @@ class NFN(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, mode: str = "hnp", channels: int = 32,
-                 num_layers: int = 3, head_hidden: int = 128, dropout: float = 0.0, io_embed: bool = True):
+                 num_layers: int = 3, head_hidden: int = 128, dropout: float = 0.0, io_embed: bool = True,
+                 entry_mlp: bool = True, norm: str = "layer", norm_readout: bool = True):
         super().__init__()
         self.mode, self.channels = mode, channels
         st = self.st = _Structure(space, mode)
@@ -144,7 +146,13 @@ class NFN(nn.Module):
                 self.w_kind[l], d = "in", n[o] * K
             else:
                 self.w_kind[l], d = "global", n[o] * n[i] * K
-            self.w_in[str(l)] = nn.Linear(d, C)
+            # entry_mlp: an edge tensor's entries go through a small MLP (the same for every entry), not
+            # one Linear, so that the first layer's pooled summaries are means of nonlinear features of
+            # the weights rather than of raw weights (~0 for every net). On the MNIST-1D CNN benchmark zoo
+            # it changes nothing measurable (tau 0.891 +- 0.010 with it, 0.894 +- 0.018 without); INR
+            # classification (0.849 +- 0.020) was measured with it
+            edge_mlp = entry_mlp and self.w_kind[l] == "edge"
+            self.w_in[str(l)] = mlp(d, C, C, 2) if edge_mlp else nn.Linear(d, C)
         self.node_sets = [s.set for s in space.nodes]
         self.b_in = nn.ModuleDict({str(j): nn.Linear(1 if m in st.sets else n[m], C)
                                    for j, m in enumerate(self.node_sets)})
@@ -155,7 +163,8 @@ class NFN(nn.Module):
             self.pos = nn.ParameterDict({str(m): nn.Parameter(torch.randn(n[m], C) * 0.1)
                                          for m, s in enumerate(space.sets) if s.fixed})
         self.layers = nn.ModuleList(EquivariantLayer(st, C, C) for _ in range(num_layers))
-        self.norm = nn.LayerNorm(C)  # over channels only: acts on every entry alike, so equivariant
+        self.norm = nn.LayerNorm(C) if norm == "layer" else nn.Identity()  # over channels only: every entry alike
+        self.readout_norm = readout_norm(st.g_units * C, norm_readout)
         self.head = mlp(st.g_units * C, head_hidden, out_dim, 3, dropout)
 
     def embed(self, batch: WSBatch):
@@ -189,4 +198,4 @@ class NFN(nn.Module):
             E, V, g = layer(E, V, g, batch.masks)
             E, V, g = {k: act(v) for k, v in E.items()}, {k: act(v) for k, v in V.items()}, act(g)
         _, s = _summaries(self.st, E, V, g, batch.masks)
-        return self.head(s)
+        return self.head(self.readout_norm(s))

@@ -51,6 +51,7 @@ class DeepSetsConfig(_Encoder):
     hidden: int = 64
     head_hidden: int = 128
     dropout: float = 0.0
+    norm_readout: bool = True  # standardize the invariant embedding before the head (BatchNorm)
 
 
 @target_schema
@@ -62,6 +63,7 @@ class GraphConfig(_Encoder):
     num_layers: int = 3
     head_hidden: int = 128
     dropout: float = 0.0
+    norm_readout: bool = True  # standardize the invariant embedding before the head (BatchNorm)
 
 
 @target_schema
@@ -75,10 +77,14 @@ class NFNConfig(_Encoder):
     head_hidden: int = 128
     dropout: float = 0.0
     io_embed: bool = True
+    entry_mlp: bool = True  # an MLP on every entry of an edge tensor (False: one Linear, NFN's input layer)
+    norm: str = "layer"  # layer: LayerNorm over channels after every equivariant layer | none
+    norm_readout: bool = True  # standardize the invariant embedding before the head (BatchNorm)
 
     def __post_init__(self):
         super().__post_init__()
         schema.choice(self, "mode", ("hnp", "np"))
+        schema.choice(self, "norm", ("layer", "none"))
 
 
 @target_schema
@@ -92,6 +98,7 @@ class TransformerConfig(_Encoder):
     edge_dim: int = 16
     head_hidden: int = 128
     dropout: float = 0.0
+    norm_readout: bool = True  # standardize the invariant embedding before the head (BatchNorm)
 
     def __post_init__(self):
         super().__post_init__()

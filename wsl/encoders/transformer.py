@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from wsl.encoders.common import NeuronEmbedding, mlp, pad_kernel, pooled_sets
+from wsl.encoders.common import NeuronEmbedding, mlp, pad_kernel, pooled_sets, readout_norm
 from wsl.encoders.weightspace import WeightSpace, WSBatch
 
 # token-pair kinds: then INCOMING + 2 l and INCOMING + 2 l + 1 (outgoing) through weight tensor l
@@ -61,7 +61,7 @@ class NeuronTransformer(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, dim: int = 64, heads: int = 4, num_layers: int = 3,
-                 edge_dim: int = 16, head_hidden: int = 128, dropout: float = 0.0):
+                 edge_dim: int = 16, head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = True):
         super().__init__()
         self.k_max = max(space.kernel_numels)
         self.sizes = list(space.sizes)
@@ -73,6 +73,7 @@ class NeuronTransformer(nn.Module):
         self.register_buffer("kinds", self._kinds(space), persistent=False)
         self.blocks = nn.ModuleList(RelationalBlock(dim, heads, edge_dim, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
+        self.readout_norm = readout_norm(len(space.sizes) * dim, norm_readout)
         self.head = mlp(len(space.sizes) * dim, head_hidden, out_dim, 3, dropout)
 
     @staticmethod
@@ -116,4 +117,4 @@ class NeuronTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, e, mask)
         feats = list(torch.split(self.norm(x), self.sizes, dim=1))
-        return self.head(pooled_sets(feats, batch.masks))
+        return self.head(self.readout_norm(pooled_sets(feats, batch.masks)))
