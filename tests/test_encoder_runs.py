@@ -110,7 +110,8 @@ def test_trained_run_is_saved_and_reloads_to_the_same_predictions(run, zoo):
     encs = load_run(out)
     assert [e.seed for e in encs] == [0, 1]
     desc = encs[0].desc
-    assert desc["encoder"] == {"name": "deepsets", "kwargs": {"hidden": 8, "head_hidden": 16, "dropout": 0.0},
+    assert desc["encoder"] == {"name": "deepsets", "kwargs": {"hidden": 8, "head_hidden": 16, "dropout": 0.0,
+                                                         "norm_readout": True},
                                "label": "deepsets"}
     assert desc["space"]["archs"] == [ARCH] and desc["task"]["columns"] == ["test_acc"]
     assert sorted(desc["zoo"]["train_ids"] + desc["zoo"]["val_ids"] + desc["zoo"]["test_ids"]) == Zoo(zoo).ids
