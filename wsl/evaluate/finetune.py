@@ -29,9 +29,6 @@ import csv
 import io
 import json
 import math
-import os
-import secrets
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +37,8 @@ from torch import nn
 
 from wsl.errors import ConfigError, ZooFormatError
 from wsl.zoo import Zoo
-from wsl.zoo.safe_paths import MARKER, claim_output_dir, exchange, inside, open_new
-from wsl.zoo.atomic import fsync_dir
+from wsl.zoo.safe_paths import MARKER, claim_output_dir, inside
+from wsl.zoo.atomic import replace_dir
 
 APP = "wsl-evaluate"
 FINETUNE_FILES = ("report.md", "finetune.csv", "finetune_nets.csv", "finetune.png", "summary.json")
@@ -274,31 +271,10 @@ def write_finetune_report(out_dir: Path, info: dict, summary: list[dict], rows: 
     from wsl.evaluate.plots import figure_bytes
 
     out_dir = claim_output_dir(out_dir, APP, "out", FINETUNE_FILES)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    os.mkdir(tmp)
-    try:
-        files = {"finetune.png": figure_bytes(finetune_plot(summary, info)), "finetune.csv": _csv(summary),
-                 "finetune_nets.csv": _csv(rows),
-                 "summary.json": json.dumps({"info": info, "sets": summary}, indent=2, sort_keys=True).encode(),
-                 "report.md": _markdown(info, summary).encode(), MARKER: f"{APP}\n".encode()}  # the marker last
-        for name, blob in files.items():
-            with os.fdopen(open_new(tmp / name), "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        claim_output_dir(out_dir, APP, "out", FINETUNE_FILES)
-        if not os.path.lexists(out_dir):
-            os.rename(tmp, out_dir)
-        elif not exchange(tmp, out_dir):
-            old = tmp.with_name(tmp.name[: -len(".tmp")] + "old.tmp")
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            tmp = old
-        fsync_dir(out_dir.parent)
-    finally:
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp)
+    files = {"finetune.png": figure_bytes(finetune_plot(summary, info)), "finetune.csv": _csv(summary),
+             "finetune_nets.csv": _csv(rows),
+             "summary.json": json.dumps({"info": info, "sets": summary}, indent=2, sort_keys=True).encode(),
+             "report.md": _markdown(info, summary).encode(), MARKER: f"{APP}\n".encode()}  # the marker last
+    replace_dir(out_dir, files, before_swap=lambda: claim_output_dir(out_dir, APP, "out", FINETUNE_FILES))
     return out_dir / "report.md"
 

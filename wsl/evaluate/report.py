@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,8 @@ from wsl.evaluate.accuracy import mean_std
 from wsl.evaluate.plots import accuracy_novelty_plot, distance_histogram, figure_bytes
 from wsl.evaluate.results import Evaluation
 from wsl.evaluate.screening import screening_plot
-from wsl.zoo.atomic import fault_point, fsync_dir
-from wsl.zoo.safe_paths import MARKER, claim_output_dir, exchange, inside, open_new
+from wsl.zoo.atomic import fault_point, replace_dir
+from wsl.zoo.safe_paths import MARKER, claim_output_dir, inside
 
 REPORT_FILE = "report.md"
 
@@ -381,40 +380,23 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in _temp_dirs(out_dir):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    os.mkdir(tmp)  # new (fails if anything has that name), with the usual permissions
-    try:
-        plots = {"accuracy vs novelty": "accuracy_novelty.png", "nearest-neighbour distances": "nn_distances.png",
-                 "screening": "screening.png"}
-        summary = {"info": ev.info, "sets": [s.summary() for s in ev.sets],
-                   "ensemble": {k: v for k, v in ev.ensemble.items() if k != "predictions"},
-                   "yardstick": ev.yardstick, "phases": ev.phases, "against_noise": compare_with_noise(ev)}
-        files = {plots["accuracy vs novelty"]: figure_bytes(accuracy_novelty_plot(ev)),
-                 plots["nearest-neighbour distances"]: figure_bytes(distance_histogram(ev)),
-                 "sets.csv": _csv_bytes([s.summary() for s in ev.sets]), "nets.csv": _csv_bytes(_nets_rows(ev)),
-                 "summary.json": json.dumps(_jsonable(summary), indent=2, sort_keys=True).encode(),
-                 REPORT_FILE: markdown(ev, plots).encode(), MARKER: f"{APP}\n".encode()}  # the marker last
-        if ev.info.get("screening"):
-            files = {plots["screening"]: figure_bytes(screening_plot(ev.info["screening"], _metric(ev.info)[1],
-                                                                     ev.info.get("split", "test"))), **files}
-        for name, data in files.items():
-            with os.fdopen(open_new(tmp / name), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        fsync_dir(tmp)
+    plots = {"accuracy vs novelty": "accuracy_novelty.png", "nearest-neighbour distances": "nn_distances.png",
+             "screening": "screening.png"}
+    summary = {"info": ev.info, "sets": [s.summary() for s in ev.sets],
+               "ensemble": {k: v for k, v in ev.ensemble.items() if k != "predictions"},
+               "yardstick": ev.yardstick, "phases": ev.phases, "against_noise": compare_with_noise(ev)}
+    files = {plots["accuracy vs novelty"]: figure_bytes(accuracy_novelty_plot(ev)),
+             plots["nearest-neighbour distances"]: figure_bytes(distance_histogram(ev)),
+             "sets.csv": _csv_bytes([s.summary() for s in ev.sets]), "nets.csv": _csv_bytes(_nets_rows(ev)),
+             "summary.json": json.dumps(_jsonable(summary), indent=2, sort_keys=True).encode(),
+             REPORT_FILE: markdown(ev, plots).encode(), MARKER: f"{APP}\n".encode()}  # the marker last
+    if ev.info.get("screening"):
+        files = {plots["screening"]: figure_bytes(screening_plot(ev.info["screening"], _metric(ev.info)[1],
+                                                                 ev.info.get("split", "test"))), **files}
+
+    def last_check():
         fault_point("report")
         claim_output_dir(out_dir, APP, "out", REPORT_FILES, legacy=ALWAYS_WRITTEN)  # again: the work took a while
-        if not os.path.lexists(out_dir):
-            os.rename(tmp, out_dir)  # fails on a directory that appeared meanwhile with files in it
-        elif not exchange(tmp, out_dir):  # (exchanged: tmp now holds the old report, removed below)
-            # no atomic exchange on this file system: old aside, new in (a short gap)
-            old = tmp.with_name(tmp.name[: -len(".tmp")] + "old.tmp")
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            tmp = old
-        fsync_dir(out_dir.parent)
-    finally:
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp)  # this run's temp directory (or the old report it replaced): never followed
+
+    replace_dir(out_dir, files, before_swap=last_check)
     return out_dir / REPORT_FILE

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from wsl.zoo.format import LOCK_FILE
-from wsl.zoo.safe_paths import MARKER, UnsafePathError, inside, make_dirs, open_new, read_marker
+from wsl.zoo.safe_paths import MARKER, UnsafePathError, exchange, inside, make_dirs, open_new, read_marker
 
 FAULT_DELAY_ENV = "WSL_FAULT_DELAY"  # e.g. "index=0.5,checkpoint=0.05": pause there (seconds)
 FAULT_LOG_ENV = "WSL_FAULT_LOG"  # a file that gets one line per fault point passed ("<kind> <pid>")
@@ -53,6 +53,41 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_dir(out_dir: Path, files: dict[str, bytes], before_swap=None) -> None:
+    """`out_dir` replaced as a whole by a directory of `files` (name -> bytes, written in this order: put a
+    marker last): they are written into a new temporary sibling `.<name>.<pid>.<random>.tmp`, each file and
+    then the directory fsynced; `before_swap()` (the caller's last check) runs; the sibling is swapped into
+    place in one atomic step (renameat2 RENAME_EXCHANGE where the file system has it, else old aside, new in:
+    a short gap). `out_dir` is at every moment the old complete directory or the new complete one; the old
+    one (or the temporary directory, on an error) is removed, never followed if it became a link."""
+    import secrets
+    import shutil
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.mkdir(tmp)  # new (fails if anything has that name), with the usual permissions
+    try:
+        for name, blob in files.items():
+            with os.fdopen(open_new(tmp / name), "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        if before_swap is not None:
+            before_swap()
+        if not os.path.lexists(out_dir):
+            os.rename(tmp, out_dir)  # fails on a directory that appeared meanwhile with files in it
+        elif not exchange(tmp, out_dir):  # (exchanged: tmp now holds the old directory, removed below)
+            old = tmp.with_name(tmp.name[: -len(".tmp")] + "old.tmp")
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            tmp = old
+        fsync_dir(out_dir.parent)
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp)
 
 
 def tmp_name(path: Path) -> Path:
