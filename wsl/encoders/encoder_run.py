@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as st_load, save as st_save
 from torch import nn
 
@@ -41,7 +40,7 @@ from wsl.encoders.weightspace import WeightSpace
 from wsl.errors import ConfigError, ZooFormatError, printable
 from wsl.schema import FieldError
 from wsl.zoo.atomic import write_bytes_atomic
-from wsl.zoo.format import check_arch_limits
+from wsl.zoo.format import check_arch_limits, safetensors_header
 
 log = logging.getLogger("wsl.encoders")
 
@@ -177,18 +176,6 @@ class SavedEncoder:
         return out
 
 
-def _header(ckpt: Path) -> tuple[dict, dict]:
-    """The checkpoint's metadata and {tensor: (dtype, shape)} from its header alone (nothing allocated)."""
-    try:
-        with safe_open(str(ckpt), "pt") as f:
-            slices = {k: f.get_slice(k) for k in f.keys()}
-            return f.metadata() or {}, {k: (str(s.get_dtype()), tuple(map(int, s.get_shape())))
-                                        for k, s in slices.items()}
-    except Exception as e:  # safetensors raises several error types on damaged files
-        raise ZooFormatError(f"{printable(ckpt)}: not a readable safetensors file ({type(e).__name__}: "
-                             f"{printable(e)[:200]}); the saved encoder is damaged or truncated") from e
-
-
 def _check_tensors(ckpt, expected: dict, found: dict) -> None:
     missing = [k for k in expected if k not in found]
     if missing:
@@ -243,7 +230,7 @@ def load_encoder(path) -> SavedEncoder:
     ckpt_path = Path(path)
     if not ckpt_path.is_file():
         raise ZooFormatError(f"{printable(ckpt_path)}: missing (not a saved encoder)")
-    meta, index = _header(ckpt_path)
+    meta, index = safetensors_header(ckpt_path, "; the saved encoder is damaged or truncated")
     ckpt = printable(ckpt_path)
     if meta.get("format") != RUN_FORMAT:
         raise ZooFormatError(f"{ckpt}: not a wsl encoder checkpoint (format {printable(meta.get('format'))[:40]!r})")

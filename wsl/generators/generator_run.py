@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as st_load, save as st_save
 from torch import nn
 
@@ -45,7 +44,7 @@ from wsl.generators.schema import LatentConfig
 from wsl.nets import build_net
 from wsl.schema import TARGETS, FieldError
 from wsl.zoo.atomic import write_bytes_atomic
-from wsl.zoo.format import check_arch_limits
+from wsl.zoo.format import check_arch_limits, safetensors_header
 from wsl.zoo.layout import Layout
 
 RUN_FORMAT = "wsl-generator"
@@ -145,18 +144,6 @@ class GeneratorRun:
 _FLOATS = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 
 
-def _header(ckpt: Path) -> tuple[dict, dict]:
-    """The checkpoint's metadata and {tensor name: (dtype, shape)}, from its header alone: nothing is
-    allocated for the tensors before they are known to match the description."""
-    try:
-        with safe_open(str(ckpt), "pt") as f:
-            slices = {k: f.get_slice(k) for k in f.keys()}
-            return f.metadata() or {}, {k: (str(s.get_dtype()), tuple(map(int, s.get_shape())))
-                                        for k, s in slices.items()}
-    except Exception as e:  # safetensors raises several error types on damaged files
-        raise ZooFormatError(f"{ckpt}: not a readable safetensors file ({type(e).__name__}: {printable(e)[:200]})") from e
-
-
 def _check_tensors(ckpt: Path, expected: dict, found: dict) -> None:
     """The checkpoint holds exactly the tensors its description implies: names, shapes, float dtypes."""
     missing = [k for k in expected if k not in found]
@@ -200,7 +187,7 @@ def load_run(run_dir) -> GeneratorRun:
     ckpt = run_dir / CHECKPOINT
     if not ckpt.is_file():
         raise ZooFormatError(f"{printable(ckpt)}: missing; {printable(run_dir)} is not a finished wsl-train-generator run")
-    meta, index = _header(ckpt)
+    meta, index = safetensors_header(ckpt)
     ckpt = printable(ckpt)  # from here on only named in messages
     if meta.get("format") != RUN_FORMAT:
         raise ZooFormatError(f"{ckpt}: not a wsl generator checkpoint (format {printable(meta.get('format'))[:40]!r})")

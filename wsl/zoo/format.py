@@ -206,3 +206,21 @@ def check_stored_dataset(ds: dict, where: str) -> None:
     for k in ("path", "op"):
         if ds.get(k) is not None and not isinstance(ds[k], str):
             bad(k, "null or a string")
+
+
+def safetensors_header(path: Path, damaged: str = "") -> tuple[dict, dict]:
+    """A safetensors file's metadata and {tensor name: (dtype, shape)}, from its header alone: nothing is
+    allocated for the tensors before the caller knows they match what it expects. An unreadable file is a
+    ZooFormatError naming it (`damaged`: what the caller adds, e.g. "; the saved encoder is damaged")."""
+    from safetensors import safe_open
+
+    from wsl.errors import printable
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            return f.metadata() or {}, {k: (str(s.get_dtype()), tuple(map(int, s.get_shape())))
+                                        for k, s in slices.items()}
+    except Exception as e:  # safetensors raises several error types on damaged files
+        raise ZooFormatError(f"{printable(path)}: not a readable safetensors file ({type(e).__name__}: "
+                             f"{printable(e)[:200]}){damaged}") from e
