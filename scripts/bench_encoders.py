@@ -236,7 +236,8 @@ def result_row(name: str, out: Path, key: str, wall_s: float = float("nan")) -> 
 
 def print_table(args, rows: list) -> None:
     key = "acc" if args.net == "inr" else "tau"
-    print(f"\nzoo {args.zoo} | {' '.join(args.zoo_args)} | split 0.7/0.15/0.15 by cell (seed 0) | {args.epochs} "
+    split_seed = next((o.split("=", 1)[1] for o in reversed(args.override) if o.startswith("split.seed=")), "0")
+    print(f"\nzoo {args.zoo} | {' '.join(args.zoo_args)} | split 0.7/0.15/0.15 by cell (seed {split_seed}) | {args.epochs} "
           f"epochs | seeds {args.seeds} | 1 thread | load average {args.load}")
     if key == "tau":
         print(f"| {'encoder':<14} | {'test tau':>15} | {'test R²':>15} | {'val tau':>7} | {'params':>9} | "
