@@ -7,7 +7,7 @@
 
 `pca` and `latent` are *stages* of a WeightRepresentation (after alignment and normalization): objects with
 `dim`, `encode`, `decode`, `tensors`, `meta`, and a class-level `expected(meta, n)` (the tensors a run must hold)
-and `load(meta, tensors)`; `tokens` changes the denoiser, not the vector. Nothing here imports omegaconf.
+and `load(meta, tensors)`; `tokens` changes the denoiser, not the vector. Settings arrive as the typed schemas of wsl.generators.schema.
 """
 
 STAGES = {"pca": "wsl.generators.representations.pca:PCACodes",
