@@ -214,6 +214,18 @@ def plot_zoo(zoo_path, x: str | None = None, y: str | None = None, metrics=None,
                           "plot.out_dir=<dir>") from e
 
 
+def cell_slices(cells, others):
+    """One (cells, file-name suffix, title text) per combination of the swept axes that are not drawn
+    (`others`; one slice of everything when there are none); empty combinations are left out."""
+    for sl in itertools.product(*[sorted(cells[o].unique(), key=_sort_key) for o in others]):
+        part = cells
+        for o, v in zip(others, sl):
+            part = part[part[o] == v]
+        if len(part):
+            yield (part, "".join(f"__{_safe(o)}={_safe(v)}" for o, v in zip(others, sl)),
+                   ", ".join(f"{o}={_fmt(v)}" for o, v in zip(others, sl)))
+
+
 def _draw(out: Path, own_dir: bool, zoo, table, x, y, others, metrics, thresholds, dpi, fmt) -> list[Path]:
     if own_dir:
         out.mkdir(parents=True, exist_ok=True)  # the user's own path (checked: not a link, not a file)
@@ -226,14 +238,7 @@ def _draw(out: Path, own_dir: bool, zoo, table, x, y, others, metrics, threshold
     csv = out / f"cells__{axes_name}.csv"
     write_bytes_atomic(csv, cells.to_csv(index=False).encode(), what="plot", root=out)
     written = [csv]
-    for sl in itertools.product(*[sorted(cells[o].unique(), key=_sort_key) for o in others]):  # (): no others
-        part = cells
-        for o, v in zip(others, sl):
-            part = part[part[o] == v]
-        if not len(part):
-            continue
-        suffix = "".join(f"__{_safe(o)}={_safe(v)}" for o, v in zip(others, sl))
-        where = ", ".join(f"{o}={_fmt(v)}" for o, v in zip(others, sl))
+    for part, suffix, where in cell_slices(cells, others):
         where = f" — {where}" if where else ""
         for m in metrics:
             fig = _heatmap(part, x, y, m, f"{m} (seeds averaged){where}")

@@ -9,12 +9,11 @@ on a diverging scale centred at 0 (positive: the merge is better). A CSV of the 
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 
 from wsl.landscape.phases import phase_label
-from wsl.landscape.plots import (_fmt, _safe, _save, _sort_key, cell_table, choose_axes, heatmap_on, non_axis)
+from wsl.landscape.plots import _safe, _save, cell_slices, cell_table, choose_axes, heatmap_on, non_axis
 from wsl.zoo.atomic import write_bytes_atomic
 
 log = logging.getLogger("wsl.merge")
@@ -76,14 +75,7 @@ def plot_merge_phases(zoo_path, out: Path, x=None, y=None, thresholds=None, dpi:
     csv = out / f"cells__merge_gain__{axes_name}.csv"
     write_bytes_atomic(csv, cells.to_csv(index=False).encode(), what="plot", root=out)
     written = [csv]
-    for sl in itertools.product(*[sorted(cells[o].unique(), key=_sort_key) for o in others]):
-        part = cells
-        for o, v in zip(others, sl):
-            part = part[part[o] == v]
-        if not len(part):
-            continue
-        suffix = "".join(f"__{_safe(o)}={_safe(v)}" for o, v in zip(others, sl))
-        what = ", ".join(f"{o}={_fmt(v)}" for o, v in zip(others, sl))
+    for part, suffix, what in cell_slices(cells, others):
         nx = part[x].nunique() if x else 1
         ny = part[y].nunique() if y else 1
         fig = Figure(figsize=(3 * (1.8 + 1.1 * nx), 1.8 + 0.8 * ny), layout="constrained")
