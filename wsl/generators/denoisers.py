@@ -57,6 +57,18 @@ class Conditioning(nn.Module):
         return emb if drop is None else torch.where(drop[:, None], null, emb)
 
 
+def time_embedding(dim: int) -> nn.Module:
+    """t [B] -> [B, dim]: sinusoidal features through a small MLP (every transformer denoiser's)."""
+    return nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+
+def pre_norm_encoder(d_model: int, nhead: int, layers: int, dropout: float) -> tuple[nn.Module, nn.Module]:
+    """A pre-LayerNorm transformer encoder over tokens [B, T, d_model] and the final LayerNorm after it."""
+    layer = nn.TransformerEncoderLayer(d_model, nhead, 4 * d_model, dropout, activation="gelu", batch_first=True,
+                                       norm_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.LayerNorm(d_model)
+
+
 class _ResBlock(nn.Module):
     """Pre-norm residual MLP block, modulated by the time+condition embedding (FiLM / adaLN)."""
 
@@ -139,13 +151,9 @@ class TransformerDenoiser(nn.Module):
         self.embed = nn.ModuleList(nn.Linear(b - a, d_model) for a, b in self.tokens)
         self.unembed = nn.ModuleList(nn.Linear(d_model, b - a) for a, b in self.tokens)
         self.pos = nn.Parameter(torch.randn(len(self.tokens) + 1, d_model) * 0.02)
-        self.time = nn.Sequential(SinusoidalEmbedding(d_model), nn.Linear(d_model, d_model), nn.SiLU(),
-                                  nn.Linear(d_model, d_model))
+        self.time = time_embedding(d_model)
         self.cond = Conditioning(cond_dim, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, nhead, 4 * d_model, dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d_model)
+        self.encoder, self.norm = pre_norm_encoder(d_model, nhead, layers, dropout)
 
     def forward(self, x, t, cond=None, drop=None):  # [B, D], [B], [B, C] -> [B, D]
         emb = self.time(t) + self.cond(cond, x.shape[0], drop)  # [B, d]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from wsl.errors import ConfigError
-from wsl.generators.denoisers import Conditioning, SinusoidalEmbedding
+from wsl.generators.denoisers import Conditioning, pre_norm_encoder, time_embedding
 from wsl.generators.representations.chunks import chunk_tokens, gather_index
 
 KINDS = 5  # tensor rank of a layer's first tensor, 0..4 (rank >= 4 shares 4)
@@ -62,13 +62,9 @@ class TokenDenoiser(nn.Module):
         self.kind_emb = nn.Embedding(KINDS, d_model)
         for e in (self.layer_emb, self.pos_emb, self.kind_emb):
             nn.init.normal_(e.weight, std=0.02)
-        self.time = nn.Sequential(SinusoidalEmbedding(d_model), nn.Linear(d_model, d_model), nn.SiLU(),
-                                  nn.Linear(d_model, d_model))
+        self.time = time_embedding(d_model)
         self.cond = Conditioning(cond_dim, d_model)
-        layer_ = nn.TransformerEncoderLayer(d_model, nhead, 4 * d_model, dropout, activation="gelu",
-                                            batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer_, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d_model)
+        self.encoder, self.norm = pre_norm_encoder(d_model, nhead, layers, dropout)
 
     def index(self, device) -> dict:
         if self._index["gather"].device != device:
