@@ -285,6 +285,19 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
 
 
+def print_noise_verdicts(ev) -> list:
+    """The samples against the noise baseline at equal weight and at equal behavioural novelty, one line each."""
+    from wsl.evaluate.report import compare_with_noise
+
+    cmp = compare_with_noise(ev)
+    for c in cmp:
+        verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
+                   f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator {c['verdict']} "
+                   f"({c['difference']:+.4f} ± {c['stderr']:.4f})")
+        print(f"  {c['axis']} novelty {c['novelty']:.3f}: {verdict}")
+    return cmp
+
+
 def train_and_sample(args, zoo_path: Path, gen: str, prefix: Path, extra: list[str]):
     """Train generator `gen` on the zoo (the project's config + overrides), print its training line and sample
     args.n_eval nets with wsl-sample's own code into <prefix>-samples.
@@ -321,7 +334,6 @@ def bench_resnet(args) -> None:
     """Issue 14's benchmark: a generator on a ResNet-8 zoo with BatchNorm (see the module docstring)."""
     from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
     from wsl.evaluate.pipeline import evaluate_zoo
-    from wsl.evaluate.report import compare_with_noise
     from wsl.evaluate.schema import EvaluateConfig
     from wsl.zoo.schema import ZooPath
 
@@ -397,11 +409,7 @@ def bench_resnet(args) -> None:
               f"= {ratio:.3f} x the zoo (target >= 0.9; {np.mean(fresh):.4f} without re-estimation); failure rate "
               f"{g_sum['failure_rate']:.3f}; memorized fraction {g_sum['memorized_rate']:.3f}; weight novelty "
               f"{nanmean(gs.weight_novelty):.3f}, behavioural novelty {beh:.3f}")
-        for c in compare_with_noise(ev):
-            verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
-                       f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator {c['verdict']} "
-                       f"({c['difference']:+.4f} ± {c['stderr']:.4f})")
-            print(f"  {c['axis']} novelty {c['novelty']:.3f}: {verdict}")
+        print_noise_verdicts(ev)
         rows.append({"generator": gen, "zoo": str(zoo_path), "zoo_nets": len(ids), "parameters": layout.numel,
                      "train_s": round(t_train, 1), "steps": tr["steps"], "sample_s": round(t_sample, 1),
                      "evaluate_s": round(t_eval, 1), "spread_ratio": round(tr["spread_ratio"], 3),
@@ -457,7 +465,6 @@ def bench_resnet20(args) -> None:
     """Issue 16's benchmark: representations of a ResNet-20 zoo (see the module docstring)."""
     from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
     from wsl.evaluate.pipeline import evaluate_zoo
-    from wsl.evaluate.report import compare_with_noise
     from wsl.evaluate.schema import EvaluateConfig
     from wsl.generators.sample import sample_weights
     from wsl.zoo.schema import ZooPath
@@ -541,12 +548,7 @@ def bench_resnet20(args) -> None:
         print(f"\nRESULT representation={rep} (load average {load_train:.1f} while training, {os.getloadavg()[0]:.1f} now):")
         for what, ok, val in targets:
             print(f"  {what:26s} {'MET' if ok else 'NOT MET':8s} {val}")
-        cmp = compare_with_noise(ev)
-        for c in cmp:
-            verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
-                       f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator {c['verdict']} "
-                       f"({c['difference']:+.4f} ± {c['stderr']:.4f})")
-            print(f"  {c['axis']} novelty {c['novelty']:.3f}: {verdict}")
+        cmp = print_noise_verdicts(ev)
         rows.append({"representation": rep, "zoo": str(zoo_path), "zoo_nets": len(ids), "parameters": layout.numel,
                      "train_s": round(t_train, 1), "steps": tr["steps"], "peak_rss_gb": round(peak.peak / 1e9, 3),
                      "maxrss_gb": round(maxrss() / 1e9, 3), "load_average_train": round(load_train, 1),
