@@ -194,6 +194,9 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
     save_at = checkpoint_schedule(job)
     meta = None
     if lora is not None:
+        from wsl.nets.lora import init_adapters
+        from wsl.population.lora import LoRAPopulationModule
+
         meta = {"lora": {"base": base.text, "base_checkpoint": base.path, "base_sha256": base.sha256,
                          "rank": lora.rank, "alpha": lora.alpha, "layers": lora.layers}}
     d = job.dataset
@@ -221,9 +224,6 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
         lrs, wds = [f.member.lr for f in group], [f.member.weight_decay for f in group]
         rows = [f.row for f in group] if inr else None
         if lora is not None:  # adapters on the frozen base: A from each member's seed_init, B = 0
-            from wsl.nets.lora import init_adapters
-            from wsl.population.lora import LoRAPopulationModule
-
             adapters = stack_state_dicts([init_adapters(lora, f.seed_init) for f in group])
             module = LoRAPopulationModule(probe, base.state, adapters, lora, data, lrs, wds, steps_per_epoch=steps,
                                           target_rows=rows, **recipe)
