@@ -98,7 +98,8 @@ MORE = [("zoo", "train.lr=nan", r"train\.lr"), ("zoo", "train.lr=[0.1,inf]", r"t
         ("train_encoder", "trainer.devices=0", r"trainer\.devices"),
         ("train_generator", "trainer.accelerator=quantum", r"trainer\.accelerator"),
         ("sample", "device=cuda:99", r"\bdevice\b"), ("sample", "condition={val_acc:nan}", r"condition\.val_acc"),
-        ("train_encoder", "split.by=seed", r"split\.by"), ("embed", "device=tpu", r"\bdevice\b")]
+        ("train_encoder", "split.by=seed", r"split\.by"), ("embed", "device=tpu", r"\bdevice\b"),
+        ("evaluate", "device=cuda", r"\bdevice=cuda\b.*no CUDA GPU")]
 
 
 @pytest.mark.parametrize("app, bad, pattern", MORE)
@@ -139,7 +140,7 @@ VALID = {
     "plot": [["-m", LOGGERS], ["plot.x=width", "plot.y=lr", "plot.metrics=[train_loss]", "plot.format=svg"]],
     "align": [["-m", "reference=cell,global", "epochs=all,matched", "annotations=copy,drop"]],
     "evaluate": [["-m", LOGGERS, "split=train,val,test"], ["~baselines.gaussian", "failure.min_accuracy=0.5",
-                                                            "reference_ids=[a]", "novelty.align=false"],
+                                                            "reference_ids=[a]", "novelty.align=false", "device=cpu"],
                  ["encoder_run=runs/x", "encoder_seed=1"]],
     "embed": [["-m", LOGGERS, "score=true,false,null"], ["seed=0", "group=g", "zoo.epoch=3", "device=cuda"]],
     "sample": [["-m", LOGGERS], ["+condition.val_acc=0.9", "guidance=2", "steps=5", "threads=1", "device=cpu"],

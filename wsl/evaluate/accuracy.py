@@ -131,6 +131,7 @@ class BatchNormInputs:
     batch_size: int
     split_size: int  # inputs in the whole train split
     seed: int | None = None  # of the subset; None: the whole split in its own order
+    _moved: dict = field(default_factory=dict, repr=False, compare=False)  # device -> x there (copied once)
 
     @classmethod
     def of_split(cls, x_train: torch.Tensor, batch_size: int = 1024, batches: int | None = None,
@@ -152,8 +153,17 @@ class BatchNormInputs:
         return math.ceil(self.x.shape[0] / self.batch_size)
 
     def apply(self, net: nn.Module) -> nn.Module:
-        """Re-estimate every BatchNorm's statistics of `net` on these inputs; returns it in eval mode."""
-        return reset_bn_stats(net, self.x, self.batch_size)
+        """Re-estimate every BatchNorm's statistics of `net` on these inputs (on the device `net` is on);
+        returns it in eval mode."""
+        return reset_bn_stats(net, self.on(_device_of(net)), self.batch_size)
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """The inputs on `device` (copied there once, then reused for every net)."""
+        if self.x.device == device:
+            return self.x
+        if device not in self._moved:
+            self._moved[device] = self.x.to(device)
+        return self._moved[device]
 
     def describe(self) -> dict:
         """What was used, as plain values (stored as provenance and in reports)."""
@@ -198,6 +208,11 @@ def failure_threshold(y: torch.Tensor, num_classes: int, min_accuracy: float | N
     return float(majority + min_gain * (1.0 - majority))
 
 
+def _device_of(net: nn.Module) -> torch.device:
+    p = next(iter(net.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _bn_inputs(x_train, bn_batch_size: int) -> BatchNormInputs | None:
     if x_train is None or isinstance(x_train, BatchNormInputs):
         return x_train
@@ -205,17 +220,22 @@ def _bn_inputs(x_train, bn_batch_size: int) -> BatchNormInputs | None:
 
 
 def iter_logits(net: nn.Module, state_dicts: list[dict], x: torch.Tensor,
-                x_train: "torch.Tensor | BatchNormInputs | None" = None, chunk: int = 256, bn_batch_size: int = 1024):
-    """Yield outputs [s, n, C] for consecutive chunks of `state_dicts` (s <= chunk).
+                x_train: "torch.Tensor | BatchNormInputs | None" = None, chunk: int = 256, bn_batch_size: int = 1024,
+                device: "torch.device | str" = "cpu"):
+    """Yield outputs [s, n, C] (float32, on the CPU) for consecutive chunks of `state_dicts` (s <= chunk).
 
     Nets without BatchNorm run vmapped; nets with BatchNorm run one by one, each after its running
     statistics were re-estimated on the train inputs x_train (required then: a BatchNormInputs, or a
     tensor of train inputs taken whole in batches of bn_batch_size). Statistics stored in the state
-    dicts are never used."""
+    dicts are never used. The forward passes (and the re-estimation) run on `device` (`net` is moved
+    there); the outputs come back to the CPU, so everything computed from them is the same code either way."""
     bn = has_batchnorm(net)
     if bn and x_train is None:
         raise ConfigError("nets with BatchNorm need the train inputs to re-estimate their statistics")
     bn_inputs = _bn_inputs(x_train, bn_batch_size) if bn else None
+    device = torch.device(device)
+    net.to(device)
+    x = x.to(device)
     with torch.no_grad():
         for i in range(0, len(state_dicts), chunk):
             part = state_dicts[i : i + chunk]
@@ -223,10 +243,11 @@ def iter_logits(net: nn.Module, state_dicts: list[dict], x: torch.Tensor,
                 outs = []
                 for sd in part:
                     load_weights(net, sd)  # weights alone are enough: the statistics are replaced
-                    outs.append(bn_inputs.apply(net)(x))
-                yield torch.stack(outs).float()
+                    outs.append(bn_inputs.apply(net)(x).float().cpu())
+                yield torch.stack(outs)
             else:
-                yield population_forward(net.eval(), stack_state_dicts(part), x, shared_input=True).float()
+                params = {k: v.to(device) for k, v in stack_state_dicts(part).items()}
+                yield population_forward(net.eval(), params, x, shared_input=True).float().cpu()
 
 
 def score_logits(logits: torch.Tensor, y: torch.Tensor, min_accuracy: float) -> Scores:
@@ -247,11 +268,12 @@ def score_logits(logits: torch.Tensor, y: torch.Tensor, min_accuracy: float) -> 
 
 def score_nets(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torch.Tensor, num_classes: int,
                x_train: "torch.Tensor | BatchNormInputs | None" = None, min_accuracy: float | None = None, min_gain: float = 0.1,
-               chunk: int = 256, bn_batch_size: int = 1024) -> Scores:
+               chunk: int = 256, bn_batch_size: int = 1024, device: "torch.device | str" = "cpu") -> Scores:
     """Accuracy, loss, predictions and failures of every net (state dicts of `net`'s architecture)
-    on (x [n, ...], y [n]). BatchNorm nets get train-split statistics first (x_train required)."""
+    on (x [n, ...], y [n]). BatchNorm nets get train-split statistics first (x_train required). The
+    forward passes run on `device`."""
     thr = failure_threshold(y, num_classes, min_accuracy, min_gain)
-    parts = [score_logits(lg, y, thr) for lg in iter_logits(net, state_dicts, x, x_train, chunk, bn_batch_size)]
+    parts = [score_logits(lg, y, thr) for lg in iter_logits(net, state_dicts, x, x_train, chunk, bn_batch_size, device)]
     if not parts:
         e = np.zeros(0)
         return Scores(e, e.copy(), np.zeros((0, len(y)), dtype=np.int64), e.astype(bool), e.astype(bool), thr)
@@ -260,11 +282,12 @@ def score_nets(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torc
 
 
 def ensemble_scores(net: nn.Module, state_dicts: list[dict], x: torch.Tensor, y: torch.Tensor,
-                    x_train: "torch.Tensor | BatchNormInputs | None" = None, chunk: int = 256, bn_batch_size: int = 1024) -> dict:
+                    x_train: "torch.Tensor | BatchNormInputs | None" = None, chunk: int = 256, bn_batch_size: int = 1024,
+                    device: "torch.device | str" = "cpu") -> dict:
     """The ensemble of all given nets (mean of their softmax outputs; members with non-finite
     outputs are left out): accuracy, loss and predictions [n]. The upper reference of the report."""
     total, members = None, 0
-    for lg in iter_logits(net, state_dicts, x, x_train, chunk, bn_batch_size):
+    for lg in iter_logits(net, state_dicts, x, x_train, chunk, bn_batch_size, device):
         ok = torch.isfinite(lg).flatten(1).all(1)
         p = lg[ok].double().softmax(-1).sum(0)  # [n, C]
         total = p if total is None else total + p

@@ -80,8 +80,11 @@ class Judge:
     behavioural_novelty = True  # False: the overlaps describe the nets, but tell no memorization (PINNs)
 
     def __init__(self, task, net: nn.Module, bn: BatchNormInputs | None = None, chunk: int = 256,
-                 failure=None, min_gain: float = 0.1):
-        self.task, self.net, self.bn, self.chunk = task, net, bn, int(chunk)
+                 failure=None, min_gain: float = 0.1, device: "torch.device | str" = "cpu"):
+        # forward passes and BatchNorm re-estimation run on `device` (the net is moved there); every score is
+        # computed from outputs brought back to the CPU, so the same code judges either way
+        self.device = torch.device(device)
+        self.task, self.net, self.bn, self.chunk = task, net.to(self.device), bn, int(chunk)
         self.failure = failure
         self.min_gain = float(getattr(failure, "min_gain", min_gain))
         self.fixed = getattr(failure, KNOBS[self.kind], None) if failure is not None else None
@@ -106,13 +109,13 @@ class Judge:
     def scores(self, state_dicts: list, split: str) -> Scores:
         x, y = self.split(split)
         return score_nets(self.net, state_dicts, x, y, self.task.num_classes, x_train=self.bn,
-                          min_accuracy=self.threshold(split), chunk=self.chunk)
+                          min_accuracy=self.threshold(split), chunk=self.chunk, device=self.device)
 
     def ensemble(self, state_dicts: list, split: str, finite=None) -> dict:
         """The ensemble of all nets (mean softmax; members with non-finite outputs left out, whatever `finite`
         says: it is for the domains that need it)."""
         x, y = self.split(split)
-        out = ensemble_scores(self.net, state_dicts, x, y, x_train=self.bn, chunk=self.chunk)
+        out = ensemble_scores(self.net, state_dicts, x, y, x_train=self.bn, chunk=self.chunk, device=self.device)
         return {**out, "score": out["accuracy"]}
 
     def overlap(self, pred, ref_pred, split: str, exclude=None) -> Overlap:
@@ -131,13 +134,14 @@ class Judge:
         for sd in state_dicts:
             load_weights(self.net, sd)
             self.bn.apply(self.net)
-            out.append({k: v.detach().clone() for k, v in self.net.state_dict().items()})
+            out.append({k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()})
         return out
 
     def _net_chunks(self, state_dicts: list):
-        """(first index, stacked state of up to `chunk` nets) in order."""
+        """(first index, stacked state of up to `chunk` nets, on the judge's device) in order."""
         for i in range(0, len(state_dicts), self.chunk):
-            yield i, stack_state_dicts(self._complete(state_dicts[i: i + self.chunk]))
+            stacked = stack_state_dicts(self._complete(state_dicts[i: i + self.chunk]))
+            yield i, {k: v.to(self.device) for k, v in stacked.items()}
 
 
 class LanguageModelJudge(Judge):
@@ -178,13 +182,14 @@ class LanguageModelJudge(Judge):
     def _passes(self, state_dicts: list, x: torch.Tensor):
         """(first net, nets, input slice, logits [s, nb, T, C]) over chunks of nets and of windows."""
         C = self.task.num_classes
+        x = x.to(self.device)
         for i, params in self._net_chunks(state_dicts):
             s = next(iter(params.values())).shape[0]
             nb = max(1, OUTPUT_BUDGET // max(1, s * x.shape[1] * C))
             for j in range(0, x.shape[0], nb):
                 with torch.no_grad():
                     yield i, s, slice(j, j + nb), population_forward(self.net.eval(), params, x[j: j + nb],
-                                                                     shared_input=True).float()
+                                                                     shared_input=True).float().cpu()
 
     def scores(self, state_dicts: list, split: str) -> Scores:
         x, y = self.split(split)
@@ -251,8 +256,8 @@ class PINNJudge(Judge):
                     "copies or not)")
     behavioural_novelty = False
 
-    def __init__(self, task, net, bn=None, chunk=256, failure=None, min_gain: float = 0.1):
-        super().__init__(task, net, bn, chunk, failure, min_gain)
+    def __init__(self, task, net, bn=None, chunk=256, failure=None, min_gain: float = 0.1, device="cpu"):
+        super().__init__(task, net, bn, chunk, failure, min_gain, device)
         if has_batchnorm(net):
             raise ConfigError("nets with BatchNorm on PINN data: a physics-informed net's residual is taken one "
                               "point at a time, which BatchNorm does not allow; use a net without BatchNorm")
@@ -280,10 +285,10 @@ class PINNJudge(Judge):
         [s, 2 Nb]) per chunk of nets, as the population program computes them (wsl.population.pinn)."""
         from wsl.population.pinn import convection_residual
 
-        x = self.split(split)[0]
-        ic_x = self.task.initial(split)[0]
+        x = self.split(split)[0].to(self.device)
+        ic_x = self.task.initial(split)[0].to(self.device)
         left, right = self.task.boundary(split)
-        ends = torch.cat([left, right])
+        ends = torch.cat([left, right]).to(self.device)
         for i, params in self._net_chunks(state_dicts):
             s = next(iter(params.values())).shape[0]
             nb = max(1, OUTPUT_BUDGET // max(1, 64 * s))  # activations of the per-point derivatives
@@ -291,12 +296,12 @@ class PINNJudge(Judge):
             for j in range(0, x.shape[0], nb):
                 with torch.no_grad():
                     u, r = convection_residual(self.net, params, x[j: j + nb], self.task.beta, True)
-                us.append(u)
-                rs.append(r)
+                us.append(u.cpu())
+                rs.append(r.cpu())
             with torch.no_grad():
                 u_ic = population_forward(self.net, params, ic_x, shared_input=True)[..., 0]
                 u_ends = population_forward(self.net, params, ends, shared_input=True)[..., 0]
-            yield i, s, torch.cat(us, 1), torch.cat(rs, 1), u_ic, u_ends
+            yield i, s, torch.cat(us, 1), torch.cat(rs, 1), u_ic.cpu(), u_ends.cpu()
 
     def _terms(self, u, res, u_ic, u_ends, split: str) -> dict:
         """Per-net metrics [s] (float64) from the fields, as the population program defines them."""
@@ -389,6 +394,8 @@ def check_kind(task, failure=None) -> str:
     return kind
 
 
-def judge_for(task, net: nn.Module, bn: BatchNormInputs | None = None, chunk: int = 256, failure=None) -> Judge:
-    """The judge of `task`'s data kind; refuses a kind wsl-evaluate does not score, in one line."""
-    return JUDGES[check_kind(task, failure)](task, net, bn, chunk, failure)
+def judge_for(task, net: nn.Module, bn: BatchNormInputs | None = None, chunk: int = 256, failure=None,
+              device: "torch.device | str" = "cpu") -> Judge:
+    """The judge of `task`'s data kind (its forward passes on `device`); refuses a kind wsl-evaluate does not
+    score, in one line."""
+    return JUDGES[check_kind(task, failure)](task, net, bn, chunk, failure, device=device)

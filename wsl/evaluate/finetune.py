@@ -60,15 +60,18 @@ def _dataset(zoo: Zoo, m) -> dict:
 
 
 def finetune_steps_run(net: nn.Module, state: dict, data, steps: list[int], batches: list[torch.Tensor],
-                       optimizer: str, lr: float, split: str) -> list[tuple[int, float, float]]:
+                       optimizer: str, lr: float, split: str, device: "torch.device | str" = "cpu"
+                       ) -> list[tuple[int, float, float]]:
     """Load `state` into `net`, take max(steps) optimizer steps on the train split (minibatch b of step b:
     `batches[b]`, indices into it), score on `split` after each step count in `steps` (0: before any).
+    The steps run on `device` (net and data moved there; `state` and the minibatch order stay as given).
     Returns [(steps, accuracy, loss)]."""
     from wsl.evaluate.accuracy import load_weights
 
-    load_weights(net, {k: v.clone() for k, v in state.items()})
-    xt, yt = data.x_train, data.y_train
-    xs, ys = data.split(split)
+    device = torch.device(device)
+    load_weights(net.to(device), {k: v.clone() for k, v in state.items()})
+    xt, yt = data.x_train.to(device), data.y_train.to(device)
+    xs, ys = (t.to(device) for t in data.split(split))
     opt = (torch.optim.Adam(net.parameters(), lr=lr) if optimizer == "adam"
            else torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9))
     out, want = [], set(steps)
@@ -85,7 +88,7 @@ def finetune_steps_run(net: nn.Module, state: dict, data, steps: list[int], batc
         score(0)
     net.train()
     for k in range(1, max(steps) + 1):
-        idx = batches[k - 1]
+        idx = batches[k - 1].to(device)
         opt.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
         opt.step()
@@ -171,7 +174,8 @@ def finetune_zoo(job) -> tuple[dict, Path]:
     with tqdm(total=total, desc="fine-tuning", disable=None, leave=False) as bar:
         for name, members in sets.items():
             for i, (source, sd) in enumerate(members):
-                for k, acc, loss in finetune_steps_run(net, sd, data, steps, batches, f.optimizer, f.lr, job.split):
+                for k, acc, loss in finetune_steps_run(net, sd, data, steps, batches, f.optimizer, f.lr, job.split,
+                                                       job.device):
                     rows.append({"set": name, "net": i, "source": source, "steps": k, f"{job.split}_acc": acc,
                                  f"{job.split}_loss": loss})
                 bar.update(1)
@@ -183,6 +187,7 @@ def finetune_zoo(job) -> tuple[dict, Path]:
             tk = str(table.loc[source, "task"])
             nearest_tasks[tk] = nearest_tasks.get(tk, 0) + 1
     info = {"generated_zoo": str(gen.path), "reference_zoo": str(ref.path), "task": ds.get("task"),
+            "device": str(job.device),
             "dataset": ds.get("name"), "split": job.split, "steps": steps, "optimizer": f.optimizer, "lr": f.lr,
             "batch_size": bs, "seed": f.seed, "n_generated": len(gen_ids), "n_training_nets": len(train_ids),
             "n_task_nets": len(task_ids), "nearest_l2_mean": float(np.nanmean(near.l2)) if len(near.l2) else None,

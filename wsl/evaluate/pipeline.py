@@ -205,7 +205,7 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     timings["load checkpoints"] = time.perf_counter() - t0
 
     bn = _bn_inputs(p.task, s.batchnorm) if has_batchnorm(net) else None  # train split only
-    judge = judge_for(p.task, net, bn, s.chunk, fail)  # the domain's score, failure rule, ensemble, behaviour
+    judge = judge_for(p.task, net, bn, s.chunk, fail, s.device)  # the domain's score, failure rule, ensemble, behaviour
     score = partial(judge.scores, split=s.split)
     t = time.perf_counter()
     gen_scores = score(gen_sds)
@@ -247,7 +247,8 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
     ref_cols = _annotation_columns(p.ref, p.ref_ids)
     if ref_cols:  # the training zoo carries landscape metrics: place the generated nets in its phases
         t = time.perf_counter()
-        ref_loss, gen_loss = _train_losses(net, p, ref_sds, gen_sds, gen_audit.nearest, s.chunk, s.batchnorm)
+        ref_loss, gen_loss = _train_losses(net, p, ref_sds, gen_sds, gen_audit.nearest, s.chunk, s.batchnorm,
+                                           s.device)
         cells = np.array([p.ref.cell_key(m) for m in p.ref_ids], dtype=object)
         phases = compare_phases(_annotation_columns(p.gen, p.gen_ids), ref_cols, gen_audit.nearest, cells,
                                 gen_loss, ref_loss, s.phases)
@@ -263,7 +264,8 @@ def evaluate_zoo(job: EvaluateConfig, baselines: dict | None = None) -> tuple[Ev
             "behavioural_novelty": judge.behavioural_novelty,
             "behaviour_text": judge.behaviour_text, "novelty_axis": judge.novelty_axis,
             "failure_text": judge.failure_text(gen_scores.threshold), "threshold": gen_scores.threshold,
-            "split": s.split, "n_inputs": judge.n_predictions(s.split), "inputs_text": judge.describe_inputs(s.split),
+            "device": str(s.device), "split": s.split, "n_inputs": judge.n_predictions(s.split),
+            "inputs_text": judge.describe_inputs(s.split),
             "epoch": s.epoch,
             "reference_epoch": p.reference_epoch, "reference_source": p.reference_source, "n_generated": len(gen_sds), "n_reference": len(ref_sds),
             "batchnorm": has_batchnorm(net), "batchnorm_reestimation": None if bn is None else bn.describe(),
@@ -326,7 +328,7 @@ def _bn_inputs(task, settings) -> BatchNormInputs:
 
 
 def _train_losses(net, p: EvaluationPlan, ref_sds: list, gen_sds: list, nearest: np.ndarray, chunk: int,
-                  batchnorm):
+                  batchnorm, device="cpu"):
     """Train loss of each training checkpoint on its own train split, and of each generated net on
     the train split of its nearest training checkpoint (cells of a train-fraction sweep differ); BatchNorm
     statistics re-estimated on that same train split."""
@@ -344,7 +346,7 @@ def _train_losses(net, p: EvaluationPlan, ref_sds: list, gen_sds: list, nearest:
                               (gen_sds, [i for i, n in enumerate(nearest) if n >= 0 and keys[n] == k], gen_loss)):
             if idx:
                 bn = _bn_inputs(task, batchnorm) if has_batchnorm(net) else None
-                out[idx] = judge_for(task, net, bn, chunk).scores([sds[i] for i in idx], "train").loss
+                out[idx] = judge_for(task, net, bn, chunk, device=device).scores([sds[i] for i in idx], "train").loss
     return ref_loss, gen_loss
 
 

@@ -132,6 +132,7 @@ class EvaluateConfig:
     split: str = "test"  # where the score (accuracy, bpc, rel_l2), loss and prediction overlap are measured
     max_nets: Optional[int] = None  # the first max_nets generated nets in index order; None: all
     chunk: int = 256  # nets per vmapped forward pass
+    device: str = "cpu"  # where the forward passes, BatchNorm re-estimation and fine-tuning steps run (cpu, cuda, cuda:1)
     seed: int = 0  # random draws of the baselines
     failure: FailureConfig = field(default_factory=FailureConfig)
     novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
@@ -152,6 +153,9 @@ class EvaluateConfig:
             schema.integer(self, name, lo, null=null)
         schema.names(self, "reference_ids", null=True, empty=False)
         schema.choice(self, "split", SPLITS)
+        from wsl.trainer import check_device
+
+        check_device(self, "device")
         schema.text(self, "encoder_run", null=True)
         schema.integer(self, "encoder_seed", null=True)
         if self.finetune_steps is not None and (not self.finetune_steps or not all(
