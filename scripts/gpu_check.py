@@ -14,6 +14,9 @@ Stages (each run twice, `cpu` then `cuda`, on the same inputs):
   generator  wsl-train-generator (flow) with trainer.accelerator=cpu vs gpu: the final loss in generator.json;
   sample     then the CPU-trained generator sampled with device=cpu vs cuda (same noise seed): max |difference|
              of the sampled weights.
+  evaluate   wsl-evaluate's judge (wsl.evaluate.domains.judge_for) with device=cpu vs cuda: test accuracy and loss of
+             every net of the CPU zoo, and of 8 random digits ResNet-8s with BatchNorm (statistics re-estimated on
+             the train split on each device). Compared: max |accuracy difference| and max relative loss difference.
 
 Each line: stage, CPU seconds, CUDA seconds, the difference and the tolerance it is held to
 ("ok" / "DIFF"). Float32 on the two devices differs by summation order (cuBLAS vs MKL/OpenBLAS), so
@@ -39,7 +42,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("zoo", "landscape", "encoder", "generator", "sample")
+STAGES = ("zoo", "landscape", "encoder", "generator", "sample", "evaluate")
 
 
 def line(stage: str, t_cpu: float, t_gpu: float, what: str, diff: float, tol: float | None) -> None:
@@ -181,6 +184,43 @@ def stage_sample(run_dir: Path) -> None:
          float((out["cpu"] - out["cuda"]).abs().max()) / max(scale, 1e-12), 1e-3)
 
 
+def stage_evaluate(zoo_path: Path, devices=("cpu", "cuda")) -> None:
+    from wsl.data import load_dataset
+    from wsl.evaluate.accuracy import BatchNormInputs
+    from wsl.evaluate.domains import judge_for
+    from wsl.nets import build_net
+    from wsl.zoo import Zoo
+
+    zoo = Zoo(zoo_path)
+    ids = sorted(zoo.filter())
+    task = zoo.training_data(ids[0])
+    sets = {"mlp zoo": (zoo.arch(ids[0]), [zoo.state_dict(m, -1) for m in ids], None)}
+    digits = load_dataset("digits")
+    resnet = build_net({"name": "resnet", "in_shape": list(digits.input_shape), "num_classes": 10, "width": 8,
+                        "depth": 1, "stages": 3, "norm": "batch", "activation": "relu", "init": "default"})
+    nets = []
+    for k in range(8):
+        torch.manual_seed(k)
+        for m in resnet.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        nets.append({n: v.detach().clone() for n, v in resnet.state_dict().items()})
+    sets["resnet8 + BatchNorm"] = (resnet.arch, nets, BatchNormInputs.of_split(digits.x_train, 256))
+    for name, (arch, sds, bn) in sets.items():
+        data = task if bn is None else digits
+        res, times = {}, {}
+        for dev in devices:
+            t = time.perf_counter()
+            sc = judge_for(data, build_net(arch), bn, 256, device=dev).scores(sds, "test")
+            times[dev] = time.perf_counter() - t
+            res[dev] = sc
+        a, b = (res[d] for d in devices)
+        acc = float(np.abs(a.accuracy - b.accuracy).max())
+        loss = float((np.abs(a.loss - b.loss) / np.abs(a.loss).clip(1e-6)).max())
+        print(f"  evaluate {name}: {len(sds)} nets, max |acc diff| {acc:.3g}, max relative loss diff {loss:.3g}")
+        line(f"evaluate ({name})", *(times[d] for d in devices), "max relative loss diff", loss, 1e-3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
@@ -209,6 +249,8 @@ def main() -> None:
             run = stage_generator(tmp, zoo)
             if "sample" in stages:
                 stage_sample(run)
+        if "evaluate" in stages:
+            stage_evaluate(zoo)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
