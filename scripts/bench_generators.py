@@ -135,7 +135,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=None,
                     help="zoo size when the zoo must be built (mlp 256 | resnet 64 | pinn 64)")
     ap.add_argument("--epochs", type=int, default=None,
-                    help="zoo training epochs when the zoo must be built (15 | 6 | 50)")
+                    help="zoo training epochs when the zoo must be built (15 | 6 | 50; --zoo-kind finetuned: "
+                         "the fine-tunes' epochs, 3)")
     ap.add_argument("--width", type=int, default=8, help="--net resnet: net.width (8: 19,810 parameters)")
     ap.add_argument("--representations", default="pca,tokens,latent",
                     help="--net resnet20: representation= options to benchmark (flat | tokens | pca | latent)")
@@ -489,13 +490,25 @@ RESNET20 = ["net=resnet", "net.width=16", "net.depth=3", "net.norm=batch", "data
 FT_LRS, FT_EPOCHS, BASE_EPOCHS = (0.02, 0.04, 0.07, 0.1), 3, 6
 
 
-def finetuned_recipe(members: int) -> str:
-    return (f"base: 1 ResNet-20 (width 16, depth 3, BatchNorm), digits, {BASE_EPOCHS} epochs sgd lr 0.05 cosine batch 64; "
-            f"{members} full fine-tunes: init.from=<base>:<id>, {FT_EPOCHS} epochs, sgd cosine from lr in "
-            f"{list(FT_LRS)} x {members // len(FT_LRS)} data orders (population.seed=1), batch 64, whole train split")
+def finetuned_recipe(table) -> str:
+    """The fine-tuned zoo's recipe as its index records it (its base read through `init_from`)."""
+    import collections
+
+    base, base_desc = str(table["init_from"].iloc[0]), "(base zoo not readable)"
+    try:
+        bt = Zoo(base.rsplit("@", 1)[0].rsplit(":", 1)[0]).table().iloc[0]
+        base_desc = (f"{int(bt['epochs'])} epochs {bt['optimizer']} lr {float(bt['lr']):g} {bt['schedule']} batch "
+                     f"{int(bt['batch_size'])}, test accuracy {float(bt['test_acc']):.4f}")
+    except Exception:  # the base moved: the recipe says so, the benchmark goes on
+        pass
+    per_lr = collections.Counter(float(v) for v in table["lr"])
+    grid = ", ".join(f"{lr:g} x {n}" for lr, n in sorted(per_lr.items()))
+    return (f"base: 1 ResNet-20 (width 16, depth 3, BatchNorm), digits, {base_desc}; {len(table)} full fine-tunes: init.from={base}, {sorted(set(int(e) for e in table['epochs']))} epochs, "
+            f"{table['optimizer'].iloc[0]} {table['schedule'].iloc[0]} from lr (x data orders) {grid}, batch "
+            f"{int(table['batch_size'].iloc[0])}, train_fraction {sorted(set(float(f) for f in table['train_fraction']))}")
 
 
-def build_finetuned_zoo(path: Path, members: int, extra: list[str] = ()) -> None:
+def build_finetuned_zoo(path: Path, members: int, epochs: int, extra: list[str] = ()) -> None:
     """The shared-init zoo: a base net trained once (cached beside the zoo as <zoo>_base), then `members` full
     fine-tunes of it in one population (see FT_LRS)."""
     if members % len(FT_LRS):
@@ -506,7 +519,7 @@ def build_finetuned_zoo(path: Path, members: int, extra: list[str] = ()) -> None
         build_zoo(base, 1, BASE_EPOCHS, [*RESNET20, *extra])
         print(f"base net trained in {time.perf_counter() - t:.0f} s", flush=True)
     base_id = Zoo(base).filter(status="trained")[0]
-    build_zoo(path, members, FT_EPOCHS, [*RESNET20, f"init.from={base}:{base_id}",
+    build_zoo(path, members, epochs, [*RESNET20, f"init.from={base}:{base_id}",
                                          f"train.lr=[{','.join(str(v) for v in FT_LRS)}]", "population.seed=1",
                                          *extra])
 
@@ -527,7 +540,7 @@ def bench_resnet20(args) -> None:
     if not (zoo_path / "index.h5").exists():
         t = time.perf_counter()
         if ft:
-            build_finetuned_zoo(zoo_path, args.members or 64, args.zoo_override)
+            build_finetuned_zoo(zoo_path, args.members or 64, args.epochs or FT_EPOCHS, args.zoo_override)
         else:
             build_zoo(zoo_path, args.members or 64, args.epochs or 6, [*RESNET20, *args.zoo_override])
         print(f"zoo built in {time.perf_counter() - t:.0f} s", flush=True)
@@ -540,8 +553,7 @@ def bench_resnet20(args) -> None:
           f"parameters; BatchNorm statistics are not generated), dataset {task.name}; stored test accuracy "
           f"{table['test_acc'].mean():.4f} ± {table['test_acc'].std():.4f}")
     if ft:
-        print(f"zoo kind: finetuned (shared init). Recipe: {finetuned_recipe(len(ids))}"
-              + (f"; init_from {table['init_from'].iloc[0]}" if "init_from" in table else ""))
+        print(f"zoo kind: finetuned (shared init). Recipe: {finetuned_recipe(table)}")
     else:
         print("zoo kind: seeds (independently trained nets, one recipe, different init and data-order seeds)")
     if args.eval_split != "test":
@@ -615,7 +627,7 @@ def bench_resnet20(args) -> None:
             print(f"  {what:26s} {'MET' if ok else 'NOT MET':8s} {val}")
         cmp = print_noise_verdicts(ev)
         rows.append({"representation": rep, "zoo": str(zoo_path), "zoo_kind": args.zoo_kind,
-                     "zoo_recipe": finetuned_recipe(len(ids)) if ft else "seeds", "eval_split": args.eval_split,
+                     "zoo_recipe": finetuned_recipe(table) if ft else "seeds", "eval_split": args.eval_split,
                      "yardstick": {k: round(v, 5) for k, v in yd.items()},
                      "loo_span_distance": None if loo is None else round(loo, 4),
                      "zoo_nets": len(ids), "parameters": layout.numel,

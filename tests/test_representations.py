@@ -6,6 +6,8 @@
 - PCA: components orthonormal, the training nets' codes reproduce them when k = nets - 1, every decoded vector
   lies in the span (distance 0), the leave-one-out span distance equals brute-force least squares;
 - chunk VAE: posterior / reconstruction shapes, padding never leaks into the vector;
+- pca noise (`representation.noise`): every training step sees the standardized codes (mean 0, variance 1) with
+  that std beside them, and trains on codes + noise; a negative noise names its key;
 - runs: each representation trains (conditioned, for tokens), is saved (version 2; flat stays version 1), reloads
   to the same sampler (same samples), and a tampered stage is refused; bad input names its key, nothing written.
 """
