@@ -43,6 +43,18 @@ re-estimation and writing is printed too). Each target line says MET or NOT MET.
     python scripts/bench_generators.py --net resnet20 --representations pca --steps 2000
     python scripts/bench_generators.py --net resnet20 --quick    # 32 samples, 8 per baseline, fewer steps
 
+--zoo-kind finetuned (with --net resnet20): the same on a shared-init zoo (default
+$WSL_CACHE/zoos/bench_generators_resnet20_digits_finetuned): one base ResNet-20 trained once with the seed zoo's
+recipe (cached as ..._base), then 64 full fine-tunes of it (wsl-zoo init.from=<base>:<id>; FT_LRS below: a
+learning-rate grid x data orders, FT_EPOCHS epochs; the recipe is printed). Independently trained nets are mutually
+orthogonal after alignment (a PCA sample is then a copy or a broken net); fine-tunes of one net share its basin, the
+setting of p-diff and D2NWG. The zoo's training-to-training median distance (the memorization yardstick) and, for
+pca, the leave-one-out span distance are printed for either kind. --eval-split val scores the samples on the val
+split, for choosing generator settings without looking at test.
+
+    python scripts/bench_generators.py --net resnet20 --zoo-kind finetuned --representations pca,latent \
+        --rep-override pca:representation.k=63
+
 --net pinn (issue 15): a generator on a zoo of physics-informed MLPs (tanh) for the convection equation at
 one beta (--beta, default 1): experiment=phase_pinn_convection's recipe (width 32, depth 3, Adam, cosine,
 50 epochs, learning rates 0.03/0.01/0.003/0.001 inside the population) with 64 members, or any zoo given by
@@ -123,7 +135,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=None,
                     help="zoo size when the zoo must be built (mlp 256 | resnet 64 | pinn 64)")
     ap.add_argument("--epochs", type=int, default=None,
-                    help="zoo training epochs when the zoo must be built (15 | 6 | 50)")
+                    help="zoo training epochs when the zoo must be built (15 | 6 | 50; --zoo-kind finetuned: "
+                         "the fine-tunes' epochs, 3)")
     ap.add_argument("--width", type=int, default=8, help="--net resnet: net.width (8: 19,810 parameters)")
     ap.add_argument("--representations", default="pca,tokens,latent",
                     help="--net resnet20: representation= options to benchmark (flat | tokens | pca | latent)")
@@ -141,6 +154,12 @@ def main() -> None:
                     help="nets written as a zoo, scored and audited (256 | 64 | 128)")
     ap.add_argument("--baseline-n", type=int, default=None,
                     help="nets per baseline setting in the audit (64 | 16 | 32)")
+    ap.add_argument("--zoo-kind", choices=("seeds", "finetuned"), default="seeds",
+                    help="--net resnet20: seeds (64 independently trained nets) | finetuned (64 full fine-tunes of "
+                         "one base net: init.from; recipe in FT_LRS, printed)")
+    ap.add_argument("--eval-split", choices=("test", "val"), default="test",
+                    help="--net resnet20: split the samples are scored on (val: for choosing generator settings; "
+                         "never choose on test)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_generators"))
     args = ap.parse_args()
     args.n_eval = args.n_eval or (32 if args.quick else {"mlp": 256, "resnet": 64, "resnet20": 64, "pinn": 128}[args.net])
@@ -461,6 +480,50 @@ def maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+RESNET20 = ["net=resnet", "net.width=16", "net.depth=3", "net.norm=batch", "dataset=digits", "train.batch_size=64"]
+# --zoo-kind finetuned: one base ResNet-20 trained with the seed zoo's recipe (6 epochs, sgd 0.05 cosine, batch 64),
+# then `members` full fine-tunes of it (wsl-zoo init.from=<base>:<id>): FT_EPOCHS epochs each, a learning-rate grid
+# (cosine from each lr: a warm restart of the converged base) x members/4 data orders (population.seed=1).
+# Measured on a piece (8 fine-tunes, 3 epochs): lr 0.2 moved 8-11 from the base at accuracy 0.95-0.97 (leaving the
+# basin), so the grid stops at 0.1. On the 64-net zoo: distance from the base 0.13-0.29 (lr 0.02) to 0.69-4.76
+# (lr 0.1), against ~26 between aligned independent nets (base norm 34); built in 25 min at load average 3-10.
+FT_LRS, FT_EPOCHS, BASE_EPOCHS = (0.02, 0.04, 0.07, 0.1), 3, 6
+
+
+def finetuned_recipe(table) -> str:
+    """The fine-tuned zoo's recipe as its index records it (its base read through `init_from`)."""
+    import collections
+
+    base, base_desc = str(table["init_from"].iloc[0]), "(base zoo not readable)"
+    try:
+        bt = Zoo(base.rsplit("@", 1)[0].rsplit(":", 1)[0]).table().iloc[0]
+        base_desc = (f"{int(bt['epochs'])} epochs {bt['optimizer']} lr {float(bt['lr']):g} {bt['schedule']} batch "
+                     f"{int(bt['batch_size'])}, test accuracy {float(bt['test_acc']):.4f}")
+    except Exception:  # the base moved: the recipe says so, the benchmark goes on
+        pass
+    per_lr = collections.Counter(float(v) for v in table["lr"])
+    grid = ", ".join(f"{lr:g} x {n}" for lr, n in sorted(per_lr.items()))
+    return (f"base: 1 ResNet-20 (width 16, depth 3, BatchNorm), digits, {base_desc}; {len(table)} full fine-tunes: init.from={base}, {sorted(set(int(e) for e in table['epochs']))} epochs, "
+            f"{table['optimizer'].iloc[0]} {table['schedule'].iloc[0]} from lr (x data orders) {grid}, batch "
+            f"{int(table['batch_size'].iloc[0])}, train_fraction {sorted(set(float(f) for f in table['train_fraction']))}")
+
+
+def build_finetuned_zoo(path: Path, members: int, epochs: int, extra: list[str] = ()) -> None:
+    """The shared-init zoo: a base net trained once (cached beside the zoo as <zoo>_base), then `members` full
+    fine-tunes of it in one population (see FT_LRS)."""
+    if members % len(FT_LRS):
+        sys.exit(f"--members={members} must be a multiple of the {len(FT_LRS)} fine-tuning learning rates")
+    base = path.with_name(path.name.removesuffix("_finetuned") + "_base")
+    if not (base / "index.h5").exists():
+        t = time.perf_counter()
+        build_zoo(base, 1, BASE_EPOCHS, [*RESNET20, *extra])
+        print(f"base net trained in {time.perf_counter() - t:.0f} s", flush=True)
+    base_id = Zoo(base).filter(status="trained")[0]
+    build_zoo(path, members, epochs, [*RESNET20, f"init.from={base}:{base_id}",
+                                         f"train.lr=[{','.join(str(v) for v in FT_LRS)}]", "population.seed=1",
+                                         *extra])
+
+
 def bench_resnet20(args) -> None:
     """Issue 16's benchmark: representations of a ResNet-20 zoo (see the module docstring)."""
     from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
@@ -471,13 +534,15 @@ def bench_resnet20(args) -> None:
 
     t_all = time.perf_counter()
     cache = Path(os.environ["WSL_CACHE"]) / "zoos" if os.environ.get("WSL_CACHE") else ROOT / "zoos"
-    zoo_path = Path(args.zoo or cache / "bench_generators_resnet20_digits")
-    out = Path(args.out).resolve() / "resnet20"
+    ft = args.zoo_kind == "finetuned"
+    zoo_path = Path(args.zoo or cache / ("bench_generators_resnet20_digits" + ("_finetuned" if ft else "")))
+    out = Path(args.out).resolve() / ("resnet20-finetuned" if ft else "resnet20")
     if not (zoo_path / "index.h5").exists():
         t = time.perf_counter()
-        build_zoo(zoo_path, args.members or 64, args.epochs or 6,
-                  ["net=resnet", "net.width=16", "net.depth=3", "net.norm=batch", "dataset=digits",
-                   "train.batch_size=64", *args.zoo_override])
+        if ft:
+            build_finetuned_zoo(zoo_path, args.members or 64, args.epochs or FT_EPOCHS, args.zoo_override)
+        else:
+            build_zoo(zoo_path, args.members or 64, args.epochs or 6, [*RESNET20, *args.zoo_override])
         print(f"zoo built in {time.perf_counter() - t:.0f} s", flush=True)
     ref = Zoo(zoo_path)
     ids = ref.filter(status="trained")
@@ -487,6 +552,12 @@ def bench_resnet20(args) -> None:
     print(f"\nzoo {zoo_path}: {len(ids)} trained nets of {json.dumps(arch, sort_keys=True)} ({layout.numel:,} "
           f"parameters; BatchNorm statistics are not generated), dataset {task.name}; stored test accuracy "
           f"{table['test_acc'].mean():.4f} ± {table['test_acc'].std():.4f}")
+    if ft:
+        print(f"zoo kind: finetuned (shared init). Recipe: {finetuned_recipe(table)}")
+    else:
+        print("zoo kind: seeds (independently trained nets, one recipe, different init and data-order seeds)")
+    if args.eval_split != "test":
+        print(f"scoring on the {args.eval_split} split (for choosing settings; the test split is not looked at)")
     print(f"torch threads: {torch.get_num_threads()}, CPU cores visible: {os.cpu_count()}, "
           f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
     per_rep: dict = {}
@@ -509,8 +580,9 @@ def bench_resnet20(args) -> None:
         flat = sample_weights(run, n_tp, seed=1, batch_size=250)
         t_tp = time.perf_counter() - t
         per_min = rate(n_tp, t_tp)
-        extra = ""
+        extra, loo = "", None
         if rep == "pca":
+            loo = run.representation.stage.info["loo_span_distance"]
             st = run.representation.stage
             dist = st.span_distance(run.representation.normalize(flat[:64]))
             extra = (f"; PCA k={st.dim}: explains {st.info['explained_variance']:.4f} of the aligned zoo's variance; samples "
@@ -526,10 +598,15 @@ def bench_resnet20(args) -> None:
                      "gaussian": GaussianFitBaseline(n=args.baseline_n)}
         t = time.perf_counter()
         ev, report = evaluate_zoo(EvaluateConfig(zoo=ZooPath(str(gen_zoo)), reference=str(zoo_path),
-                                                 out=str(out / f"{name}-report")), baselines)
+                                                 out=str(out / f"{name}-report"), split=args.eval_split), baselines)
         t_eval = time.perf_counter() - t
-        print(f"wsl.evaluate: {t_eval:.1f} s (BatchNorm: every set re-estimated on {ev.info['batchnorm_text']}); "
-              f"report {report}")
+        yd = ev.yardstick
+        print(f"wsl.evaluate: {t_eval:.1f} s (BatchNorm: every set re-estimated on {ev.info['batchnorm_text']}; "
+              f"scored on {args.eval_split}); report {report}")
+        print(f"zoo yardstick: median training-to-training nearest-neighbour L2 after alignment {yd['l2_median']:.4g} "
+              f"(cosine distance {yd['cosine_median']:.4g}; prediction agreement {yd['agreement_mean']:.4f}, "
+              f"wrong-set IoU {yd['wrong_iou_mean']:.3f}); memorized: novelty < {ev.info['memorized_below']:g}"
+              + ("" if loo is None else f"; leave-one-out span distance {loo:.3f}"))
         print(f"{'set':28s} {'accuracy':>17s} {'failed':>7s} {'weight nov.':>11s} {'behav. nov.':>11s} {'memorized':>9s}")
         for st_ in ev.sets:
             sm = st_.summary()
@@ -549,7 +626,11 @@ def bench_resnet20(args) -> None:
         for what, ok, val in targets:
             print(f"  {what:26s} {'MET' if ok else 'NOT MET':8s} {val}")
         cmp = print_noise_verdicts(ev)
-        rows.append({"representation": rep, "zoo": str(zoo_path), "zoo_nets": len(ids), "parameters": layout.numel,
+        rows.append({"representation": rep, "zoo": str(zoo_path), "zoo_kind": args.zoo_kind,
+                     "zoo_recipe": finetuned_recipe(table) if ft else "seeds", "eval_split": args.eval_split,
+                     "yardstick": {k: round(v, 5) for k, v in yd.items()},
+                     "loo_span_distance": None if loo is None else round(loo, 4),
+                     "zoo_nets": len(ids), "parameters": layout.numel,
                      "train_s": round(t_train, 1), "steps": tr["steps"], "peak_rss_gb": round(peak.peak / 1e9, 3),
                      "maxrss_gb": round(maxrss() / 1e9, 3), "load_average_train": round(load_train, 1),
                      "denoiser_params": sum(p.numel() for p in run.denoiser.parameters()),

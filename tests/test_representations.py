@@ -6,6 +6,8 @@
 - PCA: components orthonormal, the training nets' codes reproduce them when k = nets - 1, every decoded vector
   lies in the span (distance 0), the leave-one-out span distance equals brute-force least squares;
 - chunk VAE: posterior / reconstruction shapes, padding never leaks into the vector;
+- pca noise (`representation.noise`): every training step sees the standardized codes (mean 0, variance 1) with
+  that std beside them, and trains on codes + noise; a negative noise names its key;
 - runs: each representation trains (conditioned, for tokens), is saved (version 2; flat stays version 1), reloads
   to the same sampler (same samples), and a tampered stage is refused; bad input names its key, nothing written.
 """
@@ -185,3 +187,31 @@ def test_bad_representation_input_names_the_key(tiny_zoo, tmp_path):
     with pytest.raises(ConfigError, match=r"^representation.k=4 is more than the 3 components that 4 training nets"):
         train_generator(job, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_pca_noise_trains_on_codes_plus_noise(tiny_zoo, tmp_path, monkeypatch):
+    """representation.noise=s: every training batch holds the training codes with std s beside them, and the rows
+    the denoiser sees are codes + s * eps (not the codes); a negative noise names its key."""
+    from wsl.generators.module import GeneratorModule
+
+    seen, split = [], GeneratorModule._split
+
+    def spy(self, batch, sample=False):
+        out = split(self, batch, sample)
+        if sample:
+            seen.append((batch[0].clone(), out[0].clone()))
+        return out
+
+    monkeypatch.setattr(GeneratorModule, "_split", spy)
+    job = typed_gen("train_generator", [f"zoo.path={tiny_zoo}", "representation=pca", "representation.k=3",
+                                        "representation.noise=0.25", *QUIET, "trainer.max_steps=2"])
+    train_generator(job, tmp_path / "run")
+    assert len(seen) == 2
+    for raw, x in seen:  # batch_size 4 = all 4 nets: the standardized codes, mean 0 and variance 1 per component
+        mean, std = raw.chunk(2, dim=1)
+        assert raw.shape == (4, 2 * 3) and torch.all(std == 0.25)
+        assert torch.allclose(mean.mean(0), torch.zeros(3), atol=1e-5)
+        assert torch.allclose(mean.pow(2).mean(0), torch.ones(3), atol=1e-4)
+        assert not torch.allclose(x, mean) and (x - mean).abs().max() < 0.25 * 6
+    with pytest.raises(ConfigError, match="representation.noise"):
+        typed_gen("train_generator", [f"zoo.path={tiny_zoo}", "representation=pca", "representation.noise=-1", *QUIET])

@@ -260,10 +260,12 @@ class PCAConfig(_Alignment):
     _target_: str = "wsl.generators.representations.pca.PCACodes"
     k: int = 32  # components; at most (training nets - 1), checked against the zoo
     block: int = 65536  # coordinates per block while fitting (memory: nets x block floats at a time)
+    noise: float = 0.0  # std of Gaussian noise added to the standardized training codes at every step (0: none)
 
     def __post_init__(self):
         super().__post_init__()
         _sizes(self, k=MAX_WIDTH, block=None)
+        schema.number(self, "noise", 0.0)
 
 
 @target_schema

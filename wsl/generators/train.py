@@ -220,6 +220,8 @@ def train_generator(job: TrainGeneratorConfig, run_dir: Path | str | None = None
 
         rep.stage = PCACodes.fit(x, r.k, r.block)
         x = rep.encode(flat)  # [M, k]
+        if r.noise > 0:  # noise-injected training: each step sees codes + noise * eps (the posterior path's rows)
+            x_std = torch.full_like(x, float(r.noise))
         log.info("PCA: %d components explain %.4f of the aligned training variance; a training net sits %.3f of its "
                  "distance from the others' mean outside their span (leave-one-out); samples sit at 0",
                  r.k, rep.stage.info["explained_variance"], rep.stage.info["loo_span_distance"])
