@@ -4,6 +4,7 @@ zoo only: it reads chains of layers). Prints Kendall tau ± std (test split; acc
 classification), R², parameters, seconds per epoch, peak memory, and the load average.
 
     python scripts/bench_encoders.py                       # digits MLPs: zoos/bench_encoders_mlp (built with wsl-zoo), 3 splits
+    python scripts/bench_encoders.py --train-fractions 0.1 0.25 0.5 0.75 1.0   # 270 MLPs, 90 cells (13 test cells)
     python scripts/bench_encoders.py --split-seeds 0       # one split of held-out cells (results in --out/<encoder>)
     python scripts/bench_encoders.py --net cnn --split-seeds 0 1 2 --collect   # the pooled table of runs already made
     python scripts/bench_encoders.py --net cnn             # MNIST-1D CNNs of two widths (zoo.pad=true)
@@ -22,11 +23,12 @@ training fractions x 2 widths, 10 epochs: 324 nets; SIRENs (experiment=inr_digit
 digit): 500 nets, task inr_class. The test split holds out whole cells (replicas stay together). Each
 encoder runs in its own process (so the peak memory is its own) with one intra-op thread (the nets
 are tiny; on a shared machine extra threads only spin), all under identical settings.
-Several splits (`--split-seeds`, default 0 1 2 for the MLP zoo, whose test split holds only 8 cells / 24
-nets, and 0 for the others): every encoder x seed is trained on each split (results in
---out/split<k>/<encoder>); the table shows each split's mean ± std over the seeds and the pooled mean ± std
-over all split x seed runs, and says for every permutation-aware encoder whether it beats flat and stats
-(pooled, and on how many splits). One split seed keeps the single-split layout (--out/<encoder>).
+Several splits (`--split-seeds`, default 0 1 2 for the MLP and ResNet zoos, whose test split holds
+only 8 cells / 24 nets, and 0 for the CNN and INR zoos: 49 and 75 test nets): every encoder x seed is
+trained on each split (results in --out/split<k>/<encoder>); the table shows each split's mean ± std
+over the seeds and the pooled mean ± std over all split x seed runs, and says for every
+permutation-aware encoder whether it beats flat and stats (pooled, and on how many splits). One split
+seed keeps the single-split layout (--out/<encoder>); `--override split.seed=N` still means that.
 Per-epoch seconds come from separate processes run one after another, so on a shared machine they
 move with other jobs' load; the closing section measures every encoder's training step side by
 side in one process (CPU time, interleaved rounds), which gives the cost ratios.
@@ -73,11 +75,20 @@ def _wsl_zoo(path: Path, overrides: list) -> None:
     print(f"zoo: built in {time.perf_counter() - t0:.0f}s")
 
 
+TRAIN_FRACTIONS = [0.25, 0.5, 1.0]  # of the grid zoos (mlp, resnet, cnn): one wsl-zoo job each
+
+
+def fractions(args) -> str:
+    """The grid zoos' training-set fractions as a wsl-zoo sweep value (--train-fractions; more fractions,
+    more cells: 5 give the MLP zoo 90 cells / 270 nets and a test split of 13 cells)."""
+    return ",".join(map(str, args.train_fractions or TRAIN_FRACTIONS))
+
+
 def zoo_mlp(path: Path, args, net: tuple = ("net=mlp", "net.width=16")) -> list:
     """162 digits MLPs (one hidden layer of 16): 6 lr x 3 weight decays x 3 replicas x 3 train fractions."""
     _wsl_zoo(path, ["-m", "dataset=digits", *net, *args.zoo_override, "population.size=54",
                     "train.lr=[0.3,0.1,0.03,0.01,0.003,0.001]", "train.weight_decay=[0,0.0003,0.003]",
-                    f"train.epochs={args.zoo_epochs or 5}", "dataset.train_fraction=0.25,0.5,1.0",
+                    f"train.epochs={args.zoo_epochs or 5}", f"dataset.train_fraction={fractions(args)}",
                     "zoo.name=bench_encoders"])
     return ["task=test_acc"]
 
@@ -93,7 +104,7 @@ def zoo_cnn(path: Path, args) -> list:
     train fractions, SGD, 10 epochs (wsl-zoo's default): a new user's first CNN zoo."""
     _wsl_zoo(path, ["-m", "dataset=mnist1d", "net=cnn", "net.width=8,16", *args.zoo_override, "population.size=54",
                     "train.lr=[0.3,0.2,0.1,0.05,0.03,0.01]", "train.weight_decay=[0,0.001,0.01]",
-                    f"train.epochs={args.zoo_epochs or 10}", "dataset.train_fraction=0.25,0.5,1.0",
+                    f"train.epochs={args.zoo_epochs or 10}", f"dataset.train_fraction={fractions(args)}",
                     "zoo.name=bench_encoders_cnn"])
     return ["task=test_acc", "zoo.pad=true"]
 
@@ -241,6 +252,7 @@ def result_row(name: str, out: Path, key: str, wall_s: float = float("nan")) -> 
     return row
 
 
+THREE_SPLITS = ("mlp", "resnet")  # 162 nets, 54 cells: a test split of 8 cells cannot rank encoders alone
 BASELINES = ("flat", "stats")  # what every permutation-aware encoder must beat (issue 18)
 OUTSIDE = ("nfn_reference",)  # an outside reference: reported, no verdict
 
@@ -364,7 +376,8 @@ def print_table(args, rows: list, split_seed: int = 0) -> None:
 
 def set_split_seeds(args) -> None:
     """args.split_seeds: as given; else split.seed=N of --override (the old single-split way); else 0 1 2
-    for the MLP zoo (its test split is 8 cells) and 0 for the others. Both given: one-line error."""
+    for the 54-cell grids (mlp, resnet: 8 test cells, 24 nets) and 0 for the others (cnn: 49 test nets,
+    inr: 75). Both given: one-line error."""
     given = [o.split("=", 1)[1] for o in args.override if o.startswith("split.seed=")]
     args.split_seeds_given = args.split_seeds is not None
     if args.split_seeds is not None and given:
@@ -373,7 +386,7 @@ def set_split_seeds(args) -> None:
     if args.split_seeds is not None and len(set(args.split_seeds)) != len(args.split_seeds):
         sys.exit(f"bench_encoders: --split-seeds {' '.join(map(str, args.split_seeds))} repeats a seed")
     if args.split_seeds is None:
-        args.split_seeds = [int(given[-1])] if given else ([0, 1, 2] if args.net == "mlp" else [0])
+        args.split_seeds = [int(given[-1])] if given else ([0, 1, 2] if args.net in THREE_SPLITS else [0])
 
 
 def main() -> None:
@@ -386,12 +399,15 @@ def main() -> None:
     ap.add_argument("--net", choices=sorted(ZOOS), default="mlp", help="the zoo's kind (architecture or task)")
     ap.add_argument("--zoo", type=Path, help="default: zoos/bench_encoders_<net>")
     ap.add_argument("--zoo-epochs", type=int, default=None, help="training epochs of the zoo's nets (default: per kind)")
+    ap.add_argument("--train-fractions", type=float, nargs="+",
+                    help=f"training-set fractions of the grid zoos (default {TRAIN_FRACTIONS}; others: default zoo "
+                         "and out paths get a _tf<n> suffix), e.g. 0.1 0.25 0.5 0.75 1.0: 90 MLP cells")
     ap.add_argument("--zoo-override", nargs="*", default=[], help="extra wsl-zoo overrides (e.g. net.norm=none)")
     ap.add_argument("--epochs", type=int, default=60, help="encoder training epochs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--split-seeds", type=int, nargs="+",
                     help="split.seed of each split of held-out cells (every encoder x seed on each; results in "
-                         "--out/split<k>); default: 0 1 2 for --net mlp (8 test cells), 0 for the others; one "
+                         "--out/split<k>); default: 0 1 2 for --net mlp and resnet (8 test cells), 0 for cnn and inr; one "
                          "value: the single-split layout (--out/<encoder>)")
     ap.add_argument("--encoders", nargs="+", choices=ENCODERS, help="default: all (nfn_reference on MLPs only)")
     ap.add_argument("--out", type=Path, help="default: runs/bench_encoders_<net>")
@@ -406,8 +422,11 @@ def main() -> None:
     if args.quick:
         args.epochs, args.seeds = min(args.epochs, 20), args.seeds[:1]
         args.split_seeds = args.split_seeds if args.split_seeds_given else args.split_seeds[:1]
-    args.zoo = (args.zoo or ROOT / "zoos" / f"bench_encoders_{args.net}").resolve()
-    args.out = (args.out or ROOT / "runs" / f"bench_encoders_{args.net}").resolve()
+    if args.train_fractions and args.net == "inr":
+        sys.exit("bench_encoders: --train-fractions applies to the grid zoos (mlp, resnet, cnn), not --net inr")
+    tag = f"_tf{len(args.train_fractions)}" if args.train_fractions and args.train_fractions != TRAIN_FRACTIONS else ""
+    args.zoo = (args.zoo or ROOT / "zoos" / f"bench_encoders_{args.net}{tag}").resolve()
+    args.out = (args.out or ROOT / "runs" / f"bench_encoders_{args.net}{tag}").resolve()
     args.encoders = args.encoders or [e for e in ENCODERS if (args.net == "mlp" or e != "nfn_reference")
                                       and e not in ABLATIONS]
     if args.one:

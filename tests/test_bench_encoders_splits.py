@@ -77,7 +77,7 @@ def test_default_split_seeds(bench):
         bench.set_split_seeds(a)
         return a.split_seeds
 
-    assert seeds("mlp") == [0, 1, 2] and seeds("cnn") == [0] and seeds("inr") == [0]
+    assert seeds("mlp") == seeds("resnet") == [0, 1, 2] and seeds("cnn") == seeds("inr") == [0]
     assert seeds("mlp", override=["split.seed=2"]) == [2]  # the old single-split way
     assert seeds("cnn", [0, 1, 2]) == [0, 1, 2]
     for bad in ([[0, 1], ["split.seed=1"]], [[1, 1], []]):
