@@ -47,7 +47,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = ["deepsets", "nfn", "graph", "transformer"]  # <name>_plain_readout: without the readout normalization
-ABLATIONS = ["nfn_linear_in", *(f"{e}_plain_readout" for e in PLAIN)]  # run only when named
+FOLD = ["graph", "transformer"]  # <name>_fold: encoder.fold_fixed=true (fixed inputs/outputs folded into features)
+ABLATIONS = ["nfn_linear_in", *(f"{e}_plain_readout" for e in PLAIN), *(f"{e}_fold" for e in FOLD)]  # when named
 ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference", *ABLATIONS]
 OVERRIDES = {  # encoder name -> config overrides
     "nfn_np": ["encoder=nfn", "encoder.mode=np", "encoder.name=nfn_np"],
@@ -56,6 +57,7 @@ OVERRIDES = {  # encoder name -> config overrides
     "nfn_linear_in": ["encoder=nfn", "encoder.entry_mlp=false", "encoder.name=nfn_linear_in"],
     **{f"{e}_plain_readout": [f"encoder={e}", "encoder.norm_readout=false", f"encoder.name={e}_plain_readout"]
        for e in PLAIN},
+    **{f"{e}_fold": [f"encoder={e}", "encoder.fold_fixed=true", f"encoder.name={e}_fold"] for e in FOLD},
 }
 
 
