@@ -6,7 +6,7 @@ run, over all test pairs and over the pairs whose measured accuracies differ by 
 For every split (--out/split<k>, or --out itself for a single-split run) and every encoder found
 there, each seed's saved encoder (encoders/seed<k>.safetensors) predicts the test nets of the split it
 was trained on (the split is redrawn from the run's config.json: zoo, fractions, seed, by), then:
-- tau: Kendall tau over all test pairs (what bench_encoders.py reports; checked against results.csv);
+- tau: Kendall tau-b over all test pairs (what bench_encoders.py reports; checked against results.csv);
 - tau>=delta: over the pairs whose test accuracies differ by >= delta (default 0.02: 7 of the digits
   test set's 359 images; one binomial standard error of an accuracy near 0.95 is 0.011);
 - tied: the fraction of test pairs closer than delta.
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 
-def kendall(pred: np.ndarray, y: np.ndarray, delta: float = 0.0) -> float:
-    """Kendall tau-a over the pairs (i < j) with |y_i - y_j| >= delta (and y_i != y_j): concordant minus
-    discordant over their number; prediction ties count half (tau-b-like, 0 for both)."""
+def kendall(pred: np.ndarray, y: np.ndarray, delta: float) -> float:
+    """Kendall tau over the pairs (i < j) with |y_i - y_j| >= delta > 0: concordant minus discordant over
+    their number (no tied targets among them; a tied prediction counts 0)."""
     i, j = np.triu_indices(len(y), 1)
     dy, dp = y[i] - y[j], pred[i] - pred[j]
     keep = (np.abs(dy) >= delta) & (dy != 0)
@@ -39,8 +39,11 @@ def kendall(pred: np.ndarray, y: np.ndarray, delta: float = 0.0) -> float:
 
 def split_rows(run_dir: Path, delta: float) -> list:
     """One row per seed of the encoder run `run_dir`: tau over all test pairs and over the resolvable ones."""
+    import pandas as pd
+
     from wsl.encoders.embed import encode_zoo
     from wsl.encoders.encoder_run import load_run
+    from wsl.encoders.tasks import kendall_tau
     from wsl.zoo import Zoo
 
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -54,10 +57,15 @@ def split_rows(run_dir: Path, delta: float) -> list:
     y = table.loc[test, col].to_numpy(float)
     encs = load_run(run_dir)
     enc = encode_zoo(encs, zoo, test, cfg["zoo"].get("epoch", -1))
+    res = pd.read_csv(run_dir / "results.csv")
+    reported = {str(s): float(t) for s, t in zip(res["seed"], res["test/tau"])}
     rows = []
     for seed, pred in zip(enc.seeds, enc.preds):
         p = pred[:, 0].numpy()
-        rows.append({"seed": seed, "tau": kendall(p, y), "tau_resolvable": kendall(p, y, delta)})
+        rows.append({"seed": seed, "tau": kendall_tau(p, y), "tau_resolvable": kendall(p, y, delta)})
+        if abs(rows[-1]["tau"] - reported.get(str(seed), math.nan)) > 1e-3 or math.isnan(reported.get(str(seed), math.nan)):
+            print(f"warning: {run_dir} seed {seed}: tau {rows[-1]['tau']:.4f} here, {reported.get(str(seed))} in "
+                  "results.csv (another zoo state or an unfinished run?)")
     i, j = np.triu_indices(len(y), 1)
     tied = float((np.abs(y[i] - y[j]) < delta).mean())
     for r in rows:
