@@ -414,7 +414,8 @@ def main() -> None:
     ap.add_argument("--encoders", nargs="+", choices=ENCODERS, help="default: all (nfn_reference on MLPs only)")
     ap.add_argument("--out", type=Path, help="default: runs/bench_encoders_<net>")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides for every encoder")
-    ap.add_argument("--quick", action="store_true", help="20 encoder epochs, seed 0 only (a smoke run, not a measurement)")
+    ap.add_argument("--quick", action="store_true", help="20 encoder epochs, seed 0 only, the first split seed unless "
+                    "--split-seeds is given (a smoke run, not a measurement)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--speed-only", action="store_true", help="only the side-by-side step costs")
     ap.add_argument("--collect", action="store_true",
