@@ -77,7 +77,9 @@ class NeuronEmbedding(nn.Module):
     neurons (its row of a tensor reading the fixed inputs, its column of one writing the fixed
     outputs), read in their fixed order: a fixed axis is not permuted, so it folds into features,
     as NFN-HNP and DeepSets read it. Without it, that information reaches a hidden neuron only as a
-    mean over its edges of messages from position-embedded fixed neurons.
+    mean over its edges of messages from position-embedded fixed neurons. The configs default to
+    it (encoder.fold_fixed, graph and transformer); the constructors default to False so that an
+    encoder saved before the option existed (its kwargs lack the key) is rebuilt as it was trained.
     Returns one tensor [B, n_m, dim] per set.
     """
 
