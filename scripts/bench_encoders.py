@@ -47,8 +47,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = ["deepsets", "nfn", "graph", "transformer"]  # <name>_plain_readout: without the readout normalization
-FOLD = ["graph", "transformer"]  # <name>_fold: encoder.fold_fixed=true (fixed inputs/outputs folded into features)
-ABLATIONS = ["nfn_linear_in", *(f"{e}_plain_readout" for e in PLAIN), *(f"{e}_fold" for e in FOLD)]  # when named
+FOLD = ["graph", "transformer"]  # <name>_nofold: encoder.fold_fixed=false (before it became the default);
+# <name>_fold: fold_fixed=true explicitly (the runs that measured it before it was the default)
+ABLATIONS = ["nfn_linear_in", *(f"{e}_plain_readout" for e in PLAIN), *(f"{e}_{f}" for e in FOLD for f in ("nofold", "fold"))]
 ENCODERS = ["flat", "stats", "deepsets", "nfn", "nfn_np", "graph", "transformer", "nfn_reference", *ABLATIONS]
 OVERRIDES = {  # encoder name -> config overrides
     "nfn_np": ["encoder=nfn", "encoder.mode=np", "encoder.name=nfn_np"],
@@ -58,6 +59,7 @@ OVERRIDES = {  # encoder name -> config overrides
     **{f"{e}_plain_readout": [f"encoder={e}", "encoder.norm_readout=false", f"encoder.name={e}_plain_readout"]
        for e in PLAIN},
     **{f"{e}_fold": [f"encoder={e}", "encoder.fold_fixed=true", f"encoder.name={e}_fold"] for e in FOLD},
+    **{f"{e}_nofold": [f"encoder={e}", "encoder.fold_fixed=false", f"encoder.name={e}_nofold"] for e in FOLD},
 }
 
 
