@@ -73,12 +73,26 @@ class NeuronEmbedding(nn.Module):
     only (which no symmetry permutes), of its position.
 
     Permuted neurons get no positional information, so permuting them permutes the embeddings.
+    `fold_fixed`: a permuted neuron also gets a projection of its weights to and from the fixed
+    neurons (its row of a tensor reading the fixed inputs, its column of one writing the fixed
+    outputs), read in their fixed order: a fixed axis is not permuted, so it folds into features,
+    as NFN-HNP and DeepSets read it. Without it, that information reaches a hidden neuron only as a
+    mean over its edges of messages from position-embedded fixed neurons. The configs default to
+    it (encoder.fold_fixed, graph and transformer); the constructors default to False so that an
+    encoder saved before the option existed (its kwargs lack the key) is rebuilt as it was trained.
     Returns one tensor [B, n_m, dim] per set.
     """
 
-    def __init__(self, space: WeightSpace, dim: int):
+    def __init__(self, space: WeightSpace, dim: int, fold_fixed: bool = False):
         super().__init__()
         self.space = space
+        # (set m, tensor l, "in" | "out") for every tensor between a permuted set m and a fixed set
+        self.folds = [(m, l, d) for l, e in enumerate(space.edges)
+                      for m, other, d in ((e.out, e.inp, "in"), (e.inp, e.out, "out"))
+                      if fold_fixed and not space.sets[m].fixed and space.sets[other].fixed]
+        self.fold = nn.ModuleDict({f"{m}_{d}_{l}": nn.Linear(
+            space.sizes[space.edges[l].inp if d == "in" else space.edges[l].out] * space.edges[l].kernel_numel,
+            dim, bias=False) for m, l, d in self.folds})
         self.proj = nn.ModuleDict({str(m): nn.Linear(len(space.features(m)), dim, bias=False)
                                    for m in range(len(space.sets)) if space.features(m)})
         self.set_emb = nn.Parameter(torch.randn(len(space.sets), dim) * 0.1)
@@ -94,6 +108,9 @@ class NeuronEmbedding(nn.Module):
             if str(m) in self.pos:
                 h = h + self.pos[str(m)]
             out.append(h)
+        for m, l, d in self.folds:  # rows of W[l] [B, n_m, n_fixed, K] (columns for "out"), in fixed order
+            w = batch.edges[l] if d == "in" else batch.edges[l].transpose(1, 2)
+            out[m] = out[m] + self.fold[f"{m}_{d}_{l}"](w.flatten(2))
         return out
 
 

@@ -16,7 +16,9 @@ where in_j is the mean over the weight tensors writing j's set of each one's mea
 edges (out_j likewise over the outgoing ones; one tensor each in a chain). Edges are stored densely
 per weight tensor ([B, n_out, n_in, C]). Nothing refers to a permuted neuron's index, so the readout
 (mean over each set's nodes and each tensor's edges) is invariant to the net's permutations.
-Padded neurons are masked out of every mean.
+Padded neurons are masked out of every mean. `fold_fixed` (wsl.encoders.common.NeuronEmbedding): a
+hidden neuron's weights to and from the fixed inputs and outputs also enter its initial features
+as a vector in their fixed order.
 """
 
 from __future__ import annotations
@@ -73,11 +75,11 @@ class GraphEncoder(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, hidden: int = 32, num_layers: int = 3,
-                 head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = True):
+                 head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = True, fold_fixed: bool = False):
         super().__init__()
         self.links = [(e.out, e.inp) for e in space.edges]
         self.k_max = max(space.kernel_numels)
-        self.nodes = NeuronEmbedding(space, hidden)
+        self.nodes = NeuronEmbedding(space, hidden, fold_fixed)
         self.edge_proj = nn.Linear(self.k_max, hidden)
         self.edge_layer = nn.Parameter(torch.randn(len(space.edges), hidden) * 0.1)
         self.layers = nn.ModuleList(MessagePassing(space, hidden) for _ in range(num_layers))

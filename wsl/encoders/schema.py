@@ -64,6 +64,7 @@ class GraphConfig(_Encoder):
     head_hidden: int = 128
     dropout: float = 0.0
     norm_readout: bool = True  # standardize the invariant embedding before the head (BatchNorm)
+    fold_fixed: bool = True  # a hidden neuron's weights to/from the fixed inputs/outputs as one vector
 
 
 @target_schema
@@ -99,6 +100,7 @@ class TransformerConfig(_Encoder):
     head_hidden: int = 128
     dropout: float = 0.0
     norm_readout: bool = True  # standardize the invariant embedding before the head (BatchNorm)
+    fold_fixed: bool = True  # a hidden neuron's weights to/from the fixed inputs/outputs as one vector
 
     def __post_init__(self):
         super().__post_init__()

@@ -13,6 +13,8 @@ plus a learned embedding of the pair's kind: the same neuron, unconnected, or in
 through weight tensor l (one kind per tensor and direction).
 Without positions on permuted tokens, attention is permutation equivariant; the readout (mean of
 each set's tokens) is invariant. Padded neurons are excluded as keys and from the readout.
+`fold_fixed` (wsl.encoders.common.NeuronEmbedding): a hidden neuron's weights to and from the fixed
+inputs and outputs also enter its token as a vector in their fixed order.
 """
 
 from __future__ import annotations
@@ -61,12 +63,13 @@ class NeuronTransformer(nn.Module):
     invariant = True
 
     def __init__(self, space: WeightSpace, out_dim: int, dim: int = 64, heads: int = 4, num_layers: int = 3,
-                 edge_dim: int = 16, head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = True):
+                 edge_dim: int = 16, head_hidden: int = 128, dropout: float = 0.0, norm_readout: bool = True,
+                 fold_fixed: bool = False):
         super().__init__()
         self.k_max = max(space.kernel_numels)
         self.sizes = list(space.sizes)
         self.links = [(e.out, e.inp) for e in space.edges]
-        self.tokens = NeuronEmbedding(space, dim)
+        self.tokens = NeuronEmbedding(space, dim, fold_fixed)
         self.edge_in = mlp(self.k_max, edge_dim, edge_dim, 2)
         self.edge_out = mlp(self.k_max, edge_dim, edge_dim, 2)
         self.kind_emb = nn.Embedding(INCOMING + 2 * len(space.edges), edge_dim)
