@@ -12,7 +12,7 @@ from wsl.population.functional import population_forward, psnr, skeleton, split_
 from wsl.population.pinn import ConvectionLoss
 from wsl.population.optim import PopulationOptimizer
 from wsl.population.schedules import lr_factor
-from wsl.population.schema import eval_chunk, net_footprint
+from wsl.population.schema import eval_chunk, eval_plan, net_footprint
 
 
 class PopulationModule(L.LightningModule):
@@ -96,8 +96,11 @@ class PopulationModule(L.LightningModule):
         # samples per evaluation chunk: eval_batch_size at most, fewer where all members' activations
         # over a chunk would leave the cache (faster on CPU, same numbers)
         shape = getattr(net, "in_shape", None)
-        self.eval_chunk = (eval_batch_size if shape is None else
-                           eval_chunk(eval_batch_size, p, net_footprint(net, shape).largest_activation))
+        largest = None if shape is None else net_footprint(net, shape).largest_activation
+        self.eval_chunk = eval_batch_size if largest is None else eval_chunk(eval_batch_size, p, largest)
+        # classification, INRs, language models: members in groups over larger chunks where the nets are wide
+        self.eval_group, self.eval_group_chunk = ((p, self.eval_chunk) if largest is None else
+                                                  eval_plan(eval_batch_size, p, largest))
 
     def train(self, mode: bool = True):
         self.net.train(mode)
@@ -169,9 +172,26 @@ class PopulationModule(L.LightningModule):
         self.diverged_epoch.copy_(torch.where(newly, self.current_epoch, self.diverged_epoch))
         self.alive &= finite
         loss = torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
-        self.log("train/loss_step", loss / self.alive.sum().clamp(min=1), prog_bar=True, on_step=True,
-                 on_epoch=False, batch_size=idx.shape[1])
+        if self._shows_step_loss(batch_idx):
+            self.log("train/loss_step", loss / self.alive.sum().clamp(min=1), prog_bar=True, on_step=True,
+                     on_epoch=False, batch_size=idx.shape[1])
         return loss
+
+    def _shows_step_loss(self, batch_idx: int) -> bool:
+        """Whether the step's mean loss is read by anything: a progress bar refreshing after this step or
+        a logger writing it (Lightning's own tests for both). self.log cost about 1 ms per step, as
+        much as a small population's forward pass; with neither (logger=none, no bar) it is skipped."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        bar = trainer.progress_bar_callback
+        if bar is not None and getattr(bar, "is_enabled", True):
+            rate, n = max(1, int(getattr(bar, "refresh_rate", 1) or 1)), batch_idx + 1
+            if n % rate == 0 or n == trainer.num_training_batches:
+                return True
+        if trainer.loggers:
+            return bool(getattr(trainer._logger_connector, "should_update_logs", True))
+        return False
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -208,19 +228,24 @@ class PopulationModule(L.LightningModule):
         x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
         loss_sum = torch.zeros(self.population_size, device=x.device, dtype=torch.float64)
         correct = torch.zeros_like(loss_sum)
-        chunk = self.eval_chunk
+        group, chunk = self.eval_group, self.eval_group_chunk
+        params, buffers = self.params(), self.stacked_state()  # once (a LoRA population merges its weights here)
         if self.kind == "inr":
             y = y[self.target_rows]  # [P, N, C]: each member's own image
-        for s in range(0, x.shape[0], chunk):
-            xb = x[s : s + chunk]
-            out = population_forward(self.net, self.params(), xb, shared_input=True, buffers=self.stacked_state())
-            if self.kind == "inr":
-                loss_sum += (out - y[:, s : s + chunk]).pow(2).mean(-1).sum(1).double()
-                continue
-            yb = y[s : s + chunk]  # [n] labels or [n, T] next tokens
-            ce = member_cross_entropy(out, yb.expand(self.population_size, *yb.shape))
-            loss_sum += ce.flatten(1).sum(1).double()
-            correct += (out.argmax(-1) == yb).flatten(1).sum(1).double()
+        for m in range(0, self.population_size, group):
+            members = slice(m, m + group)
+            prm = params if group >= self.population_size else {k: v[members] for k, v in params.items()}
+            buf = buffers if group >= self.population_size else {k: v[members] for k, v in buffers.items()}
+            for s in range(0, x.shape[0], chunk):
+                xb = x[s : s + chunk]
+                out = population_forward(self.net, prm, xb, shared_input=True, buffers=buf)
+                if self.kind == "inr":
+                    loss_sum[members] += (out - y[members, s : s + chunk]).pow(2).mean(-1).sum(1).double()
+                    continue
+                yb = y[s : s + chunk]  # [n] labels or [n, T] next tokens
+                ce, right = member_metrics(out, yb)
+                loss_sum[members] += ce.flatten(1).sum(1).double()
+                correct[members] += right.flatten(1).sum(1).double()
         n = max(1, x.shape[0] if self.kind == "inr" else y.numel())  # pixels; predictions (samples x positions)
         loss = loss_sum / n
         if self.kind == "inr":
@@ -254,6 +279,29 @@ def member_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logsumexp minus the label's logit: F.cross_entropy(reduction="none") up to float rounding, several
     times faster on CPU for the [P * n, C] shapes of a population (measured 4x at 64 x 819 x 10)."""
     return logits.logsumexp(-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+
+def member_metrics(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, logits.argmax(-1) == y) of every member at every prediction: logits [P, *y.shape, C],
+    labels y (shared by the members) -> two [P, *y.shape] tensors.
+
+    Both from d = logits minus the label's logit: the cross-entropy is log(sum(exp(d))) and the label is
+    the argmax (the first largest logit, as torch.argmax) unless some class c has d_c > 0, or d_c >= 0
+    with c before the label. The sums over classes are matrix products: PyTorch's CPU reductions over a
+    last dimension of 10 classes were as slow as the population's forward pass (logsumexp and argmax
+    3 ms of a 5 ms evaluation chunk of 64 members x 819 samples). A chunk whose losses are not all
+    finite (a logit difference past float range, NaN) takes logsumexp and argmax themselves. Ties are
+    exact; logit differences smaller than float's smallest normal number (1e-38) count as ties."""
+    zy = logits.gather(-1, y.expand(logits.shape[0], *y.shape).unsqueeze(-1))
+    d = logits - zy
+    ones = torch.ones(d.shape[-1], 1, dtype=d.dtype, device=d.device)
+    ce = (d.exp() @ ones).squeeze(-1).log()
+    if not bool(torch.isfinite(ce).all()):
+        return member_cross_entropy(logits, y.expand(logits.shape[0], *y.shape)), logits.argmax(-1) == y
+    before = torch.arange(d.shape[-1], device=d.device) < y.unsqueeze(-1)  # [*y.shape, C]: classes before the label
+    threshold = torch.where(before, -torch.finfo(d.dtype).tiny, 0.0).to(d.dtype)
+    wrong = ((d > threshold).to(d.dtype) @ ones).squeeze(-1)
+    return ce, wrong == 0
 
 
 METRIC_NAMES = {"classification": ("loss", "acc"), "inr": ("loss", "psnr"), "lm": ("loss", "bpc", "acc"),
