@@ -118,7 +118,7 @@ class PopulationModule(L.LightningModule):
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's state dict: parameters and buffers, in the net's state_dict order and dtypes."""
         state = {**self.params(), **self.stacked_state()}
-        return {n: state[n][k].detach().cpu().clone() for n in self.state_names}
+        return {n: state[n][k].detach().cpu().clone(memory_format=torch.contiguous_format) for n in self.state_names}
 
     @torch.no_grad()
     def member_state_dicts(self) -> list[dict[str, torch.Tensor]]:
@@ -126,7 +126,8 @@ class PopulationModule(L.LightningModule):
         (one device-to-host copy per tensor, not one per member and tensor)."""
         state = {**self.params(), **self.stacked_state()}
         rows = {n: state[n].detach().cpu().unbind(0) for n in self.state_names}
-        return [{n: rows[n][k].clone() for n in self.state_names} for k in range(self.population_size)]
+        return [{n: rows[n][k].clone(memory_format=torch.contiguous_format) for n in self.state_names}
+                for k in range(self.population_size)]
 
     # ---- training ---------------------------------------------------------------------------
     @property
@@ -160,10 +161,12 @@ class PopulationModule(L.LightningModule):
         y = getattr(self, f"y_{split}")
         if self.kind == "inr":
             return y[self.target_rows[:, None], idx]
-        return y[idx]
+        return _rows(y, idx)
 
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        x, y = self.x_train[idx], self._targets("train", idx)  # [P, B, ...], [P, B] or [P, B, C]
+        if not getattr(self, "_layout_seen", False):
+            self._watch_gradient_layout()
+        x, y = _rows(self.x_train, idx), self._targets("train", idx)  # [P, B, ...], [P, B] or [P, B, C]
         # BatchNorm statistics (small) before the step: frozen members get theirs back after it
         self._buffers_before = [b.clone() for b in self.stacked_buffers.tensors()]
         losses = self.member_losses(x, y)  # train mode: updates every member's running statistics in place
@@ -192,6 +195,33 @@ class PopulationModule(L.LightningModule):
         if trainer.loggers:
             return bool(getattr(trainer._logger_connector, "should_update_logs", True))
         return False
+
+    def _watch_gradient_layout(self) -> None:
+        """Record the memory layout in which backward produces each stacked parameter's gradient (hooks run
+        before the gradient is stored), for on_after_backward."""
+        self._layout_seen, self._grad_strides = True, {}
+        self._layout_hooks = [p.register_hook(lambda g, i=i: self._grad_strides.setdefault(i, g.stride()) and None)
+                              for i, p in enumerate(self.stacked)]
+
+    @torch.no_grad()
+    def on_after_backward(self) -> None:
+        """After the first backward: every stacked parameter whose gradient backward produces in another
+        dense layout (a vmapped linear's weight gradient arrives as [P, in, out] transposed) is stored in
+        that layout, with its gradient, before the optimizer makes its state. Autograd then hands each
+        later gradient over as it is, where it copied it into the parameter's layout at every step
+        (a quarter of a step of 64 MLPs 40-32-10, a tenth at 40-512-512-10). Values are unchanged."""
+        hooks, self._layout_hooks = getattr(self, "_layout_hooks", None), None
+        if not hooks:
+            return
+        for h in hooks:
+            h.remove()
+        for i, p in enumerate(self.stacked):
+            strides = self._grad_strides.get(i)
+            if strides is None or strides == p.stride() or not _dense(p.shape, strides):
+                continue
+            p.data = torch.empty_strided(p.shape, strides, dtype=p.dtype, device=p.device).copy_(p.data)
+            if p.grad is not None:
+                p.grad = torch.empty_strided(p.shape, strides, dtype=p.grad.dtype, device=p.device).copy_(p.grad)
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -306,6 +336,23 @@ def member_metrics(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
 
 METRIC_NAMES = {"classification": ("loss", "acc"), "inr": ("loss", "psnr"), "lm": ("loss", "bpc", "acc"),
                 "pinn": ("loss", "residual", "ic", "bc", "rel_l2")}
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[idx] for an index tensor idx [P, B] of rows of t: index_select, which is several times faster
+    on CPU than advanced indexing (measured 55 against 356 us for 64 x 128 rows of MNIST-1D)."""
+    return t.index_select(0, idx.reshape(-1)).view(*idx.shape, *t.shape[1:])
+
+
+def _dense(shape, strides) -> bool:
+    """Whether `strides` lay a tensor of `shape` out densely (a permutation of a contiguous layout)."""
+    dims = sorted((st, n) for st, n in zip(strides, shape) if n != 1)
+    expect = 1
+    for st, n in dims:
+        if st != expect:
+            return False
+        expect *= n
+    return True
 
 
 class _Buffers(nn.Module):
