@@ -42,11 +42,14 @@ def test_member_metrics_equal_logsumexp_and_argmax(shape, classes):
 
 
 def test_eval_plan_groups_wide_nets_within_the_same_activation_budget():
-    assert eval_plan(4096, 64, 40) == (64, eval_chunk(4096, 64, 40))  # narrow: every member together
-    group, chunk = eval_plan(4096, 64, 512)
+    mib = 2**20
+    assert eval_plan(4096, 64, 40, 1642, 32 * mib) == (64, eval_chunk(4096, 64, 40))  # narrow: every member together
+    group, chunk = eval_plan(4096, 64, 512, 288778, 32 * mib)  # 74 MB of weights: groups
     assert group < 64 and 64 % group == 0 and chunk >= 256
     assert group * chunk * 512 <= EVAL_CHUNK_NUMBERS
-    assert eval_plan(100, 64, 512)[1] <= 100 and eval_plan(4096, 1, 10**6) == (1, eval_chunk(4096, 1, 10**6))
+    assert eval_plan(4096, 64, 512, 1018, 32 * mib) == (64, eval_chunk(4096, 64, 512))  # weights in cache: together
+    assert eval_plan(100, 64, 512, 288778, 32 * mib)[1] <= 100
+    assert eval_plan(4096, 1, 10**6, 10**6, 32 * mib) == (1, eval_chunk(4096, 1, 10**6))
 
 
 def test_members_evaluated_in_groups_equal_all_together():
@@ -117,3 +120,28 @@ def test_link_planted_at_a_model_directory_between_writes_is_refused(tmp_path, n
     with pytest.raises(UnsafePathError, match="symbolic link"):
         w.write_checkpoint("m0", 1, net.state_dict(), net.arch)
     assert list(outside.iterdir()) == []
+
+
+def test_weights_take_their_gradients_layout_and_state_dicts_stay_contiguous():
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from wsl.population import PopulationBatchSampler
+    from wsl.population.sampler import IndexDataset
+
+    data = load_dataset("digits")
+    nets = []
+    for k in range(3):
+        torch.manual_seed(k)
+        nets.append(MLP(data.input_shape, data.num_classes, width=8, depth=1))
+    mod = PopulationModule(nets[0], stack_state_dicts([n.state_dict() for n in nets]), data, 0.1, 0.0,
+                           steps_per_epoch=3)
+    n = data.x_train.shape[0]
+    loader = DataLoader(IndexDataset(), batch_size=None, sampler=PopulationBatchSampler(n, n // 3 + 1, [0, 1, 2]))
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, use_distributed_sampler=False, accelerator="cpu").fit(mod, loader)
+    weight = dict(zip(mod.names, mod.stacked))["head.weight"]  # [P, classes, width], its gradient's layout
+    assert not weight.is_contiguous() and weight.transpose(1, 2).is_contiguous()
+    sd = mod.member_state_dicts()[2]
+    assert all(t.is_contiguous() for t in sd.values()) and torch.equal(sd["head.weight"], weight[2])
+    assert sd.keys() == mod.member_state_dict(2).keys()
