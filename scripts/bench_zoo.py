@@ -2,7 +2,9 @@
 
 Trains the same zoo (64 MLPs on MNIST-1D, same steps, checkpoints written every epoch) two ways
 in one run and prints models per minute for both, their ratio, and the population run's
-achieved GFLOP/s as a fraction of this machine's measured float32 matmul peak.
+achieved GFLOP/s as a fraction of this machine's measured float32 matmul peak. It also prints the
+solo side's achieved GFLOP/s and the ratio bound it implies (peak / solo GFLOP/s: the speed-up of a
+population running at the full peak); a ratio target above that bound cannot be met by batching.
 
     python scripts/bench_zoo.py [--members 64] [--solo-models 16] [--width 128] [--depth 2] ...
     python scripts/bench_zoo.py --widths 32,128x2,512x2     # issue 17's table: one row per width x depth
