@@ -2,7 +2,9 @@
 
 Trains the same zoo (64 MLPs on MNIST-1D, same steps, checkpoints written every epoch) two ways
 in one run and prints models per minute for both, their ratio, and the population run's
-achieved GFLOP/s as a fraction of this machine's measured float32 matmul peak.
+achieved GFLOP/s as a fraction of this machine's measured float32 matmul peak. It also prints the
+solo side's achieved GFLOP/s and the ratio bound it implies (peak / solo GFLOP/s: the speed-up of a
+population running at the full peak); a ratio target above that bound cannot be met by batching.
 
     python scripts/bench_zoo.py [--members 64] [--solo-models 16] [--width 128] [--depth 2] ...
     python scripts/bench_zoo.py --widths 32,128x2,512x2     # issue 17's table: one row per width x depth
@@ -217,18 +219,24 @@ def bench_row(args, data, peak: float, chunks: list[str]) -> None:
         what = (f"{kind} width {args.width} depth {args.depth} ({sum(p.numel() for p in net.parameters())} "
                 f"parameters) on {args.dataset} {'x'.join(map(str, data.input_shape))}")
     n_eval = n_train + data.x_val.shape[0] + data.x_test.shape[0]
-    flops = args.members * (3 * fwd(n_train) * args.epochs + fwd(n_eval) * (args.epochs + 1))
+    per_model = 3 * fwd(n_train) * args.epochs + fwd(n_eval) * (args.epochs + 1)  # training + every evaluation
+    flops = args.members * per_model
     solo_rate = args.solo_models / t_solo * 60
+    solo_gflops = args.solo_models * per_model / t_solo / 1e9
+    bound = peak / solo_gflops  # the speed-up of a population that ran at the full measured peak
     print(f"threads={torch.get_num_threads()}  {what}, "
           f"{args.epochs} epochs x {math.ceil(n_train / args.batch_size)} steps (batch {args.batch_size}), "
           f"checkpoint every epoch; total optimizer steps per model: {steps}; load average {load0:.1f} -> {load1:.1f}")
-    print(f"one Trainer / model: {args.solo_models} models in {t_solo:7.1f} s  -> {solo_rate:8.1f} models/min")
+    print(f"one Trainer / model: {args.solo_models} models in {t_solo:7.1f} s  -> {solo_rate:8.1f} models/min  "
+          f"{solo_gflops:.1f} GFLOP/s = {100 * solo_gflops / peak:.0f}% of peak")
     targets = {1: 15, 2: 5}.get(args.depth if args.width <= 128 else 3, 1.5) if args.net == "mlp" else 1
+    print(f"ratio bound: peak / solo GFLOP/s = {peak:.1f} / {solo_gflops:.1f} = {bound:.1f}x (no batching of the same "
+          f"FLOPs can beat it); target {targets}x {'is above it: not reachable by batching alone' if targets > bound else 'is below it'}")
     for c, t_pop in t_pops.items():
         pop_rate = args.members / t_pop * 60
         achieved = flops / t_pop / 1e9
         print(f"population chunk={c:<5}: {args.members} models in {t_pop:7.1f} s  -> {pop_rate:8.1f} models/min  "
-              f"speed-up {pop_rate / solo_rate:5.1f}x (target >= {targets}x)  {achieved:.1f} GFLOP/s of a measured "
+              f"speed-up {pop_rate / solo_rate:5.1f}x (target >= {targets}x, bound {bound:.1f}x)  {achieved:.1f} GFLOP/s of a measured "
               f"{peak:.1f} GFLOP/s fp32 matmul peak = {100 * achieved / peak:.0f}%")
     sys.stdout.flush()
 

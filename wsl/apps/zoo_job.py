@@ -238,9 +238,9 @@ def run_zoo_job(job: ZooJobConfig, run_dir: Path | None = None, overrides=()) ->
                 return
             alive = mod.alive.cpu()  # a LoRA member's checkpoint holds its adapters (member_state_dict)
             states = mod.member_state_dicts() if lora is None else [mod.member_state_dict(k) for k in range(len(group))]
-            for k, f in enumerate(group):
+            for k, f in enumerate(group):  # copies: encoded and written on the writer's thread while training goes on
                 if alive[k]:
-                    writer.write_checkpoint(f.model_id, epoch, states[k], arch, extra_meta=meta)
+                    writer.write_checkpoint_later(f.model_id, epoch, states[k], arch, extra_meta=meta)
 
         recorder = EpochRecorder(sink)
         loader = DataLoader(IndexDataset(), batch_size=None,

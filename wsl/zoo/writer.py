@@ -9,6 +9,10 @@ Checkpoints are renamed into place without an fsync each; commit() makes all of 
 durable together (one syncfs on Linux) before it writes the shard. A SIGKILL loses nothing either
 way (a renamed file is the kernel's); a power loss can cost the checkpoints of models not yet
 committed (training that a rerun redoes), never a committed model's.
+
+write_checkpoint_later hands a checkpoint to one background thread (wsl.zoo.checkpoints), which
+encodes and writes it while training goes on; add_model and commit wait for it first and re-raise a
+failed write as an OSError naming the file, so the order above is unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch
 from safetensors.torch import save as st_save
 
 from wsl.errors import ZooFormatError
-from wsl.zoo.atomic import atomic_path, sync_paths, write_bytes_atomic, zoo_lock
+from wsl.zoo.atomic import atomic_path, sync_paths, zoo_lock
+from wsl.zoo.checkpoints import BackgroundWriter, CheckpointFiles
 from wsl.zoo.safe_paths import remove_temp_files
 from wsl.zoo.format import (ANNOTATION_DIR, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, MODEL_DIR, SHARD_DIR,
                             STATUSES, check_id, checkpoint_relpath, sha256_bytes)
@@ -66,6 +71,8 @@ class ShardWriter:
         self.rows: list[ModelRow] = []
         self._ckpts: dict[str, list] = {}
         self._unsynced: list[Path] = []  # checkpoints written since the last commit, not yet fsynced
+        self._files = CheckpointFiles(self.root, self.job_id)
+        self._background: BackgroundWriter | None = None
 
     @property
     def shard_path(self) -> Path:
@@ -79,21 +86,46 @@ class ShardWriter:
 
     def write_checkpoint(self, model_id: str, epoch: int, state_dict: dict, arch: dict,
                          extra_meta: dict | None = None) -> tuple[str, str]:
+        """Encode and write one checkpoint now; returns (its path relative to the zoo, its sha256)."""
+        rel, name, meta = self._checkpoint_meta(model_id, epoch, arch, extra_meta)
+        return rel, self._write(model_id, epoch, rel, name, state_dict, meta)
+
+    def write_checkpoint_later(self, model_id: str, epoch: int, state_dict: dict, arch: dict,
+                               extra_meta: dict | None = None) -> None:
+        """As write_checkpoint, on this writer's background thread: the caller hands `state_dict` over
+        (its tensors must not change afterwards: give copies). add_model and commit wait for every
+        write and re-raise the first error (an OSError naming the file); a kill before the commit loses
+        only uncommitted checkpoints, as ever (each is a temp file renamed into place)."""
+        rel, name, meta = self._checkpoint_meta(model_id, epoch, arch, extra_meta)
+        if self._background is None:
+            self._background = BackgroundWriter()
+        nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+        self._background.submit(lambda: self._write(model_id, epoch, rel, name, state_dict, meta), nbytes)
+
+    def wait(self) -> None:
+        """Block until every write_checkpoint_later is on disk; re-raise the first error."""
+        if self._background is not None:
+            self._background.wait()
+
+    def _checkpoint_meta(self, model_id, epoch, arch, extra_meta):
         check_id("model id", model_id)
         rel = checkpoint_relpath(self.job_id, model_id, epoch)
         meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "zoo": self.zoo_name,
                 "job_id": self.job_id, "model_id": model_id, "epoch": str(int(epoch)), "arch": arch}
         meta.update(extra_meta or {})
+        return rel, rel.rsplit("/", 1)[1], meta
+
+    def _write(self, model_id, epoch, rel, name, state_dict, meta) -> str:
         data = encode_checkpoint(state_dict, meta)
-        self._unsynced.append(write_bytes_atomic(self.root / rel, data, what="checkpoint", root=self.root,
-                                                 durable=False))
+        self._unsynced.append(self._files.write(model_id, name, data))
         sha = sha256_bytes(data)
         self._ckpts.setdefault(model_id, []).append((int(epoch), rel, sha))
-        return rel, sha
+        return sha
 
     def add_model(self, model_id: str, arch: dict, hparams: dict, status: str, history: dict | None = None,
                   diverged_epoch: int = -1) -> None:
         check_id("model id", model_id)
+        self.wait()
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
         ckpts = self._ckpts.get(model_id, [])
@@ -106,6 +138,8 @@ class ShardWriter:
     def commit(self) -> None:
         """Make this writer's checkpoints durable, then atomically add its rows to the job's shard and
         rebuild the index."""
+        self.wait()
+        self._files.close()
         sync_paths(self.root, [f for f in self._unsynced if f.exists()])
         self._unsynced = []
         with zoo_lock(self.root):
