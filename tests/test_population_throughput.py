@@ -52,13 +52,19 @@ def test_eval_plan_groups_wide_nets_within_the_same_activation_budget():
     assert eval_plan(4096, 1, 10**6, 10**6, 32 * mib) == (1, eval_chunk(4096, 1, 10**6))
 
 
-def test_members_evaluated_in_groups_equal_all_together():
+def _digits_population(members: int, **kwargs):
+    """(data, nets, PopulationModule) of `members` digits MLPs of width 8, seeds 0..members-1."""
     data = load_dataset("digits")
     nets = []
-    for k in range(5):
+    for k in range(members):
         torch.manual_seed(k)
         nets.append(MLP(data.input_shape, data.num_classes, width=8, depth=1))
-    mod = PopulationModule(nets[0], stack_state_dicts([n.state_dict() for n in nets]), data, 0.1, 0.0)
+    return data, nets, PopulationModule(nets[0], stack_state_dicts([n.state_dict() for n in nets]), data, 0.1, 0.0,
+                                        **kwargs)
+
+
+def test_members_evaluated_in_groups_equal_all_together():
+    data, nets, mod = _digits_population(5)
     together = mod.evaluate_all()
     mod.eval_group, mod.eval_group_chunk = 2, 37  # groups 2 + 2 + 1, ragged chunks
     grouped = mod.evaluate_all()
@@ -129,13 +135,7 @@ def test_weights_take_their_gradients_layout_and_state_dicts_stay_contiguous():
     from wsl.population import PopulationBatchSampler
     from wsl.population.sampler import IndexDataset
 
-    data = load_dataset("digits")
-    nets = []
-    for k in range(3):
-        torch.manual_seed(k)
-        nets.append(MLP(data.input_shape, data.num_classes, width=8, depth=1))
-    mod = PopulationModule(nets[0], stack_state_dicts([n.state_dict() for n in nets]), data, 0.1, 0.0,
-                           steps_per_epoch=3)
+    data, nets, mod = _digits_population(3, steps_per_epoch=3)
     n = data.x_train.shape[0]
     loader = DataLoader(IndexDataset(), batch_size=None, sampler=PopulationBatchSampler(n, n // 3 + 1, [0, 1, 2]))
     L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
