@@ -110,8 +110,10 @@ def test_wsl_align_writes_canonical_copy(source, tmp_path):
     net = source.skeleton(m)
     b0 = float(linear_barrier(net, *pair(source.state_dict(ref), source.state_dict(m)), xs, ys).barrier[0])
     b1 = float(linear_barrier(net, *pair(source.state_dict(ref), new.state_dict(m)), xs, ys).barrier[0])
-    assert cols["barrier_before"][row[m]] == pytest.approx(b0, rel=1e-6, abs=1e-9)
-    assert cols["barrier_after"][row[m]] == pytest.approx(b1, rel=1e-6, abs=1e-9)
+    # wsl-align evaluates a chunk of pairs in one vmapped pass, this one pair alone: float32 losses of order 1 then
+    # differ in their last bits (eps 1.2e-7), and a barrier is a difference of such losses
+    assert cols["barrier_before"][row[m]] == pytest.approx(b0, rel=1e-6, abs=1e-6)
+    assert cols["barrier_after"][row[m]] == pytest.approx(b1, rel=1e-6, abs=1e-6)
     assert ann["attrs"]["barrier_split"] == "train" and ann["attrs"]["barrier_points"] == 11
 
     # the source's annotations travel, marked; this one is permutation invariant, so still true
