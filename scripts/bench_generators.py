@@ -304,15 +304,16 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
 
 
-def print_noise_verdicts(ev) -> list:
-    """The samples against the noise baseline at equal weight and at equal behavioural novelty, one line each."""
+def print_noise_verdicts(ev, note: str = "") -> list:
+    """The samples against the noise baseline at equal weight and at equal behavioural novelty, one line each
+    (`note`: added to the difference, e.g. what its sign means for a lower-is-better score)."""
     from wsl.evaluate.report import compare_with_noise
 
     cmp = compare_with_noise(ev)
     for c in cmp:
-        verdict = ("outside the noise sweep's novelty range" if c["noise_accuracy"] is None else
-                   f"noise baseline {c['noise_accuracy']:.4f} at equal novelty -> generator {c['verdict']} "
-                   f"({c['difference']:+.4f} ± {c['stderr']:.4f})")
+        verdict = ("outside the noise sweep's novelty range" if c["noise_score"] is None else
+                   f"noise baseline {c['noise_score']:.4f} at equal novelty -> generator {c['verdict']} "
+                   f"({c['difference']:+.4f} ± {c['stderr']:.4f}{note})")
         print(f"  {c['axis']} novelty {c['novelty']:.3f}: {verdict}")
     return cmp
 
@@ -654,7 +655,6 @@ def bench_pinn(args) -> None:
     """Issue 15's benchmark: a generator on a zoo of PINNs at one beta (see the module docstring)."""
     from wsl.evaluate.baselines import AverageBaseline, GaussianFitBaseline, NoiseBaseline
     from wsl.evaluate.pipeline import evaluate_zoo
-    from wsl.evaluate.report import compare_with_noise
     from wsl.evaluate.schema import EvaluateConfig
     from wsl.zoo.schema import ZooPath
 
@@ -719,12 +719,7 @@ def bench_pinn(args) -> None:
               f"{g_sum['memorized_rate']:.3f} (zoo's own, leave-one-out: {z_sum['memorized_rate']:.3f}); weight "
               f"novelty {nanmean(gs.weight_novelty):.3f}; output agreement with the nearest training net "
               f"{g_sum['agreement_mean']:.3f} (zoo's own: {z_sum['agreement_mean']:.3f})")
-        cmp = compare_with_noise(ev)
-        for c in cmp:
-            verdict = ("outside the noise sweep's novelty range" if c["noise_score"] is None else
-                       f"noise baseline {c['noise_score']:.4f} at equal novelty -> generator {c['verdict']} "
-                       f"({c['difference']:+.4f} ± {c['stderr']:.4f}, > 0: lower error)")
-            print(f"  {c['axis']} novelty {c['novelty']:.3f}: {verdict}")
+        cmp = print_noise_verdicts(ev, note=", > 0: lower error")
         rows.append({"generator": gen, "zoo": str(zoo_path), "beta": args.beta, "zoo_nets": len(ids),
                      "parameters": layout.numel, "train_s": round(t_train, 1), "steps": tr["steps"],
                      "sample_s": round(t_sample, 1), "evaluate_s": round(t_eval, 1),
