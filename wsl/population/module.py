@@ -259,7 +259,8 @@ class PopulationModule(L.LightningModule):
         x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
         loss_sum = torch.zeros(self.population_size, device=x.device, dtype=torch.float64)
         correct = torch.zeros_like(loss_sum)
-        group, chunk = self.eval_group, self.eval_group_chunk
+        group = self.eval_group  # all members together: chunks of eval_chunk; in groups: larger chunks
+        chunk = self.eval_chunk if group >= self.population_size else self.eval_group_chunk
         params, buffers = self.params(), self.stacked_state()  # once (a LoRA population merges its weights here)
         if self.kind == "inr":
             y = y[self.target_rows]  # [P, N, C]: each member's own image
