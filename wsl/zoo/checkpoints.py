@@ -22,7 +22,7 @@ import os
 import threading
 from pathlib import Path
 
-from wsl.zoo.atomic import fault_point
+from wsl.zoo.atomic import fault_point, tmp_name
 from wsl.zoo.format import MODEL_DIR
 from wsl.zoo.safe_paths import make_dirs
 
@@ -59,7 +59,7 @@ class CheckpointFiles:
         except OSError:
             make_dirs(self.root, path.parent)  # replaced meanwhile (a link: refused by name), or gone: made again
             dir_fd = os.open(model_id, _DIR_FLAGS, dir_fd=job_fd)
-        tmp = f".{name}.{os.getpid()}.tmp"
+        tmp = tmp_name(Path(name)).name  # the temp-file name every atomic write of the zoo uses
         try:
             try:
                 fd = os.open(tmp, _NEW_FLAGS, 0o644, dir_fd=dir_fd)
