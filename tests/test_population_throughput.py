@@ -52,13 +52,13 @@ def test_eval_plan_groups_wide_nets_within_the_same_activation_budget():
     assert eval_plan(4096, 1, 10**6, 10**6, 32 * mib) == (1, eval_chunk(4096, 1, 10**6))
 
 
-def _digits_population(members: int, **kwargs):
-    """(data, nets, PopulationModule) of `members` digits MLPs of width 8, seeds 0..members-1."""
+def _digits_population(members: int, width: int = 8, **kwargs):
+    """(data, nets, PopulationModule) of `members` digits MLPs of `width`, seeds 0..members-1."""
     data = load_dataset("digits")
     nets = []
     for k in range(members):
         torch.manual_seed(k)
-        nets.append(MLP(data.input_shape, data.num_classes, width=8, depth=1))
+        nets.append(MLP(data.input_shape, data.num_classes, width=width, depth=1))
     return data, nets, PopulationModule(nets[0], stack_state_dicts([n.state_dict() for n in nets]), data, 0.1, 0.0,
                                         **kwargs)
 
@@ -135,13 +135,50 @@ def test_weights_take_their_gradients_layout_and_state_dicts_stay_contiguous():
     from wsl.population import PopulationBatchSampler
     from wsl.population.sampler import IndexDataset
 
-    data, nets, mod = _digits_population(3, steps_per_epoch=3)
+    data, nets, mod = _digits_population(3, width=32, steps_per_epoch=3)
     n = data.x_train.shape[0]
     loader = DataLoader(IndexDataset(), batch_size=None, sampler=PopulationBatchSampler(n, n // 3 + 1, [0, 1, 2]))
     L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, use_distributed_sampler=False, accelerator="cpu").fit(mod, loader)
-    weight = dict(zip(mod.names, mod.stacked))["head.weight"]  # [P, classes, width], its gradient's layout
+    # [P, width, 64]: wsl.population.stacked hands a wide layer's weight gradient over transposed
+    weight = dict(zip(mod.names, mod.stacked))["hidden.0.weight"]
     assert not weight.is_contiguous() and weight.transpose(1, 2).is_contiguous()
     sd = mod.member_state_dicts()[2]
-    assert all(t.is_contiguous() for t in sd.values()) and torch.equal(sd["head.weight"], weight[2])
+    assert all(t.is_contiguous() for t in sd.values()) and torch.equal(sd["hidden.0.weight"], weight[2])
     assert sd.keys() == mod.member_state_dict(2).keys()
+
+
+def _st_save_sorted(state_dict, metadata):
+    """The checkpoint bytes by definition: safetensors.torch.save, its header re-serialized with sorted keys."""
+    import json
+
+    from safetensors.torch import save
+
+    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    raw = save({k: v.contiguous() for k, v in state_dict.items()}, metadata=meta)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + raw[8 + n :]
+
+
+def test_checkpoint_encoding_equals_safetensors_save_byte_for_byte():
+    from wsl.nets import ResNet
+    from wsl.zoo.writer import encode_checkpoint
+
+    dtypes = [torch.float32, torch.int64, torch.float16, torch.bfloat16, torch.bool, torch.uint8, torch.float64,
+              torch.int32, torch.int8, torch.int16]
+    g = torch.Generator().manual_seed(0)
+    cases = [(ResNet((1, 8, 8), 10, width=4, depth=1).state_dict(), {"arch": {"name": "resnet"}, "epoch": "3"}),
+             ({"w": torch.randn(3, 4).t()}, {})]  # a transposed tensor; metadata left empty
+    for _ in range(60):  # random names, dtypes (mixed: safetensors orders larger dtypes first), shapes (empty too)
+        sd = {}
+        for _ in range(int(torch.randint(1, 6, (1,), generator=g))):
+            dt = dtypes[int(torch.randint(0, len(dtypes), (1,), generator=g))]
+            shape = torch.randint(0, 4, (int(torch.randint(0, 3, (1,), generator=g)),), generator=g).tolist()
+            sd[f"t{int(torch.randint(0, 20, (1,), generator=g))}.w"] = (torch.randn(shape, generator=g) * 5).to(dt)
+        cases.append((sd, {"model_id": "m\u00e9", "arch": {"width": [1, 2]}}))
+    for sd, meta in cases:
+        assert encode_checkpoint(sd, meta) == _st_save_sorted(sd, meta)
+    odd = {"c": torch.zeros(2, dtype=torch.complex64)}  # a dtype outside the table: safetensors itself
+    assert encode_checkpoint(odd, {"a": "b"}) == _st_save_sorted(odd, {"a": "b"})

@@ -12,6 +12,7 @@ from wsl.population.functional import population_forward, psnr, skeleton, split_
 from wsl.population.pinn import ConvectionLoss
 from wsl.population.optim import PopulationOptimizer
 from wsl.population.schedules import lr_factor
+from wsl.population import stacked as stacked_mlp
 from wsl.population.schema import eval_chunk, eval_plan, net_footprint
 
 
@@ -101,6 +102,12 @@ class PopulationModule(L.LightningModule):
         # classification, INRs, language models: members in groups over larger chunks where the nets are wide
         self.eval_group, self.eval_group_chunk = ((p, self.eval_chunk) if fp is None else
                                                   eval_plan(eval_batch_size, p, fp.largest_activation, fp.parameters))
+        # MLPs: batched matrix products with a backward of their own instead of vmap, evaluated in smaller
+        # chunks (wsl.population.stacked)
+        self.stacked_mlp = stacked_mlp.supports(net) and not self.buffer_names and fp is not None
+        if self.stacked_mlp:
+            self.eval_group, self.eval_chunk = stacked_mlp.eval_plan(eval_batch_size, p, fp.largest_activation)
+            self.eval_group_chunk = self.eval_chunk
 
     def train(self, mode: bool = True):
         self.net.train(mode)
@@ -143,10 +150,18 @@ class PopulationModule(L.LightningModule):
         pixels and channels, for PINNs the physics-informed loss (x: collocation points, y unused)."""
         if self.kind == "pinn":
             return sum(self.pinn_terms(x, "train", shared_input=False)[:3])
-        out = population_forward(self.net, self.params(), x, shared_input=False, buffers=self.stacked_state())
+        out = self.forward_members(self.params(), x, shared_input=False, buffers=self.stacked_state())
         if self.kind == "inr":
             return (out - y).pow(2).mean(dim=(1, 2))
         return member_cross_entropy(out, y).flatten(1).mean(1)
+
+    def forward_members(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool,
+                        buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Every member's output (population_forward's contract): MLPs by wsl.population.stacked, every
+        other net by vmap."""
+        if self.stacked_mlp:
+            return stacked_mlp.mlp_forward(self.net, params, x, shared_input)
+        return population_forward(self.net, params, x, shared_input=shared_input, buffers=buffers)
 
     def pinn_terms(self, x: torch.Tensor, split: str, shared_input: bool):
         """(mean squared residual [P], initial MSE [P], boundary MSE [P], u at x [P, N]) of every member:
@@ -270,7 +285,7 @@ class PopulationModule(L.LightningModule):
             buf = buffers if group >= self.population_size else {k: v[members] for k, v in buffers.items()}
             for s in range(0, x.shape[0], chunk):
                 xb = x[s : s + chunk]
-                out = population_forward(self.net, prm, xb, shared_input=True, buffers=buf)
+                out = self.forward_members(prm, xb, shared_input=True, buffers=buf)
                 if self.kind == "inr":
                     loss_sum[members] += (out - y[members, s : s + chunk]).pow(2).mean(-1).sum(1).double()
                     continue

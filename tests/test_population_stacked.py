@@ -1,0 +1,89 @@
+"""wsl.population.stacked computes the same function as the vmapped population_forward (outputs and
+every gradient), its backward is checked against finite differences, the evaluation plan keeps its
+bounds, and a PopulationModule of MLPs takes it (training and evaluation) with vmap's numbers."""
+
+import math
+
+import pytest
+import torch
+
+from wsl.data import load_dataset
+from wsl.nets import CNN, MLP
+from wsl.population import PopulationModule, stack_state_dicts
+from wsl.population import stacked
+from wsl.population.functional import population_forward, skeleton
+
+
+def _population(p, width, depth, activation="relu", in_shape=(1, 6), classes=5, seed=0):
+    torch.manual_seed(seed)
+    nets = [MLP(in_shape, classes, width=width, depth=depth, activation=activation) for _ in range(p)]
+    return nets[0], stack_state_dicts([n.state_dict() for n in nets])
+
+
+@pytest.mark.parametrize("width, depth, activation", [(20, 1, "relu"), (7, 3, "tanh"), (24, 2, "relu")])
+@pytest.mark.parametrize("shared", [True, False])
+def test_outputs_and_gradients_equal_the_vmapped_forward(width, depth, activation, shared):
+    net, params = _population(4, width, depth, activation)
+    meta = skeleton(net)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*(() if shared else (4,)), 9, 1, 6, generator=g)
+    weights = torch.randn(4, 9, 5, generator=g)  # a loss that weighs every output differently
+    for features in (False, True):
+        with torch.no_grad():  # evaluation: the shared first layer as one product, ReLU in place
+            want = population_forward(meta, params, x, shared_input=shared, method="features" if features else "forward")
+            torch.testing.assert_close(stacked.mlp_forward(meta, params, x, shared, features=features), want)
+    grads = []
+    for fn in (lambda p, xx: population_forward(meta, p, xx, shared_input=shared),
+               lambda p, xx: stacked.mlp_forward(meta, p, xx, shared)):
+        p = {k: v.clone().requires_grad_() for k, v in params.items()}
+        xx = x.clone().requires_grad_()
+        (fn(p, xx) * weights).sum().backward()
+        grads.append([xx.grad] + [p[k].grad for k in params])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_linear_act_backward_against_finite_differences(relu):
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(3, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, 20, 4, dtype=torch.float64, generator=g, requires_grad=True)  # 20 outputs: the transposed product
+    b = torch.randn(3, 20, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: stacked.LinearAct.apply(*t, relu), (h, w, b))
+    w2 = w[:, :3].detach().clone().requires_grad_()  # 3 outputs: the direct product
+    assert torch.autograd.gradcheck(lambda *t: stacked.LinearAct.apply(*t, relu), (h, w2, b[:, :3].detach().clone().requires_grad_()))
+
+
+@pytest.mark.parametrize("members, act", [(64, 32), (32, 128), (8, 512), (3, 40), (1, 4096)])
+def test_eval_plan_keeps_chunks_in_cache_and_groups_equal(members, act):
+    group, chunk = stacked.eval_plan(4096, members, act)
+    groups = math.ceil(members / group)
+    assert 1 <= group <= members and group * groups >= members > (group - 1) * groups  # equal groups
+    assert chunk >= min(4096, stacked.EVAL_SAMPLES) or group * chunk * act <= stacked.EVAL_NUMBERS
+    assert group == 1 or group * chunk * act <= stacked.EVAL_NUMBERS
+    assert stacked.eval_plan(100, members, act)[1] <= 100  # never above train.eval_batch_size
+
+
+def test_population_module_takes_the_stacked_path_with_the_vmapped_numbers():
+    data = load_dataset("digits")
+    net, params = _population(6, 24, 2, in_shape=data.input_shape, classes=data.num_classes)
+    mod = PopulationModule(net, params, data, 0.1, 0.0)
+    assert mod.stacked_mlp and not PopulationModule(CNN(data.input_shape, 10, width=2),
+                                                    stack_state_dicts([CNN(data.input_shape, 10, width=2).state_dict()]),
+                                                    data, 0.1, 0.0).stacked_mlp
+    got = mod.evaluate_all()
+    idx = torch.randint(0, data.x_train.shape[0], (6, 32), generator=torch.Generator().manual_seed(3))
+    loss = mod.training_step(idx, 0)
+    loss.backward()
+    grads = [p.grad.clone() for p in mod.stacked]
+    mod.stacked_mlp = False  # the vmapped path
+    want = mod.evaluate_all()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    for p in mod.stacked:
+        p.grad = None
+    again = mod.training_step(idx, 0)
+    torch.testing.assert_close(again, loss)
+    again.backward()
+    for p, gr in zip(mod.stacked, grads):
+        torch.testing.assert_close(gr, p.grad)
