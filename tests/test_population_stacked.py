@@ -87,3 +87,27 @@ def test_population_module_takes_the_stacked_path_with_the_vmapped_numbers():
     again.backward()
     for p, gr in zip(mod.stacked, grads):
         torch.testing.assert_close(gr, p.grad)
+
+
+def test_bf16_autocast_runs_and_stays_near_fp32():
+    """trainer.precision=bf16-mixed: the forward under autocast, the backward in its dtype, fp32 gradients within
+    bf16's rounding of the fp32 ones (both paths; bf16 keeps 8 bits: measured 2-6% of the gradient's norm)."""
+    data = load_dataset("digits")
+    net, params = _population(3, 24, 2, in_shape=data.input_shape, classes=data.num_classes)
+    mod = PopulationModule(net, params, data, 0.1, 0.0)
+    idx = torch.randint(0, data.x_train.shape[0], (3, 32), generator=torch.Generator().manual_seed(4))
+
+    def grads(stacked_path, bf16):
+        mod.stacked_mlp = stacked_path
+        for p in mod.stacked:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            mod.training_step(idx, 0).backward()
+            metrics = mod.evaluate_all()
+        assert torch.isfinite(metrics["test_loss"]).all() and float(metrics["test_acc"].min()) >= 0
+        return [p.grad.clone() for p in mod.stacked]
+
+    fp32 = grads(False, False)
+    for stacked_path in (True, False):
+        for a, b in zip(grads(stacked_path, True), fp32):
+            assert a.dtype == torch.float32 and float((a - b).norm()) <= 0.1 * float(b.norm())
