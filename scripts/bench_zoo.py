@@ -10,6 +10,7 @@ population running at the full peak); a ratio target above that bound cannot be 
     python scripts/bench_zoo.py --widths 32,128x2,512x2     # issue 17's table: one row per width x depth
     python scripts/bench_zoo.py --net cnn --widths 16x2,64x2,128x2 --threads 2
     python scripts/bench_zoo.py --quick                      # 16 members, 4 solo models, 2 epochs
+    python scripts/bench_zoo.py --widths 32 --repeat 5       # each side's fastest of 5 alternated runs
     python scripts/bench_zoo.py --net resnet      # ResNet-8 (BatchNorm) on digits 8x8, width 8
     python scripts/bench_zoo.py --net transformer # a small ViT on digits 8x8 (2x2 patches, width 16, 2 heads)
 
@@ -202,9 +203,12 @@ def bench_row(args, data, peak: float, chunks: list[str]) -> None:
     steps = math.ceil(n_train / args.batch_size) * args.epochs
     tmp = Path(tempfile.mkdtemp(prefix="bench_zoo_"))
     load0 = os.getloadavg()[0]
-    try:
-        t_pops = {c: run_population(args, tmp / f"pop{i}", c) for i, c in enumerate(chunks)}
-        t_solo = run_solo(args, tmp / "solo", data)
+    t_pops, t_solo = {}, math.inf
+    try:  # --repeat: the sides alternate, each keeps its fastest run (interference on a shared machine only adds)
+        for r in range(args.repeat):
+            for i, c in enumerate(chunks):
+                t_pops[c] = min(t_pops.get(c, math.inf), run_population(args, tmp / f"pop{i}-{r}", c))
+            t_solo = min(t_solo, run_solo(args, tmp / f"solo-{r}", data))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()[0]
@@ -226,7 +230,8 @@ def bench_row(args, data, peak: float, chunks: list[str]) -> None:
     bound = peak / solo_gflops  # the speed-up of a population that ran at the full measured peak
     print(f"threads={torch.get_num_threads()}  {what}, "
           f"{args.epochs} epochs x {math.ceil(n_train / args.batch_size)} steps (batch {args.batch_size}), "
-          f"checkpoint every epoch; total optimizer steps per model: {steps}; load average {load0:.1f} -> {load1:.1f}")
+          f"checkpoint every epoch; total optimizer steps per model: {steps}; load average {load0:.1f} -> {load1:.1f}"
+          f"{f'; best of {args.repeat} alternated runs per side' if args.repeat > 1 else ''}")
     print(f"one Trainer / model: {args.solo_models} models in {t_solo:7.1f} s  -> {solo_rate:8.1f} models/min  "
           f"{solo_gflops:.1f} GFLOP/s = {100 * solo_gflops / peak:.0f}% of peak")
     targets = {1: 15, 2: 5}.get(args.depth if args.width <= 128 else 3, 1.5) if args.net == "mlp" else 1
@@ -258,6 +263,7 @@ def main():
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1, help="torch threads, both ways (default 1)")
     ap.add_argument("--chunk", default="auto", help="population.chunk: auto or N; a list (64,auto) runs each")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per side, alternated; each side's fastest is kept")
     ap.add_argument("--quick", action="store_true", help="16 members, 4 solo models, 2 epochs (unless given)")
     args = ap.parse_args()
     if args.quick:
@@ -269,6 +275,8 @@ def main():
             setattr(args, k, v)
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.repeat < 1:
+        ap.error(f"--repeat must be >= 1, got {args.repeat}")
     torch.set_num_threads(args.threads)
     import logging
 
