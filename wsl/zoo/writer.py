@@ -179,7 +179,7 @@ class ShardWriter:
                 write_table(tmp, table)
             for r in self.rows:  # checkpoint temp files of an earlier, killed attempt at these models
                 remove_temp_files(self.root, self.root / MODEL_DIR / self.job_id / r.model_id, ".*.safetensors.*.tmp")
-            _merge_locked(self.root, {self.shard_path: table})  # the shard just written: not read back
+            _merge_locked(self.root)
         log.info("committed %d models to %s", len(self.rows), self.shard_path)
         self.rows, self._ckpts = [], {}
 
@@ -217,15 +217,12 @@ def index_table(root: Path, shards: dict, annotations: list) -> ModelTable:
     return ModelTable(rows, jobs, attrs, {ann.group: ann for ann in annotations})
 
 
-def _merge_locked(root: Path, written: dict | None = None) -> Path:
-    """Rebuild the index from every shard, under the zoo lock. `written` {shard path: ModelTable}: shards
-    this process has just written from those tables (a commit), used as they are instead of read back."""
+def _merge_locked(root: Path) -> Path:
     _remove_stale_temp_files(root)
     shards = sorted((root / SHARD_DIR).glob("*.h5"))
     if not shards:
         raise ZooFormatError(f"{root}: no shards under {SHARD_DIR}/; nothing to index")
-    written = written or {}
-    tables = {s: written[s] if s in written else read_table(s) for s in shards}
+    tables = {s: read_table(s) for s in shards}
     annotations = [read_annotation_file(a) for a in sorted((root / ANNOTATION_DIR).glob("*.h5"))]
     index = root / INDEX_FILE
     with atomic_path(index, what="index", root=root) as tmp:
