@@ -153,6 +153,9 @@ class PopulationModule(L.LightningModule):
         out = self.forward_members(self.params(), x, shared_input=False, buffers=self.stacked_state())
         if self.kind == "inr":
             return (out - y).pow(2).mean(dim=(1, 2))
+        if _classes_first(out):  # the stacked MLP's transposed head: logsumexp along contiguous samples
+            out_t = out.transpose(1, 2)  # [P, C, B]
+            return (out_t.logsumexp(1) - out_t.gather(1, y.unsqueeze(1)).squeeze(1)).mean(1)
         return member_cross_entropy(out, y).flatten(1).mean(1)
 
     def forward_members(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool,
