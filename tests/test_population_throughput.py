@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from wsl.data import load_dataset
 from wsl.nets import MLP
 from wsl.population import PopulationModule, stack_state_dicts
-from wsl.population.module import classes_first_metrics, member_metrics
+from wsl.population.module import member_metrics
 from wsl.population.schema import EVAL_CHUNK_NUMBERS, eval_chunk, eval_plan
 from wsl.zoo import ShardWriter, Zoo
 from wsl.zoo.safe_paths import UnsafePathError
 
 
 def _classes_first(logits, y):  # the same logits laid out [P, C, n] in memory (the stacked MLP's narrow head)
-    return classes_first_metrics(logits.transpose(1, 2).contiguous(), y)
+    return member_metrics(logits.transpose(1, 2).contiguous().transpose(1, 2), y)
 
 
 @pytest.mark.parametrize("shape, classes, metrics", [((5, 300), 10, member_metrics), ((3, 20, 7), 33, member_metrics),

@@ -64,15 +64,10 @@ def mlp_forward(net: MLP, params: dict[str, torch.Tensor], x: torch.Tensor, shar
     for w_name, b_name, act in layers:
         w, b = params[w_name], params[b_name]  # [P, out, in], [P, out]
         fused = act and relu
-        if h.dim() == 2:  # shared input: every member's first layer as one product [N, F] x [F, P * out]
-            h = h.expand(p, *h.shape) if grad else _shared_linear(h, w, b)
-            if not grad:
-                h = h.relu_() if fused else (net.act(h) if act else h)
-                continue
         if grad:
-            h = LinearAct.apply(h, w, b, fused)
-        else:
-            h = _linear(h, w, b)
+            h = LinearAct.apply(h.expand(p, *h.shape) if h.dim() == 2 else h, w, b, fused)
+        else:  # shared input: every member's first layer as one product [N, F] x [F, P * out]
+            h = _shared_linear(h, w, b) if h.dim() == 2 else _linear(h, w, b)
             if fused:
                 h.relu_()
         if act and not fused:
