@@ -16,7 +16,9 @@ population running at the full peak); a ratio target above that bound cannot be 
 
 Both ways run with `--threads` torch threads (default 1, torch.set_num_threads, set before any
 timing). `--chunk auto|N` is the population's `population.chunk` (nets trained together);
-`--chunk 64,auto` runs the population once per value, side by side. The load average is printed
+`--chunk 64,auto` runs the population once per value, side by side. `--retain-memory false` leaves
+glibc malloc at its defaults (population.retain_memory; once the warm-up's population job sets it, it
+holds for the whole process, the solo side included). The load average is printed
 with every row (a loaded machine lowers every figure; the ratios are measured in the same run).
 
 `--net resnet` trains CIFAR-style ResNets with BatchNorm (running statistics stacked per member
@@ -35,6 +37,7 @@ import math
 import os
 import sys
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -48,13 +51,13 @@ from wsl.data import load_dataset
 from wsl.nets import CNN, MLP
 from wsl.nets.resnet import ResNet
 from wsl.nets.transformer import Transformer
+from wsl.zoo import ShardWriter
 
 # per --net: dataset and defaults (width, depth, members, solo models, epochs)
 NETS = {"mlp": dict(dataset="mnist1d", width=128, depth=2, members=64, solo_models=16, epochs=5),
         "cnn": dict(dataset="mnist1d", width=32, depth=2, members=64, solo_models=16, epochs=5),
         "resnet": dict(dataset="digits", width=8, depth=1, members=32, solo_models=8, epochs=3),
         "transformer": dict(dataset="digits", width=16, depth=2, members=32, solo_models=8, epochs=3)}
-from wsl.zoo import ShardWriter
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -68,6 +71,18 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
             a @ b
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def peak_in_child(threads: int) -> float:
+    """matmul_peak_gflops in a child process with `threads` torch threads. Its 16 MiB matrices, freed in this
+    process, would raise glibc's dynamic mmap and trim thresholds and so spare both timed sides the page faults
+    that a wsl-zoo process pays (population.retain_memory=false measured 5.1-5.4 s against 4.1-4.5 s per
+    population of 64 MLPs 40-128-128-10 in a fresh process, equal after the peak had run in the same process)."""
+    code = (f"import sys, torch; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            f"torch.set_num_threads({int(threads)}); from bench_zoo import matmul_peak_gflops; "
+            f"print(matmul_peak_gflops())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
 
 
 def mlp_forward_flops(in_dim: int, width: int, depth: int, classes: int, n: int) -> float:
@@ -147,7 +162,7 @@ def run_population(args, zoo: Path, chunk="auto") -> float:
                               f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
                               f"train.lr={args.lr}", "train.schedule=constant", "logger=none",
                               "progress_refresh_rate=0", "trainer.accelerator=cpu",
-                              f"population.chunk={chunk}",
+                              f"population.chunk={chunk}", f"population.retain_memory={args.retain_memory}",
                               *([f"net.heads={args.heads}", f"net.patch={args.patch}"] if args.net == "transformer"
                                 else [])])
     t = time.perf_counter()
@@ -264,6 +279,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads, both ways (default 1)")
     ap.add_argument("--chunk", default="auto", help="population.chunk: auto or N; a list (64,auto) runs each")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side, alternated; each side's fastest is kept")
+    ap.add_argument("--retain-memory", choices=["true", "false"], default="true",
+                    help="population.retain_memory (glibc malloc keeps freed memory; once set, for the solo runs too)")
     ap.add_argument("--quick", action="store_true", help="16 members, 4 solo models, 2 epochs (unless given)")
     args = ap.parse_args()
     if args.quick:
@@ -285,9 +302,13 @@ def main():
     torch.set_float32_matmul_precision("highest")
     data = load_dataset(args.dataset)
     warm_up(args)
-    peak = matmul_peak_gflops()
+    peak = peak_in_child(args.threads)
     print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s with {torch.get_num_threads()} thread(s); "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    from wsl.population import allocator
+
+    print(f"population.retain_memory={args.retain_memory}: freed memory "
+          f"{'kept in the process (glibc mallopt), both ways' if allocator.retained() else 'given back (malloc defaults)'}")
     rows = parse_widths(args.widths) if args.widths else [(args.width, args.depth)]
     for args.width, args.depth in rows:
         bench_row(args, data, peak, [c.strip() for c in str(args.chunk).split(",")])

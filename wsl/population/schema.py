@@ -40,6 +40,9 @@ class PopulationConfig:
     seed: int = 0  # base of every member's init and data-order seeds
     # nets trained together, one group after another (the same nets): auto sizes groups to the CPU cache
     chunk: Any = "auto"
+    # keep freed memory in the process while training (glibc malloc; wsl.population.allocator): no page
+    # faults on the buffers every step allocates again
+    retain_memory: bool = True
 
     def __post_init__(self):
         schema.integer(self, "size", 1)
