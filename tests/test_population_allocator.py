@@ -71,3 +71,12 @@ def test_bad_retain_memory_is_one_line_naming_the_key(tmp_path):
         typed_zoo([f"zoo.path={tmp_path / 'z'}", *TINY_ZOO, "population.retain_memory=sometimes"])
     assert "\n" not in str(e.value)
     assert not (tmp_path / "z").exists()
+
+
+def test_off_glibc_malloc_is_left_alone(monkeypatch):
+    from wsl.population import allocator
+
+    monkeypatch.setattr(allocator, "_applied", False)
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
+    assert allocator.retain_freed_memory() is False
+    assert allocator.retained() is False
