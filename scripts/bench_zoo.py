@@ -33,6 +33,7 @@ same SGD recipe; FLOPs are counted by torch's FlopCounterMode (attention's batch
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import sys
@@ -78,9 +79,8 @@ def peak_in_child(threads: int) -> float:
     process, would raise glibc's dynamic mmap and trim thresholds and so spare both timed sides the page faults
     that a wsl-zoo process pays (population.retain_memory=false measured 5.1-5.4 s against 4.1-4.5 s per
     population of 64 MLPs 40-128-128-10 in a fresh process, equal after the peak had run in the same process)."""
-    code = (f"import sys, torch; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
-            f"torch.set_num_threads({int(threads)}); from bench_zoo import matmul_peak_gflops; "
-            f"print(matmul_peak_gflops())")
+    code = (f"import time, torch\n{inspect.getsource(matmul_peak_gflops)}\n"  # torch only: no wsl, no Lightning
+            f"torch.set_num_threads({int(threads)})\nprint(matmul_peak_gflops())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 
