@@ -2,9 +2,10 @@
 
     python scripts/gpu_check.py                 # all stages, small settings (a few minutes on one GPU)
     python scripts/gpu_check.py --stages zoo,landscape --members 64 --width 128
+    python scripts/gpu_check.py --stages zoo,evaluate --net cnn   # stride-2 CNNs (wsl.population.stacked_cnn)
 
 Stages (each run twice, `cpu` then `cuda`, on the same inputs):
-  zoo        (always: the other stages read its zoo) wsl-zoo's job (run_zoo_job): a population of MLPs on digits, trainer.accelerator=cpu vs gpu;
+  zoo        (always: the other stages read its zoo) wsl-zoo's job (run_zoo_job): a population of MLPs (--net cnn: CNNs) on digits, trainer.accelerator=cpu vs gpu;
              then on the GPU with TF32 matmuls (torch.set_float32_matmul_precision("high")) and with
              trainer.precision=bf16-mixed. Compared: every member's final weights (max |difference|)
              and its final test accuracy (max |difference|).
@@ -60,7 +61,7 @@ def zoo_job(path: Path, args, accelerator: str, extra=()):
     from wsl.apps.zoo_job import run_zoo_job
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("zoo", [f"zoo.path={path}", "dataset=digits", "net=mlp", f"net.width={args.width}",
+        cfg = compose("zoo", [f"zoo.path={path}", "dataset=digits", f"net={args.net}", f"net.width={args.width}",
                               "net.depth=2", f"population.size={args.members}", f"train.epochs={args.epochs}",
                               "train.lr=[0.1,0.03]", "train.schedule=cosine", "logger=none", "progress_refresh_rate=0",
                               f"trainer.accelerator={accelerator}", *extra])
@@ -194,7 +195,7 @@ def stage_evaluate(zoo_path: Path, devices=("cpu", "cuda")) -> None:
     zoo = Zoo(zoo_path)
     ids = sorted(zoo.filter())
     task = zoo.training_data(ids[0])
-    sets = {"mlp zoo": (zoo.arch(ids[0]), [zoo.state_dict(m, -1) for m in ids], None)}
+    sets = {f"{zoo.arch(ids[0])['name']} zoo": (zoo.arch(ids[0]), [zoo.state_dict(m, -1) for m in ids], None)}
     digits = load_dataset("digits")
     resnet = build_net({"name": "resnet", "in_shape": list(digits.input_shape), "num_classes": 10, "width": 8,
                         "depth": 1, "stages": 3, "norm": "batch", "activation": "relu", "init": "default"})
@@ -226,6 +227,7 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--members", type=int, default=32)
     ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--net", default="mlp", choices=("mlp", "cnn"), help="the zoo stage's net (width x depth 2)")
     ap.add_argument("--epochs", type=int, default=5)
     args = ap.parse_args()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]

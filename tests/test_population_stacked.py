@@ -1,6 +1,7 @@
 """wsl.population.stacked computes the same function as the vmapped population_forward (outputs and
 every gradient), its backward is checked against finite differences, the evaluation plan keeps its
-bounds, and a PopulationModule of MLPs takes it (training and evaluation) with vmap's numbers."""
+bounds, and a PopulationModule of MLPs or stride-2 CNNs takes its path
+(training and evaluation) with vmap's numbers; CNNs with pooling layers or BatchNorm keep vmap."""
 
 import math
 
@@ -64,19 +65,29 @@ def test_eval_plan_keeps_chunks_in_cache_and_groups_equal(members, act):
     assert stacked.eval_plan(100, members, act)[1] <= 100  # never above train.eval_batch_size
 
 
-def test_population_module_takes_the_stacked_path_with_the_vmapped_numbers():
+def _population_of(kind, p, data, seed=0):
+    """(net, stacked state dicts) of p MLPs or stride-2 CNNs for `data`."""
+    if kind == "mlp":
+        return _population(p, 24, 2, in_shape=data.input_shape, classes=data.num_classes, seed=seed)
+    torch.manual_seed(seed)
+    nets = [CNN(data.input_shape, data.num_classes, width=6, depth=2) for _ in range(p)]
+    return nets[0], stack_state_dicts([n.state_dict() for n in nets])
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_population_module_takes_the_stacked_path_with_the_vmapped_numbers(kind):
     data = load_dataset("digits")
-    net, params = _population(6, 24, 2, in_shape=data.input_shape, classes=data.num_classes)
+    net, params = _population_of(kind, 6, data)
     mod = PopulationModule(net, params, data, 0.1, 0.0)
-    assert mod.stacked_mlp and not PopulationModule(CNN(data.input_shape, 10, width=2),
-                                                    stack_state_dicts([CNN(data.input_shape, 10, width=2).state_dict()]),
-                                                    data, 0.1, 0.0).stacked_mlp
+    assert mod.stacked_path is not None
+    for other in (CNN(data.input_shape, 10, width=2, pooling="max"), CNN(data.input_shape, 10, width=2, norm="batch")):
+        assert PopulationModule(other, stack_state_dicts([other.state_dict()]), data, 0.1, 0.0).stacked_path is None
     got = mod.evaluate_all()
     idx = torch.randint(0, data.x_train.shape[0], (6, 32), generator=torch.Generator().manual_seed(3))
     loss = mod.training_step(idx, 0)
     loss.backward()
     grads = [p.grad.clone() for p in mod.stacked]
-    mod.stacked_mlp = False  # the vmapped path
+    mod.stacked_path = None  # the vmapped path
     want = mod.evaluate_all()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
@@ -89,16 +100,18 @@ def test_population_module_takes_the_stacked_path_with_the_vmapped_numbers():
         torch.testing.assert_close(gr, p.grad)
 
 
-def test_bf16_autocast_runs_and_stays_near_fp32():
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_bf16_autocast_runs_and_stays_near_fp32(kind):
     """trainer.precision=bf16-mixed: the forward under autocast, the backward in its dtype, fp32 gradients within
     bf16's rounding of the fp32 ones (both paths; bf16 keeps 8 bits: measured 2-6% of the gradient's norm)."""
     data = load_dataset("digits")
-    net, params = _population(3, 24, 2, in_shape=data.input_shape, classes=data.num_classes)
+    net, params = _population_of(kind, 3, data)
     mod = PopulationModule(net, params, data, 0.1, 0.0)
+    path = mod.stacked_path
     idx = torch.randint(0, data.x_train.shape[0], (3, 32), generator=torch.Generator().manual_seed(4))
 
     def grads(stacked_path, bf16):
-        mod.stacked_mlp = stacked_path
+        mod.stacked_path = path if stacked_path else None
         for p in mod.stacked:
             p.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -12,7 +12,7 @@ from wsl.population.functional import population_forward, psnr, skeleton, split_
 from wsl.population.pinn import ConvectionLoss
 from wsl.population.optim import PopulationOptimizer
 from wsl.population.schedules import lr_factor
-from wsl.population import stacked as stacked_mlp
+from wsl.population import stacked as stacked_mlp, stacked_cnn
 from wsl.population.schema import eval_chunk, eval_plan, net_footprint
 
 
@@ -98,10 +98,10 @@ class PopulationModule(L.LightningModule):
         # over a chunk would leave the cache (faster on CPU, same numbers)
         shape = getattr(net, "in_shape", None)
         fp = None if shape is None else net_footprint(net, shape)
-        # MLPs: batched matrix products with a backward of their own instead of vmap, evaluated in smaller
-        # chunks (wsl.population.stacked)
-        self.stacked_mlp = stacked_mlp.supports(net) and not self.buffer_names and fp is not None
-        if self.stacked_mlp:
+        # MLPs and strided CNNs: batched matrix products with a backward of their own instead of vmap,
+        # evaluated in smaller chunks (wsl.population.stacked, wsl.population.stacked_cnn)
+        self.stacked_path = _stacked_path(net) if not self.buffer_names and fp is not None else None
+        if self.stacked_path is not None:
             self.eval_group, self.eval_chunk = stacked_mlp.eval_plan(eval_batch_size, p, fp.largest_activation)
             self.eval_group_chunk = self.eval_chunk
         else:
@@ -159,10 +159,10 @@ class PopulationModule(L.LightningModule):
 
     def forward_members(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool,
                         buffers: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Every member's output (population_forward's contract): MLPs by wsl.population.stacked, every
-        other net by vmap."""
-        if self.stacked_mlp:
-            return stacked_mlp.mlp_forward(self.net, params, x, shared_input)
+        """Every member's output (population_forward's contract): MLPs by wsl.population.stacked, strided
+        CNNs by wsl.population.stacked_cnn, every other net by vmap."""
+        if self.stacked_path is not None:
+            return self.stacked_path(self.net, params, x, shared_input)
         return population_forward(self.net, params, x, shared_input=shared_input, buffers=buffers)
 
     def pinn_terms(self, x: torch.Tensor, split: str, shared_input: bool):
@@ -383,6 +383,15 @@ def _classes_first_metrics(logits_t: torch.Tensor, y: torch.Tensor) -> tuple[tor
 def _classes_first(out: torch.Tensor) -> bool:
     """Whether out [P, n, C] is a transposed view of contiguous [P, C, n] logits."""
     return out.dim() == 3 and out.shape[2] > 1 and not out.is_contiguous() and out.transpose(1, 2).is_contiguous()
+
+
+def _stacked_path(net: nn.Module):
+    """The forward of the batched-matmul path that computes `net` (mlp_forward, cnn_forward), or None: vmap."""
+    if stacked_mlp.supports(net):
+        return stacked_mlp.mlp_forward
+    if stacked_cnn.supports(net):
+        return stacked_cnn.cnn_forward
+    return None
 
 
 METRIC_NAMES = {"classification": ("loss", "acc"), "inr": ("loss", "psnr"), "lm": ("loss", "bpc", "acc"),

@@ -1,0 +1,57 @@
+"""wsl.population.stacked_cnn computes the same function as the vmapped population_forward (outputs, penultimate
+features and every gradient, 1-D and 2-D inputs, odd and even kernels, ReLU and another activation, shared and
+per-member inputs), and its backward (ConvAct, whose col2im adds each tap's share back) agrees with finite
+differences."""
+
+import pytest
+import torch
+
+from wsl.nets import CNN
+from wsl.population import stack_state_dicts
+from wsl.population import stacked_cnn
+from wsl.population.functional import population_forward, skeleton
+
+CASES = [((1, 40), 8, 2, 3, "relu"), ((3, 9), 5, 3, 5, "tanh"), ((2, 7, 6), 4, 2, 3, "relu"),
+         ((1, 8, 8), 6, 1, 4, "relu"), ((2, 5), 3, 2, 2, "relu")]
+
+
+@pytest.mark.parametrize("in_shape, width, depth, kernel, activation", CASES)
+@pytest.mark.parametrize("shared", [True, False])
+def test_outputs_and_gradients_equal_the_vmapped_forward(in_shape, width, depth, kernel, activation, shared):
+    torch.manual_seed(0)
+    nets = [CNN(in_shape, 4, width=width, depth=depth, kernel=kernel, activation=activation) for _ in range(3)]
+    assert stacked_cnn.supports(nets[0])
+    params = stack_state_dicts([n.state_dict() for n in nets])
+    meta = skeleton(nets[0])
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*(() if shared else (3,)), 6, *in_shape, generator=g)
+    with torch.no_grad():  # evaluation: the shared first layer as one product
+        for method, features in (("forward", False), ("features", True)):
+            want = population_forward(meta, params, x, shared_input=shared, method=method)
+            torch.testing.assert_close(stacked_cnn.cnn_forward(meta, params, x, shared, features=features), want)
+    weights = torch.randn(3, 6, 4, generator=g)  # a loss that weighs every output differently
+    grads = []
+    for fn in (lambda p, xx: population_forward(meta, p, xx, shared_input=shared),
+               lambda p, xx: stacked_cnn.cnn_forward(meta, p, xx, shared)):
+        p = {k: v.clone().requires_grad_() for k, v in params.items()}
+        xx = x.clone().requires_grad_()
+        (fn(p, xx) * weights).sum().backward()
+        grads.append([xx.grad] + [p[k].grad for k in params])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("sizes, kernel", [((7,), 3), ((6,), 4), ((5, 4), 3)])
+@pytest.mark.parametrize("relu", [True, False])
+def test_conv_act_backward_against_finite_differences(sizes, kernel, relu):
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(2, 3, *sizes, 4, dtype=torch.float64, generator=g, requires_grad=True)  # [P, N, *S, C]
+    w = torch.randn(2, 5, 4, *([kernel] * len(sizes)), dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(2, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: stacked_cnn.ConvAct.apply(*t, 2, kernel // 2, relu), (h, w, b))
+
+
+def test_cnns_outside_the_path_are_refused_by_supports():
+    assert not stacked_cnn.supports(CNN((1, 8, 8), 10, width=2, pooling="max"))
+    assert not stacked_cnn.supports(CNN((1, 8, 8), 10, width=2, pooling="avg"))
+    assert not stacked_cnn.supports(CNN((1, 8, 8), 10, width=2, norm="batch"))
