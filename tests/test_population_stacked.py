@@ -21,27 +21,34 @@ def _population(p, width, depth, activation="relu", in_shape=(1, 6), classes=5, 
     return nets[0], stack_state_dicts([n.state_dict() for n in nets])
 
 
+def assert_equals_the_vmapped_forward(forward, net, params, x, shared, outputs):
+    """forward(meta, params, x, shared, features=...) (a stacked path) against population_forward: outputs and
+    penultimate features without gradients (evaluation), then every gradient (x's and each parameter's) of a loss
+    that weighs every output differently."""
+    meta = skeleton(net)
+    p, n = next(iter(params.values())).shape[0], x.shape[-len(net.in_shape) - 1]
+    with torch.no_grad():  # evaluation: the shared first layer as one product, ReLU in place
+        for method, features in (("forward", False), ("features", True)):
+            want = population_forward(meta, params, x, shared_input=shared, method=method)
+            torch.testing.assert_close(forward(meta, params, x, shared, features=features), want)
+    weights = torch.randn(p, n, outputs, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for fn in (lambda prm, xx: population_forward(meta, prm, xx, shared_input=shared),
+               lambda prm, xx: forward(meta, prm, xx, shared)):
+        prm = {k: v.clone().requires_grad_() for k, v in params.items()}
+        xx = x.clone().requires_grad_()
+        (fn(prm, xx) * weights).sum().backward()
+        grads.append([xx.grad] + [prm[k].grad for k in params])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a)
+
+
 @pytest.mark.parametrize("width, depth, activation", [(20, 1, "relu"), (7, 3, "tanh"), (24, 2, "relu")])
 @pytest.mark.parametrize("shared", [True, False])
 def test_outputs_and_gradients_equal_the_vmapped_forward(width, depth, activation, shared):
     net, params = _population(4, width, depth, activation)
-    meta = skeleton(net)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(*(() if shared else (4,)), 9, 1, 6, generator=g)
-    weights = torch.randn(4, 9, 5, generator=g)  # a loss that weighs every output differently
-    for features in (False, True):
-        with torch.no_grad():  # evaluation: the shared first layer as one product, ReLU in place
-            want = population_forward(meta, params, x, shared_input=shared, method="features" if features else "forward")
-            torch.testing.assert_close(stacked.mlp_forward(meta, params, x, shared, features=features), want)
-    grads = []
-    for fn in (lambda p, xx: population_forward(meta, p, xx, shared_input=shared),
-               lambda p, xx: stacked.mlp_forward(meta, p, xx, shared)):
-        p = {k: v.clone().requires_grad_() for k, v in params.items()}
-        xx = x.clone().requires_grad_()
-        (fn(p, xx) * weights).sum().backward()
-        grads.append([xx.grad] + [p[k].grad for k in params])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a)
+    x = torch.randn(*(() if shared else (4,)), 9, 1, 6, generator=torch.Generator().manual_seed(1))
+    assert_equals_the_vmapped_forward(stacked.mlp_forward, net, params, x, shared, 5)
 
 
 @pytest.mark.parametrize("relu", [True, False])

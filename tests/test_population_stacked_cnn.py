@@ -9,7 +9,8 @@ import torch
 from wsl.nets import CNN
 from wsl.population import stack_state_dicts
 from wsl.population import stacked_cnn
-from wsl.population.functional import population_forward, skeleton
+
+from test_population_stacked import assert_equals_the_vmapped_forward
 
 CASES = [((1, 40), 8, 2, 3, "relu"), ((3, 9), 5, 3, 5, "tanh"), ((2, 7, 6), 4, 2, 3, "relu"),
          ((1, 8, 8), 6, 1, 4, "relu"), ((2, 5), 3, 2, 2, "relu")]
@@ -22,23 +23,8 @@ def test_outputs_and_gradients_equal_the_vmapped_forward(in_shape, width, depth,
     nets = [CNN(in_shape, 4, width=width, depth=depth, kernel=kernel, activation=activation) for _ in range(3)]
     assert stacked_cnn.supports(nets[0])
     params = stack_state_dicts([n.state_dict() for n in nets])
-    meta = skeleton(nets[0])
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(*(() if shared else (3,)), 6, *in_shape, generator=g)
-    with torch.no_grad():  # evaluation: the shared first layer as one product
-        for method, features in (("forward", False), ("features", True)):
-            want = population_forward(meta, params, x, shared_input=shared, method=method)
-            torch.testing.assert_close(stacked_cnn.cnn_forward(meta, params, x, shared, features=features), want)
-    weights = torch.randn(3, 6, 4, generator=g)  # a loss that weighs every output differently
-    grads = []
-    for fn in (lambda p, xx: population_forward(meta, p, xx, shared_input=shared),
-               lambda p, xx: stacked_cnn.cnn_forward(meta, p, xx, shared)):
-        p = {k: v.clone().requires_grad_() for k, v in params.items()}
-        xx = x.clone().requires_grad_()
-        (fn(p, xx) * weights).sum().backward()
-        grads.append([xx.grad] + [p[k].grad for k in params])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a)
+    x = torch.randn(*(() if shared else (3,)), 6, *in_shape, generator=torch.Generator().manual_seed(1))
+    assert_equals_the_vmapped_forward(stacked_cnn.cnn_forward, nets[0], params, x, shared, 4)
 
 
 @pytest.mark.parametrize("sizes, kernel", [((7,), 3), ((6,), 4), ((5, 4), 3)])
