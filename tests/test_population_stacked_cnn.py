@@ -13,7 +13,8 @@ from wsl.population import stacked_cnn
 from test_population_stacked import assert_equals_the_vmapped_forward
 
 CASES = [((1, 40), 8, 2, 3, "relu"), ((3, 9), 5, 3, 5, "tanh"), ((2, 7, 6), 4, 2, 3, "relu"),
-         ((1, 8, 8), 6, 1, 4, "relu"), ((2, 5), 3, 2, 2, "relu")]
+         ((1, 8, 8), 6, 1, 4, "relu"), ((2, 5), 3, 2, 2, "relu"),
+         ((2, 4), 3, 4, 5, "relu")]  # 4 -> 2 -> 1 -> 1 -> 1: taps that lie in the padding at every position
 
 
 @pytest.mark.parametrize("in_shape, width, depth, kernel, activation", CASES)
@@ -27,7 +28,7 @@ def test_outputs_and_gradients_equal_the_vmapped_forward(in_shape, width, depth,
     assert_equals_the_vmapped_forward(stacked_cnn.cnn_forward, nets[0], params, x, shared, 4)
 
 
-@pytest.mark.parametrize("sizes, kernel", [((7,), 3), ((6,), 4), ((5, 4), 3)])
+@pytest.mark.parametrize("sizes, kernel", [((7,), 3), ((6,), 4), ((5, 4), 3), ((1, 2), 5)])
 @pytest.mark.parametrize("relu", [True, False])
 def test_conv_act_backward_against_finite_differences(sizes, kernel, relu):
     g = torch.Generator().manual_seed(2)

@@ -88,8 +88,8 @@ def _im2col(h: torch.Tensor, k: int, stride: int, pad: int, ndim: int) -> torch.
     for t, ranges in enumerate(_taps(sizes, out_sizes, k, stride, pad)):
         tap = cols.select(-2, t)  # [..., *So, C]
         _zero_outside(tap, ranges, out_sizes, len(lead))
-        dst, src = _tap_views(tap, h, ranges, stride, len(lead))
-        if dst.numel():
+        if all(hi > lo for lo, hi, _ in ranges):  # else the tap lies in the padding at every output position
+            dst, src = _tap_views(tap, h, ranges, stride, len(lead))
             dst.copy_(src)
     return cols
 
@@ -100,8 +100,8 @@ def _col2im(g_cols: torch.Tensor, sizes, k: int, stride: int, pad: int) -> torch
     lead, out_sizes, c = g_cols.shape[: g_cols.dim() - ndim - 2], g_cols.shape[g_cols.dim() - ndim - 2 : -2], g_cols.shape[-1]
     g = g_cols.new_zeros(*lead, *sizes, c)
     for t, ranges in enumerate(_taps(sizes, out_sizes, k, stride, pad)):
-        src, dst = _tap_views(g_cols.select(-2, t), g, ranges, stride, len(lead))
-        if dst.numel():
+        if all(hi > lo for lo, hi, _ in ranges):
+            src, dst = _tap_views(g_cols.select(-2, t), g, ranges, stride, len(lead))
             dst.add_(src)
     return g
 
@@ -116,10 +116,11 @@ def _zero_outside(tap: torch.Tensor, ranges, out_sizes, sp: int) -> None:
 
 
 def _tap_views(tap: torch.Tensor, h: torch.Tensor, ranges, stride: int, sp: int):
-    """(tap's output positions inside the input, the input positions they read): two views of equal shape."""
+    """(tap's output positions inside the input, the input positions they read): two views of equal shape (every
+    range in `ranges` non-empty)."""
     for d, (lo, hi, first) in enumerate(ranges):
         tap = tap.narrow(sp + d, lo, hi - lo)
-        h = h.narrow(sp + d, first, max(0, (hi - lo - 1) * stride + 1))[(slice(None),) * (sp + d) + (slice(None, None, stride),)]
+        h = h.narrow(sp + d, first, (hi - lo - 1) * stride + 1)[(slice(None),) * (sp + d) + (slice(None, None, stride),)]
     return tap, h
 
 
