@@ -2,10 +2,10 @@
 
     python scripts/gpu_check.py                 # all stages, small settings (a few minutes on one GPU)
     python scripts/gpu_check.py --stages zoo,landscape --members 64 --width 128
-    python scripts/gpu_check.py --stages zoo,evaluate --net cnn   # stride-2 CNNs (wsl.population.stacked_cnn)
+    python scripts/gpu_check.py --stages zoo,evaluate --net cnn   # stride-2 CNNs on MNIST-1D (wsl.population.stacked_cnn)
 
 Stages (each run twice, `cpu` then `cuda`, on the same inputs):
-  zoo        (always: the other stages read its zoo) wsl-zoo's job (run_zoo_job): a population of MLPs (--net cnn: CNNs) on digits, trainer.accelerator=cpu vs gpu;
+  zoo        (always: the other stages read its zoo) wsl-zoo's job (run_zoo_job): a population of MLPs on digits (--net cnn: CNNs on MNIST-1D), trainer.accelerator=cpu vs gpu;
              then on the GPU with TF32 matmuls (torch.set_float32_matmul_precision("high")) and with
              trainer.precision=bf16-mixed. Compared: every member's final weights (max |difference|)
              and its final test accuracy (max |difference|).
@@ -18,6 +18,11 @@ Stages (each run twice, `cpu` then `cuda`, on the same inputs):
   evaluate   wsl-evaluate's judge (wsl.evaluate.domains.judge_for) with device=cpu vs cuda: test accuracy and loss of
              every net of the CPU zoo, and of 8 random digits ResNet-8s with BatchNorm (statistics re-estimated on
              the train split on each device). Compared: max |accuracy difference| and max relative loss difference.
+
+Before the stages, one line per device: a training step of the population's nets (--net, --width, --members) by
+the batched-matmul path PopulationModule takes for MLPs and stride-2 1-D CNNs (wsl.population.stacked, stacked_cnn)
+against the vmapped path, timed side by side (on the CPU the batched path was measured faster; if the vmapped one
+is faster on the GPU, the batched paths should be taken on the CPU only).
 
 Each line: stage, CPU seconds, CUDA seconds, the difference and the tolerance it is held to
 ("ok" / "DIFF"). Float32 on the two devices differs by summation order (cuBLAS vs MKL/OpenBLAS), so
@@ -61,7 +66,9 @@ def zoo_job(path: Path, args, accelerator: str, extra=()):
     from wsl.apps.zoo_job import run_zoo_job
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("zoo", [f"zoo.path={path}", "dataset=digits", f"net={args.net}", f"net.width={args.width}",
+        # CNNs on MNIST-1D: the 1-D CNNs that PopulationModule computes by wsl.population.stacked_cnn
+        dataset = "mnist1d" if args.net == "cnn" else "digits"
+        cfg = compose("zoo", [f"zoo.path={path}", f"dataset={dataset}", f"net={args.net}", f"net.width={args.width}",
                               "net.depth=2", f"population.size={args.members}", f"train.epochs={args.epochs}",
                               "train.lr=[0.1,0.03]", "train.schedule=cosine", "logger=none", "progress_refresh_rate=0",
                               f"trainer.accelerator={accelerator}", *extra])
@@ -99,6 +106,48 @@ def stage_zoo(tmp: Path, args) -> Path:
     line("zoo bf16 vs cpu fp32", t_cpu, t_bf16, "max |weight diff|", float((wc - w).abs().max()), None)
     line("zoo bf16 vs cpu fp32", t_cpu, t_bf16, "max |test acc diff|", float(np.abs(ac - a).max()), None)
     return tmp / "zoo_cpu"
+
+
+def path_step_times(args, device: str, steps: int = 20) -> tuple[float, float]:
+    """Seconds per training step (forward, cross-entropy, backward) of `args.members` nets of `args.net` (width
+    args.width, depth 2, batch 128) on `device`: (the batched-matmul path PopulationModule
+    takes, the vmapped path). On a CPU the first was measured faster; this tells whether it is on the GPU too."""
+    import torch.nn.functional as F
+
+    from wsl.nets import CNN, MLP
+    from wsl.population import stacked, stacked_cnn
+    from wsl.population.functional import population_forward, skeleton, stack_state_dicts
+
+    # MNIST-1D-sized signals for CNNs (the batched path takes 1-D CNNs), digits-sized inputs for MLPs
+    shape = (1, 40) if args.net == "cnn" else (1, 8, 8)
+    net = (CNN if args.net == "cnn" else MLP)(shape, 10, width=args.width, depth=2)
+    forward = stacked_cnn.cnn_forward if args.net == "cnn" else stacked.mlp_forward
+    meta = skeleton(net)
+    params = {k: v.to(device).requires_grad_() for k, v in stack_state_dicts([net.state_dict()] * args.members).items()}
+    x = torch.randn(args.members, 128, *shape, device=device)
+    y = torch.randint(0, 10, (args.members * 128,), device=device)
+    out = []
+    for fn in (lambda: forward(meta, params, x, False), lambda: population_forward(meta, params, x, shared_input=False)):
+        for i in range(steps + 3):
+            if i == 3:  # after warm-up
+                _sync(device)
+                t = time.perf_counter()
+            F.cross_entropy(fn().reshape(-1, 10), y).backward()
+        _sync(device)
+        out.append((time.perf_counter() - t) / steps)
+    return out[0], out[1]
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def stage_paths(args) -> None:
+    for dev in ("cpu", "cuda"):
+        batched, vmapped = path_step_times(args, dev)
+        print(f"training step of {args.members} {args.net}s of width {args.width} on {dev}: batched-matmul path "
+              f"{batched * 1e3:.2f} ms, vmapped {vmapped * 1e3:.2f} ms ({vmapped / batched:.2f}x)", flush=True)
 
 
 def stage_landscape(tmp: Path, zoo: Path) -> None:
@@ -242,6 +291,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     try:
+        stage_paths(args)
         zoo = stage_zoo(tmp, args)  # every other stage reads this zoo
         if "landscape" in stages:
             stage_landscape(tmp, zoo)

@@ -1,6 +1,6 @@
 """wsl.population.stacked computes the same function as the vmapped population_forward (outputs and
 every gradient), its backward is checked against finite differences, the evaluation plan keeps its
-bounds, and a PopulationModule of MLPs or stride-2 CNNs takes its path
+bounds, and a PopulationModule of MLPs or stride-2 1-D CNNs takes its path
 (training and evaluation) with vmap's numbers; CNNs with pooling layers or BatchNorm keep vmap."""
 
 import math
@@ -72,19 +72,20 @@ def test_eval_plan_keeps_chunks_in_cache_and_groups_equal(members, act):
     assert stacked.eval_plan(100, members, act)[1] <= 100  # never above train.eval_batch_size
 
 
-def _population_of(kind, p, data, seed=0):
-    """(net, stacked state dicts) of p MLPs or stride-2 CNNs for `data`."""
+def _population_of(kind, p, seed=0):
+    """(data, net, stacked state dicts) of p MLPs on digits or p stride-2 CNNs on MNIST-1D."""
     if kind == "mlp":
-        return _population(p, 24, 2, in_shape=data.input_shape, classes=data.num_classes, seed=seed)
+        data = load_dataset("digits")
+        return data, *_population(p, 24, 2, in_shape=data.input_shape, classes=data.num_classes, seed=seed)
+    data = load_dataset("mnist1d")
     torch.manual_seed(seed)
     nets = [CNN(data.input_shape, data.num_classes, width=6, depth=2) for _ in range(p)]
-    return nets[0], stack_state_dicts([n.state_dict() for n in nets])
+    return data, nets[0], stack_state_dicts([n.state_dict() for n in nets])
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_population_module_takes_the_stacked_path_with_the_vmapped_numbers(kind):
-    data = load_dataset("digits")
-    net, params = _population_of(kind, 6, data)
+    data, net, params = _population_of(kind, 6)
     mod = PopulationModule(net, params, data, 0.1, 0.0)
     assert mod.stacked_path is not None
     for other in (CNN(data.input_shape, 10, width=2, pooling="max"), CNN(data.input_shape, 10, width=2, norm="batch")):
@@ -111,8 +112,7 @@ def test_population_module_takes_the_stacked_path_with_the_vmapped_numbers(kind)
 def test_bf16_autocast_runs_and_stays_near_fp32(kind):
     """trainer.precision=bf16-mixed: the forward under autocast, the backward in its dtype, fp32 gradients within
     bf16's rounding of the fp32 ones (both paths; bf16 keeps 8 bits: measured 2-6% of the gradient's norm)."""
-    data = load_dataset("digits")
-    net, params = _population_of(kind, 3, data)
+    data, net, params = _population_of(kind, 3)
     mod = PopulationModule(net, params, data, 0.1, 0.0)
     path = mod.stacked_path
     idx = torch.randint(0, data.x_train.shape[0], (3, 32), generator=torch.Generator().manual_seed(4))
