@@ -47,14 +47,11 @@ def cnn_forward(net: CNN, params: dict[str, torch.Tensor], x: torch.Tensor, shar
     grad = torch.is_grad_enabled()
     for i in range(net.depth):
         w, b = params[f"convs.{i}.weight"], params[f"convs.{i}.bias"]  # [P, O, C, *k], [P, O]
+        shared = h.dim() == w.dim() - 1
         if grad:
-            h = ConvAct.apply(h.expand(w.shape[0], *h.shape) if h.dim() == w.dim() - 1 else h, w, b, stride, pad, relu)
-        elif h.dim() == w.dim() - 1:  # shared input (evaluation): every member's first layer as one product
-            h = _shared_conv(h, w, b, stride, pad)
-            if relu:
-                h.relu_()
-        else:
-            h = _conv(h, w, b, stride, pad)
+            h = ConvAct.apply(h.expand(w.shape[0], *h.shape) if shared else h, w, b, stride, pad, relu)
+        else:  # shared input (evaluation): every member's first layer as one product
+            h = _shared_conv(h, w, b, stride, pad) if shared else _conv(h, w, b, stride, pad)[0]
             if relu:
                 h.relu_()
         if not relu:
@@ -135,13 +132,13 @@ def _kernel_matrix(w: torch.Tensor) -> torch.Tensor:
     return w.movedim(2, -1).reshape(w.shape[0], w.shape[1], -1)
 
 
-def _conv(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
-    """Every member's convolution: h [P, N, *S, C], w [P, O, C, *k], b [P, O] -> [P, N, *So, O]."""
-    ndim = w.dim() - 3
-    cols = _im2col(h, w.shape[-1], stride, pad, ndim)
-    p, out_shape = cols.shape[0], cols.shape[:-2]
-    y = torch.baddbmm(b.unsqueeze(1), cols.view(p, -1, cols.shape[-2] * cols.shape[-1]), _kernel_matrix(w).transpose(1, 2))
-    return y.view(*out_shape, w.shape[1])
+def _conv(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int):
+    """Every member's convolution: h [P, N, *S, C], w [P, O, C, *k], b [P, O] -> (output [P, N, *So, O], the windows
+    [P, N, *So, k^n, C] and kernels [P, O, k^n C] it multiplied)."""
+    cols = _im2col(h, w.shape[-1], stride, pad, w.dim() - 3)
+    wm = _kernel_matrix(w)
+    y = torch.baddbmm(b.unsqueeze(1), cols.view(w.shape[0], -1, wm.shape[2]), wm.transpose(1, 2))  # [P, N So, O]
+    return y.view(*cols.shape[:-2], w.shape[1]), cols, wm
 
 
 def _shared_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
@@ -162,16 +159,13 @@ class ConvAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, w, b, stride: int, pad: int, relu: bool):
-        ndim, p, o = w.dim() - 3, w.shape[0], w.shape[1]
-        cols = _im2col(h, w.shape[-1], stride, pad, ndim)  # [P, N, *So, k^n, C]
-        wm = _kernel_matrix(w)  # [P, O, k^n C]
-        y = torch.baddbmm(b.unsqueeze(1), cols.view(p, -1, wm.shape[2]), wm.transpose(1, 2))  # [P, N So, O]
+        y, cols, wm = _conv(h, w, b, stride, pad)  # [P, N, *So, O], [P, N, *So, k^n, C], [P, O, k^n C]
         if relu:
             y.relu_()
         ctx.relu, ctx.stride, ctx.pad = relu, stride, pad
         ctx.sizes, ctx.cols_shape, ctx.w_shape = h.shape[2:-1], cols.shape, w.shape
         ctx.save_for_backward(cols, wm, y if relu else None)
-        return y.view(*cols.shape[:-2], o)
+        return y
 
     @staticmethod
     def backward(ctx, g):
@@ -182,7 +176,7 @@ class ConvAct(torch.autograd.Function):
         # autograd casts each gradient back to its input's dtype
         cols, wm = cols.to(g.dtype).view(p, -1, wm.shape[2]), wm.to(g.dtype)
         if ctx.relu:
-            g = torch.ops.aten.threshold_backward(g, y, 0)
+            g = torch.ops.aten.threshold_backward(g, y.view_as(g), 0)
         gh = gw = gb = None
         if ctx.needs_input_grad[0]:
             g_cols = torch.bmm(g, wm).view(ctx.cols_shape)  # [P, N, *So, k^n, C]
