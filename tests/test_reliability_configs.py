@@ -170,3 +170,23 @@ def test_valid_configs_pass_the_checks(app, tmp_path, capfd):
         except SystemExit:
             pytest.fail(f"wsl-{app} {' '.join(extra)}: {capfd.readouterr().err.strip()}")
     assert not list(tmp_path.iterdir()), "the checks wrote something"
+
+
+
+def test_typing_a_config_leaves_nothing_behind_for_the_next():
+    """wsl.apps.config builds each schema's OmegaConf template once: a typed mapping, a refused one and
+    values merged into nested and list fields must not change what a later mapping that leaves those keys
+    out types to (their defaults)."""
+    from wsl.apps.config import typed
+    from wsl.errors import ConfigError
+    from wsl.landscape.schema import LandscapeConfig
+
+    default = typed({}, LandscapeConfig, path="landscape")
+    set_ = typed({"metrics": ["hessian_eig"], "epoch": [0, 2], "chunk_size": 8, "hessian_eig": {"max_iters": 3},
+                  "phase": None}, LandscapeConfig, path="landscape")
+    assert (set_.metrics, set_.epoch, set_.chunk_size, set_.hessian_eig.max_iters, set_.phase) == (["hessian_eig"], [0, 2],
+                                                                                            8, 3, None)
+    with pytest.raises(ConfigError, match=r"landscape\.chunk_size"):
+        typed({"chunk_size": "eight", "metrics": ["cka"]}, LandscapeConfig, path="landscape")
+    again = typed({}, LandscapeConfig, path="landscape")
+    assert again == default and again.metrics == [] and again.phase is not None and again.chunk_size != 8

@@ -124,6 +124,13 @@ def _convert(value, tp, key: str):
     return value
 
 
+@functools.cache
+def _template(schema: type) -> DictConfig:
+    """OmegaConf's structured config of `schema`, built once per schema: OmegaConf.merge copies its first
+    argument, never changes it. Building it took 23 of the 55 ms that typing wsl-zoo's config took."""
+    return OmegaConf.structured(schema)
+
+
 def _build(data, schema: type, path: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'the config'} must be a mapping, got {data!r}")
@@ -133,7 +140,7 @@ def _build(data, schema: type, path: str):
             raise ConfigError(f"{_join(path, k)} must be true or false, got {v!r}")
     data = {k: _convert(v, hints.get(k, Any), _join(path, k)) if k in hints else v for k, v in data.items()}
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+        return OmegaConf.to_object(OmegaConf.merge(_template(schema), data))
     except FieldError as e:
         raise e.at(path) from None
     except MissingMandatoryValue as e:
