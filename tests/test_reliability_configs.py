@@ -172,7 +172,6 @@ def test_valid_configs_pass_the_checks(app, tmp_path, capfd):
     assert not list(tmp_path.iterdir()), "the checks wrote something"
 
 
-
 def test_typing_a_config_leaves_nothing_behind_for_the_next():
     """wsl.apps.config builds each schema's OmegaConf template once: a typed mapping, a refused one and
     values merged into nested and list fields must not change what a later mapping that leaves those keys
@@ -184,8 +183,8 @@ def test_typing_a_config_leaves_nothing_behind_for_the_next():
     default = typed({}, LandscapeConfig, path="landscape")
     set_ = typed({"metrics": ["hessian_eig"], "epoch": [0, 2], "chunk_size": 8, "hessian_eig": {"max_iters": 3},
                   "phase": None}, LandscapeConfig, path="landscape")
-    assert (set_.metrics, set_.epoch, set_.chunk_size, set_.hessian_eig.max_iters, set_.phase) == (["hessian_eig"], [0, 2],
-                                                                                            8, 3, None)
+    assert (set_.metrics, set_.epoch, set_.chunk_size) == (["hessian_eig"], [0, 2], 8)
+    assert set_.hessian_eig.max_iters == 3 and set_.phase is None
     with pytest.raises(ConfigError, match=r"landscape\.chunk_size"):
         typed({"chunk_size": "eight", "metrics": ["cka"]}, LandscapeConfig, path="landscape")
     again = typed({}, LandscapeConfig, path="landscape")
